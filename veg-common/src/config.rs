@@ -1,0 +1,25 @@
+//! The gateway's settings as the datapath reads them: one entry in an array map, written by the agent.
+
+use crate::address::Address;
+
+/// Index of the only entry of the CONFIG map.
+pub const CONFIG_KEY: u32 = 0;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// The address every SNAT source is translated to.
+    pub external_addr_v4: Address,
+    /// Interface facing the VPC (eth0).
+    pub internal_ifindex: u32,
+    /// Interface facing the outside (net1).
+    pub external_ifindex: u32,
+    /// Translated ports (and ICMP identifiers) are taken from this inclusive range, host byte order.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Non-zero once the agent has written the entry; until then every packet passes untouched.
+    pub ready: u32,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for GatewayConfig {}

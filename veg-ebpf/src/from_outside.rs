@@ -1,0 +1,89 @@
+//! Packets arriving from outside on the external interface.
+
+use aya_ebpf::{bindings::TC_ACT_OK, maps::lpm_trie::Key, programs::TcContext};
+use veg_common::{
+    config::GatewayConfig,
+    flow::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    policy::{ACTION_FORWARD, ACTION_SNAT},
+    stats::Counter,
+};
+
+use crate::{
+    flows,
+    from_vpc::forward,
+    maps::{POLICY_V4, config},
+    packet::{ICMP_ECHO_REPLY, Ipv4Packet, Parsed, parse},
+    rewrite::{self, End},
+    route,
+    stats::{drop_packet, pass_to_host},
+};
+
+#[inline(always)]
+pub fn handle(ctx: &TcContext) -> i32 {
+    let Some(cfg) = config() else {
+        return TC_ACT_OK;
+    };
+    let pkt = match parse(ctx) {
+        Parsed::Other => return pass_to_host(Counter::PassedToHost),
+        Parsed::Malformed => return drop_packet(Counter::DropMalformed),
+        Parsed::Ipv4(pkt) => pkt,
+    };
+    if pkt.dst == cfg.external_addr_v4.ipv4_be() {
+        return to_external_address(ctx, &pkt, cfg);
+    }
+    match POLICY_V4.get(Key::new(32, pkt.dst.to_ne_bytes())).map(|p| p.action) {
+        // Replies to forward (no-SNAT) sources come back untranslated.
+        Some(ACTION_FORWARD) => route_to_vpc(ctx, &pkt, cfg, None),
+        // A SNAT source is only reachable through its translation.
+        Some(ACTION_SNAT) => drop_packet(Counter::DropUnsolicited),
+        _ => pass_to_host(Counter::PassedToHost),
+    }
+}
+
+#[inline(always)]
+fn to_external_address(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> i32 {
+    let port = match pkt.protocol {
+        PROTO_TCP | PROTO_UDP => pkt.dst_port,
+        PROTO_ICMP if pkt.icmp_type == ICMP_ECHO_REPLY => pkt.dst_port,
+        // Echo requests, ICMP errors and other protocols are for the instance itself.
+        _ => return pass_to_host(Counter::PassedToHost),
+    };
+    if pkt.is_fragment {
+        // Fragments are not translated yet; the kernel reassembles those meant for its own sockets.
+        return pass_to_host(Counter::PassedToHost);
+    }
+    if let Some(nat) = flows::translate_inbound(pkt) {
+        return route_to_vpc(ctx, pkt, cfg, Some(nat));
+    }
+    let port = u16::from_be(port);
+    if port >= cfg.port_min && port <= cfg.port_max {
+        // In the NAT range but matching no flow: never let it through to a client or the host.
+        drop_packet(Counter::DropUnsolicited)
+    } else {
+        // Outside the NAT range: the instance's own sockets (the kernel's ephemeral range).
+        pass_to_host(Counter::PassedToHost)
+    }
+}
+
+/// Send a packet from outside to a VPC client, translating its destination first when `nat` is given.
+#[inline(always)]
+fn route_to_vpc(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, nat: Option<flows::Translation>) -> i32 {
+    let dst = nat.as_ref().map(|n| n.addr).unwrap_or(pkt.dst);
+    let route = route::lookup(ctx, cfg.external_ifindex, pkt.protocol, pkt.src, dst);
+    if route.ifindex() != Some(cfg.internal_ifindex) {
+        return drop_packet(Counter::DropNoRoute);
+    }
+    if pkt.ttl <= 1 {
+        return pass_to_host(Counter::TtlExpired);
+    }
+    let counter = match nat {
+        Some(nat) => {
+            if rewrite::rewrite_end(ctx, pkt, End::Destination, nat.addr, nat.port).is_err() {
+                return drop_packet(Counter::DropMalformed);
+            }
+            Counter::TranslatedIn
+        }
+        None => Counter::ForwardedIn,
+    };
+    forward(ctx, pkt, &route, counter)
+}

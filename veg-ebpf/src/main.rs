@@ -1,0 +1,40 @@
+//! veg's SNAT datapath: two TC programs on the gateway instance's interfaces.
+//!
+//! - `veg_from_vpc` on the internal interface's ingress: translates packets from SNAT sources to the external
+//!   address, routes forward (no-SNAT) sources unchanged, drops sources that match no policy.
+//! - `veg_from_outside` on the external interface's ingress: translates replies back and drops unsolicited
+//!   packets addressed to the external address.
+//!
+//! Both hand the packets they accept straight to the other interface, so netfilter never sees them. Everything
+//! for the instance itself (BFD, the agent's own connections) is left to the kernel.
+#![no_std]
+#![no_main]
+
+mod flows;
+mod from_outside;
+mod from_vpc;
+mod maps;
+mod packet;
+mod ports;
+mod rewrite;
+mod route;
+mod stats;
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+#[classifier]
+pub fn veg_from_vpc(ctx: TcContext) -> i32 {
+    from_vpc::handle(&ctx)
+}
+
+#[classifier]
+pub fn veg_from_outside(ctx: TcContext) -> i32 {
+    from_outside::handle(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier proves no panic path is reachable; this is never called.
+    loop {}
+}

@@ -1,0 +1,50 @@
+//! The maps shared with the agent. All are pinned by name under the gateway's bpffs directory, so that a restarted
+//! agent finds every live flow, its counters and its policy where it left them.
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_COMMON_LRU, bpf_fib_lookup},
+    macros::map,
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
+};
+use veg_common::{
+    config::{CONFIG_KEY, GatewayConfig},
+    flow::{FLOW_TABLE_DEFAULT_ENTRIES, FlowEntry, FlowKey},
+    policy::{POLICY_MAX_ENTRIES, Policy, PolicyKeyV4},
+    stats::STATS_SLOTS,
+};
+
+#[map]
+pub static CONFIG: Array<GatewayConfig> = Array::pinned(1, 0);
+
+#[map]
+pub static POLICY_V4: LpmTrie<PolicyKeyV4, Policy> = LpmTrie::pinned(POLICY_MAX_ENTRIES, 0);
+
+/// One shared table for both directions: a reply may land on another CPU than its request, so per-CPU tables
+/// would miss it. Per-CPU LRU lists (BPF_F_NO_COMMON_LRU) avoid a global lock on eviction.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::pinned(FLOW_TABLE_DEFAULT_ENTRIES, BPF_F_NO_COMMON_LRU);
+
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STATS_SLOTS, 0);
+
+/// Scratch space for the port scan (see ports.rs). Not pinned: it holds nothing between packets.
+#[map]
+pub static NEW_FLOW: PerCpuArray<NewFlow> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct NewFlow {
+    pub key: FlowKey,
+    pub entry: FlowEntry,
+}
+
+/// Scratch space for route lookups (see route.rs).
+#[map]
+pub static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
+/// The gateway's settings, or None until the agent has written them.
+#[inline(always)]
+pub fn config() -> Option<&'static GatewayConfig> {
+    let cfg = CONFIG.get(CONFIG_KEY)?;
+    if cfg.ready == 0 { None } else { Some(cfg) }
+}

@@ -1,0 +1,178 @@
+//! Parsing: Ethernet, IPv4 (options tolerated) and the first bytes of TCP, UDP and ICMP. Every length is checked
+//! against both the buffer and the IP header's own total length, so a truncated packet is never half-read.
+
+use aya_ebpf::programs::TcContext;
+use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+use veg_common::flow::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+
+const ETH_P_IP: u16 = 0x0800;
+const IPV4_MIN_LEN: usize = 20;
+const TCP_MIN_LEN: usize = 20;
+const UDP_LEN: usize = 8;
+const ICMP_ECHO_LEN: usize = 8;
+/// Bytes of L4 header the datapath reads or writes.
+const L4_NEEDED: usize = 20;
+
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+
+pub const TCP_FLAG_FIN: u8 = 0x01;
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_RST: u8 = 0x04;
+
+/// Offsets of the fields the datapath rewrites.
+pub const IPV4_TTL_OFF: usize = 8;
+pub const IPV4_CSUM_OFF: usize = 10;
+pub const IPV4_SRC_OFF: usize = 12;
+pub const IPV4_DST_OFF: usize = 16;
+
+/// An IPv4 packet, with addresses and ports as they are on the wire (network byte order).
+pub struct Ipv4Packet {
+    pub l3_off: usize,
+    pub l4_off: usize,
+    pub protocol: u8,
+    pub ttl: u8,
+    pub dont_fragment: bool,
+    /// More-fragments set or a non-zero offset: the gateway does not translate fragments yet.
+    pub is_fragment: bool,
+    pub src: u32,
+    pub dst: u32,
+    /// TCP/UDP ports; for ICMP echo the identifier is in both (the side that owns it is chosen by the caller).
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    /// A UDP datagram sent without a checksum: it must stay without one.
+    pub udp_checksum_zero: bool,
+}
+
+pub enum Parsed {
+    /// Not IPv4 (ARP, IPv6, ...): not ours to judge.
+    Other,
+    Malformed,
+    Ipv4(Ipv4Packet),
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+/// Make sure the headers are in the linear part of the skb, so direct packet access can reach them.
+#[inline(always)]
+fn pull_headers(ctx: &TcContext, len: usize) {
+    if ctx.data() + len > ctx.data_end() {
+        let want = if (ctx.len() as usize) < len { ctx.len() } else { len as u32 };
+        let _ = ctx.pull_data(want);
+    }
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Parsed {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Parsed::Other;
+    };
+    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
+        return Parsed::Other;
+    }
+    // The largest header walk: Ethernet + IPv4 with options + the L4 bytes we touch.
+    pull_headers(ctx, EthHdr::LEN + 60 + L4_NEEDED);
+    match parse_ipv4(ctx) {
+        Some(pkt) => Parsed::Ipv4(pkt),
+        None => Parsed::Malformed,
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &TcContext) -> Option<Ipv4Packet> {
+    let l3_off = EthHdr::LEN;
+    let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l3_off)? };
+    let ihl = ((ip.vihl & 0x0f) as usize) * 4;
+    if ip.vihl >> 4 != 4 || ihl < IPV4_MIN_LEN {
+        return None;
+    }
+    let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
+    // The IP total length must cover the header and fit in what arrived.
+    if tot_len < ihl || l3_off + tot_len > ctx.len() as usize {
+        return None;
+    }
+    let frags = u16::from_be_bytes(ip.frags);
+    let mut pkt = Ipv4Packet {
+        l3_off,
+        l4_off: l3_off + ihl,
+        protocol: ip.proto,
+        ttl: ip.ttl,
+        dont_fragment: frags & 0x4000 != 0,
+        is_fragment: frags & 0x3fff != 0,
+        src: u32::from_ne_bytes(ip.src_addr),
+        dst: u32::from_ne_bytes(ip.dst_addr),
+        src_port: 0,
+        dst_port: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        udp_checksum_zero: false,
+    };
+    if frags & 0x1fff != 0 {
+        // A later fragment carries no L4 header.
+        return Some(pkt);
+    }
+    let l4_len = tot_len - ihl;
+    match pkt.protocol {
+        PROTO_TCP => parse_tcp(ctx, &mut pkt, l4_len)?,
+        PROTO_UDP => parse_udp(ctx, &mut pkt, l4_len)?,
+        PROTO_ICMP => parse_icmp(ctx, &mut pkt, l4_len)?,
+        _ => {}
+    }
+    Some(pkt)
+}
+
+#[inline(always)]
+fn parse_tcp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Option<()> {
+    let tcp = unsafe { &*ptr_at::<TcpHdr>(ctx, pkt.l4_off)? };
+    // Bytes 12 and 13 hold the data offset (high nibble) and the flags (CWR ECE URG ACK PSH RST SYN FIN). Read
+    // them directly: the bitfield accessors carry bounds checks the verifier cannot accept.
+    let raw = tcp as *const TcpHdr as *const u8;
+    let (data_offset, flags) = unsafe { (*raw.add(12), *raw.add(13)) };
+    let header_len = ((data_offset >> 4) as usize) * 4;
+    if l4_len < TCP_MIN_LEN || header_len < TCP_MIN_LEN || header_len > l4_len {
+        return None;
+    }
+    pkt.src_port = u16::from_ne_bytes(tcp.source);
+    pkt.dst_port = u16::from_ne_bytes(tcp.dest);
+    pkt.tcp_flags = flags;
+    Some(())
+}
+
+#[inline(always)]
+fn parse_udp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Option<()> {
+    let udp = unsafe { &*ptr_at::<UdpHdr>(ctx, pkt.l4_off)? };
+    let len = u16::from_be_bytes(udp.len) as usize;
+    if l4_len < UDP_LEN || len < UDP_LEN || len > l4_len {
+        return None;
+    }
+    pkt.src_port = u16::from_ne_bytes(udp.src);
+    pkt.dst_port = u16::from_ne_bytes(udp.dst);
+    pkt.udp_checksum_zero = udp.check == [0, 0];
+    Some(())
+}
+
+#[inline(always)]
+fn parse_icmp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Option<()> {
+    let icmp = unsafe { &*ptr_at::<Icmpv4Hdr>(ctx, pkt.l4_off)? };
+    if l4_len < ICMP_ECHO_LEN {
+        return None;
+    }
+    pkt.icmp_type = icmp.type_;
+    if icmp.type_ == ICMP_ECHO_REQUEST || icmp.type_ == ICMP_ECHO_REPLY {
+        // Bytes 4-5 of an echo message: the identifier.
+        let id = u16::from_ne_bytes([icmp.data[0], icmp.data[1]]);
+        pkt.src_port = id;
+        pkt.dst_port = id;
+    }
+    Some(())
+}

@@ -1,0 +1,71 @@
+//! The one place that rewrites headers: an address and its port (or ICMP echo identifier), the L3 and L4
+//! checksums with them, and the TTL. Checksums are updated incrementally by the kernel's helpers, which also keep
+//! CHECKSUM_PARTIAL (offloaded) packets right; a UDP datagram without a checksum keeps having none.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
+use veg_common::flow::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+
+use crate::packet::{IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV4_TTL_OFF, Ipv4Packet};
+
+/// Which end of the packet is rewritten.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Source,
+    Destination,
+}
+
+/// Where the L4 checksum and the port (or identifier) of `end` are, and the checksum flags for this protocol.
+#[inline(always)]
+fn l4_layout(protocol: u8, end: End) -> Option<(usize, usize, u64)> {
+    let port = if end == End::Source { 0 } else { 2 };
+    match protocol {
+        PROTO_TCP => Some((16, port, BPF_F_PSEUDO_HDR as u64)),
+        PROTO_UDP => Some((6, port, (BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) as u64)),
+        // ICMP has no pseudo-header; the echo identifier sits at offset 4 in both directions.
+        PROTO_ICMP => Some((2, 4, 0)),
+        _ => None,
+    }
+}
+
+/// Rewrite one end's address and port, fixing both checksums. The packet has been parsed, so every offset is
+/// inside it; a helper failure still aborts before any field is left half-written where it can be avoided.
+#[inline(always)]
+pub fn rewrite_end(ctx: &TcContext, pkt: &Ipv4Packet, end: End, new_addr: u32, new_port: u16) -> Result<(), ()> {
+    let (csum_off, port_off, pseudo_flags) = l4_layout(pkt.protocol, end).ok_or(())?;
+    let (old_addr, addr_off) = match end {
+        End::Source => (pkt.src, IPV4_SRC_OFF),
+        End::Destination => (pkt.dst, IPV4_DST_OFF),
+    };
+    let old_port = match end {
+        End::Source => pkt.src_port,
+        End::Destination => pkt.dst_port,
+    };
+    let l4_csum = pkt.l4_off + csum_off;
+    // A UDP datagram without a checksum has nothing to update (MARK_MANGLED_0 keeps it at 0).
+    let update_l4 = !(pkt.protocol == PROTO_UDP && pkt.udp_checksum_zero);
+    if update_l4 {
+        if pseudo_flags & BPF_F_PSEUDO_HDR as u64 != 0 {
+            ctx.l4_csum_replace(l4_csum, old_addr as u64, new_addr as u64, pseudo_flags | 4).map_err(|_| ())?;
+        }
+        let port_flags = pseudo_flags & !(BPF_F_PSEUDO_HDR as u64);
+        ctx.l4_csum_replace(l4_csum, old_port as u64, new_port as u64, port_flags | 2).map_err(|_| ())?;
+    }
+    ctx.l3_csum_replace(pkt.l3_off + IPV4_CSUM_OFF, old_addr as u64, new_addr as u64, 4).map_err(|_| ())?;
+    ctx.store(pkt.l3_off + addr_off, &new_addr, 0).map_err(|_| ())?;
+    ctx.store(pkt.l4_off + port_off, &new_port, 0).map_err(|_| ())?;
+    Ok(())
+}
+
+/// Decrement the TTL as any router does. The caller has checked that it stays above zero.
+#[inline(always)]
+pub fn decrement_ttl(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<(), ()> {
+    let off = pkt.l3_off + IPV4_TTL_OFF;
+    // TTL and protocol form one 16-bit word of the header checksum.
+    let old_word = u16::from_ne_bytes([pkt.ttl, pkt.protocol]);
+    let new_word = u16::from_ne_bytes([pkt.ttl - 1, pkt.protocol]);
+    ctx.l3_csum_replace(pkt.l3_off + IPV4_CSUM_OFF, old_word as u64, new_word as u64, 2).map_err(|_| ())?;
+    ctx.store(off, &(pkt.ttl - 1), 0).map_err(|_| ())
+}

@@ -1,0 +1,97 @@
+//! Routing a packet the datapath has accepted: a FIB lookup in the instance's own routing table, then a redirect
+//! straight to the egress interface with the next hop's MAC address (or through the kernel's neighbour code when it
+//! has none yet). Nothing goes through netfilter.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT,
+        bpf_fib_lookup, bpf_redir_neigh,
+    },
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
+
+use crate::maps::FIB_PARAMS;
+
+const AF_INET: u8 = 2;
+
+pub enum Route {
+    /// Out of `ifindex`, next hop's MAC known.
+    Resolved { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    /// Out of `ifindex` to `nexthop` (network byte order), MAC not resolved yet.
+    Unresolved { ifindex: u32, nexthop: u32 },
+    /// Bigger than the route's MTU.
+    TooBig,
+    /// Local delivery, unreachable, blackhole, forwarding disabled: the kernel's business.
+    NotForwarded,
+}
+
+impl Route {
+    #[inline(always)]
+    pub fn ifindex(&self) -> Option<u32> {
+        match self {
+            Route::Resolved { ifindex, .. } | Route::Unresolved { ifindex, .. } => Some(*ifindex),
+            _ => None,
+        }
+    }
+}
+
+/// Look up the route for src -> dst (network byte order) as if the packet had arrived on `in_ifindex`.
+/// The MTU is checked against the skb itself (tot_len 0), which understands GSO packets.
+#[inline(always)]
+pub fn lookup(ctx: &TcContext, in_ifindex: u32, protocol: u8, src: u32, dst: u32) -> Route {
+    // The parameters live in per-CPU scratch memory: the program's 512-byte stack is needed elsewhere.
+    let Some(params) = FIB_PARAMS.get_ptr_mut(0) else {
+        return Route::NotForwarded;
+    };
+    let params = unsafe { &mut *params };
+    *params = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = protocol;
+    params.ifindex = in_ifindex;
+    params.__bindgen_anon_3.ipv4_src = src;
+    params.__bindgen_anon_4.ipv4_dst = dst;
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut _,
+            params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    if rc < 0 {
+        return Route::NotForwarded;
+    }
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => Route::Resolved { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac },
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            Route::Unresolved { ifindex: params.ifindex, nexthop: unsafe { params.__bindgen_anon_4.ipv4_dst } }
+        }
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::TooBig,
+        _ => Route::NotForwarded,
+    }
+}
+
+/// Send the packet out of its route's interface. Returns the TC verdict.
+#[inline(always)]
+pub fn redirect(ctx: &TcContext, route: &Route) -> Result<i32, ()> {
+    match route {
+        Route::Resolved { ifindex, smac, dmac } => {
+            let mut macs = [0u8; 12];
+            macs[..6].copy_from_slice(dmac);
+            macs[6..].copy_from_slice(smac);
+            ctx.store(0, &macs, 0).map_err(|_| ())?;
+            Ok(unsafe { bpf_redirect(*ifindex, 0) } as i32)
+        }
+        Route::Unresolved { ifindex, nexthop } => {
+            let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+            nh.nh_family = AF_INET as u32;
+            nh.__bindgen_anon_1.ipv4_nh = *nexthop;
+            let rc = unsafe {
+                bpf_redirect_neigh(*ifindex, &mut nh, core::mem::size_of::<bpf_redir_neigh>() as i32, 0)
+            };
+            if rc == TC_ACT_REDIRECT as i64 { Ok(rc as i32) } else { Err(()) }
+        }
+        _ => Err(()),
+    }
+}
