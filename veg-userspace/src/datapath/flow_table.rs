@@ -1,0 +1,133 @@
+//! Reading the pinned flow table (for `veg flows`) and sweeping expired entries out of it (for the agent).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    os::fd::{AsFd, BorrowedFd},
+    path::Path,
+};
+
+use anyhow::Context as _;
+use aya::maps::MapData;
+use serde::Serialize;
+use veg_common::flow::{
+    DIRECTION_OUTBOUND, FlowEntry, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, STATE_FIN_IN, STATE_FIN_OUT,
+    STATE_REPLY_SEEN, STATE_RST, STATE_SYN_OUT, idle_timeout_ns, is_expired,
+};
+
+use super::{batch, monotonic_now_ns};
+
+/// An open flow table, from the running datapath or from its pin.
+pub struct FlowTable {
+    map: MapData,
+}
+
+/// One translation, as `veg flows` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Flow {
+    pub protocol: &'static str,
+    pub original_source: SocketAddr,
+    pub translated_source: SocketAddr,
+    pub remote: SocketAddr,
+    pub state: &'static str,
+    pub expires_in_seconds: u64,
+}
+
+impl FlowTable {
+    pub fn from_pin(path: &Path) -> anyhow::Result<FlowTable> {
+        let map = MapData::from_pin(path).with_context(|| format!("opening flow table {}", path.display()))?;
+        Ok(FlowTable { map })
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        self.map.fd().as_fd()
+    }
+
+    pub fn entries(&self) -> anyhow::Result<Vec<(FlowKey, FlowEntry)>> {
+        batch::read_all(self.fd()).context("reading the flow table")
+    }
+
+    /// Every live translation, from the outbound half of each pair, oldest first.
+    pub fn flows(&self) -> anyhow::Result<Vec<Flow>> {
+        let now = monotonic_now_ns();
+        let mut entries: Vec<_> = self
+            .entries()?
+            .into_iter()
+            .filter(|(key, entry)| entry.direction == DIRECTION_OUTBOUND && !is_expired(entry, key.protocol, now))
+            .collect();
+        entries.sort_by_key(|(_, entry)| entry.created_ns);
+        Ok(entries.iter().map(|(key, entry)| describe(key, entry, now)).collect())
+    }
+
+    /// Delete every expired entry. Both halves of a pair carry the same timestamp and state, so they expire
+    /// together. Returns how many entries were removed.
+    pub fn sweep(&self) -> anyhow::Result<usize> {
+        let now = monotonic_now_ns();
+        let expired: Vec<FlowKey> = self
+            .entries()?
+            .into_iter()
+            .filter(|(key, entry)| is_expired(entry, key.protocol, now))
+            .map(|(key, _)| key)
+            .collect();
+        batch::delete(self.fd(), &expired).context("deleting expired flows")
+    }
+}
+
+fn describe(key: &FlowKey, entry: &FlowEntry, now: u64) -> Flow {
+    let addr = |a: &veg_common::address::Address| -> IpAddr { a.to_ip(key.family) };
+    let remote_port = if key.protocol == PROTO_ICMP { 0 } else { u16::from_be(key.dst_port) };
+    let deadline = entry.last_seen_ns + idle_timeout_ns(key.protocol, entry.state);
+    Flow {
+        protocol: protocol_name(key.protocol),
+        original_source: SocketAddr::new(addr(&key.src_addr), u16::from_be(key.src_port)),
+        translated_source: SocketAddr::new(addr(&entry.nat_addr), u16::from_be(entry.nat_port)),
+        remote: SocketAddr::new(addr(&key.dst_addr), remote_port),
+        state: state_name(key.protocol, entry.state),
+        expires_in_seconds: deadline.saturating_sub(now) / 1_000_000_000,
+    }
+}
+
+pub fn protocol_name(protocol: u8) -> &'static str {
+    match protocol {
+        PROTO_TCP => "tcp",
+        PROTO_UDP => "udp",
+        PROTO_ICMP => "icmp",
+        _ => "other",
+    }
+}
+
+/// Names in the spirit of conntrack's.
+pub fn state_name(protocol: u8, state: u8) -> &'static str {
+    if protocol != PROTO_TCP {
+        return if state & STATE_REPLY_SEEN != 0 { "REPLIED" } else { "UNREPLIED" };
+    }
+    let fins = state & (STATE_FIN_OUT | STATE_FIN_IN);
+    if state & STATE_RST != 0 {
+        "CLOSE"
+    } else if fins == STATE_FIN_OUT | STATE_FIN_IN {
+        "TIME_WAIT"
+    } else if fins != 0 {
+        "FIN_WAIT"
+    } else if state & STATE_REPLY_SEEN != 0 {
+        "ESTABLISHED"
+    } else if state & STATE_SYN_OUT != 0 {
+        "SYN_SENT"
+    } else {
+        "UNREPLIED"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names() {
+        assert_eq!(state_name(PROTO_TCP, STATE_SYN_OUT), "SYN_SENT");
+        assert_eq!(state_name(PROTO_TCP, STATE_SYN_OUT | STATE_REPLY_SEEN), "ESTABLISHED");
+        assert_eq!(state_name(PROTO_TCP, STATE_REPLY_SEEN | STATE_FIN_OUT), "FIN_WAIT");
+        assert_eq!(state_name(PROTO_TCP, STATE_REPLY_SEEN | STATE_FIN_OUT | STATE_FIN_IN), "TIME_WAIT");
+        assert_eq!(state_name(PROTO_TCP, STATE_REPLY_SEEN | STATE_RST), "CLOSE");
+        assert_eq!(state_name(PROTO_UDP, 0), "UNREPLIED");
+        assert_eq!(state_name(PROTO_UDP, STATE_REPLY_SEEN), "REPLIED");
+    }
+}

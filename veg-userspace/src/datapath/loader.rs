@@ -1,0 +1,91 @@
+//! Loading the programs with the gateway's pinned maps, writing their settings, attaching them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData},
+    programs::{SchedClassifier, TcAttachType, tc},
+    util::KernelVersion,
+};
+use veg_common::config::{CONFIG_KEY, GatewayConfig};
+
+use super::{EBPF_OBJECT, flow_table::FlowTable, pins, policy::PolicyTable};
+
+pub const PROGRAM_FROM_VPC: &str = "veg_from_vpc";
+pub const PROGRAM_FROM_OUTSIDE: &str = "veg_from_outside";
+
+/// The loaded datapath of one gateway. Dropping it detaches the programs; the pinned maps stay.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl Datapath {
+    /// Load the programs, reusing the maps pinned in `pin_dir` (and so every live flow) or creating and pinning
+    /// them there. `max_flow_entries` sizes a new flow table; an existing one keeps its size.
+    pub fn load(pin_dir: &Path, max_flow_entries: u32) -> anyhow::Result<Datapath> {
+        pins::check_bpffs()?;
+        std::fs::create_dir_all(pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .map_max_entries(pins::FLOWS, max_flow_entries)
+            .load(EBPF_OBJECT)
+            .map_err(|e| kernel_error(anyhow!(e)).context("loading the eBPF object"))?;
+        for name in [PROGRAM_FROM_VPC, PROGRAM_FROM_OUTSIDE] {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            program.load().map_err(|e| kernel_error(anyhow!(e)).context(format!("verifying program {name}")))?;
+        }
+        Ok(Datapath { ebpf, pin_dir: pin_dir.to_owned() })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Write the gateway's settings; the programs act on packets from then on.
+    pub fn configure(&mut self, config: &GatewayConfig) -> anyhow::Result<()> {
+        let map = self.ebpf.map_mut(pins::CONFIG).context("CONFIG map missing")?;
+        let mut array: Array<&mut MapData, GatewayConfig> = Array::try_from(map)?;
+        array.set(CONFIG_KEY, GatewayConfig { ready: 1, ..*config }, 0).context("writing the gateway's settings")
+    }
+
+    pub fn policy(&mut self) -> anyhow::Result<PolicyTable<&mut MapData>> {
+        let map = self.ebpf.map_mut(pins::POLICY_V4).context("POLICY_V4 map missing")?;
+        Ok(PolicyTable::new(map.try_into()?))
+    }
+
+    pub fn flow_table(&self) -> anyhow::Result<FlowTable> {
+        FlowTable::from_pin(&self.pin_dir.join(pins::FLOWS))
+    }
+
+    /// Attach both programs to their interfaces' ingress: TCX links on kernels that have them (6.6+), a clsact
+    /// qdisc otherwise.
+    pub fn attach(&mut self, internal_interface: &str, external_interface: &str) -> anyhow::Result<()> {
+        let has_tcx = KernelVersion::current().is_ok_and(|v| v.code() >= KernelVersion::new(6, 6, 0).code());
+        for (name, interface) in [(PROGRAM_FROM_VPC, internal_interface), (PROGRAM_FROM_OUTSIDE, external_interface)]
+        {
+            if !has_tcx {
+                // EEXIST when the qdisc is there already is fine.
+                let _ = tc::qdisc_add_clsact(interface);
+            }
+            let program: &mut SchedClassifier =
+                self.ebpf.program_mut(name).context("program missing")?.try_into()?;
+            program
+                .attach(interface, TcAttachType::Ingress)
+                .with_context(|| format!("attaching {name} to {interface} ingress"))?;
+        }
+        Ok(())
+    }
+}
+
+fn kernel_error(err: anyhow::Error) -> anyhow::Error {
+    err.context(
+        "the kernel refused veg's datapath: veg needs Linux 6.6 or newer with BPF, BTF, TCX, bpf_loop and \
+         LRU hash maps, and CAP_BPF + CAP_NET_ADMIN (or root)",
+    )
+}

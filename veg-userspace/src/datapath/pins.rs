@@ -1,0 +1,74 @@
+//! Where a gateway's pinned maps live in bpffs: /sys/fs/bpf/veg/<name>/<MAP>.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+pub const FLOWS: &str = "FLOWS";
+pub const STATS: &str = "STATS";
+pub const CONFIG: &str = "CONFIG";
+pub const POLICY_V4: &str = "POLICY_V4";
+
+/// A gateway name becomes a directory name: keep it to what Kubernetes allows in names.
+pub fn validate_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        && !name.starts_with('.');
+    if !ok {
+        bail!("invalid gateway name {name:?}: use letters, digits, '-', '.' and '_' (like a Kubernetes name)");
+    }
+    Ok(())
+}
+
+pub fn gateway_dir(name: &str) -> PathBuf {
+    Path::new(BPFFS_ROOT).join("veg").join(name)
+}
+
+/// Fail with advice when bpffs is not mounted where the pins go.
+pub fn check_bpffs() -> anyhow::Result<()> {
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let path = std::ffi::CString::new(BPFFS_ROOT).unwrap();
+    // SAFETY: valid C string and statfs buffer.
+    let rc = unsafe { libc::statfs(path.as_ptr(), &mut st) };
+    const BPF_FS_MAGIC: libc::c_long = 0xcafe4a11;
+    if rc != 0 || st.f_type as libc::c_long != BPF_FS_MAGIC {
+        bail!("bpffs is not mounted at {BPFFS_ROOT}: mount it with `mount -t bpf bpf {BPFFS_ROOT}` (in a pod, mount the host's /sys/fs/bpf)");
+    }
+    Ok(())
+}
+
+/// The path of one pinned map, failing with advice when the gateway has never run.
+pub fn existing_map(name: &str, map: &str) -> anyhow::Result<PathBuf> {
+    validate_name(name)?;
+    let path = gateway_dir(name).join(map);
+    if !path.exists() {
+        bail!(
+            "no pinned state for gateway {name:?} ({} is missing): is `veg gateway --name {name}` running on this host?",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Remove a gateway's pinned state. Returns the pins removed.
+pub fn remove_gateway_pins(name: &str) -> anyhow::Result<Vec<PathBuf>> {
+    validate_name(name)?;
+    let dir = gateway_dir(name);
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        std::fs::remove_file(&path).with_context(|| format!("removing pin {}", path.display()))?;
+        removed.push(path);
+    }
+    std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    // The parent goes too when this was the last gateway, leaving nothing behind.
+    let _ = std::fs::remove_dir(dir.parent().expect("gateway dir has a parent"));
+    Ok(removed)
+}

@@ -1,0 +1,77 @@
+//! The agent's life: check the instance, load and configure the datapath, attach it, sweep expired flows, and on
+//! SIGTERM or SIGINT detach while keeping the pinned state, so that a restarted agent keeps every live flow.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+use veg_common::{address::Address, config::GatewayConfig};
+
+use super::{host, settings::GatewaySettings};
+use crate::datapath::{loader::Datapath, pins};
+
+const LOCK_DIR: &str = "/run/veg";
+
+/// Everything up to the point where packets flow. Runs in the instance's network namespace.
+pub fn start(settings: &GatewaySettings) -> anyhow::Result<(Datapath, host::InstanceLock)> {
+    let lock = host::InstanceLock::acquire(Path::new(LOCK_DIR), &settings.name)?;
+    let internal_ifindex = host::interface_index(&settings.internal_interface, "internal")?;
+    let external_ifindex = host::interface_index(&settings.external_interface, "external")?;
+    host::check_external_address(&settings.external_interface, settings.external_ip)?;
+    host::check_port_range(settings.port_range)?;
+    host::enable_forwarding()?;
+
+    let pin_dir = pins::gateway_dir(&settings.name);
+    let mut datapath = Datapath::load(&pin_dir, settings.max_flow_entries)?;
+    let changes = datapath.policy()?.sync(&settings.policy)?;
+    info!(sources = settings.policy.len(), added = changes.added_or_changed, removed = changes.removed, "policy synced");
+    datapath.configure(&GatewayConfig {
+        external_addr_v4: Address::from_ip(settings.external_ip.into()),
+        internal_ifindex,
+        external_ifindex,
+        port_min: settings.port_range.min,
+        port_max: settings.port_range.max,
+        ready: 1,
+    })?;
+    datapath.attach(&settings.internal_interface, &settings.external_interface)?;
+    let live = datapath.flow_table()?.entries()?.len() / 2;
+    info!(
+        name = %settings.name,
+        internal = %settings.internal_interface,
+        external = %settings.external_interface,
+        external_ip = %settings.external_ip,
+        port_range = %settings.port_range,
+        pins = %pin_dir.display(),
+        live_flows = live,
+        "gateway datapath attached"
+    );
+    Ok((datapath, lock))
+}
+
+/// Sweep until SIGTERM or SIGINT, then detach.
+pub async fn run(settings: GatewaySettings, datapath: Datapath) -> anyhow::Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let flows = datapath.flow_table()?;
+    let mut sweep = tokio::time::interval(settings.sweep_interval);
+    loop {
+        tokio::select! {
+            _ = sweep.tick() => match flows.sweep() {
+                Ok(0) => {}
+                Ok(removed) => info!(removed, "expired flow entries swept"),
+                Err(e) => warn!("sweeping expired flows failed: {e:#}"),
+            },
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    let pin_dir = datapath.pin_dir().to_owned();
+    drop(datapath);
+    info!(
+        pins = %pin_dir.display(),
+        "detached; flows, counters and policy stay pinned for the next start (`veg gateway --name {} --cleanup` removes them)",
+        settings.name
+    );
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! Checks and settings on the instance (the current network namespace) before the datapath goes live.
+
+use std::{
+    ffi::{CStr, CString},
+    fs::File,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsRawFd,
+    path::Path,
+};
+
+use anyhow::{Context as _, bail};
+
+use super::settings::PortRange;
+
+/// The interfaces of the current network namespace.
+pub fn interface_names() -> Vec<String> {
+    let mut names = Vec::new();
+    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return names;
+        }
+        let mut entry = list;
+        while (*entry).if_index != 0 {
+            names.push(CStr::from_ptr((*entry).if_name).to_string_lossy().into_owned());
+            entry = entry.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    names
+}
+
+/// The interface's index, or an error listing the interfaces there are.
+pub fn interface_index(name: &str, role: &str) -> anyhow::Result<u32> {
+    let c_name = CString::new(name).context("interface name contains a NUL byte")?;
+    // SAFETY: valid C string.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        bail!(
+            "{role} interface {name:?} does not exist in this network namespace (it has: {}); check --{role}-interface and --netns",
+            interface_names().join(", ")
+        );
+    }
+    Ok(index)
+}
+
+/// The IPv4 addresses configured on an interface.
+pub fn interface_ipv4_addresses(name: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
+    let mut addresses = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills a linked list that is freed below; every pointer is checked before use.
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return Err(std::io::Error::last_os_error()).context("listing interface addresses");
+        }
+        let mut entry = list;
+        while !entry.is_null() {
+            let ifa = &*entry;
+            if !ifa.ifa_addr.is_null()
+                && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET
+                && CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes()
+            {
+                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                addresses.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            }
+            entry = ifa.ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    Ok(addresses)
+}
+
+pub fn check_external_address(interface: &str, address: Ipv4Addr) -> anyhow::Result<()> {
+    let present = interface_ipv4_addresses(interface)?;
+    if !present.contains(&address) {
+        let list: Vec<String> = present.iter().map(|a| IpAddr::V4(*a).to_string()).collect();
+        bail!(
+            "external address {address} is not configured on {interface} (it has: {}): add it with \
+             `ip addr add {address}/PREFIX dev {interface}` or fix --external-ip",
+            if list.is_empty() { "no IPv4 address".to_owned() } else { list.join(", ") }
+        );
+    }
+    Ok(())
+}
+
+/// The kernel's ephemeral port range in this network namespace.
+pub fn ephemeral_port_range() -> anyhow::Result<PortRange> {
+    let path = "/proc/sys/net/ipv4/ip_local_port_range";
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let mut parts = text.split_whitespace().map(str::parse::<u16>);
+    match (parts.next(), parts.next()) {
+        (Some(Ok(min)), Some(Ok(max))) => Ok(PortRange { min, max }),
+        _ => bail!("unexpected content in {path}: {text:?}"),
+    }
+}
+
+/// Translations must never take a port the instance's own connections may use.
+pub fn check_port_range(range: PortRange) -> anyhow::Result<()> {
+    let kernel = ephemeral_port_range()?;
+    if range.overlaps(&kernel) {
+        bail!(
+            "port range {range} overlaps the kernel's ephemeral range {kernel} (net.ipv4.ip_local_port_range): \
+             the instance's own connections would collide with translations. Choose a --port-range outside it \
+             (for example 1024-{}), or narrow the kernel's range",
+            kernel.min.saturating_sub(1).max(1024)
+        );
+    }
+    Ok(())
+}
+
+/// The route lookups of the datapath need IPv4 forwarding on, as any router does.
+pub fn enable_forwarding() -> anyhow::Result<()> {
+    let path = "/proc/sys/net/ipv4/conf/all/forwarding";
+    std::fs::write(path, "1").with_context(|| format!("enabling IPv4 forwarding ({path})"))
+}
+
+/// An exclusive lock per gateway name, so that two agents never drive the same maps.
+pub struct InstanceLock {
+    _file: File,
+}
+
+impl InstanceLock {
+    pub fn acquire(dir: &Path, name: &str) -> anyhow::Result<InstanceLock> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join(format!("{name}.lock"));
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        // SAFETY: valid fd; the lock is released when the file closes.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            bail!("another `veg gateway --name {name}` is running on this host (it holds {})", path.display());
+        }
+        Ok(InstanceLock { _file: file })
+    }
+}

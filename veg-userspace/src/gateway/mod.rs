@@ -1,0 +1,5 @@
+//! `veg gateway`: the agent in every gateway instance.
+
+pub mod agent;
+pub mod host;
+pub mod settings;

@@ -1,0 +1,246 @@
+//! The gateway's settings, from the command line and/or a YAML or JSON file, validated before anything is touched.
+
+use std::{fmt, net::Ipv4Addr, path::PathBuf, str::FromStr, time::Duration};
+
+use anyhow::{Context as _, bail};
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+use veg_common::flow::FLOW_TABLE_DEFAULT_ENTRIES;
+
+use crate::datapath::{pins, policy::{Action, DesiredPolicy}};
+
+/// Translated ports are taken from this range by default: below the kernel's default ephemeral range
+/// (32768-60999), so the instance's own connections never collide with translations.
+pub const DEFAULT_PORT_RANGE: PortRange = PortRange { min: 1024, max: 32767 };
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl PortRange {
+    pub fn overlaps(&self, other: &PortRange) -> bool {
+        self.min <= other.max && other.min <= self.max
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<PortRange> {
+        let advice = "expected LO-HI with 1 <= LO <= HI <= 65535, e.g. 1024-32767";
+        let (lo, hi) = s.split_once('-').with_context(|| format!("invalid port range {s:?}: {advice}"))?;
+        let parse = |p: &str| p.trim().parse::<u16>().with_context(|| format!("invalid port range {s:?}: {advice}"));
+        let range = PortRange { min: parse(lo)?, max: parse(hi)? };
+        if range.min == 0 || range.min > range.max {
+            bail!("invalid port range {s:?}: {advice}");
+        }
+        Ok(range)
+    }
+}
+
+/// A source prefix: a CIDR, or a bare address meaning /32.
+pub fn parse_cidr(s: &str) -> anyhow::Result<Ipv4Net> {
+    let net = match s.parse::<Ipv4Net>() {
+        Ok(net) => net,
+        Err(_) => match s.parse::<Ipv4Addr>() {
+            Ok(addr) => Ipv4Net::from(addr),
+            Err(_) => bail!("invalid CIDR {s:?}: expected an IPv4 prefix such as 10.16.0.0/16 or an address such as 10.16.0.5"),
+        },
+    };
+    if net.trunc() != net {
+        bail!("invalid CIDR {s:?}: host bits are set; did you mean {}?", net.trunc());
+    }
+    Ok(net)
+}
+
+/// The settings file: the same settings as the flags, camelCase as in Kubernetes resources.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SettingsFile {
+    pub name: Option<String>,
+    pub netns: Option<String>,
+    pub internal_interface: Option<String>,
+    pub external_interface: Option<String>,
+    #[serde(rename = "externalIP")]
+    pub external_ip: Option<String>,
+    #[serde(default)]
+    pub snat: Vec<String>,
+    #[serde(default)]
+    pub forward: Vec<String>,
+    pub port_range: Option<String>,
+    pub max_flows: Option<u32>,
+    pub sweep_interval_seconds: Option<u64>,
+}
+
+impl SettingsFile {
+    pub fn read(path: &PathBuf) -> anyhow::Result<SettingsFile> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        // YAML is a superset of JSON: one parser reads both.
+        serde_yaml::from_str(&text).with_context(|| format!("{} is not a valid gateway settings file", path.display()))
+    }
+}
+
+/// Everything `veg gateway` needs, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewaySettings {
+    pub name: String,
+    pub netns: Option<String>,
+    pub internal_interface: String,
+    pub external_interface: String,
+    pub external_ip: Ipv4Addr,
+    pub policy: DesiredPolicy,
+    pub port_range: PortRange,
+    /// Flow table capacity in entries (two per flow).
+    pub max_flow_entries: u32,
+    pub sweep_interval: Duration,
+}
+
+/// Raw inputs: flags override the file, lists from both are joined.
+#[derive(Debug, Default, Clone)]
+pub struct SettingsInput {
+    pub name: Option<String>,
+    pub netns: Option<String>,
+    pub internal_interface: Option<String>,
+    pub external_interface: Option<String>,
+    pub external_ip: Option<String>,
+    pub snat: Vec<String>,
+    pub forward: Vec<String>,
+    pub port_range: Option<String>,
+    pub max_flows: Option<u32>,
+    pub sweep_interval_seconds: Option<u64>,
+}
+
+impl SettingsInput {
+    pub fn merge_file(mut self, file: SettingsFile) -> SettingsInput {
+        self.name = self.name.or(file.name);
+        self.netns = self.netns.or(file.netns);
+        self.internal_interface = self.internal_interface.or(file.internal_interface);
+        self.external_interface = self.external_interface.or(file.external_interface);
+        self.external_ip = self.external_ip.or(file.external_ip);
+        self.snat.extend(file.snat);
+        self.forward.extend(file.forward);
+        self.port_range = self.port_range.or(file.port_range);
+        self.max_flows = self.max_flows.or(file.max_flows);
+        self.sweep_interval_seconds = self.sweep_interval_seconds.or(file.sweep_interval_seconds);
+        self
+    }
+
+    pub fn validate(self) -> anyhow::Result<GatewaySettings> {
+        let required = |value: Option<String>, flag: &str| {
+            value.filter(|v| !v.is_empty()).with_context(|| format!("{flag} is required (as a flag or in --config)"))
+        };
+        let name = required(self.name, "--name")?;
+        pins::validate_name(&name)?;
+        let external_ip_text = required(self.external_ip, "--external-ip")?;
+        let external_ip = external_ip_text
+            .parse::<Ipv4Addr>()
+            .with_context(|| format!("invalid --external-ip {external_ip_text:?}: expected an IPv4 address"))?;
+        let mut policy = DesiredPolicy::new();
+        for (sources, action) in [(&self.snat, Action::Snat), (&self.forward, Action::Forward)] {
+            for source in sources {
+                let net = parse_cidr(source)?;
+                if let Some(previous) = policy.insert(net, action)
+                    && previous != action
+                {
+                    bail!("{net} is given both as --snat and as --forward: a source is either translated or not");
+                }
+            }
+        }
+        if policy.is_empty() {
+            bail!("no sources: give at least one --snat CIDR or --forward CIDR");
+        }
+        let port_range = match self.port_range {
+            Some(text) => text.parse()?,
+            None => DEFAULT_PORT_RANGE,
+        };
+        let max_flows = self.max_flows.unwrap_or(FLOW_TABLE_DEFAULT_ENTRIES / 2);
+        if max_flows == 0 || max_flows > 1 << 24 {
+            bail!("invalid --max-flows {max_flows}: expected 1 to {}", 1 << 24);
+        }
+        Ok(GatewaySettings {
+            name,
+            netns: self.netns,
+            internal_interface: required(self.internal_interface, "--internal-interface")?,
+            external_interface: required(self.external_interface, "--external-interface")?,
+            external_ip,
+            policy,
+            port_range,
+            max_flow_entries: max_flows * 2,
+            sweep_interval: self.sweep_interval_seconds.map(Duration::from_secs).unwrap_or(DEFAULT_SWEEP_INTERVAL),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> SettingsInput {
+        SettingsInput {
+            name: Some("gw1".into()),
+            internal_interface: Some("eth0".into()),
+            external_interface: Some("net1".into()),
+            external_ip: Some("172.17.0.11".into()),
+            snat: vec!["10.16.0.0/16".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn valid_settings_with_defaults() {
+        let s = input().validate().unwrap();
+        assert_eq!(s.port_range, DEFAULT_PORT_RANGE);
+        assert_eq!(s.policy.get(&"10.16.0.0/16".parse().unwrap()), Some(&Action::Snat));
+        assert_eq!(s.max_flow_entries, FLOW_TABLE_DEFAULT_ENTRIES);
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let err = |i: SettingsInput| i.validate().unwrap_err().to_string();
+        assert!(err(SettingsInput { snat: vec!["10.16.0.0/33".into()], ..input() }).contains("invalid CIDR"));
+        assert!(err(SettingsInput { snat: vec!["10.16.0.1/16".into()], ..input() }).contains("did you mean 10.16.0.0/16"));
+        assert!(err(SettingsInput { external_ip: Some("x".into()), ..input() }).contains("--external-ip"));
+        assert!(err(SettingsInput { port_range: Some("9-2".into()), ..input() }).contains("invalid port range"));
+        assert!(err(SettingsInput { name: Some("a/b".into()), ..input() }).contains("invalid gateway name"));
+        assert!(err(SettingsInput { snat: vec![], ..input() }).contains("no sources"));
+        let both = SettingsInput { forward: vec!["10.16.0.0/16".into()], ..input() };
+        assert!(err(both).contains("both as --snat and as --forward"));
+        assert!(err(SettingsInput { internal_interface: None, ..input() }).contains("--internal-interface is required"));
+    }
+
+    #[test]
+    fn bare_address_is_a_host_prefix() {
+        assert_eq!(parse_cidr("10.0.0.5").unwrap(), "10.0.0.5/32".parse::<Ipv4Net>().unwrap());
+    }
+
+    #[test]
+    fn file_and_flags_merge() {
+        let file: SettingsFile = serde_yaml::from_str(
+            "name: from-file\nexternalIP: 172.17.0.12\nsnat: [10.1.0.0/24]\nforward: [10.2.0.0/24]\nportRange: 2000-3000\n",
+        )
+        .unwrap();
+        let s = SettingsInput { name: None, external_ip: None, ..input() }.merge_file(file).validate().unwrap();
+        assert_eq!(s.name, "from-file");
+        assert_eq!(s.port_range, PortRange { min: 2000, max: 3000 });
+        assert_eq!(s.policy.len(), 3);
+        let json: SettingsFile = serde_yaml::from_str(r#"{"name": "j", "snat": ["10.3.0.0/24"]}"#).unwrap();
+        assert_eq!(json.name.as_deref(), Some("j"));
+        assert!(serde_yaml::from_str::<SettingsFile>("nmae: typo\n").is_err());
+    }
+
+    #[test]
+    fn port_ranges_overlap() {
+        let kernel = PortRange { min: 32768, max: 60999 };
+        assert!(!DEFAULT_PORT_RANGE.overlaps(&kernel));
+        assert!(PortRange { min: 30000, max: 40000 }.overlaps(&kernel));
+    }
+}

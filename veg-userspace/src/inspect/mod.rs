@@ -1,0 +1,4 @@
+//! `veg flows` and `veg stats`: read a gateway's pinned maps, whether or not its agent is running.
+
+pub mod flows;
+pub mod stats;
