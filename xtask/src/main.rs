@@ -1,1 +1,38 @@
-fn main(){}
+//! Developer tasks: `cargo xtask setup | build-ebpf | test | demo`.
+
+mod demo;
+mod workspace;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "veg's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (Debian packages, pinned toolchains, bpf-linker); cached.
+    Setup,
+    /// Build the eBPF object and copy it to target/bpf/veg-ebpf.o (for bpftool or llvm-objdump).
+    BuildEbpf,
+    /// Run every test: unit tests, then the datapath and traffic suites serially (needs root).
+    Test,
+    /// Show the gateway at work in network namespaces: clients, a gateway instance, an external server.
+    Demo,
+}
+
+fn main() {
+    let result = match Cli::parse().task {
+        Task::Setup => workspace::setup(),
+        Task::BuildEbpf => workspace::build_ebpf().map(|path| println!("eBPF object: {}", path.display())),
+        Task::Test => workspace::test(),
+        Task::Demo => demo::run(),
+    };
+    if let Err(err) = result {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}

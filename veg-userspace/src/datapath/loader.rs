@@ -43,6 +43,11 @@ impl Datapath {
         Ok(Datapath { ebpf, pin_dir: pin_dir.to_owned() })
     }
 
+    /// A loaded program, for running it on crafted packets (BPF_PROG_TEST_RUN).
+    pub fn program(&self, name: &str) -> anyhow::Result<&SchedClassifier> {
+        Ok(self.ebpf.program(name).with_context(|| format!("program {name} missing from the object"))?.try_into()?)
+    }
+
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }

@@ -1,0 +1,375 @@
+//! The datapath programs run on crafted packets (BPF_PROG_TEST_RUN): for every protocol and direction the output
+//! must be byte for byte the frame a netfilter router would send, with checksums recomputed here from scratch.
+//!
+//! The programs run in a namespace whose routes and static neighbours make every route lookup deterministic:
+//!   vin 10.16.0.12/16 (internal), clients' MACs pinned; vex 172.17.0.11/16 (external), default via 172.17.0.1.
+
+use std::net::Ipv4Addr;
+
+use aya::programs::{TestRun, TestRunOptions};
+use veg_testbed::{
+    netns::Netns,
+    packet::{Frame, L4, TCP_ACK, TCP_SYN, l4_port},
+    skip_unless_root, unique,
+};
+use veg_common::{address::Address, config::GatewayConfig};
+use veg_userspace::{
+    datapath::{
+        loader::{Datapath, PROGRAM_FROM_OUTSIDE, PROGRAM_FROM_VPC},
+        pins,
+        policy::{Action, DesiredPolicy},
+        stats::read_counters,
+    },
+    gateway::host::interface_index,
+};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const VIN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
+const VEX_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x01];
+const NEXTHOP_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x02];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x02];
+const CLIENT2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x03];
+const FORWARD_CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x04];
+
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 16, 0, 2);
+const CLIENT2: Ipv4Addr = Ipv4Addr::new(10, 16, 0, 3);
+const FORWARD_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 16, 1, 2);
+const OUTSIDER: Ipv4Addr = Ipv4Addr::new(10, 16, 2, 2);
+const INSTANCE: Ipv4Addr = Ipv4Addr::new(10, 16, 0, 12);
+const EXTERNAL: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 11);
+const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const PORT_MIN: u16 = 1024;
+const PORT_MAX: u16 = 32767;
+
+struct ProgramLab {
+    datapath: Datapath,
+    name: String,
+}
+
+impl ProgramLab {
+    fn run(&self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = self
+            .datapath
+            .program(program)
+            .unwrap()
+            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        (result.return_value, out)
+    }
+
+    fn from_vpc(&self, frame: &Frame) -> (u32, Vec<u8>) {
+        self.run(PROGRAM_FROM_VPC, &frame.bytes())
+    }
+
+    fn from_outside(&self, frame: &Frame) -> (u32, Vec<u8>) {
+        self.run(PROGRAM_FROM_OUTSIDE, &frame.bytes())
+    }
+
+    fn counter(&self, label: &str) -> u64 {
+        let counters = read_counters(&pins::gateway_dir(&self.name).join(pins::STATS)).unwrap();
+        counters.iter().find(|(c, _)| c.label() == label).map(|(_, v)| *v).unwrap()
+    }
+}
+
+impl Drop for ProgramLab {
+    fn drop(&mut self) {
+        let _ = pins::remove_gateway_pins(&self.name);
+    }
+}
+
+/// Build the namespace, load the datapath, and run `test` on a thread inside the namespace (route lookups use
+/// the calling thread's namespace).
+fn with_program_lab(test: impl FnOnce(&ProgramLab) + Send + 'static) {
+    if skip_unless_root() {
+        return;
+    }
+    let ns = Netns::new(&unique("vegprog"));
+    for (dev, peer, mac, addr) in [("vin", "vinp", VIN_MAC, "10.16.0.12/16"), ("vex", "vexp", VEX_MAC, "172.17.0.11/16")] {
+        ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", peer]);
+        ns.ip(&["link", "set", dev, "address", &mac_text(mac)]);
+        ns.ip(&["addr", "add", addr, "dev", dev]);
+        ns.ip(&["link", "set", dev, "up"]);
+        ns.ip(&["link", "set", peer, "up"]);
+    }
+    ns.ip(&["route", "add", "default", "via", "172.17.0.1", "dev", "vex"]);
+    for (ip, mac, dev) in [
+        ("172.17.0.1", NEXTHOP_MAC, "vex"),
+        ("10.16.0.2", CLIENT_MAC, "vin"),
+        ("10.16.0.3", CLIENT2_MAC, "vin"),
+        ("10.16.1.2", FORWARD_CLIENT_MAC, "vin"),
+    ] {
+        ns.ip(&["neigh", "replace", ip, "lladdr", &mac_text(mac), "dev", dev, "nud", "permanent"]);
+    }
+    ns.sysctl("net.ipv4.conf.all.forwarding", "1");
+    let name = unique("vegprog");
+    ns.run(move || {
+        let mut datapath = Datapath::load(&pins::gateway_dir(&name), 65536).expect("loading the datapath");
+        let lab_name = name.clone();
+        let policy: DesiredPolicy = [
+            ("10.16.0.0/24".parse().unwrap(), Action::Snat),
+            ("10.16.1.0/24".parse().unwrap(), Action::Forward),
+        ]
+        .into();
+        datapath.policy().unwrap().sync(&policy).unwrap();
+        datapath
+            .configure(&GatewayConfig {
+                external_addr_v4: Address::from_ip(EXTERNAL.into()),
+                internal_ifindex: interface_index("vin", "internal").unwrap(),
+                external_ifindex: interface_index("vex", "external").unwrap(),
+                port_min: PORT_MIN,
+                port_max: PORT_MAX,
+                ready: 1,
+            })
+            .unwrap();
+        let lab = ProgramLab { datapath, name: lab_name };
+        test(&lab);
+    });
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// The frame a router sends after SNAT: new source, TTL - 1, MACs of the external hop.
+fn snat_expected(sent: &Frame, translated_port: u16) -> Vec<u8> {
+    let mut out = sent.clone();
+    out.src = EXTERNAL;
+    out.ttl -= 1;
+    out.src_mac = VEX_MAC;
+    out.dst_mac = NEXTHOP_MAC;
+    set_port(&mut out.l4, true, translated_port);
+    out.bytes()
+}
+
+/// The frame a router sends after translating a reply back to `client`.
+fn reverse_expected(reply: &Frame, client: Ipv4Addr, client_mac: [u8; 6], client_port: u16) -> Vec<u8> {
+    let mut out = reply.clone();
+    out.dst = client;
+    out.ttl -= 1;
+    out.src_mac = VIN_MAC;
+    out.dst_mac = client_mac;
+    set_port(&mut out.l4, false, client_port);
+    out.bytes()
+}
+
+fn set_port(l4: &mut L4, source: bool, port: u16) {
+    match l4 {
+        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => *(if source { sport } else { dport }) = port,
+        L4::IcmpEcho { id, .. } => *id = port,
+    }
+}
+
+fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
+    L4::Tcp { sport, dport, seq: 0x01020304, flags, payload: b"GET / HTTP/1.0\r\n\r\n".to_vec() }
+}
+
+fn udp(sport: u16, dport: u16, no_checksum: bool) -> L4 {
+    // An odd length exercises the checksum's padding byte.
+    L4::Udp { sport, dport, payload: b"odd-length payload".to_vec(), no_checksum }
+}
+
+#[test]
+fn tcp_is_translated_out_and_back_exactly() {
+    with_program_lab(|lab| {
+        let syn = Frame::new(CLIENT, SERVER, tcp(5000, 80, TCP_SYN));
+        let (verdict, out) = lab.from_vpc(&syn);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        // 5000 is free and inside the range: kept.
+        assert_eq!(out, snat_expected(&syn, 5000));
+
+        let syn_ack = Frame::new(SERVER, EXTERNAL, tcp(80, 5000, TCP_SYN | TCP_ACK));
+        let (verdict, back) = lab.from_outside(&syn_ack);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(back, reverse_expected(&syn_ack, CLIENT, CLIENT_MAC, 5000));
+        assert_eq!(lab.counter("translated_out"), 1);
+        assert_eq!(lab.counter("translated_in"), 1);
+        assert_eq!(lab.counter("flows_created"), 1);
+    });
+}
+
+#[test]
+fn udp_is_translated_out_and_back_exactly() {
+    with_program_lab(|lab| {
+        let request = Frame::new(CLIENT, SERVER, udp(5353, 53, false));
+        let (verdict, out) = lab.from_vpc(&request);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(out, snat_expected(&request, 5353));
+        let reply = Frame::new(SERVER, EXTERNAL, udp(53, 5353, false));
+        let (verdict, back) = lab.from_outside(&reply);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(back, reverse_expected(&reply, CLIENT, CLIENT_MAC, 5353));
+    });
+}
+
+#[test]
+fn udp_without_checksum_stays_without() {
+    with_program_lab(|lab| {
+        let request = Frame::new(CLIENT, SERVER, udp(6000, 9000, true));
+        let (verdict, out) = lab.from_vpc(&request);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let expected = snat_expected(&request, 6000);
+        assert_eq!(out, expected);
+        assert_eq!(&out[40..42], &[0, 0], "UDP checksum must stay zero");
+        let reply = Frame::new(SERVER, EXTERNAL, udp(9000, 6000, true));
+        let (_, back) = lab.from_outside(&reply);
+        assert_eq!(back, reverse_expected(&reply, CLIENT, CLIENT_MAC, 6000));
+    });
+}
+
+#[test]
+fn icmp_echo_is_translated_by_identifier() {
+    with_program_lab(|lab| {
+        let echo = L4::IcmpEcho { kind: 8, id: 0x1234, seq: 1, payload: vec![0xab; 56] };
+        let request = Frame::new(CLIENT, SERVER, echo);
+        let (verdict, out) = lab.from_vpc(&request);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(out, snat_expected(&request, 0x1234));
+        let reply = Frame::new(SERVER, EXTERNAL, L4::IcmpEcho { kind: 0, id: 0x1234, seq: 1, payload: vec![0xab; 56] });
+        let (verdict, back) = lab.from_outside(&reply);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(back, reverse_expected(&reply, CLIENT, CLIENT_MAC, 0x1234));
+    });
+}
+
+#[test]
+fn same_source_port_from_two_clients_gets_two_ports() {
+    with_program_lab(|lab| {
+        let first = Frame::new(CLIENT, SERVER, udp(7000, 53, false));
+        let second = Frame::new(CLIENT2, SERVER, udp(7000, 53, false));
+        let (_, out1) = lab.from_vpc(&first);
+        let (verdict, out2) = lab.from_vpc(&second);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let port2 = l4_port(&out2, true);
+        assert_eq!(l4_port(&out1, true), 7000);
+        assert_ne!(port2, 7000, "the second client must get another port");
+        assert!((PORT_MIN..=PORT_MAX).contains(&port2), "port {port2} outside the range");
+        assert_eq!(out2, snat_expected(&second, port2));
+        // Each reply goes to its own client.
+        let reply2 = Frame::new(SERVER, EXTERNAL, udp(53, port2, false));
+        assert_eq!(lab.from_outside(&reply2).1, reverse_expected(&reply2, CLIENT2, CLIENT2_MAC, 7000));
+        // A source port outside the range is never kept.
+        let high = Frame::new(CLIENT, SERVER, udp(40000, 53, false));
+        let port = l4_port(&lab.from_vpc(&high).1, true);
+        assert!((PORT_MIN..=PORT_MAX).contains(&port));
+    });
+}
+
+#[test]
+fn ipv4_options_are_kept() {
+    with_program_lab(|lab| {
+        let mut request = Frame::new(CLIENT, SERVER, tcp(5001, 443, TCP_SYN));
+        request.options = vec![0x01, 0x01, 0x01, 0x00]; // NOP NOP NOP EOL
+        let (verdict, out) = lab.from_vpc(&request);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(out, snat_expected(&request, 5001));
+    });
+}
+
+#[test]
+fn forward_sources_are_routed_unchanged() {
+    with_program_lab(|lab| {
+        let request = Frame::new(FORWARD_CLIENT, SERVER, tcp(5002, 80, TCP_SYN));
+        let (verdict, out) = lab.from_vpc(&request);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let mut expected = request.clone();
+        expected.ttl -= 1;
+        expected.src_mac = VEX_MAC;
+        expected.dst_mac = NEXTHOP_MAC;
+        assert_eq!(out, expected.bytes());
+        let reply = Frame::new(SERVER, FORWARD_CLIENT, tcp(80, 5002, TCP_SYN | TCP_ACK));
+        let (verdict, back) = lab.from_outside(&reply);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(back, reverse_expected(&reply, FORWARD_CLIENT, FORWARD_CLIENT_MAC, 5002));
+        assert_eq!(lab.counter("forwarded_out"), 1);
+        assert_eq!(lab.counter("forwarded_in"), 1);
+    });
+}
+
+#[test]
+fn sources_outside_every_policy_are_dropped_and_counted() {
+    with_program_lab(|lab| {
+        let (verdict, _) = lab.from_vpc(&Frame::new(OUTSIDER, SERVER, tcp(5003, 80, TCP_SYN)));
+        assert_eq!(verdict, TC_ACT_SHOT);
+        assert_eq!(lab.counter("dropped_no_policy"), 1);
+        // ...but traffic to the instance itself (BFD, health checks) is not ours to judge.
+        let bfd = Frame::new(OUTSIDER, INSTANCE, udp(49152, 3784, false));
+        assert_eq!(lab.from_vpc(&bfd).0, TC_ACT_OK);
+    });
+}
+
+#[test]
+fn unsolicited_packets_from_outside_are_dropped() {
+    with_program_lab(|lab| {
+        for l4 in [tcp(80, 6000, TCP_SYN), udp(53, 6001, false)] {
+            let (verdict, _) = lab.from_outside(&Frame::new(SERVER, EXTERNAL, l4));
+            assert_eq!(verdict, TC_ACT_SHOT);
+        }
+        // Straight at a SNAT client's own address: never routed in.
+        assert_eq!(lab.from_outside(&Frame::new(SERVER, CLIENT, tcp(80, 5004, TCP_SYN))).0, TC_ACT_SHOT);
+        assert_eq!(lab.counter("dropped_unsolicited"), 3);
+        // Outside the NAT range it is for the instance's own sockets.
+        assert_eq!(lab.from_outside(&Frame::new(SERVER, EXTERNAL, tcp(80, 40000, TCP_ACK))).0, TC_ACT_OK);
+        // A reply to a flow of another remote port does not match either.
+        lab.from_vpc(&Frame::new(CLIENT, SERVER, udp(6002, 53, false)));
+        assert_eq!(lab.from_outside(&Frame::new(SERVER, EXTERNAL, udp(54, 6002, false))).0, TC_ACT_SHOT);
+    });
+}
+
+#[test]
+fn expiring_ttl_is_left_to_the_kernel() {
+    with_program_lab(|lab| {
+        let mut request = Frame::new(CLIENT, SERVER, udp(6003, 33434, false));
+        request.ttl = 1;
+        let (verdict, out) = lab.from_vpc(&request);
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(out, request.bytes(), "a packet left to the kernel must be untouched");
+        assert_eq!(lab.counter("ttl_expired"), 1);
+    });
+}
+
+#[test]
+fn malformed_and_truncated_packets_are_dropped() {
+    with_program_lab(|lab| {
+        let good = Frame::new(CLIENT, SERVER, tcp(5005, 80, TCP_SYN)).bytes();
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        // Cut inside the TCP header.
+        cases.push(good[..14 + 20 + 10].to_vec());
+        // IHL below 5.
+        let mut bad_ihl = good.clone();
+        bad_ihl[14] = 0x44;
+        cases.push(bad_ihl);
+        // Total length larger than what arrived.
+        let mut long = good.clone();
+        long[16..18].copy_from_slice(&2000u16.to_be_bytes());
+        cases.push(long);
+        // TCP data offset below 5.
+        let mut bad_doff = good.clone();
+        bad_doff[14 + 20 + 12] = 0x40;
+        cases.push(bad_doff);
+        // UDP length beyond the packet.
+        let mut udp_long = Frame::new(CLIENT, SERVER, udp(5006, 53, false)).bytes();
+        udp_long[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&500u16.to_be_bytes());
+        cases.push(udp_long);
+        for (i, case) in cases.iter().enumerate() {
+            let (verdict, _) = lab.run(PROGRAM_FROM_VPC, case);
+            assert_eq!(verdict, TC_ACT_SHOT, "case {i} was not dropped");
+        }
+        assert_eq!(lab.counter("dropped_malformed"), cases.len() as u64);
+        assert_eq!(lab.counter("translated_out"), 0);
+    });
+}
+
+#[test]
+fn fragments_from_snat_sources_are_dropped_not_leaked() {
+    with_program_lab(|lab| {
+        let mut first = Frame::new(CLIENT, SERVER, udp(6004, 53, false));
+        first.frag = 0x2000; // more fragments
+        assert_eq!(lab.from_vpc(&first).0, TC_ACT_SHOT);
+        assert_eq!(lab.counter("dropped_fragment"), 1);
+    });
+}

@@ -1,0 +1,267 @@
+//! Real traffic through `veg gateway` in network namespaces (see veg-testbed's lab.rs for the topology). Every
+//! assertion is about what the far side saw: the source address a server observed, what reached a client.
+//!
+//! Run serially (`--test-threads=1`): each test builds its own namespaces, but timing-sensitive traffic should not
+//! compete with other tests for the two cores.
+
+use std::{
+    collections::HashSet,
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
+    time::Duration,
+};
+
+use veg_testbed::{
+    lab::{GATEWAY_EXTERNAL_IP, Lab, SERVER_IP},
+    servers::{connect_from, icmp_echo_sources, tcp_echo, tcp_round_trip, udp_echo, udp_round_trip},
+    skip_unless_root,
+};
+
+const TCP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 9000;
+
+fn server(port: u16) -> SocketAddr {
+    SocketAddr::new(SERVER_IP.parse().unwrap(), port)
+}
+
+fn external_ip() -> IpAddr {
+    GATEWAY_EXTERNAL_IP.parse().unwrap()
+}
+
+#[test]
+fn tcp_udp_and_ping_leave_with_the_external_address() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    let gateway = lab.start_gateway(&[]);
+    let tcp = tcp_echo(&lab.server, TCP_PORT);
+    let udp = udp_echo(&lab.server, UDP_PORT);
+    let icmp = icmp_echo_sources(&lab.server);
+
+    assert_eq!(tcp_round_trip(lab.client(client), 0, server(TCP_PORT), b"over tcp").unwrap(), b"over tcp");
+    assert_eq!(udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"over udp").unwrap(), b"over udp");
+    let ping = lab.client(client).exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", SERVER_IP]);
+    assert!(ping.status.success(), "ping through the gateway failed:\n{}", String::from_utf8_lossy(&ping.stdout));
+
+    for (what, peers) in [("tcp", tcp.peers()), ("udp", udp.peers()), ("icmp", icmp.peers())] {
+        assert!(!peers.is_empty(), "the server saw no {what}");
+        assert!(peers.iter().all(|p| p.ip() == external_ip()), "{what} seen from {peers:?}, not {GATEWAY_EXTERNAL_IP}");
+    }
+    let flows = gateway.flows();
+    for protocol in ["tcp", "udp", "icmp"] {
+        assert!(flows.iter().any(|f| f["protocol"] == protocol && f["original_source"].as_str().unwrap().starts_with("10.16.0.2:")),
+            "veg flows lacks the {protocol} flow: {flows:?}");
+    }
+}
+
+#[test]
+fn forward_policy_client_is_seen_with_its_own_address() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.1.2");
+    let gateway = lab.start_gateway(&[]);
+    let tcp = tcp_echo(&lab.server, TCP_PORT);
+    assert_eq!(tcp_round_trip(lab.client(client), 0, server(TCP_PORT), b"routed").unwrap(), b"routed");
+    assert_eq!(tcp.peers()[0].ip(), "10.16.1.2".parse::<IpAddr>().unwrap());
+    assert!(gateway.counter("forwarded_out") > 0 && gateway.counter("forwarded_in") > 0);
+    assert!(gateway.flows().is_empty(), "forwarded traffic must not create translations");
+}
+
+#[test]
+fn two_clients_with_the_same_source_port_both_work() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let first = lab.add_client("10.16.0.2");
+    let second = lab.add_client("10.16.0.3");
+    let _gateway = lab.start_gateway(&[]);
+    let udp = udp_echo(&lab.server, UDP_PORT);
+    let tcp = tcp_echo(&lab.server, TCP_PORT);
+    for client in [first, second] {
+        assert_eq!(udp_round_trip(lab.client(client), 5555, server(UDP_PORT), b"same port").unwrap(), b"same port");
+        assert_eq!(tcp_round_trip(lab.client(client), 5555, server(TCP_PORT), b"same port").unwrap(), b"same port");
+    }
+    for peers in [udp.peers(), tcp.peers()] {
+        assert_eq!(peers.len(), 2);
+        assert!(peers.iter().all(|p| p.ip() == external_ip()));
+        assert_ne!(peers[0].port(), peers[1].port(), "both clients were given the same translated port");
+    }
+}
+
+#[test]
+fn ten_thousand_udp_flows_get_distinct_external_tuples() {
+    if skip_unless_root() {
+        return;
+    }
+    const FLOWS: u16 = 10_000;
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    let gateway = lab.start_gateway(&[]);
+    let udp = udp_echo(&lab.server, UDP_PORT);
+    let target = server(UDP_PORT);
+    // One socket per flow, each waiting for its echo (one retry), so no datagram is lost to a full buffer.
+    let unanswered = lab.client(client).run(move || {
+        let mut unanswered = 0;
+        for port in 20_000..20_000 + FLOWS {
+            let socket = UdpSocket::bind(("0.0.0.0", port)).unwrap();
+            socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            let mut buf = [0u8; 16];
+            let answered = (0..2).any(|_| {
+                socket.send_to(&port.to_be_bytes(), target).unwrap();
+                socket.recv_from(&mut buf).is_ok()
+            });
+            if !answered {
+                unanswered += 1;
+            }
+        }
+        unanswered
+    });
+    assert_eq!(unanswered, 0, "{unanswered} flows got no answer through the gateway");
+    let peers = udp.peers();
+    let distinct: HashSet<SocketAddr> = peers.iter().copied().collect();
+    assert!(peers.iter().all(|p| p.ip() == external_ip()), "some flows were not translated");
+    assert_eq!(distinct.len(), FLOWS as usize, "flows shared an external tuple");
+    let flows = gateway.flows();
+    let translated: HashSet<&str> = flows.iter().map(|f| f["translated_source"].as_str().unwrap()).collect();
+    assert_eq!(flows.len(), FLOWS as usize);
+    assert_eq!(translated.len(), FLOWS as usize);
+}
+
+#[test]
+fn open_tcp_connection_survives_a_gateway_restart() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    let mut gateway = lab.start_gateway(&[]);
+    let tcp = tcp_echo(&lab.server, TCP_PORT);
+    let (to_client, from_test) = std::sync::mpsc::channel::<()>();
+    let (to_test, from_client) = std::sync::mpsc::channel::<Result<(), String>>();
+    let target = server(TCP_PORT);
+    let connection = lab.client(client).spawn(move || {
+        let round_trip = |stream: &mut std::net::TcpStream, payload: &[u8]| -> Result<(), String> {
+            stream.write_all(payload).map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; payload.len()];
+            stream.read_exact(&mut buf).map_err(|e| e.to_string())?;
+            if buf == payload { Ok(()) } else { Err("wrong echo".into()) }
+        };
+        let mut stream = connect_from(0, target).unwrap();
+        to_test.send(round_trip(&mut stream, b"before restart")).unwrap();
+        from_test.recv().unwrap();
+        to_test.send(round_trip(&mut stream, b"after restart")).unwrap();
+    });
+    from_client.recv().unwrap().expect("first exchange");
+    let before = translations(&gateway.flows());
+    gateway.restart();
+    assert_eq!(translations(&gateway.flows()), before, "the restarted agent lost the flow");
+    to_client.send(()).unwrap();
+    from_client.recv().unwrap().expect("the connection broke across the restart");
+    connection.join().unwrap();
+    assert_eq!(tcp.peers().len(), 1, "the client had to reconnect");
+}
+
+/// The part of `veg flows` that must not change: who was translated to what, toward whom.
+fn translations(flows: &[serde_json::Value]) -> Vec<(String, String, String, String)> {
+    let field = |f: &serde_json::Value, k: &str| f[k].as_str().unwrap().to_owned();
+    flows
+        .iter()
+        .map(|f| (field(f, "protocol"), field(f, "original_source"), field(f, "translated_source"), field(f, "remote")))
+        .collect()
+}
+
+#[test]
+fn unsolicited_packets_never_reach_a_client() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    let gateway = lab.start_gateway(&[]);
+    // The client listens on ports inside and outside the NAT range.
+    let ports = [7000u16, 40000];
+    let listeners = lab.client(client).spawn(move || {
+        let tcp: Vec<TcpListener> = ports.iter().map(|p| TcpListener::bind(("0.0.0.0", *p)).unwrap()).collect();
+        let udp: Vec<UdpSocket> = ports.iter().map(|p| UdpSocket::bind(("0.0.0.0", *p)).unwrap()).collect();
+        for l in &tcp {
+            l.set_nonblocking(true).unwrap();
+        }
+        for u in &udp {
+            u.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+        }
+        let mut reached = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(4);
+        while std::time::Instant::now() < deadline {
+            for l in &tcp {
+                if let Ok((_, peer)) = l.accept() {
+                    reached.push(format!("tcp from {peer}"));
+                }
+            }
+            for u in &udp {
+                let mut buf = [0u8; 64];
+                if let Ok((_, peer)) = u.recv_from(&mut buf) {
+                    reached.push(format!("udp from {peer}"));
+                }
+            }
+        }
+        reached
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let targets: Vec<Ipv4Addr> = vec![GATEWAY_EXTERNAL_IP.parse().unwrap(), "10.16.0.2".parse().unwrap()];
+    let connected = lab.server.run(move || {
+        let mut connected = Vec::new();
+        for ip in &targets {
+            for port in ports {
+                let to = SocketAddr::from((*ip, port));
+                if std::net::TcpStream::connect_timeout(&to, Duration::from_millis(500)).is_ok() {
+                    connected.push(to);
+                }
+                let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+                for _ in 0..3 {
+                    socket.send_to(b"unsolicited", to).unwrap();
+                }
+            }
+        }
+        connected
+    });
+    let reached = listeners.join().unwrap();
+    assert!(connected.is_empty(), "unsolicited connections succeeded: {connected:?}");
+    assert!(reached.is_empty(), "unsolicited packets reached the client: {reached:?}");
+    assert!(gateway.counter("dropped_unsolicited") > 0);
+}
+
+#[test]
+fn client_outside_every_policy_is_dropped_and_counted() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.2.2");
+    let gateway = lab.start_gateway(&[]);
+    let udp = udp_echo(&lab.server, UDP_PORT);
+    assert!(udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"no policy").is_err());
+    assert!(udp.peers().is_empty(), "traffic from outside every policy reached the server: {:?}", udp.peers());
+    assert!(gateway.counter("dropped_no_policy") > 0);
+}
+
+#[test]
+fn the_instance_own_connections_still_work() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    let _gateway = lab.start_gateway(&[]);
+    let tcp = tcp_echo(&lab.server, TCP_PORT);
+    // A translated flow first, then the instance's own connection through net1 beside it.
+    tcp_round_trip(lab.client(client), 0, server(TCP_PORT), b"client").unwrap();
+    assert_eq!(tcp_round_trip(&lab.gateway, 0, server(TCP_PORT), b"instance").unwrap(), b"instance");
+    let own = tcp.peers()[1];
+    assert_eq!(own.ip(), external_ip());
+    assert!(own.port() >= 32768, "the instance's own connection should use the kernel's ephemeral range: {own}");
+}

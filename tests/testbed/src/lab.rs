@@ -1,0 +1,205 @@
+//! The gateway lab: VPC clients on a switch, a gateway instance (eth0 on the switch, net1 a macvlan on an
+//! underlay link), and an external server on the underlay. Addresses:
+//!
+//!   VPC 10.16.0.0/16: gateway eth0 10.16.0.12; SNAT clients 10.16.0.x, forward clients 10.16.1.x,
+//!                     clients outside every policy 10.16.2.x
+//!   underlay 172.17.0.0/16: server 172.17.0.1 (also the external gateway), gateway net1 172.17.0.11
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use crate::{netns::Netns, unique};
+
+pub const GATEWAY_INTERNAL_IP: &str = "10.16.0.12";
+pub const GATEWAY_EXTERNAL_IP: &str = "172.17.0.11";
+pub const SERVER_IP: &str = "172.17.0.1";
+pub const SNAT_SOURCES: &str = "10.16.0.0/24";
+pub const FORWARD_SOURCES: &str = "10.16.1.0/24";
+
+pub struct Lab {
+    pub prefix: String,
+    /// The `veg` binary that runs the gateway.
+    pub veg: String,
+    // Field order is drop order: clients, then the instance, then the rest.
+    pub clients: Vec<Netns>,
+    pub gateway: Netns,
+    pub server: Netns,
+    pub underlay: Netns,
+    pub vpc: Netns,
+}
+
+impl Lab {
+    pub fn new(veg: &str) -> Lab {
+        let prefix = unique("veg");
+        let vpc = Netns::new(&format!("{prefix}-vpc"));
+        let gateway = Netns::new(&format!("{prefix}-gw"));
+        let underlay = Netns::new(&format!("{prefix}-ul"));
+        let server = Netns::new(&format!("{prefix}-srv"));
+
+        vpc.ip(&["link", "add", "br0", "type", "bridge"]);
+        vpc.ip(&["link", "set", "br0", "up"]);
+        // Gateway eth0 on the VPC switch.
+        vpc.ip(&["link", "add", "gw", "type", "veth", "peer", "name", "eth0", "netns", &gateway.name]);
+        vpc.ip(&["link", "set", "gw", "master", "br0", "up"]);
+        gateway.ip(&["addr", "add", &format!("{GATEWAY_INTERNAL_IP}/16"), "dev", "eth0"]);
+        gateway.ip(&["link", "set", "eth0", "up"]);
+        // The underlay: the node's link, the server on its far end, net1 a macvlan moved into the instance as
+        // Multus does.
+        underlay.ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul1", "netns", &server.name]);
+        underlay.ip(&["link", "set", "ul0", "up"]);
+        underlay.ip(&["link", "add", "net1", "link", "ul0", "type", "macvlan", "mode", "bridge"]);
+        underlay.ip(&["link", "set", "net1", "netns", &gateway.name]);
+        gateway.ip(&["addr", "add", &format!("{GATEWAY_EXTERNAL_IP}/16"), "dev", "net1"]);
+        gateway.ip(&["link", "set", "net1", "up"]);
+        gateway.ip(&["route", "add", "default", "via", SERVER_IP]);
+        server.ip(&["addr", "add", &format!("{SERVER_IP}/16"), "dev", "ul1"]);
+        server.ip(&["link", "set", "ul1", "up"]);
+        // Forward (no-SNAT) clients are routed, not translated: the outside reaches them through the gateway.
+        server.ip(&["route", "add", "10.16.0.0/16", "via", GATEWAY_EXTERNAL_IP]);
+        Lab { prefix, veg: veg.to_owned(), clients: Vec::new(), gateway, server, underlay, vpc }
+    }
+
+    /// A client namespace on the VPC switch with this address, routing everything through the gateway.
+    pub fn add_client(&mut self, address: &str) -> usize {
+        let index = self.clients.len();
+        let client = Netns::new(&format!("{}-c{index}", self.prefix));
+        let port = format!("c{index}");
+        self.vpc.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &client.name]);
+        self.vpc.ip(&["link", "set", &port, "master", "br0", "up"]);
+        client.ip(&["addr", "add", &format!("{address}/16"), "dev", "eth0"]);
+        client.ip(&["link", "set", "eth0", "up"]);
+        client.ip(&["route", "add", "default", "via", GATEWAY_INTERNAL_IP]);
+        self.clients.push(client);
+        index
+    }
+
+    pub fn client(&self, index: usize) -> &Netns {
+        &self.clients[index]
+    }
+
+    /// Start `veg gateway` in the instance with the lab's policies plus `extra` arguments.
+    pub fn start_gateway(&self, extra: &[&str]) -> Gateway {
+        let name = format!("{}-gw", self.prefix);
+        Gateway::start(&self.veg, &name, &self.gateway.name, extra)
+    }
+}
+
+/// A running `veg gateway`. Dropping it stops the agent and removes its pinned state.
+pub struct Gateway {
+    pub name: String,
+    veg: String,
+    netns: String,
+    extra: Vec<String>,
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+}
+
+impl Gateway {
+    fn start(veg: &str, name: &str, netns: &str, extra: &[&str]) -> Gateway {
+        let mut gateway = Gateway {
+            name: name.to_owned(),
+            veg: veg.to_owned(),
+            netns: netns.to_owned(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+        };
+        gateway.spawn();
+        gateway
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(&self.veg)
+            .args(["gateway", "--name", &self.name, "--netns", &self.netns])
+            .args(["--internal-interface", "eth0", "--external-interface", "net1"])
+            .args(["--external-ip", GATEWAY_EXTERNAL_IP, "--snat", SNAT_SOURCES, "--forward", FORWARD_SOURCES])
+            .args(&self.extra)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting veg gateway");
+        let stderr = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        self.child = Some(child);
+        self.wait_for_log("gateway datapath attached", Duration::from_secs(20));
+    }
+
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().matches(needle).count() > 0 {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!("veg gateway exited ({status}) before {needle:?}:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "veg gateway did not log {needle:?} in time:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// SIGTERM and wait: the agent detaches and keeps its pins.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait().expect("waiting for veg gateway");
+            assert!(status.success(), "veg gateway exited with {status} on SIGTERM:\n{}", self.log());
+        }
+    }
+
+    /// Stop and start again with the same settings.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.log.lock().unwrap().clear();
+        self.spawn();
+    }
+
+    fn veg(&self, command: &str) -> serde_json::Value {
+        let out = Command::new(&self.veg).args([command, "--name", &self.name, "--json"]).output().unwrap();
+        assert!(out.status.success(), "veg {command}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `veg flows` as a person reads it.
+    pub fn flows_table(&self) -> String {
+        let out = Command::new(&self.veg).args(["flows", "--name", &self.name]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `veg flows --json`.
+    pub fn flows(&self) -> Vec<serde_json::Value> {
+        self.veg("flows").as_array().unwrap().clone()
+    }
+
+    /// One counter from `veg stats --json`.
+    pub fn counter(&self, label: &str) -> u64 {
+        self.veg("stats")[label].as_u64().unwrap_or_else(|| panic!("no counter {label}"))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+        let _ = Command::new(&self.veg).args(["gateway", "--name", &self.name, "--cleanup"]).output();
+    }
+}

@@ -1,0 +1,70 @@
+//! Network namespaces for tests: created with `ip netns add`, deleted on drop (also when the test panics).
+
+use std::{fs::File, os::fd::AsRawFd, process::Command, thread};
+
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Netns {
+        ip(&["netns", "add", name]);
+        let ns = Netns { name: name.to_owned() };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// `ip -n NAME ARGS...`, panicking with ip's message on failure.
+    pub fn ip(&self, args: &[&str]) {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full);
+    }
+
+    /// Run a command inside the namespace and return its stdout.
+    pub fn exec(&self, program: &str, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running {program} in {}: {e}", self.name))
+    }
+
+    /// Run `f` on a thread inside this namespace (sockets it opens live there).
+    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+        let path = format!("/var/run/netns/{}", self.name);
+        thread::spawn(move || {
+            enter(&path);
+            f()
+        })
+    }
+
+    /// Run `f` inside this namespace and wait for it.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn(f).join().expect("thread in namespace panicked")
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let out = self.exec("sysctl", &["-qw", &format!("{key}={value}")]);
+        assert!(out.status.success(), "sysctl {key}={value}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// Move the calling thread into the namespace at `path`.
+pub fn enter(path: &str) {
+    let file = File::open(path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    // SAFETY: valid fd; affects the calling thread only.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+}
+
+pub fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}

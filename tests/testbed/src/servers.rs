@@ -1,0 +1,172 @@
+//! Servers on the far side that record the source address of everything they receive, and echo it back.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use crate::netns::Netns;
+
+/// The peers a server saw, in arrival order. Stops its threads on drop.
+pub struct Recorder {
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Recorder {
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A UDP server on `port` in `ns` that records each datagram's source and echoes it.
+pub fn udp_echo(ns: &Netns, port: u16) -> Recorder {
+    let peers = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (p, s) = (peers.clone(), stop.clone());
+    let thread = ns.spawn(move || {
+        let socket = UdpSocket::bind(("0.0.0.0", port)).expect("binding UDP server");
+        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [0u8; 2048];
+        while !s.load(Ordering::Relaxed) {
+            if let Ok((len, peer)) = socket.recv_from(&mut buf) {
+                p.lock().unwrap().push(peer);
+                let _ = socket.send_to(&buf[..len], peer);
+            }
+        }
+    });
+    ready_rx.recv().expect("UDP server failed to start");
+    Recorder { peers, stop, thread: Some(thread) }
+}
+
+/// A TCP server on `port` in `ns` that records each connection's source and echoes until the peer closes.
+pub fn tcp_echo(ns: &Netns, port: u16) -> Recorder {
+    let peers = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (p, s) = (peers.clone(), stop.clone());
+    let thread = ns.spawn(move || {
+        let listener = TcpListener::bind(("0.0.0.0", port)).expect("binding TCP server");
+        listener.set_nonblocking(true).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut connections = Vec::new();
+        while !s.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    p.lock().unwrap().push(peer);
+                    let stop = s.clone();
+                    connections.push(std::thread::spawn(move || echo_stream(stream, &stop)));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        for c in connections {
+            let _ = c.join();
+        }
+    });
+    ready_rx.recv().expect("TCP server failed to start");
+    Recorder { peers, stop, thread: Some(thread) }
+}
+
+fn echo_stream(mut stream: TcpStream, stop: &AtomicBool) {
+    stream.set_nonblocking(false).unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// From inside `ns`: send one UDP datagram from `local_port` (0: any) and wait for the echo.
+pub fn udp_round_trip(ns: &Netns, local_port: u16, server: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let payload = payload.to_vec();
+    ns.run(move || {
+        let socket = UdpSocket::bind(("0.0.0.0", local_port))?;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        socket.send_to(&payload, server)?;
+        let mut buf = [0u8; 2048];
+        let (len, _) = socket.recv_from(&mut buf)?;
+        Ok(buf[..len].to_vec())
+    })
+}
+
+/// From inside `ns`: connect (from `local_port`, 0: any), send, read the echo, close.
+pub fn tcp_round_trip(ns: &Netns, local_port: u16, server: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    let payload = payload.to_vec();
+    ns.run(move || {
+        let mut stream = connect_from(local_port, server)?;
+        stream.write_all(&payload)?;
+        let mut buf = vec![0u8; payload.len()];
+        stream.read_exact(&mut buf)?;
+        Ok(buf)
+    })
+}
+
+/// A TCP connection from a chosen local port (0: any), with a 2 s timeout on every step.
+pub fn connect_from(local_port: u16, server: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::from(([0, 0, 0, 0], local_port)).into())?;
+    socket.connect_timeout(&server.into(), Duration::from_secs(2))?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    Ok(stream)
+}
+
+/// Records the source address of every ICMP echo request arriving in `ns` (the kernel answers them itself).
+pub fn icmp_echo_sources(ns: &Netns) -> Recorder {
+    let peers = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (p, s) = (peers.clone(), stop.clone());
+    let thread = ns.spawn(move || {
+        use std::mem::MaybeUninit;
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::ICMPV4))
+            .expect("raw ICMP socket");
+        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
+        while !s.load(Ordering::Relaxed) {
+            if let Ok(len) = socket.recv(&mut buf) {
+                // SAFETY: the kernel wrote `len` bytes: the IP header and the ICMP message.
+                let packet: Vec<u8> = buf[..len].iter().map(|b| unsafe { b.assume_init() }).collect();
+                let ihl = ((packet[0] & 0x0f) as usize) * 4;
+                if packet.len() > ihl && packet[ihl] == 8 {
+                    let src = std::net::Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+                    let id = u16::from_be_bytes([packet[ihl + 4], packet[ihl + 5]]);
+                    p.lock().unwrap().push(SocketAddr::from((src, id)));
+                }
+            }
+        }
+    });
+    ready_rx.recv().expect("ICMP recorder failed to start");
+    Recorder { peers, stop, thread: Some(thread) }
+}
