@@ -12,10 +12,16 @@ use veg_testbed::{
     packet::{Frame, L4, TCP_ACK, TCP_SYN, l4_port},
     skip_unless_root, unique,
 };
-use veg_common::{address::Address, config::GatewayConfig};
+use aya::maps::{HashMap, Map, MapData};
+use veg_common::{
+    address::Address,
+    config::GatewayConfig,
+    flow::{DIRECTION_OUTBOUND, FlowEntry, FlowKey, UDP_TIMEOUT_NS},
+};
 use veg_userspace::{
     datapath::{
         loader::{Datapath, PROGRAM_FROM_OUTSIDE, PROGRAM_FROM_VPC},
+        monotonic_now_ns,
         pins,
         policy::{Action, DesiredPolicy},
         stats::read_counters,
@@ -47,6 +53,7 @@ const PORT_MAX: u16 = 32767;
 struct ProgramLab {
     datapath: Datapath,
     name: String,
+    config: GatewayConfig,
 }
 
 impl ProgramLab {
@@ -70,6 +77,38 @@ impl ProgramLab {
         self.run(PROGRAM_FROM_OUTSIDE, &frame.bytes())
     }
 
+    fn reconfigure(&mut self, change: impl FnOnce(&mut GatewayConfig)) {
+        change(&mut self.config);
+        self.datapath.configure(&self.config).unwrap();
+    }
+
+    /// The pinned flow table, writable, for ageing and evicting entries by hand.
+    fn flow_map(&self) -> HashMap<MapData, FlowKey, FlowEntry> {
+        let data = MapData::from_pin(pins::gateway_dir(&self.name).join(pins::FLOWS)).unwrap();
+        HashMap::try_from(Map::LruHashMap(data)).unwrap()
+    }
+
+    /// Both entries of the UDP flow client:port -> SERVER:53.
+    fn udp_pair(&self, client: Ipv4Addr, port: u16) -> [(FlowKey, FlowEntry); 2] {
+        let map = self.flow_map();
+        let forward = map
+            .iter()
+            .map(Result::unwrap)
+            .find(|(k, e)| {
+                e.direction == DIRECTION_OUTBOUND && k.src_addr == Address::from_ip(client.into()) && k.src_port == port.to_be()
+            })
+            .expect("flow not in the table");
+        let reverse_key = forward.0.partner(&forward.1);
+        let reverse = map.get(&reverse_key, 0).expect("reverse entry missing");
+        [forward, (reverse_key, reverse)]
+    }
+
+    fn set_last_seen(&self, key: &FlowKey, last_seen_ns: u64) {
+        let mut map = self.flow_map();
+        let entry = map.get(key, 0).unwrap();
+        map.insert(key, FlowEntry { last_seen_ns, ..entry }, 0).unwrap();
+    }
+
     fn counter(&self, label: &str) -> u64 {
         let counters = read_counters(&pins::gateway_dir(&self.name).join(pins::STATS)).unwrap();
         counters.iter().find(|(c, _)| c.label() == label).map(|(_, v)| *v).unwrap()
@@ -84,7 +123,7 @@ impl Drop for ProgramLab {
 
 /// Build the namespace, load the datapath, and run `test` on a thread inside the namespace (route lookups use
 /// the calling thread's namespace).
-fn with_program_lab(test: impl FnOnce(&ProgramLab) + Send + 'static) {
+fn with_program_lab(test: impl FnOnce(&mut ProgramLab) + Send + 'static) {
     if skip_unless_root() {
         return;
     }
@@ -116,18 +155,17 @@ fn with_program_lab(test: impl FnOnce(&ProgramLab) + Send + 'static) {
         ]
         .into();
         datapath.policy().unwrap().sync(&policy).unwrap();
-        datapath
-            .configure(&GatewayConfig {
-                external_addr_v4: Address::from_ip(EXTERNAL.into()),
-                internal_ifindex: interface_index("vin", "internal").unwrap(),
-                external_ifindex: interface_index("vex", "external").unwrap(),
-                port_min: PORT_MIN,
-                port_max: PORT_MAX,
-                ready: 1,
-            })
-            .unwrap();
-        let lab = ProgramLab { datapath, name: lab_name };
-        test(&lab);
+        let config = GatewayConfig {
+            external_addr_v4: Address::from_ip(EXTERNAL.into()),
+            internal_ifindex: interface_index("vin", "internal").unwrap(),
+            external_ifindex: interface_index("vex", "external").unwrap(),
+            port_min: PORT_MIN,
+            port_max: PORT_MAX,
+            ready: 1,
+        };
+        datapath.configure(&config).unwrap();
+        let mut lab = ProgramLab { datapath, name: lab_name, config };
+        test(&mut lab);
     });
 }
 
@@ -371,5 +409,98 @@ fn fragments_from_snat_sources_are_dropped_not_leaked() {
         first.frag = 0x2000; // more fragments
         assert_eq!(lab.from_vpc(&first).0, TC_ACT_SHOT);
         assert_eq!(lab.counter("dropped_fragment"), 1);
+    });
+}
+
+#[test]
+fn expired_flows_are_swept_and_live_ones_kept() {
+    with_program_lab(|lab| {
+        lab.from_vpc(&Frame::new(CLIENT, SERVER, udp(6100, 53, false)));
+        lab.from_vpc(&Frame::new(CLIENT, SERVER, udp(6101, 53, false)));
+        let stale = monotonic_now_ns() - UDP_TIMEOUT_NS - 1_000_000_000;
+        for (key, _) in lab.udp_pair(CLIENT, 6100) {
+            lab.set_last_seen(&key, stale);
+        }
+        assert_eq!(lab.datapath.flow_table().unwrap().sweep().unwrap(), 2, "both halves of the idle flow go");
+        assert_eq!(lab.flow_map().keys().count(), 2, "the live flow stays");
+        let reply = |port| Frame::new(SERVER, EXTERNAL, udp(53, port, false));
+        assert_eq!(lab.from_outside(&reply(6100)).0, TC_ACT_SHOT, "a reply to a swept flow is unsolicited");
+        assert_eq!(lab.from_outside(&reply(6101)).0, TC_ACT_REDIRECT);
+    });
+}
+
+#[test]
+fn an_expired_mapping_is_replaced_on_lookup() {
+    with_program_lab(|lab| {
+        let request = Frame::new(CLIENT, SERVER, udp(6200, 53, false));
+        lab.from_vpc(&request);
+        let [(forward, _), (reverse, _)] = lab.udp_pair(CLIENT, 6200);
+        let stale = monotonic_now_ns() - UDP_TIMEOUT_NS - 1_000_000_000;
+        lab.set_last_seen(&forward, stale);
+        lab.set_last_seen(&reverse, stale);
+        // Before any sweep: a reply to the expired mapping is refused, a new packet gets a fresh mapping.
+        assert_eq!(lab.from_outside(&Frame::new(SERVER, EXTERNAL, udp(53, 6200, false))).0, TC_ACT_SHOT);
+        let (verdict, out) = lab.from_vpc(&request);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(out, snat_expected(&request, 6200));
+        assert_eq!(lab.counter("flows_expired_on_lookup"), 1);
+        assert_eq!(lab.counter("flows_created"), 2);
+    });
+}
+
+#[test]
+fn a_pair_missing_its_reverse_half_is_repaired() {
+    with_program_lab(|lab| {
+        let request = Frame::new(CLIENT, SERVER, udp(6300, 53, false));
+        lab.from_vpc(&request);
+        let [(forward, _), (reverse, _)] = lab.udp_pair(CLIENT, 6300);
+        // As if the LRU had evicted the reverse entry a while ago.
+        lab.flow_map().remove(&reverse).unwrap();
+        lab.set_last_seen(&forward, monotonic_now_ns() - 2_000_000_000);
+        assert_eq!(lab.from_vpc(&request).1, snat_expected(&request, 6300));
+        assert_eq!(lab.counter("flows_repaired"), 1);
+        let reply = Frame::new(SERVER, EXTERNAL, udp(53, 6300, false));
+        assert_eq!(lab.from_outside(&reply).1, reverse_expected(&reply, CLIENT, CLIENT_MAC, 6300));
+    });
+}
+
+#[test]
+fn a_new_external_address_gets_new_mappings() {
+    with_program_lab(|lab| {
+        let request = Frame::new(CLIENT, SERVER, tcp(6400, 80, TCP_ACK));
+        lab.from_vpc(&request);
+        let new_external = Ipv4Addr::new(172, 17, 0, 12);
+        lab.reconfigure(|c| c.external_addr_v4 = Address::from_ip(new_external.into()));
+        let (verdict, out) = lab.from_vpc(&request);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let mut expected = request.clone();
+        (expected.src, expected.ttl, expected.src_mac, expected.dst_mac) = (new_external, 63, VEX_MAC, NEXTHOP_MAC);
+        assert_eq!(out, expected.bytes());
+        let reply = Frame::new(SERVER, new_external, tcp(80, 6400, TCP_ACK));
+        assert_eq!(lab.from_outside(&reply).1, reverse_expected(&reply, CLIENT, CLIENT_MAC, 6400));
+    });
+}
+
+#[test]
+fn a_full_port_range_is_scanned_before_giving_up() {
+    with_program_lab(|lab| {
+        const PORTS: u16 = 64;
+        lab.reconfigure(|c| (c.port_min, c.port_max) = (2000, 2000 + PORTS - 1));
+        // Client ports outside the range: every flow needs an allocated port toward the same remote endpoint,
+        // and only the exhaustive scan is sure to find the last free ones.
+        let mut ports = std::collections::HashSet::new();
+        for i in 0..PORTS {
+            let (verdict, out) = lab.from_vpc(&Frame::new(CLIENT, SERVER, udp(40000 + i, 53, false)));
+            assert_eq!(verdict, TC_ACT_REDIRECT, "flow {i} found no port");
+            ports.insert(l4_port(&out, true));
+        }
+        assert_eq!(ports.len(), PORTS as usize);
+        assert!(ports.iter().all(|p| (2000..2000 + PORTS).contains(p)));
+        let (verdict, _) = lab.from_vpc(&Frame::new(CLIENT, SERVER, udp(40000 + PORTS, 53, false)));
+        assert_eq!(verdict, TC_ACT_SHOT);
+        assert_eq!(lab.counter("dropped_port_exhausted"), 1);
+        assert!(lab.counter("port_scan_fallbacks") >= 1);
+        // Mappings are per remote endpoint: another server port still has the whole range.
+        assert_eq!(lab.from_vpc(&Frame::new(CLIENT, SERVER, udp(40000 + PORTS, 54, false))).0, TC_ACT_REDIRECT);
     });
 }

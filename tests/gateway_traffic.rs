@@ -166,6 +166,22 @@ fn open_tcp_connection_survives_a_gateway_restart() {
     assert_eq!(tcp.peers().len(), 1, "the client had to reconnect");
 }
 
+#[test]
+fn nothing_is_forwarded_untranslated_while_the_agent_is_stopped() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    let mut gateway = lab.start_gateway(&[]);
+    let udp = udp_echo(&lab.server, UDP_PORT);
+    udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"running").unwrap();
+    gateway.stop();
+    // The server routes 10.16.0.0/16 back through the gateway, so a leaked packet would even get its answer.
+    assert!(udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"stopped").is_err());
+    assert_eq!(udp.peers().len(), 1, "packets crossed the stopped gateway: {:?}", udp.peers());
+}
+
 /// The part of `veg flows` that must not change: who was translated to what, toward whom.
 fn translations(flows: &[serde_json::Value]) -> Vec<(String, String, String, String)> {
     let field = |f: &serde_json::Value, k: &str| f[k].as_str().unwrap().to_owned();

@@ -128,7 +128,11 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     if let Some(ns) = &settings.netns {
         netns::enter(ns)?;
     }
-    let (datapath, _lock) = agent::start(&settings)?;
+    // A current-thread runtime starts no thread of its own, so this is still the only thread.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(agent::run(settings, datapath))
+    runtime.block_on(async {
+        let stop = agent::StopSignals::install()?;
+        let (datapath, _lock) = agent::start(&settings)?;
+        agent::run(settings, datapath, stop).await
+    })
 }

@@ -1,10 +1,13 @@
 //! The agent's life: check the instance, load and configure the datapath, attach it, sweep expired flows, and on
 //! SIGTERM or SIGINT detach while keeping the pinned state, so that a restarted agent keeps every live flow.
+//!
+//! The agent owns IPv4 forwarding in its namespace: on only while the programs are attached, so that nothing is
+//! ever forwarded untranslated. While the agent restarts, packets are dropped (TCP retransmits) rather than leaked.
 
 use std::path::Path;
 
 use anyhow::Context as _;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{info, warn};
 use veg_common::{address::Address, config::GatewayConfig};
 
@@ -20,7 +23,6 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<(Datapath, host::Inst
     let external_ifindex = host::interface_index(&settings.external_interface, "external")?;
     host::check_external_address(&settings.external_interface, settings.external_ip)?;
     host::check_port_range(settings.port_range)?;
-    host::enable_forwarding()?;
 
     let pin_dir = pins::gateway_dir(&settings.name);
     let mut datapath = Datapath::load(&pin_dir, settings.max_flow_entries)?;
@@ -35,6 +37,7 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<(Datapath, host::Inst
         ready: 1,
     })?;
     datapath.attach(&settings.internal_interface, &settings.external_interface)?;
+    host::set_forwarding(true)?;
     let live = datapath.flow_table()?.entries()?.len() / 2;
     info!(
         name = %settings.name,
@@ -49,10 +52,32 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<(Datapath, host::Inst
     Ok((datapath, lock))
 }
 
+/// SIGTERM and SIGINT, caught from before the datapath starts, so that a stop during start-up still detaches
+/// cleanly.
+pub struct StopSignals {
+    sigterm: Signal,
+    sigint: Signal,
+}
+
+impl StopSignals {
+    /// Call inside the tokio runtime.
+    pub fn install() -> anyhow::Result<StopSignals> {
+        Ok(StopSignals {
+            sigterm: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            sigint: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.sigterm.recv() => {}
+            _ = self.sigint.recv() => {}
+        }
+    }
+}
+
 /// Sweep until SIGTERM or SIGINT, then detach.
-pub async fn run(settings: GatewaySettings, datapath: Datapath) -> anyhow::Result<()> {
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+pub async fn run(settings: GatewaySettings, datapath: Datapath, mut stop: StopSignals) -> anyhow::Result<()> {
     let flows = datapath.flow_table()?;
     let mut sweep = tokio::time::interval(settings.sweep_interval);
     loop {
@@ -62,11 +87,11 @@ pub async fn run(settings: GatewaySettings, datapath: Datapath) -> anyhow::Resul
                 Ok(removed) => info!(removed, "expired flow entries swept"),
                 Err(e) => warn!("sweeping expired flows failed: {e:#}"),
             },
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
+            _ = stop.recv() => break,
         }
     }
     let pin_dir = datapath.pin_dir().to_owned();
+    host::set_forwarding(false)?;
     drop(datapath);
     info!(
         pins = %pin_dir.display(),

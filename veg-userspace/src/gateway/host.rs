@@ -109,10 +109,13 @@ pub fn check_port_range(range: PortRange) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The route lookups of the datapath need IPv4 forwarding on, as any router does.
-pub fn enable_forwarding() -> anyhow::Result<()> {
+/// IPv4 forwarding in the instance. The datapath's route lookups need it on; without the datapath it must be off,
+/// or the kernel would forward clients' packets untranslated. So the agent turns it on only once its programs are
+/// attached, and off again before it detaches them.
+pub fn set_forwarding(on: bool) -> anyhow::Result<()> {
     let path = "/proc/sys/net/ipv4/conf/all/forwarding";
-    std::fs::write(path, "1").with_context(|| format!("enabling IPv4 forwarding ({path})"))
+    std::fs::write(path, if on { "1" } else { "0" })
+        .with_context(|| format!("turning IPv4 forwarding {} ({path})", if on { "on" } else { "off" }))
 }
 
 /// An exclusive lock per gateway name, so that two agents never drive the same maps.
