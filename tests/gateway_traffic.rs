@@ -57,6 +57,24 @@ fn tcp_udp_and_ping_leave_with_the_external_address() {
 }
 
 #[test]
+fn traceroute_through_the_gateway_works() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    let gateway = lab.start_gateway(&[]);
+    // TTL 1 expires at the gateway, which must say so (ICMP time exceeded from its VPC address)...
+    let first_hop = lab.client(client).exec("ping", &["-c", "1", "-W", "2", "-t", "1", SERVER_IP]);
+    let text = String::from_utf8_lossy(&first_hop.stdout);
+    assert!(text.contains("From 10.16.0.12") && text.contains("Time to live exceeded"), "ping -t 1 said:\n{text}");
+    assert!(gateway.counter("ttl_expired") > 0);
+    // ...and TTL 2 is just enough to reach the server behind it.
+    let second_hop = lab.client(client).exec("ping", &["-c", "1", "-W", "2", "-t", "2", SERVER_IP]);
+    assert!(second_hop.status.success(), "ping -t 2 failed:\n{}", String::from_utf8_lossy(&second_hop.stdout));
+}
+
+#[test]
 fn forward_policy_client_is_seen_with_its_own_address() {
     if skip_unless_root() {
         return;

@@ -1,6 +1,6 @@
 //! Packets arriving from outside on the external interface.
 
-use aya_ebpf::{bindings::TC_ACT_OK, maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use veg_common::{
     config::GatewayConfig,
     flow::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
@@ -11,8 +11,8 @@ use veg_common::{
 use crate::{
     flows,
     from_vpc::forward,
-    maps::{POLICY_V4, config},
-    packet::{ICMP_ECHO_REPLY, Ipv4Packet, Parsed, parse},
+    maps::POLICY_V4,
+    packet::{ICMP_ECHO_REPLY, Ipv4Packet, accept},
     rewrite::{self, End},
     route,
     stats::{drop_packet, pass_to_host},
@@ -20,13 +20,9 @@ use crate::{
 
 #[inline(always)]
 pub fn handle(ctx: &TcContext) -> i32 {
-    let Some(cfg) = config() else {
-        return TC_ACT_OK;
-    };
-    let pkt = match parse(ctx) {
-        Parsed::Other => return pass_to_host(Counter::PassedToHost),
-        Parsed::Malformed => return drop_packet(Counter::DropMalformed),
-        Parsed::Ipv4(pkt) => pkt,
+    let (cfg, pkt) = match accept(ctx) {
+        Ok(accepted) => accepted,
+        Err(verdict) => return verdict,
     };
     if pkt.dst == cfg.external_addr_v4.ipv4_be() {
         return to_external_address(ctx, &pkt, cfg);

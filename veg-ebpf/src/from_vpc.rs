@@ -1,6 +1,6 @@
 //! Packets arriving from the VPC on the internal interface.
 
-use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use veg_common::{
     config::GatewayConfig,
     flow::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
@@ -10,8 +10,8 @@ use veg_common::{
 
 use crate::{
     flows,
-    maps::{POLICY_V4, config},
-    packet::{ICMP_ECHO_REQUEST, Ipv4Packet, Parsed, parse},
+    maps::POLICY_V4,
+    packet::{ICMP_ECHO_REQUEST, Ipv4Packet, accept},
     rewrite::{self, End},
     route::{self, Route},
     stats::{count, drop_packet, pass_to_host},
@@ -20,13 +20,9 @@ use aya_ebpf::maps::lpm_trie::Key;
 
 #[inline(always)]
 pub fn handle(ctx: &TcContext) -> i32 {
-    let Some(cfg) = config() else {
-        return TC_ACT_OK;
-    };
-    let pkt = match parse(ctx) {
-        Parsed::Other => return pass_to_host(Counter::PassedToHost),
-        Parsed::Malformed => return drop_packet(Counter::DropMalformed),
-        Parsed::Ipv4(pkt) => pkt,
+    let (cfg, pkt) = match accept(ctx) {
+        Ok(accepted) => accepted,
+        Err(verdict) => return verdict,
     };
     let route = route::lookup(ctx, cfg.internal_ifindex, pkt.protocol, pkt.src, pkt.dst);
     match route {

@@ -1,9 +1,18 @@
 //! Parsing: Ethernet, IPv4 (options tolerated) and the first bytes of TCP, UDP and ICMP. Every length is checked
 //! against both the buffer and the IP header's own total length, so a truncated packet is never half-read.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
-use veg_common::flow::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use veg_common::{
+    config::GatewayConfig,
+    flow::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    stats::Counter,
+};
+
+use crate::{
+    maps::config,
+    stats::{drop_packet, pass_to_host},
+};
 
 const ETH_P_IP: u16 = 0x0800;
 const IPV4_MIN_LEN: usize = 20;
@@ -44,6 +53,20 @@ pub struct Ipv4Packet {
     pub icmp_type: u8,
     /// A UDP datagram sent without a checksum: it must stay without one.
     pub udp_checksum_zero: bool,
+}
+
+/// What both programs do first: nothing until the agent has configured the gateway, then parse. Returns the
+/// settings and the packet, or the verdict for a packet that is not ours to translate.
+#[inline(always)]
+pub fn accept(ctx: &TcContext) -> Result<(&'static GatewayConfig, Ipv4Packet), i32> {
+    let Some(cfg) = config() else {
+        return Err(TC_ACT_OK);
+    };
+    match parse(ctx) {
+        Parsed::Other => Err(pass_to_host(Counter::PassedToHost)),
+        Parsed::Malformed => Err(drop_packet(Counter::DropMalformed)),
+        Parsed::Ipv4(pkt) => Ok((cfg, pkt)),
+    }
 }
 
 pub enum Parsed {

@@ -36,13 +36,23 @@ impl Drop for Recorder {
     }
 }
 
-/// A UDP server on `port` in `ns` that records each datagram's source and echoes it.
-pub fn udp_echo(ns: &Netns, port: u16) -> Recorder {
+type Peers = Arc<Mutex<Vec<SocketAddr>>>;
+
+/// Run `serve` on a thread in `ns`. It gets the list to record peers in, the stop flag to poll, and a sender to
+/// signal once it listens; this returns after that signal.
+fn record(ns: &Netns, serve: impl FnOnce(Peers, Arc<AtomicBool>, mpsc::Sender<()>) + Send + 'static) -> Recorder {
     let peers = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel();
     let (p, s) = (peers.clone(), stop.clone());
-    let thread = ns.spawn(move || {
+    let thread = ns.spawn(move || serve(p, s, ready_tx));
+    ready_rx.recv().expect("server failed to start");
+    Recorder { peers, stop, thread: Some(thread) }
+}
+
+/// A UDP server on `port` in `ns` that records each datagram's source and echoes it.
+pub fn udp_echo(ns: &Netns, port: u16) -> Recorder {
+    record(ns, move |p, s, ready_tx| {
         let socket = UdpSocket::bind(("0.0.0.0", port)).expect("binding UDP server");
         socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
         ready_tx.send(()).unwrap();
@@ -53,18 +63,12 @@ pub fn udp_echo(ns: &Netns, port: u16) -> Recorder {
                 let _ = socket.send_to(&buf[..len], peer);
             }
         }
-    });
-    ready_rx.recv().expect("UDP server failed to start");
-    Recorder { peers, stop, thread: Some(thread) }
+    })
 }
 
 /// A TCP server on `port` in `ns` that records each connection's source and echoes until the peer closes.
 pub fn tcp_echo(ns: &Netns, port: u16) -> Recorder {
-    let peers = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let (p, s) = (peers.clone(), stop.clone());
-    let thread = ns.spawn(move || {
+    record(ns, move |p, s, ready_tx| {
         let listener = TcpListener::bind(("0.0.0.0", port)).expect("binding TCP server");
         listener.set_nonblocking(true).unwrap();
         ready_tx.send(()).unwrap();
@@ -82,9 +86,7 @@ pub fn tcp_echo(ns: &Netns, port: u16) -> Recorder {
         for c in connections {
             let _ = c.join();
         }
-    });
-    ready_rx.recv().expect("TCP server failed to start");
-    Recorder { peers, stop, thread: Some(thread) }
+    })
 }
 
 fn echo_stream(mut stream: TcpStream, stop: &AtomicBool) {
@@ -143,11 +145,7 @@ pub fn connect_from(local_port: u16, server: SocketAddr) -> std::io::Result<TcpS
 
 /// Records the source address of every ICMP echo request arriving in `ns` (the kernel answers them itself).
 pub fn icmp_echo_sources(ns: &Netns) -> Recorder {
-    let peers = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let (p, s) = (peers.clone(), stop.clone());
-    let thread = ns.spawn(move || {
+    record(ns, move |p, s, ready_tx| {
         use std::mem::MaybeUninit;
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::ICMPV4))
             .expect("raw ICMP socket");
@@ -166,7 +164,5 @@ pub fn icmp_echo_sources(ns: &Netns) -> Recorder {
                 }
             }
         }
-    });
-    ready_rx.recv().expect("ICMP recorder failed to start");
-    Recorder { peers, stop, thread: Some(thread) }
+    })
 }
