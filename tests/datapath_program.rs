@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use aya::programs::{TestRun, TestRunOptions};
 use veg_testbed::{
     netns::Netns,
-    packet::{Frame, L4, TCP_ACK, TCP_SYN, l4_port},
+    packet::{Frame, L4, TCP_ACK, TCP_RST, TCP_SYN, l4_port},
     skip_unless_root, unique,
 };
 use aya::maps::{HashMap, Map, MapData};
@@ -502,5 +502,30 @@ fn a_full_port_range_is_scanned_before_giving_up() {
         assert!(lab.counter("port_scan_fallbacks") >= 1);
         // Mappings are per remote endpoint: another server port still has the whole range.
         assert_eq!(lab.from_vpc(&Frame::new(CLIENT, SERVER, udp(40000 + PORTS, 54, false))).0, TC_ACT_REDIRECT);
+    });
+}
+
+#[test]
+fn a_new_connection_takes_over_the_port_of_a_closed_one() {
+    with_program_lab(|lab| {
+        // One port toward this server: only a takeover can serve a second connection.
+        lab.reconfigure(|c| (c.port_min, c.port_max) = (2000, 2000));
+        let first = Frame::new(CLIENT, SERVER, tcp(40001, 80, TCP_SYN));
+        assert_eq!(l4_port(&lab.from_vpc(&first).1, true), 2000);
+        lab.from_outside(&Frame::new(SERVER, EXTERNAL, tcp(80, 2000, TCP_SYN | TCP_ACK)));
+        // While the first connection lives, a second one finds no port.
+        let second = Frame::new(CLIENT, SERVER, tcp(40002, 80, TCP_SYN));
+        assert_eq!(lab.from_vpc(&second).0, TC_ACT_SHOT);
+        assert_eq!(lab.counter("dropped_port_exhausted"), 1);
+        // The first connection is reset; now the second one takes its port over.
+        lab.from_vpc(&Frame::new(CLIENT, SERVER, tcp(40001, 80, TCP_RST)));
+        let (verdict, out) = lab.from_vpc(&second);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(out, snat_expected(&second, 2000));
+        let reply = Frame::new(SERVER, EXTERNAL, tcp(80, 2000, TCP_SYN | TCP_ACK));
+        assert_eq!(lab.from_outside(&reply).1, reverse_expected(&reply, CLIENT, CLIENT_MAC, 40002));
+        // A late packet of the old connection cannot take the port back from a live connection.
+        assert_eq!(lab.from_vpc(&Frame::new(CLIENT, SERVER, tcp(40001, 80, TCP_ACK))).0, TC_ACT_SHOT);
+        assert_eq!(lab.from_outside(&reply).1, reverse_expected(&reply, CLIENT, CLIENT_MAC, 40002));
     });
 }

@@ -63,6 +63,12 @@ pub const UDP_TIMEOUT_NS: u64 = 300 * SECOND_NS;
 /// RFC 5508 REQ-1: ICMP query sessions at least 60 s.
 pub const ICMP_TIMEOUT_NS: u64 = 60 * SECOND_NS;
 
+/// A TCP flow that has ended: reset, or FIN seen both ways. A new SYN on its tuple starts a new connection.
+#[inline(always)]
+pub fn is_closed(state: u8) -> bool {
+    state & STATE_RST != 0 || state & (STATE_FIN_OUT | STATE_FIN_IN) == STATE_FIN_OUT | STATE_FIN_IN
+}
+
 /// How long a flow in this state may stay idle.
 #[inline(always)]
 pub fn idle_timeout_ns(protocol: u8, state: u8) -> u64 {
@@ -168,6 +174,9 @@ mod tests {
         assert_eq!(idle_timeout_ns(PROTO_TCP, STATE_REPLY_SEEN | STATE_FIN_OUT), TCP_TRANSITORY_TIMEOUT_NS);
         assert_eq!(idle_timeout_ns(PROTO_TCP, STATE_REPLY_SEEN | STATE_RST), TCP_TRANSITORY_TIMEOUT_NS);
         assert_eq!(idle_timeout_ns(PROTO_UDP, 0), UDP_TIMEOUT_NS);
+        assert!(is_closed(STATE_REPLY_SEEN | STATE_RST));
+        assert!(is_closed(STATE_FIN_OUT | STATE_FIN_IN));
+        assert!(!is_closed(STATE_REPLY_SEEN | STATE_FIN_OUT));
         assert_eq!(idle_timeout_ns(PROTO_ICMP, 0), ICMP_TIMEOUT_NS);
         let e = FlowEntry { last_seen_ns: 1_000, ..FlowEntry::default() };
         assert!(!is_expired(&e, PROTO_ICMP, 1_000 + ICMP_TIMEOUT_NS));

@@ -7,7 +7,7 @@ use veg_common::{
     config::GatewayConfig,
     flow::{
         DIRECTION_INBOUND, DIRECTION_OUTBOUND, FlowEntry, FlowKey, PROTO_ICMP, PROTO_TCP, REFRESH_NS,
-        STATE_FIN_IN, STATE_FIN_OUT, STATE_REPLY_SEEN, STATE_RST, STATE_SYN_OUT, is_expired,
+        STATE_FIN_IN, STATE_FIN_OUT, STATE_REPLY_SEEN, STATE_RST, STATE_SYN_OUT, is_closed, is_expired,
     },
     stats::Counter,
 };
@@ -76,7 +76,8 @@ fn state_bits(pkt: &Ipv4Packet, direction: u8) -> u8 {
 /// (the partner's key now belongs to another flow): the entry is stale.
 #[inline(always)]
 fn touch(key: &FlowKey, entry: &mut FlowEntry, bits: u8, now: u64) -> bool {
-    let state = entry.state | bits;
+    // A SYN on a closed flow's tuple is a new connection on the same mapping (the client reused its port).
+    let state = if bits & STATE_SYN_OUT != 0 && is_closed(entry.state) { bits } else { entry.state | bits };
     if state == entry.state && now.wrapping_sub(entry.last_seen_ns) < REFRESH_NS {
         return true;
     }

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use veg_common::{
     config::GatewayConfig,
-    flow::{DIRECTION_INBOUND, FlowEntry, FlowKey},
+    flow::{DIRECTION_INBOUND, FlowEntry, FlowKey, PROTO_TCP, STATE_SYN_OUT, is_closed, is_expired},
     stats::Counter,
 };
 
@@ -47,7 +47,10 @@ fn claim(key: &FlowKey, entry: &FlowEntry, port: u16) -> Claim {
         direction: DIRECTION_INBOUND,
         ..*entry
     };
-    if FLOWS.insert(&reverse_key, &reverse, BPF_NOEXIST as u64).is_err() {
+    if FLOWS.insert(&reverse_key, &reverse, BPF_NOEXIST as u64).is_err()
+        && !(take_over(&reverse_key, entry, port_be)
+            && FLOWS.insert(&reverse_key, &reverse, BPF_NOEXIST as u64).is_ok())
+    {
         return Claim::Taken;
     }
     let forward = FlowEntry { nat_port: port_be, ..*entry };
@@ -62,61 +65,92 @@ fn claim(key: &FlowKey, entry: &FlowEntry, port: u16) -> Claim {
     Claim::Won
 }
 
-/// What the scan callback needs besides the flow itself, which waits in the per-CPU NEW_FLOW map: bpf_loop's
-/// context must live on the stack, and the program's stack is too small for a second copy of the flow.
-struct ScanContext {
+/// Free a port held by a flow that is over, as netfilter does: an expired flow, or for a new TCP connection (SYN)
+/// a closed one (reset, or FIN both ways). Without this, a busy client would run out of ports toward one server
+/// while closed flows wait out their transitory timeout. Returns whether the port was freed; the caller claims it
+/// again with BPF_NOEXIST, so of two CPUs taking over the same port only one wins.
+#[inline(always)]
+fn take_over(reverse_key: &FlowKey, entry: &FlowEntry, port_be: u16) -> bool {
+    let Some(old) = FLOWS.get_ptr(reverse_key) else {
+        return true; // evicted meanwhile: free
+    };
+    let old = unsafe { *old };
+    let new_connection =
+        reverse_key.protocol == PROTO_TCP && entry.state & STATE_SYN_OUT != 0 && is_closed(old.state);
+    if !new_connection && !is_expired(&old, reverse_key.protocol, entry.last_seen_ns) {
+        return false;
+    }
+    let old_forward_key = reverse_key.partner(&old);
+    if let Some(old_forward) = FLOWS.get_ptr(&old_forward_key) {
+        // Only remove the old forward entry if it still maps to this port.
+        let old_forward = unsafe { *old_forward };
+        if old_forward.nat_port == port_be && old_forward.nat_addr == entry.nat_addr {
+            let _ = FLOWS.remove(&old_forward_key);
+        }
+    }
+    let _ = FLOWS.remove(reverse_key);
+    true
+}
+
+/// The state of a port search. The flow itself waits in the per-CPU NEW_FLOW map: bpf_loop's context must live on
+/// the stack, and the program's stack is too small for a second copy of the flow.
+struct Search {
     port_min: u32,
     range: u32,
+    /// The client's own port when it lies in the range (tried first), else 0.
+    original: u32,
     start: u32,
     result: u16,
     found: bool,
 }
 
-unsafe extern "C" fn scan_step(index: u32, ctx: *mut core::ffi::c_void) -> i64 {
-    let scan = unsafe { &mut *(ctx as *mut ScanContext) };
+/// Claim `port` for the flow in NEW_FLOW; returns 1 (stop the loop) once the flow has a port.
+#[inline(always)]
+fn try_port(search: &mut Search, port: u16) -> i64 {
     let Some(flow) = NEW_FLOW.get_ptr(0) else {
         return 1;
     };
     let flow = unsafe { &*flow };
-    // checked_rem: a divisor the compiler cannot prove non-zero would leave a panic path the verifier rejects.
-    let Some(offset) = (scan.start + index).checked_rem(scan.range) else {
-        return 1;
-    };
-    let port = (scan.port_min + offset) as u16;
     match claim(&flow.key, &flow.entry, port) {
         Claim::Won => {
-            scan.result = port.to_be();
-            scan.found = true;
+            search.result = port.to_be();
+            search.found = true;
             1
         }
         Claim::LostRace(port_be) => {
-            scan.result = port_be;
-            scan.found = true;
+            search.result = port_be;
+            search.found = true;
             1
         }
         Claim::Taken => 0,
     }
 }
 
+/// One random try (the first tries the client's own port).
+unsafe extern "C" fn random_step(index: u32, ctx: *mut core::ffi::c_void) -> i64 {
+    let search = unsafe { &mut *(ctx as *mut Search) };
+    let random = unsafe { bpf_get_prandom_u32() };
+    // checked_rem: a divisor the compiler cannot prove non-zero would leave a panic path the verifier rejects.
+    let Some(offset) = random.checked_rem(search.range) else {
+        return 1;
+    };
+    let port = if index == 0 && search.original != 0 { search.original } else { search.port_min + offset };
+    try_port(search, port as u16)
+}
+
+/// One step of the exhaustive scan, from a random start.
+unsafe extern "C" fn scan_step(index: u32, ctx: *mut core::ffi::c_void) -> i64 {
+    let search = unsafe { &mut *(ctx as *mut Search) };
+    let Some(offset) = (search.start + index).checked_rem(search.range) else {
+        return 1;
+    };
+    try_port(search, (search.port_min + offset) as u16)
+}
+
 /// Allocate a port for a new outbound flow and create both entries. Returns the port in network byte order.
+/// Both phases run through bpf_loop, so the verifier checks each step once instead of every unrolled copy.
 #[inline(always)]
 pub fn allocate(key: &FlowKey, entry: &FlowEntry, cfg: &GatewayConfig) -> Result<u16, Counter> {
-    let min = cfg.port_min as u32;
-    let range = (cfg.port_max as u32).saturating_sub(min) + 1;
-    let original = u16::from_be(key.src_port) as u32;
-    for attempt in 0..RANDOM_TRIES {
-        let port = if attempt == 0 && original >= min && original <= cfg.port_max as u32 {
-            original
-        } else {
-            min + unsafe { bpf_get_prandom_u32() } % range
-        };
-        match claim(key, entry, port as u16) {
-            Claim::Won => return Ok((port as u16).to_be()),
-            Claim::LostRace(port_be) => return Ok(port_be),
-            Claim::Taken => {}
-        }
-    }
-    count(Counter::PortScanFallbacks);
     let Some(flow) = NEW_FLOW.get_ptr_mut(0) else {
         return Err(Counter::DropPortExhausted);
     };
@@ -124,15 +158,22 @@ pub fn allocate(key: &FlowKey, entry: &FlowEntry, cfg: &GatewayConfig) -> Result
         (*flow).key = *key;
         (*flow).entry = *entry;
     }
-    let mut scan = ScanContext {
+    let min = cfg.port_min as u32;
+    let range = (cfg.port_max as u32).saturating_sub(min) + 1;
+    let original = u16::from_be(key.src_port) as u32;
+    let mut search = Search {
         port_min: min,
         range,
-        start: unsafe { bpf_get_prandom_u32() } % range,
+        original: if original >= min && original <= cfg.port_max as u32 { original } else { 0 },
+        start: unsafe { bpf_get_prandom_u32() },
         result: 0,
         found: false,
     };
-    unsafe {
-        bpf_loop(range, scan_step as *mut _, &mut scan as *mut ScanContext as *mut _, 0);
+    let ctx = &mut search as *mut Search as *mut core::ffi::c_void;
+    unsafe { bpf_loop(RANDOM_TRIES, random_step as *mut _, ctx, 0) };
+    if !search.found {
+        count(Counter::PortScanFallbacks);
+        unsafe { bpf_loop(range, scan_step as *mut _, ctx, 0) };
     }
-    if scan.found { Ok(scan.result) } else { Err(Counter::DropPortExhausted) }
+    if search.found { Ok(search.result) } else { Err(Counter::DropPortExhausted) }
 }

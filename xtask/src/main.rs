@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask setup | build-ebpf | test | demo`.
 
+mod bench;
 mod demo;
 mod workspace;
 
@@ -22,6 +23,8 @@ enum Task {
     Test,
     /// Show the gateway at work in network namespaces: clients, a gateway instance, an external server.
     Demo,
+    /// Measure veg against iptables MASQUERADE and nftables masquerade on the same topology.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -30,6 +33,7 @@ fn main() {
         Task::BuildEbpf => workspace::build_ebpf().map(|path| println!("eBPF object: {}", path.display())),
         Task::Test => workspace::test(),
         Task::Demo => demo::run(),
+        Task::Bench(args) => bench::run(args),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

@@ -29,6 +29,7 @@ pub struct Frame {
 }
 
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 impl Frame {

@@ -1,0 +1,121 @@
+//! `cargo xtask bench [SCENARIO...]`: veg against iptables MASQUERADE and nftables masquerade on one topology,
+//! modes interleaved round by round, medians and ratios against iptables.
+
+mod modes;
+mod report;
+mod scenarios;
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail, ensure};
+use serde_json::json;
+use veg_testbed::lab::Lab;
+
+use crate::workspace::{build_veg, root, setup, step};
+use modes::{ALL, enable};
+use report::Record;
+use scenarios::{CLIENT_IP, SCENARIOS, Tools, measure, start_tcp_server};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Scenarios to run (default: all): udp-many, udp-one, tcp-stream-1, tcp-stream-8, tcp-crr, tcp-rr.
+    scenarios: Vec<String>,
+    /// Rounds; each runs every mode once, in turn.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// A few seconds per mode, checking only that every mode forwarded traffic; results go to target/bench-smoke.
+    #[arg(long)]
+    smoke: bool,
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn build_loadgen() -> anyhow::Result<String> {
+    step("building the load generator (release)");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--package", "veg-loadgen"])
+        .current_dir(root())
+        .status()?;
+    ensure!(status.success(), "building veg-loadgen failed");
+    Ok(root().join("target/release/veg-loadgen").to_string_lossy().into_owned())
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the bench creates network namespaces and loads eBPF programs: run it as root");
+    }
+    let (rounds, seconds) = if args.smoke { (1, 1.0) } else { (args.rounds.max(1), args.seconds) };
+    let scenarios: Vec<&'static str> = if args.scenarios.is_empty() {
+        SCENARIOS.to_vec()
+    } else {
+        args.scenarios
+            .iter()
+            .map(|s| SCENARIOS.iter().find(|k| **k == s.as_str()).copied().with_context(|| {
+                format!("unknown scenario {s:?}: choose from {}", SCENARIOS.join(", "))
+            }))
+            .collect::<anyhow::Result<_>>()?
+    };
+    setup()?;
+    let veg = build_veg()?;
+    let tools = Tools { loadgen: build_loadgen()? };
+
+    step("building the topology: client -> gateway instance -> server");
+    let mut lab = Lab::new(veg.to_str().context("non-UTF-8 path")?);
+    lab.add_client(CLIENT_IP);
+    let _tcp_server = KillOnDrop(start_tcp_server(&lab, &tools)?);
+
+    let mut records = Vec::new();
+    for round in 0..rounds {
+        for mode in ALL {
+            step(&format!("round {}/{rounds}: {}", round + 1, mode.name()));
+            let active = enable(&lab, mode);
+            for scenario in &scenarios {
+                let metrics = measure(scenario, &lab, &tools, seconds)
+                    .with_context(|| format!("{scenario} with {}", mode.name()))?;
+                let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k}={v:.2}")).collect();
+                println!("  {scenario:<13} {}", shown.join("  "));
+                records.push(Record { scenario, mode, round, metrics });
+            }
+            drop(active);
+        }
+    }
+
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+    let header = format!(
+        "Medians of {rounds} round(s) of {seconds} s per mode, modes interleaved; kernel {kernel}, {} CPUs.",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    let table = report::markdown(&records, &header);
+    println!("\n{table}");
+    let dir = if args.smoke { root().join("target/bench-smoke") } else { root().join("bench/results") };
+    std::fs::create_dir_all(&dir)?;
+    let context = json!({ "rounds": rounds, "seconds": seconds, "kernel": kernel, "scenarios": scenarios });
+    std::fs::write(dir.join("latest.json"), serde_json::to_string_pretty(&report::json(&records, context))?)?;
+    std::fs::write(dir.join("latest.md"), &table)?;
+    println!("results: {}", dir.display());
+    if args.smoke {
+        check_every_mode_forwarded(&records)?;
+    }
+    Ok(())
+}
+
+/// The smoke run's only claim: every mode moved traffic in every scenario and produced its numbers.
+fn check_every_mode_forwarded(records: &[Record]) -> anyhow::Result<()> {
+    for r in records {
+        let (metric, value) = r.metrics[0];
+        ensure!(value > 0.0 && value.is_finite(), "{} with {}: {metric} = {value}", r.scenario, r.mode.name());
+    }
+    Ok(())
+}
+

@@ -1,0 +1,77 @@
+//! The ways the gateway instance can translate: veg's datapath, or the kernel's NAT as the reference sets it up.
+
+use veg_testbed::lab::{Gateway, Lab, SNAT_SOURCES};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Veg,
+    /// `iptables -t nat -A POSTROUTING -s SRC -j MASQUERADE --random-fully`, as the reference's instance.
+    Iptables,
+    /// nftables `masquerade fully-random`.
+    Nftables,
+}
+
+pub const ALL: [Mode; 3] = [Mode::Veg, Mode::Iptables, Mode::Nftables];
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Veg => "veg",
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+        }
+    }
+}
+
+/// A mode set up in the lab's gateway instance; dropping it undoes everything (rules, conntrack, pins).
+pub enum Active<'a> {
+    /// The running agent; dropping it stops the agent and removes its pins.
+    Veg { _agent: Gateway },
+    Netfilter { lab: &'a Lab, mode: Mode },
+}
+
+pub fn enable(lab: &Lab, mode: Mode) -> Active<'_> {
+    let gw = &lab.gateway;
+    match mode {
+        Mode::Veg => Active::Veg { _agent: lab.start_gateway(&[]) },
+        Mode::Iptables => {
+            gw.sysctl("net.ipv4.conf.all.forwarding", "1");
+            run(gw.exec(
+                "iptables",
+                &["-t", "nat", "-A", "POSTROUTING", "-s", SNAT_SOURCES, "-j", "MASQUERADE", "--random-fully"],
+            ));
+            Active::Netfilter { lab, mode }
+        }
+        Mode::Nftables => {
+            gw.sysctl("net.ipv4.conf.all.forwarding", "1");
+            run(gw.exec("nft", &["add", "table", "ip", "veg_bench"]));
+            run(gw.exec(
+                "nft",
+                &["add chain ip veg_bench postrouting { type nat hook postrouting priority 100 ; }"],
+            ));
+            run(gw.exec(
+                "nft",
+                &["add", "rule", "ip", "veg_bench", "postrouting", "ip", "saddr", SNAT_SOURCES, "masquerade", "fully-random"],
+            ));
+            Active::Netfilter { lab, mode }
+        }
+    }
+}
+
+fn run(out: std::process::Output) {
+    assert!(out.status.success(), "setting up the baseline failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        if let Active::Netfilter { lab, mode } = self {
+            let gw = &lab.gateway;
+            match mode {
+                Mode::Iptables => drop(gw.exec("iptables", &["-t", "nat", "-F", "POSTROUTING"])),
+                _ => drop(gw.exec("nft", &["delete", "table", "ip", "veg_bench"])),
+            }
+            drop(gw.exec("conntrack", &["-F"]));
+            gw.sysctl("net.ipv4.conf.all.forwarding", "0");
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Medians per scenario, metric and mode, ratios against iptables, as JSON and a markdown table.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde_json::json;
+
+use super::modes::{ALL, Mode};
+
+pub struct Record {
+    pub scenario: &'static str,
+    pub mode: Mode,
+    pub round: usize,
+    pub metrics: Vec<(&'static str, f64)>,
+}
+
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// (scenario, metric) -> mode -> median, in the order the scenarios ran.
+pub fn medians(records: &[Record]) -> Vec<((&'static str, &'static str), BTreeMap<&'static str, f64>)> {
+    let mut keys: Vec<(&'static str, &'static str)> = Vec::new();
+    for r in records {
+        for (metric, _) in &r.metrics {
+            if !keys.contains(&(r.scenario, metric)) {
+                keys.push((r.scenario, metric));
+            }
+        }
+    }
+    keys.into_iter()
+        .map(|(scenario, metric)| {
+            let per_mode = ALL
+                .iter()
+                .filter_map(|mode| {
+                    let values: Vec<f64> = records
+                        .iter()
+                        .filter(|r| r.scenario == scenario && r.mode == *mode)
+                        .flat_map(|r| r.metrics.iter().filter(|(m, _)| *m == metric).map(|(_, v)| *v))
+                        .collect();
+                    (!values.is_empty()).then(|| (mode.name(), median(values)))
+                })
+                .collect();
+            ((scenario, metric), per_mode)
+        })
+        .collect()
+}
+
+pub fn markdown(records: &[Record], header: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{header}\n");
+    let _ = writeln!(out, "| scenario | metric | veg | iptables | nftables | veg / iptables |");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
+    for ((scenario, metric), per_mode) in medians(records) {
+        let cell = |mode: &str| per_mode.get(mode).map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+        let ratio = match (per_mode.get("veg"), per_mode.get("iptables")) {
+            (Some(v), Some(i)) if *i != 0.0 => format!("{:.2}x", v / i),
+            _ => "-".into(),
+        };
+        let _ = writeln!(out, "| {scenario} | {metric} | {} | {} | {} | {ratio} |", cell("veg"), cell("iptables"), cell("nftables"));
+    }
+    out
+}
+
+pub fn json(records: &[Record], context: serde_json::Value) -> serde_json::Value {
+    let samples: Vec<_> = records
+        .iter()
+        .map(|r| {
+            let metrics: serde_json::Map<String, serde_json::Value> =
+                r.metrics.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+            json!({ "scenario": r.scenario, "mode": r.mode.name(), "round": r.round, "metrics": metrics })
+        })
+        .collect();
+    let medians: Vec<_> = medians(records)
+        .into_iter()
+        .map(|((scenario, metric), per_mode)| json!({ "scenario": scenario, "metric": metric, "median": per_mode }))
+        .collect();
+    json!({ "context": context, "medians": medians, "samples": samples })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_ratios() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        let records = vec![
+            Record { scenario: "udp-one", mode: Mode::Veg, round: 0, metrics: vec![("kpps", 400.0)] },
+            Record { scenario: "udp-one", mode: Mode::Iptables, round: 0, metrics: vec![("kpps", 200.0)] },
+        ];
+        let table = markdown(&records, "# t");
+        assert!(table.contains("| udp-one | kpps | 400.00 | 200.00 | - | 2.00x |"), "{table}");
+    }
+}
