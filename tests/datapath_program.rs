@@ -529,3 +529,56 @@ fn a_new_connection_takes_over_the_port_of_a_closed_one() {
         assert_eq!(lab.from_outside(&reply).1, reverse_expected(&reply, CLIENT, CLIENT_MAC, 40002));
     });
 }
+
+/// Not a test: the cost of each path through the programs, for `cargo xtask bench` (which runs it and reads the
+/// line starting with PROGRAM_COST). BPF_PROG_TEST_RUN's `repeat` would run the same skb again after the first
+/// run translated it, timing another path, so this times many single runs on fresh packets and takes medians of
+/// the kernel's own measurements.
+#[test]
+#[ignore = "benchmark: run by `cargo xtask bench`"]
+fn program_cost_per_path() {
+    const RUNS: u16 = 20_000;
+    with_program_lab(|lab| {
+        let median_ns = |program: &str, frames: &mut dyn Iterator<Item = Vec<u8>>| -> u64 {
+            let mut times: Vec<u64> = frames
+                .map(|frame| {
+                    let mut out = vec![0u8; frame.len() + 64];
+                    let result = lab
+                        .datapath
+                        .program(program)
+                        .unwrap()
+                        .test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), ..Default::default() })
+                        .unwrap();
+                    result.duration.as_nanos() as u64
+                })
+                .collect();
+            times.sort_unstable();
+            times[times.len() / 2]
+        };
+        let same = |frame: Frame| std::iter::repeat_n(frame.bytes(), RUNS as usize);
+        let port = l4_port(&lab.from_vpc(&Frame::new(CLIENT, SERVER, tcp(41000, 443, TCP_SYN))).1, true);
+        let reply = Frame::new(SERVER, EXTERNAL, tcp(443, port, TCP_ACK));
+        assert_eq!(lab.from_outside(&reply).0, TC_ACT_REDIRECT, "the timed reply must take the translation path");
+        let costs = [
+            ("vpc_to_outside_established", median_ns(PROGRAM_FROM_VPC, &mut same(Frame::new(CLIENT, SERVER, tcp(41000, 443, TCP_ACK))))),
+            ("outside_to_vpc_established", median_ns(PROGRAM_FROM_OUTSIDE, &mut same(reply))),
+            (
+                "vpc_to_outside_new_flow",
+                median_ns(PROGRAM_FROM_VPC, &mut (0..RUNS).map(|i| Frame::new(CLIENT, SERVER, udp(40000 + i % 20000, 1000 + i / 20000, false)).bytes())),
+            ),
+            ("vpc_to_outside_forward", median_ns(PROGRAM_FROM_VPC, &mut same(Frame::new(FORWARD_CLIENT, SERVER, tcp(5002, 80, TCP_ACK))))),
+            ("vpc_no_policy_drop", median_ns(PROGRAM_FROM_VPC, &mut same(Frame::new(OUTSIDER, SERVER, tcp(5003, 80, TCP_SYN))))),
+            ("outside_unsolicited_drop", median_ns(PROGRAM_FROM_OUTSIDE, &mut same(Frame::new(SERVER, EXTERNAL, udp(53, 6001, false))))),
+        ];
+        let mut json: serde_json::Map<String, serde_json::Value> =
+            costs.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+        // Loading 100,000 policy sources (distinct /32s) into the trie, as a resource with many ipBlocks would.
+        let policy: DesiredPolicy = (0..100_000u32)
+            .map(|i| (ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a40_0000 + i), 32).unwrap(), Action::Snat))
+            .collect();
+        let started = std::time::Instant::now();
+        lab.datapath.policy().unwrap().sync(&policy).unwrap();
+        json.insert("policy_100k_load_ms".into(), (started.elapsed().as_secs_f64() * 1000.0).into());
+        println!("PROGRAM_COST {}", serde_json::Value::Object(json));
+    });
+}

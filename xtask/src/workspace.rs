@@ -75,6 +75,8 @@ pub fn test() -> anyhow::Result<()> {
     run(cargo().args(["test", "--lib", "--bins"]))?;
     step("the demo, as a smoke test");
     crate::demo::run()?;
+    step("the benchmark, as a smoke test: every mode forwards traffic and yields numbers");
+    crate::bench::run(crate::bench::BenchArgs::smoke())?;
     // Traffic through namespaces is timing-sensitive: one test at a time, nothing building beside it.
     step("datapath program tests and traffic through network namespaces (serial)");
     run(cargo().args([

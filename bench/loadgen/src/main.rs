@@ -18,8 +18,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Send small UDP packets as fast as possible, spread over FLOWS source ports (raw socket + sendmmsg).
+    /// Send small UDP packets as fast as possible, spread over FLOWS source ports, as Ethernet frames written to
+    /// INTERFACE (AF_PACKET + sendmmsg) toward the gateway's MAC address.
     UdpFlood {
+        #[arg(long)]
+        interface: String,
+        #[arg(long)]
+        gateway_mac: String,
         #[arg(long)]
         src: std::net::Ipv4Addr,
         #[arg(long)]
@@ -28,13 +33,6 @@ enum Command {
         flows: u16,
         #[arg(long, default_value_t = 18)]
         payload: usize,
-        #[arg(long)]
-        seconds: f64,
-    },
-    /// Count UDP packets arriving on PORT during SECONDS (recvmmsg), after the first one.
-    UdpSink {
-        #[arg(long)]
-        port: u16,
         #[arg(long)]
         seconds: f64,
     },
@@ -64,8 +62,9 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let secs = |s: f64| Duration::from_secs_f64(s);
     let report = match Cli::parse().command {
-        Command::UdpFlood { src, dst, flows, payload, seconds } => udp::flood(src, dst, flows, payload, secs(seconds))?,
-        Command::UdpSink { port, seconds } => udp::sink(port, secs(seconds))?,
+        Command::UdpFlood { interface, gateway_mac, src, dst, flows, payload, seconds } => {
+            udp::flood(&interface, &gateway_mac, src, dst, flows, payload, secs(seconds))?
+        }
         Command::TcpServer { port } => crr::serve(port)?,
         Command::TcpCrr { dst, threads, seconds } => crr::run(dst, threads, secs(seconds))?,
         Command::TcpRr { dst, seconds } => rr::run(dst, secs(seconds))?,

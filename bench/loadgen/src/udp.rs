@@ -1,8 +1,8 @@
-//! UDP packet rate: a raw-socket flooder that spreads packets over many source ports without a socket per flow,
-//! and a sink that counts what arrives.
+//! UDP packet rate: a flooder that writes prebuilt Ethernet frames straight to the client's interface
+//! (AF_PACKET, qdisc bypassed, sendmmsg), spread over many source ports. It skips the client's own IP stack so that
+//! the gateway, not the sender, is what limits the rate. The bench counts arrivals at the server's interface.
 
 use std::{
-    mem::MaybeUninit,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::AsRawFd,
     time::{Duration, Instant},
@@ -57,39 +57,72 @@ fn packet(src: Ipv4Addr, dst: SocketAddrV4, sport: u16, payload: usize) -> Vec<u
     p
 }
 
-pub fn flood(src: Ipv4Addr, dst: SocketAddr, flows: u16, payload: usize, duration: Duration) -> anyhow::Result<Value> {
+fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
+    let bytes: Vec<u8> = text.trim().split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
+    bytes.try_into().map_err(|_| anyhow::anyhow!("invalid MAC address {text:?}"))
+}
+
+pub fn flood(
+    interface: &str,
+    gateway_mac: &str,
+    src: Ipv4Addr,
+    dst: SocketAddr,
+    flows: u16,
+    payload: usize,
+    duration: Duration,
+) -> anyhow::Result<Value> {
     let SocketAddr::V4(dst) = dst else { bail!("IPv4 only") };
     if flows == 0 {
         bail!("--flows must be at least 1");
     }
-    let packets: Vec<Vec<u8>> = (0..flows).map(|i| packet(src, dst, FIRST_SOURCE_PORT + i, payload)).collect();
-    // IPPROTO_RAW implies IP_HDRINCL: the kernel routes the packet but sends our headers as they are.
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::from(libc::IPPROTO_RAW)))
-        .context("raw socket (needs root)")?;
-    let to: socket2::SockAddr = SocketAddr::V4(dst).into();
+    // `ip netns exec` mounts the namespace's own /sys.
+    let own_mac = parse_mac(&std::fs::read_to_string(format!("/sys/class/net/{interface}/address"))?)?;
+    let mut ethernet = Vec::with_capacity(14);
+    ethernet.extend_from_slice(&parse_mac(gateway_mac)?);
+    ethernet.extend_from_slice(&own_mac);
+    ethernet.extend_from_slice(&0x0800u16.to_be_bytes());
+    let frames: Vec<Vec<u8>> = (0..flows)
+        .map(|i| [ethernet.as_slice(), &packet(src, dst, FIRST_SOURCE_PORT + i, payload)].concat())
+        .collect();
+
+    let socket = socket2::Socket::new(socket2::Domain::PACKET, socket2::Type::RAW, None).context("AF_PACKET socket (needs root)")?;
+    let name = std::ffi::CString::new(interface)?;
+    // SAFETY: valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        bail!("no interface {interface}");
+    }
+    // SAFETY: sockaddr_ll is plain data; bind and setsockopt get valid pointers and sizes.
+    unsafe {
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+        addr.sll_ifindex = ifindex as i32;
+        if libc::bind(socket.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, std::mem::size_of_val(&addr) as u32) != 0 {
+            return Err(std::io::Error::last_os_error()).context("binding the AF_PACKET socket");
+        }
+        let one: libc::c_int = 1;
+        libc::setsockopt(socket.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one as *const _ as *const _, 4);
+    }
     let mut next = 0usize;
     let mut sent = 0u64;
     let start = Instant::now();
     while start.elapsed() < duration {
-        let mut iovs: Vec<libc::iovec> = Vec::with_capacity(BATCH);
-        for _ in 0..BATCH {
-            let p = &packets[next % packets.len()];
-            next += 1;
-            iovs.push(libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() });
-        }
+        let mut iovs: Vec<libc::iovec> = (0..BATCH)
+            .map(|_| {
+                let f = &frames[next % frames.len()];
+                next += 1;
+                libc::iovec { iov_base: f.as_ptr() as *mut _, iov_len: f.len() }
+            })
+            .collect();
+        // SAFETY: mmsghdr is plain data; the iovecs point at live frames.
         let mut msgs: Vec<libc::mmsghdr> = iovs
             .iter_mut()
-            .map(|iov| libc::mmsghdr {
-                msg_hdr: libc::msghdr {
-                    msg_name: to.as_ptr() as *mut _,
-                    msg_namelen: to.len(),
-                    msg_iov: iov,
-                    msg_iovlen: 1,
-                    msg_control: std::ptr::null_mut(),
-                    msg_controllen: 0,
-                    msg_flags: 0,
-                },
-                msg_len: 0,
+            .map(|iov| {
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_iov = iov;
+                m.msg_hdr.msg_iovlen = 1;
+                m
             })
             .collect();
         // SAFETY: every pointer refers to live buffers of the stated lengths.
@@ -98,51 +131,5 @@ pub fn flood(src: Ipv4Addr, dst: SocketAddr, flows: u16, payload: usize, duratio
             sent += n as u64;
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    Ok(json!({ "sent": sent, "seconds": elapsed, "flows": flows }))
-}
-
-pub fn sink(port: u16, duration: Duration) -> anyhow::Result<Value> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-    socket.set_recv_buffer_size(8 << 20)?;
-    socket.bind(&SocketAddr::from(([0, 0, 0, 0], port)).into())?;
-    socket.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let mut buffers = vec![[MaybeUninit::<u8>::uninit(); 256]; BATCH];
-    let mut received = 0u64;
-    let mut started: Option<Instant> = None;
-    let wait_until = Instant::now() + duration + Duration::from_secs(5);
-    loop {
-        if let Some(t) = started {
-            if t.elapsed() >= duration {
-                break;
-            }
-        } else if Instant::now() > wait_until {
-            break; // nothing ever arrived
-        }
-        let mut iovs: Vec<libc::iovec> =
-            buffers.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr() as *mut _, iov_len: b.len() }).collect();
-        let mut msgs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .map(|iov| libc::mmsghdr {
-                msg_hdr: libc::msghdr {
-                    msg_name: std::ptr::null_mut(),
-                    msg_namelen: 0,
-                    msg_iov: iov,
-                    msg_iovlen: 1,
-                    msg_control: std::ptr::null_mut(),
-                    msg_controllen: 0,
-                    msg_flags: 0,
-                },
-                msg_len: 0,
-            })
-            .collect();
-        // SAFETY: buffers outlive the call.
-        let n = unsafe { libc::recvmmsg(socket.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0, std::ptr::null_mut()) };
-        if n > 0 {
-            started.get_or_insert_with(Instant::now);
-            received += n as u64;
-        }
-    }
-    let seconds = started.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
-    Ok(json!({ "received": received, "seconds": seconds }))
+    Ok(json!({ "sent": sent, "seconds": start.elapsed().as_secs_f64(), "flows": flows }))
 }

@@ -2,6 +2,7 @@
 //! modes interleaved round by round, medians and ratios against iptables.
 
 mod modes;
+mod program;
 mod report;
 mod scenarios;
 
@@ -29,6 +30,12 @@ pub struct BenchArgs {
     /// A few seconds per mode, checking only that every mode forwarded traffic; results go to target/bench-smoke.
     #[arg(long)]
     smoke: bool,
+}
+
+impl BenchArgs {
+    pub fn smoke() -> BenchArgs {
+        BenchArgs { scenarios: Vec::new(), rounds: 1, seconds: 1.0, smoke: true }
+    }
 }
 
 struct KillOnDrop(std::process::Child);
@@ -91,16 +98,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
 
+    let program = program::program_costs()?;
+    let netfilter_policy = program::netfilter_policy_load_ms()?;
+    drop(_tcp_server);
+
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
     let header = format!(
         "Medians of {rounds} round(s) of {seconds} s per mode, modes interleaved; kernel {kernel}, {} CPUs.",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
-    let table = report::markdown(&records, &header);
+    let mut table = report::markdown(&records, &header);
+    table.push_str(&report::program_markdown(&program, &netfilter_policy));
     println!("\n{table}");
     let dir = if args.smoke { root().join("target/bench-smoke") } else { root().join("bench/results") };
     std::fs::create_dir_all(&dir)?;
-    let context = json!({ "rounds": rounds, "seconds": seconds, "kernel": kernel, "scenarios": scenarios });
+    let context = json!({
+        "rounds": rounds, "seconds": seconds, "kernel": kernel, "scenarios": scenarios,
+        "program_ns_per_packet": program, "policy_100k_load_ms": {
+            "veg": program["policy_100k_load_ms"], "iptables": netfilter_policy["iptables"], "nftables": netfilter_policy["nftables"]
+        },
+    });
     std::fs::write(dir.join("latest.json"), serde_json::to_string_pretty(&report::json(&records, context))?)?;
     std::fs::write(dir.join("latest.md"), &table)?;
     println!("results: {}", dir.display());

@@ -66,6 +66,26 @@ pub fn markdown(records: &[Record], header: &str) -> String {
     out
 }
 
+/// The program's own cost per path, and the policy load times.
+pub fn program_markdown(program: &serde_json::Value, netfilter_policy: &serde_json::Value) -> String {
+    let mut out = String::from("\n| datapath path (BPF_PROG_TEST_RUN, median of 20,000 runs) | ns per packet |\n|---|---:|\n");
+    if let Some(costs) = program.as_object() {
+        for (path, ns) in costs.iter().filter(|(k, _)| k.as_str() != "policy_100k_load_ms") {
+            let _ = writeln!(out, "| {path} | {ns} |");
+        }
+    }
+    let ms = |v: &serde_json::Value| v.as_f64().map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
+    let _ = writeln!(out, "\n| loading 100,000 policy sources | veg | iptables-restore | nft -f |\n|---|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| milliseconds | {} | {} | {} |",
+        ms(&program["policy_100k_load_ms"]),
+        ms(&netfilter_policy["iptables"]),
+        ms(&netfilter_policy["nftables"])
+    );
+    out
+}
+
 pub fn json(records: &[Record], context: serde_json::Value) -> serde_json::Value {
     let samples: Vec<_> = records
         .iter()
