@@ -1,5 +1,6 @@
 //! The `veg` binary's library: the gateway agent, its datapath loader and the inspection commands.
 
+pub mod bfd;
 pub mod datapath;
 pub mod gateway;
 pub mod inspect;
