@@ -131,4 +131,5 @@ fn settings_come_from_a_config_file() {
     assert_eq!(peer.ip().to_string(), GATEWAY_EXTERNAL_IP);
     assert!((3000..=3999).contains(&peer.port()), "the file's port range was not used: {peer}");
     assert!(!std::path::Path::new("/sys/fs/bpf/veg").join(&name).exists(), "--cleanup left pins");
+    assert!(!std::path::Path::new("/run/veg").join(format!("{name}.lock")).exists(), "the agent left its lock file");
 }

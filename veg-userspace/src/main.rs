@@ -1,6 +1,9 @@
 //! `veg`: the VPC egress gateway's command-line entry point.
 
-use std::{io, path::PathBuf};
+use std::{
+    io::{self, Write as _},
+    path::PathBuf,
+};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -28,6 +31,55 @@ enum Command {
     Flows(InspectArgs),
     /// Show the packet counters of a gateway on this host.
     Stats(InspectArgs),
+    /// Run BFD sessions (RFC 5880/5881, asynchronous, single hop) toward peers, in the foreground until
+    /// SIGINT/SIGTERM; `veg bfd status` lists them while it runs.
+    Bfd(BfdArgs),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BfdArgs {
+    #[command(subcommand)]
+    command: Option<BfdCommand>,
+    /// Named network namespace (from /var/run/netns) to run in.
+    #[arg(long)]
+    netns: Option<String>,
+    /// Local address to listen on (UDP 3784) and send from.
+    #[arg(long, value_name = "IP")]
+    listen: Option<std::net::Ipv4Addr>,
+    /// A peer to run a session with (repeatable); packets from anyone else are dropped and counted.
+    #[arg(long = "peer", value_name = "IP")]
+    peers: Vec<std::net::Ipv4Addr>,
+    /// Required minimum receive interval, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    min_rx: u64,
+    /// Desired minimum transmit interval, in milliseconds (at least 1000 until the session is Up).
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    min_tx: u64,
+    /// Detection multiplier.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..))]
+    multiplier: u8,
+    /// Lowest TTL accepted: 254 for packets that crossed OVN's router, 255 for strict RFC 5881.
+    #[arg(long, value_name = "N", default_value_t = 254)]
+    min_ttl: u8,
+    /// Name of this engine, for `veg bfd status --name`.
+    #[arg(long, default_value = "bfd")]
+    name: String,
+    /// Wait for the peer to start (as gateway instances wait for OVN) instead of sending first.
+    #[arg(long)]
+    passive: bool,
+}
+
+#[derive(Subcommand)]
+enum BfdCommand {
+    /// List the sessions of a running `veg bfd`, like `bfdd-control status`.
+    Status {
+        #[arg(long, default_value = "bfd")]
+        name: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -94,6 +146,7 @@ fn main() {
         Command::Gateway(args) => gateway(args),
         Command::Flows(args) => inspect::flows::run(&args.name, args.json, &mut io::stdout().lock()),
         Command::Stats(args) => inspect::stats::run(&args.name, args.json, &mut io::stdout().lock()),
+        Command::Bfd(args) => bfd(args),
     };
     if let Err(err) = result {
         eprintln!("veg: error: {err:#}");
@@ -134,5 +187,44 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         let stop = agent::StopSignals::install()?;
         let (datapath, _lock) = agent::start(&settings)?;
         agent::run(settings, datapath, stop).await
+    })
+}
+
+fn bfd(args: BfdArgs) -> anyhow::Result<()> {
+    use veg_userspace::bfd::{control, engine, session};
+    if let Some(BfdCommand::Status { name, json }) = args.command {
+        let status = control::query(&name)?;
+        let mut out = io::stdout().lock();
+        if json {
+            serde_json::to_writer_pretty(&mut out, &status)?;
+            return Ok(writeln!(out)?);
+        }
+        return Ok(control::print_status(&status, &mut out)?);
+    }
+    let listen = args.listen.context("--listen is required: the local address of the sessions")?;
+    let config = engine::EngineConfig {
+        listen,
+        peers: args.peers,
+        timers: session::Timers {
+            desired_min_tx: std::time::Duration::from_millis(args.min_tx),
+            required_min_rx: std::time::Duration::from_millis(args.min_rx),
+            detect_mult: args.multiplier,
+        },
+        min_ttl: args.min_ttl,
+        role: if args.passive { session::Role::Passive } else { session::Role::Active },
+    };
+    if let Some(ns) = &args.netns {
+        netns::enter(ns)?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let stop = agent::StopSignals::install()?;
+        let snapshot = Default::default();
+        let engine = engine::Engine::new(config, std::sync::Arc::clone(&snapshot))?;
+        let (listener, socket) = control::bind(&args.name).await?;
+        tokio::spawn(control::serve(listener, snapshot));
+        let result = engine.run(stop.wait()).await;
+        let _ = std::fs::remove_file(socket);
+        result
     })
 }

@@ -78,7 +78,7 @@ pub fn test() -> anyhow::Result<()> {
     step("the benchmark, as a smoke test: every mode forwards traffic and yields numbers");
     crate::bench::run(crate::bench::BenchArgs::smoke())?;
     // Traffic through namespaces is timing-sensitive: one test at a time, nothing building beside it.
-    step("datapath program tests and traffic through network namespaces (serial)");
+    step("datapath program tests, traffic through network namespaces, BFD against FRR (serial)");
     run(cargo().args([
         "test",
         "--package",
@@ -89,6 +89,8 @@ pub fn test() -> anyhow::Result<()> {
         "gateway_traffic",
         "--test",
         "gateway_cli",
+        "--test",
+        "bfd_interop",
         "--",
         "--test-threads=1",
     ]))

@@ -223,13 +223,16 @@ impl Session {
         self.keep_tx_within_interval(now);
     }
 
-    /// Stop (AdminDown, diagnostic 7) or resume (Down) the session.
-    pub fn set_admin_down(&mut self, down: bool, now: Instant) -> Option<StateChange> {
-        match (down, self.state) {
-            (true, State::AdminDown) | (false, State::Down | State::Init | State::Up) => None,
-            (true, _) => Some(self.change_state(State::AdminDown, Diagnostic::AdministrativelyDown, now)),
-            (false, State::AdminDown) => Some(self.change_state(State::Down, Diagnostic::None, now)),
-        }
+    /// Stop (AdminDown, diagnostic 7) or resume (Down) the session. A change comes with the packet that tells the
+    /// peer at once, so that it need not wait out its detection time.
+    pub fn set_admin_down(&mut self, down: bool, now: Instant) -> Output {
+        let change = match (down, self.state) {
+            (true, State::AdminDown) | (false, State::Down | State::Init | State::Up) => return Output::default(),
+            (true, _) => self.change_state(State::AdminDown, Diagnostic::AdministrativelyDown, now),
+            (false, State::AdminDown) => self.change_state(State::Down, Diagnostic::None, now),
+        };
+        self.schedule_tx(now);
+        Output { transmit: Some(self.packet(false)), change: Some(change) }
     }
 
     fn change_state(&mut self, to: State, diagnostic: Diagnostic, now: Instant) -> StateChange {
@@ -488,10 +491,13 @@ mod tests {
         let mut s = Session::new(1, Role::Active, timers(100, 100, 3), now);
         assert_eq!(s.receive(&peer_packet(State::Init, 99), now), Err(Discard::UnknownDiscriminator));
         assert_eq!(s.state(), State::Down);
-        let change = s.set_admin_down(true, now).unwrap();
+        let out = s.set_admin_down(true, now);
+        let change = out.change.unwrap();
         assert_eq!((change.to, change.diagnostic), (State::AdminDown, Diagnostic::AdministrativelyDown));
+        let told = out.transmit.expect("the peer is told at once");
+        assert_eq!((told.state, told.diagnostic), (State::AdminDown, Diagnostic::AdministrativelyDown));
         assert_eq!(s.receive(&peer_packet(State::Down, 0), now), Err(Discard::SessionAdminDown));
-        assert_eq!(s.set_admin_down(false, now).unwrap().to, State::Down);
+        assert_eq!(s.set_admin_down(false, now).change.unwrap().to, State::Down);
     }
 
     #[test]

@@ -68,6 +68,11 @@ impl StopSignals {
         })
     }
 
+    /// Wait for SIGTERM or SIGINT.
+    pub async fn wait(mut self) {
+        self.recv().await
+    }
+
     async fn recv(&mut self) {
         tokio::select! {
             _ = self.sigterm.recv() => {}

@@ -118,9 +118,17 @@ pub fn set_forwarding(on: bool) -> anyhow::Result<()> {
         .with_context(|| format!("turning IPv4 forwarding {} ({path})", if on { "on" } else { "off" }))
 }
 
-/// An exclusive lock per gateway name, so that two agents never drive the same maps.
+/// An exclusive lock per gateway name, so that two agents never drive the same maps. The file goes away with
+/// the agent.
 pub struct InstanceLock {
     _file: File,
+    path: std::path::PathBuf,
+}
+
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 impl InstanceLock {
@@ -132,6 +140,6 @@ impl InstanceLock {
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             bail!("another `veg gateway --name {name}` is running on this host (it holds {})", path.display());
         }
-        Ok(InstanceLock { _file: file })
+        Ok(InstanceLock { _file: file, path })
     }
 }

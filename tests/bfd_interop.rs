@@ -1,0 +1,251 @@
+//! `veg bfd` against FRR's bfdd (a real, independent BFD implementation) in network namespaces. Each test asserts
+//! on what the peer reports, not only on what veg believes. Timing tests: run serially, not beside a build.
+//!
+//! Topology: namespace "veg" 10.99.0.1/24 <-> veth <-> namespace "frr" 10.99.0.2/24 (+ 10.99.0.3, a stranger).
+
+use std::{
+    net::UdpSocket,
+    os::fd::AsRawFd,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use veg_testbed::{frr::Bfdd, netns::Netns, skip_unless_root, unique};
+use veg_userspace::bfd::packet::{ControlPacket, Diagnostic, State};
+
+const VEG: &str = env!("CARGO_BIN_EXE_veg");
+const OURS: &str = "10.99.0.1";
+const THEIRS: &str = "10.99.0.2";
+const STRANGER: &str = "10.99.0.3";
+
+struct Pair {
+    name: String,
+    veg_bfd: Option<Child>,
+    frr: Option<Bfdd>,
+    theirs: Netns,
+    ours: Netns,
+}
+
+impl Pair {
+    /// Both namespaces, FRR's bfdd at `frr_ms` x 3, and `veg bfd` with `veg_args`.
+    fn start(frr_ms: u32, veg_args: &[&str]) -> Pair {
+        let name = unique("vegbfd");
+        let ours = Netns::new(&format!("{name}-veg"));
+        let theirs = Netns::new(&format!("{name}-frr"));
+        ours.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &theirs.name]);
+        ours.ip(&["addr", "add", &format!("{OURS}/24"), "dev", "eth0"]);
+        theirs.ip(&["addr", "add", &format!("{THEIRS}/24"), "dev", "eth0"]);
+        theirs.ip(&["addr", "add", &format!("{STRANGER}/24"), "dev", "eth0"]);
+        ours.ip(&["link", "set", "eth0", "up"]);
+        theirs.ip(&["link", "set", "eth0", "up"]);
+        let frr = Bfdd::start(&theirs, OURS, THEIRS, "eth0", frr_ms, frr_ms, 3);
+        let mut pair = Pair { name, veg_bfd: None, frr: Some(frr), theirs, ours };
+        pair.start_veg(veg_args);
+        pair
+    }
+
+    fn start_veg(&mut self, extra: &[&str]) {
+        let child = Command::new(VEG)
+            .args(["bfd", "--netns", &self.ours.name, "--listen", OURS, "--peer", THEIRS, "--name", &self.name])
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.veg_bfd = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.try_status().is_none() {
+            assert!(Instant::now() < deadline, "veg bfd did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn frr(&self) -> &Bfdd {
+        self.frr.as_ref().unwrap()
+    }
+
+    fn try_status(&self) -> Option<Value> {
+        let out = Command::new(VEG).args(["bfd", "status", "--name", &self.name, "--json"]).output().ok()?;
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    }
+
+    /// Our only session, from `veg bfd status --json`.
+    fn ours(&self) -> Value {
+        self.try_status().expect("veg bfd status")["sessions"][0].clone()
+    }
+
+    fn discarded(&self, label: &str) -> u64 {
+        self.try_status().unwrap()["discarded"][label].as_u64().unwrap_or(0)
+    }
+
+    /// Wait until both sides report the session Up.
+    fn wait_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !(self.ours()["state"] == "Up" && self.frr().status() == "up") {
+            assert!(Instant::now() < deadline, "no session: veg {} / frr {:?}", self.ours(), self.frr().session());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal_veg(&mut self, signal: i32) {
+        if let Some(mut child) = self.veg_bfd.take() {
+            unsafe { libc::kill(child.id() as i32, signal) };
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        self.signal_veg(libc::SIGKILL);
+        self.frr.take();
+    }
+}
+
+#[test]
+fn a_session_comes_up_and_frr_agrees_on_the_timers() {
+    if skip_unless_root() {
+        return;
+    }
+    let pair = Pair::start(100, &["--min-tx", "100", "--min-rx", "100"]);
+    pair.wait_up();
+    // Give the Poll Sequences that follow Up a moment to settle.
+    std::thread::sleep(Duration::from_millis(500));
+    let frr = pair.frr().session().unwrap();
+    assert_eq!(frr["status"], "up");
+    assert_eq!(frr["remote-transmit-interval"], 100, "FRR's view of our transmit interval: {frr}");
+    assert_eq!(frr["remote-receive-interval"], 100, "{frr}");
+    assert_eq!(frr["remote-detect-multiplier"], 3, "{frr}");
+    assert_eq!(frr["remote-id"], pair.ours()["local_discriminator"]);
+    let ours = pair.ours();
+    assert_eq!(ours["remote_discriminator"], frr["id"]);
+    assert_eq!(ours["transmit_interval_ms"], 100);
+    assert_eq!(ours["detection_time_ms"], 300);
+}
+
+#[test]
+fn frr_going_silent_is_detected_within_the_detection_time() {
+    if skip_unless_root() {
+        return;
+    }
+    let pair = Pair::start(100, &["--min-tx", "100", "--min-rx", "100"]);
+    pair.wait_up();
+    std::thread::sleep(Duration::from_millis(500));
+    pair.frr().kill();
+    let killed = Instant::now();
+    while pair.ours()["state"] == "Up" {
+        assert!(killed.elapsed() < Duration::from_secs(3), "veg never noticed FRR's silence");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let measured = killed.elapsed();
+    println!("veg detected FRR's silence in {} ms (detection time 300 ms)", measured.as_millis());
+    assert_eq!(pair.ours()["diagnostic"], Diagnostic::ControlDetectionTimeExpired.describe());
+    // 300 ms after the last packet, which arrived before the kill; the margin covers polling and a loaded machine.
+    assert!(measured < Duration::from_millis(450), "took {measured:?}");
+}
+
+#[test]
+fn veg_going_silent_is_detected_by_frr_and_a_stop_is_announced() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut pair = Pair::start(100, &["--min-tx", "100", "--min-rx", "100"]);
+    pair.wait_up();
+    std::thread::sleep(Duration::from_millis(500));
+    pair.signal_veg(libc::SIGKILL);
+    let measured = pair.frr().wait_for("down", Duration::from_secs(3)).expect("FRR never noticed veg's silence");
+    println!("FRR detected veg's silence in {} ms (detection time 300 ms)", measured.as_millis());
+    assert!(measured < Duration::from_millis(450), "took {measured:?}");
+
+    // A clean stop (SIGTERM) says AdminDown, so FRR need not wait for its detection time.
+    pair.start_veg(&["--min-tx", "100", "--min-rx", "100"]);
+    pair.wait_up();
+    pair.signal_veg(libc::SIGTERM);
+    let measured = pair.frr().wait_for("down", Duration::from_secs(3)).expect("FRR never saw the stop");
+    println!("FRR saw veg's stop in {} ms", measured.as_millis());
+    let session = pair.frr().session().unwrap();
+    assert_eq!(session["status"], "down", "{session}");
+    assert_eq!(session["remote-diagnostic"], "administratively down", "{session}");
+    assert!(measured < Duration::from_millis(250), "FRR waited for its detection time instead: {measured:?}");
+}
+
+#[test]
+fn frr_changing_its_timers_is_negotiated_without_a_flap() {
+    if skip_unless_root() {
+        return;
+    }
+    let pair = Pair::start(100, &["--min-tx", "100", "--min-rx", "100"]);
+    pair.wait_up();
+    std::thread::sleep(Duration::from_millis(500));
+    let up_since = pair.ours()["seconds_since_state_change"].as_u64().unwrap();
+    pair.frr().set_timers(THEIRS, "eth0", 300, 200);
+    std::thread::sleep(Duration::from_secs(2));
+    let ours = pair.ours();
+    assert_eq!(ours["state"], "Up");
+    assert!(ours["seconds_since_state_change"].as_u64().unwrap() >= up_since + 2, "the session flapped: {ours}");
+    // We now send every max(100, their 200) ms and expect them every max(100, their 300) ms.
+    assert_eq!(ours["transmit_interval_ms"], 200, "{ours}");
+    assert_eq!(ours["detection_time_ms"], 900, "{ours}");
+    let frr = pair.frr().session().unwrap();
+    assert_eq!((frr["status"].as_str(), frr["transmit-interval"].as_u64()), (Some("up"), Some(300)), "{frr}");
+}
+
+#[test]
+fn strangers_and_low_ttl_packets_never_touch_a_session() {
+    if skip_unless_root() {
+        return;
+    }
+    let pair = Pair::start(100, &["--min-tx", "100", "--min-rx", "100"]);
+    pair.wait_up();
+    let ours = pair.ours();
+    // A forged AdminDown: accepted, it would bring the session down.
+    let forged = ControlPacket {
+        diagnostic: Diagnostic::AdministrativelyDown,
+        state: State::AdminDown,
+        poll: false,
+        final_: false,
+        control_plane_independent: false,
+        demand: false,
+        detect_mult: 3,
+        my_discriminator: ours["remote_discriminator"].as_u64().unwrap() as u32,
+        your_discriminator: ours["local_discriminator"].as_u64().unwrap() as u32,
+        desired_min_tx_us: 100_000,
+        required_min_rx_us: 100_000,
+        required_min_echo_rx_us: 0,
+    }
+    .encode();
+    pair.theirs.run(move || {
+        for (from, ttl) in [(STRANGER, 255), (THEIRS, 253)] {
+            let socket = UdpSocket::bind((from, 0)).unwrap();
+            let ttl: i32 = ttl;
+            unsafe { libc::setsockopt(socket.as_raw_fd(), libc::IPPROTO_IP, libc::IP_TTL, &ttl as *const i32 as *const _, 4) };
+            for _ in 0..5 {
+                socket.send_to(&forged, (OURS, 3784)).unwrap();
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(pair.ours()["state"], "Up");
+    assert_eq!(pair.frr().status(), "up");
+    assert_eq!(pair.discarded("peer_not_allowed"), 5);
+    assert_eq!(pair.discarded("low_ttl"), 5);
+}
+
+#[test]
+fn a_session_at_100ms_stays_up_for_30_seconds() {
+    if skip_unless_root() {
+        return;
+    }
+    let pair = Pair::start(100, &["--min-tx", "100", "--min-rx", "100"]);
+    pair.wait_up();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(pair.ours()["state"], "Up", "flapped after {:?}", started.elapsed());
+    }
+    let ours = pair.ours();
+    assert!(ours["seconds_since_state_change"].as_u64().unwrap() >= 30, "{ours}");
+    let frr = pair.frr().session().unwrap();
+    assert!(frr["uptime"].as_u64().unwrap_or(0) >= 30, "FRR saw a flap: {frr}");
+}

@@ -1,0 +1,252 @@
+//! The BFD engine: UDP sockets (RFC 5881 single hop), one session per configured peer, timers, and a status
+//! snapshot for the control socket.
+//!
+//! Received packets must come from a configured peer with a TTL of at least `min_ttl` (254 by default: OVN's
+//! packets cross a logical router; 255 is strict RFC 5881); anything else is dropped and counted, and never
+//! touches a session.
+
+use std::{
+    collections::BTreeMap,
+    io,
+    mem::MaybeUninit,
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use tokio::io::unix::AsyncFd;
+use tracing::{info, warn};
+
+use super::{
+    packet::{ControlPacket, Discard},
+    session::{Role, Session, Status, Timers},
+};
+
+pub const CONTROL_PORT: u16 = 3784;
+/// RFC 5881 section 4: source ports of control packets.
+const SOURCE_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub listen: Ipv4Addr,
+    pub peers: Vec<Ipv4Addr>,
+    pub timers: Timers,
+    pub min_ttl: u8,
+    pub role: Role,
+}
+
+/// What `veg bfd status` shows.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub sessions: Vec<(Ipv4Addr, Ipv4Addr, Status)>,
+    pub discarded: BTreeMap<&'static str, u64>,
+}
+
+struct Peer {
+    address: Ipv4Addr,
+    session: Session,
+    socket: UdpSocket,
+}
+
+pub struct Engine {
+    config: EngineConfig,
+    peers: Vec<Peer>,
+    receiver: AsyncFd<UdpSocket>,
+    discarded: BTreeMap<&'static str, u64>,
+    snapshot: Arc<Mutex<Snapshot>>,
+}
+
+fn set_int_option(socket: &UdpSocket, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: valid fd and a pointer to an int of the given size.
+    let rc = unsafe {
+        libc::setsockopt(socket.as_raw_fd(), level, name, &value as *const i32 as *const _, 4)
+    };
+    if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// A sending socket for one session: a free source port from the RFC 5881 range, TTL 255.
+fn sending_socket(listen: Ipv4Addr, seed: u32) -> anyhow::Result<UdpSocket> {
+    let span = (SOURCE_PORTS.end() - SOURCE_PORTS.start()) as u32 + 1;
+    for attempt in 0..span {
+        let port = SOURCE_PORTS.start() + ((seed.wrapping_add(attempt)) % span) as u16;
+        match UdpSocket::bind((listen, port)) {
+            Ok(socket) => {
+                set_int_option(&socket, libc::IPPROTO_IP, libc::IP_TTL, 255)?;
+                socket.set_nonblocking(true)?;
+                return Ok(socket);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(e).with_context(|| format!("binding a BFD source port on {listen}")),
+        }
+    }
+    bail!("no free BFD source port in 49152-65535 on {listen}")
+}
+
+fn random_u32() -> u32 {
+    let mut bytes = [0u8; 4];
+    // SAFETY: valid buffer.
+    unsafe { libc::getrandom(bytes.as_mut_ptr() as *mut _, 4, 0) };
+    u32::from_ne_bytes(bytes)
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig, snapshot: Arc<Mutex<Snapshot>>) -> anyhow::Result<Engine> {
+        if config.peers.is_empty() {
+            bail!("no BFD peer: give at least one --peer");
+        }
+        let receiver = UdpSocket::bind((config.listen, CONTROL_PORT)).with_context(|| {
+            format!("listening on {}:{CONTROL_PORT}: is the address on an interface here, and no other BFD daemon running?", config.listen)
+        })?;
+        set_int_option(&receiver, libc::IPPROTO_IP, libc::IP_RECVTTL, 1)?;
+        receiver.set_nonblocking(true)?;
+        let now = Instant::now();
+        let mut peers = Vec::new();
+        for (i, &address) in config.peers.iter().enumerate() {
+            // Random discriminators, so a restarted engine is not mistaken for its previous life.
+            let discriminator = random_u32().max(1).wrapping_add(i as u32).max(1);
+            peers.push(Peer {
+                address,
+                session: Session::new(discriminator, config.role, config.timers, now),
+                socket: sending_socket(config.listen, random_u32())?,
+            });
+        }
+        // SAFETY: the engine owns the socket for as long as the registration lives.
+        let receiver = unsafe { AsyncFd::register(receiver)? };
+        let engine = Engine { config, peers, receiver, discarded: BTreeMap::new(), snapshot };
+        engine.publish();
+        Ok(engine)
+    }
+
+    /// Run until `stop` completes. Sessions are brought AdminDown first, so the peers hear the stop
+    /// (diagnostic 7) instead of waiting out their detection time.
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        tokio::pin!(stop);
+        loop {
+            let deadline = self.peers.iter().filter_map(|p| p.session.next_deadline()).min();
+            let sleep = tokio::time::sleep_until(deadline.map(tokio::time::Instant::from_std).unwrap_or_else(|| {
+                tokio::time::Instant::now() + Duration::from_secs(3600)
+            }));
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = sleep => self.on_timers(),
+                ready = self.receiver.readable() => {
+                    let mut guard = ready?;
+                    let mut datagrams = Vec::new();
+                    while let Some(datagram) = receive(guard.get_inner())? {
+                        datagrams.push(datagram);
+                    }
+                    guard.clear_ready();
+                    for (payload, from, ttl) in datagrams {
+                        self.on_packet(&payload, from, ttl);
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        for peer in &mut self.peers {
+            if let Some(packet) = peer.session.set_admin_down(true, now).transmit {
+                send(peer, &packet);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        for peer in &mut self.peers {
+            let out = peer.session.on_timer(now);
+            if let Some(change) = out.change {
+                log_change(peer.address, change.from, change.to, change.diagnostic.describe());
+            }
+            if let Some(packet) = out.transmit {
+                send(peer, &packet);
+            }
+        }
+        self.publish();
+    }
+
+    fn on_packet(&mut self, payload: &[u8], from: Ipv4Addr, ttl: u8) {
+        match self.accept(payload, from, ttl) {
+            Ok(()) => {}
+            Err(reason) => *self.discarded.entry(reason.label()).or_default() += 1,
+        }
+        self.publish();
+    }
+
+    fn accept(&mut self, payload: &[u8], from: Ipv4Addr, ttl: u8) -> Result<(), Discard> {
+        // Who and how far come first: nothing from elsewhere may influence a session.
+        let Some(index) = self.peers.iter().position(|p| p.address == from) else {
+            return Err(Discard::PeerNotAllowed);
+        };
+        if ttl < self.config.min_ttl {
+            return Err(Discard::LowTtl);
+        }
+        let packet = ControlPacket::decode(payload)?;
+        let peer = &mut self.peers[index];
+        let out = peer.session.receive(&packet, Instant::now())?;
+        if let Some(change) = out.change {
+            log_change(peer.address, change.from, change.to, change.diagnostic.describe());
+        }
+        if let Some(reply) = out.transmit {
+            send(peer, &reply);
+        }
+        Ok(())
+    }
+
+    fn publish(&self) {
+        let mut snapshot = self.snapshot.lock().unwrap();
+        snapshot.sessions = self.peers.iter().map(|p| (self.config.listen, p.address, p.session.status())).collect();
+        snapshot.discarded = self.discarded.clone();
+    }
+}
+
+fn log_change(peer: Ipv4Addr, from: super::packet::State, to: super::packet::State, why: &str) {
+    if to == super::packet::State::Up {
+        info!(%peer, %from, %to, "BFD session up");
+    } else {
+        warn!(%peer, %from, %to, diagnostic = why, "BFD session state changed");
+    }
+}
+
+fn send(peer: &Peer, packet: &ControlPacket) {
+    if let Err(e) = peer.socket.send_to(&packet.encode(), SocketAddr::new(IpAddr::V4(peer.address), CONTROL_PORT)) {
+        warn!(peer = %peer.address, "sending a BFD packet failed: {e}");
+    }
+}
+
+/// One datagram with its sender and TTL, or None when nothing is waiting.
+fn receive(socket: &UdpSocket) -> io::Result<Option<(Vec<u8>, Ipv4Addr, u8)>> {
+    let mut buf = [0u8; 128];
+    let mut from: MaybeUninit<libc::sockaddr_in> = MaybeUninit::zeroed();
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut _, iov_len: buf.len() };
+    // SAFETY: msghdr is plain data; every pointer refers to a live buffer of the stated size.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = from.as_mut_ptr() as *mut _;
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut _;
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: as above.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(err) };
+    }
+    // SAFETY: the kernel filled the address; walk the control messages it wrote.
+    let from = unsafe { from.assume_init() };
+    let mut ttl = 0u8;
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_TTL {
+                ttl = *(libc::CMSG_DATA(cmsg) as *const i32) as u8;
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(Some((buf[..n as usize].to_vec(), Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr)), ttl)))
+}
