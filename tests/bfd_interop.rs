@@ -192,6 +192,30 @@ fn frr_changing_its_timers_is_negotiated_without_a_flap() {
 }
 
 #[test]
+fn veg_changing_its_timers_is_negotiated_without_a_flap() {
+    if skip_unless_root() {
+        return;
+    }
+    let pair = Pair::start(100, &["--min-tx", "100", "--min-rx", "100"]);
+    pair.wait_up();
+    std::thread::sleep(Duration::from_millis(500));
+    let up_since = pair.frr().session().unwrap()["uptime"].as_u64().unwrap_or(0);
+    let out = Command::new(VEG)
+        .args(["bfd", "timers", "--name", &pair.name, "--min-tx", "250", "--min-rx", "400", "--multiplier", "4"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_secs(2));
+    let frr = pair.frr().session().unwrap();
+    assert_eq!(frr["status"], "up", "{frr}");
+    assert_eq!((frr["remote-transmit-interval"].as_u64(), frr["remote-receive-interval"].as_u64()), (Some(250), Some(400)), "{frr}");
+    assert_eq!(frr["remote-detect-multiplier"], 4, "{frr}");
+    assert!(frr["uptime"].as_u64().unwrap_or(0) >= up_since + 2, "FRR saw a flap: {frr}");
+    let ours = pair.ours();
+    assert_eq!((ours["transmit_interval_ms"].as_u64(), ours["detection_time_ms"].as_u64()), (Some(250), Some(1200)), "{ours}");
+}
+
+#[test]
 fn strangers_and_low_ttl_packets_never_touch_a_session() {
     if skip_unless_root() {
         return;

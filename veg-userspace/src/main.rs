@@ -72,6 +72,17 @@ struct BfdArgs {
 
 #[derive(Subcommand)]
 enum BfdCommand {
+    /// Change the timers of a running `veg bfd` (negotiated with its peers by Poll/Final, without a flap).
+    Timers {
+        #[arg(long, default_value = "bfd")]
+        name: String,
+        #[arg(long, value_name = "MS")]
+        min_tx: u64,
+        #[arg(long, value_name = "MS")]
+        min_rx: u64,
+        #[arg(long, value_name = "N")]
+        multiplier: u8,
+    },
     /// List the sessions of a running `veg bfd`, like `bfdd-control status`.
     Status {
         #[arg(long, default_value = "bfd")]
@@ -192,8 +203,13 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
 
 fn bfd(args: BfdArgs) -> anyhow::Result<()> {
     use veg_userspace::bfd::{control, engine, session};
+    if let Some(BfdCommand::Timers { name, min_tx, min_rx, multiplier }) = args.command {
+        control::request(&name, &format!("timers {min_tx} {min_rx} {multiplier}"))?;
+        eprintln!("veg: timers of {name:?} set to tx {min_tx} ms, rx {min_rx} ms, multiplier {multiplier}");
+        return Ok(());
+    }
     if let Some(BfdCommand::Status { name, json }) = args.command {
-        let status = control::query(&name)?;
+        let status = control::request(&name, "status")?;
         let mut out = io::stdout().lock();
         if json {
             serde_json::to_writer_pretty(&mut out, &status)?;
@@ -222,8 +238,9 @@ fn bfd(args: BfdArgs) -> anyhow::Result<()> {
         let snapshot = Default::default();
         let engine = engine::Engine::new(config, std::sync::Arc::clone(&snapshot))?;
         let (listener, socket) = control::bind(&args.name).await?;
-        tokio::spawn(control::serve(listener, snapshot));
-        let result = engine.run(stop.wait()).await;
+        let (timers_tx, timers_rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(control::serve(listener, snapshot, timers_tx));
+        let result = engine.run(stop.wait(), timers_rx).await;
         let _ = std::fs::remove_file(socket);
         result
     })

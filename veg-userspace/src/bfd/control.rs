@@ -3,14 +3,21 @@
 use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
-use tokio::{io::AsyncWriteExt, net::UnixListener};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::UnixListener,
+    sync::mpsc,
+};
 
-use super::{engine::Snapshot, session::Role};
+use super::{
+    engine::Snapshot,
+    session::{Role, Timers},
+};
 
 pub fn socket_path(name: &str) -> PathBuf {
     Path::new("/run/veg").join(format!("bfd-{name}.sock"))
@@ -55,23 +62,64 @@ pub async fn bind(name: &str) -> anyhow::Result<(UnixListener, PathBuf)> {
     Ok((listener, path))
 }
 
-/// Answer every connection with the current snapshot as JSON.
-pub async fn serve(listener: UnixListener, snapshot: Arc<Mutex<Snapshot>>) {
-    while let Ok((mut stream, _)) = listener.accept().await {
-        let body = snapshot_json(&snapshot.lock().unwrap()).to_string();
-        let _ = stream.write_all(body.as_bytes()).await;
+/// A request on the control socket: one line, `status` or `timers MIN_TX_MS MIN_RX_MS MULTIPLIER`.
+pub enum Request {
+    Status,
+    Timers(Timers),
+}
+
+impl Request {
+    fn parse(line: &str) -> Result<Request, String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["status"] => Ok(Request::Status),
+            ["timers", tx, rx, mult] => {
+                let ms = |w: &str| w.parse::<u64>().ok().filter(|v| (1..=3_600_000).contains(v)).map(Duration::from_millis);
+                match (ms(tx), ms(rx), mult.parse::<u8>().ok().filter(|m| *m > 0)) {
+                    (Some(desired_min_tx), Some(required_min_rx), Some(detect_mult)) => {
+                        Ok(Request::Timers(Timers { desired_min_tx, required_min_rx, detect_mult }))
+                    }
+                    _ => Err("timers take MIN_TX_MS MIN_RX_MS (1-3600000) and MULTIPLIER (1-255)".into()),
+                }
+            }
+            _ => Err(format!("unknown request {line:?}: expected `status` or `timers TX RX MULT`")),
+        }
     }
 }
 
-/// Ask a running engine for its status.
-pub fn query(name: &str) -> anyhow::Result<Value> {
-    use std::io::Read;
+/// Answer each connection: the status as JSON, or new timers handed to the engine (then the status).
+pub async fn serve(listener: UnixListener, snapshot: Arc<Mutex<Snapshot>>, timers: mpsc::Sender<Timers>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let (reader, mut writer) = stream.into_split();
+        let mut line = String::new();
+        let _ = BufReader::new(reader).read_line(&mut line).await;
+        let reply = match Request::parse(&line) {
+            Ok(Request::Status) => snapshot_json(&snapshot.lock().unwrap()),
+            Ok(Request::Timers(new)) => {
+                let _ = timers.send(new).await;
+                json!({ "ok": true })
+            }
+            Err(error) => json!({ "error": error }),
+        };
+        let _ = writer.write_all(reply.to_string().as_bytes()).await;
+    }
+}
+
+/// Send one request to a running engine and return its JSON answer.
+pub fn request(name: &str, line: &str) -> anyhow::Result<Value> {
+    use std::io::{Read, Write};
     let path = socket_path(name);
     let mut stream = std::os::unix::net::UnixStream::connect(&path)
         .with_context(|| format!("no `veg bfd --name {name}` answers on {}: is it running?", path.display()))?;
+    stream.write_all(format!("{line}\n").as_bytes())?;
+    stream.shutdown(std::net::Shutdown::Write)?;
     let mut body = String::new();
     stream.read_to_string(&mut body)?;
-    Ok(serde_json::from_str(&body)?)
+    let answer: Value = serde_json::from_str(&body)?;
+    if let Some(error) = answer["error"].as_str() {
+        bail!("veg bfd --name {name} refused the request: {error}");
+    }
+    Ok(answer)
 }
 
 /// `bfdd-control status`, with the negotiated timers and counters added.

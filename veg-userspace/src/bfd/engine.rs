@@ -121,7 +121,11 @@ impl Engine {
 
     /// Run until `stop` completes. Sessions are brought AdminDown first, so the peers hear the stop
     /// (diagnostic 7) instead of waiting out their detection time.
-    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+        mut timers: tokio::sync::mpsc::Receiver<Timers>,
+    ) -> anyhow::Result<()> {
         tokio::pin!(stop);
         loop {
             let deadline = self.peers.iter().filter_map(|p| p.session.next_deadline()).min();
@@ -131,6 +135,7 @@ impl Engine {
             tokio::select! {
                 _ = &mut stop => break,
                 _ = sleep => self.on_timers(),
+                Some(new) = timers.recv() => self.set_timers(new),
                 ready = self.receiver.readable() => {
                     let mut guard = ready?;
                     let mut datagrams = Vec::new();
@@ -151,6 +156,17 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// New timers for every session, negotiated with the peers by Poll Sequences.
+    fn set_timers(&mut self, timers: Timers) {
+        info!(?timers, "BFD timers changed");
+        let now = Instant::now();
+        self.config.timers = timers;
+        for peer in &mut self.peers {
+            peer.session.set_timers(timers, now);
+        }
+        self.publish();
     }
 
     fn on_timers(&mut self) {
