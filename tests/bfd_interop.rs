@@ -11,7 +11,7 @@ use std::{
 };
 
 use serde_json::Value;
-use veg_testbed::{frr::Bfdd, netns::Netns, skip_unless_root, unique};
+use veg_testbed::{frr::Bfdd, lab::Lab, netns::Netns, skip_unless_root, unique};
 use veg_userspace::bfd::packet::{ControlPacket, Diagnostic, State};
 
 const VEG: &str = env!("CARGO_BIN_EXE_veg");
@@ -272,4 +272,50 @@ fn a_session_at_100ms_stays_up_for_30_seconds() {
     assert!(ours["seconds_since_state_change"].as_u64().unwrap() >= 30, "{ours}");
     let frr = pair.frr().session().unwrap();
     assert!(frr["uptime"].as_u64().unwrap_or(0) >= 30, "FRR saw a flap: {frr}");
+}
+
+/// The HTTP status of GET `path` on the gateway instance's health port, from inside `ns`.
+fn http_status(ns: &Netns, path: &'static str) -> u16 {
+    ns.run(move || {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = std::net::TcpStream::connect_timeout(&"10.16.0.12:8080".parse().unwrap(), Duration::from_secs(1))
+        else {
+            return 0;
+        };
+        let _ = stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+    })
+}
+
+#[test]
+fn the_gateway_is_ready_only_while_its_bfd_sessions_are_up() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(VEG);
+    // FRR plays the VPC's BFD port, on the VPC switch.
+    let port = lab.add_client("10.16.0.9");
+    let frr = Bfdd::start(lab.client(port), "10.16.0.12", "10.16.0.9", "eth0", 100, 100, 3);
+    let gateway = lab.start_gateway(&["--bfd-peer", "10.16.0.9", "--bfd-min-tx", "100", "--bfd-min-rx", "100"]);
+    assert_eq!(http_status(lab.client(port), "/livez"), 200);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while http_status(lab.client(port), "/readyz") != 200 {
+        assert!(Instant::now() < deadline, "never ready; FRR says {:?}", frr.session());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(frr.status(), "up");
+    let status = Command::new(VEG).args(["bfd", "status", "--name", &gateway.name]).output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("local=10.16.0.12 (p) remote=10.16.0.9 state=Up"), "{text}");
+    // The VPC's BFD port goes silent: the instance stops being ready, but stays alive.
+    frr.kill();
+    let killed = Instant::now();
+    while http_status(lab.client(port), "/readyz") == 200 {
+        assert!(killed.elapsed() < Duration::from_secs(3), "still ready without its BFD peer");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("not ready {} ms after the BFD peer went silent", killed.elapsed().as_millis());
+    assert_eq!(http_status(lab.client(port), "/livez"), 200);
 }

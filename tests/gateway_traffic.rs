@@ -102,7 +102,26 @@ fn two_clients_with_the_same_source_port_both_work() {
     let tcp = tcp_echo(&lab.server, TCP_PORT);
     for client in [first, second] {
         assert_eq!(udp_round_trip(lab.client(client), 5555, server(UDP_PORT), b"same port").unwrap(), b"same port");
-        assert_eq!(tcp_round_trip(lab.client(client), 5555, server(TCP_PORT), b"same port").unwrap(), b"same port");
+    }
+    // Both TCP connections open at the same time: a closed connection's port may be reused, a live one's never.
+    let target = server(TCP_PORT);
+    let connections: Vec<_> = [first, second]
+        .into_iter()
+        .map(|client| {
+            let connection = lab.client(client).spawn(move || -> std::io::Result<Vec<u8>> {
+                let mut stream = connect_from(5555, target)?;
+                stream.write_all(b"same port")?;
+                let mut echo = vec![0u8; 9];
+                stream.read_exact(&mut echo)?;
+                std::thread::sleep(Duration::from_millis(600));
+                Ok(echo)
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            connection
+        })
+        .collect();
+    for connection in connections {
+        assert_eq!(connection.join().unwrap().unwrap(), b"same port");
     }
     for peers in [udp.peers(), tcp.peers()] {
         assert_eq!(peers.len(), 2);

@@ -127,12 +127,35 @@ struct GatewayArgs {
     #[arg(long, value_name = "SECONDS")]
     sweep_interval: Option<u64>,
     /// Read the settings from a YAML or JSON file (camelCase keys: name, netns, internalInterface,
-    /// externalInterface, externalIP, snat, forward, portRange, maxFlows, sweepIntervalSeconds); flags override it.
+    /// externalInterface, externalIP, snat, forward, portRange, maxFlows, sweepIntervalSeconds, bfdPeers, bfdListen,
+    /// bfdMinRx, bfdMinTx, bfdMultiplier, bfdMinTtl, healthListen); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Remove the gateway's pinned state (flows, counters, policy) and exit.
     #[arg(long)]
     cleanup: bool,
+    /// Run a BFD session with this peer (the VPC's BFD port; repeatable). The instance is ready only while every
+    /// session is Up. `veg bfd status --name NAME` lists them.
+    #[arg(long = "bfd-peer", value_name = "IP")]
+    bfd_peers: Vec<String>,
+    /// Local address of the BFD sessions. [default: the internal interface's address]
+    #[arg(long, value_name = "IP")]
+    bfd_listen: Option<String>,
+    /// BFD required minimum receive interval. [default: 1000]
+    #[arg(long, value_name = "MS")]
+    bfd_min_rx: Option<u64>,
+    /// BFD desired minimum transmit interval. [default: 1000]
+    #[arg(long, value_name = "MS")]
+    bfd_min_tx: Option<u64>,
+    /// BFD detection multiplier. [default: 3]
+    #[arg(long, value_name = "N")]
+    bfd_multiplier: Option<u8>,
+    /// Lowest TTL accepted on BFD packets (254: OVN's cross a router). [default: 254]
+    #[arg(long, value_name = "N")]
+    bfd_min_ttl: Option<u8>,
+    /// Where /livez and /readyz are served over HTTP. [default: 0.0.0.0:8080]
+    #[arg(long, value_name = "IP:PORT")]
+    health_listen: Option<String>,
 }
 
 #[derive(Args)]
@@ -177,6 +200,13 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         port_range: args.port_range,
         max_flows: args.max_flows,
         sweep_interval_seconds: args.sweep_interval,
+        bfd_peers: args.bfd_peers,
+        bfd_listen: args.bfd_listen,
+        bfd_min_rx: args.bfd_min_rx,
+        bfd_min_tx: args.bfd_min_tx,
+        bfd_multiplier: args.bfd_multiplier,
+        bfd_min_ttl: args.bfd_min_ttl,
+        health_listen: args.health_listen,
     };
     if let Some(path) = &args.config {
         input = input.merge_file(SettingsFile::read(path)?);
@@ -196,8 +226,8 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let stop = agent::StopSignals::install()?;
-        let (datapath, _lock) = agent::start(&settings)?;
-        agent::run(settings, datapath, stop).await
+        let running = agent::start(&settings)?;
+        agent::run(settings, running, stop).await
     })
 }
 

@@ -4,20 +4,53 @@
 //! The agent owns IPv4 forwarding in its namespace: on only while the programs are attached, so that nothing is
 //! ever forwarded untranslated. While the agent restarts, packets are dropped (TCP retransmits) rather than leaked.
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{info, warn};
 use veg_common::{address::Address, config::GatewayConfig};
 
-use super::{host, settings::GatewaySettings};
-use crate::datapath::{loader::Datapath, pins};
+use super::{health, host, settings::GatewaySettings};
+use crate::{
+    bfd::{
+        control,
+        engine::{Engine, EngineConfig, Snapshot},
+        session::Role,
+    },
+    datapath::{loader::Datapath, pins},
+};
 
 const LOCK_DIR: &str = "/run/veg";
 
-/// Everything up to the point where packets flow. Runs in the instance's network namespace.
-pub fn start(settings: &GatewaySettings) -> anyhow::Result<(Datapath, host::InstanceLock)> {
+/// A started instance: the attached datapath, and the BFD engine toward the VPC when configured.
+pub struct Running {
+    datapath: Datapath,
+    _lock: host::InstanceLock,
+    bfd: Option<Engine>,
+    bfd_status: Arc<Mutex<Snapshot>>,
+}
+
+/// The BFD engine of the instance: passive, as the reference's instances wait for OVN to start the session.
+fn bfd_engine(settings: &GatewaySettings, status: &Arc<Mutex<Snapshot>>) -> anyhow::Result<Option<Engine>> {
+    let Some(bfd) = &settings.bfd else {
+        return Ok(None);
+    };
+    let listen = match bfd.listen {
+        Some(listen) => listen,
+        None => *host::interface_ipv4_addresses(&settings.internal_interface)?.first().with_context(|| {
+            format!("{} has no IPv4 address for BFD: give --bfd-listen", settings.internal_interface)
+        })?,
+    };
+    let config = EngineConfig { listen, peers: bfd.peers.clone(), timers: bfd.timers, min_ttl: bfd.min_ttl, role: Role::Passive };
+    Ok(Some(Engine::new(config, status.clone())?))
+}
+
+/// Everything up to the point where packets flow. Runs in the instance's network namespace, inside the runtime.
+pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
     let lock = host::InstanceLock::acquire(Path::new(LOCK_DIR), &settings.name)?;
     let internal_ifindex = host::interface_index(&settings.internal_interface, "internal")?;
     let external_ifindex = host::interface_index(&settings.external_interface, "external")?;
@@ -49,7 +82,9 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<(Datapath, host::Inst
         live_flows = live,
         "gateway datapath attached"
     );
-    Ok((datapath, lock))
+    let bfd_status = Arc::default();
+    let bfd = bfd_engine(settings, &bfd_status)?;
+    Ok(Running { datapath, _lock: lock, bfd, bfd_status })
 }
 
 /// SIGTERM and SIGINT, caught from before the datapath starts, so that a stop during start-up still detaches
@@ -81,8 +116,21 @@ impl StopSignals {
     }
 }
 
-/// Sweep until SIGTERM or SIGINT, then detach.
-pub async fn run(settings: GatewaySettings, datapath: Datapath, mut stop: StopSignals) -> anyhow::Result<()> {
+/// Serve health checks and BFD, sweep, until SIGTERM or SIGINT; then tell the BFD peers (AdminDown), and detach.
+pub async fn run(settings: GatewaySettings, running: Running, mut stop: StopSignals) -> anyhow::Result<()> {
+    let Running { datapath, _lock, bfd, bfd_status } = running;
+    let health = health::bind(settings.health_listen).await?;
+    tokio::spawn(health::serve(health, bfd_status.clone()));
+    let (bfd_stop, bfd_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut bfd_task = None;
+    let mut control_socket = None;
+    if let Some(engine) = bfd {
+        let (listener, path) = control::bind(&settings.name).await?;
+        let (timers_tx, timers_rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(control::serve(listener, bfd_status.clone(), timers_tx));
+        bfd_task = Some(tokio::spawn(engine.run(async { let _ = bfd_stopped.await; }, timers_rx)));
+        control_socket = Some(path);
+    }
     let flows = datapath.flow_table()?;
     let mut sweep = tokio::time::interval(settings.sweep_interval);
     loop {
@@ -94,6 +142,13 @@ pub async fn run(settings: GatewaySettings, datapath: Datapath, mut stop: StopSi
             },
             _ = stop.recv() => break,
         }
+    }
+    let _ = bfd_stop.send(());
+    if let Some(task) = bfd_task {
+        task.await??;
+    }
+    if let Some(path) = control_socket {
+        let _ = std::fs::remove_file(path);
     }
     let pin_dir = datapath.pin_dir().to_owned();
     host::set_forwarding(false)?;

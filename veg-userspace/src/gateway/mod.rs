@@ -1,5 +1,6 @@
 //! `veg gateway`: the agent in every gateway instance.
 
 pub mod agent;
+pub mod health;
 pub mod host;
 pub mod settings;

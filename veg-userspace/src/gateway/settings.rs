@@ -1,13 +1,22 @@
 //! The gateway's settings, from the command line and/or a YAML or JSON file, validated before anything is touched.
 
-use std::{fmt, net::Ipv4Addr, path::PathBuf, str::FromStr, time::Duration};
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    str::FromStr,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 use veg_common::flow::FLOW_TABLE_DEFAULT_ENTRIES;
 
-use crate::datapath::{pins, policy::{Action, DesiredPolicy}};
+use crate::{
+    bfd::session::Timers,
+    datapath::{pins, policy::{Action, DesiredPolicy}},
+};
 
 /// Translated ports are taken from this range by default: below the kernel's default ephemeral range
 /// (32768-60999), so the instance's own connections never collide with translations.
@@ -79,6 +88,14 @@ pub struct SettingsFile {
     pub port_range: Option<String>,
     pub max_flows: Option<u32>,
     pub sweep_interval_seconds: Option<u64>,
+    #[serde(default)]
+    pub bfd_peers: Vec<String>,
+    pub bfd_listen: Option<String>,
+    pub bfd_min_rx: Option<u64>,
+    pub bfd_min_tx: Option<u64>,
+    pub bfd_multiplier: Option<u8>,
+    pub bfd_min_ttl: Option<u8>,
+    pub health_listen: Option<String>,
 }
 
 impl SettingsFile {
@@ -102,7 +119,22 @@ pub struct GatewaySettings {
     /// Flow table capacity in entries (two per flow).
     pub max_flow_entries: u32,
     pub sweep_interval: Duration,
+    /// BFD toward the VPC's BFD port, when peers are given.
+    pub bfd: Option<BfdSettings>,
+    /// Where /livez and /readyz are served.
+    pub health_listen: SocketAddr,
 }
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BfdSettings {
+    pub peers: Vec<Ipv4Addr>,
+    /// The local address of the sessions; the internal interface's address when not given.
+    pub listen: Option<Ipv4Addr>,
+    pub timers: Timers,
+    pub min_ttl: u8,
+}
+
+pub const DEFAULT_HEALTH_LISTEN: &str = "0.0.0.0:8080";
 
 /// Raw inputs: flags override the file, lists from both are joined.
 #[derive(Debug, Default, Clone)]
@@ -117,6 +149,13 @@ pub struct SettingsInput {
     pub port_range: Option<String>,
     pub max_flows: Option<u32>,
     pub sweep_interval_seconds: Option<u64>,
+    pub bfd_peers: Vec<String>,
+    pub bfd_listen: Option<String>,
+    pub bfd_min_rx: Option<u64>,
+    pub bfd_min_tx: Option<u64>,
+    pub bfd_multiplier: Option<u8>,
+    pub bfd_min_ttl: Option<u8>,
+    pub health_listen: Option<String>,
 }
 
 impl SettingsInput {
@@ -131,10 +170,52 @@ impl SettingsInput {
         self.port_range = self.port_range.or(file.port_range);
         self.max_flows = self.max_flows.or(file.max_flows);
         self.sweep_interval_seconds = self.sweep_interval_seconds.or(file.sweep_interval_seconds);
+        self.bfd_peers.extend(file.bfd_peers);
+        self.bfd_listen = self.bfd_listen.or(file.bfd_listen);
+        self.bfd_min_rx = self.bfd_min_rx.or(file.bfd_min_rx);
+        self.bfd_min_tx = self.bfd_min_tx.or(file.bfd_min_tx);
+        self.bfd_multiplier = self.bfd_multiplier.or(file.bfd_multiplier);
+        self.bfd_min_ttl = self.bfd_min_ttl.or(file.bfd_min_ttl);
+        self.health_listen = self.health_listen.or(file.health_listen);
         self
     }
 
+    fn bfd(&self) -> anyhow::Result<Option<BfdSettings>> {
+        if self.bfd_peers.is_empty() {
+            return Ok(None);
+        }
+        let address = |text: &str, flag: &str| {
+            text.parse::<Ipv4Addr>().with_context(|| format!("invalid {flag} {text:?}: expected an IPv4 address"))
+        };
+        let interval = |ms: Option<u64>, flag: &str| -> anyhow::Result<Duration> {
+            let ms = ms.unwrap_or(1000);
+            if !(1..=3_600_000).contains(&ms) {
+                bail!("invalid {flag} {ms}: expected 1 to 3600000 milliseconds");
+            }
+            Ok(Duration::from_millis(ms))
+        };
+        let detect_mult = self.bfd_multiplier.unwrap_or(3);
+        if detect_mult == 0 {
+            bail!("invalid --bfd-multiplier 0: expected 1 to 255");
+        }
+        Ok(Some(BfdSettings {
+            peers: self.bfd_peers.iter().map(|p| address(p, "--bfd-peer")).collect::<anyhow::Result<_>>()?,
+            listen: self.bfd_listen.as_deref().map(|l| address(l, "--bfd-listen")).transpose()?,
+            timers: Timers {
+                desired_min_tx: interval(self.bfd_min_tx, "--bfd-min-tx")?,
+                required_min_rx: interval(self.bfd_min_rx, "--bfd-min-rx")?,
+                detect_mult,
+            },
+            min_ttl: self.bfd_min_ttl.unwrap_or(254),
+        }))
+    }
+
     pub fn validate(self) -> anyhow::Result<GatewaySettings> {
+        let bfd = self.bfd()?;
+        let health_text = self.health_listen.as_deref().unwrap_or(DEFAULT_HEALTH_LISTEN);
+        let health_listen = health_text
+            .parse::<SocketAddr>()
+            .with_context(|| format!("invalid --health-listen {health_text:?}: expected IP:PORT, e.g. 0.0.0.0:8080"))?;
         let required = |value: Option<String>, flag: &str| {
             value.filter(|v| !v.is_empty()).with_context(|| format!("{flag} is required (as a flag or in --config)"))
         };
@@ -167,6 +248,8 @@ impl SettingsInput {
             bail!("invalid --max-flows {max_flows}: expected 1 to {}", 1 << 24);
         }
         Ok(GatewaySettings {
+            bfd,
+            health_listen,
             name,
             netns: self.netns,
             internal_interface: required(self.internal_interface, "--internal-interface")?,
@@ -215,6 +298,20 @@ mod tests {
         let both = SettingsInput { forward: vec!["10.16.0.0/16".into()], ..input() };
         assert!(err(both).contains("both as --snat and as --forward"));
         assert!(err(SettingsInput { internal_interface: None, ..input() }).contains("--internal-interface is required"));
+    }
+
+    #[test]
+    fn bfd_settings() {
+        let s = SettingsInput { bfd_peers: vec!["10.255.255.255".into()], bfd_min_tx: Some(100), ..input() }.validate().unwrap();
+        let bfd = s.bfd.unwrap();
+        assert_eq!(bfd.timers.desired_min_tx, Duration::from_millis(100));
+        assert_eq!(bfd.timers.required_min_rx, Duration::from_millis(1000));
+        assert_eq!((bfd.timers.detect_mult, bfd.min_ttl, bfd.listen), (3, 254, None));
+        assert!(input().validate().unwrap().bfd.is_none());
+        let err = SettingsInput { bfd_peers: vec!["nope".into()], ..input() }.validate().unwrap_err().to_string();
+        assert!(err.contains("invalid --bfd-peer"), "{err}");
+        let err = SettingsInput { health_listen: Some("8080".into()), ..input() }.validate().unwrap_err().to_string();
+        assert!(err.contains("--health-listen"), "{err}");
     }
 
     #[test]
