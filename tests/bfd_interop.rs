@@ -98,8 +98,10 @@ impl Pair {
 
 impl Drop for Pair {
     fn drop(&mut self) {
-        self.signal_veg(libc::SIGKILL);
+        self.signal_veg(libc::SIGTERM);
         self.frr.take();
+        // A test that SIGKILLed veg bfd leaves its control socket behind.
+        let _ = std::fs::remove_file(format!("/run/veg/bfd-{}.sock", self.name));
     }
 }
 

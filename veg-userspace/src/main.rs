@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use veg_userspace::{
     datapath::pins,
-    gateway::{agent, settings::{SettingsFile, SettingsInput}},
+    gateway::{agent, settings::SettingsInput},
     inspect, netns,
 };
 
@@ -209,7 +209,7 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         health_listen: args.health_listen,
     };
     if let Some(path) = &args.config {
-        input = input.merge_file(SettingsFile::read(path)?);
+        input = input.merge_file(SettingsInput::read(path)?);
     }
     if args.cleanup {
         let name = input.name.context("--cleanup needs --name (or a --config with a name)")?;
@@ -267,11 +267,6 @@ fn bfd(args: BfdArgs) -> anyhow::Result<()> {
         let stop = agent::StopSignals::install()?;
         let snapshot = Default::default();
         let engine = engine::Engine::new(config, std::sync::Arc::clone(&snapshot))?;
-        let (listener, socket) = control::bind(&args.name).await?;
-        let (timers_tx, timers_rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(control::serve(listener, snapshot, timers_tx));
-        let result = engine.run(stop.wait(), timers_rx).await;
-        let _ = std::fs::remove_file(socket);
-        result
+        control::run_engine(engine, &args.name, snapshot, stop.wait()).await
     })
 }

@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use super::{
-    engine::Snapshot,
+    engine::{Engine, Snapshot},
     session::{Role, Timers},
 };
 
@@ -103,6 +103,22 @@ pub async fn serve(listener: UnixListener, snapshot: Arc<Mutex<Snapshot>>, timer
         };
         let _ = writer.write_all(reply.to_string().as_bytes()).await;
     }
+}
+
+/// Run an engine with its control socket until `stop` completes, then remove the socket.
+pub async fn run_engine(
+    engine: Engine,
+    name: &str,
+    snapshot: Arc<Mutex<Snapshot>>,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (listener, path) = bind(name).await?;
+    let (timers_tx, timers_rx) = mpsc::channel(4);
+    let server = tokio::spawn(serve(listener, snapshot, timers_tx));
+    let result = engine.run(stop, timers_rx).await;
+    server.abort();
+    let _ = std::fs::remove_file(path);
+    result
 }
 
 /// Send one request to a running engine and return its JSON answer.

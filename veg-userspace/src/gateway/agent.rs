@@ -120,17 +120,17 @@ impl StopSignals {
 pub async fn run(settings: GatewaySettings, running: Running, mut stop: StopSignals) -> anyhow::Result<()> {
     let Running { datapath, _lock, bfd, bfd_status } = running;
     let health = health::bind(settings.health_listen).await?;
-    tokio::spawn(health::serve(health, bfd_status.clone()));
+    tokio::spawn(health::serve(health, Arc::clone(&bfd_status)));
     let (bfd_stop, bfd_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut bfd_task = None;
-    let mut control_socket = None;
-    if let Some(engine) = bfd {
-        let (listener, path) = control::bind(&settings.name).await?;
-        let (timers_tx, timers_rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(control::serve(listener, bfd_status.clone(), timers_tx));
-        bfd_task = Some(tokio::spawn(engine.run(async { let _ = bfd_stopped.await; }, timers_rx)));
-        control_socket = Some(path);
-    }
+    let bfd_task = bfd.map(|engine| {
+        let name = settings.name.clone();
+        tokio::spawn(async move {
+            control::run_engine(engine, &name, bfd_status, async {
+                let _ = bfd_stopped.await;
+            })
+            .await
+        })
+    });
     let flows = datapath.flow_table()?;
     let mut sweep = tokio::time::interval(settings.sweep_interval);
     loop {
@@ -146,9 +146,6 @@ pub async fn run(settings: GatewaySettings, running: Running, mut stop: StopSign
     let _ = bfd_stop.send(());
     if let Some(task) = bfd_task {
         task.await??;
-    }
-    if let Some(path) = control_socket {
-        let _ = std::fs::remove_file(path);
     }
     let pin_dir = datapath.pin_dir().to_owned();
     host::set_forwarding(false)?;

@@ -71,41 +71,6 @@ pub fn parse_cidr(s: &str) -> anyhow::Result<Ipv4Net> {
     Ok(net)
 }
 
-/// The settings file: the same settings as the flags, camelCase as in Kubernetes resources.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SettingsFile {
-    pub name: Option<String>,
-    pub netns: Option<String>,
-    pub internal_interface: Option<String>,
-    pub external_interface: Option<String>,
-    #[serde(rename = "externalIP")]
-    pub external_ip: Option<String>,
-    #[serde(default)]
-    pub snat: Vec<String>,
-    #[serde(default)]
-    pub forward: Vec<String>,
-    pub port_range: Option<String>,
-    pub max_flows: Option<u32>,
-    pub sweep_interval_seconds: Option<u64>,
-    #[serde(default)]
-    pub bfd_peers: Vec<String>,
-    pub bfd_listen: Option<String>,
-    pub bfd_min_rx: Option<u64>,
-    pub bfd_min_tx: Option<u64>,
-    pub bfd_multiplier: Option<u8>,
-    pub bfd_min_ttl: Option<u8>,
-    pub health_listen: Option<String>,
-}
-
-impl SettingsFile {
-    pub fn read(path: &PathBuf) -> anyhow::Result<SettingsFile> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        // YAML is a superset of JSON: one parser reads both.
-        serde_yaml::from_str(&text).with_context(|| format!("{} is not a valid gateway settings file", path.display()))
-    }
-}
-
 /// Everything `veg gateway` needs, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatewaySettings {
@@ -136,19 +101,25 @@ pub struct BfdSettings {
 
 pub const DEFAULT_HEALTH_LISTEN: &str = "0.0.0.0:8080";
 
-/// Raw inputs: flags override the file, lists from both are joined.
-#[derive(Debug, Default, Clone)]
+/// The settings as given, by flags or by a YAML/JSON file (`--config`, camelCase keys as in Kubernetes
+/// resources); `merge_file` joins the two, flags first.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SettingsInput {
     pub name: Option<String>,
     pub netns: Option<String>,
     pub internal_interface: Option<String>,
     pub external_interface: Option<String>,
+    #[serde(rename = "externalIP")]
     pub external_ip: Option<String>,
+    #[serde(default)]
     pub snat: Vec<String>,
+    #[serde(default)]
     pub forward: Vec<String>,
     pub port_range: Option<String>,
     pub max_flows: Option<u32>,
     pub sweep_interval_seconds: Option<u64>,
+    #[serde(default)]
     pub bfd_peers: Vec<String>,
     pub bfd_listen: Option<String>,
     pub bfd_min_rx: Option<u64>,
@@ -159,7 +130,14 @@ pub struct SettingsInput {
 }
 
 impl SettingsInput {
-    pub fn merge_file(mut self, file: SettingsFile) -> SettingsInput {
+    pub fn read(path: &PathBuf) -> anyhow::Result<SettingsInput> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        // YAML is a superset of JSON: one parser reads both.
+        serde_yaml::from_str(&text).with_context(|| format!("{} is not a valid gateway settings file", path.display()))
+    }
+
+    /// Flags (self) override the file; lists from both are joined.
+    pub fn merge_file(mut self, file: SettingsInput) -> SettingsInput {
         self.name = self.name.or(file.name);
         self.netns = self.netns.or(file.netns);
         self.internal_interface = self.internal_interface.or(file.internal_interface);
@@ -321,7 +299,7 @@ mod tests {
 
     #[test]
     fn file_and_flags_merge() {
-        let file: SettingsFile = serde_yaml::from_str(
+        let file: SettingsInput = serde_yaml::from_str(
             "name: from-file\nexternalIP: 172.17.0.12\nsnat: [10.1.0.0/24]\nforward: [10.2.0.0/24]\nportRange: 2000-3000\n",
         )
         .unwrap();
@@ -329,9 +307,9 @@ mod tests {
         assert_eq!(s.name, "from-file");
         assert_eq!(s.port_range, PortRange { min: 2000, max: 3000 });
         assert_eq!(s.policy.len(), 3);
-        let json: SettingsFile = serde_yaml::from_str(r#"{"name": "j", "snat": ["10.3.0.0/24"]}"#).unwrap();
+        let json: SettingsInput = serde_yaml::from_str(r#"{"name": "j", "snat": ["10.3.0.0/24"]}"#).unwrap();
         assert_eq!(json.name.as_deref(), Some("j"));
-        assert!(serde_yaml::from_str::<SettingsFile>("nmae: typo\n").is_err());
+        assert!(serde_yaml::from_str::<SettingsInput>("nmae: typo\n").is_err());
     }
 
     #[test]
