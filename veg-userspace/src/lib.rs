@@ -5,3 +5,4 @@ pub mod datapath;
 pub mod gateway;
 pub mod inspect;
 pub mod netns;
+pub mod ovsdb;

@@ -91,6 +91,8 @@ pub fn test() -> anyhow::Result<()> {
         "gateway_cli",
         "--test",
         "bfd_interop",
+        "--test",
+        "ovsdb_client",
         "--",
         "--test-threads=1",
     ]))

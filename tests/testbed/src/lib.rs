@@ -4,6 +4,7 @@
 pub mod frr;
 pub mod lab;
 pub mod netns;
+pub mod ovsdb;
 pub mod packet;
 pub mod servers;
 

@@ -1,0 +1,93 @@
+//! A real OVN Northbound database (Debian's ovsdb-server with OVN's schema) in a temporary directory, listening on
+//! a unix socket and a TCP port on loopback; stopped and removed on drop.
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use crate::unique;
+
+pub const NB_SCHEMA: &str = "/usr/share/ovn/ovn-nb.ovsschema";
+
+pub struct NbServer {
+    dir: PathBuf,
+    /// `unix:PATH`, as ovn-nbctl --db takes it.
+    pub unix: String,
+    /// `tcp:127.0.0.1:PORT`.
+    pub tcp: String,
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl NbServer {
+    pub fn start() -> NbServer {
+        let dir = std::env::temp_dir().join(unique("veg-nb-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let d = dir.to_str().unwrap().to_owned();
+        run("ovsdb-tool", &["create", &format!("{d}/nb.db"), NB_SCHEMA]);
+        let mut server = NbServer { dir, unix: format!("unix:{d}/nb.sock"), tcp: String::new() };
+        server.launch();
+        server.tcp = format!("tcp:127.0.0.1:{}", server.tcp_port());
+        server
+    }
+
+    fn launch(&self) {
+        let d = self.dir.to_str().unwrap();
+        run(
+            "ovsdb-server",
+            &[
+                &format!("{d}/nb.db"),
+                &format!("--remote=punix:{d}/nb.sock"),
+                "--remote=ptcp:0:127.0.0.1",
+                &format!("--pidfile={d}/nb.pid"),
+                &format!("--unixctl={d}/nb.ctl"),
+                &format!("--log-file={d}/nb.log"),
+                "--detach",
+                "--no-chdir",
+                "-vconsole:off",
+            ],
+        );
+    }
+
+    /// The TCP port ovsdb-server chose (it logs "listening on port N").
+    fn tcp_port(&self) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = std::fs::read_to_string(self.dir.join("nb.log")).unwrap_or_default();
+            if let Some(port) = log.lines().rev().find_map(|l| l.split("listening on port ").nth(1)?.trim().parse().ok()) {
+                return port;
+            }
+            assert!(Instant::now() < deadline, "ovsdb-server did not report its TCP port:\n{log}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `ovn-nbctl --db=unix:... ARGS`: an independent reader of what the database holds.
+    pub fn nbctl(&self, args: &[&str]) -> String {
+        run("ovn-nbctl", &[&[format!("--db={}", self.unix).as_str()][..], args].concat())
+    }
+
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join("nb.pid")).ok()?.trim().parse().ok()
+    }
+
+    pub fn stop(&self) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: signalling a process we started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Drop for NbServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
