@@ -5,7 +5,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use veg_testbed::ovsdb::NbServer;
-use veg_userspace::ovsdb::{client::Client, endpoint::Endpoint};
+use veg_userspace::ovsdb::{
+    client::Client,
+    endpoint::Endpoint,
+    monitor::Monitor,
+    replica::{Replica, Schema, column},
+};
 
 const NB: &str = "OVN_Northbound";
 
@@ -33,6 +38,10 @@ async fn lists_databases_and_reads_the_schema_over_unix_and_tcp() {
         for table in ["Logical_Router", "Logical_Router_Static_Route", "Logical_Router_Policy", "BFD", "Address_Set"] {
             assert!(schema["tables"][table].is_object(), "no {table} in the schema");
         }
+        // Feature detection: Debian's OVN 23.03 routes can use BFD, its reroute policies cannot (23.09+).
+        let schema = Schema::from_json(&schema);
+        assert!(schema.has_column("Logical_Router_Static_Route", "bfd"));
+        assert!(!schema.has_column("Logical_Router_Policy", "bfd_sessions"));
     }
 }
 
@@ -120,4 +129,49 @@ async fn requests_in_flight_fail_when_the_server_goes_away() {
     let error = client.list_dbs().await.unwrap_err().to_string();
     assert!(error.contains("closed"), "{error}");
     assert!(started.elapsed() < Duration::from_secs(2), "a dead connection must fail at once, not time out");
+}
+
+fn has_router(replica: &Replica, name: &str) -> bool {
+    replica.rows("Logical_Router").any(|(_, row)| column(row, "name") == name)
+}
+
+#[tokio::test]
+async fn the_replica_follows_changes_made_by_others() {
+    let server = NbServer::start();
+    let monitor = Monitor::start(server.unix.parse().unwrap(), NB, &["BFD", "Logical_Router"]);
+    let uuid = server
+        .nbctl(&["create", "BFD", "logical_port=bfd@vpc1", "dst_ip=10.0.0.2", "external_ids:vendor=kube-ovn"])
+        .trim()
+        .to_owned();
+    let wait = Duration::from_secs(5);
+    assert!(monitor.wait_until(wait, |r| r.row("BFD", &uuid).is_some_and(|row| column(row, "dst_ip") == "10.0.0.2")).await);
+    server.nbctl(&["set", "BFD", &uuid, "status=up", "min_rx=100"]);
+    assert!(monitor.wait_until(wait, |r| r.row("BFD", &uuid).is_some_and(|row| *column(row, "status") == json!(["set", ["up"]]) && *column(row, "min_rx") == json!(["set", [100]]))).await, "{:?}", monitor.read(|r| r.row("BFD", &uuid).cloned()));
+    server.nbctl(&["remove", "BFD", &uuid, "external_ids", "vendor"]);
+    assert!(monitor.wait_until(wait, |r| r.row("BFD", &uuid).is_some_and(|row| *column(row, "external_ids") == json!(["map", []]))).await);
+    server.nbctl(&["destroy", "BFD", &uuid]);
+    assert!(monitor.wait_until(wait, |r| r.row("BFD", &uuid).is_none()).await);
+}
+
+#[tokio::test]
+async fn a_restarted_server_is_reconnected_and_the_replica_converges() {
+    let mut server = NbServer::start();
+    let monitor = Monitor::start(server.unix.parse().unwrap(), NB, &["Logical_Router"]);
+    server.nbctl(&["lr-add", "before"]);
+    let wait = Duration::from_secs(10);
+    assert!(monitor.wait_until(wait, |r| has_router(r, "before")).await);
+    server.stop();
+    // While the server is down the database changes behind the monitor's back.
+    server.transact_offline(r#"["OVN_Northbound",{"op":"delete","table":"Logical_Router","where":[["name","==","before"]]}]"#);
+    server.restart();
+    server.nbctl(&["lr-add", "after"]);
+    assert!(
+        monitor.wait_until(wait, |r| has_router(r, "after") && !has_router(r, "before")).await,
+        "the replica did not converge: {:?}",
+        monitor.read(|r| r.rows("Logical_Router").map(|(_, row)| column(row, "name").clone()).collect::<Vec<_>>())
+    );
+    // And the monitor's connection carries transactions again.
+    let client = monitor.client().expect("reconnected");
+    client.transact(NB, &[insert_router("written-after-restart")]).await.unwrap();
+    assert!(server.nbctl(&["lr-list"]).contains("(written-after-restart)"));
 }

@@ -39,6 +39,8 @@ impl NbServer {
 
     fn launch(&self) {
         let d = self.dir.to_str().unwrap();
+        // A restart must find the port it logs anew, not the old one.
+        let _ = std::fs::remove_file(self.dir.join("nb.log"));
         run(
             "ovsdb-server",
             &[
@@ -77,10 +79,29 @@ impl NbServer {
         std::fs::read_to_string(self.dir.join("nb.pid")).ok()?.trim().parse().ok()
     }
 
+    /// Start again on the same database file (after `stop`).
+    pub fn restart(&mut self) {
+        self.launch();
+        self.tcp = format!("tcp:127.0.0.1:{}", self.tcp_port());
+    }
+
+    /// Run a transaction on the database file while the server is stopped (`ovsdb-tool transact`).
+    pub fn transact_offline(&self, transaction: &str) -> String {
+        run("ovsdb-tool", &["transact", self.dir.join("nb.db").to_str().unwrap(), transaction])
+    }
+
+    /// Kill the server and wait until it is gone.
     pub fn stop(&self) {
         if let Some(pid) = self.pid() {
             // SAFETY: signalling a process we started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            // Gone or a zombie (PID 1 reaps slowly here): either way it serves nothing.
+            while Instant::now() < deadline
+                && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 }

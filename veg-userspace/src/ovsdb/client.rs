@@ -26,6 +26,8 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
 pub struct Client {
     endpoint: Endpoint,
+    /// Notifications (update2 of monitors); closes when the connection does.
+    notifications: Mutex<Option<mpsc::UnboundedReceiver<Value>>>,
     outgoing: mpsc::UnboundedSender<Vec<u8>>,
     pending: Pending,
     next_id: AtomicU64,
@@ -55,10 +57,27 @@ impl Client {
         write: impl AsyncWrite + Unpin + Send + 'static,
     ) -> Client {
         let (outgoing, to_write) = mpsc::unbounded_channel();
+        let (notify, notifications) = mpsc::unbounded_channel();
         let pending: Pending = Arc::default();
         tokio::spawn(write_loop(write, to_write));
-        tokio::spawn(read_loop(read, outgoing.clone(), pending.clone()));
-        Client { endpoint: endpoint.clone(), outgoing, pending, next_id: AtomicU64::new(1), timeout: DEFAULT_TIMEOUT }
+        tokio::spawn(read_loop(read, outgoing.clone(), pending.clone(), notify));
+        Client {
+            endpoint: endpoint.clone(),
+            notifications: Mutex::new(Some(notifications)),
+            outgoing,
+            pending,
+            next_id: AtomicU64::new(1),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// The server's notifications (monitor updates), for one taker; the channel ends with the connection.
+    pub fn take_notifications(&self) -> Option<mpsc::UnboundedReceiver<Value>> {
+        self.notifications.lock().unwrap().take()
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// How long a request may wait for its answer.
@@ -122,7 +141,12 @@ async fn write_loop(mut write: impl AsyncWrite + Unpin, mut messages: mpsc::Unbo
     }
 }
 
-async fn read_loop(mut read: impl AsyncRead + Unpin, outgoing: mpsc::UnboundedSender<Vec<u8>>, pending: Pending) {
+async fn read_loop(
+    mut read: impl AsyncRead + Unpin,
+    outgoing: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Pending,
+    notify: mpsc::UnboundedSender<Value>,
+) {
     let mut reader = MessageReader::default();
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
@@ -140,6 +164,8 @@ async fn read_loop(mut read: impl AsyncRead + Unpin, outgoing: mpsc::UnboundedSe
                 // The server checks that we are alive (every ~5 s idle on TCP): answer or be dropped.
                 let reply = json!({ "result": message["params"], "error": null, "id": message["id"] });
                 let _ = outgoing.send(reply.to_string().into_bytes());
+            } else if message["id"].is_null() {
+                let _ = notify.send(message);
             } else if let Some(id) = message["id"].as_u64()
                 && let Some(waiter) = pending.lock().unwrap().remove(&id)
             {

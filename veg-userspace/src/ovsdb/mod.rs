@@ -3,5 +3,7 @@
 
 pub mod client;
 pub mod endpoint;
+pub mod monitor;
+pub mod replica;
 pub mod transaction;
 mod wire;
