@@ -5,4 +5,5 @@ pub mod datapath;
 pub mod gateway;
 pub mod inspect;
 pub mod netns;
+pub mod ovn;
 pub mod ovsdb;

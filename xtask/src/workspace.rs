@@ -93,6 +93,8 @@ pub fn test() -> anyhow::Result<()> {
         "bfd_interop",
         "--test",
         "ovsdb_client",
+        "--test",
+        "ovn_model",
         "--",
         "--test-threads=1",
     ]))

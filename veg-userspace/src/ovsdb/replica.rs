@@ -128,6 +128,19 @@ impl Replica {
         }
     }
 
+    /// A datum in comparable form: sets and maps sorted, an optional scalar as a set.
+    pub fn normalized(&self, table: &str, column: &str, datum: &Value) -> Value {
+        match self.schema.kind(table, column) {
+            ColumnKind::Scalar => datum.clone(),
+            ColumnKind::Set => {
+                let mut elements = set_elements(datum);
+                elements.sort_by_key(|e| e.to_string());
+                set_datum(elements)
+            }
+            ColumnKind::Map => map_datum(map_pairs(datum)),
+        }
+    }
+
     /// Apply a `table-updates2` object (the result of monitor_cond, or an update2 notification's second param).
     pub fn apply(&mut self, updates: &Value) {
         for (table, rows) in updates.as_object().into_iter().flatten() {

@@ -1,0 +1,142 @@
+//! The OVN model of a gateway applied to a real OVN Northbound database, read back with ovn-nbctl and compared
+//! with what the contract document shows (spec/vpc-egress-gateway.md: gateway1 on the default VPC, gateway2 on
+//! vpc1 with BFD).
+
+use std::{collections::BTreeSet, time::Duration};
+
+use veg_testbed::ovsdb::NbServer;
+use veg_userspace::{
+    ovn::{
+        apply::{DB, MONITORED_TABLES, apply, delete},
+        model::{Bfd, GatewaySpec, Instance},
+    },
+    ovsdb::{monitor::Monitor, replica::column},
+};
+
+fn instances(addresses: &[&str]) -> Vec<Instance> {
+    addresses.iter().map(|a| Instance { addresses: vec![a.parse().unwrap()], node: "kube-ovn-worker".into() }).collect()
+}
+
+fn gateway1(addresses: &[&str]) -> GatewaySpec {
+    GatewaySpec {
+        namespace: "default".into(),
+        name: "gateway1".into(),
+        router: "ovn-cluster".into(),
+        default_vpc: true,
+        sources: vec!["10.16.0.0/16".parse().unwrap()],
+        selected_ports: vec![],
+        instances: instances(addresses),
+        bfd: None,
+        down: BTreeSet::new(),
+    }
+}
+
+fn gateway2(addresses: &[&str]) -> GatewaySpec {
+    GatewaySpec {
+        name: "gateway2".into(),
+        router: "vpc1".into(),
+        default_vpc: false,
+        sources: vec!["192.168.0.0/24".parse().unwrap()],
+        bfd: Some(Bfd { port: "bfd@vpc1".into(), min_rx: 1000, min_tx: 1000, multiplier: 3 }),
+        ..gateway1(addresses)
+    }
+}
+
+/// Lines of ovn-nbctl output with runs of spaces folded, for comparing with the document.
+fn lines(text: &str) -> Vec<String> {
+    text.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).filter(|l| !l.is_empty()).collect()
+}
+
+async fn monitored(server: &NbServer, router: &str) -> Monitor {
+    server.nbctl(&["lr-add", router]);
+    let monitor = Monitor::start(server.unix.parse().unwrap(), DB, &MONITORED_TABLES);
+    let present = monitor
+        .wait_until(Duration::from_secs(5), |r| r.rows("Logical_Router").any(|(_, row)| column(row, "name") == router))
+        .await;
+    assert!(present, "the monitor never saw router {router}");
+    monitor
+}
+
+#[tokio::test]
+async fn gateway1_on_the_default_vpc_scales_and_goes_away_cleanly() {
+    let server = NbServer::start();
+    let monitor = monitored(&server, "ovn-cluster").await;
+    // Someone else's rows, which must survive everything below.
+    server.nbctl(&["lr-policy-add", "ovn-cluster", "31000", "ip4.dst == 10.16.0.0/16", "allow"]);
+    server.nbctl(&["create", "Address_Set", "name=unrelated", "addresses=10.9.9.9"]);
+
+    assert!(!apply(&monitor, &gateway1(&["10.16.0.12"])).await.unwrap().operations.is_empty());
+    let policies = lines(&server.nbctl(&["lr-policy-list", "ovn-cluster"]));
+    assert!(policies.contains(&"29100 ip4.src == 10.16.0.0/16 reroute 10.16.0.12".to_owned()), "{policies:?}");
+    assert!(policies.contains(&"31000 ip4.dst == 10.16.0.0/16 allow".to_owned()), "{policies:?}");
+
+    let again = apply(&monitor, &gateway1(&["10.16.0.12"])).await.unwrap();
+    assert!(again.operations.is_empty(), "a second apply wrote {:?}", again.changes);
+
+    let scaled = apply(&monitor, &gateway1(&["10.16.0.12", "10.16.0.13"])).await.unwrap();
+    assert_eq!(scaled.changes, ["update Logical_Router_Policy 29100|4: nexthops"]);
+    let policies = lines(&server.nbctl(&["lr-policy-list", "ovn-cluster"]));
+    assert!(policies.contains(&"29100 ip4.src == 10.16.0.0/16 reroute 10.16.0.12, 10.16.0.13".to_owned()), "{policies:?}");
+
+    let back = apply(&monitor, &gateway1(&["10.16.0.12"])).await.unwrap();
+    assert_eq!(back.changes, ["update Logical_Router_Policy 29100|4: nexthops"]);
+
+    let spec = gateway1(&["10.16.0.12"]);
+    let sets = server.nbctl(&["--columns=name,addresses,external_ids", "list", "Address_Set"]);
+    assert!(sets.contains(&format!("VEG.{}.ipv4", spec.hash())), "{sets}");
+    assert!(sets.contains("vpc-egress-gateway=\"default/gateway1\""), "{sets}");
+    delete(&monitor, &spec).await.unwrap();
+    assert_eq!(lines(&server.nbctl(&["lr-policy-list", "ovn-cluster"])), ["Routing Policies", "31000 ip4.dst == 10.16.0.0/16 allow"]);
+    let sets = server.nbctl(&["--columns=name", "list", "Address_Set"]);
+    assert!(!sets.contains("VEG."), "{sets}");
+    assert!(sets.contains("unrelated"));
+    assert_eq!(server.nbctl(&["--columns=name", "list", "Port_Group"]).trim(), "");
+}
+
+#[tokio::test]
+async fn gateway2_on_a_custom_vpc_routes_with_ecmp_and_bfd() {
+    let server = NbServer::start();
+    let monitor = monitored(&server, "vpc1").await;
+    apply(&monitor, &gateway2(&["192.168.0.2"])).await.unwrap();
+    let scaled = apply(&monitor, &gateway2(&["192.168.0.2", "192.168.0.3"])).await.unwrap();
+    assert_eq!(
+        scaled.changes,
+        ["insert BFD bfd@vpc1|192.168.0.3", "insert Logical_Router_Static_Route 192.168.0.0/24|192.168.0.3"],
+        "scaling out adds one BFD row and its route, nothing else"
+    );
+    let routes = lines(&server.nbctl(&["lr-route-list", "vpc1"]));
+    for instance in ["192.168.0.2", "192.168.0.3"] {
+        let expected = format!("192.168.0.0/24 {instance} src-ip ecmp ecmp-symmetric-reply bfd");
+        assert!(routes.contains(&expected), "{expected:?} not in {routes:?}");
+    }
+    let bfd = server.nbctl(&["--columns=detect_mult,dst_ip,external_ids,logical_port,min_rx,min_tx", "list", "BFD"]);
+    let rows = lines(&bfd);
+    for expected in [
+        "detect_mult : 3",
+        "dst_ip : \"192.168.0.2\"",
+        "dst_ip : \"192.168.0.3\"",
+        "external_ids : {af=\"4\", vendor=kube-ovn, vpc-egress-gateway=\"default/gateway2\"}",
+        "logical_port : \"bfd@vpc1\"",
+        "min_rx : 1000",
+        "min_tx : 1000",
+    ] {
+        assert!(rows.iter().any(|l| l == expected), "{expected:?} not in:\n{bfd}");
+    }
+    assert!(apply(&monitor, &gateway2(&["192.168.0.2", "192.168.0.3"])).await.unwrap().operations.is_empty());
+    delete(&monitor, &gateway2(&[])).await.unwrap();
+    assert_eq!(lines(&server.nbctl(&["lr-route-list", "vpc1"])), Vec::<String>::new());
+    assert_eq!(server.nbctl(&["--columns=_uuid", "list", "BFD"]).trim(), "");
+}
+
+#[tokio::test]
+async fn a_rejected_transaction_leaves_nothing_behind() {
+    let server = NbServer::start();
+    let monitor = monitored(&server, "vpc1").await;
+    // Someone else already has a BFD session to the same instance: the unique index refuses ours.
+    server.nbctl(&["create", "BFD", "logical_port=bfd@vpc1", "dst_ip=192.168.0.2"]);
+    let error = apply(&monitor, &gateway2(&["192.168.0.2"])).await.unwrap_err().to_string();
+    assert!(error.contains("constraint violation") && error.contains("nothing was applied"), "{error}");
+    assert_eq!(lines(&server.nbctl(&["lr-route-list", "vpc1"])), Vec::<String>::new(), "a route was left behind");
+    let sets = server.nbctl(&["--columns=name", "list", "Address_Set"]);
+    assert!(!sets.contains("VEG."), "an address set was left behind: {sets}");
+}

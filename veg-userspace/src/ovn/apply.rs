@@ -1,0 +1,173 @@
+//! Applying a gateway's model: diff the desired rows against the replica's rows tagged with the gateway, and write
+//! only the difference in one transaction. Applying twice writes nothing; rows of other gateways and of anyone
+//! else are never touched.
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+
+use super::model::{DesiredRow, GatewaySpec, desired_rows};
+use crate::ovsdb::{
+    monitor::Monitor,
+    replica::{Replica, Row, column, map_pairs},
+};
+
+pub const DB: &str = "OVN_Northbound";
+/// The tables a gateway's rows live in.
+pub const OWNED_TABLES: [&str; 5] =
+    ["Address_Set", "Port_Group", "BFD", "Logical_Router_Static_Route", "Logical_Router_Policy"];
+/// What the monitor must replicate for planning.
+pub const MONITORED_TABLES: [&str; 7] = [
+    "Address_Set",
+    "Port_Group",
+    "BFD",
+    "Logical_Router_Static_Route",
+    "Logical_Router_Policy",
+    "Logical_Router",
+    "Logical_Switch_Port",
+];
+
+/// The transaction that brings the database to the model, and what it does in words.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub operations: Vec<Value>,
+    pub changes: Vec<String>,
+}
+
+fn external_id(row: &Row, key: &str) -> Option<String> {
+    map_pairs(column(row, "external_ids"))
+        .into_values()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| v.as_str().map(str::to_owned))
+}
+
+/// The key a row of `table` has in the model (see model.rs).
+fn key_of(table: &str, row: &Row) -> String {
+    let text = |c: &str| column(row, c).as_str().unwrap_or("").to_owned();
+    match table {
+        "BFD" => format!("{}|{}", text("logical_port"), text("dst_ip")),
+        "Logical_Router_Static_Route" => format!("{}|{}", text("ip_prefix"), text("nexthop")),
+        "Logical_Router_Policy" => {
+            format!("{}|{}", column(row, "priority"), external_id(row, "af").unwrap_or_default())
+        }
+        _ => text("name"),
+    }
+}
+
+fn by_uuid(uuid: &str) -> Value {
+    json!([["_uuid", "==", ["uuid", uuid]]])
+}
+
+fn find_by_name<'a>(replica: &'a Replica, table: &str, name: &str) -> Option<&'a String> {
+    replica.rows(table).find(|(_, row)| column(row, "name") == name).map(|(uuid, _)| uuid)
+}
+
+pub fn plan(spec: &GatewaySpec, desired: &[DesiredRow], replica: &Replica) -> anyhow::Result<Plan> {
+    let id = spec.id();
+    let mut existing: HashMap<(&str, String), (String, &Row)> = HashMap::new();
+    for table in OWNED_TABLES {
+        for (uuid, row) in replica.rows(table) {
+            if external_id(row, "vpc-egress-gateway").as_deref() == Some(id.as_str()) {
+                existing.insert((table, key_of(table, row)), (uuid.clone(), row));
+            }
+        }
+    }
+    let router = find_by_name(replica, "Logical_Router", &spec.router);
+    let router_mutation = |column: &str, mutator: &str, reference: Value| -> anyhow::Result<Value> {
+        let router = router.with_context(|| format!("logical router {:?} does not exist in the Northbound database", spec.router))?;
+        Ok(json!({ "op": "mutate", "table": "Logical_Router", "where": by_uuid(router),
+                   "mutations": [[column, mutator, ["set", [reference]]]] }))
+    };
+    let mut plan = Plan::default();
+    // BFD rows come first in the model, so routes can refer to the ones inserted in this very transaction.
+    let mut bfd_refs: HashMap<&str, Value> = HashMap::new();
+    for (i, row) in desired.iter().enumerate() {
+        let mut columns = row.columns.clone();
+        if row.table == "Port_Group" {
+            let ports: Vec<Value> = row
+                .ports
+                .iter()
+                .filter_map(|name| find_by_name(replica, "Logical_Switch_Port", name))
+                .map(|uuid| json!(["uuid", uuid]))
+                .collect();
+            columns.insert("ports".into(), json!(["set", ports]));
+        }
+        if row.table == "Logical_Router_Static_Route" {
+            let bfd = row.bfd.as_deref().and_then(|key| bfd_refs.get(key).cloned());
+            columns.insert("bfd".into(), json!(["set", bfd.into_iter().collect::<Vec<_>>()]));
+        }
+        match existing.remove(&(row.table, row.key.clone())) {
+            None => {
+                let name = format!("row{i}");
+                plan.operations.push(json!({ "op": "insert", "table": row.table, "row": columns, "uuid-name": name }));
+                if let Some(router_column) = row.router_column {
+                    plan.operations.push(router_mutation(router_column, "insert", json!(["named-uuid", name]))?);
+                }
+                if row.table == "BFD" {
+                    bfd_refs.insert(&row.key, json!(["named-uuid", name]));
+                }
+                plan.changes.push(format!("insert {} {}", row.table, row.key));
+            }
+            Some((uuid, current)) => {
+                if row.table == "BFD" {
+                    bfd_refs.insert(&row.key, json!(["uuid", uuid]));
+                }
+                let changed: serde_json::Map<String, Value> = columns
+                    .into_iter()
+                    .filter(|(c, v)| {
+                        replica.normalized(row.table, c, v) != replica.normalized(row.table, c, column(current, c))
+                    })
+                    .collect();
+                if !changed.is_empty() {
+                    let names: Vec<&str> = changed.keys().map(String::as_str).collect();
+                    plan.changes.push(format!("update {} {}: {}", row.table, row.key, names.join(", ")));
+                    plan.operations.push(json!({ "op": "update", "table": row.table, "where": by_uuid(&uuid), "row": changed }));
+                }
+            }
+        }
+    }
+    let mut stale: Vec<_> = existing.into_iter().collect();
+    stale.sort_by(|a, b| a.0.cmp(&b.0));
+    for ((table, key), (uuid, _)) in stale {
+        plan.changes.push(format!("delete {table} {key}"));
+        match table {
+            // Not root rows: dropping the router's reference deletes them.
+            "Logical_Router_Static_Route" => plan.operations.push(router_mutation("static_routes", "delete", json!(["uuid", uuid]))?),
+            "Logical_Router_Policy" => plan.operations.push(router_mutation("policies", "delete", json!(["uuid", uuid]))?),
+            _ => plan.operations.push(json!({ "op": "delete", "table": table, "where": by_uuid(&uuid) })),
+        }
+    }
+    Ok(plan)
+}
+
+/// How long to wait for our own transaction to come back through the monitor.
+const SETTLE: Duration = Duration::from_secs(5);
+
+async fn converge(monitor: &Monitor, spec: &GatewaySpec, desired: &[DesiredRow]) -> anyhow::Result<Plan> {
+    let plan = monitor.read(|r| plan(spec, desired, r))?;
+    if plan.operations.is_empty() {
+        return Ok(plan);
+    }
+    let client = monitor.client().context("not connected to the Northbound database")?;
+    client.transact(DB, &plan.operations).await?;
+    // Wait until the replica shows our change, so that the next plan starts from it.
+    if !monitor.wait_until(SETTLE, |r| plan_is_empty(spec, desired, r)).await {
+        bail!("the Northbound database did not reflect the transaction within {SETTLE:?}");
+    }
+    Ok(plan)
+}
+
+fn plan_is_empty(spec: &GatewaySpec, desired: &[DesiredRow], replica: &Replica) -> bool {
+    plan(spec, desired, replica).is_ok_and(|p| p.operations.is_empty())
+}
+
+/// Bring the database to the gateway's model. Returns what was done (nothing when it was there already).
+pub async fn apply(monitor: &Monitor, spec: &GatewaySpec) -> anyhow::Result<Plan> {
+    converge(monitor, spec, &desired_rows(spec)).await
+}
+
+/// Remove every row tagged with the gateway, and nothing else.
+pub async fn delete(monitor: &Monitor, spec: &GatewaySpec) -> anyhow::Result<Plan> {
+    converge(monitor, spec, &[]).await
+}

@@ -1,0 +1,5 @@
+//! What OVN must hold for a gateway (a pure model) and how to get it there (a diff against the replica, written
+//! in one transaction).
+
+pub mod apply;
+pub mod model;

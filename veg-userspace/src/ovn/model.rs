@@ -1,0 +1,265 @@
+//! The Northbound rows one gateway needs, as a pure function of its description (reference-behaviour.md):
+//! - address sets VEG.<h>.ipv4 / VEG.<h>.ipv6 with the policy sources, port group VEG.<h> with the selected pods'
+//!   logical switch ports;
+//! - with BFD, one BFD row per instance address toward the VPC's BFD port;
+//! - custom VPC: a static route per (source prefix, instance) with policy src-ip, ECMP with symmetric replies, and
+//!   the instance's BFD row when BFD is on;
+//! - default VPC: one reroute policy per family at priority 29100 over every instance (minus those whose BFD
+//!   session is down: OVN 23.03's policies cannot watch BFD themselves).
+//! Every row carries external_ids vendor=kube-ovn, vpc-egress-gateway=<namespace>/<name> (and af=4|6).
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use ipnet::IpNet;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+pub const POLICY_PRIORITY: u32 = 29100;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// The instance's internal addresses (one per family).
+    pub addresses: Vec<IpAddr>,
+    pub node: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bfd {
+    /// The VPC's BFD router port, e.g. bfd@vpc1.
+    pub port: String,
+    pub min_rx: u32,
+    pub min_tx: u32,
+    pub multiplier: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewaySpec {
+    pub namespace: String,
+    pub name: String,
+    /// The VPC's logical router.
+    pub router: String,
+    /// The default VPC uses reroute policies; custom VPCs use static routes.
+    pub default_vpc: bool,
+    /// Policy sources: ipBlocks and the CIDRs of the named subnets.
+    pub sources: Vec<IpNet>,
+    /// Logical switch ports (<pod>.<namespace>) of selector-matched pods.
+    pub selected_ports: Vec<String>,
+    pub instances: Vec<Instance>,
+    pub bfd: Option<Bfd>,
+    /// Instances whose BFD session is down, left out of policy nexthops.
+    pub down: BTreeSet<IpAddr>,
+}
+
+/// One row the gateway needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredRow {
+    pub table: &'static str,
+    /// Identifies the row among the gateway's rows of its table.
+    pub key: String,
+    /// Columns in OVSDB notation, external_ids included.
+    pub columns: Map<String, Value>,
+    /// The Logical_Router column that must reference it (routes and policies are not root rows).
+    pub router_column: Option<&'static str>,
+    /// A route's BFD row, by that row's key.
+    pub bfd: Option<String>,
+    /// A port group's ports, by logical switch port name (resolved to rows when applied).
+    pub ports: Vec<String>,
+}
+
+impl GatewaySpec {
+    /// "<namespace>/<name>", the value of the vpc-egress-gateway external id.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The first 12 hex digits of sha256("<namespace>/<name>").
+    pub fn hash(&self) -> String {
+        let digest = Sha256::digest(self.id().as_bytes());
+        digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn external_ids(&self, af: Option<u8>) -> Value {
+        let mut pairs = vec![json!(["vendor", "kube-ovn"]), json!(["vpc-egress-gateway", self.id()])];
+        if let Some(af) = af {
+            pairs.insert(0, json!(["af", af.to_string()]));
+        }
+        json!(["map", pairs])
+    }
+}
+
+fn family(address: &IpAddr) -> u8 {
+    if address.is_ipv4() { 4 } else { 6 }
+}
+
+fn set(values: impl IntoIterator<Item = String>) -> Value {
+    let mut values: Vec<String> = values.into_iter().collect();
+    values.sort();
+    values.dedup();
+    json!(["set", values])
+}
+
+fn row(table: &'static str, key: String, columns: Value) -> DesiredRow {
+    DesiredRow {
+        table,
+        key,
+        columns: columns.as_object().cloned().unwrap_or_default(),
+        router_column: None,
+        bfd: None,
+        ports: Vec::new(),
+    }
+}
+
+pub fn bfd_key(port: &str, address: &IpAddr) -> String {
+    format!("{port}|{address}")
+}
+
+/// Every row the gateway needs, in a stable order.
+pub fn desired_rows(spec: &GatewaySpec) -> Vec<DesiredRow> {
+    let h = spec.hash();
+    let mut rows = Vec::new();
+    for (af, suffix) in [(4u8, "ipv4"), (6, "ipv6")] {
+        let name = format!("VEG.{h}.{suffix}");
+        let addresses = spec.sources.iter().filter(|s| family(&s.addr()) == af).map(|s| s.to_string());
+        rows.push(row(
+            "Address_Set",
+            name.clone(),
+            json!({ "name": name, "addresses": set(addresses), "external_ids": spec.external_ids(Some(af)) }),
+        ));
+    }
+    let group = format!("VEG.{h}");
+    let mut port_group = row("Port_Group", group.clone(), json!({ "name": group, "external_ids": spec.external_ids(None) }));
+    port_group.ports = spec.selected_ports.clone();
+    rows.push(port_group);
+
+    let addresses: Vec<IpAddr> = spec.instances.iter().flat_map(|i| i.addresses.iter().copied()).collect();
+    if let Some(bfd) = &spec.bfd {
+        for address in &addresses {
+            rows.push(row(
+                "BFD",
+                bfd_key(&bfd.port, address),
+                json!({
+                    "logical_port": bfd.port, "dst_ip": address.to_string(), "min_rx": bfd.min_rx,
+                    "min_tx": bfd.min_tx, "detect_mult": bfd.multiplier, "external_ids": spec.external_ids(Some(family(address))),
+                }),
+            ));
+        }
+    }
+    for af in [4u8, 6] {
+        let sources: Vec<&IpNet> = spec.sources.iter().filter(|s| family(&s.addr()) == af).collect();
+        let nexthops: Vec<&IpAddr> = addresses.iter().filter(|a| family(a) == af).collect();
+        if spec.default_vpc {
+            rows.extend(policy(spec, af, &sources, &nexthops, &group));
+        } else {
+            for source in &sources {
+                for nexthop in &nexthops {
+                    let mut route = row(
+                        "Logical_Router_Static_Route",
+                        format!("{source}|{nexthop}"),
+                        json!({
+                            "ip_prefix": source.to_string(), "nexthop": nexthop.to_string(), "policy": "src-ip",
+                            "options": ["map", [["ecmp_symmetric_reply", "true"]]],
+                            "external_ids": spec.external_ids(Some(af)),
+                        }),
+                    );
+                    route.router_column = Some("static_routes");
+                    route.bfd = spec.bfd.as_ref().map(|b| bfd_key(&b.port, nexthop));
+                    rows.push(route);
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// The default VPC's reroute policy for one family, if it has sources and a live instance.
+fn policy(spec: &GatewaySpec, af: u8, sources: &[&IpNet], nexthops: &[&IpAddr], group: &str) -> Option<DesiredRow> {
+    let live: Vec<String> = nexthops.iter().filter(|a| !spec.down.contains(a)).map(|a| a.to_string()).collect();
+    let ip = if af == 4 { "ip4" } else { "ip6" };
+    let mut terms = Vec::new();
+    match sources {
+        [] => {}
+        [one] => terms.push(format!("{ip}.src == {one}")),
+        many => terms.push(format!(
+            "{ip}.src == {{{}}}",
+            many.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+        )),
+    }
+    if !spec.selected_ports.is_empty() {
+        // OVN keeps an address set of every port group's addresses: <group>_ip4 / <group>_ip6.
+        terms.push(format!("{ip}.src == ${group}_{ip}"));
+    }
+    if terms.is_empty() || live.is_empty() {
+        return None;
+    }
+    let mut policy = row(
+        "Logical_Router_Policy",
+        format!("{POLICY_PRIORITY}|{af}"),
+        json!({
+            "priority": POLICY_PRIORITY, "match": terms.join(" || "), "action": "reroute",
+            "nexthops": set(live), "external_ids": spec.external_ids(Some(af)),
+        }),
+    );
+    policy.router_column = Some("policies");
+    Some(policy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway1(instances: &[&str]) -> GatewaySpec {
+        GatewaySpec {
+            namespace: "default".into(),
+            name: "gateway1".into(),
+            router: "ovn-cluster".into(),
+            default_vpc: true,
+            sources: vec!["10.16.0.0/16".parse().unwrap()],
+            selected_ports: vec![],
+            instances: instances
+                .iter()
+                .map(|a| Instance { addresses: vec![a.parse().unwrap()], node: "n".into() })
+                .collect(),
+            bfd: None,
+            down: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn the_hash_and_names_follow_the_reference() {
+        let spec = gateway1(&["10.16.0.12"]);
+        let expected: String = Sha256::digest(b"default/gateway1").iter().take(6).map(|b| format!("{b:02x}")).collect();
+        assert_eq!(spec.hash(), expected);
+        assert_eq!(spec.hash().len(), 12);
+        let rows = desired_rows(&spec);
+        assert!(rows.iter().any(|r| r.table == "Address_Set" && r.key == format!("VEG.{expected}.ipv4")));
+        assert!(rows.iter().any(|r| r.table == "Port_Group" && r.key == format!("VEG.{expected}")));
+    }
+
+    #[test]
+    fn default_vpc_reroutes_over_every_live_instance() {
+        let mut spec = gateway1(&["10.16.0.12", "10.16.0.13"]);
+        let policy = desired_rows(&spec).into_iter().find(|r| r.table == "Logical_Router_Policy").unwrap();
+        assert_eq!(policy.columns["match"], "ip4.src == 10.16.0.0/16");
+        assert_eq!(policy.columns["nexthops"], json!(["set", ["10.16.0.12", "10.16.0.13"]]));
+        spec.down.insert("10.16.0.12".parse().unwrap());
+        let policy = desired_rows(&spec).into_iter().find(|r| r.table == "Logical_Router_Policy").unwrap();
+        assert_eq!(policy.columns["nexthops"], json!(["set", ["10.16.0.13"]]));
+        spec.down.insert("10.16.0.13".parse().unwrap());
+        assert!(desired_rows(&spec).iter().all(|r| r.table != "Logical_Router_Policy"), "no live nexthop, no policy");
+    }
+
+    #[test]
+    fn custom_vpc_routes_per_source_and_instance_with_bfd() {
+        let mut spec = gateway1(&["192.168.0.2", "192.168.0.3"]);
+        spec.default_vpc = false;
+        spec.router = "vpc1".into();
+        spec.sources = vec!["192.168.0.0/24".parse().unwrap()];
+        spec.bfd = Some(Bfd { port: "bfd@vpc1".into(), min_rx: 1000, min_tx: 1000, multiplier: 3 });
+        let rows = desired_rows(&spec);
+        let routes: Vec<_> = rows.iter().filter(|r| r.table == "Logical_Router_Static_Route").collect();
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[0].columns["policy"], "src-ip");
+        assert_eq!(routes[0].bfd.as_deref(), Some("bfd@vpc1|192.168.0.2"));
+        assert_eq!(rows.iter().filter(|r| r.table == "BFD").count(), 2);
+    }
+}
