@@ -140,3 +140,34 @@ async fn a_rejected_transaction_leaves_nothing_behind() {
     let sets = server.nbctl(&["--columns=name", "list", "Address_Set"]);
     assert!(!sets.contains("VEG."), "an address set was left behind: {sets}");
 }
+
+#[test]
+fn the_command_line_applies_a_manifest_written_for_kubectl() {
+    let server = NbServer::start();
+    server.nbctl(&["lr-add", "vpc1"]);
+    let file = std::env::temp_dir().join(veg_testbed::unique("veg-gateway2-")).with_extension("yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: kubeovn.io/v1\nkind: Vpc\nmetadata:\n  name: vpc1\nspec:\n  bfdPort:\n    enabled: true\n    ip: 10.255.255.255\n\
+         ---\napiVersion: kubeovn.io/v1\nkind: Subnet\nmetadata:\n  name: subnet1\nspec:\n  vpc: vpc1\n  protocol: IPv4\n  cidrBlock: 192.168.0.0/24\n\
+         ---\napiVersion: kubeovn.io/v1\nkind: VpcEgressGateway\nmetadata:\n  name: gateway2\n  namespace: default\nspec:\n  vpc: vpc1\n  replicas: 2\n  \
+         internalSubnet: subnet1\n  externalSubnet: macvlan\n  bfd:\n    enabled: true\n  policies:\n    - snat: true\n      ipBlocks:\n        - 192.168.0.0/24\n\
+         status:\n  internalIPs: [\"192.168.0.2\", \"192.168.0.3\"]\n  workload:\n    nodes: [\"kube-ovn-worker\", \"kube-ovn-worker2\"]\n",
+    )
+    .unwrap();
+    let veg = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_veg")).args(args).output().unwrap();
+        assert!(out.status.success(), "veg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let f = file.to_str().unwrap();
+    let plan = veg(&["ovn", "plan", "-f", f]);
+    assert!(plan.contains("BFD bfd@vpc1|192.168.0.3"), "{plan}");
+    veg(&["ovn", "apply", "-f", f, "--nb", &server.unix]);
+    let routes = lines(&server.nbctl(&["lr-route-list", "vpc1"]));
+    assert!(routes.contains(&"192.168.0.0/24 192.168.0.3 src-ip ecmp ecmp-symmetric-reply bfd".to_owned()), "{routes:?}");
+    assert!(veg(&["ovn", "apply", "-f", f, "--nb", &server.tcp]).contains("nothing to do"));
+    veg(&["ovn", "delete", "-f", f, "--nb", &server.unix]);
+    assert!(lines(&server.nbctl(&["lr-route-list", "vpc1"])).is_empty());
+    std::fs::remove_file(file).unwrap();
+}

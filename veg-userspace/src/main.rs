@@ -31,9 +31,41 @@ enum Command {
     Flows(InspectArgs),
     /// Show the packet counters of a gateway on this host.
     Stats(InspectArgs),
+    /// Program OVN for a gateway by hand: what `veg controller` does for each VpcEgressGateway.
+    Ovn {
+        #[command(subcommand)]
+        command: OvnCommand,
+    },
     /// Run BFD sessions (RFC 5880/5881, asynchronous, single hop) toward peers, in the foreground until
     /// SIGINT/SIGTERM; `veg bfd status` lists them while it runs.
     Bfd(BfdArgs),
+}
+
+#[derive(Subcommand)]
+enum OvnCommand {
+    /// Print the Northbound rows the gateway in FILE needs, without touching a database.
+    Plan {
+        /// Kubernetes YAML: the VpcEgressGateway (with status), its Vpc and the Subnets it names.
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the gateway's rows: only what differs, in one transaction.
+    Apply {
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// The Northbound database: unix:PATH or tcp:IP:PORT.
+        #[arg(long, value_name = "ADDRESS")]
+        nb: String,
+    },
+    /// Remove every row tagged with the gateway, and nothing else.
+    Delete {
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        #[arg(long, value_name = "ADDRESS")]
+        nb: String,
+    },
 }
 
 #[derive(Args)]
@@ -181,6 +213,7 @@ fn main() {
         Command::Flows(args) => inspect::flows::run(&args.name, args.json, &mut io::stdout().lock()),
         Command::Stats(args) => inspect::stats::run(&args.name, args.json, &mut io::stdout().lock()),
         Command::Bfd(args) => bfd(args),
+        Command::Ovn { command } => ovn(command),
     };
     if let Err(err) = result {
         eprintln!("veg: error: {err:#}");
@@ -269,4 +302,17 @@ fn bfd(args: BfdArgs) -> anyhow::Result<()> {
         let engine = engine::Engine::new(config, std::sync::Arc::clone(&snapshot))?;
         control::run_engine(engine, &args.name, snapshot, stop.wait()).await
     })
+}
+
+fn ovn(command: OvnCommand) -> anyhow::Result<()> {
+    use veg_userspace::ovn::command;
+    let mut out = io::stdout().lock();
+    let (file, nb, remove) = match command {
+        OvnCommand::Plan { file, json } => return command::plan(&command::read_gateway(&file)?, json, &mut out),
+        OvnCommand::Apply { file, nb } => (file, nb, false),
+        OvnCommand::Delete { file, nb } => (file, nb, true),
+    };
+    let spec = command::read_gateway(&file)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(command::apply_or_delete(&spec, &nb, remove, &mut out))
 }

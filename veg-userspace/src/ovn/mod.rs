@@ -2,4 +2,6 @@
 //! in one transaction).
 
 pub mod apply;
+pub mod command;
+pub mod manifest;
 pub mod model;

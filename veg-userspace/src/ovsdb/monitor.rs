@@ -58,6 +58,18 @@ impl Monitor {
         self.client.lock().unwrap().clone()
     }
 
+    /// Wait until the first connection has been made and the replica filled. Returns whether it was.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut changes = self.changes.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.client().is_none() {
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Wait until `condition` holds on the replica, or `timeout` passes. Returns whether it held.
     pub async fn wait_until(&self, timeout: Duration, condition: impl Fn(&Replica) -> bool) -> bool {
         let mut changes = self.changes.clone();

@@ -1,0 +1,67 @@
+//! `veg ovn plan | apply | delete -f FILE`: the OVN side of a gateway, by hand.
+
+use std::{io::Write, path::Path, time::Duration};
+
+use anyhow::{Context as _, bail};
+use serde_json::json;
+
+use super::{
+    apply::{DB, MONITORED_TABLES, Plan, apply, delete},
+    manifest::gateway_from_yaml,
+    model::{GatewaySpec, desired_rows},
+};
+use crate::ovsdb::{endpoint::Endpoint, monitor::Monitor};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn read_gateway(file: &Path) -> anyhow::Result<GatewaySpec> {
+    let yaml = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    gateway_from_yaml(&yaml).with_context(|| format!("in {}", file.display()))
+}
+
+/// The rows the gateway needs, without a database.
+pub fn plan(spec: &GatewaySpec, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    let rows = desired_rows(spec);
+    if json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|r| json!({ "table": r.table, "key": r.key, "columns": r.columns, "router_column": r.router_column,
+                             "bfd": r.bfd, "ports": r.ports }))
+            .collect();
+        serde_json::to_writer_pretty(&mut *out, &json!({ "gateway": spec.id(), "router": spec.router, "rows": rows }))?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "gateway {} on router {} ({} instance(s)):", spec.id(), spec.router, spec.instances.len())?;
+    for row in rows {
+        let on_router = row.router_column.map(|c| format!(" (in {}.{c})", spec.router)).unwrap_or_default();
+        writeln!(out, "{} {}{on_router}", row.table, row.key)?;
+        for (column, value) in &row.columns {
+            writeln!(out, "    {column}: {value}")?;
+        }
+        if let Some(bfd) = &row.bfd {
+            writeln!(out, "    bfd: the BFD row {bfd}")?;
+        }
+        if !row.ports.is_empty() {
+            writeln!(out, "    ports: {}", row.ports.join(", "))?;
+        }
+    }
+    Ok(())
+}
+
+/// Connect, bring the database to the model (or remove the gateway's rows), and say what changed.
+pub async fn apply_or_delete(spec: &GatewaySpec, nb: &str, remove: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    let endpoint: Endpoint = nb.parse()?;
+    let monitor = Monitor::start(endpoint.clone(), DB, &MONITORED_TABLES);
+    if !monitor.wait_connected(CONNECT_TIMEOUT).await {
+        bail!("cannot reach the OVN Northbound database at {endpoint} within {CONNECT_TIMEOUT:?}: check --nb");
+    }
+    let done: Plan = if remove { delete(&monitor, spec).await? } else { apply(&monitor, spec).await? };
+    if done.changes.is_empty() {
+        writeln!(out, "{}: nothing to do, the database already matches", spec.id())?;
+    }
+    for change in &done.changes {
+        writeln!(out, "{change}")?;
+    }
+    Ok(())
+}
