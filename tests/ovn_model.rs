@@ -171,3 +171,68 @@ fn the_command_line_applies_a_manifest_written_for_kubectl() {
     assert!(lines(&server.nbctl(&["lr-route-list", "vpc1"])).is_empty());
     std::fs::remove_file(file).unwrap();
 }
+
+/// Poll `condition` until it holds or `timeout` passes.
+fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn bfd_status_from_the_southbound_rewrites_the_default_vpc_policy() {
+    use veg_testbed::ovsdb::OvnCentral;
+    let central = OvnCentral::start();
+    let nb = &central.nb;
+    nb.nbctl(&["lr-add", "ovn-cluster"]);
+    nb.nbctl(&["lrp-add", "ovn-cluster", "ovn-cluster-ovn-default", "02:00:00:00:00:01", "10.16.0.1/16"]);
+    nb.nbctl(&["lrp-add", "ovn-cluster", "bfd@ovn-cluster", "02:00:00:00:00:09", "10.255.255.255/32"]);
+    let file = std::env::temp_dir().join(veg_testbed::unique("veg-gateway1-bfd-")).with_extension("yaml");
+    std::fs::write(
+        &file,
+        "kind: Vpc\nmetadata: {name: ovn-cluster}\nspec: {bfdPort: {enabled: true, ip: 10.255.255.255}}\n---\n\
+         kind: VpcEgressGateway\nmetadata: {name: gateway1, namespace: default}\n\
+         spec: {vpc: ovn-cluster, externalSubnet: macvlan1, bfd: {enabled: true}, policies: [{snat: true, ipBlocks: [10.16.0.0/16]}]}\n\
+         status: {internalIPs: [10.16.0.12, 10.16.0.13], workload: {nodes: [worker1, worker2]}}\n",
+    )
+    .unwrap();
+    let mut watcher = std::process::Command::new(env!("CARGO_BIN_EXE_veg"))
+        .args(["ovn", "apply", "--watch", "-f", file.to_str().unwrap(), "--nb", &nb.unix])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let policies = || lines(&nb.nbctl(&["lr-policy-list", "ovn-cluster"]));
+    let has = |line: &str| policies().contains(&line.to_owned());
+    let set_status = |ip: &str, status: &str| {
+        let uuid = central.sbctl(&["--bare", "--columns=_uuid", "find", "BFD", &format!("dst_ip={ip}")]);
+        central.sbctl(&["set", "BFD", uuid.trim(), &format!("status={status}")]);
+    };
+    let wait = Duration::from_secs(10);
+    // No session is Up yet: drop, as the reference does, rather than leave through the nodes.
+    let dropping = eventually(wait, || has("29090 ip4.src == 10.16.0.0/16 drop"));
+    // northd ran the sessions (the anchor routes reference them): set them as ovn-controller would.
+    let synced = dropping && eventually(wait, || central.sbctl(&["--bare", "--columns=dst_ip", "list", "BFD"]).lines().count() >= 2);
+    if synced {
+        set_status("10.16.0.12", "up");
+        set_status("10.16.0.13", "up");
+    }
+    let both = synced && eventually(wait, || has("29100 ip4.src == 10.16.0.0/16 reroute 10.16.0.12, 10.16.0.13"));
+    if both {
+        set_status("10.16.0.12", "down");
+    }
+    let one = both && eventually(wait, || has("29100 ip4.src == 10.16.0.0/16 reroute 10.16.0.13"));
+    unsafe { libc::kill(watcher.id() as i32, libc::SIGTERM) };
+    let _ = watcher.wait();
+    let _ = std::fs::remove_file(&file);
+    assert!(dropping, "no drop policy while every session is down: {:?}", policies());
+    assert!(synced, "northd made no Southbound BFD rows");
+    assert!(both, "both sessions up, yet: {:?}", policies());
+    assert!(one, "10.16.0.12 is down, yet: {:?}", policies());
+    let routes = lines(&nb.nbctl(&["lr-route-list", "ovn-cluster"]));
+    assert!(routes.contains(&"10.16.0.12 10.16.0.12 dst-ip bfd".to_owned()), "anchor route missing: {routes:?}");
+}

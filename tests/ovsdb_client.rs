@@ -175,3 +175,15 @@ async fn a_restarted_server_is_reconnected_and_the_replica_converges() {
     client.transact(NB, &[insert_router("written-after-restart")]).await.unwrap();
     assert!(server.nbctl(&["lr-list"]).contains("(written-after-restart)"));
 }
+
+#[tokio::test]
+async fn an_optional_column_changing_value_is_replicated() {
+    let server = NbServer::start();
+    let uuid = server.nbctl(&["create", "BFD", "logical_port=p", "dst_ip=10.0.0.2", "status=down"]).trim().to_owned();
+    let monitor = Monitor::start(server.unix.parse().unwrap(), NB, &["BFD"]);
+    let wait = Duration::from_secs(5);
+    let status = |r: &Replica| r.row("BFD", &uuid).map(|row| column(row, "status").clone());
+    assert!(monitor.wait_until(wait, |r| status(r) == Some(json!(["set", ["down"]]))).await, "{:?}", monitor.read(status));
+    server.nbctl(&["set", "BFD", &uuid, "status=up"]);
+    assert!(monitor.wait_until(wait, |r| status(r) == Some(json!(["set", ["up"]]))).await, "{:?}", monitor.read(status));
+}

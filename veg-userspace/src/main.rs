@@ -58,6 +58,10 @@ enum OvnCommand {
         /// The Northbound database: unix:PATH or tcp:IP:PORT.
         #[arg(long, value_name = "ADDRESS")]
         nb: String,
+        /// Stay, keeping the rows applied until SIGINT/SIGTERM: on the default VPC with BFD, follow each
+        /// session's status and rewrite the policy's nexthops (OVN 23.03's policies cannot do it themselves).
+        #[arg(long)]
+        watch: bool,
     },
     /// Remove every row tagged with the gateway, and nothing else.
     Delete {
@@ -307,12 +311,18 @@ fn bfd(args: BfdArgs) -> anyhow::Result<()> {
 fn ovn(command: OvnCommand) -> anyhow::Result<()> {
     use veg_userspace::ovn::command;
     let mut out = io::stdout().lock();
-    let (file, nb, remove) = match command {
+    let (file, nb, remove, watch) = match command {
         OvnCommand::Plan { file, json } => return command::plan(&command::read_gateway(&file)?, json, &mut out),
-        OvnCommand::Apply { file, nb } => (file, nb, false),
-        OvnCommand::Delete { file, nb } => (file, nb, true),
+        OvnCommand::Apply { file, nb, watch } => (file, nb, false, watch),
+        OvnCommand::Delete { file, nb } => (file, nb, true, false),
     };
     let spec = command::read_gateway(&file)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(command::apply_or_delete(&spec, &nb, remove, &mut out))
+    runtime.block_on(async {
+        if watch {
+            let stop = agent::StopSignals::install()?;
+            return command::watch(&spec, &nb, stop.wait()).await;
+        }
+        command::apply_or_delete(&spec, &nb, remove, &mut out).await
+    })
 }

@@ -76,7 +76,7 @@ impl NbServer {
     }
 
     fn pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.dir.join("nb.pid")).ok()?.trim().parse().ok()
+        pid_in(&self.dir, "nb")
     }
 
     /// Start again on the same database file (after `stop`).
@@ -92,17 +92,67 @@ impl NbServer {
 
     /// Kill the server and wait until it is gone.
     pub fn stop(&self) {
-        if let Some(pid) = self.pid() {
-            // SAFETY: signalling a process we started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            // Gone or a zombie (PID 1 reaps slowly here): either way it serves nothing.
-            while Instant::now() < deadline
-                && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
-            {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
+        kill(self.pid());
+    }
+}
+
+fn pid_in(dir: &std::path::Path, daemon: &str) -> Option<i32> {
+    std::fs::read_to_string(dir.join(format!("{daemon}.pid"))).ok()?.trim().parse().ok()
+}
+
+/// SIGKILL and wait until the process is gone or a zombie (PID 1 reaps slowly here): either way it serves nothing.
+fn kill(pid: Option<i32>) {
+    let Some(pid) = pid else { return };
+    // SAFETY: signalling a process we started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The Northbound and Southbound databases with ovn-northd between them (no chassis): enough for northd to turn
+/// NB rows into SB rows and copy BFD status back.
+pub struct OvnCentral {
+    pub nb: NbServer,
+    /// `unix:PATH` of the Southbound database.
+    pub sb: String,
+}
+
+impl OvnCentral {
+    pub fn start() -> OvnCentral {
+        let nb = NbServer::start();
+        let d = nb.dir.to_str().unwrap().to_owned();
+        run("ovsdb-tool", &["create", &format!("{d}/sb.db"), "/usr/share/ovn/ovn-sb.ovsschema"]);
+        run(
+            "ovsdb-server",
+            &[
+                &format!("{d}/sb.db"), &format!("--remote=punix:{d}/sb.sock"), &format!("--pidfile={d}/sb.pid"),
+                &format!("--unixctl={d}/sb.ctl"), &format!("--log-file={d}/sb.log"), "--detach", "--no-chdir", "-vconsole:off",
+            ],
+        );
+        run(
+            "ovn-northd",
+            &[
+                &format!("--ovnnb-db={}", nb.unix), &format!("--ovnsb-db=unix:{d}/sb.sock"), &format!("--pidfile={d}/northd.pid"),
+                &format!("--unixctl={d}/northd.ctl"), &format!("--log-file={d}/northd.log"), "--detach", "--no-chdir", "-vconsole:off",
+            ],
+        );
+        OvnCentral { sb: format!("unix:{d}/sb.sock"), nb }
+    }
+
+    /// `ovn-sbctl --db=unix:... ARGS`.
+    pub fn sbctl(&self, args: &[&str]) -> String {
+        run("ovn-sbctl", &[&[format!("--db={}", self.sb).as_str()][..], args].concat())
+    }
+}
+
+impl Drop for OvnCentral {
+    fn drop(&mut self) {
+        kill(pid_in(&self.nb.dir, "northd"));
+        kill(pid_in(&self.nb.dir, "sb"));
     }
 }
 

@@ -2,10 +2,15 @@
 //! only the difference in one transaction. Applying twice writes nothing; rows of other gateways and of anyone
 //! else are never touched.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+    time::Duration,
+};
 
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
+use tracing::{info, warn};
 
 use super::model::{DesiredRow, GatewaySpec, desired_rows};
 use crate::ovsdb::{
@@ -160,6 +165,43 @@ async fn converge(monitor: &Monitor, spec: &GatewaySpec, desired: &[DesiredRow])
 
 fn plan_is_empty(spec: &GatewaySpec, desired: &[DesiredRow], replica: &Replica) -> bool {
     plan(spec, desired, replica).is_ok_and(|p| p.operations.is_empty())
+}
+
+/// Instances of the gateway whose BFD session is not Up, from the BFD rows' status (northd copies it there from
+/// the Southbound database). An instance is used only once its session is Up, so one without a BFD row yet
+/// counts as down too.
+pub fn down_nexthops(replica: &Replica, spec: &GatewaySpec) -> BTreeSet<IpAddr> {
+    let id = spec.id();
+    let up: BTreeSet<IpAddr> = replica
+        .rows("BFD")
+        .filter(|(_, row)| external_id(row, "vpc-egress-gateway").as_deref() == Some(id.as_str()))
+        .filter(|(_, row)| replica.normalized("BFD", "status", column(row, "status")) == json!(["set", ["up"]]))
+        .filter_map(|(_, row)| column(row, "dst_ip").as_str()?.parse().ok())
+        .collect();
+    spec.instances.iter().flat_map(|i| i.addresses.iter()).filter(|a| !up.contains(a)).copied().collect()
+}
+
+/// Keep the gateway applied until `stop`: on the default VPC with BFD, whose policies cannot watch BFD on OVN
+/// 23.03, follow every BFD status change and rewrite the policy's nexthops.
+pub async fn keep_applied(monitor: &Monitor, spec: &GatewaySpec, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut changes = monitor.subscribe();
+    let follow_bfd = spec.default_vpc && spec.bfd.is_some();
+    loop {
+        let mut current = spec.clone();
+        if follow_bfd {
+            current.down = monitor.read(|r| down_nexthops(r, spec));
+        }
+        match apply(monitor, &current).await {
+            Ok(plan) if !plan.changes.is_empty() => info!(gateway = %spec.id(), changes = ?plan.changes, "OVN updated"),
+            Ok(_) => {}
+            Err(e) => warn!(gateway = %spec.id(), "applying the OVN model failed: {e:#}; retrying on the next change"),
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = &mut stop => return,
+        }
+    }
 }
 
 /// Bring the database to the gateway's model. Returns what was done (nothing when it was there already).

@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use serde_json::json;
 
 use super::{
-    apply::{DB, MONITORED_TABLES, Plan, apply, delete},
+    apply::{DB, MONITORED_TABLES, Plan, apply, delete, keep_applied},
     manifest::gateway_from_yaml,
     model::{GatewaySpec, desired_rows},
 };
@@ -49,13 +49,25 @@ pub fn plan(spec: &GatewaySpec, json: bool, out: &mut impl Write) -> anyhow::Res
     Ok(())
 }
 
-/// Connect, bring the database to the model (or remove the gateway's rows), and say what changed.
-pub async fn apply_or_delete(spec: &GatewaySpec, nb: &str, remove: bool, out: &mut impl Write) -> anyhow::Result<()> {
+async fn connect(nb: &str) -> anyhow::Result<Monitor> {
     let endpoint: Endpoint = nb.parse()?;
     let monitor = Monitor::start(endpoint.clone(), DB, &MONITORED_TABLES);
     if !monitor.wait_connected(CONNECT_TIMEOUT).await {
         bail!("cannot reach the OVN Northbound database at {endpoint} within {CONNECT_TIMEOUT:?}: check --nb");
     }
+    Ok(monitor)
+}
+
+/// Keep the gateway applied, following BFD status, until `stop`.
+pub async fn watch(spec: &GatewaySpec, nb: &str, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let monitor = connect(nb).await?;
+    keep_applied(&monitor, spec, stop).await;
+    Ok(())
+}
+
+/// Connect, bring the database to the model (or remove the gateway's rows), and say what changed.
+pub async fn apply_or_delete(spec: &GatewaySpec, nb: &str, remove: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    let monitor = connect(nb).await?;
     let done: Plan = if remove { delete(&monitor, spec).await? } else { apply(&monitor, spec).await? };
     if done.changes.is_empty() {
         writeln!(out, "{}: nothing to do, the database already matches", spec.id())?;

@@ -4,8 +4,12 @@
 //! - with BFD, one BFD row per instance address toward the VPC's BFD port;
 //! - custom VPC: a static route per (source prefix, instance) with policy src-ip, ECMP with symmetric replies, and
 //!   the instance's BFD row when BFD is on;
-//! - default VPC: one reroute policy per family at priority 29100 over every instance (minus those whose BFD
-//!   session is down: OVN 23.03's policies cannot watch BFD themselves).
+//! - default VPC: one reroute policy per family at priority 29100 over every instance minus those whose BFD
+//!   session is down, or a drop policy at 29090 when BFD is on and every session is down (as the reference).
+//!   OVN 23.03's policies cannot reference BFD, and northd leaves an unreferenced BFD row admin_down: so each
+//!   instance gets an anchor route <ip>/32 via itself that references its BFD row. It routes as the connected
+//!   route already does, and makes northd run the session and report its status, which the watcher
+//!   (apply::keep_applied) turns into nexthops.
 //! Every row carries external_ids vendor=kube-ovn, vpc-egress-gateway=<namespace>/<name> (and af=4|6).
 
 use std::{collections::BTreeSet, net::IpAddr};
@@ -15,6 +19,8 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 pub const POLICY_PRIORITY: u32 = 29100;
+/// When BFD is on and every instance is down: drop rather than leave through the nodes unseen.
+pub const DROP_PRIORITY: u32 = 29090;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instance {
@@ -149,6 +155,9 @@ pub fn desired_rows(spec: &GatewaySpec) -> Vec<DesiredRow> {
         let nexthops: Vec<&IpAddr> = addresses.iter().filter(|a| family(a) == af).collect();
         if spec.default_vpc {
             rows.extend(policy(spec, af, &sources, &nexthops, &group));
+            if let Some(bfd) = &spec.bfd {
+                rows.extend(nexthops.iter().map(|nexthop| anchor_route(spec, af, nexthop, bfd)));
+            }
         } else {
             for source in &sources {
                 for nexthop in &nexthops {
@@ -171,6 +180,19 @@ pub fn desired_rows(spec: &GatewaySpec) -> Vec<DesiredRow> {
     rows
 }
 
+/// A host route to the instance via itself, referencing its BFD row, so that northd runs the session.
+fn anchor_route(spec: &GatewaySpec, af: u8, nexthop: &IpAddr, bfd: &Bfd) -> DesiredRow {
+    let prefix = IpNet::from(*nexthop).to_string();
+    let mut route = row(
+        "Logical_Router_Static_Route",
+        format!("{prefix}|{nexthop}"),
+        json!({ "ip_prefix": prefix, "nexthop": nexthop.to_string(), "external_ids": spec.external_ids(Some(af)) }),
+    );
+    route.router_column = Some("static_routes");
+    route.bfd = Some(bfd_key(&bfd.port, nexthop));
+    route
+}
+
 /// The default VPC's reroute policy for one family, if it has sources and a live instance.
 fn policy(spec: &GatewaySpec, af: u8, sources: &[&IpNet], nexthops: &[&IpAddr], group: &str) -> Option<DesiredRow> {
     let live: Vec<String> = nexthops.iter().filter(|a| !spec.down.contains(a)).map(|a| a.to_string()).collect();
@@ -188,14 +210,19 @@ fn policy(spec: &GatewaySpec, af: u8, sources: &[&IpNet], nexthops: &[&IpAddr], 
         // OVN keeps an address set of every port group's addresses: <group>_ip4 / <group>_ip6.
         terms.push(format!("{ip}.src == ${group}_{ip}"));
     }
-    if terms.is_empty() || live.is_empty() {
+    if terms.is_empty() || nexthops.is_empty() {
         return None;
     }
+    let all_down = live.is_empty();
+    if all_down && spec.bfd.is_none() {
+        return None;
+    }
+    let (priority, action) = if all_down { (DROP_PRIORITY, "drop") } else { (POLICY_PRIORITY, "reroute") };
     let mut policy = row(
         "Logical_Router_Policy",
-        format!("{POLICY_PRIORITY}|{af}"),
+        format!("{priority}|{af}"),
         json!({
-            "priority": POLICY_PRIORITY, "match": terms.join(" || "), "action": "reroute",
+            "priority": priority, "match": terms.join(" || "), "action": action,
             "nexthops": set(live), "external_ids": spec.external_ids(Some(af)),
         }),
     );
@@ -246,6 +273,15 @@ mod tests {
         assert_eq!(policy.columns["nexthops"], json!(["set", ["10.16.0.13"]]));
         spec.down.insert("10.16.0.13".parse().unwrap());
         assert!(desired_rows(&spec).iter().all(|r| r.table != "Logical_Router_Policy"), "no live nexthop, no policy");
+        // With BFD, every instance down means drop (29090), and each instance has its BFD anchor route.
+        spec.bfd = Some(Bfd { port: "bfd@ovn-cluster".into(), min_rx: 1000, min_tx: 1000, multiplier: 3 });
+        let rows = desired_rows(&spec);
+        let policy = rows.iter().find(|r| r.table == "Logical_Router_Policy").unwrap();
+        assert_eq!((&policy.columns["priority"], &policy.columns["action"]), (&json!(DROP_PRIORITY), &json!("drop")));
+        let anchors: Vec<_> = rows.iter().filter(|r| r.table == "Logical_Router_Static_Route").collect();
+        assert_eq!(anchors.len(), 2);
+        assert_eq!(anchors[0].columns["ip_prefix"], "10.16.0.12/32");
+        assert_eq!(anchors[0].bfd.as_deref(), Some("bfd@ovn-cluster|10.16.0.12"));
     }
 
     #[test]

@@ -58,6 +58,11 @@ impl Monitor {
         self.client.lock().unwrap().clone()
     }
 
+    /// A receiver that changes with every update of the replica.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
     /// Wait until the first connection has been made and the replica filled. Returns whether it was.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         let mut changes = self.changes.clone();

@@ -1,7 +1,7 @@
 //! A local copy of the tables a client monitors, kept current from `update2` notifications (RFC 7047 with Open
 //! vSwitch's monitor_cond extension). A `modify` carries a diff whose meaning depends on the column's type: a
-//! scalar is replaced, a set's listed elements are toggled, a map's listed keys are inserted, updated or deleted.
-//! So the replica reads the column types from the schema.
+//! scalar or an optional value (a set of at most one) is replaced, a larger set's listed elements are toggled, a
+//! map's listed keys are inserted, updated or deleted. So the replica reads the column types from the schema.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ColumnKind {
     Scalar,
+    /// A set of at most one element: travels like a set, but a modify carries the new value.
+    Optional,
     Set,
     Map,
 }
@@ -49,9 +51,10 @@ fn kind(column_type: &Value) -> ColumnKind {
         return ColumnKind::Map;
     }
     let max = &column_type["max"];
-    if max == "unlimited" || max.as_u64().is_some_and(|m| m > 1) || column_type["min"] == 0 {
-        // An optional scalar (min 0, max 1) travels as a set of zero or one element.
+    if max == "unlimited" || max.as_u64().is_some_and(|m| m > 1) {
         ColumnKind::Set
+    } else if column_type["min"] == 0 {
+        ColumnKind::Optional
     } else {
         ColumnKind::Scalar
     }
@@ -123,7 +126,7 @@ impl Replica {
     fn canonical(&self, table: &str, column: &str, datum: &Value) -> Value {
         match self.schema.kind(table, column) {
             ColumnKind::Scalar => datum.clone(),
-            ColumnKind::Set => set_datum(set_elements(datum)),
+            ColumnKind::Optional | ColumnKind::Set => set_datum(set_elements(datum)),
             ColumnKind::Map => map_datum(map_pairs(datum)),
         }
     }
@@ -132,7 +135,7 @@ impl Replica {
     pub fn normalized(&self, table: &str, column: &str, datum: &Value) -> Value {
         match self.schema.kind(table, column) {
             ColumnKind::Scalar => datum.clone(),
-            ColumnKind::Set => {
+            ColumnKind::Optional | ColumnKind::Set => {
                 let mut elements = set_elements(datum);
                 elements.sort_by_key(|e| e.to_string());
                 set_datum(elements)
@@ -174,6 +177,7 @@ impl Replica {
                 let current = row.get(&column).cloned().unwrap_or(Value::Null);
                 let updated = match kind {
                     ColumnKind::Scalar => change,
+                    ColumnKind::Optional => set_datum(set_elements(&change)),
                     ColumnKind::Set => {
                         let mut elements = set_elements(&current);
                         for element in set_elements(&change) {
@@ -228,7 +232,7 @@ mod tests {
         assert_eq!(row["status"], json!(["set", ["down"]]));
         assert_eq!(row["nexthops"], json!(["set", ["10.0.0.2"]]));
         replica.apply(&json!({ "BFD": { "u1": { "modify": {
-            "status": "down",                       // toggled out...
+            "status": ["set", []],                  // an optional value: replaced (here cleared)
             "nexthops": ["set", ["10.0.0.2", "10.0.0.3"]], // one out, one in
             "external_ids": ["map", [["af", "4"], ["vendor", "veg"], ["new", "x"]]] } } } }));
         let row = replica.row("BFD", "u1").unwrap();
@@ -237,6 +241,8 @@ mod tests {
         let ids = map_pairs(&row["external_ids"]);
         assert_eq!(ids.len(), 2, "af removed (same value), vendor updated, new inserted: {ids:?}");
         assert_eq!(ids["\"vendor\""].1, "veg");
+        replica.apply(&json!({ "BFD": { "u1": { "modify": { "status": "up" } } } }));
+        assert_eq!(replica.row("BFD", "u1").unwrap()["status"], json!(["set", ["up"]]), "replaced, not toggled");
         replica.apply(&json!({ "BFD": { "u1": { "delete": null } } }));
         assert!(replica.row("BFD", "u1").is_none());
     }
