@@ -149,6 +149,7 @@ fn the_command_line_applies_a_manifest_written_for_kubectl() {
     std::fs::write(
         &file,
         "apiVersion: kubeovn.io/v1\nkind: Vpc\nmetadata:\n  name: vpc1\nspec:\n  bfdPort:\n    enabled: true\n    ip: 10.255.255.255\n\
+         status:\n  bfdPort:\n    nodes: [kube-ovn-worker]\n\
          ---\napiVersion: kubeovn.io/v1\nkind: Subnet\nmetadata:\n  name: subnet1\nspec:\n  vpc: vpc1\n  protocol: IPv4\n  cidrBlock: 192.168.0.0/24\n\
          ---\napiVersion: kubeovn.io/v1\nkind: VpcEgressGateway\nmetadata:\n  name: gateway2\n  namespace: default\nspec:\n  vpc: vpc1\n  replicas: 2\n  \
          internalSubnet: subnet1\n  externalSubnet: macvlan\n  bfd:\n    enabled: true\n  policies:\n    - snat: true\n      ipBlocks:\n        - 192.168.0.0/24\n\
@@ -164,11 +165,13 @@ fn the_command_line_applies_a_manifest_written_for_kubectl() {
     let plan = veg(&["ovn", "plan", "-f", f]);
     assert!(plan.contains("BFD bfd@vpc1|192.168.0.3"), "{plan}");
     veg(&["ovn", "apply", "-f", f, "--nb", &server.unix]);
+    assert!(server.nbctl(&["show", "vpc1"]).contains("port bfd@vpc1"), "the VPC's BFD port was not created");
     let routes = lines(&server.nbctl(&["lr-route-list", "vpc1"]));
     assert!(routes.contains(&"192.168.0.0/24 192.168.0.3 src-ip ecmp ecmp-symmetric-reply bfd".to_owned()), "{routes:?}");
     assert!(veg(&["ovn", "apply", "-f", f, "--nb", &server.tcp]).contains("nothing to do"));
     veg(&["ovn", "delete", "-f", f, "--nb", &server.unix]);
     assert!(lines(&server.nbctl(&["lr-route-list", "vpc1"])).is_empty());
+    assert!(server.nbctl(&["show", "vpc1"]).contains("port bfd@vpc1"), "the Vpc's port went with the gateway");
     std::fs::remove_file(file).unwrap();
 }
 
@@ -235,4 +238,41 @@ fn bfd_status_from_the_southbound_rewrites_the_default_vpc_policy() {
     assert!(one, "10.16.0.12 is down, yet: {:?}", policies());
     let routes = lines(&nb.nbctl(&["lr-route-list", "ovn-cluster"]));
     assert!(routes.contains(&"10.16.0.12 10.16.0.12 dst-ip bfd".to_owned()), "anchor route missing: {routes:?}");
+}
+
+#[tokio::test]
+async fn the_vpc_bfd_port_follows_its_chassis() {
+    use veg_userspace::ovn::{
+        apply::converge,
+        vpc_port::{VpcBfdPort, vpc_port_rows},
+    };
+    let server = NbServer::start();
+    let monitor = monitored(&server, "vpc1").await;
+    let port = |chassis: &[&str]| VpcBfdPort {
+        vpc: "vpc1".into(),
+        addresses: vec!["10.255.255.255".parse().unwrap()],
+        chassis: chassis.iter().map(|c| c.to_string()).collect(),
+    };
+    let first = port(&["node-a", "node-b"]);
+    converge(&monitor, &first.owner(), &vpc_port_rows(&first)).await.unwrap();
+    let show = lines(&server.nbctl(&["show", "vpc1"]));
+    assert!(show.contains(&"port bfd@vpc1".to_owned()), "{show:?}");
+    assert!(show.contains(&"networks: [\"10.255.255.255/32\"]".to_owned()), "{show:?}");
+    // ha-chassis-group-list: "<uuid> (group)", then "<uuid> (chassis)" and "priority N" per chassis.
+    let groups = || lines(&server.nbctl(&["ha-chassis-group-list"])).join(" ");
+    let listed = groups();
+    assert!(listed.contains("(bfd@vpc1)"), "{listed}");
+    assert!(listed.contains("(node-a) priority 100") && listed.contains("(node-b) priority 99"), "{listed}");
+    assert!(converge(&monitor, &first.owner(), &vpc_port_rows(&first)).await.unwrap().operations.is_empty());
+
+    // A node leaves, another joins: only the chassis change.
+    let second = port(&["node-a", "node-c"]);
+    let changed = converge(&monitor, &second.owner(), &vpc_port_rows(&second)).await.unwrap();
+    assert_eq!(changed.changes, ["insert HA_Chassis node-c", "update HA_Chassis_Group bfd@vpc1: ha_chassis", "delete HA_Chassis node-b"]);
+    let listed = groups();
+    assert!(listed.contains("(node-c) priority 99") && !listed.contains("node-b"), "{listed}");
+
+    converge(&monitor, &second.owner(), &[]).await.unwrap();
+    assert!(!server.nbctl(&["show", "vpc1"]).contains("bfd@vpc1"));
+    assert_eq!(server.nbctl(&["ha-chassis-group-list"]).trim(), "");
 }

@@ -312,17 +312,20 @@ fn ovn(command: OvnCommand) -> anyhow::Result<()> {
     use veg_userspace::ovn::command;
     let mut out = io::stdout().lock();
     let (file, nb, remove, watch) = match command {
-        OvnCommand::Plan { file, json } => return command::plan(&command::read_gateway(&file)?, json, &mut out),
+        OvnCommand::Plan { file, json } => {
+            let (spec, port) = command::read_gateway(&file)?;
+            return command::plan(&spec, port.as_ref(), json, &mut out);
+        }
         OvnCommand::Apply { file, nb, watch } => (file, nb, false, watch),
         OvnCommand::Delete { file, nb } => (file, nb, true, false),
     };
-    let spec = command::read_gateway(&file)?;
+    let (spec, port) = command::read_gateway(&file)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         if watch {
             let stop = agent::StopSignals::install()?;
-            return command::watch(&spec, &nb, stop.wait()).await;
+            return command::watch(&spec, port.as_ref(), &nb, stop.wait()).await;
         }
-        command::apply_or_delete(&spec, &nb, remove, &mut out).await
+        command::apply_or_delete(&spec, port.as_ref(), &nb, remove, &mut out).await
     })
 }

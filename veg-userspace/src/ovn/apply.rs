@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use super::model::{DesiredRow, GatewaySpec, desired_rows};
+use super::model::{DesiredRow, GatewaySpec, Owner, desired_rows};
 use crate::ovsdb::{
     monitor::Monitor,
     replica::{Replica, Row, column, map_pairs},
@@ -20,18 +20,39 @@ use crate::ovsdb::{
 
 pub const DB: &str = "OVN_Northbound";
 /// The tables a gateway's rows live in.
-pub const OWNED_TABLES: [&str; 5] =
-    ["Address_Set", "Port_Group", "BFD", "Logical_Router_Static_Route", "Logical_Router_Policy"];
-/// What the monitor must replicate for planning.
-pub const MONITORED_TABLES: [&str; 7] = [
+pub const OWNED_TABLES: [&str; 8] = [
     "Address_Set",
     "Port_Group",
     "BFD",
     "Logical_Router_Static_Route",
     "Logical_Router_Policy",
+    "Logical_Router_Port",
+    "HA_Chassis_Group",
+    "HA_Chassis",
+];
+/// What the monitor must replicate for planning.
+pub const MONITORED_TABLES: [&str; 10] = [
+    "Address_Set",
+    "Port_Group",
+    "BFD",
+    "Logical_Router_Static_Route",
+    "Logical_Router_Policy",
+    "Logical_Router_Port",
+    "HA_Chassis_Group",
+    "HA_Chassis",
     "Logical_Router",
     "Logical_Switch_Port",
 ];
+
+/// The Logical_Router column that references rows of a non-root table the router owns.
+fn router_column_of(table: &str) -> Option<&'static str> {
+    match table {
+        "Logical_Router_Static_Route" => Some("static_routes"),
+        "Logical_Router_Policy" => Some("policies"),
+        "Logical_Router_Port" => Some("ports"),
+        _ => None,
+    }
+}
 
 /// The transaction that brings the database to the model, and what it does in words.
 #[derive(Debug, Default)]
@@ -56,6 +77,7 @@ fn key_of(table: &str, row: &Row) -> String {
         "Logical_Router_Policy" => {
             format!("{}|{}", column(row, "priority"), external_id(row, "af").unwrap_or_default())
         }
+        "HA_Chassis" => text("chassis_name"),
         _ => text("name"),
     }
 }
@@ -68,25 +90,25 @@ fn find_by_name<'a>(replica: &'a Replica, table: &str, name: &str) -> Option<&'a
     replica.rows(table).find(|(_, row)| column(row, "name") == name).map(|(uuid, _)| uuid)
 }
 
-pub fn plan(spec: &GatewaySpec, desired: &[DesiredRow], replica: &Replica) -> anyhow::Result<Plan> {
-    let id = spec.id();
+pub fn plan(owner: &Owner, desired: &[DesiredRow], replica: &Replica) -> anyhow::Result<Plan> {
     let mut existing: HashMap<(&str, String), (String, &Row)> = HashMap::new();
     for table in OWNED_TABLES {
         for (uuid, row) in replica.rows(table) {
-            if external_id(row, "vpc-egress-gateway").as_deref() == Some(id.as_str()) {
+            if external_id(row, owner.tag).as_deref() == Some(owner.value.as_str()) {
                 existing.insert((table, key_of(table, row)), (uuid.clone(), row));
             }
         }
     }
-    let router = find_by_name(replica, "Logical_Router", &spec.router);
+    let router = find_by_name(replica, "Logical_Router", &owner.router);
     let router_mutation = |column: &str, mutator: &str, reference: Value| -> anyhow::Result<Value> {
-        let router = router.with_context(|| format!("logical router {:?} does not exist in the Northbound database", spec.router))?;
+        let router = router.with_context(|| format!("logical router {:?} does not exist in the Northbound database", owner.router))?;
         Ok(json!({ "op": "mutate", "table": "Logical_Router", "where": by_uuid(router),
                    "mutations": [[column, mutator, ["set", [reference]]]] }))
     };
     let mut plan = Plan::default();
-    // BFD rows come first in the model, so routes can refer to the ones inserted in this very transaction.
-    let mut bfd_refs: HashMap<&str, Value> = HashMap::new();
+    // Rows come in an order where every row follows those it links to, so a link can name a row inserted earlier
+    // in this very transaction.
+    let mut refs: HashMap<(&str, &str), Value> = HashMap::new();
     for (i, row) in desired.iter().enumerate() {
         let mut columns = row.columns.clone();
         if row.table == "Port_Group" {
@@ -98,9 +120,10 @@ pub fn plan(spec: &GatewaySpec, desired: &[DesiredRow], replica: &Replica) -> an
                 .collect();
             columns.insert("ports".into(), json!(["set", ports]));
         }
-        if row.table == "Logical_Router_Static_Route" {
-            let bfd = row.bfd.as_deref().and_then(|key| bfd_refs.get(key).cloned());
-            columns.insert("bfd".into(), json!(["set", bfd.into_iter().collect::<Vec<_>>()]));
+        for link in &row.links {
+            let targets: Vec<Value> =
+                link.keys.iter().filter_map(|key| refs.get(&(link.table, key.as_str())).cloned()).collect();
+            columns.insert(link.column.into(), json!(["set", targets]));
         }
         match existing.remove(&(row.table, row.key.clone())) {
             None => {
@@ -109,15 +132,11 @@ pub fn plan(spec: &GatewaySpec, desired: &[DesiredRow], replica: &Replica) -> an
                 if let Some(router_column) = row.router_column {
                     plan.operations.push(router_mutation(router_column, "insert", json!(["named-uuid", name]))?);
                 }
-                if row.table == "BFD" {
-                    bfd_refs.insert(&row.key, json!(["named-uuid", name]));
-                }
+                refs.insert((row.table, &row.key), json!(["named-uuid", name]));
                 plan.changes.push(format!("insert {} {}", row.table, row.key));
             }
             Some((uuid, current)) => {
-                if row.table == "BFD" {
-                    bfd_refs.insert(&row.key, json!(["uuid", uuid]));
-                }
+                refs.insert((row.table, &row.key), json!(["uuid", uuid]));
                 let changed: serde_json::Map<String, Value> = columns
                     .into_iter()
                     .filter(|(c, v)| {
@@ -136,12 +155,12 @@ pub fn plan(spec: &GatewaySpec, desired: &[DesiredRow], replica: &Replica) -> an
     stale.sort_by(|a, b| a.0.cmp(&b.0));
     for ((table, key), (uuid, _)) in stale {
         plan.changes.push(format!("delete {table} {key}"));
-        match table {
-            // Not root rows: dropping the router's reference deletes them.
-            "Logical_Router_Static_Route" => plan.operations.push(router_mutation("static_routes", "delete", json!(["uuid", uuid]))?),
-            "Logical_Router_Policy" => plan.operations.push(router_mutation("policies", "delete", json!(["uuid", uuid]))?),
-            _ => plan.operations.push(json!({ "op": "delete", "table": table, "where": by_uuid(&uuid) })),
+        // A row the router references loses that reference too. Deleting it outright as well (rather than leaving
+        // it to garbage collection) matters: the commit's referential check still counts references it holds.
+        if let Some(router_column) = router_column_of(table) {
+            plan.operations.push(router_mutation(router_column, "delete", json!(["uuid", uuid]))?);
         }
+        plan.operations.push(json!({ "op": "delete", "table": table, "where": by_uuid(&uuid) }));
     }
     Ok(plan)
 }
@@ -149,22 +168,22 @@ pub fn plan(spec: &GatewaySpec, desired: &[DesiredRow], replica: &Replica) -> an
 /// How long to wait for our own transaction to come back through the monitor.
 const SETTLE: Duration = Duration::from_secs(5);
 
-async fn converge(monitor: &Monitor, spec: &GatewaySpec, desired: &[DesiredRow]) -> anyhow::Result<Plan> {
-    let plan = monitor.read(|r| plan(spec, desired, r))?;
+pub async fn converge(monitor: &Monitor, owner: &Owner, desired: &[DesiredRow]) -> anyhow::Result<Plan> {
+    let plan = monitor.read(|r| plan(owner, desired, r))?;
     if plan.operations.is_empty() {
         return Ok(plan);
     }
     let client = monitor.client().context("not connected to the Northbound database")?;
     client.transact(DB, &plan.operations).await?;
     // Wait until the replica shows our change, so that the next plan starts from it.
-    if !monitor.wait_until(SETTLE, |r| plan_is_empty(spec, desired, r)).await {
+    if !monitor.wait_until(SETTLE, |r| plan_is_empty(owner, desired, r)).await {
         bail!("the Northbound database did not reflect the transaction within {SETTLE:?}");
     }
     Ok(plan)
 }
 
-fn plan_is_empty(spec: &GatewaySpec, desired: &[DesiredRow], replica: &Replica) -> bool {
-    plan(spec, desired, replica).is_ok_and(|p| p.operations.is_empty())
+fn plan_is_empty(owner: &Owner, desired: &[DesiredRow], replica: &Replica) -> bool {
+    plan(owner, desired, replica).is_ok_and(|p| p.operations.is_empty())
 }
 
 /// Instances of the gateway whose BFD session is not Up, from the BFD rows' status (northd copies it there from
@@ -206,10 +225,10 @@ pub async fn keep_applied(monitor: &Monitor, spec: &GatewaySpec, stop: impl std:
 
 /// Bring the database to the gateway's model. Returns what was done (nothing when it was there already).
 pub async fn apply(monitor: &Monitor, spec: &GatewaySpec) -> anyhow::Result<Plan> {
-    converge(monitor, spec, &desired_rows(spec)).await
+    converge(monitor, &spec.owner(), &desired_rows(spec)).await
 }
 
 /// Remove every row tagged with the gateway, and nothing else.
 pub async fn delete(monitor: &Monitor, spec: &GatewaySpec) -> anyhow::Result<Plan> {
-    converge(monitor, spec, &[]).await
+    converge(monitor, &spec.owner(), &[]).await
 }

@@ -9,7 +9,10 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::model::{Bfd, GatewaySpec, Instance};
+use super::{
+    model::{Bfd, GatewaySpec, Instance},
+    vpc_port::VpcBfdPort,
+};
 
 pub const DEFAULT_VPC: &str = "ovn-cluster";
 
@@ -22,6 +25,29 @@ fn source(text: &str) -> anyhow::Result<IpNet> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
         .with_context(|| format!("invalid ipBlocks entry {text:?}: expected an IP address or CIDR"))
+}
+
+/// The gateway and, when the file's Vpc enables one and its status names the chosen nodes, the VPC's BFD port.
+pub fn from_yaml(yaml: &str) -> anyhow::Result<(GatewaySpec, Option<VpcBfdPort>)> {
+    let gateway = gateway_from_yaml(yaml)?;
+    let mut port = None;
+    for document in serde_yaml::Deserializer::from_str(yaml) {
+        let doc = Value::deserialize(document)?;
+        let is_our_vpc = text(&doc, &["kind"]) == Some("Vpc") && text(&doc, &["metadata", "name"]) == Some(&gateway.router);
+        if !is_our_vpc || doc["spec"]["bfdPort"]["enabled"].as_bool() != Some(true) {
+            continue;
+        }
+        let ip = text(&doc, &["spec", "bfdPort", "ip"]).context("the Vpc's spec.bfdPort has no ip")?;
+        let addresses = ip
+            .split(',')
+            .map(|a| a.trim().parse().with_context(|| format!("invalid spec.bfdPort.ip {ip:?}")))
+            .collect::<anyhow::Result<_>>()?;
+        let chassis = spec_list(&doc["status"]["bfdPort"]["nodes"]);
+        if !chassis.is_empty() {
+            port = Some(VpcBfdPort { vpc: gateway.router.clone(), addresses, chassis });
+        }
+    }
+    Ok((gateway, port))
 }
 
 /// Read the documents of `yaml` into a gateway description.
@@ -170,6 +196,10 @@ status:
         assert_eq!(spec.bfd.as_ref().unwrap().port, "bfd@vpc1");
         assert_eq!(spec.bfd.as_ref().unwrap().min_rx, 1000);
         assert_eq!(spec.sources.len(), 2, "ipBlocks and the subnet's CIDR");
+        assert_eq!(from_yaml(GATEWAY2).unwrap().1, None, "no status.bfdPort.nodes: nothing to bind the port to");
+        let with_nodes = GATEWAY2.replace("    ip: 10.255.255.255\n", "    ip: 10.255.255.255\nstatus:\n  bfdPort:\n    nodes: [node-a, node-b]\n");
+        let port = from_yaml(&with_nodes).unwrap().1.unwrap();
+        assert_eq!((port.vpc.as_str(), port.chassis.len()), ("vpc1", 2));
     }
 
     #[test]

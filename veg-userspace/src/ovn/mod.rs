@@ -5,3 +5,4 @@ pub mod apply;
 pub mod command;
 pub mod manifest;
 pub mod model;
+pub mod vpc_port;

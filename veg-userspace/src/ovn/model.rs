@@ -64,15 +64,36 @@ pub struct DesiredRow {
     pub key: String,
     /// Columns in OVSDB notation, external_ids included.
     pub columns: Map<String, Value>,
-    /// The Logical_Router column that must reference it (routes and policies are not root rows).
+    /// The Logical_Router column that must reference it (routes, policies and ports are not root rows).
     pub router_column: Option<&'static str>,
-    /// A route's BFD row, by that row's key.
-    pub bfd: Option<String>,
+    /// Columns that refer to other rows of the model (a route's BFD row, a port's HA chassis group, a group's
+    /// chassis), resolved when applied.
+    pub links: Vec<Link>,
     /// A port group's ports, by logical switch port name (resolved to rows when applied).
     pub ports: Vec<String>,
 }
 
+/// A column holding references to rows of the model, by table and key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub column: &'static str,
+    pub table: &'static str,
+    pub keys: Vec<String>,
+}
+
+/// Who owns a set of rows: the external id that tags them, and the router they hang from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub tag: &'static str,
+    pub value: String,
+    pub router: String,
+}
+
 impl GatewaySpec {
+    pub fn owner(&self) -> Owner {
+        Owner { tag: "vpc-egress-gateway", value: self.id(), router: self.router.clone() }
+    }
+
     /// "<namespace>/<name>", the value of the vpc-egress-gateway external id.
     pub fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
@@ -110,7 +131,7 @@ fn row(table: &'static str, key: String, columns: Value) -> DesiredRow {
         key,
         columns: columns.as_object().cloned().unwrap_or_default(),
         router_column: None,
-        bfd: None,
+        links: Vec::new(),
         ports: Vec::new(),
     }
 }
@@ -171,7 +192,7 @@ pub fn desired_rows(spec: &GatewaySpec) -> Vec<DesiredRow> {
                         }),
                     );
                     route.router_column = Some("static_routes");
-                    route.bfd = spec.bfd.as_ref().map(|b| bfd_key(&b.port, nexthop));
+                    route.links.push(bfd_link(spec.bfd.as_ref().map(|b| bfd_key(&b.port, nexthop))));
                     rows.push(route);
                 }
             }
@@ -189,8 +210,13 @@ fn anchor_route(spec: &GatewaySpec, af: u8, nexthop: &IpAddr, bfd: &Bfd) -> Desi
         json!({ "ip_prefix": prefix, "nexthop": nexthop.to_string(), "external_ids": spec.external_ids(Some(af)) }),
     );
     route.router_column = Some("static_routes");
-    route.bfd = Some(bfd_key(&bfd.port, nexthop));
+    route.links.push(bfd_link(Some(bfd_key(&bfd.port, nexthop))));
     route
+}
+
+/// A route's BFD reference (always present, so that turning BFD off clears it).
+fn bfd_link(key: Option<String>) -> Link {
+    Link { column: "bfd", table: "BFD", keys: key.into_iter().collect() }
 }
 
 /// The default VPC's reroute policy for one family, if it has sources and a live instance.
@@ -281,7 +307,7 @@ mod tests {
         let anchors: Vec<_> = rows.iter().filter(|r| r.table == "Logical_Router_Static_Route").collect();
         assert_eq!(anchors.len(), 2);
         assert_eq!(anchors[0].columns["ip_prefix"], "10.16.0.12/32");
-        assert_eq!(anchors[0].bfd.as_deref(), Some("bfd@ovn-cluster|10.16.0.12"));
+        assert_eq!(anchors[0].links[0].keys, ["bfd@ovn-cluster|10.16.0.12"]);
     }
 
     #[test]
@@ -295,7 +321,7 @@ mod tests {
         let routes: Vec<_> = rows.iter().filter(|r| r.table == "Logical_Router_Static_Route").collect();
         assert_eq!(routes.len(), 2);
         assert_eq!(routes[0].columns["policy"], "src-ip");
-        assert_eq!(routes[0].bfd.as_deref(), Some("bfd@vpc1|192.168.0.2"));
+        assert_eq!(routes[0].links[0].keys, ["bfd@vpc1|192.168.0.2"]);
         assert_eq!(rows.iter().filter(|r| r.table == "BFD").count(), 2);
     }
 }
