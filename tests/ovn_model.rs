@@ -276,3 +276,70 @@ async fn the_vpc_bfd_port_follows_its_chassis() {
     assert!(!server.nbctl(&["show", "vpc1"]).contains("bfd@vpc1"));
     assert_eq!(server.nbctl(&["ha-chassis-group-list"]).trim(), "");
 }
+
+/// Not a test: the OVN benchmark for `cargo xtask bench ovn` (which reads the line starting with OVN_BENCH).
+/// 1,000 gateways applied one by one, a gateway selecting 10,000 pods, an incremental scale-out, and a full
+/// re-apply that must write nothing: transactions, bytes and time for each.
+#[tokio::test]
+#[ignore = "benchmark: run by `cargo xtask bench ovn`"]
+async fn ovn_apply_at_scale() {
+    use serde_json::json;
+    use std::time::Instant;
+    const GATEWAYS: u32 = 1000;
+    const PORTS: usize = 10_000;
+    let server = NbServer::start();
+    let monitor = monitored(&server, "ovn-cluster").await;
+    let client = monitor.client().unwrap();
+    // 10,000 logical switch ports on one switch, as a cluster's pods would be.
+    let mut operations: Vec<_> = (0..PORTS)
+        .map(|i| json!({ "op": "insert", "table": "Logical_Switch_Port", "row": { "name": format!("pod{i}.default") }, "uuid-name": format!("p{i}") }))
+        .collect();
+    let ports: Vec<_> = (0..PORTS).map(|i| json!(["named-uuid", format!("p{i}")])).collect();
+    operations.push(json!({ "op": "insert", "table": "Logical_Switch", "row": { "name": "ovn-default", "ports": ["set", ports] } }));
+    client.transact(DB, &operations).await.unwrap();
+    assert!(monitor.wait_until(Duration::from_secs(30), |r| r.rows("Logical_Switch_Port").count() == PORTS).await);
+
+    let gateway = |i: u32, instances_count: u32| GatewaySpec {
+        name: format!("gw{i}"),
+        sources: vec![format!("10.{}.{}.0/24", 100 + i / 256, i % 256).parse().unwrap()],
+        instances: (0..instances_count)
+            .map(|n| Instance { addresses: vec![format!("10.16.{}.{}", i / 250, n + 1 + 4 * (i % 50)).parse().unwrap()], node: "n".into() })
+            .collect(),
+        ..gateway1(&[])
+    };
+    let measure = |start: Instant, before: (u64, u64), count: u32| {
+        let (sent, received) = client.bytes();
+        let seconds = start.elapsed().as_secs_f64();
+        json!({ "count": count, "seconds": seconds, "ms_each": 1000.0 * seconds / count as f64,
+                "bytes_sent_each": (sent - before.0) / count as u64, "bytes_received_each": (received - before.1) / count as u64 })
+    };
+    let (start, before) = (Instant::now(), client.bytes());
+    for i in 0..GATEWAYS {
+        apply(&monitor, &gateway(i, 2)).await.unwrap();
+    }
+    let applies = measure(start, before, GATEWAYS);
+
+    let mut selector = gateway(GATEWAYS, 2);
+    selector.selected_ports = (0..PORTS).map(|i| format!("pod{i}.default")).collect();
+    let (start, before) = (Instant::now(), client.bytes());
+    apply(&monitor, &selector).await.unwrap();
+    let selector_apply = measure(start, before, 1);
+
+    let (start, before) = (Instant::now(), client.bytes());
+    let scaled = apply(&monitor, &gateway(7, 3)).await.unwrap();
+    let scale_out = measure(start, before, 1);
+    assert_eq!(scaled.operations.len(), 1, "a scale-out is one update");
+
+    let (start, before) = (Instant::now(), client.bytes());
+    let mut writes = 0;
+    for i in 0..GATEWAYS {
+        writes += apply(&monitor, &gateway(i, if i == 7 { 3 } else { 2 })).await.unwrap().operations.len();
+    }
+    let reapply = measure(start, before, GATEWAYS);
+    assert_eq!(writes, 0, "re-applying unchanged gateways wrote something");
+    println!(
+        "OVN_BENCH {}",
+        json!({ "gateways": GATEWAYS, "ports": PORTS, "apply_each": applies, "selector_10k_apply": selector_apply,
+                "scale_out": scale_out, "reapply_unchanged_each": reapply })
+    );
+}

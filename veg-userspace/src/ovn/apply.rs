@@ -105,6 +105,12 @@ pub fn plan(owner: &Owner, desired: &[DesiredRow], replica: &Replica) -> anyhow:
         Ok(json!({ "op": "mutate", "table": "Logical_Router", "where": by_uuid(router),
                    "mutations": [[column, mutator, ["set", [reference]]]] }))
     };
+    // Port groups name thousands of ports: index the switch ports by name once, not once per port.
+    let switch_ports: HashMap<&str, &String> = if desired.iter().any(|r| !r.ports.is_empty()) {
+        replica.rows("Logical_Switch_Port").filter_map(|(uuid, row)| Some((column(row, "name").as_str()?, uuid))).collect()
+    } else {
+        HashMap::new()
+    };
     let mut plan = Plan::default();
     // Rows come in an order where every row follows those it links to, so a link can name a row inserted earlier
     // in this very transaction.
@@ -115,7 +121,7 @@ pub fn plan(owner: &Owner, desired: &[DesiredRow], replica: &Replica) -> anyhow:
             let ports: Vec<Value> = row
                 .ports
                 .iter()
-                .filter_map(|name| find_by_name(replica, "Logical_Switch_Port", name))
+                .filter_map(|name| switch_ports.get(name.as_str()))
                 .map(|uuid| json!(["uuid", uuid]))
                 .collect();
             columns.insert("ports".into(), json!(["set", ports]));

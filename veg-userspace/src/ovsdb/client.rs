@@ -24,8 +24,16 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
 
+/// Bytes on the wire, both ways, for benchmarks and logs.
+#[derive(Default)]
+pub struct Traffic {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+}
+
 pub struct Client {
     endpoint: Endpoint,
+    traffic: Arc<Traffic>,
     /// Notifications (update2 of monitors); closes when the connection does.
     notifications: Mutex<Option<mpsc::UnboundedReceiver<Value>>>,
     outgoing: mpsc::UnboundedSender<Vec<u8>>,
@@ -59,10 +67,12 @@ impl Client {
         let (outgoing, to_write) = mpsc::unbounded_channel();
         let (notify, notifications) = mpsc::unbounded_channel();
         let pending: Pending = Arc::default();
-        tokio::spawn(write_loop(write, to_write));
-        tokio::spawn(read_loop(read, outgoing.clone(), pending.clone(), notify));
+        let traffic: Arc<Traffic> = Arc::default();
+        tokio::spawn(write_loop(write, to_write, traffic.clone()));
+        tokio::spawn(read_loop(read, outgoing.clone(), pending.clone(), notify, traffic.clone()));
         Client {
             endpoint: endpoint.clone(),
+            traffic,
             notifications: Mutex::new(Some(notifications)),
             outgoing,
             pending,
@@ -78,6 +88,11 @@ impl Client {
 
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// (bytes sent, bytes received) on this connection so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.traffic.sent.load(Ordering::Relaxed), self.traffic.received.load(Ordering::Relaxed))
     }
 
     /// How long a request may wait for its answer.
@@ -133,11 +148,16 @@ impl Client {
     }
 }
 
-async fn write_loop(mut write: impl AsyncWrite + Unpin, mut messages: mpsc::UnboundedReceiver<Vec<u8>>) {
+async fn write_loop(
+    mut write: impl AsyncWrite + Unpin,
+    mut messages: mpsc::UnboundedReceiver<Vec<u8>>,
+    traffic: Arc<Traffic>,
+) {
     while let Some(message) = messages.recv().await {
         if write.write_all(&message).await.is_err() {
             return;
         }
+        traffic.sent.fetch_add(message.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -146,6 +166,7 @@ async fn read_loop(
     outgoing: mpsc::UnboundedSender<Vec<u8>>,
     pending: Pending,
     notify: mpsc::UnboundedSender<Value>,
+    traffic: Arc<Traffic>,
 ) {
     let mut reader = MessageReader::default();
     let mut buffer = vec![0u8; 64 * 1024];
@@ -154,6 +175,7 @@ async fn read_loop(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        traffic.received.fetch_add(n as u64, Ordering::Relaxed);
         reader.push(&buffer[..n]);
         let Ok(messages) = reader.messages() else {
             debug!("the server sent something that is not JSON; closing");

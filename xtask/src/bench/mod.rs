@@ -2,6 +2,7 @@
 //! modes interleaved round by round, medians and ratios against iptables.
 
 mod modes;
+mod ovn;
 mod program;
 mod report;
 mod scenarios;
@@ -19,7 +20,8 @@ use scenarios::{CLIENT_IP, SCENARIOS, Tools, measure, start_tcp_server};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Scenarios to run (default: all): udp-many, udp-one, tcp-stream-1, tcp-stream-8, tcp-crr, tcp-rr.
+    /// Scenarios to run (default: all): udp-many, udp-one, tcp-stream-1, tcp-stream-8, tcp-crr, tcp-rr; or
+    /// `ovn` alone for the OVN programming benchmark (1,000 gateways, a 10,000-port selector).
     scenarios: Vec<String>,
     /// Rounds; each runs every mode once, in turn.
     #[arg(long, default_value_t = 3)]
@@ -61,6 +63,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the bench creates network namespaces and loads eBPF programs: run it as root");
+    }
+    if args.scenarios == ["ovn"] {
+        setup()?;
+        return ovn::run();
     }
     let (rounds, seconds) = if args.smoke { (1, 1.0) } else { (args.rounds.max(1), args.seconds) };
     let scenarios: Vec<&'static str> = if args.scenarios.is_empty() {
