@@ -31,6 +31,8 @@ enum Command {
     Flows(InspectArgs),
     /// Show the packet counters of a gateway on this host.
     Stats(InspectArgs),
+    /// Print the VpcEgressGateway CustomResourceDefinition (YAML), as deploy/crds/ holds it.
+    Crd,
     /// Program OVN for a gateway by hand: what `veg controller` does for each VpcEgressGateway.
     Ovn {
         #[command(subcommand)]
@@ -218,6 +220,10 @@ fn main() {
         Command::Stats(args) => inspect::stats::run(&args.name, args.json, &mut io::stdout().lock()),
         Command::Bfd(args) => bfd(args),
         Command::Ovn { command } => ovn(command),
+        Command::Crd => {
+            print!("{}", veg_userspace::crd::gateway::crd_yaml());
+            Ok(())
+        }
     };
     if let Err(err) = result {
         eprintln!("veg: error: {err:#}");
