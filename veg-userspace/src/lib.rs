@@ -1,6 +1,7 @@
 //! The `veg` binary's library: the gateway agent, its datapath loader and the inspection commands.
 
 pub mod bfd;
+pub mod controller;
 pub mod crd;
 pub mod datapath;
 pub mod gateway;

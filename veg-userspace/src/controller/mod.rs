@@ -1,0 +1,3 @@
+//! `veg controller`: turns each VpcEgressGateway into running instances, OVN state and a status.
+
+pub mod workload;

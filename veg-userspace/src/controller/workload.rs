@@ -1,0 +1,346 @@
+//! The gateway's Deployment, as the reference builds it (reference-behaviour.md), running `veg gateway` instead of
+//! iptables: name <prefix><name>; labels app=vpc-egress-gateway and ovn.kubernetes.io/vpc-egress-gateway=<name>;
+//! owned by the gateway; RollingUpdate with maxUnavailable 1 and maxSurge 0; instances on distinct nodes;
+//! nodeSelector terms OR-ed into node affinity; the annotations Kube-OVN's CNI reads (logical switch, fixed IP
+//! pools, the external network attachment, routes).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
+        core::v1::{
+            Affinity, Capabilities, Container, EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource,
+            NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
+            PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, SecurityContext, Volume, VolumeMount,
+        },
+    },
+    apimachinery::pkg::{apis::meta::v1::{LabelSelector, ObjectMeta}, util::intstr::IntOrString},
+};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use crate::crd::{
+    gateway::VpcEgressGateway,
+    network::{Subnet, Vpc},
+};
+
+pub const APP_LABEL: &str = "app";
+pub const APP: &str = "vpc-egress-gateway";
+pub const GATEWAY_LABEL: &str = "ovn.kubernetes.io/vpc-egress-gateway";
+pub const HEALTH_PORT: i32 = 8080;
+
+/// What the workload is built from.
+pub struct Inputs<'a> {
+    pub gateway: &'a VpcEgressGateway,
+    pub internal_subnet: &'a Subnet,
+    pub external_subnet: &'a Subnet,
+    /// The gateway's Vpc (for its BFD port), when it has one.
+    pub vpc: Option<&'a Vpc>,
+    /// The image when the gateway does not name one.
+    pub default_image: &'a str,
+}
+
+pub fn deployment_name(gateway: &VpcEgressGateway) -> String {
+    format!("{}{}", gateway.spec.prefix.as_deref().unwrap_or(""), gateway.name_any())
+}
+
+pub fn labels(gateway: &VpcEgressGateway) -> BTreeMap<String, String> {
+    BTreeMap::from([(APP_LABEL.into(), APP.into()), (GATEWAY_LABEL.into(), gateway.name_any())])
+}
+
+/// Multus' name for the external network: a provider "<nad>.<namespace>" is the attachment <namespace>/<nad>.
+fn attachment(provider: &str) -> Result<String, String> {
+    match provider.split_once('.') {
+        Some((nad, namespace)) if !nad.is_empty() && !namespace.is_empty() => Ok(format!("{namespace}/{nad}")),
+        _ => Err(format!("the external subnet's provider {provider:?} is not <attachment>.<namespace>")),
+    }
+}
+
+/// The CIDRs the gateway's policies name, as Kube-OVN's route annotation wants them.
+fn policy_sources(inputs: &Inputs, snat: bool, subnets: &BTreeMap<String, String>) -> Vec<String> {
+    let mut sources = Vec::new();
+    for policy in inputs.gateway.spec.policies.iter().filter(|p| p.snat == snat) {
+        sources.extend(policy.ip_blocks.iter().cloned());
+        for subnet in &policy.subnets {
+            if let Some(cidrs) = subnets.get(subnet) {
+                sources.extend(cidrs.split(',').map(str::to_owned));
+            }
+        }
+    }
+    sources
+}
+
+/// The Deployment, or why it cannot be built (reported as a condition, never a crash).
+pub fn deployment(inputs: &Inputs, subnet_cidrs: &BTreeMap<String, String>) -> Result<Deployment, String> {
+    let gateway = inputs.gateway;
+    let spec = &gateway.spec;
+    let provider = &inputs.external_subnet.spec.provider;
+    let network = attachment(provider)?;
+    let internal_gateway = inputs.internal_subnet.spec.gateway.clone();
+    let snat = policy_sources(inputs, true, subnet_cidrs);
+    let forward = policy_sources(inputs, false, subnet_cidrs);
+
+    // Routes in the pod: the VPC's sources (and BFD port) back through the VPC, everything else out of net1.
+    let bfd_ip = inputs
+        .vpc
+        .and_then(|v| v.spec.bfd_port.as_ref())
+        .filter(|p| p.enabled && spec.bfd.enabled)
+        .map(|p| p.ip.clone());
+    let mut internal_routes: Vec<serde_json::Value> =
+        bfd_ip.iter().flat_map(|ips| ips.split(',')).map(|ip| json!({ "dst": ip, "gw": internal_gateway })).collect();
+    internal_routes.extend(snat.iter().chain(&forward).map(|cidr| json!({ "dst": cidr, "gw": internal_gateway })));
+    let external_routes = json!([{ "dst": "0.0.0.0/0", "gw": inputs.external_subnet.spec.gateway }]);
+
+    let mut annotations = BTreeMap::from([
+        ("ovn.kubernetes.io/logical_switch".to_owned(), inputs.internal_subnet.name_any()),
+        ("k8s.v1.cni.cncf.io/networks".to_owned(), network),
+        ("ovn.kubernetes.io/routes".to_owned(), serde_json::Value::from(internal_routes).to_string()),
+        (format!("{provider}.kubernetes.io/routes"), external_routes.to_string()),
+        (format!("{provider}.kubernetes.io/logical_switch"), inputs.external_subnet.name_any()),
+    ]);
+    if !spec.internal_ips.is_empty() {
+        annotations.insert("ovn.kubernetes.io/ip_pool".into(), spec.internal_ips.join(";"));
+    }
+    if !spec.external_ips.is_empty() {
+        annotations.insert(format!("{provider}.kubernetes.io/ip_pool"), spec.external_ips.join(";"));
+    }
+
+    let mut args: Vec<String> = [
+        "gateway", "--name", &format!("{}.{}", gateway.namespace().unwrap_or_default(), gateway.name_any()),
+        "--internal-interface", "eth0", "--external-interface", "net1", "--external-ip", "$(EXTERNAL_IP)",
+        "--health-listen", &format!("0.0.0.0:{HEALTH_PORT}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(snat.iter().flat_map(|c| ["--snat".to_owned(), c.clone()]));
+    args.extend(forward.iter().flat_map(|c| ["--forward".to_owned(), c.clone()]));
+    if let Some(ips) = &bfd_ip {
+        for ip in ips.split(',') {
+            args.extend(["--bfd-peer".to_owned(), ip.to_owned()]);
+        }
+        args.extend([
+            "--bfd-min-rx".to_owned(), spec.bfd.min_rx.to_string(),
+            "--bfd-min-tx".to_owned(), spec.bfd.min_tx.to_string(),
+            "--bfd-multiplier".to_owned(), spec.bfd.multiplier.to_string(),
+        ]);
+    }
+
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::Int(HEALTH_PORT), ..Default::default() }),
+        period_seconds: Some(2),
+        ..Default::default()
+    };
+    let container = Container {
+        name: "gateway".into(),
+        image: Some(spec.image.clone().unwrap_or_else(|| inputs.default_image.to_owned())),
+        command: Some(vec!["veg".into()]),
+        args: Some(args),
+        // The external address Kube-OVN's IPAM gave net1, read from the pod's own annotation.
+        env: Some(vec![EnvVar {
+            name: "EXTERNAL_IP".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: format!("metadata.annotations['{provider}.kubernetes.io/ip_address']"),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
+        // Loading and attaching BPF programs and owning forwarding: these capabilities and no more.
+        security_context: Some(SecurityContext {
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["BPF".into(), "NET_ADMIN".into(), "PERFMON".into(), "SYS_RESOURCE".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount { name: "bpffs".into(), mount_path: "/sys/fs/bpf".into(), ..Default::default() }]),
+        readiness_probe: Some(probe("/readyz")),
+        liveness_probe: Some(Probe { initial_delay_seconds: Some(5), ..probe("/livez") }),
+        ..Default::default()
+    };
+
+    let labels = labels(gateway);
+    let node_affinity = (!spec.node_selector.is_empty()).then(|| NodeAffinity {
+        required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+            node_selector_terms: spec
+                .node_selector
+                .iter()
+                .map(|term| {
+                    let mut expressions: Vec<NodeSelectorRequirement> = term
+                        .match_labels
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| NodeSelectorRequirement { key: k.clone(), operator: "In".into(), values: Some(vec![v.clone()]) })
+                        .collect();
+                    expressions.extend(term.match_expressions.iter().map(|e| NodeSelectorRequirement {
+                        key: e.key.clone(),
+                        operator: e.operator.clone(),
+                        values: e.values.clone(),
+                    }));
+                    let fields: Vec<NodeSelectorRequirement> = term
+                        .match_fields
+                        .iter()
+                        .map(|e| NodeSelectorRequirement { key: e.key.clone(), operator: e.operator.clone(), values: e.values.clone() })
+                        .collect();
+                    NodeSelectorTerm {
+                        match_expressions: (!expressions.is_empty()).then_some(expressions),
+                        match_fields: (!fields.is_empty()).then_some(fields),
+                    }
+                })
+                .collect(),
+        }),
+        ..Default::default()
+    });
+    Ok(Deployment {
+        metadata: ObjectMeta {
+            name: Some(deployment_name(gateway)),
+            namespace: gateway.namespace(),
+            labels: Some(labels.clone()),
+            owner_references: gateway.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector { match_labels: Some(labels.clone()), ..Default::default() },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(1)),
+                    max_surge: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels.clone()), annotations: Some(annotations), ..Default::default() }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    affinity: Some(Affinity {
+                        pod_anti_affinity: Some(PodAntiAffinity {
+                            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                                label_selector: Some(LabelSelector { match_labels: Some(labels), ..Default::default() }),
+                                topology_key: "kubernetes.io/hostname".into(),
+                                ..Default::default()
+                            }]),
+                            ..Default::default()
+                        }),
+                        node_affinity,
+                        ..Default::default()
+                    }),
+                    volumes: Some(vec![Volume {
+                        name: "bpffs".into(),
+                        host_path: Some(HostPathVolumeSource { path: "/sys/fs/bpf".into(), type_: Some("Directory".into()) }),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{gateway::VpcEgressGatewaySpec, network::SubnetSpec};
+
+    fn subnet(name: &str, spec: &str) -> Subnet {
+        Subnet::new(name, serde_yaml::from_str::<SubnetSpec>(spec).unwrap())
+    }
+
+    fn gateway2() -> VpcEgressGateway {
+        let spec: VpcEgressGatewaySpec = serde_yaml::from_str(
+            "vpc: vpc1\nreplicas: 2\nprefix: veg-\ninternalSubnet: subnet1\nexternalSubnet: macvlan1\nbfd: {enabled: true, minRX: 300}\n\
+             internalIPs: [192.168.0.2, 192.168.0.3]\npolicies: [{snat: true, subnets: [subnet1]}, {ipBlocks: [192.168.9.0/24]}]\n\
+             nodeSelector: [{matchLabels: {zone: a}}, {matchExpressions: [{key: pool, operator: In, values: [egress]}]}]\n",
+        )
+        .unwrap();
+        let mut gateway = VpcEgressGateway::new("gateway2", spec);
+        gateway.metadata.namespace = Some("default".into());
+        gateway.metadata.uid = Some("u-1".into());
+        gateway
+    }
+
+    fn build() -> Deployment {
+        let gateway = gateway2();
+        let internal = subnet("subnet1", "cidrBlock: 192.168.0.0/24\ngateway: 192.168.0.1\nvpc: vpc1\n");
+        let external = subnet("macvlan1", "cidrBlock: 172.17.0.0/16\ngateway: 172.17.0.1\nprovider: eth1.default\n");
+        let vpc: Vpc = serde_yaml::from_str(
+            "apiVersion: kubeovn.io/v1\nkind: Vpc\nmetadata: {name: vpc1}\nspec: {bfdPort: {enabled: true, ip: 10.255.255.255}}\n",
+        )
+        .unwrap();
+        let cidrs = BTreeMap::from([("subnet1".to_owned(), "192.168.0.0/24".to_owned())]);
+        let inputs = Inputs { gateway: &gateway, internal_subnet: &internal, external_subnet: &external, vpc: Some(&vpc), default_image: "veg:dev" };
+        deployment(&inputs, &cidrs).unwrap()
+    }
+
+    #[test]
+    fn the_deployment_follows_the_reference() {
+        let d = build();
+        assert_eq!(d.metadata.name.as_deref(), Some("veg-gateway2"));
+        let labels = d.metadata.labels.clone().unwrap();
+        assert_eq!(labels["app"], "vpc-egress-gateway");
+        assert_eq!(labels["ovn.kubernetes.io/vpc-egress-gateway"], "gateway2");
+        let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("VpcEgressGateway", "gateway2", Some(true)));
+        let spec = d.spec.unwrap();
+        assert_eq!(spec.replicas, Some(2));
+        let rolling = spec.strategy.unwrap().rolling_update.unwrap();
+        assert_eq!((rolling.max_unavailable, rolling.max_surge), (Some(IntOrString::Int(1)), Some(IntOrString::Int(0))));
+        let pod = spec.template.spec.unwrap();
+        let affinity = pod.affinity.unwrap();
+        let anti = &affinity.pod_anti_affinity.unwrap().required_during_scheduling_ignored_during_execution.unwrap()[0];
+        assert_eq!(anti.topology_key, "kubernetes.io/hostname");
+        let terms = affinity.node_affinity.unwrap().required_during_scheduling_ignored_during_execution.unwrap().node_selector_terms;
+        assert_eq!(terms.len(), 2, "nodeSelector entries are OR-ed terms");
+        assert_eq!(terms[0].match_expressions.as_ref().unwrap()[0].key, "zone");
+    }
+
+    #[test]
+    fn the_cni_annotations_place_both_interfaces() {
+        let d = build();
+        let annotations = d.spec.unwrap().template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(annotations["ovn.kubernetes.io/logical_switch"], "subnet1");
+        assert_eq!(annotations["k8s.v1.cni.cncf.io/networks"], "default/eth1");
+        assert_eq!(annotations["ovn.kubernetes.io/ip_pool"], "192.168.0.2;192.168.0.3");
+        assert_eq!(annotations["eth1.default.kubernetes.io/logical_switch"], "macvlan1");
+        let routes: serde_json::Value = serde_json::from_str(&annotations["ovn.kubernetes.io/routes"]).unwrap();
+        assert_eq!(routes[0], json!({ "dst": "10.255.255.255", "gw": "192.168.0.1" }), "the BFD port through the VPC");
+        assert!(routes.as_array().unwrap().contains(&json!({ "dst": "192.168.9.0/24", "gw": "192.168.0.1" })));
+        assert_eq!(annotations["eth1.default.kubernetes.io/routes"], r#"[{"dst":"0.0.0.0/0","gw":"172.17.0.1"}]"#);
+    }
+
+    #[test]
+    fn the_container_runs_veg_gateway_unprivileged() {
+        let d = build();
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        let args = c.args.as_ref().unwrap().join(" ");
+        for expected in [
+            "gateway --name default.gateway2 --internal-interface eth0 --external-interface net1 --external-ip $(EXTERNAL_IP)",
+            "--snat 192.168.0.0/24",
+            "--forward 192.168.9.0/24",
+            "--bfd-peer 10.255.255.255 --bfd-min-rx 300 --bfd-min-tx 1000 --bfd-multiplier 3",
+        ] {
+            assert!(args.contains(expected), "{expected:?} not in {args:?}");
+        }
+        let security = c.security_context.as_ref().unwrap();
+        assert_eq!(security.privileged, Some(false));
+        assert_eq!(security.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_owned()][..]));
+        assert_eq!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
+        assert_eq!(pod.volumes.unwrap()[0].host_path.as_ref().unwrap().path, "/sys/fs/bpf");
+        let env = &c.env.as_ref().unwrap()[0];
+        assert_eq!(env.value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path, "metadata.annotations['eth1.default.kubernetes.io/ip_address']");
+    }
+
+    #[test]
+    fn a_malformed_provider_is_reported_not_a_crash() {
+        assert!(attachment("eth1").unwrap_err().contains("<attachment>.<namespace>"));
+    }
+}
