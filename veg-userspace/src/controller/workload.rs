@@ -49,14 +49,6 @@ pub fn labels(gateway: &VpcEgressGateway) -> BTreeMap<String, String> {
     BTreeMap::from([(APP_LABEL.into(), APP.into()), (GATEWAY_LABEL.into(), gateway.name_any())])
 }
 
-/// Multus' name for the external network: a provider "<nad>.<namespace>" is the attachment <namespace>/<nad>.
-fn attachment(provider: &str) -> Result<String, String> {
-    match provider.split_once('.') {
-        Some((nad, namespace)) if !nad.is_empty() && !namespace.is_empty() => Ok(format!("{namespace}/{nad}")),
-        _ => Err(format!("the external subnet's provider {provider:?} is not <attachment>.<namespace>")),
-    }
-}
-
 /// The CIDRs the gateway's policies name, as Kube-OVN's route annotation wants them.
 fn policy_sources(inputs: &Inputs, snat: bool, subnets: &BTreeMap<String, String>) -> Vec<String> {
     let mut sources = Vec::new();
@@ -76,7 +68,10 @@ pub fn deployment(inputs: &Inputs, subnet_cidrs: &BTreeMap<String, String>) -> R
     let gateway = inputs.gateway;
     let spec = &gateway.spec;
     let provider = &inputs.external_subnet.spec.provider;
-    let network = attachment(provider)?;
+    let network = inputs
+        .external_subnet
+        .network_attachment()
+        .ok_or_else(|| format!("the external subnet's provider {provider:?} is not <attachment>.<namespace>"))?;
     let internal_gateway = inputs.internal_subnet.spec.gateway.clone();
     let snat = policy_sources(inputs, true, subnet_cidrs);
     let forward = policy_sources(inputs, false, subnet_cidrs);
@@ -341,6 +336,10 @@ mod tests {
 
     #[test]
     fn a_malformed_provider_is_reported_not_a_crash() {
-        assert!(attachment("eth1").unwrap_err().contains("<attachment>.<namespace>"));
+        let gateway = gateway2();
+        let internal = subnet("subnet1", "gateway: 192.168.0.1\n");
+        let external = subnet("macvlan1", "provider: eth1\n");
+        let inputs = Inputs { gateway: &gateway, internal_subnet: &internal, external_subnet: &external, vpc: None, default_image: "veg" };
+        assert!(deployment(&inputs, &BTreeMap::new()).unwrap_err().contains("<attachment>.<namespace>"));
     }
 }

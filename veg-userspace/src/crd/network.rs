@@ -62,3 +62,13 @@ pub struct SubnetSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude_ips: Vec<String>,
 }
+
+impl Subnet {
+    /// Multus' name for the subnet's network attachment: a provider "<nad>.<namespace>" is "<namespace>/<nad>".
+    pub fn network_attachment(&self) -> Option<String> {
+        match self.spec.provider.split_once('.') {
+            Some((nad, namespace)) if !nad.is_empty() && !namespace.is_empty() => Some(format!("{namespace}/{nad}")),
+            _ => None,
+        }
+    }
+}
