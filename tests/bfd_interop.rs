@@ -21,6 +21,8 @@ const STRANGER: &str = "10.99.0.3";
 
 struct Pair {
     name: String,
+    ours_ip: &'static str,
+    theirs_ip: &'static str,
     veg_bfd: Option<Child>,
     frr: Option<Bfdd>,
     theirs: Netns,
@@ -28,26 +30,32 @@ struct Pair {
 }
 
 impl Pair {
-    /// Both namespaces, FRR's bfdd at `frr_ms` x 3, and `veg bfd` with `veg_args`.
+    /// Both namespaces, FRR's bfdd at `frr_ms` x 3, and `veg bfd` with `veg_args`, over IPv4.
     fn start(frr_ms: u32, veg_args: &[&str]) -> Pair {
+        Pair::start_with(OURS, THEIRS, 24, frr_ms, veg_args)
+    }
+
+    fn start_with(ours_ip: &'static str, theirs_ip: &'static str, prefix: u8, frr_ms: u32, veg_args: &[&str]) -> Pair {
         let name = unique("vegbfd");
         let ours = Netns::new(&format!("{name}-veg"));
         let theirs = Netns::new(&format!("{name}-frr"));
         ours.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &theirs.name]);
-        ours.ip(&["addr", "add", &format!("{OURS}/24"), "dev", "eth0"]);
-        theirs.ip(&["addr", "add", &format!("{THEIRS}/24"), "dev", "eth0"]);
+        // nodad: an IPv6 address is usable at once instead of after duplicate address detection.
+        let nodad: &[&str] = if ours_ip.contains(':') { &["nodad"] } else { &[] };
+        ours.ip(&[&["addr", "add", &format!("{ours_ip}/{prefix}"), "dev", "eth0"][..], nodad].concat());
+        theirs.ip(&[&["addr", "add", &format!("{theirs_ip}/{prefix}"), "dev", "eth0"][..], nodad].concat());
         theirs.ip(&["addr", "add", &format!("{STRANGER}/24"), "dev", "eth0"]);
         ours.ip(&["link", "set", "eth0", "up"]);
         theirs.ip(&["link", "set", "eth0", "up"]);
-        let frr = Bfdd::start(&theirs, OURS, THEIRS, "eth0", frr_ms, frr_ms, 3);
-        let mut pair = Pair { name, veg_bfd: None, frr: Some(frr), theirs, ours };
+        let frr = Bfdd::start(&theirs, ours_ip, theirs_ip, "eth0", frr_ms, frr_ms, 3);
+        let mut pair = Pair { name, ours_ip, theirs_ip, veg_bfd: None, frr: Some(frr), theirs, ours };
         pair.start_veg(veg_args);
         pair
     }
 
     fn start_veg(&mut self, extra: &[&str]) {
         let child = Command::new(VEG)
-            .args(["bfd", "--netns", &self.ours.name, "--listen", OURS, "--peer", THEIRS, "--name", &self.name])
+            .args(["bfd", "--netns", &self.ours.name, "--listen", self.ours_ip, "--peer", self.theirs_ip, "--name", &self.name])
             .args(extra)
             .env("NO_COLOR", "1")
             .stderr(Stdio::null())
@@ -124,6 +132,26 @@ fn a_session_comes_up_and_frr_agrees_on_the_timers() {
     assert_eq!(ours["remote_discriminator"], frr["id"]);
     assert_eq!(ours["transmit_interval_ms"], 100);
     assert_eq!(ours["detection_time_ms"], 300);
+}
+
+#[test]
+fn an_ipv6_session_comes_up_and_detects_silence() {
+    if skip_unless_root() {
+        return;
+    }
+    let pair = Pair::start_with("fd00:99::1", "fd00:99::2", 64, 100, &["--min-tx", "100", "--min-rx", "100"]);
+    pair.wait_up();
+    let frr = pair.frr().session().unwrap();
+    assert_eq!(frr["peer"], "fd00:99::1");
+    assert_eq!(frr["remote-id"], pair.ours()["local_discriminator"]);
+    pair.frr().kill();
+    let killed = Instant::now();
+    while pair.ours()["state"] == "Up" {
+        assert!(killed.elapsed() < Duration::from_secs(3), "veg never noticed FRR's silence over IPv6");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    println!("IPv6: veg detected FRR's silence in {} ms", killed.elapsed().as_millis());
+    assert!(killed.elapsed() < Duration::from_millis(450));
 }
 
 #[test]

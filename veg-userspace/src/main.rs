@@ -84,10 +84,10 @@ struct BfdArgs {
     netns: Option<String>,
     /// Local address to listen on (UDP 3784) and send from.
     #[arg(long, value_name = "IP")]
-    listen: Option<std::net::Ipv4Addr>,
+    listen: Option<std::net::IpAddr>,
     /// A peer to run a session with (repeatable); packets from anyone else are dropped and counted.
     #[arg(long = "peer", value_name = "IP")]
-    peers: Vec<std::net::Ipv4Addr>,
+    peers: Vec<std::net::IpAddr>,
     /// Required minimum receive interval, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     min_rx: u64,

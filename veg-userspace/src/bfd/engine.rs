@@ -1,5 +1,5 @@
-//! The BFD engine: UDP sockets (RFC 5881 single hop), one session per configured peer, timers, and a status
-//! snapshot for the control socket.
+//! The BFD engine: UDP sockets (RFC 5881 single hop, IPv4 or IPv6), one session per configured peer, timers, and
+//! a status snapshot for the control socket.
 //!
 //! Received packets must come from a configured peer with a TTL of at least `min_ttl` (254 by default: OVN's
 //! packets cross a logical router; 255 is strict RFC 5881); anything else is dropped and counted, and never
@@ -9,7 +9,7 @@ use std::{
     collections::BTreeMap,
     io,
     mem::MaybeUninit,
-    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     os::fd::AsRawFd,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -30,8 +30,8 @@ const SOURCE_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    pub listen: Ipv4Addr,
-    pub peers: Vec<Ipv4Addr>,
+    pub listen: IpAddr,
+    pub peers: Vec<IpAddr>,
     pub timers: Timers,
     pub min_ttl: u8,
     pub role: Role,
@@ -40,12 +40,12 @@ pub struct EngineConfig {
 /// What `veg bfd status` shows.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    pub sessions: Vec<(Ipv4Addr, Ipv4Addr, Status)>,
+    pub sessions: Vec<(IpAddr, IpAddr, Status)>,
     pub discarded: BTreeMap<&'static str, u64>,
 }
 
 struct Peer {
-    address: Ipv4Addr,
+    address: IpAddr,
     session: Session,
     socket: UdpSocket,
 }
@@ -66,14 +66,22 @@ fn set_int_option(socket: &UdpSocket, level: i32, name: i32, value: i32) -> io::
     if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// A sending socket for one session: a free source port from the RFC 5881 range, TTL 255.
-fn sending_socket(listen: Ipv4Addr, seed: u32) -> anyhow::Result<UdpSocket> {
+/// Set the TTL (hop limit) of outgoing packets, per family.
+fn set_ttl(socket: &UdpSocket, listen: IpAddr, ttl: i32) -> io::Result<()> {
+    match listen {
+        IpAddr::V4(_) => set_int_option(socket, libc::IPPROTO_IP, libc::IP_TTL, ttl),
+        IpAddr::V6(_) => set_int_option(socket, libc::IPPROTO_IPV6, libc::IPV6_UNICAST_HOPS, ttl),
+    }
+}
+
+/// A sending socket for one session: a free source port from the RFC 5881 range, TTL (hop limit) 255.
+fn sending_socket(listen: IpAddr, seed: u32) -> anyhow::Result<UdpSocket> {
     let span = (SOURCE_PORTS.end() - SOURCE_PORTS.start()) as u32 + 1;
     for attempt in 0..span {
         let port = SOURCE_PORTS.start() + ((seed.wrapping_add(attempt)) % span) as u16;
         match UdpSocket::bind((listen, port)) {
             Ok(socket) => {
-                set_int_option(&socket, libc::IPPROTO_IP, libc::IP_TTL, 255)?;
+                set_ttl(&socket, listen, 255)?;
                 socket.set_nonblocking(true)?;
                 return Ok(socket);
             }
@@ -93,13 +101,19 @@ fn random_u32() -> u32 {
 
 impl Engine {
     pub fn new(config: EngineConfig, snapshot: Arc<Mutex<Snapshot>>) -> anyhow::Result<Engine> {
+        if config.peers.iter().any(|p| p.is_ipv4() != config.listen.is_ipv4()) {
+            bail!("BFD peers must be of the listening address's family ({})", config.listen);
+        }
         if config.peers.is_empty() {
             bail!("no BFD peer: give at least one --peer");
         }
         let receiver = UdpSocket::bind((config.listen, CONTROL_PORT)).with_context(|| {
             format!("listening on {}:{CONTROL_PORT}: is the address on an interface here, and no other BFD daemon running?", config.listen)
         })?;
-        set_int_option(&receiver, libc::IPPROTO_IP, libc::IP_RECVTTL, 1)?;
+        match config.listen {
+            IpAddr::V4(_) => set_int_option(&receiver, libc::IPPROTO_IP, libc::IP_RECVTTL, 1)?,
+            IpAddr::V6(_) => set_int_option(&receiver, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)?,
+        }
         receiver.set_nonblocking(true)?;
         let now = Instant::now();
         let mut peers = Vec::new();
@@ -183,7 +197,7 @@ impl Engine {
         self.publish();
     }
 
-    fn on_packet(&mut self, payload: &[u8], from: Ipv4Addr, ttl: u8) {
+    fn on_packet(&mut self, payload: &[u8], from: IpAddr, ttl: u8) {
         match self.accept(payload, from, ttl) {
             Ok(()) => {}
             Err(reason) => *self.discarded.entry(reason.label()).or_default() += 1,
@@ -191,7 +205,7 @@ impl Engine {
         self.publish();
     }
 
-    fn accept(&mut self, payload: &[u8], from: Ipv4Addr, ttl: u8) -> Result<(), Discard> {
+    fn accept(&mut self, payload: &[u8], from: IpAddr, ttl: u8) -> Result<(), Discard> {
         // Who and how far come first: nothing from elsewhere may influence a session.
         let Some(index) = self.peers.iter().position(|p| p.address == from) else {
             return Err(Discard::PeerNotAllowed);
@@ -218,7 +232,7 @@ impl Engine {
     }
 }
 
-fn log_change(peer: Ipv4Addr, from: super::packet::State, to: super::packet::State, why: &str) {
+fn log_change(peer: IpAddr, from: super::packet::State, to: super::packet::State, why: &str) {
     if to == super::packet::State::Up {
         info!(%peer, %from, %to, "BFD session up");
     } else {
@@ -227,21 +241,22 @@ fn log_change(peer: Ipv4Addr, from: super::packet::State, to: super::packet::Sta
 }
 
 fn send(peer: &Peer, packet: &ControlPacket) {
-    if let Err(e) = peer.socket.send_to(&packet.encode(), SocketAddr::new(IpAddr::V4(peer.address), CONTROL_PORT)) {
+    if let Err(e) = peer.socket.send_to(&packet.encode(), SocketAddr::new(peer.address, CONTROL_PORT)) {
         warn!(peer = %peer.address, "sending a BFD packet failed: {e}");
     }
 }
 
-/// One datagram with its sender and TTL, or None when nothing is waiting.
-fn receive(socket: &UdpSocket) -> io::Result<Option<(Vec<u8>, Ipv4Addr, u8)>> {
+/// One datagram with its sender and TTL (IPv6: hop limit), or None when nothing is waiting.
+fn receive(socket: &UdpSocket) -> io::Result<Option<(Vec<u8>, IpAddr, u8)>> {
     let mut buf = [0u8; 128];
-    let mut from: MaybeUninit<libc::sockaddr_in> = MaybeUninit::zeroed();
+    // Large enough for either family's address.
+    let mut from: MaybeUninit<libc::sockaddr_in6> = MaybeUninit::zeroed();
     let mut control = [0u64; 16];
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut _, iov_len: buf.len() };
     // SAFETY: msghdr is plain data; every pointer refers to a live buffer of the stated size.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_name = from.as_mut_ptr() as *mut _;
-    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+    msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr() as *mut _;
@@ -252,17 +267,25 @@ fn receive(socket: &UdpSocket) -> io::Result<Option<(Vec<u8>, Ipv4Addr, u8)>> {
         let err = io::Error::last_os_error();
         return if err.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(err) };
     }
-    // SAFETY: the kernel filled the address; walk the control messages it wrote.
+    // SAFETY: the kernel filled the address (of the family it names) and the control messages.
     let from = unsafe { from.assume_init() };
+    let sender = if from.sin6_family as i32 == libc::AF_INET {
+        let v4 = unsafe { &*(&from as *const libc::sockaddr_in6 as *const libc::sockaddr_in) };
+        IpAddr::V4(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(from.sin6_addr.s6_addr))
+    };
     let mut ttl = 0u8;
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_TTL {
+            let level = (*cmsg).cmsg_level;
+            let kind = (*cmsg).cmsg_type;
+            if (level == libc::IPPROTO_IP && kind == libc::IP_TTL) || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_HOPLIMIT) {
                 ttl = *(libc::CMSG_DATA(cmsg) as *const i32) as u8;
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    Ok(Some((buf[..n as usize].to_vec(), Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr)), ttl)))
+    Ok(Some((buf[..n as usize].to_vec(), sender, ttl)))
 }

@@ -5,6 +5,7 @@
 //! ever forwarded untranslated. While the agent restarts, packets are dropped (TCP retransmits) rather than leaked.
 
 use std::{
+    net::IpAddr,
     path::Path,
     sync::{Arc, Mutex},
 };
@@ -41,7 +42,7 @@ fn bfd_engine(settings: &GatewaySettings, status: &Arc<Mutex<Snapshot>>) -> anyh
     };
     let listen = match bfd.listen {
         Some(listen) => listen,
-        None => *host::interface_ipv4_addresses(&settings.internal_interface)?.first().with_context(|| {
+        None => host::interface_ipv4_addresses(&settings.internal_interface)?.first().copied().map(IpAddr::V4).with_context(|| {
             format!("{} has no IPv4 address for BFD: give --bfd-listen", settings.internal_interface)
         })?,
     };

@@ -2,7 +2,7 @@
 
 use std::{
     fmt,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     str::FromStr,
     time::Duration,
@@ -92,9 +92,9 @@ pub struct GatewaySettings {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct BfdSettings {
-    pub peers: Vec<Ipv4Addr>,
+    pub peers: Vec<IpAddr>,
     /// The local address of the sessions; the internal interface's address when not given.
-    pub listen: Option<Ipv4Addr>,
+    pub listen: Option<IpAddr>,
     pub timers: Timers,
     pub min_ttl: u8,
 }
@@ -163,7 +163,7 @@ impl SettingsInput {
             return Ok(None);
         }
         let address = |text: &str, flag: &str| {
-            text.parse::<Ipv4Addr>().with_context(|| format!("invalid {flag} {text:?}: expected an IPv4 address"))
+            text.parse::<IpAddr>().with_context(|| format!("invalid {flag} {text:?}: expected an IP address"))
         };
         let interval = |ms: Option<u64>, flag: &str| -> anyhow::Result<Duration> {
             let ms = ms.unwrap_or(1000);
