@@ -1,6 +1,7 @@
 //! `cargo xtask bench [SCENARIO...]`: veg against iptables MASQUERADE and nftables masquerade on one topology,
 //! modes interleaved round by round, medians and ratios against iptables.
 
+mod chart;
 mod modes;
 mod ovn;
 mod program;
@@ -126,6 +127,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     });
     std::fs::write(dir.join("latest.json"), serde_json::to_string_pretty(&report::json(&records, context))?)?;
     std::fs::write(dir.join("latest.md"), &table)?;
+    chart::draw(&records, &dir.join("latest.png"))?;
     println!("results: {}", dir.display());
     if args.smoke {
         check_every_mode_forwarded(&records)?;
