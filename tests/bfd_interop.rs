@@ -35,27 +35,80 @@ impl Pair {
         Pair::start_with(OURS, THEIRS, 24, frr_ms, veg_args)
     }
 
-    fn start_with(ours_ip: &'static str, theirs_ip: &'static str, prefix: u8, frr_ms: u32, veg_args: &[&str]) -> Pair {
+    fn start_with(
+        ours_ip: &'static str,
+        theirs_ip: &'static str,
+        prefix: u8,
+        frr_ms: u32,
+        veg_args: &[&str],
+    ) -> Pair {
         let name = unique("vegbfd");
         let ours = Netns::new(&format!("{name}-veg"));
         let theirs = Netns::new(&format!("{name}-frr"));
-        ours.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &theirs.name]);
+        ours.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &theirs.name,
+        ]);
         // nodad: an IPv6 address is usable at once instead of after duplicate address detection.
-        let nodad: &[&str] = if ours_ip.contains(':') { &["nodad"] } else { &[] };
-        ours.ip(&[&["addr", "add", &format!("{ours_ip}/{prefix}"), "dev", "eth0"][..], nodad].concat());
-        theirs.ip(&[&["addr", "add", &format!("{theirs_ip}/{prefix}"), "dev", "eth0"][..], nodad].concat());
+        let nodad: &[&str] = if ours_ip.contains(':') {
+            &["nodad"]
+        } else {
+            &[]
+        };
+        ours.ip(&[
+            &["addr", "add", &format!("{ours_ip}/{prefix}"), "dev", "eth0"][..],
+            nodad,
+        ]
+        .concat());
+        theirs.ip(&[
+            &[
+                "addr",
+                "add",
+                &format!("{theirs_ip}/{prefix}"),
+                "dev",
+                "eth0",
+            ][..],
+            nodad,
+        ]
+        .concat());
         theirs.ip(&["addr", "add", &format!("{STRANGER}/24"), "dev", "eth0"]);
         ours.ip(&["link", "set", "eth0", "up"]);
         theirs.ip(&["link", "set", "eth0", "up"]);
         let frr = Bfdd::start(&theirs, ours_ip, theirs_ip, "eth0", frr_ms, frr_ms, 3);
-        let mut pair = Pair { name, ours_ip, theirs_ip, veg_bfd: None, frr: Some(frr), theirs, ours };
+        let mut pair = Pair {
+            name,
+            ours_ip,
+            theirs_ip,
+            veg_bfd: None,
+            frr: Some(frr),
+            theirs,
+            ours,
+        };
         pair.start_veg(veg_args);
         pair
     }
 
     fn start_veg(&mut self, extra: &[&str]) {
         let child = Command::new(VEG)
-            .args(["bfd", "--netns", &self.ours.name, "--listen", self.ours_ip, "--peer", self.theirs_ip, "--name", &self.name])
+            .args([
+                "bfd",
+                "--netns",
+                &self.ours.name,
+                "--listen",
+                self.ours_ip,
+                "--peer",
+                self.theirs_ip,
+                "--name",
+                &self.name,
+            ])
             .args(extra)
             .env("NO_COLOR", "1")
             .stderr(Stdio::null())
@@ -74,8 +127,14 @@ impl Pair {
     }
 
     fn try_status(&self) -> Option<Value> {
-        let out = Command::new(VEG).args(["bfd", "status", "--name", &self.name, "--json"]).output().ok()?;
-        out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+        let out = Command::new(VEG)
+            .args(["bfd", "status", "--name", &self.name, "--json"])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
     }
 
     /// Our only session, from `veg bfd status --json`.
@@ -84,14 +143,21 @@ impl Pair {
     }
 
     fn discarded(&self, label: &str) -> u64 {
-        self.try_status().unwrap()["discarded"][label].as_u64().unwrap_or(0)
+        self.try_status().unwrap()["discarded"][label]
+            .as_u64()
+            .unwrap_or(0)
     }
 
     /// Wait until both sides report the session Up.
     fn wait_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while !(self.ours()["state"] == "Up" && self.frr().status() == "up") {
-            assert!(Instant::now() < deadline, "no session: veg {} / frr {:?}", self.ours(), self.frr().session());
+            assert!(
+                Instant::now() < deadline,
+                "no session: veg {} / frr {:?}",
+                self.ours(),
+                self.frr().session()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -124,7 +190,10 @@ fn a_session_comes_up_and_frr_agrees_on_the_timers() {
     std::thread::sleep(Duration::from_millis(500));
     let frr = pair.frr().session().unwrap();
     assert_eq!(frr["status"], "up");
-    assert_eq!(frr["remote-transmit-interval"], 100, "FRR's view of our transmit interval: {frr}");
+    assert_eq!(
+        frr["remote-transmit-interval"], 100,
+        "FRR's view of our transmit interval: {frr}"
+    );
     assert_eq!(frr["remote-receive-interval"], 100, "{frr}");
     assert_eq!(frr["remote-detect-multiplier"], 3, "{frr}");
     assert_eq!(frr["remote-id"], pair.ours()["local_discriminator"]);
@@ -139,7 +208,13 @@ fn an_ipv6_session_comes_up_and_detects_silence() {
     if skip_unless_root() {
         return;
     }
-    let pair = Pair::start_with("fd00:99::1", "fd00:99::2", 64, 100, &["--min-tx", "100", "--min-rx", "100"]);
+    let pair = Pair::start_with(
+        "fd00:99::1",
+        "fd00:99::2",
+        64,
+        100,
+        &["--min-tx", "100", "--min-rx", "100"],
+    );
     pair.wait_up();
     let frr = pair.frr().session().unwrap();
     assert_eq!(frr["peer"], "fd00:99::1");
@@ -147,10 +222,16 @@ fn an_ipv6_session_comes_up_and_detects_silence() {
     pair.frr().kill();
     let killed = Instant::now();
     while pair.ours()["state"] == "Up" {
-        assert!(killed.elapsed() < Duration::from_secs(3), "veg never noticed FRR's silence over IPv6");
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "veg never noticed FRR's silence over IPv6"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
-    println!("IPv6: veg detected FRR's silence in {} ms", killed.elapsed().as_millis());
+    println!(
+        "IPv6: veg detected FRR's silence in {} ms",
+        killed.elapsed().as_millis()
+    );
     assert!(killed.elapsed() < Duration::from_millis(450));
 }
 
@@ -165,12 +246,21 @@ fn frr_going_silent_is_detected_within_the_detection_time() {
     pair.frr().kill();
     let killed = Instant::now();
     while pair.ours()["state"] == "Up" {
-        assert!(killed.elapsed() < Duration::from_secs(3), "veg never noticed FRR's silence");
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "veg never noticed FRR's silence"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
     let measured = killed.elapsed();
-    println!("veg detected FRR's silence in {} ms (detection time 300 ms)", measured.as_millis());
-    assert_eq!(pair.ours()["diagnostic"], Diagnostic::ControlDetectionTimeExpired.describe());
+    println!(
+        "veg detected FRR's silence in {} ms (detection time 300 ms)",
+        measured.as_millis()
+    );
+    assert_eq!(
+        pair.ours()["diagnostic"],
+        Diagnostic::ControlDetectionTimeExpired.describe()
+    );
     // 300 ms after the last packet, which arrived before the kill; the margin covers polling and a loaded machine.
     assert!(measured < Duration::from_millis(450), "took {measured:?}");
 }
@@ -184,20 +274,35 @@ fn veg_going_silent_is_detected_by_frr_and_a_stop_is_announced() {
     pair.wait_up();
     std::thread::sleep(Duration::from_millis(500));
     pair.signal_veg(libc::SIGKILL);
-    let measured = pair.frr().wait_for("down", Duration::from_secs(3)).expect("FRR never noticed veg's silence");
-    println!("FRR detected veg's silence in {} ms (detection time 300 ms)", measured.as_millis());
+    let measured = pair
+        .frr()
+        .wait_for("down", Duration::from_secs(3))
+        .expect("FRR never noticed veg's silence");
+    println!(
+        "FRR detected veg's silence in {} ms (detection time 300 ms)",
+        measured.as_millis()
+    );
     assert!(measured < Duration::from_millis(450), "took {measured:?}");
 
     // A clean stop (SIGTERM) says AdminDown, so FRR need not wait for its detection time.
     pair.start_veg(&["--min-tx", "100", "--min-rx", "100"]);
     pair.wait_up();
     pair.signal_veg(libc::SIGTERM);
-    let measured = pair.frr().wait_for("down", Duration::from_secs(3)).expect("FRR never saw the stop");
+    let measured = pair
+        .frr()
+        .wait_for("down", Duration::from_secs(3))
+        .expect("FRR never saw the stop");
     println!("FRR saw veg's stop in {} ms", measured.as_millis());
     let session = pair.frr().session().unwrap();
     assert_eq!(session["status"], "down", "{session}");
-    assert_eq!(session["remote-diagnostic"], "administratively down", "{session}");
-    assert!(measured < Duration::from_millis(250), "FRR waited for its detection time instead: {measured:?}");
+    assert_eq!(
+        session["remote-diagnostic"], "administratively down",
+        "{session}"
+    );
+    assert!(
+        measured < Duration::from_millis(250),
+        "FRR waited for its detection time instead: {measured:?}"
+    );
 }
 
 #[test]
@@ -213,12 +318,19 @@ fn frr_changing_its_timers_is_negotiated_without_a_flap() {
     std::thread::sleep(Duration::from_secs(2));
     let ours = pair.ours();
     assert_eq!(ours["state"], "Up");
-    assert!(ours["seconds_since_state_change"].as_u64().unwrap() >= up_since + 2, "the session flapped: {ours}");
+    assert!(
+        ours["seconds_since_state_change"].as_u64().unwrap() >= up_since + 2,
+        "the session flapped: {ours}"
+    );
     // We now send every max(100, their 200) ms and expect them every max(100, their 300) ms.
     assert_eq!(ours["transmit_interval_ms"], 200, "{ours}");
     assert_eq!(ours["detection_time_ms"], 900, "{ours}");
     let frr = pair.frr().session().unwrap();
-    assert_eq!((frr["status"].as_str(), frr["transmit-interval"].as_u64()), (Some("up"), Some(300)), "{frr}");
+    assert_eq!(
+        (frr["status"].as_str(), frr["transmit-interval"].as_u64()),
+        (Some("up"), Some(300)),
+        "{frr}"
+    );
 }
 
 #[test]
@@ -229,20 +341,54 @@ fn veg_changing_its_timers_is_negotiated_without_a_flap() {
     let pair = Pair::start(100, &["--min-tx", "100", "--min-rx", "100"]);
     pair.wait_up();
     std::thread::sleep(Duration::from_millis(500));
-    let up_since = pair.frr().session().unwrap()["uptime"].as_u64().unwrap_or(0);
+    let up_since = pair.frr().session().unwrap()["uptime"]
+        .as_u64()
+        .unwrap_or(0);
     let out = Command::new(VEG)
-        .args(["bfd", "timers", "--name", &pair.name, "--min-tx", "250", "--min-rx", "400", "--multiplier", "4"])
+        .args([
+            "bfd",
+            "timers",
+            "--name",
+            &pair.name,
+            "--min-tx",
+            "250",
+            "--min-rx",
+            "400",
+            "--multiplier",
+            "4",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::thread::sleep(Duration::from_secs(2));
     let frr = pair.frr().session().unwrap();
     assert_eq!(frr["status"], "up", "{frr}");
-    assert_eq!((frr["remote-transmit-interval"].as_u64(), frr["remote-receive-interval"].as_u64()), (Some(250), Some(400)), "{frr}");
+    assert_eq!(
+        (
+            frr["remote-transmit-interval"].as_u64(),
+            frr["remote-receive-interval"].as_u64()
+        ),
+        (Some(250), Some(400)),
+        "{frr}"
+    );
     assert_eq!(frr["remote-detect-multiplier"], 4, "{frr}");
-    assert!(frr["uptime"].as_u64().unwrap_or(0) >= up_since + 2, "FRR saw a flap: {frr}");
+    assert!(
+        frr["uptime"].as_u64().unwrap_or(0) >= up_since + 2,
+        "FRR saw a flap: {frr}"
+    );
     let ours = pair.ours();
-    assert_eq!((ours["transmit_interval_ms"].as_u64(), ours["detection_time_ms"].as_u64()), (Some(250), Some(1200)), "{ours}");
+    assert_eq!(
+        (
+            ours["transmit_interval_ms"].as_u64(),
+            ours["detection_time_ms"].as_u64()
+        ),
+        (Some(250), Some(1200)),
+        "{ours}"
+    );
 }
 
 #[test]
@@ -273,7 +419,15 @@ fn strangers_and_low_ttl_packets_never_touch_a_session() {
         for (from, ttl) in [(STRANGER, 255), (THEIRS, 253)] {
             let socket = UdpSocket::bind((from, 0)).unwrap();
             let ttl: i32 = ttl;
-            unsafe { libc::setsockopt(socket.as_raw_fd(), libc::IPPROTO_IP, libc::IP_TTL, &ttl as *const i32 as *const _, 4) };
+            unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_TTL,
+                    &ttl as *const i32 as *const _,
+                    4,
+                )
+            };
             for _ in 0..5 {
                 socket.send_to(&forged, (OURS, 3784)).unwrap();
             }
@@ -296,26 +450,43 @@ fn a_session_at_100ms_stays_up_for_30_seconds() {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_secs(1));
-        assert_eq!(pair.ours()["state"], "Up", "flapped after {:?}", started.elapsed());
+        assert_eq!(
+            pair.ours()["state"],
+            "Up",
+            "flapped after {:?}",
+            started.elapsed()
+        );
     }
     let ours = pair.ours();
-    assert!(ours["seconds_since_state_change"].as_u64().unwrap() >= 30, "{ours}");
+    assert!(
+        ours["seconds_since_state_change"].as_u64().unwrap() >= 30,
+        "{ours}"
+    );
     let frr = pair.frr().session().unwrap();
-    assert!(frr["uptime"].as_u64().unwrap_or(0) >= 30, "FRR saw a flap: {frr}");
+    assert!(
+        frr["uptime"].as_u64().unwrap_or(0) >= 30,
+        "FRR saw a flap: {frr}"
+    );
 }
 
 /// The HTTP status of GET `path` on the gateway instance's health port, from inside `ns`.
 fn http_status(ns: &Netns, path: &'static str) -> u16 {
     ns.run(move || {
         use std::io::{Read, Write};
-        let Ok(mut stream) = std::net::TcpStream::connect_timeout(&"10.16.0.12:8080".parse().unwrap(), Duration::from_secs(1))
-        else {
+        let Ok(mut stream) = std::net::TcpStream::connect_timeout(
+            &"10.16.0.12:8080".parse().unwrap(),
+            Duration::from_secs(1),
+        ) else {
             return 0;
         };
         let _ = stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
         let mut response = String::new();
         let _ = stream.read_to_string(&mut response);
-        response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+        response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0)
     })
 }
 
@@ -327,25 +498,56 @@ fn the_gateway_is_ready_only_while_its_bfd_sessions_are_up() {
     let mut lab = Lab::new(VEG);
     // FRR plays the VPC's BFD port, on the VPC switch.
     let port = lab.add_client("10.16.0.9");
-    let frr = Bfdd::start(lab.client(port), "10.16.0.12", "10.16.0.9", "eth0", 100, 100, 3);
-    let gateway = lab.start_gateway(&["--bfd-peer", "10.16.0.9", "--bfd-min-tx", "100", "--bfd-min-rx", "100"]);
+    let frr = Bfdd::start(
+        lab.client(port),
+        "10.16.0.12",
+        "10.16.0.9",
+        "eth0",
+        100,
+        100,
+        3,
+    );
+    let gateway = lab.start_gateway(&[
+        "--bfd-peer",
+        "10.16.0.9",
+        "--bfd-min-tx",
+        "100",
+        "--bfd-min-rx",
+        "100",
+    ]);
     assert_eq!(http_status(lab.client(port), "/livez"), 200);
     let deadline = Instant::now() + Duration::from_secs(15);
     while http_status(lab.client(port), "/readyz") != 200 {
-        assert!(Instant::now() < deadline, "never ready; FRR says {:?}", frr.session());
+        assert!(
+            Instant::now() < deadline,
+            "never ready; FRR says {:?}",
+            frr.session()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(frr.status(), "up");
-    let status = Command::new(VEG).args(["bfd", "status", "--name", &gateway.name]).output().unwrap();
+    let status = Command::new(VEG)
+        .args(["bfd", "status", "--name", &gateway.name])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(text.contains("local=10.16.0.12 (p) remote=10.16.0.9 state=Up"), "{text}");
+    assert!(
+        text.contains("local=10.16.0.12 (p) remote=10.16.0.9 state=Up"),
+        "{text}"
+    );
     // The VPC's BFD port goes silent: the instance stops being ready, but stays alive.
     frr.kill();
     let killed = Instant::now();
     while http_status(lab.client(port), "/readyz") == 200 {
-        assert!(killed.elapsed() < Duration::from_secs(3), "still ready without its BFD peer");
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "still ready without its BFD peer"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
-    println!("not ready {} ms after the BFD peer went silent", killed.elapsed().as_millis());
+    println!(
+        "not ready {} ms after the BFD peer went silent",
+        killed.elapsed().as_millis()
+    );
     assert_eq!(http_status(lab.client(port), "/livez"), 200);
 }

@@ -6,23 +6,22 @@
 
 use std::net::Ipv4Addr;
 
-use aya::programs::{TestRun, TestRunOptions};
-use veg_testbed::{
-    netns::Netns,
-    packet::{Frame, L4, TCP_ACK, TCP_RST, TCP_SYN, l4_port},
-    skip_unless_root, unique,
-};
 use aya::maps::{HashMap, Map, MapData};
+use aya::programs::{TestRun, TestRunOptions};
 use veg_common::{
     address::Address,
     config::GatewayConfig,
     flow::{DIRECTION_OUTBOUND, FlowEntry, FlowKey, UDP_TIMEOUT_NS},
 };
+use veg_testbed::{
+    netns::Netns,
+    packet::{Frame, L4, TCP_ACK, TCP_RST, TCP_SYN, l4_port},
+    skip_unless_root, unique,
+};
 use veg_userspace::{
     datapath::{
         loader::{Datapath, PROGRAM_FROM_OUTSIDE, PROGRAM_FROM_VPC},
-        monotonic_now_ns,
-        pins,
+        monotonic_now_ns, pins,
         policy::{Action, DesiredPolicy},
         stats::read_counters,
     },
@@ -63,7 +62,11 @@ impl ProgramLab {
             .datapath
             .program(program)
             .unwrap()
-            .test_run(TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
             .expect("BPF_PROG_TEST_RUN");
         out.truncate(result.data_size_out as usize);
         (result.return_value, out)
@@ -95,7 +98,9 @@ impl ProgramLab {
             .iter()
             .map(Result::unwrap)
             .find(|(k, e)| {
-                e.direction == DIRECTION_OUTBOUND && k.src_addr == Address::from_ip(client.into()) && k.src_port == port.to_be()
+                e.direction == DIRECTION_OUTBOUND
+                    && k.src_addr == Address::from_ip(client.into())
+                    && k.src_port == port.to_be()
             })
             .expect("flow not in the table");
         let reverse_key = forward.0.partner(&forward.1);
@@ -106,12 +111,24 @@ impl ProgramLab {
     fn set_last_seen(&self, key: &FlowKey, last_seen_ns: u64) {
         let mut map = self.flow_map();
         let entry = map.get(key, 0).unwrap();
-        map.insert(key, FlowEntry { last_seen_ns, ..entry }, 0).unwrap();
+        map.insert(
+            key,
+            FlowEntry {
+                last_seen_ns,
+                ..entry
+            },
+            0,
+        )
+        .unwrap();
     }
 
     fn counter(&self, label: &str) -> u64 {
         let counters = read_counters(&pins::gateway_dir(&self.name).join(pins::STATS)).unwrap();
-        counters.iter().find(|(c, _)| c.label() == label).map(|(_, v)| *v).unwrap()
+        counters
+            .iter()
+            .find(|(c, _)| c.label() == label)
+            .map(|(_, v)| *v)
+            .unwrap()
     }
 }
 
@@ -128,7 +145,10 @@ fn with_program_lab(test: impl FnOnce(&mut ProgramLab) + Send + 'static) {
         return;
     }
     let ns = Netns::new(&unique("vegprog"));
-    for (dev, peer, mac, addr) in [("vin", "vinp", VIN_MAC, "10.16.0.12/16"), ("vex", "vexp", VEX_MAC, "172.17.0.11/16")] {
+    for (dev, peer, mac, addr) in [
+        ("vin", "vinp", VIN_MAC, "10.16.0.12/16"),
+        ("vex", "vexp", VEX_MAC, "172.17.0.11/16"),
+    ] {
         ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", peer]);
         ns.ip(&["link", "set", dev, "address", &mac_text(mac)]);
         ns.ip(&["addr", "add", addr, "dev", dev]);
@@ -142,12 +162,23 @@ fn with_program_lab(test: impl FnOnce(&mut ProgramLab) + Send + 'static) {
         ("10.16.0.3", CLIENT2_MAC, "vin"),
         ("10.16.1.2", FORWARD_CLIENT_MAC, "vin"),
     ] {
-        ns.ip(&["neigh", "replace", ip, "lladdr", &mac_text(mac), "dev", dev, "nud", "permanent"]);
+        ns.ip(&[
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            &mac_text(mac),
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
     }
     ns.sysctl("net.ipv4.conf.all.forwarding", "1");
     let name = unique("vegprog");
     ns.run(move || {
-        let mut datapath = Datapath::load(&pins::gateway_dir(&name), 65536).expect("loading the datapath");
+        let mut datapath =
+            Datapath::load(&pins::gateway_dir(&name), 65536).expect("loading the datapath");
         let lab_name = name.clone();
         let policy: DesiredPolicy = [
             ("10.16.0.0/24".parse().unwrap(), Action::Snat),
@@ -164,13 +195,20 @@ fn with_program_lab(test: impl FnOnce(&mut ProgramLab) + Send + 'static) {
             ready: 1,
         };
         datapath.configure(&config).unwrap();
-        let mut lab = ProgramLab { datapath, name: lab_name, config };
+        let mut lab = ProgramLab {
+            datapath,
+            name: lab_name,
+            config,
+        };
         test(&mut lab);
     });
 }
 
 fn mac_text(mac: [u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The frame a router sends after SNAT: new source, TTL - 1, MACs of the external hop.
@@ -185,7 +223,12 @@ fn snat_expected(sent: &Frame, translated_port: u16) -> Vec<u8> {
 }
 
 /// The frame a router sends after translating a reply back to `client`.
-fn reverse_expected(reply: &Frame, client: Ipv4Addr, client_mac: [u8; 6], client_port: u16) -> Vec<u8> {
+fn reverse_expected(
+    reply: &Frame,
+    client: Ipv4Addr,
+    client_mac: [u8; 6],
+    client_port: u16,
+) -> Vec<u8> {
     let mut out = reply.clone();
     out.dst = client;
     out.ttl -= 1;
@@ -197,18 +240,31 @@ fn reverse_expected(reply: &Frame, client: Ipv4Addr, client_mac: [u8; 6], client
 
 fn set_port(l4: &mut L4, source: bool, port: u16) {
     match l4 {
-        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => *(if source { sport } else { dport }) = port,
+        L4::Tcp { sport, dport, .. } | L4::Udp { sport, dport, .. } => {
+            *(if source { sport } else { dport }) = port
+        }
         L4::IcmpEcho { id, .. } => *id = port,
     }
 }
 
 fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
-    L4::Tcp { sport, dport, seq: 0x01020304, flags, payload: b"GET / HTTP/1.0\r\n\r\n".to_vec() }
+    L4::Tcp {
+        sport,
+        dport,
+        seq: 0x01020304,
+        flags,
+        payload: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+    }
 }
 
 fn udp(sport: u16, dport: u16, no_checksum: bool) -> L4 {
     // An odd length exercises the checksum's padding byte.
-    L4::Udp { sport, dport, payload: b"odd-length payload".to_vec(), no_checksum }
+    L4::Udp {
+        sport,
+        dport,
+        payload: b"odd-length payload".to_vec(),
+        no_checksum,
+    }
 }
 
 #[test]
@@ -262,12 +318,26 @@ fn udp_without_checksum_stays_without() {
 #[test]
 fn icmp_echo_is_translated_by_identifier() {
     with_program_lab(|lab| {
-        let echo = L4::IcmpEcho { kind: 8, id: 0x1234, seq: 1, payload: vec![0xab; 56] };
+        let echo = L4::IcmpEcho {
+            kind: 8,
+            id: 0x1234,
+            seq: 1,
+            payload: vec![0xab; 56],
+        };
         let request = Frame::new(CLIENT, SERVER, echo);
         let (verdict, out) = lab.from_vpc(&request);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(out, snat_expected(&request, 0x1234));
-        let reply = Frame::new(SERVER, EXTERNAL, L4::IcmpEcho { kind: 0, id: 0x1234, seq: 1, payload: vec![0xab; 56] });
+        let reply = Frame::new(
+            SERVER,
+            EXTERNAL,
+            L4::IcmpEcho {
+                kind: 0,
+                id: 0x1234,
+                seq: 1,
+                payload: vec![0xab; 56],
+            },
+        );
         let (verdict, back) = lab.from_outside(&reply);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(back, reverse_expected(&reply, CLIENT, CLIENT_MAC, 0x1234));
@@ -285,11 +355,17 @@ fn same_source_port_from_two_clients_gets_two_ports() {
         let port2 = l4_port(&out2, true);
         assert_eq!(l4_port(&out1, true), 7000);
         assert_ne!(port2, 7000, "the second client must get another port");
-        assert!((PORT_MIN..=PORT_MAX).contains(&port2), "port {port2} outside the range");
+        assert!(
+            (PORT_MIN..=PORT_MAX).contains(&port2),
+            "port {port2} outside the range"
+        );
         assert_eq!(out2, snat_expected(&second, port2));
         // Each reply goes to its own client.
         let reply2 = Frame::new(SERVER, EXTERNAL, udp(53, port2, false));
-        assert_eq!(lab.from_outside(&reply2).1, reverse_expected(&reply2, CLIENT2, CLIENT2_MAC, 7000));
+        assert_eq!(
+            lab.from_outside(&reply2).1,
+            reverse_expected(&reply2, CLIENT2, CLIENT2_MAC, 7000)
+        );
         // A source port outside the range is never kept.
         let high = Frame::new(CLIENT, SERVER, udp(40000, 53, false));
         let port = l4_port(&lab.from_vpc(&high).1, true);
@@ -322,7 +398,10 @@ fn forward_sources_are_routed_unchanged() {
         let reply = Frame::new(SERVER, FORWARD_CLIENT, tcp(80, 5002, TCP_SYN | TCP_ACK));
         let (verdict, back) = lab.from_outside(&reply);
         assert_eq!(verdict, TC_ACT_REDIRECT);
-        assert_eq!(back, reverse_expected(&reply, FORWARD_CLIENT, FORWARD_CLIENT_MAC, 5002));
+        assert_eq!(
+            back,
+            reverse_expected(&reply, FORWARD_CLIENT, FORWARD_CLIENT_MAC, 5002)
+        );
         assert_eq!(lab.counter("forwarded_out"), 1);
         assert_eq!(lab.counter("forwarded_in"), 1);
     });
@@ -348,13 +427,25 @@ fn unsolicited_packets_from_outside_are_dropped() {
             assert_eq!(verdict, TC_ACT_SHOT);
         }
         // Straight at a SNAT client's own address: never routed in.
-        assert_eq!(lab.from_outside(&Frame::new(SERVER, CLIENT, tcp(80, 5004, TCP_SYN))).0, TC_ACT_SHOT);
+        assert_eq!(
+            lab.from_outside(&Frame::new(SERVER, CLIENT, tcp(80, 5004, TCP_SYN)))
+                .0,
+            TC_ACT_SHOT
+        );
         assert_eq!(lab.counter("dropped_unsolicited"), 3);
         // Outside the NAT range it is for the instance's own sockets.
-        assert_eq!(lab.from_outside(&Frame::new(SERVER, EXTERNAL, tcp(80, 40000, TCP_ACK))).0, TC_ACT_OK);
+        assert_eq!(
+            lab.from_outside(&Frame::new(SERVER, EXTERNAL, tcp(80, 40000, TCP_ACK)))
+                .0,
+            TC_ACT_OK
+        );
         // A reply to a flow of another remote port does not match either.
         lab.from_vpc(&Frame::new(CLIENT, SERVER, udp(6002, 53, false)));
-        assert_eq!(lab.from_outside(&Frame::new(SERVER, EXTERNAL, udp(54, 6002, false))).0, TC_ACT_SHOT);
+        assert_eq!(
+            lab.from_outside(&Frame::new(SERVER, EXTERNAL, udp(54, 6002, false)))
+                .0,
+            TC_ACT_SHOT
+        );
     });
 }
 
@@ -365,7 +456,11 @@ fn expiring_ttl_is_left_to_the_kernel() {
         request.ttl = 1;
         let (verdict, out) = lab.from_vpc(&request);
         assert_eq!(verdict, TC_ACT_OK);
-        assert_eq!(out, request.bytes(), "a packet left to the kernel must be untouched");
+        assert_eq!(
+            out,
+            request.bytes(),
+            "a packet left to the kernel must be untouched"
+        );
         assert_eq!(lab.counter("ttl_expired"), 1);
     });
 }
@@ -421,10 +516,18 @@ fn expired_flows_are_swept_and_live_ones_kept() {
         for (key, _) in lab.udp_pair(CLIENT, 6100) {
             lab.set_last_seen(&key, stale);
         }
-        assert_eq!(lab.datapath.flow_table().unwrap().sweep().unwrap(), 2, "both halves of the idle flow go");
+        assert_eq!(
+            lab.datapath.flow_table().unwrap().sweep().unwrap(),
+            2,
+            "both halves of the idle flow go"
+        );
         assert_eq!(lab.flow_map().keys().count(), 2, "the live flow stays");
         let reply = |port| Frame::new(SERVER, EXTERNAL, udp(53, port, false));
-        assert_eq!(lab.from_outside(&reply(6100)).0, TC_ACT_SHOT, "a reply to a swept flow is unsolicited");
+        assert_eq!(
+            lab.from_outside(&reply(6100)).0,
+            TC_ACT_SHOT,
+            "a reply to a swept flow is unsolicited"
+        );
         assert_eq!(lab.from_outside(&reply(6101)).0, TC_ACT_REDIRECT);
     });
 }
@@ -439,7 +542,11 @@ fn an_expired_mapping_is_replaced_on_lookup() {
         lab.set_last_seen(&forward, stale);
         lab.set_last_seen(&reverse, stale);
         // Before any sweep: a reply to the expired mapping is refused, a new packet gets a fresh mapping.
-        assert_eq!(lab.from_outside(&Frame::new(SERVER, EXTERNAL, udp(53, 6200, false))).0, TC_ACT_SHOT);
+        assert_eq!(
+            lab.from_outside(&Frame::new(SERVER, EXTERNAL, udp(53, 6200, false)))
+                .0,
+            TC_ACT_SHOT
+        );
         let (verdict, out) = lab.from_vpc(&request);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(out, snat_expected(&request, 6200));
@@ -460,7 +567,10 @@ fn a_pair_missing_its_reverse_half_is_repaired() {
         assert_eq!(lab.from_vpc(&request).1, snat_expected(&request, 6300));
         assert_eq!(lab.counter("flows_repaired"), 1);
         let reply = Frame::new(SERVER, EXTERNAL, udp(53, 6300, false));
-        assert_eq!(lab.from_outside(&reply).1, reverse_expected(&reply, CLIENT, CLIENT_MAC, 6300));
+        assert_eq!(
+            lab.from_outside(&reply).1,
+            reverse_expected(&reply, CLIENT, CLIENT_MAC, 6300)
+        );
     });
 }
 
@@ -474,10 +584,18 @@ fn a_new_external_address_gets_new_mappings() {
         let (verdict, out) = lab.from_vpc(&request);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let mut expected = request.clone();
-        (expected.src, expected.ttl, expected.src_mac, expected.dst_mac) = (new_external, 63, VEX_MAC, NEXTHOP_MAC);
+        (
+            expected.src,
+            expected.ttl,
+            expected.src_mac,
+            expected.dst_mac,
+        ) = (new_external, 63, VEX_MAC, NEXTHOP_MAC);
         assert_eq!(out, expected.bytes());
         let reply = Frame::new(SERVER, new_external, tcp(80, 6400, TCP_ACK));
-        assert_eq!(lab.from_outside(&reply).1, reverse_expected(&reply, CLIENT, CLIENT_MAC, 6400));
+        assert_eq!(
+            lab.from_outside(&reply).1,
+            reverse_expected(&reply, CLIENT, CLIENT_MAC, 6400)
+        );
     });
 }
 
@@ -490,7 +608,8 @@ fn a_full_port_range_is_scanned_before_giving_up() {
         // and only the exhaustive scan is sure to find the last free ones.
         let mut ports = std::collections::HashSet::new();
         for i in 0..PORTS {
-            let (verdict, out) = lab.from_vpc(&Frame::new(CLIENT, SERVER, udp(40000 + i, 53, false)));
+            let (verdict, out) =
+                lab.from_vpc(&Frame::new(CLIENT, SERVER, udp(40000 + i, 53, false)));
             assert_eq!(verdict, TC_ACT_REDIRECT, "flow {i} found no port");
             ports.insert(l4_port(&out, true));
         }
@@ -501,7 +620,11 @@ fn a_full_port_range_is_scanned_before_giving_up() {
         assert_eq!(lab.counter("dropped_port_exhausted"), 1);
         assert!(lab.counter("port_scan_fallbacks") >= 1);
         // Mappings are per remote endpoint: another server port still has the whole range.
-        assert_eq!(lab.from_vpc(&Frame::new(CLIENT, SERVER, udp(40000 + PORTS, 54, false))).0, TC_ACT_REDIRECT);
+        assert_eq!(
+            lab.from_vpc(&Frame::new(CLIENT, SERVER, udp(40000 + PORTS, 54, false)))
+                .0,
+            TC_ACT_REDIRECT
+        );
     });
 }
 
@@ -512,7 +635,11 @@ fn a_new_connection_takes_over_the_port_of_a_closed_one() {
         lab.reconfigure(|c| (c.port_min, c.port_max) = (2000, 2000));
         let first = Frame::new(CLIENT, SERVER, tcp(40001, 80, TCP_SYN));
         assert_eq!(l4_port(&lab.from_vpc(&first).1, true), 2000);
-        lab.from_outside(&Frame::new(SERVER, EXTERNAL, tcp(80, 2000, TCP_SYN | TCP_ACK)));
+        lab.from_outside(&Frame::new(
+            SERVER,
+            EXTERNAL,
+            tcp(80, 2000, TCP_SYN | TCP_ACK),
+        ));
         // While the first connection lives, a second one finds no port.
         let second = Frame::new(CLIENT, SERVER, tcp(40002, 80, TCP_SYN));
         assert_eq!(lab.from_vpc(&second).0, TC_ACT_SHOT);
@@ -523,10 +650,20 @@ fn a_new_connection_takes_over_the_port_of_a_closed_one() {
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(out, snat_expected(&second, 2000));
         let reply = Frame::new(SERVER, EXTERNAL, tcp(80, 2000, TCP_SYN | TCP_ACK));
-        assert_eq!(lab.from_outside(&reply).1, reverse_expected(&reply, CLIENT, CLIENT_MAC, 40002));
+        assert_eq!(
+            lab.from_outside(&reply).1,
+            reverse_expected(&reply, CLIENT, CLIENT_MAC, 40002)
+        );
         // A late packet of the old connection cannot take the port back from a live connection.
-        assert_eq!(lab.from_vpc(&Frame::new(CLIENT, SERVER, tcp(40001, 80, TCP_ACK))).0, TC_ACT_SHOT);
-        assert_eq!(lab.from_outside(&reply).1, reverse_expected(&reply, CLIENT, CLIENT_MAC, 40002));
+        assert_eq!(
+            lab.from_vpc(&Frame::new(CLIENT, SERVER, tcp(40001, 80, TCP_ACK)))
+                .0,
+            TC_ACT_SHOT
+        );
+        assert_eq!(
+            lab.from_outside(&reply).1,
+            reverse_expected(&reply, CLIENT, CLIENT_MAC, 40002)
+        );
     });
 }
 
@@ -547,7 +684,11 @@ fn program_cost_per_path() {
                         .datapath
                         .program(program)
                         .unwrap()
-                        .test_run(TestRunOptions { data_in: Some(&frame), data_out: Some(&mut out), ..Default::default() })
+                        .test_run(TestRunOptions {
+                            data_in: Some(&frame),
+                            data_out: Some(&mut out),
+                            ..Default::default()
+                        })
                         .unwrap();
                     result.duration.as_nanos() as u64
                 })
@@ -556,29 +697,84 @@ fn program_cost_per_path() {
             times[times.len() / 2]
         };
         let same = |frame: Frame| std::iter::repeat_n(frame.bytes(), RUNS as usize);
-        let port = l4_port(&lab.from_vpc(&Frame::new(CLIENT, SERVER, tcp(41000, 443, TCP_SYN))).1, true);
+        let port = l4_port(
+            &lab.from_vpc(&Frame::new(CLIENT, SERVER, tcp(41000, 443, TCP_SYN)))
+                .1,
+            true,
+        );
         let reply = Frame::new(SERVER, EXTERNAL, tcp(443, port, TCP_ACK));
-        assert_eq!(lab.from_outside(&reply).0, TC_ACT_REDIRECT, "the timed reply must take the translation path");
+        assert_eq!(
+            lab.from_outside(&reply).0,
+            TC_ACT_REDIRECT,
+            "the timed reply must take the translation path"
+        );
         let costs = [
-            ("vpc_to_outside_established", median_ns(PROGRAM_FROM_VPC, &mut same(Frame::new(CLIENT, SERVER, tcp(41000, 443, TCP_ACK))))),
-            ("outside_to_vpc_established", median_ns(PROGRAM_FROM_OUTSIDE, &mut same(reply))),
+            (
+                "vpc_to_outside_established",
+                median_ns(
+                    PROGRAM_FROM_VPC,
+                    &mut same(Frame::new(CLIENT, SERVER, tcp(41000, 443, TCP_ACK))),
+                ),
+            ),
+            (
+                "outside_to_vpc_established",
+                median_ns(PROGRAM_FROM_OUTSIDE, &mut same(reply)),
+            ),
             (
                 "vpc_to_outside_new_flow",
-                median_ns(PROGRAM_FROM_VPC, &mut (0..RUNS).map(|i| Frame::new(CLIENT, SERVER, udp(40000 + i % 20000, 1000 + i / 20000, false)).bytes())),
+                median_ns(
+                    PROGRAM_FROM_VPC,
+                    &mut (0..RUNS).map(|i| {
+                        Frame::new(
+                            CLIENT,
+                            SERVER,
+                            udp(40000 + i % 20000, 1000 + i / 20000, false),
+                        )
+                        .bytes()
+                    }),
+                ),
             ),
-            ("vpc_to_outside_forward", median_ns(PROGRAM_FROM_VPC, &mut same(Frame::new(FORWARD_CLIENT, SERVER, tcp(5002, 80, TCP_ACK))))),
-            ("vpc_no_policy_drop", median_ns(PROGRAM_FROM_VPC, &mut same(Frame::new(OUTSIDER, SERVER, tcp(5003, 80, TCP_SYN))))),
-            ("outside_unsolicited_drop", median_ns(PROGRAM_FROM_OUTSIDE, &mut same(Frame::new(SERVER, EXTERNAL, udp(53, 6001, false))))),
+            (
+                "vpc_to_outside_forward",
+                median_ns(
+                    PROGRAM_FROM_VPC,
+                    &mut same(Frame::new(FORWARD_CLIENT, SERVER, tcp(5002, 80, TCP_ACK))),
+                ),
+            ),
+            (
+                "vpc_no_policy_drop",
+                median_ns(
+                    PROGRAM_FROM_VPC,
+                    &mut same(Frame::new(OUTSIDER, SERVER, tcp(5003, 80, TCP_SYN))),
+                ),
+            ),
+            (
+                "outside_unsolicited_drop",
+                median_ns(
+                    PROGRAM_FROM_OUTSIDE,
+                    &mut same(Frame::new(SERVER, EXTERNAL, udp(53, 6001, false))),
+                ),
+            ),
         ];
-        let mut json: serde_json::Map<String, serde_json::Value> =
-            costs.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+        let mut json: serde_json::Map<String, serde_json::Value> = costs
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect();
         // Loading 100,000 policy sources (distinct /32s) into the trie, as a resource with many ipBlocks would.
         let policy: DesiredPolicy = (0..100_000u32)
-            .map(|i| (ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a40_0000 + i), 32).unwrap(), Action::Snat))
+            .map(|i| {
+                (
+                    ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a40_0000 + i), 32).unwrap(),
+                    Action::Snat,
+                )
+            })
             .collect();
         let started = std::time::Instant::now();
         lab.datapath.policy().unwrap().sync(&policy).unwrap();
-        json.insert("policy_100k_load_ms".into(), (started.elapsed().as_secs_f64() * 1000.0).into());
+        json.insert(
+            "policy_100k_load_ms".into(),
+            (started.elapsed().as_secs_f64() * 1000.0).into(),
+        );
         println!("PROGRAM_COST {}", serde_json::Value::Object(json));
     });
 }

@@ -3,7 +3,6 @@
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
-
 use veg_testbed::{
     lab::{GATEWAY_EXTERNAL_IP, Lab, SERVER_IP},
     servers::{udp_echo, udp_round_trip},
@@ -30,7 +29,10 @@ fn refused(lab: &Lab, name: &str, args: &[&str]) -> String {
     full.extend_from_slice(args);
     let out = Command::new(VEG).args(&full).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "veg gateway {full:?} should have failed:\n{stderr}");
+    assert!(
+        !out.status.success(),
+        "veg gateway {full:?} should have failed:\n{stderr}"
+    );
     assert!(
         !std::path::Path::new("/sys/fs/bpf/veg").join(name).exists(),
         "a refused gateway left pins behind"
@@ -46,17 +48,38 @@ fn bad_settings_are_refused_with_advice() {
     let lab = Lab::new(VEG);
     let name = unique("vegcli");
     let cases: &[(&[&str], &[&str])] = &[
-        (&["--internal-interface", "eth9"], &["internal interface \"eth9\" does not exist", "eth0", "net1"]),
-        (&["--external-ip", "172.17.0.99"], &["172.17.0.99 is not configured on net1", "ip addr add"]),
-        (&["--snat", "10.16.0.0/33"], &["invalid CIDR \"10.16.0.0/33\""]),
-        (&["--port-range", "30000-40000"], &["overlaps the kernel's ephemeral range 32768-60999", "--port-range"]),
+        (
+            &["--internal-interface", "eth9"],
+            &["internal interface \"eth9\" does not exist", "eth0", "net1"],
+        ),
+        (
+            &["--external-ip", "172.17.0.99"],
+            &["172.17.0.99 is not configured on net1", "ip addr add"],
+        ),
+        (
+            &["--snat", "10.16.0.0/33"],
+            &["invalid CIDR \"10.16.0.0/33\""],
+        ),
+        (
+            &["--port-range", "30000-40000"],
+            &[
+                "overlaps the kernel's ephemeral range 32768-60999",
+                "--port-range",
+            ],
+        ),
         (&["--port-range", "40000-30000"], &["invalid port range"]),
-        (&["--netns", "no-such-namespace"], &["\"no-such-namespace\" not found", "ip netns add"]),
+        (
+            &["--netns", "no-such-namespace"],
+            &["\"no-such-namespace\" not found", "ip netns add"],
+        ),
     ];
     for (args, expected) in cases {
         let stderr = refused(&lab, &name, args);
         for needle in *expected {
-            assert!(stderr.contains(needle), "for {args:?} expected {needle:?} in:\n{stderr}");
+            assert!(
+                stderr.contains(needle),
+                "for {args:?} expected {needle:?} in:\n{stderr}"
+            );
         }
     }
 }
@@ -69,9 +92,25 @@ fn a_second_agent_with_the_same_name_is_refused() {
     let lab = Lab::new(VEG);
     let gateway = lab.start_gateway(&[]);
     let out = Command::new(VEG)
-        .args(["gateway", "--name", &gateway.name, "--netns", &lab.gateway.name])
-        .args(["--internal-interface", "eth0", "--external-interface", "net1"])
-        .args(["--external-ip", GATEWAY_EXTERNAL_IP, "--snat", "10.16.0.0/24"])
+        .args([
+            "gateway",
+            "--name",
+            &gateway.name,
+            "--netns",
+            &lab.gateway.name,
+        ])
+        .args([
+            "--internal-interface",
+            "eth0",
+            "--external-interface",
+            "net1",
+        ])
+        .args([
+            "--external-ip",
+            GATEWAY_EXTERNAL_IP,
+            "--snat",
+            "10.16.0.0/24",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -82,11 +121,20 @@ fn a_second_agent_with_the_same_name_is_refused() {
 
 #[test]
 fn inspecting_an_unknown_gateway_says_so() {
-    let out = Command::new(VEG).args(["flows", "--name", "never-ran"]).output().unwrap();
+    let out = Command::new(VEG)
+        .args(["flows", "--name", "never-ran"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("no pinned state for gateway \"never-ran\""), "{stderr}");
-    assert!(stderr.contains("is `veg gateway --name never-ran` running"), "{stderr}");
+    assert!(
+        stderr.contains("no pinned state for gateway \"never-ran\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("is `veg gateway --name never-ran` running"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -122,14 +170,35 @@ fn settings_come_from_a_config_file() {
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     let output = agent.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&output.stderr);
-    let cleanup = Command::new(VEG).args(["gateway", "--config", file.to_str().unwrap(), "--cleanup"]).output().unwrap();
+    let cleanup = Command::new(VEG)
+        .args(["gateway", "--config", file.to_str().unwrap(), "--cleanup"])
+        .output()
+        .unwrap();
     std::fs::remove_file(&file).unwrap();
-    assert!(answered, "no traffic passed the gateway configured from {}:\n{log}", file.display());
-    assert!(output.status.success(), "SIGTERM should end the agent cleanly:\n{log}");
+    assert!(
+        answered,
+        "no traffic passed the gateway configured from {}:\n{log}",
+        file.display()
+    );
+    assert!(
+        output.status.success(),
+        "SIGTERM should end the agent cleanly:\n{log}"
+    );
     assert!(cleanup.status.success());
     let peer = udp.peers()[0];
     assert_eq!(peer.ip().to_string(), GATEWAY_EXTERNAL_IP);
-    assert!((3000..=3999).contains(&peer.port()), "the file's port range was not used: {peer}");
-    assert!(!std::path::Path::new("/sys/fs/bpf/veg").join(&name).exists(), "--cleanup left pins");
-    assert!(!std::path::Path::new("/run/veg").join(format!("{name}.lock")).exists(), "the agent left its lock file");
+    assert!(
+        (3000..=3999).contains(&peer.port()),
+        "the file's port range was not used: {peer}"
+    );
+    assert!(
+        !std::path::Path::new("/sys/fs/bpf/veg").join(&name).exists(),
+        "--cleanup left pins"
+    );
+    assert!(
+        !std::path::Path::new("/run/veg")
+            .join(format!("{name}.lock"))
+            .exists(),
+        "the agent left its lock file"
+    );
 }

@@ -13,7 +13,9 @@ use std::{
 
 use veg_testbed::{
     lab::{GATEWAY_EXTERNAL_IP, Lab, SERVER_IP},
-    servers::{connect_from, icmp_echo_sources, tcp_echo, tcp_round_trip, udp_echo, udp_round_trip},
+    servers::{
+        connect_from, icmp_echo_sources, tcp_echo, tcp_round_trip, udp_echo, udp_round_trip,
+    },
     skip_unless_root,
 };
 
@@ -40,19 +42,44 @@ fn tcp_udp_and_ping_leave_with_the_external_address() {
     let udp = udp_echo(&lab.server, UDP_PORT);
     let icmp = icmp_echo_sources(&lab.server);
 
-    assert_eq!(tcp_round_trip(lab.client(client), 0, server(TCP_PORT), b"over tcp").unwrap(), b"over tcp");
-    assert_eq!(udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"over udp").unwrap(), b"over udp");
-    let ping = lab.client(client).exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", SERVER_IP]);
-    assert!(ping.status.success(), "ping through the gateway failed:\n{}", String::from_utf8_lossy(&ping.stdout));
+    assert_eq!(
+        tcp_round_trip(lab.client(client), 0, server(TCP_PORT), b"over tcp").unwrap(),
+        b"over tcp"
+    );
+    assert_eq!(
+        udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"over udp").unwrap(),
+        b"over udp"
+    );
+    let ping = lab
+        .client(client)
+        .exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", SERVER_IP]);
+    assert!(
+        ping.status.success(),
+        "ping through the gateway failed:\n{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
 
-    for (what, peers) in [("tcp", tcp.peers()), ("udp", udp.peers()), ("icmp", icmp.peers())] {
+    for (what, peers) in [
+        ("tcp", tcp.peers()),
+        ("udp", udp.peers()),
+        ("icmp", icmp.peers()),
+    ] {
         assert!(!peers.is_empty(), "the server saw no {what}");
-        assert!(peers.iter().all(|p| p.ip() == external_ip()), "{what} seen from {peers:?}, not {GATEWAY_EXTERNAL_IP}");
+        assert!(
+            peers.iter().all(|p| p.ip() == external_ip()),
+            "{what} seen from {peers:?}, not {GATEWAY_EXTERNAL_IP}"
+        );
     }
     let flows = gateway.flows();
     for protocol in ["tcp", "udp", "icmp"] {
-        assert!(flows.iter().any(|f| f["protocol"] == protocol && f["original_source"].as_str().unwrap().starts_with("10.16.0.2:")),
-            "veg flows lacks the {protocol} flow: {flows:?}");
+        assert!(
+            flows.iter().any(|f| f["protocol"] == protocol
+                && f["original_source"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("10.16.0.2:")),
+            "veg flows lacks the {protocol} flow: {flows:?}"
+        );
     }
 }
 
@@ -65,13 +92,24 @@ fn traceroute_through_the_gateway_works() {
     let client = lab.add_client("10.16.0.2");
     let gateway = lab.start_gateway(&[]);
     // TTL 1 expires at the gateway, which must say so (ICMP time exceeded from its VPC address)...
-    let first_hop = lab.client(client).exec("ping", &["-c", "1", "-W", "2", "-t", "1", SERVER_IP]);
+    let first_hop = lab
+        .client(client)
+        .exec("ping", &["-c", "1", "-W", "2", "-t", "1", SERVER_IP]);
     let text = String::from_utf8_lossy(&first_hop.stdout);
-    assert!(text.contains("From 10.16.0.12") && text.contains("Time to live exceeded"), "ping -t 1 said:\n{text}");
+    assert!(
+        text.contains("From 10.16.0.12") && text.contains("Time to live exceeded"),
+        "ping -t 1 said:\n{text}"
+    );
     assert!(gateway.counter("ttl_expired") > 0);
     // ...and TTL 2 is just enough to reach the server behind it.
-    let second_hop = lab.client(client).exec("ping", &["-c", "1", "-W", "2", "-t", "2", SERVER_IP]);
-    assert!(second_hop.status.success(), "ping -t 2 failed:\n{}", String::from_utf8_lossy(&second_hop.stdout));
+    let second_hop = lab
+        .client(client)
+        .exec("ping", &["-c", "1", "-W", "2", "-t", "2", SERVER_IP]);
+    assert!(
+        second_hop.status.success(),
+        "ping -t 2 failed:\n{}",
+        String::from_utf8_lossy(&second_hop.stdout)
+    );
 }
 
 #[test]
@@ -83,10 +121,16 @@ fn forward_policy_client_is_seen_with_its_own_address() {
     let client = lab.add_client("10.16.1.2");
     let gateway = lab.start_gateway(&[]);
     let tcp = tcp_echo(&lab.server, TCP_PORT);
-    assert_eq!(tcp_round_trip(lab.client(client), 0, server(TCP_PORT), b"routed").unwrap(), b"routed");
+    assert_eq!(
+        tcp_round_trip(lab.client(client), 0, server(TCP_PORT), b"routed").unwrap(),
+        b"routed"
+    );
     assert_eq!(tcp.peers()[0].ip(), "10.16.1.2".parse::<IpAddr>().unwrap());
     assert!(gateway.counter("forwarded_out") > 0 && gateway.counter("forwarded_in") > 0);
-    assert!(gateway.flows().is_empty(), "forwarded traffic must not create translations");
+    assert!(
+        gateway.flows().is_empty(),
+        "forwarded traffic must not create translations"
+    );
 }
 
 #[test]
@@ -101,21 +145,26 @@ fn two_clients_with_the_same_source_port_both_work() {
     let udp = udp_echo(&lab.server, UDP_PORT);
     let tcp = tcp_echo(&lab.server, TCP_PORT);
     for client in [first, second] {
-        assert_eq!(udp_round_trip(lab.client(client), 5555, server(UDP_PORT), b"same port").unwrap(), b"same port");
+        assert_eq!(
+            udp_round_trip(lab.client(client), 5555, server(UDP_PORT), b"same port").unwrap(),
+            b"same port"
+        );
     }
     // Both TCP connections open at the same time: a closed connection's port may be reused, a live one's never.
     let target = server(TCP_PORT);
     let connections: Vec<_> = [first, second]
         .into_iter()
         .map(|client| {
-            let connection = lab.client(client).spawn(move || -> std::io::Result<Vec<u8>> {
-                let mut stream = connect_from(5555, target)?;
-                stream.write_all(b"same port")?;
-                let mut echo = vec![0u8; 9];
-                stream.read_exact(&mut echo)?;
-                std::thread::sleep(Duration::from_millis(600));
-                Ok(echo)
-            });
+            let connection = lab
+                .client(client)
+                .spawn(move || -> std::io::Result<Vec<u8>> {
+                    let mut stream = connect_from(5555, target)?;
+                    stream.write_all(b"same port")?;
+                    let mut echo = vec![0u8; 9];
+                    stream.read_exact(&mut echo)?;
+                    std::thread::sleep(Duration::from_millis(600));
+                    Ok(echo)
+                });
             std::thread::sleep(Duration::from_millis(200));
             connection
         })
@@ -126,7 +175,11 @@ fn two_clients_with_the_same_source_port_both_work() {
     for peers in [udp.peers(), tcp.peers()] {
         assert_eq!(peers.len(), 2);
         assert!(peers.iter().all(|p| p.ip() == external_ip()));
-        assert_ne!(peers[0].port(), peers[1].port(), "both clients were given the same translated port");
+        assert_ne!(
+            peers[0].port(),
+            peers[1].port(),
+            "both clients were given the same translated port"
+        );
     }
 }
 
@@ -146,7 +199,9 @@ fn ten_thousand_udp_flows_get_distinct_external_tuples() {
         let mut unanswered = 0;
         for port in 20_000..20_000 + FLOWS {
             let socket = UdpSocket::bind(("0.0.0.0", port)).unwrap();
-            socket.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
             let mut buf = [0u8; 16];
             let answered = (0..2).any(|_| {
                 socket.send_to(&port.to_be_bytes(), target).unwrap();
@@ -158,13 +213,26 @@ fn ten_thousand_udp_flows_get_distinct_external_tuples() {
         }
         unanswered
     });
-    assert_eq!(unanswered, 0, "{unanswered} flows got no answer through the gateway");
+    assert_eq!(
+        unanswered, 0,
+        "{unanswered} flows got no answer through the gateway"
+    );
     let peers = udp.peers();
     let distinct: HashSet<SocketAddr> = peers.iter().copied().collect();
-    assert!(peers.iter().all(|p| p.ip() == external_ip()), "some flows were not translated");
-    assert_eq!(distinct.len(), FLOWS as usize, "flows shared an external tuple");
+    assert!(
+        peers.iter().all(|p| p.ip() == external_ip()),
+        "some flows were not translated"
+    );
+    assert_eq!(
+        distinct.len(),
+        FLOWS as usize,
+        "flows shared an external tuple"
+    );
     let flows = gateway.flows();
-    let translated: HashSet<&str> = flows.iter().map(|f| f["translated_source"].as_str().unwrap()).collect();
+    let translated: HashSet<&str> = flows
+        .iter()
+        .map(|f| f["translated_source"].as_str().unwrap())
+        .collect();
     assert_eq!(flows.len(), FLOWS as usize);
     assert_eq!(translated.len(), FLOWS as usize);
 }
@@ -186,19 +254,34 @@ fn open_tcp_connection_survives_a_gateway_restart() {
             stream.write_all(payload).map_err(|e| e.to_string())?;
             let mut buf = vec![0u8; payload.len()];
             stream.read_exact(&mut buf).map_err(|e| e.to_string())?;
-            if buf == payload { Ok(()) } else { Err("wrong echo".into()) }
+            if buf == payload {
+                Ok(())
+            } else {
+                Err("wrong echo".into())
+            }
         };
         let mut stream = connect_from(0, target).unwrap();
-        to_test.send(round_trip(&mut stream, b"before restart")).unwrap();
+        to_test
+            .send(round_trip(&mut stream, b"before restart"))
+            .unwrap();
         from_test.recv().unwrap();
-        to_test.send(round_trip(&mut stream, b"after restart")).unwrap();
+        to_test
+            .send(round_trip(&mut stream, b"after restart"))
+            .unwrap();
     });
     from_client.recv().unwrap().expect("first exchange");
     let before = translations(&gateway.flows());
     gateway.restart();
-    assert_eq!(translations(&gateway.flows()), before, "the restarted agent lost the flow");
+    assert_eq!(
+        translations(&gateway.flows()),
+        before,
+        "the restarted agent lost the flow"
+    );
     to_client.send(()).unwrap();
-    from_client.recv().unwrap().expect("the connection broke across the restart");
+    from_client
+        .recv()
+        .unwrap()
+        .expect("the connection broke across the restart");
     connection.join().unwrap();
     assert_eq!(tcp.peers().len(), 1, "the client had to reconnect");
 }
@@ -216,7 +299,12 @@ fn nothing_is_forwarded_untranslated_while_the_agent_is_stopped() {
     gateway.stop();
     // The server routes 10.16.0.0/16 back through the gateway, so a leaked packet would even get its answer.
     assert!(udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"stopped").is_err());
-    assert_eq!(udp.peers().len(), 1, "packets crossed the stopped gateway: {:?}", udp.peers());
+    assert_eq!(
+        udp.peers().len(),
+        1,
+        "packets crossed the stopped gateway: {:?}",
+        udp.peers()
+    );
 }
 
 /// The part of `veg flows` that must not change: who was translated to what, toward whom.
@@ -224,7 +312,14 @@ fn translations(flows: &[serde_json::Value]) -> Vec<(String, String, String, Str
     let field = |f: &serde_json::Value, k: &str| f[k].as_str().unwrap().to_owned();
     flows
         .iter()
-        .map(|f| (field(f, "protocol"), field(f, "original_source"), field(f, "translated_source"), field(f, "remote")))
+        .map(|f| {
+            (
+                field(f, "protocol"),
+                field(f, "original_source"),
+                field(f, "translated_source"),
+                field(f, "remote"),
+            )
+        })
         .collect()
 }
 
@@ -239,8 +334,14 @@ fn unsolicited_packets_never_reach_a_client() {
     // The client listens on ports inside and outside the NAT range.
     let ports = [7000u16, 40000];
     let listeners = lab.client(client).spawn(move || {
-        let tcp: Vec<TcpListener> = ports.iter().map(|p| TcpListener::bind(("0.0.0.0", *p)).unwrap()).collect();
-        let udp: Vec<UdpSocket> = ports.iter().map(|p| UdpSocket::bind(("0.0.0.0", *p)).unwrap()).collect();
+        let tcp: Vec<TcpListener> = ports
+            .iter()
+            .map(|p| TcpListener::bind(("0.0.0.0", *p)).unwrap())
+            .collect();
+        let udp: Vec<UdpSocket> = ports
+            .iter()
+            .map(|p| UdpSocket::bind(("0.0.0.0", *p)).unwrap())
+            .collect();
         for l in &tcp {
             l.set_nonblocking(true).unwrap();
         }
@@ -265,7 +366,10 @@ fn unsolicited_packets_never_reach_a_client() {
         reached
     });
     std::thread::sleep(Duration::from_millis(200));
-    let targets: Vec<Ipv4Addr> = vec![GATEWAY_EXTERNAL_IP.parse().unwrap(), "10.16.0.2".parse().unwrap()];
+    let targets: Vec<Ipv4Addr> = vec![
+        GATEWAY_EXTERNAL_IP.parse().unwrap(),
+        "10.16.0.2".parse().unwrap(),
+    ];
     let connected = lab.server.run(move || {
         let mut connected = Vec::new();
         for ip in &targets {
@@ -283,8 +387,14 @@ fn unsolicited_packets_never_reach_a_client() {
         connected
     });
     let reached = listeners.join().unwrap();
-    assert!(connected.is_empty(), "unsolicited connections succeeded: {connected:?}");
-    assert!(reached.is_empty(), "unsolicited packets reached the client: {reached:?}");
+    assert!(
+        connected.is_empty(),
+        "unsolicited connections succeeded: {connected:?}"
+    );
+    assert!(
+        reached.is_empty(),
+        "unsolicited packets reached the client: {reached:?}"
+    );
     assert!(gateway.counter("dropped_unsolicited") > 0);
 }
 
@@ -298,7 +408,11 @@ fn client_outside_every_policy_is_dropped_and_counted() {
     let gateway = lab.start_gateway(&[]);
     let udp = udp_echo(&lab.server, UDP_PORT);
     assert!(udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"no policy").is_err());
-    assert!(udp.peers().is_empty(), "traffic from outside every policy reached the server: {:?}", udp.peers());
+    assert!(
+        udp.peers().is_empty(),
+        "traffic from outside every policy reached the server: {:?}",
+        udp.peers()
+    );
     assert!(gateway.counter("dropped_no_policy") > 0);
 }
 
@@ -313,8 +427,14 @@ fn the_instance_own_connections_still_work() {
     let tcp = tcp_echo(&lab.server, TCP_PORT);
     // A translated flow first, then the instance's own connection through net1 beside it.
     tcp_round_trip(lab.client(client), 0, server(TCP_PORT), b"client").unwrap();
-    assert_eq!(tcp_round_trip(&lab.gateway, 0, server(TCP_PORT), b"instance").unwrap(), b"instance");
+    assert_eq!(
+        tcp_round_trip(&lab.gateway, 0, server(TCP_PORT), b"instance").unwrap(),
+        b"instance"
+    );
     let own = tcp.peers()[1];
     assert_eq!(own.ip(), external_ip());
-    assert!(own.port() >= 32768, "the instance's own connection should use the kernel's ephemeral range: {own}");
+    assert!(
+        own.port() >= 32768,
+        "the instance's own connection should use the kernel's ephemeral range: {own}"
+    );
 }

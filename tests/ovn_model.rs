@@ -7,14 +7,20 @@ use std::{collections::BTreeSet, time::Duration};
 use veg_testbed::ovsdb::NbServer;
 use veg_userspace::{
     ovn::{
-        apply::{DB, MONITORED_TABLES, apply, delete},
+        apply::{DB, apply, delete, monitored_tables},
         model::{Bfd, GatewaySpec, Instance},
     },
     ovsdb::{monitor::Monitor, replica::column},
 };
 
 fn instances(addresses: &[&str]) -> Vec<Instance> {
-    addresses.iter().map(|a| Instance { addresses: vec![a.parse().unwrap()], node: "kube-ovn-worker".into() }).collect()
+    addresses
+        .iter()
+        .map(|a| Instance {
+            addresses: vec![a.parse().unwrap()],
+            node: "kube-ovn-worker".into(),
+        })
+        .collect()
 }
 
 fn gateway1(addresses: &[&str]) -> GatewaySpec {
@@ -37,21 +43,32 @@ fn gateway2(addresses: &[&str]) -> GatewaySpec {
         router: "vpc1".into(),
         default_vpc: false,
         sources: vec!["192.168.0.0/24".parse().unwrap()],
-        bfd: Some(Bfd { port: "bfd@vpc1".into(), min_rx: 1000, min_tx: 1000, multiplier: 3 }),
+        bfd: Some(Bfd {
+            port: "bfd@vpc1".into(),
+            min_rx: 1000,
+            min_tx: 1000,
+            multiplier: 3,
+        }),
         ..gateway1(addresses)
     }
 }
 
 /// Lines of ovn-nbctl output with runs of spaces folded, for comparing with the document.
 fn lines(text: &str) -> Vec<String> {
-    text.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).filter(|l| !l.is_empty()).collect()
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 async fn monitored(server: &NbServer, router: &str) -> Monitor {
     server.nbctl(&["lr-add", router]);
-    let monitor = Monitor::start(server.unix.parse().unwrap(), DB, &MONITORED_TABLES);
+    let monitor = Monitor::start(server.unix.parse().unwrap(), DB, &monitored_tables());
     let present = monitor
-        .wait_until(Duration::from_secs(5), |r| r.rows("Logical_Router").any(|(_, row)| column(row, "name") == router))
+        .wait_until(Duration::from_secs(5), |r| {
+            r.rows("Logical_Router")
+                .any(|(_, row)| column(row, "name") == router)
+        })
         .await;
     assert!(present, "the monitor never saw router {router}");
     monitor
@@ -62,35 +79,92 @@ async fn gateway1_on_the_default_vpc_scales_and_goes_away_cleanly() {
     let server = NbServer::start();
     let monitor = monitored(&server, "ovn-cluster").await;
     // Someone else's rows, which must survive everything below.
-    server.nbctl(&["lr-policy-add", "ovn-cluster", "31000", "ip4.dst == 10.16.0.0/16", "allow"]);
-    server.nbctl(&["create", "Address_Set", "name=unrelated", "addresses=10.9.9.9"]);
+    server.nbctl(&[
+        "lr-policy-add",
+        "ovn-cluster",
+        "31000",
+        "ip4.dst == 10.16.0.0/16",
+        "allow",
+    ]);
+    server.nbctl(&[
+        "create",
+        "Address_Set",
+        "name=unrelated",
+        "addresses=10.9.9.9",
+    ]);
 
-    assert!(!apply(&monitor, &gateway1(&["10.16.0.12"])).await.unwrap().operations.is_empty());
+    assert!(
+        !apply(&monitor, &gateway1(&["10.16.0.12"]))
+            .await
+            .unwrap()
+            .operations
+            .is_empty()
+    );
     let policies = lines(&server.nbctl(&["lr-policy-list", "ovn-cluster"]));
-    assert!(policies.contains(&"29100 ip4.src == 10.16.0.0/16 reroute 10.16.0.12".to_owned()), "{policies:?}");
-    assert!(policies.contains(&"31000 ip4.dst == 10.16.0.0/16 allow".to_owned()), "{policies:?}");
+    assert!(
+        policies.contains(&"29100 ip4.src == 10.16.0.0/16 reroute 10.16.0.12".to_owned()),
+        "{policies:?}"
+    );
+    assert!(
+        policies.contains(&"31000 ip4.dst == 10.16.0.0/16 allow".to_owned()),
+        "{policies:?}"
+    );
 
     let again = apply(&monitor, &gateway1(&["10.16.0.12"])).await.unwrap();
-    assert!(again.operations.is_empty(), "a second apply wrote {:?}", again.changes);
+    assert!(
+        again.operations.is_empty(),
+        "a second apply wrote {:?}",
+        again.changes
+    );
 
-    let scaled = apply(&monitor, &gateway1(&["10.16.0.12", "10.16.0.13"])).await.unwrap();
-    assert_eq!(scaled.changes, ["update Logical_Router_Policy 29100|4: nexthops"]);
+    let scaled = apply(&monitor, &gateway1(&["10.16.0.12", "10.16.0.13"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        scaled.changes,
+        ["update Logical_Router_Policy 29100|4: nexthops"]
+    );
     let policies = lines(&server.nbctl(&["lr-policy-list", "ovn-cluster"]));
-    assert!(policies.contains(&"29100 ip4.src == 10.16.0.0/16 reroute 10.16.0.12, 10.16.0.13".to_owned()), "{policies:?}");
+    assert!(
+        policies
+            .contains(&"29100 ip4.src == 10.16.0.0/16 reroute 10.16.0.12, 10.16.0.13".to_owned()),
+        "{policies:?}"
+    );
 
     let back = apply(&monitor, &gateway1(&["10.16.0.12"])).await.unwrap();
-    assert_eq!(back.changes, ["update Logical_Router_Policy 29100|4: nexthops"]);
+    assert_eq!(
+        back.changes,
+        ["update Logical_Router_Policy 29100|4: nexthops"]
+    );
 
     let spec = gateway1(&["10.16.0.12"]);
-    let sets = server.nbctl(&["--columns=name,addresses,external_ids", "list", "Address_Set"]);
-    assert!(sets.contains(&format!("VEG.{}.ipv4", spec.hash())), "{sets}");
-    assert!(sets.contains("vpc-egress-gateway=\"default/gateway1\""), "{sets}");
+    let sets = server.nbctl(&[
+        "--columns=name,addresses,external_ids",
+        "list",
+        "Address_Set",
+    ]);
+    assert!(
+        sets.contains(&format!("VEG.{}.ipv4", spec.hash())),
+        "{sets}"
+    );
+    assert!(
+        sets.contains("vpc-egress-gateway=\"default/gateway1\""),
+        "{sets}"
+    );
     delete(&monitor, &spec).await.unwrap();
-    assert_eq!(lines(&server.nbctl(&["lr-policy-list", "ovn-cluster"])), ["Routing Policies", "31000 ip4.dst == 10.16.0.0/16 allow"]);
+    assert_eq!(
+        lines(&server.nbctl(&["lr-policy-list", "ovn-cluster"])),
+        ["Routing Policies", "31000 ip4.dst == 10.16.0.0/16 allow"]
+    );
     let sets = server.nbctl(&["--columns=name", "list", "Address_Set"]);
     assert!(!sets.contains("VEG."), "{sets}");
     assert!(sets.contains("unrelated"));
-    assert_eq!(server.nbctl(&["--columns=name", "list", "Port_Group"]).trim(), "");
+    assert_eq!(
+        server
+            .nbctl(&["--columns=name", "list", "Port_Group"])
+            .trim(),
+        ""
+    );
 }
 
 #[tokio::test]
@@ -98,10 +172,15 @@ async fn gateway2_on_a_custom_vpc_routes_with_ecmp_and_bfd() {
     let server = NbServer::start();
     let monitor = monitored(&server, "vpc1").await;
     apply(&monitor, &gateway2(&["192.168.0.2"])).await.unwrap();
-    let scaled = apply(&monitor, &gateway2(&["192.168.0.2", "192.168.0.3"])).await.unwrap();
+    let scaled = apply(&monitor, &gateway2(&["192.168.0.2", "192.168.0.3"]))
+        .await
+        .unwrap();
     assert_eq!(
         scaled.changes,
-        ["insert BFD bfd@vpc1|192.168.0.3", "insert Logical_Router_Static_Route 192.168.0.0/24|192.168.0.3"],
+        [
+            "insert BFD bfd@vpc1|192.168.0.3",
+            "insert Logical_Router_Static_Route 192.168.0.0/24|192.168.0.3"
+        ],
         "scaling out adds one BFD row and its route, nothing else"
     );
     let routes = lines(&server.nbctl(&["lr-route-list", "vpc1"]));
@@ -109,7 +188,11 @@ async fn gateway2_on_a_custom_vpc_routes_with_ecmp_and_bfd() {
         let expected = format!("192.168.0.0/24 {instance} src-ip ecmp ecmp-symmetric-reply bfd");
         assert!(routes.contains(&expected), "{expected:?} not in {routes:?}");
     }
-    let bfd = server.nbctl(&["--columns=detect_mult,dst_ip,external_ids,logical_port,min_rx,min_tx", "list", "BFD"]);
+    let bfd = server.nbctl(&[
+        "--columns=detect_mult,dst_ip,external_ids,logical_port,min_rx,min_tx",
+        "list",
+        "BFD",
+    ]);
     let rows = lines(&bfd);
     for expected in [
         "detect_mult : 3",
@@ -120,11 +203,23 @@ async fn gateway2_on_a_custom_vpc_routes_with_ecmp_and_bfd() {
         "min_rx : 1000",
         "min_tx : 1000",
     ] {
-        assert!(rows.iter().any(|l| l == expected), "{expected:?} not in:\n{bfd}");
+        assert!(
+            rows.iter().any(|l| l == expected),
+            "{expected:?} not in:\n{bfd}"
+        );
     }
-    assert!(apply(&monitor, &gateway2(&["192.168.0.2", "192.168.0.3"])).await.unwrap().operations.is_empty());
+    assert!(
+        apply(&monitor, &gateway2(&["192.168.0.2", "192.168.0.3"]))
+            .await
+            .unwrap()
+            .operations
+            .is_empty()
+    );
     delete(&monitor, &gateway2(&[])).await.unwrap();
-    assert_eq!(lines(&server.nbctl(&["lr-route-list", "vpc1"])), Vec::<String>::new());
+    assert_eq!(
+        lines(&server.nbctl(&["lr-route-list", "vpc1"])),
+        Vec::<String>::new()
+    );
     assert_eq!(server.nbctl(&["--columns=_uuid", "list", "BFD"]).trim(), "");
 }
 
@@ -133,19 +228,39 @@ async fn a_rejected_transaction_leaves_nothing_behind() {
     let server = NbServer::start();
     let monitor = monitored(&server, "vpc1").await;
     // Someone else already has a BFD session to the same instance: the unique index refuses ours.
-    server.nbctl(&["create", "BFD", "logical_port=bfd@vpc1", "dst_ip=192.168.0.2"]);
-    let error = apply(&monitor, &gateway2(&["192.168.0.2"])).await.unwrap_err().to_string();
-    assert!(error.contains("constraint violation") && error.contains("nothing was applied"), "{error}");
-    assert_eq!(lines(&server.nbctl(&["lr-route-list", "vpc1"])), Vec::<String>::new(), "a route was left behind");
+    server.nbctl(&[
+        "create",
+        "BFD",
+        "logical_port=bfd@vpc1",
+        "dst_ip=192.168.0.2",
+    ]);
+    let error = apply(&monitor, &gateway2(&["192.168.0.2"]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("constraint violation") && error.contains("nothing was applied"),
+        "{error}"
+    );
+    assert_eq!(
+        lines(&server.nbctl(&["lr-route-list", "vpc1"])),
+        Vec::<String>::new(),
+        "a route was left behind"
+    );
     let sets = server.nbctl(&["--columns=name", "list", "Address_Set"]);
-    assert!(!sets.contains("VEG."), "an address set was left behind: {sets}");
+    assert!(
+        !sets.contains("VEG."),
+        "an address set was left behind: {sets}"
+    );
 }
 
 #[test]
 fn the_command_line_applies_a_manifest_written_for_kubectl() {
     let server = NbServer::start();
     server.nbctl(&["lr-add", "vpc1"]);
-    let file = std::env::temp_dir().join(veg_testbed::unique("veg-gateway2-")).with_extension("yaml");
+    let file = std::env::temp_dir()
+        .join(veg_testbed::unique("veg-gateway2-"))
+        .with_extension("yaml");
     std::fs::write(
         &file,
         "apiVersion: kubeovn.io/v1\nkind: Vpc\nmetadata:\n  name: vpc1\nspec:\n  bfdPort:\n    enabled: true\n    ip: 10.255.255.255\n\
@@ -157,21 +272,39 @@ fn the_command_line_applies_a_manifest_written_for_kubectl() {
     )
     .unwrap();
     let veg = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_veg")).args(args).output().unwrap();
-        assert!(out.status.success(), "veg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_veg"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "veg {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let f = file.to_str().unwrap();
     let plan = veg(&["ovn", "plan", "-f", f]);
     assert!(plan.contains("BFD bfd@vpc1|192.168.0.3"), "{plan}");
     veg(&["ovn", "apply", "-f", f, "--nb", &server.unix]);
-    assert!(server.nbctl(&["show", "vpc1"]).contains("port bfd@vpc1"), "the VPC's BFD port was not created");
+    assert!(
+        server.nbctl(&["show", "vpc1"]).contains("port bfd@vpc1"),
+        "the VPC's BFD port was not created"
+    );
     let routes = lines(&server.nbctl(&["lr-route-list", "vpc1"]));
-    assert!(routes.contains(&"192.168.0.0/24 192.168.0.3 src-ip ecmp ecmp-symmetric-reply bfd".to_owned()), "{routes:?}");
+    assert!(
+        routes.contains(
+            &"192.168.0.0/24 192.168.0.3 src-ip ecmp ecmp-symmetric-reply bfd".to_owned()
+        ),
+        "{routes:?}"
+    );
     assert!(veg(&["ovn", "apply", "-f", f, "--nb", &server.tcp]).contains("nothing to do"));
     veg(&["ovn", "delete", "-f", f, "--nb", &server.unix]);
     assert!(lines(&server.nbctl(&["lr-route-list", "vpc1"])).is_empty());
-    assert!(server.nbctl(&["show", "vpc1"]).contains("port bfd@vpc1"), "the Vpc's port went with the gateway");
+    assert!(
+        server.nbctl(&["show", "vpc1"]).contains("port bfd@vpc1"),
+        "the Vpc's port went with the gateway"
+    );
     std::fs::remove_file(file).unwrap();
 }
 
@@ -193,9 +326,23 @@ fn bfd_status_from_the_southbound_rewrites_the_default_vpc_policy() {
     let central = OvnCentral::start();
     let nb = &central.nb;
     nb.nbctl(&["lr-add", "ovn-cluster"]);
-    nb.nbctl(&["lrp-add", "ovn-cluster", "ovn-cluster-ovn-default", "02:00:00:00:00:01", "10.16.0.1/16"]);
-    nb.nbctl(&["lrp-add", "ovn-cluster", "bfd@ovn-cluster", "02:00:00:00:00:09", "10.255.255.255/32"]);
-    let file = std::env::temp_dir().join(veg_testbed::unique("veg-gateway1-bfd-")).with_extension("yaml");
+    nb.nbctl(&[
+        "lrp-add",
+        "ovn-cluster",
+        "ovn-cluster-ovn-default",
+        "02:00:00:00:00:01",
+        "10.16.0.1/16",
+    ]);
+    nb.nbctl(&[
+        "lrp-add",
+        "ovn-cluster",
+        "bfd@ovn-cluster",
+        "02:00:00:00:00:09",
+        "10.255.255.255/32",
+    ]);
+    let file = std::env::temp_dir()
+        .join(veg_testbed::unique("veg-gateway1-bfd-"))
+        .with_extension("yaml");
     std::fs::write(
         &file,
         "kind: Vpc\nmetadata: {name: ovn-cluster}\nspec: {bfdPort: {enabled: true, ip: 10.255.255.255}}\n---\n\
@@ -205,39 +352,73 @@ fn bfd_status_from_the_southbound_rewrites_the_default_vpc_policy() {
     )
     .unwrap();
     let mut watcher = std::process::Command::new(env!("CARGO_BIN_EXE_veg"))
-        .args(["ovn", "apply", "--watch", "-f", file.to_str().unwrap(), "--nb", &nb.unix])
+        .args([
+            "ovn",
+            "apply",
+            "--watch",
+            "-f",
+            file.to_str().unwrap(),
+            "--nb",
+            &nb.unix,
+        ])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let policies = || lines(&nb.nbctl(&["lr-policy-list", "ovn-cluster"]));
     let has = |line: &str| policies().contains(&line.to_owned());
     let set_status = |ip: &str, status: &str| {
-        let uuid = central.sbctl(&["--bare", "--columns=_uuid", "find", "BFD", &format!("dst_ip={ip}")]);
+        let uuid = central.sbctl(&[
+            "--bare",
+            "--columns=_uuid",
+            "find",
+            "BFD",
+            &format!("dst_ip={ip}"),
+        ]);
         central.sbctl(&["set", "BFD", uuid.trim(), &format!("status={status}")]);
     };
     let wait = Duration::from_secs(10);
     // No session is Up yet: drop, as the reference does, rather than leave through the nodes.
     let dropping = eventually(wait, || has("29090 ip4.src == 10.16.0.0/16 drop"));
     // northd ran the sessions (the anchor routes reference them): set them as ovn-controller would.
-    let synced = dropping && eventually(wait, || central.sbctl(&["--bare", "--columns=dst_ip", "list", "BFD"]).lines().count() >= 2);
+    let synced = dropping
+        && eventually(wait, || {
+            central
+                .sbctl(&["--bare", "--columns=dst_ip", "list", "BFD"])
+                .lines()
+                .count()
+                >= 2
+        });
     if synced {
         set_status("10.16.0.12", "up");
         set_status("10.16.0.13", "up");
     }
-    let both = synced && eventually(wait, || has("29100 ip4.src == 10.16.0.0/16 reroute 10.16.0.12, 10.16.0.13"));
+    let both = synced
+        && eventually(wait, || {
+            has("29100 ip4.src == 10.16.0.0/16 reroute 10.16.0.12, 10.16.0.13")
+        });
     if both {
         set_status("10.16.0.12", "down");
     }
-    let one = both && eventually(wait, || has("29100 ip4.src == 10.16.0.0/16 reroute 10.16.0.13"));
+    let one = both
+        && eventually(wait, || {
+            has("29100 ip4.src == 10.16.0.0/16 reroute 10.16.0.13")
+        });
     unsafe { libc::kill(watcher.id() as i32, libc::SIGTERM) };
     let _ = watcher.wait();
     let _ = std::fs::remove_file(&file);
-    assert!(dropping, "no drop policy while every session is down: {:?}", policies());
+    assert!(
+        dropping,
+        "no drop policy while every session is down: {:?}",
+        policies()
+    );
     assert!(synced, "northd made no Southbound BFD rows");
     assert!(both, "both sessions up, yet: {:?}", policies());
     assert!(one, "10.16.0.12 is down, yet: {:?}", policies());
     let routes = lines(&nb.nbctl(&["lr-route-list", "ovn-cluster"]));
-    assert!(routes.contains(&"10.16.0.12 10.16.0.12 dst-ip bfd".to_owned()), "anchor route missing: {routes:?}");
+    assert!(
+        routes.contains(&"10.16.0.12 10.16.0.12 dst-ip bfd".to_owned()),
+        "anchor route missing: {routes:?}"
+    );
 }
 
 #[tokio::test]
@@ -254,23 +435,49 @@ async fn the_vpc_bfd_port_follows_its_chassis() {
         chassis: chassis.iter().map(|c| c.to_string()).collect(),
     };
     let first = port(&["node-a", "node-b"]);
-    converge(&monitor, &first.owner(), &vpc_port_rows(&first)).await.unwrap();
+    converge(&monitor, &first.owner(), &vpc_port_rows(&first))
+        .await
+        .unwrap();
     let show = lines(&server.nbctl(&["show", "vpc1"]));
     assert!(show.contains(&"port bfd@vpc1".to_owned()), "{show:?}");
-    assert!(show.contains(&"networks: [\"10.255.255.255/32\"]".to_owned()), "{show:?}");
+    assert!(
+        show.contains(&"networks: [\"10.255.255.255/32\"]".to_owned()),
+        "{show:?}"
+    );
     // ha-chassis-group-list: "<uuid> (group)", then "<uuid> (chassis)" and "priority N" per chassis.
     let groups = || lines(&server.nbctl(&["ha-chassis-group-list"])).join(" ");
     let listed = groups();
     assert!(listed.contains("(bfd@vpc1)"), "{listed}");
-    assert!(listed.contains("(node-a) priority 100") && listed.contains("(node-b) priority 99"), "{listed}");
-    assert!(converge(&monitor, &first.owner(), &vpc_port_rows(&first)).await.unwrap().operations.is_empty());
+    assert!(
+        listed.contains("(node-a) priority 100") && listed.contains("(node-b) priority 99"),
+        "{listed}"
+    );
+    assert!(
+        converge(&monitor, &first.owner(), &vpc_port_rows(&first))
+            .await
+            .unwrap()
+            .operations
+            .is_empty()
+    );
 
     // A node leaves, another joins: only the chassis change.
     let second = port(&["node-a", "node-c"]);
-    let changed = converge(&monitor, &second.owner(), &vpc_port_rows(&second)).await.unwrap();
-    assert_eq!(changed.changes, ["insert HA_Chassis node-c", "update HA_Chassis_Group bfd@vpc1: ha_chassis", "delete HA_Chassis node-b"]);
+    let changed = converge(&monitor, &second.owner(), &vpc_port_rows(&second))
+        .await
+        .unwrap();
+    assert_eq!(
+        changed.changes,
+        [
+            "insert HA_Chassis node-c",
+            "update HA_Chassis_Group bfd@vpc1: ha_chassis",
+            "delete HA_Chassis node-b"
+        ]
+    );
     let listed = groups();
-    assert!(listed.contains("(node-c) priority 99") && !listed.contains("node-b"), "{listed}");
+    assert!(
+        listed.contains("(node-c) priority 99") && !listed.contains("node-b"),
+        "{listed}"
+    );
 
     converge(&monitor, &second.owner(), &[]).await.unwrap();
     assert!(!server.nbctl(&["show", "vpc1"]).contains("bfd@vpc1"));
@@ -294,16 +501,36 @@ async fn ovn_apply_at_scale() {
     let mut operations: Vec<_> = (0..PORTS)
         .map(|i| json!({ "op": "insert", "table": "Logical_Switch_Port", "row": { "name": format!("pod{i}.default") }, "uuid-name": format!("p{i}") }))
         .collect();
-    let ports: Vec<_> = (0..PORTS).map(|i| json!(["named-uuid", format!("p{i}")])).collect();
+    let ports: Vec<_> = (0..PORTS)
+        .map(|i| json!(["named-uuid", format!("p{i}")]))
+        .collect();
     operations.push(json!({ "op": "insert", "table": "Logical_Switch", "row": { "name": "ovn-default", "ports": ["set", ports] } }));
     client.transact(DB, &operations).await.unwrap();
-    assert!(monitor.wait_until(Duration::from_secs(30), |r| r.rows("Logical_Switch_Port").count() == PORTS).await);
+    assert!(
+        monitor
+            .wait_until(Duration::from_secs(30), |r| r
+                .rows("Logical_Switch_Port")
+                .count()
+                == PORTS)
+            .await
+    );
 
     let gateway = |i: u32, instances_count: u32| GatewaySpec {
         name: format!("gw{i}"),
-        sources: vec![format!("10.{}.{}.0/24", 100 + i / 256, i % 256).parse().unwrap()],
+        sources: vec![
+            format!("10.{}.{}.0/24", 100 + i / 256, i % 256)
+                .parse()
+                .unwrap(),
+        ],
         instances: (0..instances_count)
-            .map(|n| Instance { addresses: vec![format!("10.16.{}.{}", i / 250, n + 1 + 4 * (i % 50)).parse().unwrap()], node: "n".into() })
+            .map(|n| Instance {
+                addresses: vec![
+                    format!("10.16.{}.{}", i / 250, n + 1 + 4 * (i % 50))
+                        .parse()
+                        .unwrap(),
+                ],
+                node: "n".into(),
+            })
             .collect(),
         ..gateway1(&[])
     };
@@ -333,7 +560,11 @@ async fn ovn_apply_at_scale() {
     let (start, before) = (Instant::now(), client.bytes());
     let mut writes = 0;
     for i in 0..GATEWAYS {
-        writes += apply(&monitor, &gateway(i, if i == 7 { 3 } else { 2 })).await.unwrap().operations.len();
+        writes += apply(&monitor, &gateway(i, if i == 7 { 3 } else { 2 }))
+            .await
+            .unwrap()
+            .operations
+            .len();
     }
     let reapply = measure(start, before, GATEWAYS);
     assert_eq!(writes, 0, "re-applying unchanged gateways wrote something");

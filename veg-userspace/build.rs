@@ -24,9 +24,16 @@ fn add_bpf_linker_to_path() -> anyhow::Result<()> {
         .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/veg")))
         .context("neither VEG_CACHE nor HOME is set")?;
-    let dir = cache.join(format!("bpf-linker-{}-{}/bin", pinned("BPF_LINKER_VERSION")?, pinned("NIGHTLY")?));
+    let dir = cache.join(format!(
+        "bpf-linker-{}-{}/bin",
+        pinned("BPF_LINKER_VERSION")?,
+        pinned("NIGHTLY")?
+    ));
     if !dir.join("bpf-linker").is_file() {
-        bail!("bpf-linker not found on PATH nor in {}: run scripts/setup first", dir.display());
+        bail!(
+            "bpf-linker not found on PATH nor in {}: run scripts/setup first",
+            dir.display()
+        );
     }
     let mut dirs = vec![dir];
     dirs.extend(env::split_paths(&path));
@@ -40,6 +47,10 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed=../veg-common/src");
     add_bpf_linker_to_path()?;
     let nightly = pinned("NIGHTLY")?;
-    let ebpf = aya_build::Package { name: "veg-ebpf", root_dir: "../veg-ebpf", ..Default::default() };
+    let ebpf = aya_build::Package {
+        name: "veg-ebpf",
+        root_dir: "../veg-ebpf",
+        ..Default::default()
+    };
     aya_build::build_ebpf([ebpf], aya_build::Toolchain::Custom(&nightly))
 }

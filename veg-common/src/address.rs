@@ -20,7 +20,9 @@ impl Address {
     #[inline(always)]
     pub fn from_ipv4_be(addr: u32) -> Address {
         let b = addr.to_ne_bytes();
-        Address { bytes: [b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] }
+        Address {
+            bytes: [b[0], b[1], b[2], b[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        }
     }
 
     /// The IPv4 address in network byte order, for writing into a header.
@@ -51,7 +53,12 @@ mod user {
             if family == super::FAMILY_IPV6 {
                 IpAddr::V6(Ipv6Addr::from(self.bytes))
             } else {
-                IpAddr::V4(Ipv4Addr::new(self.bytes[0], self.bytes[1], self.bytes[2], self.bytes[3]))
+                IpAddr::V4(Ipv4Addr::new(
+                    self.bytes[0],
+                    self.bytes[1],
+                    self.bytes[2],
+                    self.bytes[3],
+                ))
             }
         }
     }

@@ -163,22 +163,42 @@ mod tests {
         assert_eq!(reverse.dst_port, out.nat_port);
         assert_eq!(reverse.src_port, 80u16.to_be());
 
-        let inb = FlowEntry { nat_addr: client, nat_port: 40000u16.to_be(), direction: DIRECTION_INBOUND, ..out };
+        let inb = FlowEntry {
+            nat_addr: client,
+            nat_port: 40000u16.to_be(),
+            direction: DIRECTION_INBOUND,
+            ..out
+        };
         assert_eq!(reverse.partner(&inb), forward);
     }
 
     #[test]
     fn timeouts_follow_the_rfcs() {
-        assert_eq!(idle_timeout_ns(PROTO_TCP, STATE_SYN_OUT), TCP_TRANSITORY_TIMEOUT_NS);
-        assert_eq!(idle_timeout_ns(PROTO_TCP, STATE_SYN_OUT | STATE_REPLY_SEEN), TCP_ESTABLISHED_TIMEOUT_NS);
-        assert_eq!(idle_timeout_ns(PROTO_TCP, STATE_REPLY_SEEN | STATE_FIN_OUT), TCP_TRANSITORY_TIMEOUT_NS);
-        assert_eq!(idle_timeout_ns(PROTO_TCP, STATE_REPLY_SEEN | STATE_RST), TCP_TRANSITORY_TIMEOUT_NS);
+        assert_eq!(
+            idle_timeout_ns(PROTO_TCP, STATE_SYN_OUT),
+            TCP_TRANSITORY_TIMEOUT_NS
+        );
+        assert_eq!(
+            idle_timeout_ns(PROTO_TCP, STATE_SYN_OUT | STATE_REPLY_SEEN),
+            TCP_ESTABLISHED_TIMEOUT_NS
+        );
+        assert_eq!(
+            idle_timeout_ns(PROTO_TCP, STATE_REPLY_SEEN | STATE_FIN_OUT),
+            TCP_TRANSITORY_TIMEOUT_NS
+        );
+        assert_eq!(
+            idle_timeout_ns(PROTO_TCP, STATE_REPLY_SEEN | STATE_RST),
+            TCP_TRANSITORY_TIMEOUT_NS
+        );
         assert_eq!(idle_timeout_ns(PROTO_UDP, 0), UDP_TIMEOUT_NS);
         assert!(is_closed(STATE_REPLY_SEEN | STATE_RST));
         assert!(is_closed(STATE_FIN_OUT | STATE_FIN_IN));
         assert!(!is_closed(STATE_REPLY_SEEN | STATE_FIN_OUT));
         assert_eq!(idle_timeout_ns(PROTO_ICMP, 0), ICMP_TIMEOUT_NS);
-        let e = FlowEntry { last_seen_ns: 1_000, ..FlowEntry::default() };
+        let e = FlowEntry {
+            last_seen_ns: 1_000,
+            ..FlowEntry::default()
+        };
         assert!(!is_expired(&e, PROTO_ICMP, 1_000 + ICMP_TIMEOUT_NS));
         assert!(is_expired(&e, PROTO_ICMP, 1_001 + ICMP_TIMEOUT_NS));
     }

@@ -6,8 +6,9 @@ use veg_common::{
     address::{Address, FAMILY_IPV4},
     config::GatewayConfig,
     flow::{
-        DIRECTION_INBOUND, DIRECTION_OUTBOUND, FlowEntry, FlowKey, PROTO_ICMP, PROTO_TCP, REFRESH_NS,
-        STATE_FIN_IN, STATE_FIN_OUT, STATE_REPLY_SEEN, STATE_RST, STATE_SYN_OUT, is_closed, is_expired,
+        DIRECTION_INBOUND, DIRECTION_OUTBOUND, FlowEntry, FlowKey, PROTO_ICMP, PROTO_TCP,
+        REFRESH_NS, STATE_FIN_IN, STATE_FIN_OUT, STATE_REPLY_SEEN, STATE_RST, STATE_SYN_OUT,
+        is_closed, is_expired,
     },
     stats::Counter,
 };
@@ -32,7 +33,11 @@ pub fn outbound_key(pkt: &Ipv4Packet) -> FlowKey {
         src_addr: Address::from_ipv4_be(pkt.src),
         dst_addr: Address::from_ipv4_be(pkt.dst),
         src_port: pkt.src_port,
-        dst_port: if pkt.protocol == PROTO_ICMP { 0 } else { pkt.dst_port },
+        dst_port: if pkt.protocol == PROTO_ICMP {
+            0
+        } else {
+            pkt.dst_port
+        },
         protocol: pkt.protocol,
         family: FAMILY_IPV4,
         _pad: [0; 2],
@@ -45,7 +50,11 @@ pub fn inbound_key(pkt: &Ipv4Packet) -> FlowKey {
     FlowKey {
         src_addr: Address::from_ipv4_be(pkt.src),
         dst_addr: Address::from_ipv4_be(pkt.dst),
-        src_port: if pkt.protocol == PROTO_ICMP { 0 } else { pkt.src_port },
+        src_port: if pkt.protocol == PROTO_ICMP {
+            0
+        } else {
+            pkt.src_port
+        },
         dst_port: pkt.dst_port,
         protocol: pkt.protocol,
         family: FAMILY_IPV4,
@@ -56,13 +65,21 @@ pub fn inbound_key(pkt: &Ipv4Packet) -> FlowKey {
 /// State bits a packet sets, by direction.
 #[inline(always)]
 fn state_bits(pkt: &Ipv4Packet, direction: u8) -> u8 {
-    let mut bits = if direction == DIRECTION_INBOUND { STATE_REPLY_SEEN } else { 0 };
+    let mut bits = if direction == DIRECTION_INBOUND {
+        STATE_REPLY_SEEN
+    } else {
+        0
+    };
     if pkt.protocol == PROTO_TCP {
         if pkt.tcp_flags & TCP_FLAG_RST != 0 {
             bits |= STATE_RST;
         }
         if pkt.tcp_flags & TCP_FLAG_FIN != 0 {
-            bits |= if direction == DIRECTION_OUTBOUND { STATE_FIN_OUT } else { STATE_FIN_IN };
+            bits |= if direction == DIRECTION_OUTBOUND {
+                STATE_FIN_OUT
+            } else {
+                STATE_FIN_IN
+            };
         }
         if pkt.tcp_flags & TCP_FLAG_SYN != 0 && direction == DIRECTION_OUTBOUND {
             bits |= STATE_SYN_OUT;
@@ -77,7 +94,11 @@ fn state_bits(pkt: &Ipv4Packet, direction: u8) -> u8 {
 #[inline(always)]
 fn touch(key: &FlowKey, entry: &mut FlowEntry, bits: u8, now: u64) -> bool {
     // A SYN on a closed flow's tuple is a new connection on the same mapping (the client reused its port).
-    let state = if bits & STATE_SYN_OUT != 0 && is_closed(entry.state) { bits } else { entry.state | bits };
+    let state = if bits & STATE_SYN_OUT != 0 && is_closed(entry.state) {
+        bits
+    } else {
+        entry.state | bits
+    };
     if state == entry.state && now.wrapping_sub(entry.last_seen_ns) < REFRESH_NS {
         return true;
     }
@@ -91,15 +112,34 @@ fn touch(key: &FlowKey, entry: &mut FlowEntry, bits: u8, now: u64) -> bool {
         return true;
     }
     let partner = FlowEntry {
-        nat_addr: if entry.direction == DIRECTION_OUTBOUND { key.src_addr } else { key.dst_addr },
-        nat_port: if entry.direction == DIRECTION_OUTBOUND { key.src_port } else { key.dst_port },
-        direction: if entry.direction == DIRECTION_OUTBOUND { DIRECTION_INBOUND } else { DIRECTION_OUTBOUND },
+        nat_addr: if entry.direction == DIRECTION_OUTBOUND {
+            key.src_addr
+        } else {
+            key.dst_addr
+        },
+        nat_port: if entry.direction == DIRECTION_OUTBOUND {
+            key.src_port
+        } else {
+            key.dst_port
+        },
+        direction: if entry.direction == DIRECTION_OUTBOUND {
+            DIRECTION_INBOUND
+        } else {
+            DIRECTION_OUTBOUND
+        },
         state,
         _pad: 0,
         last_seen_ns: now,
         created_ns: entry.created_ns,
     };
-    if FLOWS.insert(&partner_key, &partner, aya_ebpf::bindings::BPF_NOEXIST as u64).is_ok() {
+    if FLOWS
+        .insert(
+            &partner_key,
+            &partner,
+            aya_ebpf::bindings::BPF_NOEXIST as u64,
+        )
+        .is_ok()
+    {
         count(Counter::FlowsRepaired);
         true
     } else {
@@ -116,9 +156,13 @@ pub fn translate_outbound(pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Result<Trans
     if let Some(entry) = FLOWS.get_ptr_mut(&key) {
         let entry = unsafe { &mut *entry };
         // A mapping to an old external address, or one that timed out, is replaced rather than reused.
-        let current = entry.nat_addr == cfg.external_addr_v4 && !is_expired(entry, key.protocol, now);
+        let current =
+            entry.nat_addr == cfg.external_addr_v4 && !is_expired(entry, key.protocol, now);
         if current && touch(&key, entry, bits, now) {
-            return Ok(Translation { addr: entry.nat_addr.ipv4_be(), port: entry.nat_port });
+            return Ok(Translation {
+                addr: entry.nat_addr.ipv4_be(),
+                port: entry.nat_port,
+            });
         }
         count(Counter::FlowsExpiredOnLookup);
         let partner = key.partner(entry);
@@ -142,7 +186,10 @@ pub fn translate_outbound(pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Result<Trans
     };
     let port = ports::allocate(&key, &entry, cfg)?;
     count(Counter::FlowsCreated);
-    Ok(Translation { addr: cfg.external_addr_v4.ipv4_be(), port })
+    Ok(Translation {
+        addr: cfg.external_addr_v4.ipv4_be(),
+        port,
+    })
 }
 
 /// The translation back for a packet from outside, if it belongs to a live flow.
@@ -159,5 +206,8 @@ pub fn translate_inbound(pkt: &Ipv4Packet) -> Option<Translation> {
         let _ = FLOWS.remove(&key);
         return None;
     }
-    Some(Translation { addr: entry.nat_addr.ipv4_be(), port: entry.nat_port })
+    Some(Translation {
+        addr: entry.nat_addr.ipv4_be(),
+        port: entry.nat_port,
+    })
 }

@@ -27,7 +27,10 @@ pub fn handle(ctx: &TcContext) -> i32 {
     if pkt.dst == cfg.external_addr_v4.ipv4_be() {
         return to_external_address(ctx, &pkt, cfg);
     }
-    match POLICY_V4.get(Key::new(32, pkt.dst.to_ne_bytes())).map(|p| p.action) {
+    match POLICY_V4
+        .get(Key::new(32, pkt.dst.to_ne_bytes()))
+        .map(|p| p.action)
+    {
         // Replies to forward (no-SNAT) sources come back untranslated.
         Some(ACTION_FORWARD) => route_to_vpc(ctx, &pkt, cfg, None),
         // A SNAT source is only reachable through its translation.
@@ -63,7 +66,12 @@ fn to_external_address(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -
 
 /// Send a packet from outside to a VPC client, translating its destination first when `nat` is given.
 #[inline(always)]
-fn route_to_vpc(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, nat: Option<flows::Translation>) -> i32 {
+fn route_to_vpc(
+    ctx: &TcContext,
+    pkt: &Ipv4Packet,
+    cfg: &GatewayConfig,
+    nat: Option<flows::Translation>,
+) -> i32 {
     let dst = nat.as_ref().map(|n| n.addr).unwrap_or(pkt.dst);
     let route = route::lookup(ctx, cfg.external_ifindex, pkt.protocol, pkt.src, dst);
     if route.ifindex() != Some(cfg.internal_ifindex) {

@@ -28,7 +28,9 @@ pub fn handle(ctx: &TcContext) -> i32 {
     match route {
         // For the instance itself, inside the VPC, or unroutable: the kernel answers or delivers.
         Route::NotForwarded => return pass_to_host(Counter::PassedToHost),
-        Route::Resolved { .. } | Route::Unresolved { .. } if route.ifindex() != Some(cfg.external_ifindex) => {
+        Route::Resolved { .. } | Route::Unresolved { .. }
+            if route.ifindex() != Some(cfg.external_ifindex) =>
+        {
             return pass_to_host(Counter::PassedToHost);
         }
         _ => {}

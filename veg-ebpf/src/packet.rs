@@ -90,7 +90,11 @@ fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
 #[inline(always)]
 fn pull_headers(ctx: &TcContext, len: usize) {
     if ctx.data() + len > ctx.data_end() {
-        let want = if (ctx.len() as usize) < len { ctx.len() } else { len as u32 };
+        let want = if (ctx.len() as usize) < len {
+            ctx.len()
+        } else {
+            len as u32
+        };
         let _ = ctx.pull_data(want);
     }
 }

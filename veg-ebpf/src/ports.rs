@@ -8,7 +8,9 @@ use aya_ebpf::{
 };
 use veg_common::{
     config::GatewayConfig,
-    flow::{DIRECTION_INBOUND, FlowEntry, FlowKey, PROTO_TCP, STATE_SYN_OUT, is_closed, is_expired},
+    flow::{
+        DIRECTION_INBOUND, FlowEntry, FlowKey, PROTO_TCP, STATE_SYN_OUT, is_closed, is_expired,
+    },
     stats::Counter,
 };
 
@@ -47,13 +49,20 @@ fn claim(key: &FlowKey, entry: &FlowEntry, port: u16) -> Claim {
         direction: DIRECTION_INBOUND,
         ..*entry
     };
-    if FLOWS.insert(&reverse_key, &reverse, BPF_NOEXIST as u64).is_err()
+    if FLOWS
+        .insert(&reverse_key, &reverse, BPF_NOEXIST as u64)
+        .is_err()
         && !(take_over(&reverse_key, entry, port_be)
-            && FLOWS.insert(&reverse_key, &reverse, BPF_NOEXIST as u64).is_ok())
+            && FLOWS
+                .insert(&reverse_key, &reverse, BPF_NOEXIST as u64)
+                .is_ok())
     {
         return Claim::Taken;
     }
-    let forward = FlowEntry { nat_port: port_be, ..*entry };
+    let forward = FlowEntry {
+        nat_port: port_be,
+        ..*entry
+    };
     if FLOWS.insert(key, &forward, BPF_NOEXIST as u64).is_err() {
         // Roll back our lock and follow the winner.
         let _ = FLOWS.remove(&reverse_key);
@@ -75,8 +84,9 @@ fn take_over(reverse_key: &FlowKey, entry: &FlowEntry, port_be: u16) -> bool {
         return true; // evicted meanwhile: free
     };
     let old = unsafe { *old };
-    let new_connection =
-        reverse_key.protocol == PROTO_TCP && entry.state & STATE_SYN_OUT != 0 && is_closed(old.state);
+    let new_connection = reverse_key.protocol == PROTO_TCP
+        && entry.state & STATE_SYN_OUT != 0
+        && is_closed(old.state);
     if !new_connection && !is_expired(&old, reverse_key.protocol, entry.last_seen_ns) {
         return false;
     }
@@ -134,7 +144,11 @@ unsafe extern "C" fn random_step(index: u32, ctx: *mut core::ffi::c_void) -> i64
     let Some(offset) = random.checked_rem(search.range) else {
         return 1;
     };
-    let port = if index == 0 && search.original != 0 { search.original } else { search.port_min + offset };
+    let port = if index == 0 && search.original != 0 {
+        search.original
+    } else {
+        search.port_min + offset
+    };
     try_port(search, port as u16)
 }
 
@@ -164,7 +178,11 @@ pub fn allocate(key: &FlowKey, entry: &FlowEntry, cfg: &GatewayConfig) -> Result
     let mut search = Search {
         port_min: min,
         range,
-        original: if original >= min && original <= cfg.port_max as u32 { original } else { 0 },
+        original: if original >= min && original <= cfg.port_max as u32 {
+            original
+        } else {
+            0
+        },
         start: unsafe { bpf_get_prandom_u32() },
         result: 0,
         found: false,
@@ -175,5 +193,9 @@ pub fn allocate(key: &FlowKey, entry: &FlowEntry, cfg: &GatewayConfig) -> Result
         count(Counter::PortScanFallbacks);
         unsafe { bpf_loop(range, scan_step as *mut _, ctx, 0) };
     }
-    if search.found { Ok(search.result) } else { Err(Counter::DropPortExhausted) }
+    if search.found {
+        Ok(search.result)
+    } else {
+        Err(Counter::DropPortExhausted)
+    }
 }

@@ -33,7 +33,13 @@ fn l4_layout(protocol: u8, end: End) -> Option<(usize, usize, u64)> {
 /// Rewrite one end's address and port, fixing both checksums. The packet has been parsed, so every offset is
 /// inside it; a helper failure still aborts before any field is left half-written where it can be avoided.
 #[inline(always)]
-pub fn rewrite_end(ctx: &TcContext, pkt: &Ipv4Packet, end: End, new_addr: u32, new_port: u16) -> Result<(), ()> {
+pub fn rewrite_end(
+    ctx: &TcContext,
+    pkt: &Ipv4Packet,
+    end: End,
+    new_addr: u32,
+    new_port: u16,
+) -> Result<(), ()> {
     let (csum_off, port_off, pseudo_flags) = l4_layout(pkt.protocol, end).ok_or(())?;
     let (old_addr, addr_off) = match end {
         End::Source => (pkt.src, IPV4_SRC_OFF),
@@ -48,14 +54,24 @@ pub fn rewrite_end(ctx: &TcContext, pkt: &Ipv4Packet, end: End, new_addr: u32, n
     let update_l4 = !(pkt.protocol == PROTO_UDP && pkt.udp_checksum_zero);
     if update_l4 {
         if pseudo_flags & BPF_F_PSEUDO_HDR as u64 != 0 {
-            ctx.l4_csum_replace(l4_csum, old_addr as u64, new_addr as u64, pseudo_flags | 4).map_err(|_| ())?;
+            ctx.l4_csum_replace(l4_csum, old_addr as u64, new_addr as u64, pseudo_flags | 4)
+                .map_err(|_| ())?;
         }
         let port_flags = pseudo_flags & !(BPF_F_PSEUDO_HDR as u64);
-        ctx.l4_csum_replace(l4_csum, old_port as u64, new_port as u64, port_flags | 2).map_err(|_| ())?;
+        ctx.l4_csum_replace(l4_csum, old_port as u64, new_port as u64, port_flags | 2)
+            .map_err(|_| ())?;
     }
-    ctx.l3_csum_replace(pkt.l3_off + IPV4_CSUM_OFF, old_addr as u64, new_addr as u64, 4).map_err(|_| ())?;
-    ctx.store(pkt.l3_off + addr_off, &new_addr, 0).map_err(|_| ())?;
-    ctx.store(pkt.l4_off + port_off, &new_port, 0).map_err(|_| ())?;
+    ctx.l3_csum_replace(
+        pkt.l3_off + IPV4_CSUM_OFF,
+        old_addr as u64,
+        new_addr as u64,
+        4,
+    )
+    .map_err(|_| ())?;
+    ctx.store(pkt.l3_off + addr_off, &new_addr, 0)
+        .map_err(|_| ())?;
+    ctx.store(pkt.l4_off + port_off, &new_port, 0)
+        .map_err(|_| ())?;
     Ok(())
 }
 
@@ -66,6 +82,12 @@ pub fn decrement_ttl(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<(), ()> {
     // TTL and protocol form one 16-bit word of the header checksum.
     let old_word = u16::from_ne_bytes([pkt.ttl, pkt.protocol]);
     let new_word = u16::from_ne_bytes([pkt.ttl - 1, pkt.protocol]);
-    ctx.l3_csum_replace(pkt.l3_off + IPV4_CSUM_OFF, old_word as u64, new_word as u64, 2).map_err(|_| ())?;
+    ctx.l3_csum_replace(
+        pkt.l3_off + IPV4_CSUM_OFF,
+        old_word as u64,
+        new_word as u64,
+        2,
+    )
+    .map_err(|_| ())?;
     ctx.store(off, &(pkt.ttl - 1), 0).map_err(|_| ())
 }

@@ -4,8 +4,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_REDIRECT,
-        bpf_fib_lookup, bpf_redir_neigh,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        TC_ACT_REDIRECT, bpf_fib_lookup, bpf_redir_neigh,
     },
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
@@ -17,7 +17,11 @@ const AF_INET: u8 = 2;
 
 pub enum Route {
     /// Out of `ifindex`, next hop's MAC known.
-    Resolved { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    Resolved {
+        ifindex: u32,
+        smac: [u8; 6],
+        dmac: [u8; 6],
+    },
     /// Out of `ifindex` to `nexthop` (network byte order), MAC not resolved yet.
     Unresolved { ifindex: u32, nexthop: u32 },
     /// Bigger than the route's MTU.
@@ -63,10 +67,15 @@ pub fn lookup(ctx: &TcContext, in_ifindex: u32, protocol: u8, src: u32, dst: u32
         return Route::NotForwarded;
     }
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Route::Resolved { ifindex: params.ifindex, smac: params.smac, dmac: params.dmac },
-        BPF_FIB_LKUP_RET_NO_NEIGH => {
-            Route::Unresolved { ifindex: params.ifindex, nexthop: unsafe { params.__bindgen_anon_4.ipv4_dst } }
-        }
+        BPF_FIB_LKUP_RET_SUCCESS => Route::Resolved {
+            ifindex: params.ifindex,
+            smac: params.smac,
+            dmac: params.dmac,
+        },
+        BPF_FIB_LKUP_RET_NO_NEIGH => Route::Unresolved {
+            ifindex: params.ifindex,
+            nexthop: unsafe { params.__bindgen_anon_4.ipv4_dst },
+        },
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::TooBig,
         _ => Route::NotForwarded,
     }
@@ -76,7 +85,11 @@ pub fn lookup(ctx: &TcContext, in_ifindex: u32, protocol: u8, src: u32, dst: u32
 #[inline(always)]
 pub fn redirect(ctx: &TcContext, route: &Route) -> Result<i32, ()> {
     match route {
-        Route::Resolved { ifindex, smac, dmac } => {
+        Route::Resolved {
+            ifindex,
+            smac,
+            dmac,
+        } => {
             let mut macs = [0u8; 12];
             macs[..6].copy_from_slice(dmac);
             macs[6..].copy_from_slice(smac);
@@ -88,9 +101,18 @@ pub fn redirect(ctx: &TcContext, route: &Route) -> Result<i32, ()> {
             nh.nh_family = AF_INET as u32;
             nh.__bindgen_anon_1.ipv4_nh = *nexthop;
             let rc = unsafe {
-                bpf_redirect_neigh(*ifindex, &mut nh, core::mem::size_of::<bpf_redir_neigh>() as i32, 0)
+                bpf_redirect_neigh(
+                    *ifindex,
+                    &mut nh,
+                    core::mem::size_of::<bpf_redir_neigh>() as i32,
+                    0,
+                )
             };
-            if rc == TC_ACT_REDIRECT as i64 { Ok(rc as i32) } else { Err(()) }
+            if rc == TC_ACT_REDIRECT as i64 {
+                Ok(rc as i32)
+            } else {
+                Err(())
+            }
         }
         _ => Err(()),
     }

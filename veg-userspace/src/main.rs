@@ -14,7 +14,11 @@ use veg_userspace::{
 };
 
 #[derive(Parser)]
-#[command(name = "veg", version, about = "VPC egress gateway for OVN-networked Kubernetes clusters")]
+#[command(
+    name = "veg",
+    version,
+    about = "VPC egress gateway for OVN-networked Kubernetes clusters"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -216,8 +220,12 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Gateway(args) => gateway(args),
-        Command::Flows(args) => inspect::flows::run(&args.name, args.json, &mut io::stdout().lock()),
-        Command::Stats(args) => inspect::stats::run(&args.name, args.json, &mut io::stdout().lock()),
+        Command::Flows(args) => {
+            inspect::flows::run(&args.name, args.json, &mut io::stdout().lock())
+        }
+        Command::Stats(args) => {
+            inspect::stats::run(&args.name, args.json, &mut io::stdout().lock())
+        }
         Command::Bfd(args) => bfd(args),
         Command::Ovn { command } => ovn(command),
         Command::Crd => {
@@ -255,7 +263,9 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         input = input.merge_file(SettingsInput::read(path)?);
     }
     if args.cleanup {
-        let name = input.name.context("--cleanup needs --name (or a --config with a name)")?;
+        let name = input
+            .name
+            .context("--cleanup needs --name (or a --config with a name)")?;
         let removed = pins::remove_gateway_pins(&name)?;
         eprintln!("veg: removed {} pin(s) of gateway {name:?}", removed.len());
         return Ok(());
@@ -266,7 +276,9 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         netns::enter(ns)?;
     }
     // A current-thread runtime starts no thread of its own, so this is still the only thread.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let stop = agent::StopSignals::install()?;
         let running = agent::start(&settings)?;
@@ -276,9 +288,17 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
 
 fn bfd(args: BfdArgs) -> anyhow::Result<()> {
     use veg_userspace::bfd::{control, engine, session};
-    if let Some(BfdCommand::Timers { name, min_tx, min_rx, multiplier }) = args.command {
+    if let Some(BfdCommand::Timers {
+        name,
+        min_tx,
+        min_rx,
+        multiplier,
+    }) = args.command
+    {
         control::request(&name, &format!("timers {min_tx} {min_rx} {multiplier}"))?;
-        eprintln!("veg: timers of {name:?} set to tx {min_tx} ms, rx {min_rx} ms, multiplier {multiplier}");
+        eprintln!(
+            "veg: timers of {name:?} set to tx {min_tx} ms, rx {min_rx} ms, multiplier {multiplier}"
+        );
         return Ok(());
     }
     if let Some(BfdCommand::Status { name, json }) = args.command {
@@ -290,7 +310,9 @@ fn bfd(args: BfdArgs) -> anyhow::Result<()> {
         }
         return Ok(control::print_status(&status, &mut out)?);
     }
-    let listen = args.listen.context("--listen is required: the local address of the sessions")?;
+    let listen = args
+        .listen
+        .context("--listen is required: the local address of the sessions")?;
     let config = engine::EngineConfig {
         listen,
         peers: args.peers,
@@ -300,12 +322,18 @@ fn bfd(args: BfdArgs) -> anyhow::Result<()> {
             detect_mult: args.multiplier,
         },
         min_ttl: args.min_ttl,
-        role: if args.passive { session::Role::Passive } else { session::Role::Active },
+        role: if args.passive {
+            session::Role::Passive
+        } else {
+            session::Role::Active
+        },
     };
     if let Some(ns) = &args.netns {
         netns::enter(ns)?;
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let stop = agent::StopSignals::install()?;
         let snapshot = Default::default();
@@ -326,7 +354,9 @@ fn ovn(command: OvnCommand) -> anyhow::Result<()> {
         OvnCommand::Delete { file, nb } => (file, nb, true, false),
     };
     let (spec, port) = command::read_gateway(&file)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         if watch {
             let stop = agent::StopSignals::install()?;

@@ -19,7 +19,10 @@ pub fn enter(name: &str) -> anyhow::Result<()> {
     }
     let path = netns_path(name);
     let file = File::open(&path).with_context(|| {
-        format!("network namespace {name:?} not found ({}): create it with `ip netns add {name}`", path.display())
+        format!(
+            "network namespace {name:?} not found ({}): create it with `ip netns add {name}`",
+            path.display()
+        )
     })?;
     // SAFETY: setns on a valid fd; affects only this thread.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 
 use anyhow::{Context as _, bail, ensure};
 use veg_testbed::{
-    lab::{FORWARD_SOURCES, GATEWAY_EXTERNAL_IP, GATEWAY_INTERNAL_IP, Lab, SERVER_IP, SNAT_SOURCES},
+    lab::{
+        FORWARD_SOURCES, GATEWAY_EXTERNAL_IP, GATEWAY_INTERNAL_IP, Lab, SERVER_IP, SNAT_SOURCES,
+    },
     servers::{icmp_echo_sources, tcp_echo, tcp_round_trip, udp_echo, udp_round_trip},
 };
 
@@ -25,10 +27,16 @@ pub fn run() -> anyhow::Result<()> {
     let mut lab = Lab::new(veg);
     let snat_client = lab.add_client("10.16.0.2");
     let forward_client = lab.add_client("10.16.1.2");
-    println!("  VPC 10.16.0.0/16: SNAT client 10.16.0.2, forward client 10.16.1.2, gateway eth0 {GATEWAY_INTERNAL_IP}");
-    println!("  underlay 172.17.0.0/16: gateway net1 {GATEWAY_EXTERNAL_IP} (macvlan), external server {SERVER_IP}");
+    println!(
+        "  VPC 10.16.0.0/16: SNAT client 10.16.0.2, forward client 10.16.1.2, gateway eth0 {GATEWAY_INTERNAL_IP}"
+    );
+    println!(
+        "  underlay 172.17.0.0/16: gateway net1 {GATEWAY_EXTERNAL_IP} (macvlan), external server {SERVER_IP}"
+    );
 
-    step(&format!("starting veg gateway: --snat {SNAT_SOURCES} --forward {FORWARD_SOURCES}"));
+    step(&format!(
+        "starting veg gateway: --snat {SNAT_SOURCES} --forward {FORWARD_SOURCES}"
+    ));
     let gateway = lab.start_gateway(&[]);
     let tcp = tcp_echo(&lab.server, 8080);
     let udp = udp_echo(&lab.server, 9000);
@@ -40,35 +48,66 @@ pub fn run() -> anyhow::Result<()> {
     ensure!(echoed == b"hello over tcp", "TCP echo came back wrong");
     let echoed = udp_round_trip(lab.client(snat_client), 0, server(9000), b"hello over udp")?;
     ensure!(echoed == b"hello over udp", "UDP echo came back wrong");
-    let ping = lab.client(snat_client).exec("ping", &["-c", "2", "-i", "0.2", "-W", "2", SERVER_IP]);
+    let ping = lab
+        .client(snat_client)
+        .exec("ping", &["-c", "2", "-i", "0.2", "-W", "2", SERVER_IP]);
     ensure!(ping.status.success(), "ping through the gateway failed");
     println!("  replies reached the client; the server saw:");
-    for (what, peers) in [("tcp", tcp.peers()), ("udp", udp.peers()), ("icmp (source, echo id)", icmp.peers())] {
+    for (what, peers) in [
+        ("tcp", tcp.peers()),
+        ("udp", udp.peers()),
+        ("icmp (source, echo id)", icmp.peers()),
+    ] {
         for peer in &peers {
             println!("    {what:<22} from {peer}");
         }
-        ensure!(peers.iter().all(|p| p.ip().to_string() == GATEWAY_EXTERNAL_IP), "{what} was not translated");
+        ensure!(
+            peers
+                .iter()
+                .all(|p| p.ip().to_string() == GATEWAY_EXTERNAL_IP),
+            "{what} was not translated"
+        );
     }
 
     step("the forward client is routed unchanged");
     tcp_round_trip(lab.client(forward_client), 0, server(8080), b"routed")?;
     let seen = *tcp.peers().last().unwrap();
     println!("    tcp                    from {seen}");
-    ensure!(seen.ip().to_string() == "10.16.1.2", "the forward client was translated");
+    ensure!(
+        seen.ip().to_string() == "10.16.1.2",
+        "the forward client was translated"
+    );
 
     step("veg flows");
     print!("{}", gateway.flows_table());
     step("veg stats (non-zero)");
-    for label in ["translated_out", "translated_in", "forwarded_out", "forwarded_in", "flows_created"] {
+    for label in [
+        "translated_out",
+        "translated_in",
+        "forwarded_out",
+        "forwarded_in",
+        "flows_created",
+    ] {
         println!("  {label:<16} {}", gateway.counter(label));
     }
 
     step("tearing down (gateway, pins, namespaces)");
-    let (prefix, pins) = (lab.prefix.clone(), std::path::Path::new("/sys/fs/bpf/veg").join(&gateway.name));
+    let (prefix, pins) = (
+        lab.prefix.clone(),
+        std::path::Path::new("/sys/fs/bpf/veg").join(&gateway.name),
+    );
     drop((tcp, udp, icmp, gateway, lab));
-    let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output()?;
-    let left = String::from_utf8_lossy(&namespaces.stdout).lines().filter(|l| l.starts_with(&prefix)).count();
-    ensure!(left == 0 && !pins.exists(), "the demo left {left} namespace(s) or its pins behind");
+    let namespaces = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()?;
+    let left = String::from_utf8_lossy(&namespaces.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .count();
+    ensure!(
+        left == 0 && !pins.exists(),
+        "the demo left {left} namespace(s) or its pins behind"
+    );
     println!("  done: no namespace, process or pin left behind");
     Ok(())
 }

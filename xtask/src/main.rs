@@ -30,7 +30,9 @@ enum Task {
 fn main() {
     let result = match Cli::parse().task {
         Task::Setup => workspace::setup(),
-        Task::BuildEbpf => workspace::build_ebpf().map(|path| println!("eBPF object: {}", path.display())),
+        Task::BuildEbpf => {
+            workspace::build_ebpf().map(|path| println!("eBPF object: {}", path.display()))
+        }
         Task::Test => workspace::test(),
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(args),

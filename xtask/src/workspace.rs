@@ -9,7 +9,10 @@ use std::{
 use anyhow::{Context as _, bail};
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_owned()
 }
 
 pub fn step(what: &str) {
@@ -17,7 +20,10 @@ pub fn step(what: &str) {
 }
 
 fn run(command: &mut Command) -> anyhow::Result<()> {
-    let status = command.current_dir(root()).status().with_context(|| format!("running {command:?}"))?;
+    let status = command
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
     if !status.success() {
         bail!("{command:?} failed ({status})");
     }
@@ -44,7 +50,12 @@ pub fn build_ebpf() -> anyhow::Result<PathBuf> {
     setup()?;
     step("building the eBPF object");
     let mut child = cargo()
-        .args(["build", "--package", "veg-userspace", "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--package",
+            "veg-userspace",
+            "--message-format=json-render-diagnostics",
+        ])
         .current_dir(root())
         .stdout(Stdio::piped())
         .spawn()?;
@@ -52,7 +63,9 @@ pub fn build_ebpf() -> anyhow::Result<PathBuf> {
     for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
         let message: serde_json::Value = serde_json::from_str(&line?)?;
         if message["reason"] == "build-script-executed"
-            && message["package_id"].as_str().is_some_and(|id| id.contains("veg-userspace"))
+            && message["package_id"]
+                .as_str()
+                .is_some_and(|id| id.contains("veg-userspace"))
         {
             out_dir = message["out_dir"].as_str().map(PathBuf::from);
         }
@@ -60,7 +73,9 @@ pub fn build_ebpf() -> anyhow::Result<PathBuf> {
     if !child.wait()?.success() {
         bail!("building veg-userspace failed");
     }
-    let object = out_dir.context("cargo did not report veg-userspace's build output")?.join("veg-ebpf");
+    let object = out_dir
+        .context("cargo did not report veg-userspace's build output")?
+        .join("veg-ebpf");
     let target = root().join("target/bpf/veg-ebpf.o");
     std::fs::create_dir_all(target.parent().unwrap())?;
     std::fs::copy(&object, &target).with_context(|| format!("copying {}", object.display()))?;
@@ -69,6 +84,8 @@ pub fn build_ebpf() -> anyhow::Result<PathBuf> {
 
 pub fn test() -> anyhow::Result<()> {
     setup()?;
+    step("formatting (cargo fmt --check)");
+    run(cargo().args(["fmt", "--all", "--check"]))?;
     step("building everything, tests included");
     run(cargo().args(["test", "--no-run"]))?;
     step("unit tests");

@@ -66,5 +66,7 @@ pub fn run(dst: SocketAddr, threads: usize, duration: Duration) -> anyhow::Resul
         let _ = w.join();
     }
     let seconds = start.elapsed().as_secs_f64();
-    Ok(json!({ "connections": done.load(Ordering::Relaxed), "failed": failed.load(Ordering::Relaxed), "seconds": seconds }))
+    Ok(
+        json!({ "connections": done.load(Ordering::Relaxed), "failed": failed.load(Ordering::Relaxed), "seconds": seconds }),
+    )
 }

@@ -10,7 +10,10 @@ use std::{net::SocketAddr, time::Duration};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "veg-loadgen", about = "Traffic generators and sinks for veg's benchmarks")]
+#[command(
+    name = "veg-loadgen",
+    about = "Traffic generators and sinks for veg's benchmarks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,11 +65,29 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let secs = |s: f64| Duration::from_secs_f64(s);
     let report = match Cli::parse().command {
-        Command::UdpFlood { interface, gateway_mac, src, dst, flows, payload, seconds } => {
-            udp::flood(&interface, &gateway_mac, src, dst, flows, payload, secs(seconds))?
-        }
+        Command::UdpFlood {
+            interface,
+            gateway_mac,
+            src,
+            dst,
+            flows,
+            payload,
+            seconds,
+        } => udp::flood(
+            &interface,
+            &gateway_mac,
+            src,
+            dst,
+            flows,
+            payload,
+            secs(seconds),
+        )?,
         Command::TcpServer { port } => crr::serve(port)?,
-        Command::TcpCrr { dst, threads, seconds } => crr::run(dst, threads, secs(seconds))?,
+        Command::TcpCrr {
+            dst,
+            threads,
+            seconds,
+        } => crr::run(dst, threads, secs(seconds))?,
         Command::TcpRr { dst, seconds } => rr::run(dst, secs(seconds))?,
     };
     println!("{report}");

@@ -22,6 +22,12 @@ pub fn run(dst: SocketAddr, duration: Duration) -> anyhow::Result<Value> {
         samples.push(t.elapsed().as_nanos() as u64);
     }
     samples.sort_unstable();
-    let pct = |p: f64| samples.get(((samples.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(0) as f64 / 1000.0;
+    let pct = |p: f64| {
+        samples
+            .get(((samples.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
     Ok(json!({ "round_trips": samples.len(), "p50_us": pct(0.50), "p99_us": pct(0.99) }))
 }

@@ -16,7 +16,11 @@ const BATCH: usize = 64;
 const FIRST_SOURCE_PORT: u16 = 33000;
 
 fn checksum(data: &[u8], initial: u32) -> u16 {
-    let mut sum = initial + data.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum::<u32>();
+    let mut sum = initial
+        + data
+            .chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+            .sum::<u32>();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -48,7 +52,10 @@ fn packet(src: Ipv4Addr, dst: SocketAddrV4, sport: u16, payload: usize) -> Vec<u
     pseudo.extend_from_slice(&dst.ip().octets());
     pseudo.extend_from_slice(&[0, 17]);
     pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    let initial = pseudo.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
+    let initial = pseudo
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
+        .sum();
     let mut csum = checksum(&p[20..], initial);
     if csum == 0 {
         csum = 0xffff;
@@ -58,8 +65,14 @@ fn packet(src: Ipv4Addr, dst: SocketAddrV4, sport: u16, payload: usize) -> Vec<u
 }
 
 fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
-    let bytes: Vec<u8> = text.trim().split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
-    bytes.try_into().map_err(|_| anyhow::anyhow!("invalid MAC address {text:?}"))
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("invalid MAC address {text:?}"))
 }
 
 pub fn flood(
@@ -71,21 +84,32 @@ pub fn flood(
     payload: usize,
     duration: Duration,
 ) -> anyhow::Result<Value> {
-    let SocketAddr::V4(dst) = dst else { bail!("IPv4 only") };
+    let SocketAddr::V4(dst) = dst else {
+        bail!("IPv4 only")
+    };
     if flows == 0 {
         bail!("--flows must be at least 1");
     }
     // `ip netns exec` mounts the namespace's own /sys.
-    let own_mac = parse_mac(&std::fs::read_to_string(format!("/sys/class/net/{interface}/address"))?)?;
+    let own_mac = parse_mac(&std::fs::read_to_string(format!(
+        "/sys/class/net/{interface}/address"
+    ))?)?;
     let mut ethernet = Vec::with_capacity(14);
     ethernet.extend_from_slice(&parse_mac(gateway_mac)?);
     ethernet.extend_from_slice(&own_mac);
     ethernet.extend_from_slice(&0x0800u16.to_be_bytes());
     let frames: Vec<Vec<u8>> = (0..flows)
-        .map(|i| [ethernet.as_slice(), &packet(src, dst, FIRST_SOURCE_PORT + i, payload)].concat())
+        .map(|i| {
+            [
+                ethernet.as_slice(),
+                &packet(src, dst, FIRST_SOURCE_PORT + i, payload),
+            ]
+            .concat()
+        })
         .collect();
 
-    let socket = socket2::Socket::new(socket2::Domain::PACKET, socket2::Type::RAW, None).context("AF_PACKET socket (needs root)")?;
+    let socket = socket2::Socket::new(socket2::Domain::PACKET, socket2::Type::RAW, None)
+        .context("AF_PACKET socket (needs root)")?;
     let name = std::ffi::CString::new(interface)?;
     // SAFETY: valid C string.
     let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -98,11 +122,22 @@ pub fn flood(
         addr.sll_family = libc::AF_PACKET as u16;
         addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
         addr.sll_ifindex = ifindex as i32;
-        if libc::bind(socket.as_raw_fd(), &addr as *const _ as *const libc::sockaddr, std::mem::size_of_val(&addr) as u32) != 0 {
+        if libc::bind(
+            socket.as_raw_fd(),
+            &addr as *const _ as *const libc::sockaddr,
+            std::mem::size_of_val(&addr) as u32,
+        ) != 0
+        {
             return Err(std::io::Error::last_os_error()).context("binding the AF_PACKET socket");
         }
         let one: libc::c_int = 1;
-        libc::setsockopt(socket.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, &one as *const _ as *const _, 4);
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            &one as *const _ as *const _,
+            4,
+        );
     }
     let mut next = 0usize;
     let mut sent = 0u64;
@@ -112,7 +147,10 @@ pub fn flood(
             .map(|_| {
                 let f = &frames[next % frames.len()];
                 next += 1;
-                libc::iovec { iov_base: f.as_ptr() as *mut _, iov_len: f.len() }
+                libc::iovec {
+                    iov_base: f.as_ptr() as *mut _,
+                    iov_len: f.len(),
+                }
             })
             .collect();
         // SAFETY: mmsghdr is plain data; the iovecs point at live frames.

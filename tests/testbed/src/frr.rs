@@ -18,7 +18,15 @@ pub struct Bfdd {
 
 impl Bfdd {
     /// Start zebra and bfdd in `ns` with one peer, `tx_ms` / `rx_ms` / `mult` timers.
-    pub fn start(ns: &Netns, peer: &str, local: &str, interface: &str, tx_ms: u32, rx_ms: u32, mult: u8) -> Bfdd {
+    pub fn start(
+        ns: &Netns,
+        peer: &str,
+        local: &str,
+        interface: &str,
+        tx_ms: u32,
+        rx_ms: u32,
+        mult: u8,
+    ) -> Bfdd {
         let dir = std::env::temp_dir().join(format!("veg-frr-{}", ns.name));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -32,18 +40,71 @@ impl Bfdd {
         .unwrap();
         // The daemons drop to user frr and need to write here.
         let d = dir.to_str().unwrap();
-        assert!(Command::new("chown").args(["-R", "frr:frr", d]).status().unwrap().success());
-        assert!(Command::new("chmod").args(["777", d]).status().unwrap().success());
+        assert!(
+            Command::new("chown")
+                .args(["-R", "frr:frr", d])
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert!(
+            Command::new("chmod")
+                .args(["777", d])
+                .status()
+                .unwrap()
+                .success()
+        );
         let zserv = format!("{d}/zserv.api");
-        let common = ["-d", "-u", "frr", "-g", "frr", "--vty_socket", d, "-z", &zserv, "-A", "127.0.0.1"];
-        let zebra = ns.exec("/usr/lib/frr/zebra", &[&common[..], &["-i", &format!("{d}/zebra.pid"), "-f", "/dev/null"]].concat());
-        assert!(zebra.status.success(), "zebra: {}", String::from_utf8_lossy(&zebra.stderr));
+        let common = [
+            "-d",
+            "-u",
+            "frr",
+            "-g",
+            "frr",
+            "--vty_socket",
+            d,
+            "-z",
+            &zserv,
+            "-A",
+            "127.0.0.1",
+        ];
+        let zebra = ns.exec(
+            "/usr/lib/frr/zebra",
+            &[
+                &common[..],
+                &["-i", &format!("{d}/zebra.pid"), "-f", "/dev/null"],
+            ]
+            .concat(),
+        );
+        assert!(
+            zebra.status.success(),
+            "zebra: {}",
+            String::from_utf8_lossy(&zebra.stderr)
+        );
         let bfdd = ns.exec(
             "/usr/lib/frr/bfdd",
-            &[&common[..], &["-i", &format!("{d}/bfdd.pid"), "-f", &format!("{d}/frr.conf"), "--bfdctl", &format!("{d}/bfdd.sock")]].concat(),
+            &[
+                &common[..],
+                &[
+                    "-i",
+                    &format!("{d}/bfdd.pid"),
+                    "-f",
+                    &format!("{d}/frr.conf"),
+                    "--bfdctl",
+                    &format!("{d}/bfdd.sock"),
+                ],
+            ]
+            .concat(),
         );
-        assert!(bfdd.status.success(), "bfdd: {}", String::from_utf8_lossy(&bfdd.stderr));
-        Bfdd { dir, peer: peer.to_owned() }
+        assert!(
+            bfdd.status.success(),
+            "bfdd: {}",
+            String::from_utf8_lossy(&bfdd.stderr)
+        );
+        Bfdd {
+            dir,
+            peer: peer.to_owned(),
+        }
     }
 
     fn vtysh(&self, commands: &[&str]) -> String {
@@ -58,11 +119,17 @@ impl Bfdd {
     /// bfdd's view of our session (`show bfd peers json`), if it has one.
     pub fn session(&self) -> Option<Value> {
         let peers: Value = serde_json::from_str(&self.vtysh(&["show bfd peers json"])).ok()?;
-        peers.as_array()?.iter().find(|p| p["peer"] == self.peer.as_str()).cloned()
+        peers
+            .as_array()?
+            .iter()
+            .find(|p| p["peer"] == self.peer.as_str())
+            .cloned()
     }
 
     pub fn status(&self) -> String {
-        self.session().and_then(|s| s["status"].as_str().map(str::to_owned)).unwrap_or_default()
+        self.session()
+            .and_then(|s| s["status"].as_str().map(str::to_owned))
+            .unwrap_or_default()
     }
 
     /// Wait until bfdd reports `status` (up, down, init); returns how long it took.
@@ -82,14 +149,21 @@ impl Bfdd {
         self.vtysh(&[
             "configure terminal",
             "bfd",
-            &format!("peer {} local-address {local} interface {interface}", self.peer),
+            &format!(
+                "peer {} local-address {local} interface {interface}",
+                self.peer
+            ),
             &format!("transmit-interval {tx_ms}"),
             &format!("receive-interval {rx_ms}"),
         ]);
     }
 
     fn pid(&self, daemon: &str) -> Option<i32> {
-        std::fs::read_to_string(self.dir.join(format!("{daemon}.pid"))).ok()?.trim().parse().ok()
+        std::fs::read_to_string(self.dir.join(format!("{daemon}.pid")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// SIGKILL bfdd: it goes silent without telling its peer.

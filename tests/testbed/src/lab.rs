@@ -43,24 +43,68 @@ impl Lab {
         vpc.ip(&["link", "add", "br0", "type", "bridge"]);
         vpc.ip(&["link", "set", "br0", "up"]);
         // Gateway eth0 on the VPC switch.
-        vpc.ip(&["link", "add", "gw", "type", "veth", "peer", "name", "eth0", "netns", &gateway.name]);
+        vpc.ip(&[
+            "link",
+            "add",
+            "gw",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &gateway.name,
+        ]);
         vpc.ip(&["link", "set", "gw", "master", "br0", "up"]);
-        gateway.ip(&["addr", "add", &format!("{GATEWAY_INTERNAL_IP}/16"), "dev", "eth0"]);
+        gateway.ip(&[
+            "addr",
+            "add",
+            &format!("{GATEWAY_INTERNAL_IP}/16"),
+            "dev",
+            "eth0",
+        ]);
         gateway.ip(&["link", "set", "eth0", "up"]);
         // The underlay: the node's link, the server on its far end, net1 a macvlan moved into the instance as
         // Multus does.
-        underlay.ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul1", "netns", &server.name]);
+        underlay.ip(&[
+            "link",
+            "add",
+            "ul0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ul1",
+            "netns",
+            &server.name,
+        ]);
         underlay.ip(&["link", "set", "ul0", "up"]);
-        underlay.ip(&["link", "add", "net1", "link", "ul0", "type", "macvlan", "mode", "bridge"]);
+        underlay.ip(&[
+            "link", "add", "net1", "link", "ul0", "type", "macvlan", "mode", "bridge",
+        ]);
         underlay.ip(&["link", "set", "net1", "netns", &gateway.name]);
-        gateway.ip(&["addr", "add", &format!("{GATEWAY_EXTERNAL_IP}/16"), "dev", "net1"]);
+        gateway.ip(&[
+            "addr",
+            "add",
+            &format!("{GATEWAY_EXTERNAL_IP}/16"),
+            "dev",
+            "net1",
+        ]);
         gateway.ip(&["link", "set", "net1", "up"]);
         gateway.ip(&["route", "add", "default", "via", SERVER_IP]);
         server.ip(&["addr", "add", &format!("{SERVER_IP}/16"), "dev", "ul1"]);
         server.ip(&["link", "set", "ul1", "up"]);
         // Forward (no-SNAT) clients are routed, not translated: the outside reaches them through the gateway.
         server.ip(&["route", "add", "10.16.0.0/16", "via", GATEWAY_EXTERNAL_IP]);
-        Lab { prefix, veg: veg.to_owned(), clients: Vec::new(), gateway, server, underlay, vpc }
+        Lab {
+            prefix,
+            veg: veg.to_owned(),
+            clients: Vec::new(),
+            gateway,
+            server,
+            underlay,
+            vpc,
+        }
     }
 
     /// A client namespace on the VPC switch with this address, routing everything through the gateway.
@@ -68,7 +112,18 @@ impl Lab {
         let index = self.clients.len();
         let client = Netns::new(&format!("{}-c{index}", self.prefix));
         let port = format!("c{index}");
-        self.vpc.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &client.name]);
+        self.vpc.ip(&[
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &client.name,
+        ]);
         self.vpc.ip(&["link", "set", &port, "master", "br0", "up"]);
         client.ip(&["addr", "add", &format!("{address}/16"), "dev", "eth0"]);
         client.ip(&["link", "set", "eth0", "up"]);
@@ -115,8 +170,20 @@ impl Gateway {
     fn spawn(&mut self) {
         let mut child = Command::new(&self.veg)
             .args(["gateway", "--name", &self.name, "--netns", &self.netns])
-            .args(["--internal-interface", "eth0", "--external-interface", "net1"])
-            .args(["--external-ip", GATEWAY_EXTERNAL_IP, "--snat", SNAT_SOURCES, "--forward", FORWARD_SOURCES])
+            .args([
+                "--internal-interface",
+                "eth0",
+                "--external-interface",
+                "net1",
+            ])
+            .args([
+                "--external-ip",
+                GATEWAY_EXTERNAL_IP,
+                "--snat",
+                SNAT_SOURCES,
+                "--forward",
+                FORWARD_SOURCES,
+            ])
             .args(&self.extra)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
@@ -143,9 +210,16 @@ impl Gateway {
                 return;
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-                panic!("veg gateway exited ({status}) before {needle:?}:\n{}", self.log());
+                panic!(
+                    "veg gateway exited ({status}) before {needle:?}:\n{}",
+                    self.log()
+                );
             }
-            assert!(Instant::now() < deadline, "veg gateway did not log {needle:?} in time:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "veg gateway did not log {needle:?} in time:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -160,7 +234,11 @@ impl Gateway {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let status = child.wait().expect("waiting for veg gateway");
-            assert!(status.success(), "veg gateway exited with {status} on SIGTERM:\n{}", self.log());
+            assert!(
+                status.success(),
+                "veg gateway exited with {status} on SIGTERM:\n{}",
+                self.log()
+            );
         }
     }
 
@@ -172,14 +250,24 @@ impl Gateway {
     }
 
     fn veg(&self, command: &str) -> serde_json::Value {
-        let out = Command::new(&self.veg).args([command, "--name", &self.name, "--json"]).output().unwrap();
-        assert!(out.status.success(), "veg {command}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(&self.veg)
+            .args([command, "--name", &self.name, "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "veg {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
     /// `veg flows` as a person reads it.
     pub fn flows_table(&self) -> String {
-        let out = Command::new(&self.veg).args(["flows", "--name", &self.name]).output().unwrap();
+        let out = Command::new(&self.veg)
+            .args(["flows", "--name", &self.name])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -190,7 +278,9 @@ impl Gateway {
 
     /// One counter from `veg stats --json`.
     pub fn counter(&self, label: &str) -> u64 {
-        self.veg("stats")[label].as_u64().unwrap_or_else(|| panic!("no counter {label}"))
+        self.veg("stats")[label]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {label}"))
     }
 }
 
@@ -200,6 +290,8 @@ impl Drop for Gateway {
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let _ = child.wait();
         }
-        let _ = Command::new(&self.veg).args(["gateway", "--name", &self.name, "--cleanup"]).output();
+        let _ = Command::new(&self.veg)
+            .args(["gateway", "--name", &self.name, "--cleanup"])
+            .output();
     }
 }

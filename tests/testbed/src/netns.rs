@@ -9,7 +9,9 @@ pub struct Netns {
 impl Netns {
     pub fn new(name: &str) -> Netns {
         ip(&["netns", "add", name]);
-        let ns = Netns { name: name.to_owned() };
+        let ns = Netns {
+            name: name.to_owned(),
+        };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
     }
@@ -31,7 +33,10 @@ impl Netns {
     }
 
     /// Run `f` on a thread inside this namespace (sockets it opens live there).
-    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> thread::JoinHandle<T> {
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> thread::JoinHandle<T> {
         let path = format!("/var/run/netns/{}", self.name);
         thread::spawn(move || {
             enter(&path);
@@ -46,13 +51,19 @@ impl Netns {
 
     pub fn sysctl(&self, key: &str, value: &str) {
         let out = self.exec("sysctl", &["-qw", &format!("{key}={value}")]);
-        assert!(out.status.success(), "sysctl {key}={value}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "sysctl {key}={value}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -66,5 +77,10 @@ pub fn enter(path: &str) {
 
 pub fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

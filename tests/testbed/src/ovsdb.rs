@@ -20,8 +20,15 @@ pub struct NbServer {
 }
 
 fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("running {program}: {e}"));
-    assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -31,7 +38,11 @@ impl NbServer {
         std::fs::create_dir_all(&dir).unwrap();
         let d = dir.to_str().unwrap().to_owned();
         run("ovsdb-tool", &["create", &format!("{d}/nb.db"), NB_SCHEMA]);
-        let mut server = NbServer { dir, unix: format!("unix:{d}/nb.sock"), tcp: String::new() };
+        let mut server = NbServer {
+            dir,
+            unix: format!("unix:{d}/nb.sock"),
+            tcp: String::new(),
+        };
         server.launch();
         server.tcp = format!("tcp:127.0.0.1:{}", server.tcp_port());
         server
@@ -62,17 +73,27 @@ impl NbServer {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let log = std::fs::read_to_string(self.dir.join("nb.log")).unwrap_or_default();
-            if let Some(port) = log.lines().rev().find_map(|l| l.split("listening on port ").nth(1)?.trim().parse().ok()) {
+            if let Some(port) = log
+                .lines()
+                .rev()
+                .find_map(|l| l.split("listening on port ").nth(1)?.trim().parse().ok())
+            {
                 return port;
             }
-            assert!(Instant::now() < deadline, "ovsdb-server did not report its TCP port:\n{log}");
+            assert!(
+                Instant::now() < deadline,
+                "ovsdb-server did not report its TCP port:\n{log}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
     /// `ovn-nbctl --db=unix:... ARGS`: an independent reader of what the database holds.
     pub fn nbctl(&self, args: &[&str]) -> String {
-        run("ovn-nbctl", &[&[format!("--db={}", self.unix).as_str()][..], args].concat())
+        run(
+            "ovn-nbctl",
+            &[&[format!("--db={}", self.unix).as_str()][..], args].concat(),
+        )
     }
 
     fn pid(&self) -> Option<i32> {
@@ -87,7 +108,14 @@ impl NbServer {
 
     /// Run a transaction on the database file while the server is stopped (`ovsdb-tool transact`).
     pub fn transact_offline(&self, transaction: &str) -> String {
-        run("ovsdb-tool", &["transact", self.dir.join("nb.db").to_str().unwrap(), transaction])
+        run(
+            "ovsdb-tool",
+            &[
+                "transact",
+                self.dir.join("nb.db").to_str().unwrap(),
+                transaction,
+            ],
+        )
     }
 
     /// Kill the server and wait until it is gone.
@@ -97,7 +125,11 @@ impl NbServer {
 }
 
 fn pid_in(dir: &std::path::Path, daemon: &str) -> Option<i32> {
-    std::fs::read_to_string(dir.join(format!("{daemon}.pid"))).ok()?.trim().parse().ok()
+    std::fs::read_to_string(dir.join(format!("{daemon}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// SIGKILL and wait until the process is gone or a zombie (PID 1 reaps slowly here): either way it serves nothing.
@@ -125,27 +157,52 @@ impl OvnCentral {
     pub fn start() -> OvnCentral {
         let nb = NbServer::start();
         let d = nb.dir.to_str().unwrap().to_owned();
-        run("ovsdb-tool", &["create", &format!("{d}/sb.db"), "/usr/share/ovn/ovn-sb.ovsschema"]);
+        run(
+            "ovsdb-tool",
+            &[
+                "create",
+                &format!("{d}/sb.db"),
+                "/usr/share/ovn/ovn-sb.ovsschema",
+            ],
+        );
         run(
             "ovsdb-server",
             &[
-                &format!("{d}/sb.db"), &format!("--remote=punix:{d}/sb.sock"), &format!("--pidfile={d}/sb.pid"),
-                &format!("--unixctl={d}/sb.ctl"), &format!("--log-file={d}/sb.log"), "--detach", "--no-chdir", "-vconsole:off",
+                &format!("{d}/sb.db"),
+                &format!("--remote=punix:{d}/sb.sock"),
+                &format!("--pidfile={d}/sb.pid"),
+                &format!("--unixctl={d}/sb.ctl"),
+                &format!("--log-file={d}/sb.log"),
+                "--detach",
+                "--no-chdir",
+                "-vconsole:off",
             ],
         );
         run(
             "ovn-northd",
             &[
-                &format!("--ovnnb-db={}", nb.unix), &format!("--ovnsb-db=unix:{d}/sb.sock"), &format!("--pidfile={d}/northd.pid"),
-                &format!("--unixctl={d}/northd.ctl"), &format!("--log-file={d}/northd.log"), "--detach", "--no-chdir", "-vconsole:off",
+                &format!("--ovnnb-db={}", nb.unix),
+                &format!("--ovnsb-db=unix:{d}/sb.sock"),
+                &format!("--pidfile={d}/northd.pid"),
+                &format!("--unixctl={d}/northd.ctl"),
+                &format!("--log-file={d}/northd.log"),
+                "--detach",
+                "--no-chdir",
+                "-vconsole:off",
             ],
         );
-        OvnCentral { sb: format!("unix:{d}/sb.sock"), nb }
+        OvnCentral {
+            sb: format!("unix:{d}/sb.sock"),
+            nb,
+        }
     }
 
     /// `ovn-sbctl --db=unix:... ARGS`.
     pub fn sbctl(&self, args: &[&str]) -> String {
-        run("ovn-sbctl", &[&[format!("--db={}", self.sb).as_str()][..], args].concat())
+        run(
+            "ovn-sbctl",
+            &[&[format!("--db={}", self.sb).as_str()][..], args].concat(),
+        )
     }
 }
 

@@ -5,11 +5,27 @@ use std::net::Ipv4Addr;
 
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, seq: u32, flags: u8, payload: Vec<u8> },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        seq: u32,
+        flags: u8,
+        payload: Vec<u8>,
+    },
     /// `no_checksum`: sent with checksum 0 (allowed for UDP over IPv4).
-    Udp { sport: u16, dport: u16, payload: Vec<u8>, no_checksum: bool },
+    Udp {
+        sport: u16,
+        dport: u16,
+        payload: Vec<u8>,
+        no_checksum: bool,
+    },
     /// Echo request (8) or reply (0).
-    IcmpEcho { kind: u8, id: u16, seq: u16, payload: Vec<u8> },
+    IcmpEcho {
+        kind: u8,
+        id: u16,
+        seq: u16,
+        payload: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -94,7 +110,13 @@ impl Frame {
 
     fn l4_bytes(&self) -> Vec<u8> {
         match &self.l4 {
-            L4::Tcp { sport, dport, seq, flags, payload } => {
+            L4::Tcp {
+                sport,
+                dport,
+                seq,
+                flags,
+                payload,
+            } => {
                 let mut b = Vec::new();
                 b.extend_from_slice(&sport.to_be_bytes());
                 b.extend_from_slice(&dport.to_be_bytes());
@@ -109,7 +131,12 @@ impl Frame {
                 b[16..18].copy_from_slice(&csum.to_be_bytes());
                 b
             }
-            L4::Udp { sport, dport, payload, no_checksum } => {
+            L4::Udp {
+                sport,
+                dport,
+                payload,
+                no_checksum,
+            } => {
                 let mut b = Vec::new();
                 b.extend_from_slice(&sport.to_be_bytes());
                 b.extend_from_slice(&dport.to_be_bytes());
@@ -125,7 +152,12 @@ impl Frame {
                 }
                 b
             }
-            L4::IcmpEcho { kind, id, seq, payload } => {
+            L4::IcmpEcho {
+                kind,
+                id,
+                seq,
+                payload,
+            } => {
                 let mut b = vec![*kind, 0, 0, 0];
                 b.extend_from_slice(&id.to_be_bytes());
                 b.extend_from_slice(&seq.to_be_bytes());
@@ -139,7 +171,9 @@ impl Frame {
 }
 
 fn sum_words(data: &[u8]) -> u32 {
-    data.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum()
+    data.chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+        .sum()
 }
 
 /// The Internet checksum of `data` plus an initial (pseudo-header) sum.

@@ -40,21 +40,30 @@ type Peers = Arc<Mutex<Vec<SocketAddr>>>;
 
 /// Run `serve` on a thread in `ns`. It gets the list to record peers in, the stop flag to poll, and a sender to
 /// signal once it listens; this returns after that signal.
-fn record(ns: &Netns, serve: impl FnOnce(Peers, Arc<AtomicBool>, mpsc::Sender<()>) + Send + 'static) -> Recorder {
+fn record(
+    ns: &Netns,
+    serve: impl FnOnce(Peers, Arc<AtomicBool>, mpsc::Sender<()>) + Send + 'static,
+) -> Recorder {
     let peers = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel();
     let (p, s) = (peers.clone(), stop.clone());
     let thread = ns.spawn(move || serve(p, s, ready_tx));
     ready_rx.recv().expect("server failed to start");
-    Recorder { peers, stop, thread: Some(thread) }
+    Recorder {
+        peers,
+        stop,
+        thread: Some(thread),
+    }
 }
 
 /// A UDP server on `port` in `ns` that records each datagram's source and echoes it.
 pub fn udp_echo(ns: &Netns, port: u16) -> Recorder {
     record(ns, move |p, s, ready_tx| {
         let socket = UdpSocket::bind(("0.0.0.0", port)).expect("binding UDP server");
-        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
         ready_tx.send(()).unwrap();
         let mut buf = [0u8; 2048];
         while !s.load(Ordering::Relaxed) {
@@ -91,7 +100,9 @@ pub fn tcp_echo(ns: &Netns, port: u16) -> Recorder {
 
 fn echo_stream(mut stream: TcpStream, stop: &AtomicBool) {
     stream.set_nonblocking(false).unwrap();
-    stream.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
     let mut buf = [0u8; 4096];
     while !stop.load(Ordering::Relaxed) {
         match stream.read(&mut buf) {
@@ -101,14 +112,23 @@ fn echo_stream(mut stream: TcpStream, stop: &AtomicBool) {
                     return;
                 }
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return,
         }
     }
 }
 
 /// From inside `ns`: send one UDP datagram from `local_port` (0: any) and wait for the echo.
-pub fn udp_round_trip(ns: &Netns, local_port: u16, server: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+pub fn udp_round_trip(
+    ns: &Netns,
+    local_port: u16,
+    server: SocketAddr,
+    payload: &[u8],
+) -> std::io::Result<Vec<u8>> {
     let payload = payload.to_vec();
     ns.run(move || {
         let socket = UdpSocket::bind(("0.0.0.0", local_port))?;
@@ -121,7 +141,12 @@ pub fn udp_round_trip(ns: &Netns, local_port: u16, server: SocketAddr, payload: 
 }
 
 /// From inside `ns`: connect (from `local_port`, 0: any), send, read the echo, close.
-pub fn tcp_round_trip(ns: &Netns, local_port: u16, server: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+pub fn tcp_round_trip(
+    ns: &Netns,
+    local_port: u16,
+    server: SocketAddr,
+    payload: &[u8],
+) -> std::io::Result<Vec<u8>> {
     let payload = payload.to_vec();
     ns.run(move || {
         let mut stream = connect_from(local_port, server)?;
@@ -147,18 +172,28 @@ pub fn connect_from(local_port: u16, server: SocketAddr) -> std::io::Result<TcpS
 pub fn icmp_echo_sources(ns: &Netns) -> Recorder {
     record(ns, move |p, s, ready_tx| {
         use std::mem::MaybeUninit;
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::RAW, Some(socket2::Protocol::ICMPV4))
-            .expect("raw ICMP socket");
-        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::ICMPV4),
+        )
+        .expect("raw ICMP socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
         ready_tx.send(()).unwrap();
         let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
         while !s.load(Ordering::Relaxed) {
             if let Ok(len) = socket.recv(&mut buf) {
                 // SAFETY: the kernel wrote `len` bytes: the IP header and the ICMP message.
-                let packet: Vec<u8> = buf[..len].iter().map(|b| unsafe { b.assume_init() }).collect();
+                let packet: Vec<u8> = buf[..len]
+                    .iter()
+                    .map(|b| unsafe { b.assume_init() })
+                    .collect();
                 let ihl = ((packet[0] & 0x0f) as usize) * 4;
                 if packet.len() > ihl && packet[ihl] == 8 {
-                    let src = std::net::Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+                    let src =
+                        std::net::Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
                     let id = u16::from_be_bytes([packet[ihl + 4], packet[ihl + 5]]);
                     p.lock().unwrap().push(SocketAddr::from((src, id)));
                 }

@@ -54,11 +54,15 @@ pub async fn bind(name: &str) -> anyhow::Result<(UnixListener, PathBuf)> {
     std::fs::create_dir_all(path.parent().unwrap())?;
     if path.exists() {
         if tokio::net::UnixStream::connect(&path).await.is_ok() {
-            bail!("a `veg bfd --name {name}` is already running ({} answers)", path.display());
+            bail!(
+                "a `veg bfd --name {name}` is already running ({} answers)",
+                path.display()
+            );
         }
         std::fs::remove_file(&path)?; // left over by a process that died
     }
-    let listener = UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    let listener =
+        UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
     Ok((listener, path))
 }
 
@@ -74,21 +78,38 @@ impl Request {
         match words.as_slice() {
             ["status"] => Ok(Request::Status),
             ["timers", tx, rx, mult] => {
-                let ms = |w: &str| w.parse::<u64>().ok().filter(|v| (1..=3_600_000).contains(v)).map(Duration::from_millis);
+                let ms = |w: &str| {
+                    w.parse::<u64>()
+                        .ok()
+                        .filter(|v| (1..=3_600_000).contains(v))
+                        .map(Duration::from_millis)
+                };
                 match (ms(tx), ms(rx), mult.parse::<u8>().ok().filter(|m| *m > 0)) {
                     (Some(desired_min_tx), Some(required_min_rx), Some(detect_mult)) => {
-                        Ok(Request::Timers(Timers { desired_min_tx, required_min_rx, detect_mult }))
+                        Ok(Request::Timers(Timers {
+                            desired_min_tx,
+                            required_min_rx,
+                            detect_mult,
+                        }))
                     }
-                    _ => Err("timers take MIN_TX_MS MIN_RX_MS (1-3600000) and MULTIPLIER (1-255)".into()),
+                    _ => Err(
+                        "timers take MIN_TX_MS MIN_RX_MS (1-3600000) and MULTIPLIER (1-255)".into(),
+                    ),
                 }
             }
-            _ => Err(format!("unknown request {line:?}: expected `status` or `timers TX RX MULT`")),
+            _ => Err(format!(
+                "unknown request {line:?}: expected `status` or `timers TX RX MULT`"
+            )),
         }
     }
 }
 
 /// Answer each connection: the status as JSON, or new timers handed to the engine (then the status).
-pub async fn serve(listener: UnixListener, snapshot: Arc<Mutex<Snapshot>>, timers: mpsc::Sender<Timers>) {
+pub async fn serve(
+    listener: UnixListener,
+    snapshot: Arc<Mutex<Snapshot>>,
+    timers: mpsc::Sender<Timers>,
+) {
     while let Ok((stream, _)) = listener.accept().await {
         let (reader, mut writer) = stream.into_split();
         let mut line = String::new();
@@ -125,8 +146,12 @@ pub async fn run_engine(
 pub fn request(name: &str, line: &str) -> anyhow::Result<Value> {
     use std::io::{Read, Write};
     let path = socket_path(name);
-    let mut stream = std::os::unix::net::UnixStream::connect(&path)
-        .with_context(|| format!("no `veg bfd --name {name}` answers on {}: is it running?", path.display()))?;
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).with_context(|| {
+        format!(
+            "no `veg bfd --name {name}` answers on {}: is it running?",
+            path.display()
+        )
+    })?;
     stream.write_all(format!("{line}\n").as_bytes())?;
     stream.shutdown(std::net::Shutdown::Write)?;
     let mut body = String::new();
@@ -149,7 +174,11 @@ pub fn print_status(status: &Value, out: &mut impl std::io::Write) -> std::io::R
             " id={} local={}{} remote={} state={}",
             s["local_discriminator"],
             s["local"].as_str().unwrap_or(""),
-            if s["passive"].as_bool() == Some(true) { " (p)" } else { "" },
+            if s["passive"].as_bool() == Some(true) {
+                " (p)"
+            } else {
+                ""
+            },
             s["remote"].as_str().unwrap_or(""),
             s["state"].as_str().unwrap_or("")
         )?;

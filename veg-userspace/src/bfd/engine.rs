@@ -61,9 +61,19 @@ pub struct Engine {
 fn set_int_option(socket: &UdpSocket, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: valid fd and a pointer to an int of the given size.
     let rc = unsafe {
-        libc::setsockopt(socket.as_raw_fd(), level, name, &value as *const i32 as *const _, 4)
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            &value as *const i32 as *const _,
+            4,
+        )
     };
-    if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc != 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Set the TTL (hop limit) of outgoing packets, per family.
@@ -86,7 +96,9 @@ fn sending_socket(listen: IpAddr, seed: u32) -> anyhow::Result<UdpSocket> {
                 return Ok(socket);
             }
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
-            Err(e) => return Err(e).with_context(|| format!("binding a BFD source port on {listen}")),
+            Err(e) => {
+                return Err(e).with_context(|| format!("binding a BFD source port on {listen}"));
+            }
         }
     }
     bail!("no free BFD source port in 49152-65535 on {listen}")
@@ -101,8 +113,15 @@ fn random_u32() -> u32 {
 
 impl Engine {
     pub fn new(config: EngineConfig, snapshot: Arc<Mutex<Snapshot>>) -> anyhow::Result<Engine> {
-        if config.peers.iter().any(|p| p.is_ipv4() != config.listen.is_ipv4()) {
-            bail!("BFD peers must be of the listening address's family ({})", config.listen);
+        if config
+            .peers
+            .iter()
+            .any(|p| p.is_ipv4() != config.listen.is_ipv4())
+        {
+            bail!(
+                "BFD peers must be of the listening address's family ({})",
+                config.listen
+            );
         }
         if config.peers.is_empty() {
             bail!("no BFD peer: give at least one --peer");
@@ -112,7 +131,9 @@ impl Engine {
         })?;
         match config.listen {
             IpAddr::V4(_) => set_int_option(&receiver, libc::IPPROTO_IP, libc::IP_RECVTTL, 1)?,
-            IpAddr::V6(_) => set_int_option(&receiver, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)?,
+            IpAddr::V6(_) => {
+                set_int_option(&receiver, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)?
+            }
         }
         receiver.set_nonblocking(true)?;
         let now = Instant::now();
@@ -128,7 +149,13 @@ impl Engine {
         }
         // SAFETY: the engine owns the socket for as long as the registration lives.
         let receiver = unsafe { AsyncFd::register(receiver)? };
-        let engine = Engine { config, peers, receiver, discarded: BTreeMap::new(), snapshot };
+        let engine = Engine {
+            config,
+            peers,
+            receiver,
+            discarded: BTreeMap::new(),
+            snapshot,
+        };
         engine.publish();
         Ok(engine)
     }
@@ -142,10 +169,16 @@ impl Engine {
     ) -> anyhow::Result<()> {
         tokio::pin!(stop);
         loop {
-            let deadline = self.peers.iter().filter_map(|p| p.session.next_deadline()).min();
-            let sleep = tokio::time::sleep_until(deadline.map(tokio::time::Instant::from_std).unwrap_or_else(|| {
-                tokio::time::Instant::now() + Duration::from_secs(3600)
-            }));
+            let deadline = self
+                .peers
+                .iter()
+                .filter_map(|p| p.session.next_deadline())
+                .min();
+            let sleep = tokio::time::sleep_until(
+                deadline
+                    .map(tokio::time::Instant::from_std)
+                    .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600)),
+            );
             tokio::select! {
                 _ = &mut stop => break,
                 _ = sleep => self.on_timers(),
@@ -188,7 +221,12 @@ impl Engine {
         for peer in &mut self.peers {
             let out = peer.session.on_timer(now);
             if let Some(change) = out.change {
-                log_change(peer.address, change.from, change.to, change.diagnostic.describe());
+                log_change(
+                    peer.address,
+                    change.from,
+                    change.to,
+                    change.diagnostic.describe(),
+                );
             }
             if let Some(packet) = out.transmit {
                 send(peer, &packet);
@@ -217,7 +255,12 @@ impl Engine {
         let peer = &mut self.peers[index];
         let out = peer.session.receive(&packet, Instant::now())?;
         if let Some(change) = out.change {
-            log_change(peer.address, change.from, change.to, change.diagnostic.describe());
+            log_change(
+                peer.address,
+                change.from,
+                change.to,
+                change.diagnostic.describe(),
+            );
         }
         if let Some(reply) = out.transmit {
             send(peer, &reply);
@@ -227,7 +270,11 @@ impl Engine {
 
     fn publish(&self) {
         let mut snapshot = self.snapshot.lock().unwrap();
-        snapshot.sessions = self.peers.iter().map(|p| (self.config.listen, p.address, p.session.status())).collect();
+        snapshot.sessions = self
+            .peers
+            .iter()
+            .map(|p| (self.config.listen, p.address, p.session.status()))
+            .collect();
         snapshot.discarded = self.discarded.clone();
     }
 }
@@ -241,7 +288,10 @@ fn log_change(peer: IpAddr, from: super::packet::State, to: super::packet::State
 }
 
 fn send(peer: &Peer, packet: &ControlPacket) {
-    if let Err(e) = peer.socket.send_to(&packet.encode(), SocketAddr::new(peer.address, CONTROL_PORT)) {
+    if let Err(e) = peer.socket.send_to(
+        &packet.encode(),
+        SocketAddr::new(peer.address, CONTROL_PORT),
+    ) {
         warn!(peer = %peer.address, "sending a BFD packet failed: {e}");
     }
 }
@@ -252,7 +302,10 @@ fn receive(socket: &UdpSocket) -> io::Result<Option<(Vec<u8>, IpAddr, u8)>> {
     // Large enough for either family's address.
     let mut from: MaybeUninit<libc::sockaddr_in6> = MaybeUninit::zeroed();
     let mut control = [0u64; 16];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut _, iov_len: buf.len() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut _,
+        iov_len: buf.len(),
+    };
     // SAFETY: msghdr is plain data; every pointer refers to a live buffer of the stated size.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_name = from.as_mut_ptr() as *mut _;
@@ -265,7 +318,11 @@ fn receive(socket: &UdpSocket) -> io::Result<Option<(Vec<u8>, IpAddr, u8)>> {
     let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
     if n < 0 {
         let err = io::Error::last_os_error();
-        return if err.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(err) };
+        return if err.kind() == io::ErrorKind::WouldBlock {
+            Ok(None)
+        } else {
+            Err(err)
+        };
     }
     // SAFETY: the kernel filled the address (of the family it names) and the control messages.
     let from = unsafe { from.assume_init() };
@@ -281,7 +338,9 @@ fn receive(socket: &UdpSocket) -> io::Result<Option<(Vec<u8>, IpAddr, u8)>> {
         while !cmsg.is_null() {
             let level = (*cmsg).cmsg_level;
             let kind = (*cmsg).cmsg_type;
-            if (level == libc::IPPROTO_IP && kind == libc::IP_TTL) || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_HOPLIMIT) {
+            if (level == libc::IPPROTO_IP && kind == libc::IP_TTL)
+                || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_HOPLIMIT)
+            {
                 ttl = *(libc::CMSG_DATA(cmsg) as *const i32) as u8;
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);

@@ -169,7 +169,11 @@ impl ControlPacket {
         b[1] = ((self.state as u8) << 6)
             | if self.poll { FLAG_POLL } else { 0 }
             | if self.final_ { FLAG_FINAL } else { 0 }
-            | if self.control_plane_independent { FLAG_CPI } else { 0 }
+            | if self.control_plane_independent {
+                FLAG_CPI
+            } else {
+                0
+            }
             | if self.demand { FLAG_DEMAND } else { 0 };
         b[2] = self.detect_mult;
         b[3] = CONTROL_LEN as u8;
@@ -191,7 +195,11 @@ impl ControlPacket {
         }
         let flags = payload[1];
         let length = payload[3] as usize;
-        let min_length = if flags & FLAG_AUTH != 0 { CONTROL_LEN + 2 } else { CONTROL_LEN };
+        let min_length = if flags & FLAG_AUTH != 0 {
+            CONTROL_LEN + 2
+        } else {
+            CONTROL_LEN
+        };
         if length < min_length || length > payload.len() {
             return Err(Discard::BadLength);
         }
@@ -201,7 +209,9 @@ impl ControlPacket {
         if flags & FLAG_MULTIPOINT != 0 {
             return Err(Discard::Multipoint);
         }
-        let word = |i: usize| u32::from_be_bytes([payload[i], payload[i + 1], payload[i + 2], payload[i + 3]]);
+        let word = |i: usize| {
+            u32::from_be_bytes([payload[i], payload[i + 1], payload[i + 2], payload[i + 3]])
+        };
         let packet = ControlPacket {
             diagnostic: Diagnostic::from_bits(payload[0]),
             state: State::from_bits(flags >> 6),
@@ -261,7 +271,12 @@ mod tests {
         assert_eq!(&b[4..8], &[0x11, 0x22, 0x33, 0x44]);
         assert_eq!(&b[12..16], &100_000u32.to_be_bytes());
         assert_eq!(ControlPacket::decode(&b), Ok(sample()));
-        let final_only = ControlPacket { poll: false, final_: true, ..sample() }.encode();
+        let final_only = ControlPacket {
+            poll: false,
+            final_: true,
+            ..sample()
+        }
+        .encode();
         assert_eq!(final_only[1], 0xd0);
     }
 
@@ -277,13 +292,28 @@ mod tests {
         assert_eq!(with(&|b| b[0] = 0x41), Err(Discard::BadVersion));
         assert_eq!(with(&|b| b[0] = 0x01), Err(Discard::BadVersion));
         assert_eq!(with(&|b| b[3] = 23), Err(Discard::BadLength));
-        assert_eq!(with(&|b| b[3] = 30), Err(Discard::BadLength), "longer than the payload");
+        assert_eq!(
+            with(&|b| b[3] = 30),
+            Err(Discard::BadLength),
+            "longer than the payload"
+        );
         assert_eq!(with(&|b| b[2] = 0), Err(Discard::ZeroDetectMult));
         assert_eq!(with(&|b| b[1] |= FLAG_MULTIPOINT), Err(Discard::Multipoint));
-        assert_eq!(with(&|b| b[4..8].copy_from_slice(&[0; 4])), Err(Discard::ZeroMyDiscriminator));
-        assert_eq!(with(&|b| b[8..12].copy_from_slice(&[0; 4])), Err(Discard::ZeroYourDiscriminator));
+        assert_eq!(
+            with(&|b| b[4..8].copy_from_slice(&[0; 4])),
+            Err(Discard::ZeroMyDiscriminator)
+        );
+        assert_eq!(
+            with(&|b| b[8..12].copy_from_slice(&[0; 4])),
+            Err(Discard::ZeroYourDiscriminator)
+        );
         // ...but a Down packet may not know our discriminator yet.
-        let down = ControlPacket { state: State::Down, your_discriminator: 0, ..sample() }.encode();
+        let down = ControlPacket {
+            state: State::Down,
+            your_discriminator: 0,
+            ..sample()
+        }
+        .encode();
         assert!(ControlPacket::decode(&down).is_ok());
         let mut auth = [0u8; 26];
         auth[..24].copy_from_slice(&good);
@@ -291,6 +321,10 @@ mod tests {
         auth[3] = 26;
         assert_eq!(ControlPacket::decode(&auth), Err(Discard::Authenticated));
         auth[3] = 24;
-        assert_eq!(ControlPacket::decode(&auth), Err(Discard::BadLength), "A bit needs room for the auth section");
+        assert_eq!(
+            ControlPacket::decode(&auth),
+            Err(Discard::BadLength),
+            "A bit needs room for the auth section"
+        );
     }
 }

@@ -81,7 +81,10 @@ pub struct Session {
 
 impl Session {
     pub fn new(local_discriminator: u32, role: Role, timers: Timers, now: Instant) -> Session {
-        assert!(local_discriminator != 0, "a BFD discriminator must be non-zero");
+        assert!(
+            local_discriminator != 0,
+            "a BFD discriminator must be non-zero"
+        );
         let slow = timers.desired_min_tx.max(SLOW_TX);
         Session {
             role,
@@ -173,8 +176,12 @@ impl Session {
             (State::Down, State::AdminDown) => None,
             (_, State::AdminDown) => Some((State::Down, Diagnostic::NeighborSignaledSessionDown)),
             (State::Down, State::Down) => Some((State::Init, Diagnostic::None)),
-            (State::Down, State::Init) | (State::Init, State::Init | State::Up) => Some((State::Up, Diagnostic::None)),
-            (State::Up, State::Down) => Some((State::Down, Diagnostic::NeighborSignaledSessionDown)),
+            (State::Down, State::Init) | (State::Init, State::Init | State::Up) => {
+                Some((State::Up, Diagnostic::None))
+            }
+            (State::Up, State::Down) => {
+                Some((State::Down, Diagnostic::NeighborSignaledSessionDown))
+            }
             _ => None,
         };
         let change = next.map(|(to, diagnostic)| self.change_state(to, diagnostic, now));
@@ -205,7 +212,11 @@ impl Session {
             self.remote_discriminator = 0;
             self.remote_state = State::Down;
             if matches!(self.state, State::Init | State::Up) {
-                output.change = Some(self.change_state(State::Down, Diagnostic::ControlDetectionTimeExpired, now));
+                output.change = Some(self.change_state(
+                    State::Down,
+                    Diagnostic::ControlDetectionTimeExpired,
+                    now,
+                ));
             }
         }
         if output.change.is_some() || self.next_tx.is_some_and(|t| now >= t) {
@@ -218,7 +229,11 @@ impl Session {
     /// New timers from the operator. Once Up they are negotiated with a Poll Sequence (section 6.8.3).
     pub fn set_timers(&mut self, timers: Timers, now: Instant) {
         self.configured = timers;
-        let desired = if self.state == State::Up { timers.desired_min_tx } else { timers.desired_min_tx.max(SLOW_TX) };
+        let desired = if self.state == State::Up {
+            timers.desired_min_tx
+        } else {
+            timers.desired_min_tx.max(SLOW_TX)
+        };
         self.advertise(desired, timers.required_min_rx);
         self.keep_tx_within_interval(now);
     }
@@ -227,21 +242,34 @@ impl Session {
     /// peer at once, so that it need not wait out its detection time.
     pub fn set_admin_down(&mut self, down: bool, now: Instant) -> Output {
         let change = match (down, self.state) {
-            (true, State::AdminDown) | (false, State::Down | State::Init | State::Up) => return Output::default(),
+            (true, State::AdminDown) | (false, State::Down | State::Init | State::Up) => {
+                return Output::default();
+            }
             (true, _) => self.change_state(State::AdminDown, Diagnostic::AdministrativelyDown, now),
             (false, State::AdminDown) => self.change_state(State::Down, Diagnostic::None, now),
         };
         self.schedule_tx(now);
-        Output { transmit: Some(self.packet(false)), change: Some(change) }
+        Output {
+            transmit: Some(self.packet(false)),
+            change: Some(change),
+        }
     }
 
     fn change_state(&mut self, to: State, diagnostic: Diagnostic, now: Instant) -> StateChange {
-        let change = StateChange { from: self.state, to, diagnostic };
+        let change = StateChange {
+            from: self.state,
+            to,
+            diagnostic,
+        };
         self.state = to;
         self.diagnostic = diagnostic;
         self.last_state_change = now;
         // Slow start: fast timers only while Up. Coming Up, the change is negotiated with a Poll Sequence.
-        let desired = if to == State::Up { self.configured.desired_min_tx } else { self.configured.desired_min_tx.max(SLOW_TX) };
+        let desired = if to == State::Up {
+            self.configured.desired_min_tx
+        } else {
+            self.configured.desired_min_tx.max(SLOW_TX)
+        };
         self.advertise(desired, self.configured.required_min_rx);
         change
     }
@@ -249,7 +277,8 @@ impl Session {
     /// Advertise new intervals. Outside Up they apply at once; when Up a Poll Sequence starts, and a raised
     /// transmit interval or a lowered receive interval waits for the peer's Final.
     fn advertise(&mut self, desired_min_tx: Duration, required_min_rx: Duration) {
-        let changed = desired_min_tx != self.desired_min_tx || required_min_rx != self.required_min_rx;
+        let changed =
+            desired_min_tx != self.desired_min_tx || required_min_rx != self.required_min_rx;
         self.desired_min_tx = desired_min_tx;
         self.required_min_rx = required_min_rx;
         if self.state == State::Up && changed {
@@ -284,7 +313,10 @@ impl Session {
     /// When the interval shrinks (coming Up after slow start, or the peer accepting more), a packet scheduled at the
     /// old pace would arrive after the peer's new, shorter detection time: bring it forward.
     fn keep_tx_within_interval(&mut self, now: Instant) {
-        if self.next_tx.is_some_and(|t| t > now + self.transmit_interval()) {
+        if self
+            .next_tx
+            .is_some_and(|t| t > now + self.transmit_interval())
+        {
             self.schedule_tx(now);
         }
     }
@@ -300,7 +332,11 @@ impl Session {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        let max_percent = if self.configured.detect_mult == 1 { 90 } else { 100 };
+        let max_percent = if self.configured.detect_mult == 1 {
+            90
+        } else {
+            100
+        };
         let percent = 75 + self.rng % (max_percent - 75 + 1);
         self.next_tx = Some(now + self.transmit_interval() * percent as u32 / 100);
     }
@@ -313,7 +349,11 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn timers(tx_ms: u64, rx_ms: u64, mult: u8) -> Timers {
-        Timers { desired_min_tx: Duration::from_millis(tx_ms), required_min_rx: Duration::from_millis(rx_ms), detect_mult: mult }
+        Timers {
+            desired_min_tx: Duration::from_millis(tx_ms),
+            required_min_rx: Duration::from_millis(rx_ms),
+            detect_mult: mult,
+        }
     }
 
     fn peer_packet(state: State, your: u32) -> ControlPacket {
@@ -357,7 +397,12 @@ mod tests {
             (Init, Down, Init, Diagnostic::None),
             (Init, Init, Up, Diagnostic::None),
             (Init, Up, Up, Diagnostic::None),
-            (Init, AdminDown, Down, Diagnostic::NeighborSignaledSessionDown),
+            (
+                Init,
+                AdminDown,
+                Down,
+                Diagnostic::NeighborSignaledSessionDown,
+            ),
             (Up, Down, Down, Diagnostic::NeighborSignaledSessionDown),
             (Up, Init, Up, Diagnostic::None),
             (Up, Up, Up, Diagnostic::None),
@@ -377,7 +422,11 @@ mod tests {
             s.receive(&peer_packet(received, 1), now).unwrap();
             assert_eq!(s.state(), expected, "{from} + received {received}");
             if expected != from {
-                assert_eq!(s.status().diagnostic, diagnostic, "{from} + received {received}");
+                assert_eq!(
+                    s.status().diagnostic,
+                    diagnostic,
+                    "{from} + received {received}"
+                );
             }
         }
     }
@@ -387,10 +436,20 @@ mod tests {
         let now = Instant::now();
         let mut active = Session::new(10, Role::Active, timers(100, 100, 3), now);
         let mut passive = Session::new(20, Role::Passive, timers(100, 100, 3), now);
-        assert_eq!(passive.on_timer(now).transmit, None, "a passive session waits for its peer");
-        let first = active.on_timer(now).transmit.expect("an active session sends at once");
+        assert_eq!(
+            passive.on_timer(now).transmit,
+            None,
+            "a passive session waits for its peer"
+        );
+        let first = active
+            .on_timer(now)
+            .transmit
+            .expect("an active session sends at once");
         assert_eq!((first.state, first.your_discriminator), (State::Down, 0));
-        assert_eq!(first.desired_min_tx_us, 1_000_000, "slow start: at most one packet a second until Up");
+        assert_eq!(
+            first.desired_min_tx_us, 1_000_000,
+            "slow start: at most one packet a second until Up"
+        );
         exchange(&mut active, &mut passive, first, now);
         assert_eq!((active.state(), passive.state()), (State::Up, State::Up));
         assert_eq!(active.status().remote_discriminator, 20);
@@ -402,7 +461,10 @@ mod tests {
         let poll = passive.on_timer(at).transmit.unwrap();
         assert!(poll.poll && poll.desired_min_tx_us == 100_000);
         let answer = active.receive(&poll, at).unwrap().transmit.unwrap();
-        assert!(answer.final_ && !answer.poll, "a Poll is answered with a Final");
+        assert!(
+            answer.final_ && !answer.poll,
+            "a Poll is answered with a Final"
+        );
         passive.receive(&answer, at).unwrap();
         assert!(!passive.poll_active());
         assert_eq!(passive.transmit_interval(), 100 * MS);
@@ -418,10 +480,21 @@ mod tests {
         assert_eq!(s.detection_time(), 900 * MS);
         assert_eq!(s.on_timer(now + 899 * MS).change, None);
         let out = s.on_timer(now + 900 * MS);
-        assert_eq!(out.change.unwrap().diagnostic, Diagnostic::ControlDetectionTimeExpired);
+        assert_eq!(
+            out.change.unwrap().diagnostic,
+            Diagnostic::ControlDetectionTimeExpired
+        );
         assert_eq!(s.state(), State::Down);
-        assert_eq!(s.status().remote_discriminator, 0, "forgotten after a silent detection time");
-        assert_eq!(out.transmit.unwrap().state, State::Down, "the peer hears of it at once");
+        assert_eq!(
+            s.status().remote_discriminator,
+            0,
+            "forgotten after a silent detection time"
+        );
+        assert_eq!(
+            out.transmit.unwrap().state,
+            State::Down,
+            "the peer hears of it at once"
+        );
         assert_eq!(s.transmit_interval(), SLOW_TX, "back to slow start");
     }
 
@@ -457,12 +530,23 @@ mod tests {
         // Slower transmission and faster reception both wait for the peer's Final.
         s.set_timers(timers(300, 50, 3), now);
         assert!(s.poll_active());
-        assert_eq!(s.transmit_interval(), 100 * MS, "a raised tx interval waits for the Final");
-        assert_eq!(s.detection_time(), 300 * MS, "a lowered rx interval waits for the Final");
+        assert_eq!(
+            s.transmit_interval(),
+            100 * MS,
+            "a raised tx interval waits for the Final"
+        );
+        assert_eq!(
+            s.detection_time(),
+            300 * MS,
+            "a lowered rx interval waits for the Final"
+        );
         let at = s.next_deadline().unwrap();
         let packet = s.on_timer(at).transmit.unwrap();
         assert!(packet.poll);
-        assert_eq!((packet.desired_min_tx_us, packet.required_min_rx_us), (300_000, 50_000));
+        assert_eq!(
+            (packet.desired_min_tx_us, packet.required_min_rx_us),
+            (300_000, 50_000)
+        );
         s.receive(&final_packet, at).unwrap();
         assert!(!s.poll_active());
         assert_eq!(s.transmit_interval(), 300 * MS);
@@ -479,7 +563,10 @@ mod tests {
                 s.on_timer(at);
                 let next = s.next_deadline().unwrap();
                 let gap = (next - at).as_millis() as u64;
-                assert!((low * 10..=high * 10).contains(&gap), "mult {mult}: gap {gap} ms");
+                assert!(
+                    (low * 10..=high * 10).contains(&gap),
+                    "mult {mult}: gap {gap} ms"
+                );
                 at = next;
             }
         }
@@ -489,14 +576,26 @@ mod tests {
     fn packets_for_others_or_while_admin_down_are_discarded() {
         let now = Instant::now();
         let mut s = Session::new(1, Role::Active, timers(100, 100, 3), now);
-        assert_eq!(s.receive(&peer_packet(State::Init, 99), now), Err(Discard::UnknownDiscriminator));
+        assert_eq!(
+            s.receive(&peer_packet(State::Init, 99), now),
+            Err(Discard::UnknownDiscriminator)
+        );
         assert_eq!(s.state(), State::Down);
         let out = s.set_admin_down(true, now);
         let change = out.change.unwrap();
-        assert_eq!((change.to, change.diagnostic), (State::AdminDown, Diagnostic::AdministrativelyDown));
+        assert_eq!(
+            (change.to, change.diagnostic),
+            (State::AdminDown, Diagnostic::AdministrativelyDown)
+        );
         let told = out.transmit.expect("the peer is told at once");
-        assert_eq!((told.state, told.diagnostic), (State::AdminDown, Diagnostic::AdministrativelyDown));
-        assert_eq!(s.receive(&peer_packet(State::Down, 0), now), Err(Discard::SessionAdminDown));
+        assert_eq!(
+            (told.state, told.diagnostic),
+            (State::AdminDown, Diagnostic::AdministrativelyDown)
+        );
+        assert_eq!(
+            s.receive(&peer_packet(State::Down, 0), now),
+            Err(Discard::SessionAdminDown)
+        );
         assert_eq!(s.set_admin_down(false, now).change.unwrap().to, State::Down);
     }
 
@@ -509,6 +608,10 @@ mod tests {
         s.receive(&quiet, now).unwrap();
         // Within the detection time nothing would be sent but periodic packets, and there are none.
         assert_eq!(s.on_timer(now + 200 * MS).transmit, None);
-        assert_eq!(s.next_deadline(), Some(now + 300 * MS), "only the detection timer is left");
+        assert_eq!(
+            s.next_deadline(),
+            Some(now + 300 * MS),
+            "only the detection timer is left"
+        );
     }
 }

@@ -43,12 +43,23 @@ fn in_vpc(subnet: &Subnet, vpc: &str) -> bool {
     owner == vpc || (vpc == DEFAULT_VPC && owner.is_empty())
 }
 
-pub fn validate<'a>(gateway: &VpcEgressGateway, vpcs: &'a [Vpc], subnets: &'a [Subnet]) -> Result<Resolved<'a>, Problem> {
+pub fn validate<'a>(
+    gateway: &VpcEgressGateway,
+    vpcs: &'a [Vpc],
+    subnets: &'a [Subnet],
+) -> Result<Resolved<'a>, Problem> {
     let spec = &gateway.spec;
-    let vpc_name = spec.vpc.clone().filter(|v| !v.is_empty()).unwrap_or_else(|| DEFAULT_VPC.to_owned());
+    let vpc_name = spec
+        .vpc
+        .clone()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| DEFAULT_VPC.to_owned());
     let vpc = vpcs.iter().find(|v| v.name_any() == vpc_name);
     if vpc.is_none() && vpc_name != DEFAULT_VPC {
-        return Err(problem("VpcNotFound", format!("VPC {vpc_name:?} does not exist")));
+        return Err(problem(
+            "VpcNotFound",
+            format!("VPC {vpc_name:?} does not exist"),
+        ));
     }
     let subnet = |name: &str| subnets.iter().find(|s| s.name_any() == name);
 
@@ -58,40 +69,87 @@ pub fn validate<'a>(gateway: &VpcEgressGateway, vpcs: &'a [Vpc], subnets: &'a [S
         None => vpc
             .and_then(|v| v.status.as_ref()?.default_logical_switch.clone())
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| problem("InternalSubnetNotSet", format!("VPC {vpc_name:?} has no default subnet: set spec.internalSubnet")))?,
+            .ok_or_else(|| {
+                problem(
+                    "InternalSubnetNotSet",
+                    format!("VPC {vpc_name:?} has no default subnet: set spec.internalSubnet"),
+                )
+            })?,
     };
-    let internal_subnet = subnet(&internal_name)
-        .ok_or_else(|| problem("InternalSubnetNotFound", format!("internal subnet {internal_name:?} does not exist")))?;
+    let internal_subnet = subnet(&internal_name).ok_or_else(|| {
+        problem(
+            "InternalSubnetNotFound",
+            format!("internal subnet {internal_name:?} does not exist"),
+        )
+    })?;
     if !in_vpc(internal_subnet, &vpc_name) {
-        return Err(problem("InternalSubnetNotInVpc", format!("internal subnet {internal_name:?} is not in VPC {vpc_name:?}")));
+        return Err(problem(
+            "InternalSubnetNotInVpc",
+            format!("internal subnet {internal_name:?} is not in VPC {vpc_name:?}"),
+        ));
     }
     let external_subnet = subnet(&spec.external_subnet).ok_or_else(|| {
-        problem("ExternalSubnetNotFound", format!("external subnet {:?} does not exist", spec.external_subnet))
+        problem(
+            "ExternalSubnetNotFound",
+            format!("external subnet {:?} does not exist", spec.external_subnet),
+        )
     })?;
     if external_subnet.network_attachment().is_none() {
         return Err(problem(
             "ExternalSubnetNotAttachable",
-            format!("external subnet {:?} has provider {:?}: expected <attachment>.<namespace> of a NetworkAttachmentDefinition", spec.external_subnet, external_subnet.spec.provider),
+            format!(
+                "external subnet {:?} has provider {:?}: expected <attachment>.<namespace> of a NetworkAttachmentDefinition",
+                spec.external_subnet, external_subnet.spec.provider
+            ),
         ));
     }
     let mut policy_cidrs = BTreeMap::new();
     for name in spec.policies.iter().flat_map(|p| &p.subnets) {
-        let found = subnet(name).ok_or_else(|| problem("PolicySubnetNotFound", format!("policy subnet {name:?} does not exist")))?;
+        let found = subnet(name).ok_or_else(|| {
+            problem(
+                "PolicySubnetNotFound",
+                format!("policy subnet {name:?} does not exist"),
+            )
+        })?;
         if !in_vpc(found, &vpc_name) {
-            return Err(problem("PolicySubnetNotInVpc", format!("policy subnet {name:?} is not in VPC {vpc_name:?}")));
+            return Err(problem(
+                "PolicySubnetNotInVpc",
+                format!("policy subnet {name:?} is not in VPC {vpc_name:?}"),
+            ));
         }
         policy_cidrs.insert(name.clone(), found.spec.cidr_block.clone());
     }
-    for (field, ips) in [("internalIPs", &spec.internal_ips), ("externalIPs", &spec.external_ips)] {
+    for (field, ips) in [
+        ("internalIPs", &spec.internal_ips),
+        ("externalIPs", &spec.external_ips),
+    ] {
         if !ips.is_empty() && (ips.len() as i32) < spec.replicas {
-            return Err(problem("NotEnoughIPs", format!("{field} holds {} address(es) for {} replicas", ips.len(), spec.replicas)));
+            return Err(problem(
+                "NotEnoughIPs",
+                format!(
+                    "{field} holds {} address(es) for {} replicas",
+                    ips.len(),
+                    spec.replicas
+                ),
+            ));
         }
     }
-    let bfd_port_enabled = vpc.and_then(|v| v.spec.bfd_port.as_ref()).is_some_and(|p| p.enabled);
+    let bfd_port_enabled = vpc
+        .and_then(|v| v.spec.bfd_port.as_ref())
+        .is_some_and(|p| p.enabled);
     if spec.bfd.enabled && !bfd_port_enabled {
-        return Err(problem("VpcBfdPortNotEnabled", format!("bfd.enabled needs the BFD port of VPC {vpc_name:?} (spec.bfdPort.enabled)")));
+        return Err(problem(
+            "VpcBfdPortNotEnabled",
+            format!("bfd.enabled needs the BFD port of VPC {vpc_name:?} (spec.bfdPort.enabled)"),
+        ));
     }
-    Ok(Resolved { vpc_name, vpc, internal_subnet, external_subnet, policy_cidrs })
+    Ok(Resolved {
+        vpc_name,
+        vpc,
+        internal_subnet,
+        external_subnet,
+        policy_cidrs,
+    })
 }
 
 #[cfg(test)]
@@ -100,7 +158,15 @@ mod tests {
     use crate::crd::{gateway::VpcEgressGatewaySpec, network::SubnetSpec};
 
     fn subnet(name: &str, vpc: &str, provider: &str) -> Subnet {
-        Subnet::new(name, SubnetSpec { vpc: vpc.into(), provider: provider.into(), cidr_block: "192.168.0.0/24".into(), ..Default::default() })
+        Subnet::new(
+            name,
+            SubnetSpec {
+                vpc: vpc.into(),
+                provider: provider.into(),
+                cidr_block: "192.168.0.0/24".into(),
+                ..Default::default()
+            },
+        )
     }
 
     fn vpc(yaml: &str) -> Vpc {
@@ -108,13 +174,18 @@ mod tests {
     }
 
     fn gateway(yaml: &str) -> VpcEgressGateway {
-        VpcEgressGateway::new("g", serde_yaml::from_str::<VpcEgressGatewaySpec>(yaml).unwrap())
+        VpcEgressGateway::new(
+            "g",
+            serde_yaml::from_str::<VpcEgressGatewaySpec>(yaml).unwrap(),
+        )
     }
 
     fn world() -> (Vec<Vpc>, Vec<Subnet>) {
         (
             vec![
-                vpc("apiVersion: kubeovn.io/v1\nkind: Vpc\nmetadata: {name: vpc1}\nspec: {bfdPort: {enabled: true, ip: 10.255.255.255}}\n"),
+                vpc(
+                    "apiVersion: kubeovn.io/v1\nkind: Vpc\nmetadata: {name: vpc1}\nspec: {bfdPort: {enabled: true, ip: 10.255.255.255}}\n",
+                ),
                 vpc("apiVersion: kubeovn.io/v1\nkind: Vpc\nmetadata: {name: vpc2}\nspec: {}\n"),
             ],
             vec![
@@ -130,27 +201,63 @@ mod tests {
     #[test]
     fn a_valid_gateway_resolves_its_subnets() {
         let (vpcs, subnets) = world();
-        let g = gateway("vpc: vpc1\ninternalSubnet: subnet1\nexternalSubnet: macvlan1\nbfd: {enabled: true}\npolicies: [{subnets: [subnet1]}]\n");
+        let g = gateway(
+            "vpc: vpc1\ninternalSubnet: subnet1\nexternalSubnet: macvlan1\nbfd: {enabled: true}\npolicies: [{subnets: [subnet1]}]\n",
+        );
         let resolved = validate(&g, &vpcs, &subnets).unwrap();
         assert_eq!(resolved.internal_subnet.name_any(), "subnet1");
         assert_eq!(resolved.policy_cidrs["subnet1"], "192.168.0.0/24");
-        let default_vpc = gateway("externalSubnet: macvlan1\npolicies: [{subnets: [ovn-default]}]\n");
-        assert_eq!(validate(&default_vpc, &vpcs, &subnets).unwrap().internal_subnet.name_any(), "ovn-default");
+        let default_vpc =
+            gateway("externalSubnet: macvlan1\npolicies: [{subnets: [ovn-default]}]\n");
+        assert_eq!(
+            validate(&default_vpc, &vpcs, &subnets)
+                .unwrap()
+                .internal_subnet
+                .name_any(),
+            "ovn-default"
+        );
     }
 
     #[test]
     fn each_problem_has_its_reason() {
         let (vpcs, subnets) = world();
         let cases = [
-            ("vpc: nope\nexternalSubnet: macvlan1\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n", "VpcNotFound"),
-            ("vpc: vpc1\ninternalSubnet: missing\nexternalSubnet: macvlan1\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n", "InternalSubnetNotFound"),
-            ("vpc: vpc1\ninternalSubnet: subnet2\nexternalSubnet: macvlan1\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n", "InternalSubnetNotInVpc"),
-            ("vpc: vpc1\ninternalSubnet: subnet1\nexternalSubnet: gone\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n", "ExternalSubnetNotFound"),
-            ("vpc: vpc1\ninternalSubnet: subnet1\nexternalSubnet: broken\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n", "ExternalSubnetNotAttachable"),
-            ("vpc: vpc1\ninternalSubnet: subnet1\nexternalSubnet: macvlan1\npolicies: [{subnets: [subnet2]}]\n", "PolicySubnetNotInVpc"),
-            ("vpc: vpc1\ninternalSubnet: subnet1\nexternalSubnet: macvlan1\nreplicas: 2\ninternalIPs: [192.168.0.5]\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n", "NotEnoughIPs"),
-            ("vpc: vpc2\ninternalSubnet: subnet2\nexternalSubnet: macvlan1\nbfd: {enabled: true}\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n", "VpcBfdPortNotEnabled"),
-            ("vpc: vpc2\nexternalSubnet: macvlan1\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n", "InternalSubnetNotSet"),
+            (
+                "vpc: nope\nexternalSubnet: macvlan1\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n",
+                "VpcNotFound",
+            ),
+            (
+                "vpc: vpc1\ninternalSubnet: missing\nexternalSubnet: macvlan1\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n",
+                "InternalSubnetNotFound",
+            ),
+            (
+                "vpc: vpc1\ninternalSubnet: subnet2\nexternalSubnet: macvlan1\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n",
+                "InternalSubnetNotInVpc",
+            ),
+            (
+                "vpc: vpc1\ninternalSubnet: subnet1\nexternalSubnet: gone\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n",
+                "ExternalSubnetNotFound",
+            ),
+            (
+                "vpc: vpc1\ninternalSubnet: subnet1\nexternalSubnet: broken\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n",
+                "ExternalSubnetNotAttachable",
+            ),
+            (
+                "vpc: vpc1\ninternalSubnet: subnet1\nexternalSubnet: macvlan1\npolicies: [{subnets: [subnet2]}]\n",
+                "PolicySubnetNotInVpc",
+            ),
+            (
+                "vpc: vpc1\ninternalSubnet: subnet1\nexternalSubnet: macvlan1\nreplicas: 2\ninternalIPs: [192.168.0.5]\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n",
+                "NotEnoughIPs",
+            ),
+            (
+                "vpc: vpc2\ninternalSubnet: subnet2\nexternalSubnet: macvlan1\nbfd: {enabled: true}\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n",
+                "VpcBfdPortNotEnabled",
+            ),
+            (
+                "vpc: vpc2\nexternalSubnet: macvlan1\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n",
+                "InternalSubnetNotSet",
+            ),
         ];
         for (yaml, reason) in cases {
             let problem = validate(&gateway(yaml), &vpcs, &subnets).unwrap_err();

@@ -10,12 +10,16 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            Affinity, Capabilities, Container, EnvVar, EnvVarSource, HTTPGetAction, HostPathVolumeSource,
-            NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
-            PodAffinityTerm, PodAntiAffinity, PodSpec, PodTemplateSpec, Probe, SecurityContext, Volume, VolumeMount,
+            Affinity, Capabilities, Container, EnvVar, EnvVarSource, HTTPGetAction,
+            HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement,
+            NodeSelectorTerm, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSpec,
+            PodTemplateSpec, Probe, SecurityContext, Volume, VolumeMount,
         },
     },
-    apimachinery::pkg::{apis::meta::v1::{LabelSelector, ObjectMeta}, util::intstr::IntOrString},
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
 };
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -42,17 +46,30 @@ pub struct Inputs<'a> {
 }
 
 pub fn deployment_name(gateway: &VpcEgressGateway) -> String {
-    format!("{}{}", gateway.spec.prefix.as_deref().unwrap_or(""), gateway.name_any())
+    format!(
+        "{}{}",
+        gateway.spec.prefix.as_deref().unwrap_or(""),
+        gateway.name_any()
+    )
 }
 
 pub fn labels(gateway: &VpcEgressGateway) -> BTreeMap<String, String> {
-    BTreeMap::from([(APP_LABEL.into(), APP.into()), (GATEWAY_LABEL.into(), gateway.name_any())])
+    BTreeMap::from([
+        (APP_LABEL.into(), APP.into()),
+        (GATEWAY_LABEL.into(), gateway.name_any()),
+    ])
 }
 
 /// The CIDRs the gateway's policies name, as Kube-OVN's route annotation wants them.
 fn policy_sources(inputs: &Inputs, snat: bool, subnets: &BTreeMap<String, String>) -> Vec<String> {
     let mut sources = Vec::new();
-    for policy in inputs.gateway.spec.policies.iter().filter(|p| p.snat == snat) {
+    for policy in inputs
+        .gateway
+        .spec
+        .policies
+        .iter()
+        .filter(|p| p.snat == snat)
+    {
         sources.extend(policy.ip_blocks.iter().cloned());
         for subnet in &policy.subnets {
             if let Some(cidrs) = subnets.get(subnet) {
@@ -64,14 +81,16 @@ fn policy_sources(inputs: &Inputs, snat: bool, subnets: &BTreeMap<String, String
 }
 
 /// The Deployment, or why it cannot be built (reported as a condition, never a crash).
-pub fn deployment(inputs: &Inputs, subnet_cidrs: &BTreeMap<String, String>) -> Result<Deployment, String> {
+pub fn deployment(
+    inputs: &Inputs,
+    subnet_cidrs: &BTreeMap<String, String>,
+) -> Result<Deployment, String> {
     let gateway = inputs.gateway;
     let spec = &gateway.spec;
     let provider = &inputs.external_subnet.spec.provider;
-    let network = inputs
-        .external_subnet
-        .network_attachment()
-        .ok_or_else(|| format!("the external subnet's provider {provider:?} is not <attachment>.<namespace>"))?;
+    let network = inputs.external_subnet.network_attachment().ok_or_else(|| {
+        format!("the external subnet's provider {provider:?} is not <attachment>.<namespace>")
+    })?;
     let internal_gateway = inputs.internal_subnet.spec.gateway.clone();
     let snat = policy_sources(inputs, true, subnet_cidrs);
     let forward = policy_sources(inputs, false, subnet_cidrs);
@@ -82,54 +101,107 @@ pub fn deployment(inputs: &Inputs, subnet_cidrs: &BTreeMap<String, String>) -> R
         .and_then(|v| v.spec.bfd_port.as_ref())
         .filter(|p| p.enabled && spec.bfd.enabled)
         .map(|p| p.ip.clone());
-    let mut internal_routes: Vec<serde_json::Value> =
-        bfd_ip.iter().flat_map(|ips| ips.split(',')).map(|ip| json!({ "dst": ip, "gw": internal_gateway })).collect();
-    internal_routes.extend(snat.iter().chain(&forward).map(|cidr| json!({ "dst": cidr, "gw": internal_gateway })));
-    let external_routes = json!([{ "dst": "0.0.0.0/0", "gw": inputs.external_subnet.spec.gateway }]);
+    let mut internal_routes: Vec<serde_json::Value> = bfd_ip
+        .iter()
+        .flat_map(|ips| ips.split(','))
+        .map(|ip| json!({ "dst": ip, "gw": internal_gateway }))
+        .collect();
+    internal_routes.extend(
+        snat.iter()
+            .chain(&forward)
+            .map(|cidr| json!({ "dst": cidr, "gw": internal_gateway })),
+    );
+    let external_routes =
+        json!([{ "dst": "0.0.0.0/0", "gw": inputs.external_subnet.spec.gateway }]);
 
     let mut annotations = BTreeMap::from([
-        ("ovn.kubernetes.io/logical_switch".to_owned(), inputs.internal_subnet.name_any()),
+        (
+            "ovn.kubernetes.io/logical_switch".to_owned(),
+            inputs.internal_subnet.name_any(),
+        ),
         ("k8s.v1.cni.cncf.io/networks".to_owned(), network),
-        ("ovn.kubernetes.io/routes".to_owned(), serde_json::Value::from(internal_routes).to_string()),
-        (format!("{provider}.kubernetes.io/routes"), external_routes.to_string()),
-        (format!("{provider}.kubernetes.io/logical_switch"), inputs.external_subnet.name_any()),
+        (
+            "ovn.kubernetes.io/routes".to_owned(),
+            serde_json::Value::from(internal_routes).to_string(),
+        ),
+        (
+            format!("{provider}.kubernetes.io/routes"),
+            external_routes.to_string(),
+        ),
+        (
+            format!("{provider}.kubernetes.io/logical_switch"),
+            inputs.external_subnet.name_any(),
+        ),
     ]);
     if !spec.internal_ips.is_empty() {
-        annotations.insert("ovn.kubernetes.io/ip_pool".into(), spec.internal_ips.join(";"));
+        annotations.insert(
+            "ovn.kubernetes.io/ip_pool".into(),
+            spec.internal_ips.join(";"),
+        );
     }
     if !spec.external_ips.is_empty() {
-        annotations.insert(format!("{provider}.kubernetes.io/ip_pool"), spec.external_ips.join(";"));
+        annotations.insert(
+            format!("{provider}.kubernetes.io/ip_pool"),
+            spec.external_ips.join(";"),
+        );
     }
 
     let mut args: Vec<String> = [
-        "gateway", "--name", &format!("{}.{}", gateway.namespace().unwrap_or_default(), gateway.name_any()),
-        "--internal-interface", "eth0", "--external-interface", "net1", "--external-ip", "$(EXTERNAL_IP)",
-        "--health-listen", &format!("0.0.0.0:{HEALTH_PORT}"),
+        "gateway",
+        "--name",
+        &format!(
+            "{}.{}",
+            gateway.namespace().unwrap_or_default(),
+            gateway.name_any()
+        ),
+        "--internal-interface",
+        "eth0",
+        "--external-interface",
+        "net1",
+        "--external-ip",
+        "$(EXTERNAL_IP)",
+        "--health-listen",
+        &format!("0.0.0.0:{HEALTH_PORT}"),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
     args.extend(snat.iter().flat_map(|c| ["--snat".to_owned(), c.clone()]));
-    args.extend(forward.iter().flat_map(|c| ["--forward".to_owned(), c.clone()]));
+    args.extend(
+        forward
+            .iter()
+            .flat_map(|c| ["--forward".to_owned(), c.clone()]),
+    );
     if let Some(ips) = &bfd_ip {
         for ip in ips.split(',') {
             args.extend(["--bfd-peer".to_owned(), ip.to_owned()]);
         }
         args.extend([
-            "--bfd-min-rx".to_owned(), spec.bfd.min_rx.to_string(),
-            "--bfd-min-tx".to_owned(), spec.bfd.min_tx.to_string(),
-            "--bfd-multiplier".to_owned(), spec.bfd.multiplier.to_string(),
+            "--bfd-min-rx".to_owned(),
+            spec.bfd.min_rx.to_string(),
+            "--bfd-min-tx".to_owned(),
+            spec.bfd.min_tx.to_string(),
+            "--bfd-multiplier".to_owned(),
+            spec.bfd.multiplier.to_string(),
         ]);
     }
 
     let probe = |path: &str| Probe {
-        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::Int(HEALTH_PORT), ..Default::default() }),
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(HEALTH_PORT),
+            ..Default::default()
+        }),
         period_seconds: Some(2),
         ..Default::default()
     };
     let container = Container {
         name: "gateway".into(),
-        image: Some(spec.image.clone().unwrap_or_else(|| inputs.default_image.to_owned())),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| inputs.default_image.to_owned()),
+        ),
         command: Some(vec!["veg".into()]),
         args: Some(args),
         // The external address Kube-OVN's IPAM gave net1, read from the pod's own annotation.
@@ -137,7 +209,9 @@ pub fn deployment(inputs: &Inputs, subnet_cidrs: &BTreeMap<String, String>) -> R
             name: "EXTERNAL_IP".into(),
             value_from: Some(EnvVarSource {
                 field_ref: Some(ObjectFieldSelector {
-                    field_path: format!("metadata.annotations['{provider}.kubernetes.io/ip_address']"),
+                    field_path: format!(
+                        "metadata.annotations['{provider}.kubernetes.io/ip_address']"
+                    ),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -149,14 +223,26 @@ pub fn deployment(inputs: &Inputs, subnet_cidrs: &BTreeMap<String, String>) -> R
             privileged: Some(false),
             allow_privilege_escalation: Some(false),
             capabilities: Some(Capabilities {
-                add: Some(vec!["BPF".into(), "NET_ADMIN".into(), "PERFMON".into(), "SYS_RESOURCE".into()]),
+                add: Some(vec![
+                    "BPF".into(),
+                    "NET_ADMIN".into(),
+                    "PERFMON".into(),
+                    "SYS_RESOURCE".into(),
+                ]),
                 drop: Some(vec!["ALL".into()]),
             }),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![VolumeMount { name: "bpffs".into(), mount_path: "/sys/fs/bpf".into(), ..Default::default() }]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "bpffs".into(),
+            mount_path: "/sys/fs/bpf".into(),
+            ..Default::default()
+        }]),
         readiness_probe: Some(probe("/readyz")),
-        liveness_probe: Some(Probe { initial_delay_seconds: Some(5), ..probe("/livez") }),
+        liveness_probe: Some(Probe {
+            initial_delay_seconds: Some(5),
+            ..probe("/livez")
+        }),
         ..Default::default()
     };
 
@@ -171,17 +257,27 @@ pub fn deployment(inputs: &Inputs, subnet_cidrs: &BTreeMap<String, String>) -> R
                         .match_labels
                         .iter()
                         .flatten()
-                        .map(|(k, v)| NodeSelectorRequirement { key: k.clone(), operator: "In".into(), values: Some(vec![v.clone()]) })
+                        .map(|(k, v)| NodeSelectorRequirement {
+                            key: k.clone(),
+                            operator: "In".into(),
+                            values: Some(vec![v.clone()]),
+                        })
                         .collect();
-                    expressions.extend(term.match_expressions.iter().map(|e| NodeSelectorRequirement {
-                        key: e.key.clone(),
-                        operator: e.operator.clone(),
-                        values: e.values.clone(),
+                    expressions.extend(term.match_expressions.iter().map(|e| {
+                        NodeSelectorRequirement {
+                            key: e.key.clone(),
+                            operator: e.operator.clone(),
+                            values: e.values.clone(),
+                        }
                     }));
                     let fields: Vec<NodeSelectorRequirement> = term
                         .match_fields
                         .iter()
-                        .map(|e| NodeSelectorRequirement { key: e.key.clone(), operator: e.operator.clone(), values: e.values.clone() })
+                        .map(|e| NodeSelectorRequirement {
+                            key: e.key.clone(),
+                            operator: e.operator.clone(),
+                            values: e.values.clone(),
+                        })
                         .collect();
                     NodeSelectorTerm {
                         match_expressions: (!expressions.is_empty()).then_some(expressions),
@@ -202,7 +298,10 @@ pub fn deployment(inputs: &Inputs, subnet_cidrs: &BTreeMap<String, String>) -> R
         },
         spec: Some(DeploymentSpec {
             replicas: Some(spec.replicas),
-            selector: LabelSelector { match_labels: Some(labels.clone()), ..Default::default() },
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            },
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
                 rolling_update: Some(RollingUpdateDeployment {
@@ -211,16 +310,25 @@ pub fn deployment(inputs: &Inputs, subnet_cidrs: &BTreeMap<String, String>) -> R
                 }),
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels.clone()), annotations: Some(annotations), ..Default::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    annotations: Some(annotations),
+                    ..Default::default()
+                }),
                 spec: Some(PodSpec {
                     containers: vec![container],
                     affinity: Some(Affinity {
                         pod_anti_affinity: Some(PodAntiAffinity {
-                            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
-                                label_selector: Some(LabelSelector { match_labels: Some(labels), ..Default::default() }),
-                                topology_key: "kubernetes.io/hostname".into(),
-                                ..Default::default()
-                            }]),
+                            required_during_scheduling_ignored_during_execution: Some(vec![
+                                PodAffinityTerm {
+                                    label_selector: Some(LabelSelector {
+                                        match_labels: Some(labels),
+                                        ..Default::default()
+                                    }),
+                                    topology_key: "kubernetes.io/hostname".into(),
+                                    ..Default::default()
+                                },
+                            ]),
                             ..Default::default()
                         }),
                         node_affinity,
@@ -228,7 +336,10 @@ pub fn deployment(inputs: &Inputs, subnet_cidrs: &BTreeMap<String, String>) -> R
                     }),
                     volumes: Some(vec![Volume {
                         name: "bpffs".into(),
-                        host_path: Some(HostPathVolumeSource { path: "/sys/fs/bpf".into(), type_: Some("Directory".into()) }),
+                        host_path: Some(HostPathVolumeSource {
+                            path: "/sys/fs/bpf".into(),
+                            type_: Some("Directory".into()),
+                        }),
                         ..Default::default()
                     }]),
                     ..Default::default()
@@ -264,14 +375,26 @@ mod tests {
 
     fn build() -> Deployment {
         let gateway = gateway2();
-        let internal = subnet("subnet1", "cidrBlock: 192.168.0.0/24\ngateway: 192.168.0.1\nvpc: vpc1\n");
-        let external = subnet("macvlan1", "cidrBlock: 172.17.0.0/16\ngateway: 172.17.0.1\nprovider: eth1.default\n");
+        let internal = subnet(
+            "subnet1",
+            "cidrBlock: 192.168.0.0/24\ngateway: 192.168.0.1\nvpc: vpc1\n",
+        );
+        let external = subnet(
+            "macvlan1",
+            "cidrBlock: 172.17.0.0/16\ngateway: 172.17.0.1\nprovider: eth1.default\n",
+        );
         let vpc: Vpc = serde_yaml::from_str(
             "apiVersion: kubeovn.io/v1\nkind: Vpc\nmetadata: {name: vpc1}\nspec: {bfdPort: {enabled: true, ip: 10.255.255.255}}\n",
         )
         .unwrap();
         let cidrs = BTreeMap::from([("subnet1".to_owned(), "192.168.0.0/24".to_owned())]);
-        let inputs = Inputs { gateway: &gateway, internal_subnet: &internal, external_subnet: &external, vpc: Some(&vpc), default_image: "veg:dev" };
+        let inputs = Inputs {
+            gateway: &gateway,
+            internal_subnet: &internal,
+            external_subnet: &external,
+            vpc: Some(&vpc),
+            default_image: "veg:dev",
+        };
         deployment(&inputs, &cidrs).unwrap()
     }
 
@@ -283,16 +406,31 @@ mod tests {
         assert_eq!(labels["app"], "vpc-egress-gateway");
         assert_eq!(labels["ovn.kubernetes.io/vpc-egress-gateway"], "gateway2");
         let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("VpcEgressGateway", "gateway2", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("VpcEgressGateway", "gateway2", Some(true))
+        );
         let spec = d.spec.unwrap();
         assert_eq!(spec.replicas, Some(2));
         let rolling = spec.strategy.unwrap().rolling_update.unwrap();
-        assert_eq!((rolling.max_unavailable, rolling.max_surge), (Some(IntOrString::Int(1)), Some(IntOrString::Int(0))));
+        assert_eq!(
+            (rolling.max_unavailable, rolling.max_surge),
+            (Some(IntOrString::Int(1)), Some(IntOrString::Int(0)))
+        );
         let pod = spec.template.spec.unwrap();
         let affinity = pod.affinity.unwrap();
-        let anti = &affinity.pod_anti_affinity.unwrap().required_during_scheduling_ignored_during_execution.unwrap()[0];
+        let anti = &affinity
+            .pod_anti_affinity
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .unwrap()[0];
         assert_eq!(anti.topology_key, "kubernetes.io/hostname");
-        let terms = affinity.node_affinity.unwrap().required_during_scheduling_ignored_during_execution.unwrap().node_selector_terms;
+        let terms = affinity
+            .node_affinity
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .unwrap()
+            .node_selector_terms;
         assert_eq!(terms.len(), 2, "nodeSelector entries are OR-ed terms");
         assert_eq!(terms[0].match_expressions.as_ref().unwrap()[0].key, "zone");
     }
@@ -300,15 +438,41 @@ mod tests {
     #[test]
     fn the_cni_annotations_place_both_interfaces() {
         let d = build();
-        let annotations = d.spec.unwrap().template.metadata.unwrap().annotations.unwrap();
+        let annotations = d
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap();
         assert_eq!(annotations["ovn.kubernetes.io/logical_switch"], "subnet1");
         assert_eq!(annotations["k8s.v1.cni.cncf.io/networks"], "default/eth1");
-        assert_eq!(annotations["ovn.kubernetes.io/ip_pool"], "192.168.0.2;192.168.0.3");
-        assert_eq!(annotations["eth1.default.kubernetes.io/logical_switch"], "macvlan1");
-        let routes: serde_json::Value = serde_json::from_str(&annotations["ovn.kubernetes.io/routes"]).unwrap();
-        assert_eq!(routes[0], json!({ "dst": "10.255.255.255", "gw": "192.168.0.1" }), "the BFD port through the VPC");
-        assert!(routes.as_array().unwrap().contains(&json!({ "dst": "192.168.9.0/24", "gw": "192.168.0.1" })));
-        assert_eq!(annotations["eth1.default.kubernetes.io/routes"], r#"[{"dst":"0.0.0.0/0","gw":"172.17.0.1"}]"#);
+        assert_eq!(
+            annotations["ovn.kubernetes.io/ip_pool"],
+            "192.168.0.2;192.168.0.3"
+        );
+        assert_eq!(
+            annotations["eth1.default.kubernetes.io/logical_switch"],
+            "macvlan1"
+        );
+        let routes: serde_json::Value =
+            serde_json::from_str(&annotations["ovn.kubernetes.io/routes"]).unwrap();
+        assert_eq!(
+            routes[0],
+            json!({ "dst": "10.255.255.255", "gw": "192.168.0.1" }),
+            "the BFD port through the VPC"
+        );
+        assert!(
+            routes
+                .as_array()
+                .unwrap()
+                .contains(&json!({ "dst": "192.168.9.0/24", "gw": "192.168.0.1" }))
+        );
+        assert_eq!(
+            annotations["eth1.default.kubernetes.io/routes"],
+            r#"[{"dst":"0.0.0.0/0","gw":"172.17.0.1"}]"#
+        );
     }
 
     #[test]
@@ -327,11 +491,36 @@ mod tests {
         }
         let security = c.security_context.as_ref().unwrap();
         assert_eq!(security.privileged, Some(false));
-        assert_eq!(security.capabilities.as_ref().unwrap().drop.as_deref(), Some(&["ALL".to_owned()][..]));
-        assert_eq!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
-        assert_eq!(pod.volumes.unwrap()[0].host_path.as_ref().unwrap().path, "/sys/fs/bpf");
+        assert_eq!(
+            security.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_owned()][..])
+        );
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/readyz")
+        );
+        assert_eq!(
+            pod.volumes.unwrap()[0].host_path.as_ref().unwrap().path,
+            "/sys/fs/bpf"
+        );
         let env = &c.env.as_ref().unwrap()[0];
-        assert_eq!(env.value_from.as_ref().unwrap().field_ref.as_ref().unwrap().field_path, "metadata.annotations['eth1.default.kubernetes.io/ip_address']");
+        assert_eq!(
+            env.value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.annotations['eth1.default.kubernetes.io/ip_address']"
+        );
     }
 
     #[test]
@@ -339,7 +528,17 @@ mod tests {
         let gateway = gateway2();
         let internal = subnet("subnet1", "gateway: 192.168.0.1\n");
         let external = subnet("macvlan1", "provider: eth1\n");
-        let inputs = Inputs { gateway: &gateway, internal_subnet: &internal, external_subnet: &external, vpc: None, default_image: "veg" };
-        assert!(deployment(&inputs, &BTreeMap::new()).unwrap_err().contains("<attachment>.<namespace>"));
+        let inputs = Inputs {
+            gateway: &gateway,
+            internal_subnet: &internal,
+            external_subnet: &external,
+            vpc: None,
+            default_image: "veg",
+        };
+        assert!(
+            deployment(&inputs, &BTreeMap::new())
+                .unwrap_err()
+                .contains("<attachment>.<namespace>")
+        );
     }
 }

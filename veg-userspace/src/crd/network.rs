@@ -6,7 +6,12 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[kube(group = "kubeovn.io", version = "v1", kind = "Vpc", status = "VpcStatus")]
+#[kube(
+    group = "kubeovn.io",
+    version = "v1",
+    kind = "Vpc",
+    status = "VpcStatus"
+)]
 #[serde(rename_all = "camelCase")]
 pub struct VpcSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,7 +72,9 @@ impl Subnet {
     /// Multus' name for the subnet's network attachment: a provider "<nad>.<namespace>" is "<namespace>/<nad>".
     pub fn network_attachment(&self) -> Option<String> {
         match self.spec.provider.split_once('.') {
-            Some((nad, namespace)) if !nad.is_empty() && !namespace.is_empty() => Some(format!("{namespace}/{nad}")),
+            Some((nad, namespace)) if !nad.is_empty() && !namespace.is_empty() => {
+                Some(format!("{namespace}/{nad}"))
+            }
             _ => None,
         }
     }

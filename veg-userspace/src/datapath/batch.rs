@@ -30,8 +30,19 @@ struct BatchAttr {
 
 fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
     // SAFETY: attr is a valid bpf_attr prefix of the size passed.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut BatchAttr, size_of::<BatchAttr>()) };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut BatchAttr,
+            size_of::<BatchAttr>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Every (key, value) of a hash map, read in chunks. Entries changing meanwhile may be seen or not, as with any
@@ -46,7 +57,11 @@ pub fn read_all<K: Pod, V: Pod>(map: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>> 
     let mut first = true;
     loop {
         let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { &mut cursor_in as *mut u32 as u64 },
+            in_batch: if first {
+                0
+            } else {
+                &mut cursor_in as *mut u32 as u64
+            },
             out_batch: &mut cursor_out as *mut u32 as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
@@ -92,7 +107,11 @@ pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
         let done = attr.count as usize;
         deleted += done;
         // Skip the key that stopped the batch (it is gone already).
-        let skip = if done < rest.len().min(CHUNK) { done + 1 } else { done };
+        let skip = if done < rest.len().min(CHUNK) {
+            done + 1
+        } else {
+            done
+        };
         rest = &rest[skip..];
     }
     Ok(deleted)

@@ -10,8 +10,8 @@ use anyhow::Context as _;
 use aya::maps::MapData;
 use serde::Serialize;
 use veg_common::flow::{
-    DIRECTION_OUTBOUND, FlowEntry, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, STATE_FIN_IN, STATE_FIN_OUT,
-    STATE_REPLY_SEEN, STATE_RST, STATE_SYN_OUT, idle_timeout_ns, is_expired,
+    DIRECTION_OUTBOUND, FlowEntry, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, STATE_FIN_IN,
+    STATE_FIN_OUT, STATE_REPLY_SEEN, STATE_RST, STATE_SYN_OUT, idle_timeout_ns, is_expired,
 };
 
 use super::{batch, monotonic_now_ns};
@@ -34,7 +34,8 @@ pub struct Flow {
 
 impl FlowTable {
     pub fn from_pin(path: &Path) -> anyhow::Result<FlowTable> {
-        let map = MapData::from_pin(path).with_context(|| format!("opening flow table {}", path.display()))?;
+        let map = MapData::from_pin(path)
+            .with_context(|| format!("opening flow table {}", path.display()))?;
         Ok(FlowTable { map })
     }
 
@@ -52,10 +53,15 @@ impl FlowTable {
         let mut entries: Vec<_> = self
             .entries()?
             .into_iter()
-            .filter(|(key, entry)| entry.direction == DIRECTION_OUTBOUND && !is_expired(entry, key.protocol, now))
+            .filter(|(key, entry)| {
+                entry.direction == DIRECTION_OUTBOUND && !is_expired(entry, key.protocol, now)
+            })
             .collect();
         entries.sort_by_key(|(_, entry)| entry.created_ns);
-        Ok(entries.iter().map(|(key, entry)| describe(key, entry, now)).collect())
+        Ok(entries
+            .iter()
+            .map(|(key, entry)| describe(key, entry, now))
+            .collect())
     }
 
     /// Delete every expired entry. Both halves of a pair carry the same timestamp and state, so they expire
@@ -74,7 +80,11 @@ impl FlowTable {
 
 fn describe(key: &FlowKey, entry: &FlowEntry, now: u64) -> Flow {
     let addr = |a: &veg_common::address::Address| -> IpAddr { a.to_ip(key.family) };
-    let remote_port = if key.protocol == PROTO_ICMP { 0 } else { u16::from_be(key.dst_port) };
+    let remote_port = if key.protocol == PROTO_ICMP {
+        0
+    } else {
+        u16::from_be(key.dst_port)
+    };
     let deadline = entry.last_seen_ns + idle_timeout_ns(key.protocol, entry.state);
     Flow {
         protocol: protocol_name(key.protocol),
@@ -98,7 +108,11 @@ pub fn protocol_name(protocol: u8) -> &'static str {
 /// Names in the spirit of conntrack's.
 pub fn state_name(protocol: u8, state: u8) -> &'static str {
     if protocol != PROTO_TCP {
-        return if state & STATE_REPLY_SEEN != 0 { "REPLIED" } else { "UNREPLIED" };
+        return if state & STATE_REPLY_SEEN != 0 {
+            "REPLIED"
+        } else {
+            "UNREPLIED"
+        };
     }
     let fins = state & (STATE_FIN_OUT | STATE_FIN_IN);
     if state & STATE_RST != 0 {
@@ -123,9 +137,18 @@ mod tests {
     #[test]
     fn state_names() {
         assert_eq!(state_name(PROTO_TCP, STATE_SYN_OUT), "SYN_SENT");
-        assert_eq!(state_name(PROTO_TCP, STATE_SYN_OUT | STATE_REPLY_SEEN), "ESTABLISHED");
-        assert_eq!(state_name(PROTO_TCP, STATE_REPLY_SEEN | STATE_FIN_OUT), "FIN_WAIT");
-        assert_eq!(state_name(PROTO_TCP, STATE_REPLY_SEEN | STATE_FIN_OUT | STATE_FIN_IN), "TIME_WAIT");
+        assert_eq!(
+            state_name(PROTO_TCP, STATE_SYN_OUT | STATE_REPLY_SEEN),
+            "ESTABLISHED"
+        );
+        assert_eq!(
+            state_name(PROTO_TCP, STATE_REPLY_SEEN | STATE_FIN_OUT),
+            "FIN_WAIT"
+        );
+        assert_eq!(
+            state_name(PROTO_TCP, STATE_REPLY_SEEN | STATE_FIN_OUT | STATE_FIN_IN),
+            "TIME_WAIT"
+        );
         assert_eq!(state_name(PROTO_TCP, STATE_REPLY_SEEN | STATE_RST), "CLOSE");
         assert_eq!(state_name(PROTO_UDP, 0), "UNREPLIED");
         assert_eq!(state_name(PROTO_UDP, STATE_REPLY_SEEN), "REPLIED");

@@ -27,7 +27,8 @@ impl Datapath {
     /// them there. `max_flow_entries` sizes a new flow table; an existing one keeps its size.
     pub fn load(pin_dir: &Path, max_flow_entries: u32) -> anyhow::Result<Datapath> {
         pins::check_bpffs()?;
-        std::fs::create_dir_all(pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+        std::fs::create_dir_all(pin_dir)
+            .with_context(|| format!("creating {}", pin_dir.display()))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries(pins::FLOWS, max_flow_entries)
@@ -38,14 +39,23 @@ impl Datapath {
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
-            program.load().map_err(|e| kernel_error(anyhow!(e)).context(format!("verifying program {name}")))?;
+            program.load().map_err(|e| {
+                kernel_error(anyhow!(e)).context(format!("verifying program {name}"))
+            })?;
         }
-        Ok(Datapath { ebpf, pin_dir: pin_dir.to_owned() })
+        Ok(Datapath {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+        })
     }
 
     /// A loaded program, for running it on crafted packets (BPF_PROG_TEST_RUN).
     pub fn program(&self, name: &str) -> anyhow::Result<&SchedClassifier> {
-        Ok(self.ebpf.program(name).with_context(|| format!("program {name} missing from the object"))?.try_into()?)
+        Ok(self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("program {name} missing from the object"))?
+            .try_into()?)
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -54,13 +64,28 @@ impl Datapath {
 
     /// Write the gateway's settings; the programs act on packets from then on.
     pub fn configure(&mut self, config: &GatewayConfig) -> anyhow::Result<()> {
-        let map = self.ebpf.map_mut(pins::CONFIG).context("CONFIG map missing")?;
+        let map = self
+            .ebpf
+            .map_mut(pins::CONFIG)
+            .context("CONFIG map missing")?;
         let mut array: Array<&mut MapData, GatewayConfig> = Array::try_from(map)?;
-        array.set(CONFIG_KEY, GatewayConfig { ready: 1, ..*config }, 0).context("writing the gateway's settings")
+        array
+            .set(
+                CONFIG_KEY,
+                GatewayConfig {
+                    ready: 1,
+                    ..*config
+                },
+                0,
+            )
+            .context("writing the gateway's settings")
     }
 
     pub fn policy(&mut self) -> anyhow::Result<PolicyTable<&mut MapData>> {
-        let map = self.ebpf.map_mut(pins::POLICY_V4).context("POLICY_V4 map missing")?;
+        let map = self
+            .ebpf
+            .map_mut(pins::POLICY_V4)
+            .context("POLICY_V4 map missing")?;
         Ok(PolicyTable::new(map.try_into()?))
     }
 
@@ -70,16 +95,26 @@ impl Datapath {
 
     /// Attach both programs to their interfaces' ingress: TCX links on kernels that have them (6.6+), a clsact
     /// qdisc otherwise.
-    pub fn attach(&mut self, internal_interface: &str, external_interface: &str) -> anyhow::Result<()> {
-        let has_tcx = KernelVersion::current().is_ok_and(|v| v.code() >= KernelVersion::new(6, 6, 0).code());
-        for (name, interface) in [(PROGRAM_FROM_VPC, internal_interface), (PROGRAM_FROM_OUTSIDE, external_interface)]
-        {
+    pub fn attach(
+        &mut self,
+        internal_interface: &str,
+        external_interface: &str,
+    ) -> anyhow::Result<()> {
+        let has_tcx =
+            KernelVersion::current().is_ok_and(|v| v.code() >= KernelVersion::new(6, 6, 0).code());
+        for (name, interface) in [
+            (PROGRAM_FROM_VPC, internal_interface),
+            (PROGRAM_FROM_OUTSIDE, external_interface),
+        ] {
             if !has_tcx {
                 // EEXIST when the qdisc is there already is fine.
                 let _ = tc::qdisc_add_clsact(interface);
             }
-            let program: &mut SchedClassifier =
-                self.ebpf.program_mut(name).context("program missing")?.try_into()?;
+            let program: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .context("program missing")?
+                .try_into()?;
             program
                 .attach(interface, TcAttachType::Ingress)
                 .with_context(|| format!("attaching {name} to {interface} ingress"))?;

@@ -14,10 +14,14 @@ pub const POLICY_V4: &str = "POLICY_V4";
 pub fn validate_name(name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 200
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
         && !name.starts_with('.');
     if !ok {
-        bail!("invalid gateway name {name:?}: use letters, digits, '-', '.' and '_' (like a Kubernetes name)");
+        bail!(
+            "invalid gateway name {name:?}: use letters, digits, '-', '.' and '_' (like a Kubernetes name)"
+        );
     }
     Ok(())
 }
@@ -34,7 +38,9 @@ pub fn check_bpffs() -> anyhow::Result<()> {
     let rc = unsafe { libc::statfs(path.as_ptr(), &mut st) };
     const BPF_FS_MAGIC: libc::c_long = 0xcafe4a11;
     if rc != 0 || st.f_type as libc::c_long != BPF_FS_MAGIC {
-        bail!("bpffs is not mounted at {BPFFS_ROOT}: mount it with `mount -t bpf bpf {BPFFS_ROOT}` (in a pod, mount the host's /sys/fs/bpf)");
+        bail!(
+            "bpffs is not mounted at {BPFFS_ROOT}: mount it with `mount -t bpf bpf {BPFFS_ROOT}` (in a pod, mount the host's /sys/fs/bpf)"
+        );
     }
     Ok(())
 }

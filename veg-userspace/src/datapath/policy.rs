@@ -3,7 +3,10 @@
 use std::{borrow::BorrowMut, collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::Context as _;
-use aya::maps::{MapData, lpm_trie::{Key, LpmTrie}};
+use aya::maps::{
+    MapData,
+    lpm_trie::{Key, LpmTrie},
+};
 use ipnet::Ipv4Net;
 use veg_common::policy::{ACTION_FORWARD, ACTION_SNAT, Policy, PolicyKeyV4};
 
@@ -55,13 +58,21 @@ impl<T: BorrowMut<MapData>> PolicyTable<T> {
         for (net, action) in desired {
             if current.get(net) != Some(&action.value()) {
                 self.trie
-                    .insert(&key_of(net), Policy { action: action.value() }, 0)
+                    .insert(
+                        &key_of(net),
+                        Policy {
+                            action: action.value(),
+                        },
+                        0,
+                    )
                     .with_context(|| format!("adding policy {net}"))?;
                 changes.added_or_changed += 1;
             }
         }
         for net in current.keys().filter(|net| !desired.contains_key(net)) {
-            self.trie.remove(&key_of(net)).with_context(|| format!("removing policy {net}"))?;
+            self.trie
+                .remove(&key_of(net))
+                .with_context(|| format!("removing policy {net}"))?;
             changes.removed += 1;
         }
         Ok(changes)

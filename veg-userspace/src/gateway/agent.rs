@@ -36,17 +36,33 @@ pub struct Running {
 }
 
 /// The BFD engine of the instance: passive, as the reference's instances wait for OVN to start the session.
-fn bfd_engine(settings: &GatewaySettings, status: &Arc<Mutex<Snapshot>>) -> anyhow::Result<Option<Engine>> {
+fn bfd_engine(
+    settings: &GatewaySettings,
+    status: &Arc<Mutex<Snapshot>>,
+) -> anyhow::Result<Option<Engine>> {
     let Some(bfd) = &settings.bfd else {
         return Ok(None);
     };
     let listen = match bfd.listen {
         Some(listen) => listen,
-        None => host::interface_ipv4_addresses(&settings.internal_interface)?.first().copied().map(IpAddr::V4).with_context(|| {
-            format!("{} has no IPv4 address for BFD: give --bfd-listen", settings.internal_interface)
-        })?,
+        None => host::interface_ipv4_addresses(&settings.internal_interface)?
+            .first()
+            .copied()
+            .map(IpAddr::V4)
+            .with_context(|| {
+                format!(
+                    "{} has no IPv4 address for BFD: give --bfd-listen",
+                    settings.internal_interface
+                )
+            })?,
     };
-    let config = EngineConfig { listen, peers: bfd.peers.clone(), timers: bfd.timers, min_ttl: bfd.min_ttl, role: Role::Passive };
+    let config = EngineConfig {
+        listen,
+        peers: bfd.peers.clone(),
+        timers: bfd.timers,
+        min_ttl: bfd.min_ttl,
+        role: Role::Passive,
+    };
     Ok(Some(Engine::new(config, status.clone())?))
 }
 
@@ -61,7 +77,12 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
     let pin_dir = pins::gateway_dir(&settings.name);
     let mut datapath = Datapath::load(&pin_dir, settings.max_flow_entries)?;
     let changes = datapath.policy()?.sync(&settings.policy)?;
-    info!(sources = settings.policy.len(), added = changes.added_or_changed, removed = changes.removed, "policy synced");
+    info!(
+        sources = settings.policy.len(),
+        added = changes.added_or_changed,
+        removed = changes.removed,
+        "policy synced"
+    );
     datapath.configure(&GatewayConfig {
         external_addr_v4: Address::from_ip(settings.external_ip.into()),
         internal_ifindex,
@@ -85,7 +106,12 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
     );
     let bfd_status = Arc::default();
     let bfd = bfd_engine(settings, &bfd_status)?;
-    Ok(Running { datapath, _lock: lock, bfd, bfd_status })
+    Ok(Running {
+        datapath,
+        _lock: lock,
+        bfd,
+        bfd_status,
+    })
 }
 
 /// SIGTERM and SIGINT, caught from before the datapath starts, so that a stop during start-up still detaches
@@ -118,8 +144,17 @@ impl StopSignals {
 }
 
 /// Serve health checks and BFD, sweep, until SIGTERM or SIGINT; then tell the BFD peers (AdminDown), and detach.
-pub async fn run(settings: GatewaySettings, running: Running, mut stop: StopSignals) -> anyhow::Result<()> {
-    let Running { datapath, _lock, bfd, bfd_status } = running;
+pub async fn run(
+    settings: GatewaySettings,
+    running: Running,
+    mut stop: StopSignals,
+) -> anyhow::Result<()> {
+    let Running {
+        datapath,
+        _lock,
+        bfd,
+        bfd_status,
+    } = running;
     let health = health::bind(settings.health_listen).await?;
     tokio::spawn(health::serve(health, Arc::clone(&bfd_status)));
     let (bfd_stop, bfd_stopped) = tokio::sync::oneshot::channel::<()>();

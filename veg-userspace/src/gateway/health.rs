@@ -27,7 +27,9 @@ pub fn not_ready_reason(bfd: &Snapshot) -> Option<String> {
 }
 
 pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address).await.with_context(|| format!("listening for health checks on {address} (--health-listen)"))
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("listening for health checks on {address} (--health-listen)"))
 }
 
 pub async fn serve(listener: TcpListener, bfd: Arc<Mutex<Snapshot>>) {

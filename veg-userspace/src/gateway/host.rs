@@ -23,7 +23,11 @@ pub fn interface_names() -> Vec<String> {
         }
         let mut entry = list;
         while (*entry).if_index != 0 {
-            names.push(CStr::from_ptr((*entry).if_name).to_string_lossy().into_owned());
+            names.push(
+                CStr::from_ptr((*entry).if_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
             entry = entry.add(1);
         }
         libc::if_freenameindex(list);
@@ -78,7 +82,11 @@ pub fn check_external_address(interface: &str, address: Ipv4Addr) -> anyhow::Res
         bail!(
             "external address {address} is not configured on {interface} (it has: {}): add it with \
              `ip addr add {address}/PREFIX dev {interface}` or fix --external-ip",
-            if list.is_empty() { "no IPv4 address".to_owned() } else { list.join(", ") }
+            if list.is_empty() {
+                "no IPv4 address".to_owned()
+            } else {
+                list.join(", ")
+            }
         );
     }
     Ok(())
@@ -114,8 +122,12 @@ pub fn check_port_range(range: PortRange) -> anyhow::Result<()> {
 /// attached, and off again before it detaches them.
 pub fn set_forwarding(on: bool) -> anyhow::Result<()> {
     let path = "/proc/sys/net/ipv4/conf/all/forwarding";
-    std::fs::write(path, if on { "1" } else { "0" })
-        .with_context(|| format!("turning IPv4 forwarding {} ({path})", if on { "on" } else { "off" }))
+    std::fs::write(path, if on { "1" } else { "0" }).with_context(|| {
+        format!(
+            "turning IPv4 forwarding {} ({path})",
+            if on { "on" } else { "off" }
+        )
+    })
 }
 
 /// An exclusive lock per gateway name, so that two agents never drive the same maps. The file goes away with
@@ -138,7 +150,10 @@ impl InstanceLock {
         let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         // SAFETY: valid fd; the lock is released when the file closes.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            bail!("another `veg gateway --name {name}` is running on this host (it holds {})", path.display());
+            bail!(
+                "another `veg gateway --name {name}` is running on this host (it holds {})",
+                path.display()
+            );
         }
         Ok(InstanceLock { _file: file, path })
     }

@@ -15,12 +15,18 @@ use veg_common::flow::FLOW_TABLE_DEFAULT_ENTRIES;
 
 use crate::{
     bfd::session::Timers,
-    datapath::{pins, policy::{Action, DesiredPolicy}},
+    datapath::{
+        pins,
+        policy::{Action, DesiredPolicy},
+    },
 };
 
 /// Translated ports are taken from this range by default: below the kernel's default ephemeral range
 /// (32768-60999), so the instance's own connections never collide with translations.
-pub const DEFAULT_PORT_RANGE: PortRange = PortRange { min: 1024, max: 32767 };
+pub const DEFAULT_PORT_RANGE: PortRange = PortRange {
+    min: 1024,
+    max: 32767,
+};
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,9 +52,18 @@ impl FromStr for PortRange {
 
     fn from_str(s: &str) -> anyhow::Result<PortRange> {
         let advice = "expected LO-HI with 1 <= LO <= HI <= 65535, e.g. 1024-32767";
-        let (lo, hi) = s.split_once('-').with_context(|| format!("invalid port range {s:?}: {advice}"))?;
-        let parse = |p: &str| p.trim().parse::<u16>().with_context(|| format!("invalid port range {s:?}: {advice}"));
-        let range = PortRange { min: parse(lo)?, max: parse(hi)? };
+        let (lo, hi) = s
+            .split_once('-')
+            .with_context(|| format!("invalid port range {s:?}: {advice}"))?;
+        let parse = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .with_context(|| format!("invalid port range {s:?}: {advice}"))
+        };
+        let range = PortRange {
+            min: parse(lo)?,
+            max: parse(hi)?,
+        };
         if range.min == 0 || range.min > range.max {
             bail!("invalid port range {s:?}: {advice}");
         }
@@ -62,11 +77,16 @@ pub fn parse_cidr(s: &str) -> anyhow::Result<Ipv4Net> {
         Ok(net) => net,
         Err(_) => match s.parse::<Ipv4Addr>() {
             Ok(addr) => Ipv4Net::from(addr),
-            Err(_) => bail!("invalid CIDR {s:?}: expected an IPv4 prefix such as 10.16.0.0/16 or an address such as 10.16.0.5"),
+            Err(_) => bail!(
+                "invalid CIDR {s:?}: expected an IPv4 prefix such as 10.16.0.0/16 or an address such as 10.16.0.5"
+            ),
         },
     };
     if net.trunc() != net {
-        bail!("invalid CIDR {s:?}: host bits are set; did you mean {}?", net.trunc());
+        bail!(
+            "invalid CIDR {s:?}: host bits are set; did you mean {}?",
+            net.trunc()
+        );
     }
     Ok(net)
 }
@@ -131,9 +151,11 @@ pub struct SettingsInput {
 
 impl SettingsInput {
     pub fn read(path: &PathBuf) -> anyhow::Result<SettingsInput> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         // YAML is a superset of JSON: one parser reads both.
-        serde_yaml::from_str(&text).with_context(|| format!("{} is not a valid gateway settings file", path.display()))
+        serde_yaml::from_str(&text)
+            .with_context(|| format!("{} is not a valid gateway settings file", path.display()))
     }
 
     /// Flags (self) override the file; lists from both are joined.
@@ -163,7 +185,8 @@ impl SettingsInput {
             return Ok(None);
         }
         let address = |text: &str, flag: &str| {
-            text.parse::<IpAddr>().with_context(|| format!("invalid {flag} {text:?}: expected an IP address"))
+            text.parse::<IpAddr>()
+                .with_context(|| format!("invalid {flag} {text:?}: expected an IP address"))
         };
         let interval = |ms: Option<u64>, flag: &str| -> anyhow::Result<Duration> {
             let ms = ms.unwrap_or(1000);
@@ -177,8 +200,16 @@ impl SettingsInput {
             bail!("invalid --bfd-multiplier 0: expected 1 to 255");
         }
         Ok(Some(BfdSettings {
-            peers: self.bfd_peers.iter().map(|p| address(p, "--bfd-peer")).collect::<anyhow::Result<_>>()?,
-            listen: self.bfd_listen.as_deref().map(|l| address(l, "--bfd-listen")).transpose()?,
+            peers: self
+                .bfd_peers
+                .iter()
+                .map(|p| address(p, "--bfd-peer"))
+                .collect::<anyhow::Result<_>>()?,
+            listen: self
+                .bfd_listen
+                .as_deref()
+                .map(|l| address(l, "--bfd-listen"))
+                .transpose()?,
             timers: Timers {
                 desired_min_tx: interval(self.bfd_min_tx, "--bfd-min-tx")?,
                 required_min_rx: interval(self.bfd_min_rx, "--bfd-min-rx")?,
@@ -190,19 +221,24 @@ impl SettingsInput {
 
     pub fn validate(self) -> anyhow::Result<GatewaySettings> {
         let bfd = self.bfd()?;
-        let health_text = self.health_listen.as_deref().unwrap_or(DEFAULT_HEALTH_LISTEN);
-        let health_listen = health_text
-            .parse::<SocketAddr>()
-            .with_context(|| format!("invalid --health-listen {health_text:?}: expected IP:PORT, e.g. 0.0.0.0:8080"))?;
+        let health_text = self
+            .health_listen
+            .as_deref()
+            .unwrap_or(DEFAULT_HEALTH_LISTEN);
+        let health_listen = health_text.parse::<SocketAddr>().with_context(|| {
+            format!("invalid --health-listen {health_text:?}: expected IP:PORT, e.g. 0.0.0.0:8080")
+        })?;
         let required = |value: Option<String>, flag: &str| {
-            value.filter(|v| !v.is_empty()).with_context(|| format!("{flag} is required (as a flag or in --config)"))
+            value
+                .filter(|v| !v.is_empty())
+                .with_context(|| format!("{flag} is required (as a flag or in --config)"))
         };
         let name = required(self.name, "--name")?;
         pins::validate_name(&name)?;
         let external_ip_text = required(self.external_ip, "--external-ip")?;
-        let external_ip = external_ip_text
-            .parse::<Ipv4Addr>()
-            .with_context(|| format!("invalid --external-ip {external_ip_text:?}: expected an IPv4 address"))?;
+        let external_ip = external_ip_text.parse::<Ipv4Addr>().with_context(|| {
+            format!("invalid --external-ip {external_ip_text:?}: expected an IPv4 address")
+        })?;
         let mut policy = DesiredPolicy::new();
         for (sources, action) in [(&self.snat, Action::Snat), (&self.forward, Action::Forward)] {
             for source in sources {
@@ -210,7 +246,9 @@ impl SettingsInput {
                 if let Some(previous) = policy.insert(net, action)
                     && previous != action
                 {
-                    bail!("{net} is given both as --snat and as --forward: a source is either translated or not");
+                    bail!(
+                        "{net} is given both as --snat and as --forward: a source is either translated or not"
+                    );
                 }
             }
         }
@@ -236,7 +274,10 @@ impl SettingsInput {
             policy,
             port_range,
             max_flow_entries: max_flows * 2,
-            sweep_interval: self.sweep_interval_seconds.map(Duration::from_secs).unwrap_or(DEFAULT_SWEEP_INTERVAL),
+            sweep_interval: self
+                .sweep_interval_seconds
+                .map(Duration::from_secs)
+                .unwrap_or(DEFAULT_SWEEP_INTERVAL),
         })
     }
 }
@@ -260,41 +301,113 @@ mod tests {
     fn valid_settings_with_defaults() {
         let s = input().validate().unwrap();
         assert_eq!(s.port_range, DEFAULT_PORT_RANGE);
-        assert_eq!(s.policy.get(&"10.16.0.0/16".parse().unwrap()), Some(&Action::Snat));
+        assert_eq!(
+            s.policy.get(&"10.16.0.0/16".parse().unwrap()),
+            Some(&Action::Snat)
+        );
         assert_eq!(s.max_flow_entries, FLOW_TABLE_DEFAULT_ENTRIES);
     }
 
     #[test]
     fn errors_say_what_is_wrong() {
         let err = |i: SettingsInput| i.validate().unwrap_err().to_string();
-        assert!(err(SettingsInput { snat: vec!["10.16.0.0/33".into()], ..input() }).contains("invalid CIDR"));
-        assert!(err(SettingsInput { snat: vec!["10.16.0.1/16".into()], ..input() }).contains("did you mean 10.16.0.0/16"));
-        assert!(err(SettingsInput { external_ip: Some("x".into()), ..input() }).contains("--external-ip"));
-        assert!(err(SettingsInput { port_range: Some("9-2".into()), ..input() }).contains("invalid port range"));
-        assert!(err(SettingsInput { name: Some("a/b".into()), ..input() }).contains("invalid gateway name"));
-        assert!(err(SettingsInput { snat: vec![], ..input() }).contains("no sources"));
-        let both = SettingsInput { forward: vec!["10.16.0.0/16".into()], ..input() };
+        assert!(
+            err(SettingsInput {
+                snat: vec!["10.16.0.0/33".into()],
+                ..input()
+            })
+            .contains("invalid CIDR")
+        );
+        assert!(
+            err(SettingsInput {
+                snat: vec!["10.16.0.1/16".into()],
+                ..input()
+            })
+            .contains("did you mean 10.16.0.0/16")
+        );
+        assert!(
+            err(SettingsInput {
+                external_ip: Some("x".into()),
+                ..input()
+            })
+            .contains("--external-ip")
+        );
+        assert!(
+            err(SettingsInput {
+                port_range: Some("9-2".into()),
+                ..input()
+            })
+            .contains("invalid port range")
+        );
+        assert!(
+            err(SettingsInput {
+                name: Some("a/b".into()),
+                ..input()
+            })
+            .contains("invalid gateway name")
+        );
+        assert!(
+            err(SettingsInput {
+                snat: vec![],
+                ..input()
+            })
+            .contains("no sources")
+        );
+        let both = SettingsInput {
+            forward: vec!["10.16.0.0/16".into()],
+            ..input()
+        };
         assert!(err(both).contains("both as --snat and as --forward"));
-        assert!(err(SettingsInput { internal_interface: None, ..input() }).contains("--internal-interface is required"));
+        assert!(
+            err(SettingsInput {
+                internal_interface: None,
+                ..input()
+            })
+            .contains("--internal-interface is required")
+        );
     }
 
     #[test]
     fn bfd_settings() {
-        let s = SettingsInput { bfd_peers: vec!["10.255.255.255".into()], bfd_min_tx: Some(100), ..input() }.validate().unwrap();
+        let s = SettingsInput {
+            bfd_peers: vec!["10.255.255.255".into()],
+            bfd_min_tx: Some(100),
+            ..input()
+        }
+        .validate()
+        .unwrap();
         let bfd = s.bfd.unwrap();
         assert_eq!(bfd.timers.desired_min_tx, Duration::from_millis(100));
         assert_eq!(bfd.timers.required_min_rx, Duration::from_millis(1000));
-        assert_eq!((bfd.timers.detect_mult, bfd.min_ttl, bfd.listen), (3, 254, None));
+        assert_eq!(
+            (bfd.timers.detect_mult, bfd.min_ttl, bfd.listen),
+            (3, 254, None)
+        );
         assert!(input().validate().unwrap().bfd.is_none());
-        let err = SettingsInput { bfd_peers: vec!["nope".into()], ..input() }.validate().unwrap_err().to_string();
+        let err = SettingsInput {
+            bfd_peers: vec!["nope".into()],
+            ..input()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("invalid --bfd-peer"), "{err}");
-        let err = SettingsInput { health_listen: Some("8080".into()), ..input() }.validate().unwrap_err().to_string();
+        let err = SettingsInput {
+            health_listen: Some("8080".into()),
+            ..input()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("--health-listen"), "{err}");
     }
 
     #[test]
     fn bare_address_is_a_host_prefix() {
-        assert_eq!(parse_cidr("10.0.0.5").unwrap(), "10.0.0.5/32".parse::<Ipv4Net>().unwrap());
+        assert_eq!(
+            parse_cidr("10.0.0.5").unwrap(),
+            "10.0.0.5/32".parse::<Ipv4Net>().unwrap()
+        );
     }
 
     #[test]
@@ -303,19 +416,42 @@ mod tests {
             "name: from-file\nexternalIP: 172.17.0.12\nsnat: [10.1.0.0/24]\nforward: [10.2.0.0/24]\nportRange: 2000-3000\n",
         )
         .unwrap();
-        let s = SettingsInput { name: None, external_ip: None, ..input() }.merge_file(file).validate().unwrap();
+        let s = SettingsInput {
+            name: None,
+            external_ip: None,
+            ..input()
+        }
+        .merge_file(file)
+        .validate()
+        .unwrap();
         assert_eq!(s.name, "from-file");
-        assert_eq!(s.port_range, PortRange { min: 2000, max: 3000 });
+        assert_eq!(
+            s.port_range,
+            PortRange {
+                min: 2000,
+                max: 3000
+            }
+        );
         assert_eq!(s.policy.len(), 3);
-        let json: SettingsInput = serde_yaml::from_str(r#"{"name": "j", "snat": ["10.3.0.0/24"]}"#).unwrap();
+        let json: SettingsInput =
+            serde_yaml::from_str(r#"{"name": "j", "snat": ["10.3.0.0/24"]}"#).unwrap();
         assert_eq!(json.name.as_deref(), Some("j"));
         assert!(serde_yaml::from_str::<SettingsInput>("nmae: typo\n").is_err());
     }
 
     #[test]
     fn port_ranges_overlap() {
-        let kernel = PortRange { min: 32768, max: 60999 };
+        let kernel = PortRange {
+            min: 32768,
+            max: 60999,
+        };
         assert!(!DEFAULT_PORT_RANGE.overlaps(&kernel));
-        assert!(PortRange { min: 30000, max: 40000 }.overlaps(&kernel));
+        assert!(
+            PortRange {
+                min: 30000,
+                max: 40000
+            }
+            .overlaps(&kernel)
+        );
     }
 }

@@ -1,6 +1,9 @@
 use std::io::Write;
 
-use crate::datapath::{flow_table::{Flow, FlowTable}, pins};
+use crate::datapath::{
+    flow_table::{Flow, FlowTable},
+    pins,
+};
 
 pub fn run(name: &str, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
     let table = FlowTable::from_pin(&pins::existing_map(name, pins::FLOWS)?)?;
@@ -16,7 +19,11 @@ pub fn run(name: &str, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
 
 /// One line per flow, in the spirit of `conntrack -L`.
 fn print_table(flows: &[Flow], out: &mut impl Write) -> anyhow::Result<()> {
-    writeln!(out, "{:<5} {:<22} {:<22} {:<22} {:<12} {:>8}", "PROTO", "ORIGINAL", "TRANSLATED", "REMOTE", "STATE", "EXPIRES")?;
+    writeln!(
+        out,
+        "{:<5} {:<22} {:<22} {:<22} {:<12} {:>8}",
+        "PROTO", "ORIGINAL", "TRANSLATED", "REMOTE", "STATE", "EXPIRES"
+    )?;
     for f in flows {
         writeln!(
             out,

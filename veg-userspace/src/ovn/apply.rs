@@ -30,19 +30,15 @@ pub const OWNED_TABLES: [&str; 8] = [
     "HA_Chassis_Group",
     "HA_Chassis",
 ];
-/// What the monitor must replicate for planning.
-pub const MONITORED_TABLES: [&str; 10] = [
-    "Address_Set",
-    "Port_Group",
-    "BFD",
-    "Logical_Router_Static_Route",
-    "Logical_Router_Policy",
-    "Logical_Router_Port",
-    "HA_Chassis_Group",
-    "HA_Chassis",
-    "Logical_Router",
-    "Logical_Switch_Port",
-];
+/// What the monitor must replicate for planning: the owned tables, the routers they hang from, and the switch
+/// ports that port groups name.
+pub fn monitored_tables() -> Vec<&'static str> {
+    OWNED_TABLES
+        .iter()
+        .copied()
+        .chain(["Logical_Router", "Logical_Switch_Port"])
+        .collect()
+}
 
 /// The Logical_Router column that references rows of a non-root table the router owns.
 fn router_column_of(table: &str) -> Option<&'static str> {
@@ -75,7 +71,11 @@ fn key_of(table: &str, row: &Row) -> String {
         "BFD" => format!("{}|{}", text("logical_port"), text("dst_ip")),
         "Logical_Router_Static_Route" => format!("{}|{}", text("ip_prefix"), text("nexthop")),
         "Logical_Router_Policy" => {
-            format!("{}|{}", column(row, "priority"), external_id(row, "af").unwrap_or_default())
+            format!(
+                "{}|{}",
+                column(row, "priority"),
+                external_id(row, "af").unwrap_or_default()
+            )
         }
         "HA_Chassis" => text("chassis_name"),
         _ => text("name"),
@@ -87,7 +87,10 @@ fn by_uuid(uuid: &str) -> Value {
 }
 
 fn find_by_name<'a>(replica: &'a Replica, table: &str, name: &str) -> Option<&'a String> {
-    replica.rows(table).find(|(_, row)| column(row, "name") == name).map(|(uuid, _)| uuid)
+    replica
+        .rows(table)
+        .find(|(_, row)| column(row, "name") == name)
+        .map(|(uuid, _)| uuid)
 }
 
 pub fn plan(owner: &Owner, desired: &[DesiredRow], replica: &Replica) -> anyhow::Result<Plan> {
@@ -100,14 +103,25 @@ pub fn plan(owner: &Owner, desired: &[DesiredRow], replica: &Replica) -> anyhow:
         }
     }
     let router = find_by_name(replica, "Logical_Router", &owner.router);
-    let router_mutation = |column: &str, mutator: &str, reference: Value| -> anyhow::Result<Value> {
-        let router = router.with_context(|| format!("logical router {:?} does not exist in the Northbound database", owner.router))?;
-        Ok(json!({ "op": "mutate", "table": "Logical_Router", "where": by_uuid(router),
-                   "mutations": [[column, mutator, ["set", [reference]]]] }))
-    };
+    let router_mutation =
+        |column: &str, mutator: &str, reference: Value| -> anyhow::Result<Value> {
+            let router = router.with_context(|| {
+                format!(
+                    "logical router {:?} does not exist in the Northbound database",
+                    owner.router
+                )
+            })?;
+            Ok(
+                json!({ "op": "mutate", "table": "Logical_Router", "where": by_uuid(router),
+                   "mutations": [[column, mutator, ["set", [reference]]]] }),
+            )
+        };
     // Port groups name thousands of ports: index the switch ports by name once, not once per port.
     let switch_ports: HashMap<&str, &String> = if desired.iter().any(|r| !r.ports.is_empty()) {
-        replica.rows("Logical_Switch_Port").filter_map(|(uuid, row)| Some((column(row, "name").as_str()?, uuid))).collect()
+        replica
+            .rows("Logical_Switch_Port")
+            .filter_map(|(uuid, row)| Some((column(row, "name").as_str()?, uuid)))
+            .collect()
     } else {
         HashMap::new()
     };
@@ -127,8 +141,11 @@ pub fn plan(owner: &Owner, desired: &[DesiredRow], replica: &Replica) -> anyhow:
             columns.insert("ports".into(), json!(["set", ports]));
         }
         for link in &row.links {
-            let targets: Vec<Value> =
-                link.keys.iter().filter_map(|key| refs.get(&(link.table, key.as_str())).cloned()).collect();
+            let targets: Vec<Value> = link
+                .keys
+                .iter()
+                .filter_map(|key| refs.get(&(link.table, key.as_str())).cloned())
+                .collect();
             columns.insert(link.column.into(), json!(["set", targets]));
         }
         match existing.remove(&(row.table, row.key.clone())) {
@@ -136,22 +153,33 @@ pub fn plan(owner: &Owner, desired: &[DesiredRow], replica: &Replica) -> anyhow:
                 let name = format!("row{i}");
                 plan.operations.push(json!({ "op": "insert", "table": row.table, "row": columns, "uuid-name": name }));
                 if let Some(router_column) = row.router_column {
-                    plan.operations.push(router_mutation(router_column, "insert", json!(["named-uuid", name]))?);
+                    plan.operations.push(router_mutation(
+                        router_column,
+                        "insert",
+                        json!(["named-uuid", name]),
+                    )?);
                 }
                 refs.insert((row.table, &row.key), json!(["named-uuid", name]));
-                plan.changes.push(format!("insert {} {}", row.table, row.key));
+                plan.changes
+                    .push(format!("insert {} {}", row.table, row.key));
             }
             Some((uuid, current)) => {
                 refs.insert((row.table, &row.key), json!(["uuid", uuid]));
                 let changed: serde_json::Map<String, Value> = columns
                     .into_iter()
                     .filter(|(c, v)| {
-                        replica.normalized(row.table, c, v) != replica.normalized(row.table, c, column(current, c))
+                        replica.normalized(row.table, c, v)
+                            != replica.normalized(row.table, c, column(current, c))
                     })
                     .collect();
                 if !changed.is_empty() {
                     let names: Vec<&str> = changed.keys().map(String::as_str).collect();
-                    plan.changes.push(format!("update {} {}: {}", row.table, row.key, names.join(", ")));
+                    plan.changes.push(format!(
+                        "update {} {}: {}",
+                        row.table,
+                        row.key,
+                        names.join(", ")
+                    ));
                     plan.operations.push(json!({ "op": "update", "table": row.table, "where": by_uuid(&uuid), "row": changed }));
                 }
             }
@@ -164,9 +192,14 @@ pub fn plan(owner: &Owner, desired: &[DesiredRow], replica: &Replica) -> anyhow:
         // A row the router references loses that reference too. Deleting it outright as well (rather than leaving
         // it to garbage collection) matters: the commit's referential check still counts references it holds.
         if let Some(router_column) = router_column_of(table) {
-            plan.operations.push(router_mutation(router_column, "delete", json!(["uuid", uuid]))?);
+            plan.operations.push(router_mutation(
+                router_column,
+                "delete",
+                json!(["uuid", uuid]),
+            )?);
         }
-        plan.operations.push(json!({ "op": "delete", "table": table, "where": by_uuid(&uuid) }));
+        plan.operations
+            .push(json!({ "op": "delete", "table": table, "where": by_uuid(&uuid) }));
     }
     Ok(plan)
 }
@@ -174,15 +207,24 @@ pub fn plan(owner: &Owner, desired: &[DesiredRow], replica: &Replica) -> anyhow:
 /// How long to wait for our own transaction to come back through the monitor.
 const SETTLE: Duration = Duration::from_secs(5);
 
-pub async fn converge(monitor: &Monitor, owner: &Owner, desired: &[DesiredRow]) -> anyhow::Result<Plan> {
+pub async fn converge(
+    monitor: &Monitor,
+    owner: &Owner,
+    desired: &[DesiredRow],
+) -> anyhow::Result<Plan> {
     let plan = monitor.read(|r| plan(owner, desired, r))?;
     if plan.operations.is_empty() {
         return Ok(plan);
     }
-    let client = monitor.client().context("not connected to the Northbound database")?;
+    let client = monitor
+        .client()
+        .context("not connected to the Northbound database")?;
     client.transact(DB, &plan.operations).await?;
     // Wait until the replica shows our change, so that the next plan starts from it.
-    if !monitor.wait_until(SETTLE, |r| plan_is_empty(owner, desired, r)).await {
+    if !monitor
+        .wait_until(SETTLE, |r| plan_is_empty(owner, desired, r))
+        .await
+    {
         bail!("the Northbound database did not reflect the transaction within {SETTLE:?}");
     }
     Ok(plan)
@@ -200,15 +242,26 @@ pub fn down_nexthops(replica: &Replica, spec: &GatewaySpec) -> BTreeSet<IpAddr> 
     let up: BTreeSet<IpAddr> = replica
         .rows("BFD")
         .filter(|(_, row)| external_id(row, "vpc-egress-gateway").as_deref() == Some(id.as_str()))
-        .filter(|(_, row)| replica.normalized("BFD", "status", column(row, "status")) == json!(["set", ["up"]]))
+        .filter(|(_, row)| {
+            replica.normalized("BFD", "status", column(row, "status")) == json!(["set", ["up"]])
+        })
         .filter_map(|(_, row)| column(row, "dst_ip").as_str()?.parse().ok())
         .collect();
-    spec.instances.iter().flat_map(|i| i.addresses.iter()).filter(|a| !up.contains(a)).copied().collect()
+    spec.instances
+        .iter()
+        .flat_map(|i| i.addresses.iter())
+        .filter(|a| !up.contains(a))
+        .copied()
+        .collect()
 }
 
 /// Keep the gateway applied until `stop`: on the default VPC with BFD, whose policies cannot watch BFD on OVN
 /// 23.03, follow every BFD status change and rewrite the policy's nexthops.
-pub async fn keep_applied(monitor: &Monitor, spec: &GatewaySpec, stop: impl std::future::Future<Output = ()>) {
+pub async fn keep_applied(
+    monitor: &Monitor,
+    spec: &GatewaySpec,
+    stop: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(stop);
     let mut changes = monitor.subscribe();
     let follow_bfd = spec.default_vpc && spec.bfd.is_some();
@@ -218,9 +271,13 @@ pub async fn keep_applied(monitor: &Monitor, spec: &GatewaySpec, stop: impl std:
             current.down = monitor.read(|r| down_nexthops(r, spec));
         }
         match apply(monitor, &current).await {
-            Ok(plan) if !plan.changes.is_empty() => info!(gateway = %spec.id(), changes = ?plan.changes, "OVN updated"),
+            Ok(plan) if !plan.changes.is_empty() => {
+                info!(gateway = %spec.id(), changes = ?plan.changes, "OVN updated")
+            }
             Ok(_) => {}
-            Err(e) => warn!(gateway = %spec.id(), "applying the OVN model failed: {e:#}; retrying on the next change"),
+            Err(e) => {
+                warn!(gateway = %spec.id(), "applying the OVN model failed: {e:#}; retrying on the next change")
+            }
         }
         tokio::select! {
             _ = changes.changed() => {}

@@ -17,7 +17,9 @@ use super::{
 pub const DEFAULT_VPC: &str = "ovn-cluster";
 
 fn text<'a>(value: &'a Value, path: &[&str]) -> Option<&'a str> {
-    path.iter().try_fold(value, |v, key| v.get(key)).and_then(Value::as_str)
+    path.iter()
+        .try_fold(value, |v, key| v.get(key))
+        .and_then(Value::as_str)
 }
 
 /// A source as written in ipBlocks: a CIDR, or an address meaning a single host.
@@ -33,18 +35,28 @@ pub fn from_yaml(yaml: &str) -> anyhow::Result<(GatewaySpec, Option<VpcBfdPort>)
     let mut port = None;
     for document in serde_yaml::Deserializer::from_str(yaml) {
         let doc = Value::deserialize(document)?;
-        let is_our_vpc = text(&doc, &["kind"]) == Some("Vpc") && text(&doc, &["metadata", "name"]) == Some(&gateway.router);
+        let is_our_vpc = text(&doc, &["kind"]) == Some("Vpc")
+            && text(&doc, &["metadata", "name"]) == Some(&gateway.router);
         if !is_our_vpc || doc["spec"]["bfdPort"]["enabled"].as_bool() != Some(true) {
             continue;
         }
-        let ip = text(&doc, &["spec", "bfdPort", "ip"]).context("the Vpc's spec.bfdPort has no ip")?;
+        let ip =
+            text(&doc, &["spec", "bfdPort", "ip"]).context("the Vpc's spec.bfdPort has no ip")?;
         let addresses = ip
             .split(',')
-            .map(|a| a.trim().parse().with_context(|| format!("invalid spec.bfdPort.ip {ip:?}")))
+            .map(|a| {
+                a.trim()
+                    .parse()
+                    .with_context(|| format!("invalid spec.bfdPort.ip {ip:?}"))
+            })
             .collect::<anyhow::Result<_>>()?;
         let chassis = spec_list(&doc["status"]["bfdPort"]["nodes"]);
         if !chassis.is_empty() {
-            port = Some(VpcBfdPort { vpc: gateway.router.clone(), addresses, chassis });
+            port = Some(VpcBfdPort {
+                vpc: gateway.router.clone(),
+                addresses,
+                chassis,
+            });
         }
     }
     Ok((gateway, port))
@@ -57,7 +69,9 @@ pub fn gateway_from_yaml(yaml: &str) -> anyhow::Result<GatewaySpec> {
     let mut subnets: HashMap<String, Value> = HashMap::new();
     for document in serde_yaml::Deserializer::from_str(yaml) {
         let doc = Value::deserialize(document).context("the file is not valid YAML")?;
-        let name = text(&doc, &["metadata", "name"]).unwrap_or_default().to_owned();
+        let name = text(&doc, &["metadata", "name"])
+            .unwrap_or_default()
+            .to_owned();
         match text(&doc, &["kind"]) {
             Some("VpcEgressGateway") => gateways.push(doc),
             Some("Vpc") => drop(vpcs.insert(name, doc)),
@@ -68,10 +82,14 @@ pub fn gateway_from_yaml(yaml: &str) -> anyhow::Result<GatewaySpec> {
     let gateway = match gateways.as_slice() {
         [one] => one,
         [] => bail!("the file holds no VpcEgressGateway"),
-        _ => bail!("the file holds {} VpcEgressGateways: give one per file", gateways.len()),
+        _ => bail!(
+            "the file holds {} VpcEgressGateways: give one per file",
+            gateways.len()
+        ),
     };
     let spec = &gateway["spec"];
-    let name = text(gateway, &["metadata", "name"]).context("the VpcEgressGateway has no metadata.name")?;
+    let name = text(gateway, &["metadata", "name"])
+        .context("the VpcEgressGateway has no metadata.name")?;
     let namespace = text(gateway, &["metadata", "namespace"]).unwrap_or("default");
     let router = text(spec, &["vpc"]).unwrap_or(DEFAULT_VPC).to_owned();
 
@@ -82,12 +100,17 @@ pub fn gateway_from_yaml(yaml: &str) -> anyhow::Result<GatewaySpec> {
         }
         for subnet in policy["subnets"].as_array().into_iter().flatten() {
             let subnet = subnet.as_str().unwrap_or_default();
-            let found = subnets
-                .get(subnet)
-                .with_context(|| format!("subnet {subnet:?} named by the gateway's policies is not in the file"))?;
-            let cidrs = text(found, &["spec", "cidrBlock"]).with_context(|| format!("subnet {subnet:?} has no spec.cidrBlock"))?;
+            let found = subnets.get(subnet).with_context(|| {
+                format!("subnet {subnet:?} named by the gateway's policies is not in the file")
+            })?;
+            let cidrs = text(found, &["spec", "cidrBlock"])
+                .with_context(|| format!("subnet {subnet:?} has no spec.cidrBlock"))?;
             for cidr in cidrs.split(',') {
-                sources.push(cidr.trim().parse().with_context(|| format!("subnet {subnet:?}: invalid cidrBlock {cidr:?}"))?);
+                sources.push(
+                    cidr.trim().parse().with_context(|| {
+                        format!("subnet {subnet:?}: invalid cidrBlock {cidr:?}")
+                    })?,
+                );
             }
         }
     }
@@ -100,18 +123,30 @@ pub fn gateway_from_yaml(yaml: &str) -> anyhow::Result<GatewaySpec> {
         .map(|(i, joined)| {
             let addresses = joined
                 .split(',')
-                .map(|a| a.trim().parse().with_context(|| format!("invalid status.internalIPs entry {joined:?}")))
+                .map(|a| {
+                    a.trim()
+                        .parse()
+                        .with_context(|| format!("invalid status.internalIPs entry {joined:?}"))
+                })
                 .collect::<anyhow::Result<_>>()?;
-            Ok(Instance { addresses, node: nodes.get(i).cloned().unwrap_or_default() })
+            Ok(Instance {
+                addresses,
+                node: nodes.get(i).cloned().unwrap_or_default(),
+            })
         })
         .collect::<anyhow::Result<_>>()?;
 
     let bfd = if spec["bfd"]["enabled"].as_bool() == Some(true) {
-        let port_enabled = vpcs.get(&router).is_some_and(|vpc| vpc["spec"]["bfdPort"]["enabled"].as_bool() == Some(true));
+        let port_enabled = vpcs
+            .get(&router)
+            .is_some_and(|vpc| vpc["spec"]["bfdPort"]["enabled"].as_bool() == Some(true));
         if !port_enabled {
-            bail!("bfd.enabled needs the Vpc {router:?} with spec.bfdPort.enabled in the file (VpcBfdPortNotEnabled)");
+            bail!(
+                "bfd.enabled needs the Vpc {router:?} with spec.bfdPort.enabled in the file (VpcBfdPortNotEnabled)"
+            );
         }
-        let interval = |key: &str, default: u64| spec["bfd"][key].as_u64().unwrap_or(default) as u32;
+        let interval =
+            |key: &str, default: u64| spec["bfd"][key].as_u64().unwrap_or(default) as u32;
         Some(Bfd {
             port: format!("bfd@{router}"),
             min_rx: interval("minRX", 1000),
@@ -136,7 +171,12 @@ pub fn gateway_from_yaml(yaml: &str) -> anyhow::Result<GatewaySpec> {
 }
 
 fn spec_list(value: &Value) -> Vec<String> {
-    value.as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+    value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect()
 }
 
 #[cfg(test)]
@@ -189,26 +229,59 @@ status:
     #[test]
     fn reads_the_documents_example() {
         let spec = gateway_from_yaml(GATEWAY2).unwrap();
-        assert_eq!((spec.namespace.as_str(), spec.name.as_str(), spec.router.as_str()), ("default", "gateway2", "vpc1"));
+        assert_eq!(
+            (
+                spec.namespace.as_str(),
+                spec.name.as_str(),
+                spec.router.as_str()
+            ),
+            ("default", "gateway2", "vpc1")
+        );
         assert!(!spec.default_vpc);
         assert_eq!(spec.instances.len(), 2);
         assert_eq!(spec.instances[1].node, "kube-ovn-worker2");
         assert_eq!(spec.bfd.as_ref().unwrap().port, "bfd@vpc1");
         assert_eq!(spec.bfd.as_ref().unwrap().min_rx, 1000);
         assert_eq!(spec.sources.len(), 2, "ipBlocks and the subnet's CIDR");
-        assert_eq!(from_yaml(GATEWAY2).unwrap().1, None, "no status.bfdPort.nodes: nothing to bind the port to");
-        let with_nodes = GATEWAY2.replace("    ip: 10.255.255.255\n", "    ip: 10.255.255.255\nstatus:\n  bfdPort:\n    nodes: [node-a, node-b]\n");
+        assert_eq!(
+            from_yaml(GATEWAY2).unwrap().1,
+            None,
+            "no status.bfdPort.nodes: nothing to bind the port to"
+        );
+        let with_nodes = GATEWAY2.replace(
+            "    ip: 10.255.255.255\n",
+            "    ip: 10.255.255.255\nstatus:\n  bfdPort:\n    nodes: [node-a, node-b]\n",
+        );
         let port = from_yaml(&with_nodes).unwrap().1.unwrap();
         assert_eq!((port.vpc.as_str(), port.chassis.len()), ("vpc1", 2));
     }
 
     #[test]
     fn says_what_is_missing() {
-        let without_vpc = GATEWAY2.split("---").skip(1).collect::<Vec<_>>().join("---");
-        assert!(gateway_from_yaml(&without_vpc).unwrap_err().to_string().contains("VpcBfdPortNotEnabled"));
+        let without_vpc = GATEWAY2
+            .split("---")
+            .skip(1)
+            .collect::<Vec<_>>()
+            .join("---");
+        assert!(
+            gateway_from_yaml(&without_vpc)
+                .unwrap_err()
+                .to_string()
+                .contains("VpcBfdPortNotEnabled")
+        );
         let without_subnet = GATEWAY2.replace("name: subnet1\n", "name: other\n");
-        assert!(gateway_from_yaml(&without_subnet).unwrap_err().to_string().contains("subnet \"subnet1\""));
-        assert!(gateway_from_yaml("kind: Subnet\n").unwrap_err().to_string().contains("no VpcEgressGateway"));
+        assert!(
+            gateway_from_yaml(&without_subnet)
+                .unwrap_err()
+                .to_string()
+                .contains("subnet \"subnet1\"")
+        );
+        assert!(
+            gateway_from_yaml("kind: Subnet\n")
+                .unwrap_err()
+                .to_string()
+                .contains("no VpcEgressGateway")
+        );
         let default_vpc = "kind: VpcEgressGateway\nmetadata: {name: g}\nspec: {policies: [{ipBlocks: [10.16.0.5]}]}\n";
         let spec = gateway_from_yaml(default_vpc).unwrap();
         assert!(spec.default_vpc);

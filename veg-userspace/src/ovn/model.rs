@@ -91,7 +91,11 @@ pub struct Owner {
 
 impl GatewaySpec {
     pub fn owner(&self) -> Owner {
-        Owner { tag: "vpc-egress-gateway", value: self.id(), router: self.router.clone() }
+        Owner {
+            tag: "vpc-egress-gateway",
+            value: self.id(),
+            router: self.router.clone(),
+        }
     }
 
     /// "<namespace>/<name>", the value of the vpc-egress-gateway external id.
@@ -106,7 +110,10 @@ impl GatewaySpec {
     }
 
     fn external_ids(&self, af: Option<u8>) -> Value {
-        let mut pairs = vec![json!(["vendor", "kube-ovn"]), json!(["vpc-egress-gateway", self.id()])];
+        let mut pairs = vec![
+            json!(["vendor", "kube-ovn"]),
+            json!(["vpc-egress-gateway", self.id()]),
+        ];
         if let Some(af) = af {
             pairs.insert(0, json!(["af", af.to_string()]));
         }
@@ -125,14 +132,17 @@ fn set(values: impl IntoIterator<Item = String>) -> Value {
     json!(["set", values])
 }
 
-fn row(table: &'static str, key: String, columns: Value) -> DesiredRow {
-    DesiredRow {
-        table,
-        key,
-        columns: columns.as_object().cloned().unwrap_or_default(),
-        router_column: None,
-        links: Vec::new(),
-        ports: Vec::new(),
+impl DesiredRow {
+    /// A row of `table` identified by `key`, with `columns` (a JSON object) and no references yet.
+    pub fn new(table: &'static str, key: String, columns: Value) -> DesiredRow {
+        DesiredRow {
+            table,
+            key,
+            columns: columns.as_object().cloned().unwrap_or_default(),
+            router_column: None,
+            links: Vec::new(),
+            ports: Vec::new(),
+        }
     }
 }
 
@@ -146,23 +156,35 @@ pub fn desired_rows(spec: &GatewaySpec) -> Vec<DesiredRow> {
     let mut rows = Vec::new();
     for (af, suffix) in [(4u8, "ipv4"), (6, "ipv6")] {
         let name = format!("VEG.{h}.{suffix}");
-        let addresses = spec.sources.iter().filter(|s| family(&s.addr()) == af).map(|s| s.to_string());
-        rows.push(row(
-            "Address_Set",
+        let addresses = spec
+            .sources
+            .iter()
+            .filter(|s| family(&s.addr()) == af)
+            .map(|s| s.to_string());
+        rows.push(DesiredRow::new(
+"Address_Set",
             name.clone(),
             json!({ "name": name, "addresses": set(addresses), "external_ids": spec.external_ids(Some(af)) }),
         ));
     }
     let group = format!("VEG.{h}");
-    let mut port_group = row("Port_Group", group.clone(), json!({ "name": group, "external_ids": spec.external_ids(None) }));
+    let mut port_group = DesiredRow::new(
+        "Port_Group",
+        group.clone(),
+        json!({ "name": group, "external_ids": spec.external_ids(None) }),
+    );
     port_group.ports = spec.selected_ports.clone();
     rows.push(port_group);
 
-    let addresses: Vec<IpAddr> = spec.instances.iter().flat_map(|i| i.addresses.iter().copied()).collect();
+    let addresses: Vec<IpAddr> = spec
+        .instances
+        .iter()
+        .flat_map(|i| i.addresses.iter().copied())
+        .collect();
     if let Some(bfd) = &spec.bfd {
         for address in &addresses {
-            rows.push(row(
-                "BFD",
+            rows.push(DesiredRow::new(
+"BFD",
                 bfd_key(&bfd.port, address),
                 json!({
                     "logical_port": bfd.port, "dst_ip": address.to_string(), "min_rx": bfd.min_rx,
@@ -172,17 +194,25 @@ pub fn desired_rows(spec: &GatewaySpec) -> Vec<DesiredRow> {
         }
     }
     for af in [4u8, 6] {
-        let sources: Vec<&IpNet> = spec.sources.iter().filter(|s| family(&s.addr()) == af).collect();
+        let sources: Vec<&IpNet> = spec
+            .sources
+            .iter()
+            .filter(|s| family(&s.addr()) == af)
+            .collect();
         let nexthops: Vec<&IpAddr> = addresses.iter().filter(|a| family(a) == af).collect();
         if spec.default_vpc {
             rows.extend(policy(spec, af, &sources, &nexthops, &group));
             if let Some(bfd) = &spec.bfd {
-                rows.extend(nexthops.iter().map(|nexthop| anchor_route(spec, af, nexthop, bfd)));
+                rows.extend(
+                    nexthops
+                        .iter()
+                        .map(|nexthop| anchor_route(spec, af, nexthop, bfd)),
+                );
             }
         } else {
             for source in &sources {
                 for nexthop in &nexthops {
-                    let mut route = row(
+                    let mut route = DesiredRow::new(
                         "Logical_Router_Static_Route",
                         format!("{source}|{nexthop}"),
                         json!({
@@ -192,7 +222,9 @@ pub fn desired_rows(spec: &GatewaySpec) -> Vec<DesiredRow> {
                         }),
                     );
                     route.router_column = Some("static_routes");
-                    route.links.push(bfd_link(spec.bfd.as_ref().map(|b| bfd_key(&b.port, nexthop))));
+                    route.links.push(bfd_link(
+                        spec.bfd.as_ref().map(|b| bfd_key(&b.port, nexthop)),
+                    ));
                     rows.push(route);
                 }
             }
@@ -204,24 +236,40 @@ pub fn desired_rows(spec: &GatewaySpec) -> Vec<DesiredRow> {
 /// A host route to the instance via itself, referencing its BFD row, so that northd runs the session.
 fn anchor_route(spec: &GatewaySpec, af: u8, nexthop: &IpAddr, bfd: &Bfd) -> DesiredRow {
     let prefix = IpNet::from(*nexthop).to_string();
-    let mut route = row(
+    let mut route = DesiredRow::new(
         "Logical_Router_Static_Route",
         format!("{prefix}|{nexthop}"),
         json!({ "ip_prefix": prefix, "nexthop": nexthop.to_string(), "external_ids": spec.external_ids(Some(af)) }),
     );
     route.router_column = Some("static_routes");
-    route.links.push(bfd_link(Some(bfd_key(&bfd.port, nexthop))));
+    route
+        .links
+        .push(bfd_link(Some(bfd_key(&bfd.port, nexthop))));
     route
 }
 
 /// A route's BFD reference (always present, so that turning BFD off clears it).
 fn bfd_link(key: Option<String>) -> Link {
-    Link { column: "bfd", table: "BFD", keys: key.into_iter().collect() }
+    Link {
+        column: "bfd",
+        table: "BFD",
+        keys: key.into_iter().collect(),
+    }
 }
 
 /// The default VPC's reroute policy for one family, if it has sources and a live instance.
-fn policy(spec: &GatewaySpec, af: u8, sources: &[&IpNet], nexthops: &[&IpAddr], group: &str) -> Option<DesiredRow> {
-    let live: Vec<String> = nexthops.iter().filter(|a| !spec.down.contains(a)).map(|a| a.to_string()).collect();
+fn policy(
+    spec: &GatewaySpec,
+    af: u8,
+    sources: &[&IpNet],
+    nexthops: &[&IpAddr],
+    group: &str,
+) -> Option<DesiredRow> {
+    let live: Vec<String> = nexthops
+        .iter()
+        .filter(|a| !spec.down.contains(a))
+        .map(|a| a.to_string())
+        .collect();
     let ip = if af == 4 { "ip4" } else { "ip6" };
     let mut terms = Vec::new();
     match sources {
@@ -229,7 +277,10 @@ fn policy(spec: &GatewaySpec, af: u8, sources: &[&IpNet], nexthops: &[&IpAddr], 
         [one] => terms.push(format!("{ip}.src == {one}")),
         many => terms.push(format!(
             "{ip}.src == {{{}}}",
-            many.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
     if !spec.selected_ports.is_empty() {
@@ -243,8 +294,12 @@ fn policy(spec: &GatewaySpec, af: u8, sources: &[&IpNet], nexthops: &[&IpAddr], 
     if all_down && spec.bfd.is_none() {
         return None;
     }
-    let (priority, action) = if all_down { (DROP_PRIORITY, "drop") } else { (POLICY_PRIORITY, "reroute") };
-    let mut policy = row(
+    let (priority, action) = if all_down {
+        (DROP_PRIORITY, "drop")
+    } else {
+        (POLICY_PRIORITY, "reroute")
+    };
+    let mut policy = DesiredRow::new(
         "Logical_Router_Policy",
         format!("{priority}|{af}"),
         json!({
@@ -270,7 +325,10 @@ mod tests {
             selected_ports: vec![],
             instances: instances
                 .iter()
-                .map(|a| Instance { addresses: vec![a.parse().unwrap()], node: "n".into() })
+                .map(|a| Instance {
+                    addresses: vec![a.parse().unwrap()],
+                    node: "n".into(),
+                })
                 .collect(),
             bfd: None,
             down: BTreeSet::new(),
@@ -280,31 +338,69 @@ mod tests {
     #[test]
     fn the_hash_and_names_follow_the_reference() {
         let spec = gateway1(&["10.16.0.12"]);
-        let expected: String = Sha256::digest(b"default/gateway1").iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let expected: String = Sha256::digest(b"default/gateway1")
+            .iter()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert_eq!(spec.hash(), expected);
         assert_eq!(spec.hash().len(), 12);
         let rows = desired_rows(&spec);
-        assert!(rows.iter().any(|r| r.table == "Address_Set" && r.key == format!("VEG.{expected}.ipv4")));
-        assert!(rows.iter().any(|r| r.table == "Port_Group" && r.key == format!("VEG.{expected}")));
+        assert!(
+            rows.iter()
+                .any(|r| r.table == "Address_Set" && r.key == format!("VEG.{expected}.ipv4"))
+        );
+        assert!(
+            rows.iter()
+                .any(|r| r.table == "Port_Group" && r.key == format!("VEG.{expected}"))
+        );
     }
 
     #[test]
     fn default_vpc_reroutes_over_every_live_instance() {
         let mut spec = gateway1(&["10.16.0.12", "10.16.0.13"]);
-        let policy = desired_rows(&spec).into_iter().find(|r| r.table == "Logical_Router_Policy").unwrap();
+        let policy = desired_rows(&spec)
+            .into_iter()
+            .find(|r| r.table == "Logical_Router_Policy")
+            .unwrap();
         assert_eq!(policy.columns["match"], "ip4.src == 10.16.0.0/16");
-        assert_eq!(policy.columns["nexthops"], json!(["set", ["10.16.0.12", "10.16.0.13"]]));
+        assert_eq!(
+            policy.columns["nexthops"],
+            json!(["set", ["10.16.0.12", "10.16.0.13"]])
+        );
         spec.down.insert("10.16.0.12".parse().unwrap());
-        let policy = desired_rows(&spec).into_iter().find(|r| r.table == "Logical_Router_Policy").unwrap();
+        let policy = desired_rows(&spec)
+            .into_iter()
+            .find(|r| r.table == "Logical_Router_Policy")
+            .unwrap();
         assert_eq!(policy.columns["nexthops"], json!(["set", ["10.16.0.13"]]));
         spec.down.insert("10.16.0.13".parse().unwrap());
-        assert!(desired_rows(&spec).iter().all(|r| r.table != "Logical_Router_Policy"), "no live nexthop, no policy");
+        assert!(
+            desired_rows(&spec)
+                .iter()
+                .all(|r| r.table != "Logical_Router_Policy"),
+            "no live nexthop, no policy"
+        );
         // With BFD, every instance down means drop (29090), and each instance has its BFD anchor route.
-        spec.bfd = Some(Bfd { port: "bfd@ovn-cluster".into(), min_rx: 1000, min_tx: 1000, multiplier: 3 });
+        spec.bfd = Some(Bfd {
+            port: "bfd@ovn-cluster".into(),
+            min_rx: 1000,
+            min_tx: 1000,
+            multiplier: 3,
+        });
         let rows = desired_rows(&spec);
-        let policy = rows.iter().find(|r| r.table == "Logical_Router_Policy").unwrap();
-        assert_eq!((&policy.columns["priority"], &policy.columns["action"]), (&json!(DROP_PRIORITY), &json!("drop")));
-        let anchors: Vec<_> = rows.iter().filter(|r| r.table == "Logical_Router_Static_Route").collect();
+        let policy = rows
+            .iter()
+            .find(|r| r.table == "Logical_Router_Policy")
+            .unwrap();
+        assert_eq!(
+            (&policy.columns["priority"], &policy.columns["action"]),
+            (&json!(DROP_PRIORITY), &json!("drop"))
+        );
+        let anchors: Vec<_> = rows
+            .iter()
+            .filter(|r| r.table == "Logical_Router_Static_Route")
+            .collect();
         assert_eq!(anchors.len(), 2);
         assert_eq!(anchors[0].columns["ip_prefix"], "10.16.0.12/32");
         assert_eq!(anchors[0].links[0].keys, ["bfd@ovn-cluster|10.16.0.12"]);
@@ -316,9 +412,17 @@ mod tests {
         spec.default_vpc = false;
         spec.router = "vpc1".into();
         spec.sources = vec!["192.168.0.0/24".parse().unwrap()];
-        spec.bfd = Some(Bfd { port: "bfd@vpc1".into(), min_rx: 1000, min_tx: 1000, multiplier: 3 });
+        spec.bfd = Some(Bfd {
+            port: "bfd@vpc1".into(),
+            min_rx: 1000,
+            min_tx: 1000,
+            multiplier: 3,
+        });
         let rows = desired_rows(&spec);
-        let routes: Vec<_> = rows.iter().filter(|r| r.table == "Logical_Router_Static_Route").collect();
+        let routes: Vec<_> = rows
+            .iter()
+            .filter(|r| r.table == "Logical_Router_Static_Route")
+            .collect();
         assert_eq!(routes.len(), 2);
         assert_eq!(routes[0].columns["policy"], "src-ip");
         assert_eq!(routes[0].links[0].keys, ["bfd@vpc1|192.168.0.2"]);

@@ -27,13 +27,21 @@ impl VpcBfdPort {
     }
 
     pub fn owner(&self) -> Owner {
-        Owner { tag: "vpc-bfd-port", value: self.vpc.clone(), router: self.vpc.clone() }
+        Owner {
+            tag: "vpc-bfd-port",
+            value: self.vpc.clone(),
+            router: self.vpc.clone(),
+        }
     }
 
     /// A stable, locally administered unicast MAC, so that applying twice changes nothing.
     fn mac(&self) -> String {
         let digest = Sha256::digest(self.name().as_bytes());
-        std::iter::once(0x0a).chain(digest.iter().take(5).copied()).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+        std::iter::once(0x0a)
+            .chain(digest.iter().take(5).copied())
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
     }
 }
 
@@ -41,14 +49,7 @@ impl VpcBfdPort {
 pub fn vpc_port_rows(port: &VpcBfdPort) -> Vec<DesiredRow> {
     let name = port.name();
     let external_ids = json!(["map", [["vendor", "kube-ovn"], ["vpc-bfd-port", port.vpc]]]);
-    let row = |table, key: String, columns: serde_json::Value| DesiredRow {
-        table,
-        key,
-        columns: columns.as_object().cloned().unwrap_or_default(),
-        router_column: None,
-        links: Vec::new(),
-        ports: Vec::new(),
-    };
+    let row = DesiredRow::new;
     let mut rows: Vec<DesiredRow> = port
         .chassis
         .iter()
@@ -58,17 +59,33 @@ pub fn vpc_port_rows(port: &VpcBfdPort) -> Vec<DesiredRow> {
             row("HA_Chassis", chassis.clone(), json!({ "chassis_name": chassis, "priority": priority, "external_ids": external_ids }))
         })
         .collect();
-    let mut group = row("HA_Chassis_Group", name.clone(), json!({ "name": name, "external_ids": external_ids }));
-    group.links.push(Link { column: "ha_chassis", table: "HA_Chassis", keys: port.chassis.clone() });
+    let mut group = row(
+        "HA_Chassis_Group",
+        name.clone(),
+        json!({ "name": name, "external_ids": external_ids }),
+    );
+    group.links.push(Link {
+        column: "ha_chassis",
+        table: "HA_Chassis",
+        keys: port.chassis.clone(),
+    });
     rows.push(group);
-    let networks: Vec<String> = port.addresses.iter().map(|a| IpNet::from(*a).to_string()).collect();
+    let networks: Vec<String> = port
+        .addresses
+        .iter()
+        .map(|a| IpNet::from(*a).to_string())
+        .collect();
     let mut lrp = row(
         "Logical_Router_Port",
         name.clone(),
         json!({ "name": name, "mac": port.mac(), "networks": ["set", networks], "external_ids": external_ids }),
     );
     lrp.router_column = Some("ports");
-    lrp.links.push(Link { column: "ha_chassis_group", table: "HA_Chassis_Group", keys: vec![name] });
+    lrp.links.push(Link {
+        column: "ha_chassis_group",
+        table: "HA_Chassis_Group",
+        keys: vec![name],
+    });
     rows.push(lrp);
     rows
 }
@@ -85,12 +102,26 @@ mod tests {
             chassis: vec!["node-a".into(), "node-b".into(), "node-c".into()],
         };
         let rows = vpc_port_rows(&port);
-        let priorities: Vec<_> = rows.iter().filter(|r| r.table == "HA_Chassis").map(|r| r.columns["priority"].clone()).collect();
+        let priorities: Vec<_> = rows
+            .iter()
+            .filter(|r| r.table == "HA_Chassis")
+            .map(|r| r.columns["priority"].clone())
+            .collect();
         assert_eq!(priorities, [json!(100), json!(99), json!(98)]);
         let lrp = rows.last().unwrap();
-        assert_eq!((lrp.table, lrp.key.as_str()), ("Logical_Router_Port", "bfd@vpc1"));
-        assert_eq!(lrp.columns["networks"], json!(["set", ["10.255.255.255/32"]]));
-        assert_eq!(lrp.columns["mac"], vpc_port_rows(&port).last().unwrap().columns["mac"], "a stable MAC");
+        assert_eq!(
+            (lrp.table, lrp.key.as_str()),
+            ("Logical_Router_Port", "bfd@vpc1")
+        );
+        assert_eq!(
+            lrp.columns["networks"],
+            json!(["set", ["10.255.255.255/32"]])
+        );
+        assert_eq!(
+            lrp.columns["mac"],
+            vpc_port_rows(&port).last().unwrap().columns["mac"],
+            "a stable MAC"
+        );
         assert!(lrp.columns["mac"].as_str().unwrap().starts_with("0a:"));
     }
 }

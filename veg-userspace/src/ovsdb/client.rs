@@ -47,11 +47,16 @@ impl Client {
         let context = || format!("connecting to the OVN Northbound database at {endpoint}");
         match endpoint {
             Endpoint::Unix(path) => {
-                let (read, write) = tokio::net::UnixStream::connect(path).await.with_context(context)?.into_split();
+                let (read, write) = tokio::net::UnixStream::connect(path)
+                    .await
+                    .with_context(context)?
+                    .into_split();
                 Ok(Client::start(endpoint, read, write))
             }
             Endpoint::Tcp(address) => {
-                let stream = tokio::net::TcpStream::connect(address).await.with_context(context)?;
+                let stream = tokio::net::TcpStream::connect(address)
+                    .await
+                    .with_context(context)?;
                 stream.set_nodelay(true)?;
                 let (read, write) = stream.into_split();
                 Ok(Client::start(endpoint, read, write))
@@ -69,7 +74,13 @@ impl Client {
         let pending: Pending = Arc::default();
         let traffic: Arc<Traffic> = Arc::default();
         tokio::spawn(write_loop(write, to_write, traffic.clone()));
-        tokio::spawn(read_loop(read, outgoing.clone(), pending.clone(), notify, traffic.clone()));
+        tokio::spawn(read_loop(
+            read,
+            outgoing.clone(),
+            pending.clone(),
+            notify,
+            traffic.clone(),
+        ));
         Client {
             endpoint: endpoint.clone(),
             traffic,
@@ -92,7 +103,10 @@ impl Client {
 
     /// (bytes sent, bytes received) on this connection so far.
     pub fn bytes(&self) -> (u64, u64) {
-        (self.traffic.sent.load(Ordering::Relaxed), self.traffic.received.load(Ordering::Relaxed))
+        (
+            self.traffic.sent.load(Ordering::Relaxed),
+            self.traffic.received.load(Ordering::Relaxed),
+        )
     }
 
     /// How long a request may wait for its answer.
@@ -107,16 +121,27 @@ impl Client {
         let (answer_tx, answer_rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id, answer_tx);
         let message = json!({ "method": method, "params": params, "id": id });
-        if self.outgoing.send(message.to_string().into_bytes()).is_err() {
+        if self
+            .outgoing
+            .send(message.to_string().into_bytes())
+            .is_err()
+        {
             self.pending.lock().unwrap().remove(&id);
             bail!("the connection to {} is closed", self.endpoint);
         }
         let answer = match tokio::time::timeout(self.timeout, answer_rx).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => bail!("the connection to {} closed before it answered {method}", self.endpoint),
+            Ok(Err(_)) => bail!(
+                "the connection to {} closed before it answered {method}",
+                self.endpoint
+            ),
             Err(_) => {
                 self.pending.lock().unwrap().remove(&id);
-                bail!("{} did not answer {method} within {:?}", self.endpoint, self.timeout);
+                bail!(
+                    "{} did not answer {method} within {:?}",
+                    self.endpoint,
+                    self.timeout
+                );
             }
         };
         if !answer["error"].is_null() {
@@ -127,7 +152,8 @@ impl Client {
 
     pub async fn list_dbs(&self) -> anyhow::Result<Vec<String>> {
         let result = self.request("list_dbs", json!([])).await?;
-        serde_json::from_value(result).context("list_dbs answered something other than a list of names")
+        serde_json::from_value(result)
+            .context("list_dbs answered something other than a list of names")
     }
 
     pub async fn get_schema(&self, db: &str) -> anyhow::Result<Value> {
@@ -157,7 +183,9 @@ async fn write_loop(
         if write.write_all(&message).await.is_err() {
             return;
         }
-        traffic.sent.fetch_add(message.len() as u64, Ordering::Relaxed);
+        traffic
+            .sent
+            .fetch_add(message.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -184,7 +212,8 @@ async fn read_loop(
         for message in messages {
             if message["method"] == "echo" {
                 // The server checks that we are alive (every ~5 s idle on TCP): answer or be dropped.
-                let reply = json!({ "result": message["params"], "error": null, "id": message["id"] });
+                let reply =
+                    json!({ "result": message["params"], "error": null, "id": message["id"] });
                 let _ = outgoing.send(reply.to_string().into_bytes());
             } else if message["id"].is_null() {
                 let _ = notify.send(message);

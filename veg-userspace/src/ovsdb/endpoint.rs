@@ -22,7 +22,9 @@ impl FromStr for Endpoint {
         {
             return Ok(Endpoint::Tcp(address));
         }
-        bail!("invalid database address {s:?}: expected unix:PATH or tcp:IP:PORT (e.g. tcp:127.0.0.1:6641)")
+        bail!(
+            "invalid database address {s:?}: expected unix:PATH or tcp:IP:PORT (e.g. tcp:127.0.0.1:6641)"
+        )
     }
 }
 
@@ -41,11 +43,31 @@ mod tests {
 
     #[test]
     fn parses_both_kinds_and_explains_the_rest() {
-        assert_eq!("unix:/run/ovn/nb.sock".parse::<Endpoint>().unwrap(), Endpoint::Unix("/run/ovn/nb.sock".into()));
-        assert_eq!("tcp:127.0.0.1:6641".parse::<Endpoint>().unwrap(), Endpoint::Tcp("127.0.0.1:6641".parse().unwrap()));
-        assert_eq!("tcp:[::1]:6641".parse::<Endpoint>().unwrap().to_string(), "tcp:[::1]:6641");
-        for bad in ["", "unix:", "tcp:host:6641", "ssl:1.2.3.4:6641", "/run/nb.sock"] {
-            assert!(bad.parse::<Endpoint>().unwrap_err().to_string().contains("expected unix:PATH or tcp:IP:PORT"));
+        assert_eq!(
+            "unix:/run/ovn/nb.sock".parse::<Endpoint>().unwrap(),
+            Endpoint::Unix("/run/ovn/nb.sock".into())
+        );
+        assert_eq!(
+            "tcp:127.0.0.1:6641".parse::<Endpoint>().unwrap(),
+            Endpoint::Tcp("127.0.0.1:6641".parse().unwrap())
+        );
+        assert_eq!(
+            "tcp:[::1]:6641".parse::<Endpoint>().unwrap().to_string(),
+            "tcp:[::1]:6641"
+        );
+        for bad in [
+            "",
+            "unix:",
+            "tcp:host:6641",
+            "ssl:1.2.3.4:6641",
+            "/run/nb.sock",
+        ] {
+            assert!(
+                bad.parse::<Endpoint>()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("expected unix:PATH or tcp:IP:PORT")
+            );
         }
     }
 }

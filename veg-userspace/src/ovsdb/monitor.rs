@@ -36,7 +36,10 @@ impl Monitor {
         let replica = Arc::new(Mutex::new(Replica::default()));
         let client = Arc::new(Mutex::new(None));
         let (changed, changes) = watch::channel(0u64);
-        let requests: serde_json::Map<String, Value> = tables.iter().map(|t| (t.to_string(), json!([{}]))).collect();
+        let requests: serde_json::Map<String, Value> = tables
+            .iter()
+            .map(|t| (t.to_string(), json!([{}])))
+            .collect();
         let task = tokio::spawn(keep_monitoring(
             endpoint,
             db.to_owned(),
@@ -45,7 +48,12 @@ impl Monitor {
             client.clone(),
             changed,
         ));
-        Monitor { replica, client, changes, task }
+        Monitor {
+            replica,
+            client,
+            changes,
+            task,
+        }
     }
 
     /// Read the replica.
@@ -68,7 +76,10 @@ impl Monitor {
         let mut changes = self.changes.clone();
         let deadline = tokio::time::Instant::now() + timeout;
         while self.client().is_none() {
-            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
                 return false;
             }
         }
@@ -76,14 +87,21 @@ impl Monitor {
     }
 
     /// Wait until `condition` holds on the replica, or `timeout` passes. Returns whether it held.
-    pub async fn wait_until(&self, timeout: Duration, condition: impl Fn(&Replica) -> bool) -> bool {
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        condition: impl Fn(&Replica) -> bool,
+    ) -> bool {
         let mut changes = self.changes.clone();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if self.read(&condition) {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
                 return false;
             }
         }
@@ -106,7 +124,17 @@ async fn keep_monitoring(
 ) {
     let mut backoff = BACKOFF_FIRST;
     loop {
-        match monitor_once(&endpoint, &db, &requests, &replica, &current, &changed, &mut backoff).await {
+        match monitor_once(
+            &endpoint,
+            &db,
+            &requests,
+            &replica,
+            &current,
+            &changed,
+            &mut backoff,
+        )
+        .await
+        {
             Ok(()) => warn!(%endpoint, "the database connection closed; reconnecting"),
             Err(e) => warn!(%endpoint, "monitoring failed: {e:#}; retrying in {backoff:?}"),
         }
@@ -126,9 +154,13 @@ async fn monitor_once(
     backoff: &mut Duration,
 ) -> anyhow::Result<()> {
     let client = Arc::new(Client::connect(endpoint).await?);
-    let mut notifications = client.take_notifications().expect("a new client has its notifications");
+    let mut notifications = client
+        .take_notifications()
+        .expect("a new client has its notifications");
     let schema = Schema::from_json(&client.get_schema(db).await?);
-    let initial = client.request("monitor_cond", json!([db, "veg", requests])).await?;
+    let initial = client
+        .request("monitor_cond", json!([db, "veg", requests]))
+        .await?;
     {
         let mut replica = replica.lock().unwrap();
         *replica = Replica::new(schema);

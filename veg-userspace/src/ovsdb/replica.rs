@@ -38,11 +38,17 @@ impl Schema {
     }
 
     pub fn has_column(&self, table: &str, column: &str) -> bool {
-        self.tables.get(table).is_some_and(|t| t.contains_key(column))
+        self.tables
+            .get(table)
+            .is_some_and(|t| t.contains_key(column))
     }
 
     fn kind(&self, table: &str, column: &str) -> ColumnKind {
-        self.tables.get(table).and_then(|t| t.get(column)).copied().unwrap_or(ColumnKind::Scalar)
+        self.tables
+            .get(table)
+            .and_then(|t| t.get(column))
+            .copied()
+            .unwrap_or(ColumnKind::Scalar)
     }
 }
 
@@ -71,7 +77,10 @@ pub fn set_elements(datum: &Value) -> Vec<Value> {
 
 /// The pairs of a map datum, by key.
 pub fn map_pairs(datum: &Value) -> BTreeMap<String, (Value, Value)> {
-    let pairs = datum.as_array().filter(|a| a.len() == 2 && a[0] == "map").and_then(|a| a[1].as_array());
+    let pairs = datum
+        .as_array()
+        .filter(|a| a.len() == 2 && a[0] == "map")
+        .and_then(|a| a[1].as_array());
     pairs
         .into_iter()
         .flatten()
@@ -84,7 +93,13 @@ fn set_datum(elements: Vec<Value>) -> Value {
 }
 
 fn map_datum(pairs: BTreeMap<String, (Value, Value)>) -> Value {
-    json!(["map", pairs.into_values().map(|(k, v)| json!([k, v])).collect::<Vec<_>>()])
+    json!([
+        "map",
+        pairs
+            .into_values()
+            .map(|(k, v)| json!([k, v]))
+            .collect::<Vec<_>>()
+    ])
 }
 
 pub type Row = serde_json::Map<String, Value>;
@@ -104,7 +119,10 @@ pub struct Replica {
 
 impl Replica {
     pub fn new(schema: Schema) -> Replica {
-        Replica { schema, tables: HashMap::new() }
+        Replica {
+            schema,
+            tables: HashMap::new(),
+        }
     }
 
     pub fn schema(&self) -> &Schema {
@@ -162,13 +180,22 @@ impl Replica {
                 .flatten()
                 .map(|(column, datum)| (column.clone(), self.canonical(table, column, datum)))
                 .collect();
-            self.tables.entry(table.to_owned()).or_default().insert(uuid.to_owned(), row);
+            self.tables
+                .entry(table.to_owned())
+                .or_default()
+                .insert(uuid.to_owned(), row);
         } else if let Some(diff) = update.get("modify") {
             let kinds: Vec<(String, ColumnKind, Value)> = diff
                 .as_object()
                 .into_iter()
                 .flatten()
-                .map(|(column, change)| (column.clone(), self.schema.kind(table, column), change.clone()))
+                .map(|(column, change)| {
+                    (
+                        column.clone(),
+                        self.schema.kind(table, column),
+                        change.clone(),
+                    )
+                })
                 .collect();
             let Some(row) = self.tables.get_mut(table).and_then(|t| t.get_mut(uuid)) else {
                 return;
@@ -239,10 +266,18 @@ mod tests {
         assert_eq!(row["status"], json!(["set", []]));
         assert_eq!(row["nexthops"], json!(["set", ["10.0.0.3"]]));
         let ids = map_pairs(&row["external_ids"]);
-        assert_eq!(ids.len(), 2, "af removed (same value), vendor updated, new inserted: {ids:?}");
+        assert_eq!(
+            ids.len(),
+            2,
+            "af removed (same value), vendor updated, new inserted: {ids:?}"
+        );
         assert_eq!(ids["\"vendor\""].1, "veg");
         replica.apply(&json!({ "BFD": { "u1": { "modify": { "status": "up" } } } }));
-        assert_eq!(replica.row("BFD", "u1").unwrap()["status"], json!(["set", ["up"]]), "replaced, not toggled");
+        assert_eq!(
+            replica.row("BFD", "u1").unwrap()["status"],
+            json!(["set", ["up"]]),
+            "replaced, not toggled"
+        );
         replica.apply(&json!({ "BFD": { "u1": { "delete": null } } }));
         assert!(replica.row("BFD", "u1").is_none());
     }

@@ -39,8 +39,14 @@ pub fn check(operations: &[Value], result: &Value) -> Result<Vec<Value>, Transac
             let op = operations.get(i);
             return Err(TransactionError {
                 operation: op.map(|_| i),
-                op: op.and_then(|o| o["op"].as_str()).unwrap_or("commit").to_owned(),
-                table: op.and_then(|o| o["table"].as_str()).unwrap_or("-").to_owned(),
+                op: op
+                    .and_then(|o| o["op"].as_str())
+                    .unwrap_or("commit")
+                    .to_owned(),
+                table: op
+                    .and_then(|o| o["table"].as_str())
+                    .unwrap_or("-")
+                    .to_owned(),
                 error: error.to_owned(),
                 details: r["details"].as_str().unwrap_or("").to_owned(),
             });
@@ -66,13 +72,24 @@ mod tests {
 
     #[test]
     fn names_the_failed_operation_or_the_commit() {
-        let ops = vec![json!({"op": "insert", "table": "BFD"}), json!({"op": "mutate", "table": "Logical_Router"})];
+        let ops = vec![
+            json!({"op": "insert", "table": "BFD"}),
+            json!({"op": "mutate", "table": "Logical_Router"}),
+        ];
         let failed = json!([{"uuid": ["uuid", "x"]}, {"error": "constraint violation", "details": "no such row"}]);
         let e = check(&ops, &failed).unwrap_err();
         assert_eq!(e.operation, Some(1));
-        assert_eq!(e.to_string(), "operation 1 (mutate on table Logical_Router) failed: constraint violation: no such row; nothing was applied");
+        assert_eq!(
+            e.to_string(),
+            "operation 1 (mutate on table Logical_Router) failed: constraint violation: no such row; nothing was applied"
+        );
         let commit = json!([{"uuid": ["uuid", "x"]}, {}, {"error": "constraint violation", "details": "duplicate"}]);
-        assert!(check(&ops, &commit).unwrap_err().to_string().starts_with("the commit failed: constraint violation"));
+        assert!(
+            check(&ops, &commit)
+                .unwrap_err()
+                .to_string()
+                .starts_with("the commit failed: constraint violation")
+        );
         assert_eq!(check(&ops, &json!([{}, {"count": 1}])).unwrap().len(), 2);
     }
 }

@@ -26,10 +26,18 @@ pub fn draw(records: &[Record], path: &Path) -> anyhow::Result<()> {
         .filter_map(|((scenario, metric), per_mode)| {
             let base = *per_mode.get("iptables").filter(|v| **v > 0.0)?;
             let ratio = |mode: &str| per_mode.get(mode).map(|v| v / base);
-            Some((format!("{scenario} {}", short(metric)), ratio("veg"), ratio("nftables")))
+            Some((
+                format!("{scenario} {}", short(metric)),
+                ratio("veg"),
+                ratio("nftables"),
+            ))
         })
         .collect();
-    let top = rows.iter().flat_map(|(_, a, b)| [a.unwrap_or(0.0), b.unwrap_or(0.0)]).fold(1.5f64, f64::max) * 1.3;
+    let top = rows
+        .iter()
+        .flat_map(|(_, a, b)| [a.unwrap_or(0.0), b.unwrap_or(0.0)])
+        .fold(1.5f64, f64::max)
+        * 1.3;
     let n = rows.len().max(1);
 
     let root = BitMapBackend::new(path, (1400, 700)).into_drawing_area();
@@ -48,22 +56,52 @@ pub fn draw(records: &[Record], path: &Path) -> anyhow::Result<()> {
         .x_label_formatter(&|x| {
             let i = x.floor() as usize;
             // Ticks fall every half unit: label the middle of each group.
-            if (x - x.floor() - 0.5).abs() < 0.01 { rows.get(i).map(|r| r.0.clone()).unwrap_or_default() } else { String::new() }
+            if (x - x.floor() - 0.5).abs() < 0.01 {
+                rows.get(i).map(|r| r.0.clone()).unwrap_or_default()
+            } else {
+                String::new()
+            }
         })
         .y_desc("ratio to iptables")
         .draw()?;
     let bar = |offset: f64, value: Option<f64>, i: usize, color: RGBColor| {
-        value.map(|v| Rectangle::new([(i as f64 + offset, 0.0), (i as f64 + offset + 0.35, v)], color.filled()))
+        value.map(|v| {
+            Rectangle::new(
+                [(i as f64 + offset, 0.0), (i as f64 + offset + 0.35, v)],
+                color.filled(),
+            )
+        })
     };
     chart
-        .draw_series(rows.iter().enumerate().filter_map(|(i, r)| bar(0.12, r.1, i, RGBColor(31, 119, 180))))?
+        .draw_series(
+            rows.iter()
+                .enumerate()
+                .filter_map(|(i, r)| bar(0.12, r.1, i, RGBColor(31, 119, 180))),
+        )?
         .label("veg")
-        .legend(|(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], RGBColor(31, 119, 180).filled()));
+        .legend(|(x, y)| {
+            Rectangle::new(
+                [(x, y - 6), (x + 14, y + 6)],
+                RGBColor(31, 119, 180).filled(),
+            )
+        });
     chart
-        .draw_series(rows.iter().enumerate().filter_map(|(i, r)| bar(0.53, r.2, i, RGBColor(255, 127, 14))))?
+        .draw_series(
+            rows.iter()
+                .enumerate()
+                .filter_map(|(i, r)| bar(0.53, r.2, i, RGBColor(255, 127, 14))),
+        )?
         .label("nftables")
-        .legend(|(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], RGBColor(255, 127, 14).filled()));
-    chart.draw_series(std::iter::once(PathElement::new(vec![(0.0, 1.0), (n as f64, 1.0)], BLACK)))?;
+        .legend(|(x, y)| {
+            Rectangle::new(
+                [(x, y - 6), (x + 14, y + 6)],
+                RGBColor(255, 127, 14).filled(),
+            )
+        });
+    chart.draw_series(std::iter::once(PathElement::new(
+        vec![(0.0, 1.0), (n as f64, 1.0)],
+        BLACK,
+    )))?;
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)

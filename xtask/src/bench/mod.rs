@@ -37,7 +37,12 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     pub fn smoke() -> BenchArgs {
-        BenchArgs { scenarios: Vec::new(), rounds: 1, seconds: 1.0, smoke: true }
+        BenchArgs {
+            scenarios: Vec::new(),
+            rounds: 1,
+            seconds: 1.0,
+            smoke: true,
+        }
     }
 }
 
@@ -57,7 +62,10 @@ fn build_loadgen() -> anyhow::Result<String> {
         .current_dir(root())
         .status()?;
     ensure!(status.success(), "building veg-loadgen failed");
-    Ok(root().join("target/release/veg-loadgen").to_string_lossy().into_owned())
+    Ok(root()
+        .join("target/release/veg-loadgen")
+        .to_string_lossy()
+        .into_owned())
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -69,20 +77,35 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         setup()?;
         return ovn::run();
     }
-    let (rounds, seconds) = if args.smoke { (1, 1.0) } else { (args.rounds.max(1), args.seconds) };
+    let (rounds, seconds) = if args.smoke {
+        (1, 1.0)
+    } else {
+        (args.rounds.max(1), args.seconds)
+    };
     let scenarios: Vec<&'static str> = if args.scenarios.is_empty() {
         SCENARIOS.to_vec()
     } else {
         args.scenarios
             .iter()
-            .map(|s| SCENARIOS.iter().find(|k| **k == s.as_str()).copied().with_context(|| {
-                format!("unknown scenario {s:?}: choose from {}", SCENARIOS.join(", "))
-            }))
+            .map(|s| {
+                SCENARIOS
+                    .iter()
+                    .find(|k| **k == s.as_str())
+                    .copied()
+                    .with_context(|| {
+                        format!(
+                            "unknown scenario {s:?}: choose from {}",
+                            SCENARIOS.join(", ")
+                        )
+                    })
+            })
             .collect::<anyhow::Result<_>>()?
     };
     setup()?;
     let veg = build_veg()?;
-    let tools = Tools { loadgen: build_loadgen()? };
+    let tools = Tools {
+        loadgen: build_loadgen()?,
+    };
 
     step("building the topology: client -> gateway instance -> server");
     let mut lab = Lab::new(veg.to_str().context("non-UTF-8 path")?);
@@ -97,9 +120,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             for scenario in &scenarios {
                 let metrics = measure(scenario, &lab, &tools, seconds)
                     .with_context(|| format!("{scenario} with {}", mode.name()))?;
-                let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k}={v:.2}")).collect();
+                let shown: Vec<String> =
+                    metrics.iter().map(|(k, v)| format!("{k}={v:.2}")).collect();
                 println!("  {scenario:<13} {}", shown.join("  "));
-                records.push(Record { scenario, mode, round, metrics });
+                records.push(Record {
+                    scenario,
+                    mode,
+                    round,
+                    metrics,
+                });
             }
             drop(active);
         }
@@ -109,15 +138,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let netfilter_policy = program::netfilter_policy_load_ms()?;
     drop(_tcp_server);
 
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     let header = format!(
         "Medians of {rounds} round(s) of {seconds} s per mode, modes interleaved; kernel {kernel}, {} CPUs.",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     );
     let mut table = report::markdown(&records, &header);
     table.push_str(&report::program_markdown(&program, &netfilter_policy));
     println!("\n{table}");
-    let dir = if args.smoke { root().join("target/bench-smoke") } else { root().join("bench/results") };
+    let dir = if args.smoke {
+        root().join("target/bench-smoke")
+    } else {
+        root().join("bench/results")
+    };
     std::fs::create_dir_all(&dir)?;
     let context = json!({
         "rounds": rounds, "seconds": seconds, "kernel": kernel, "scenarios": scenarios,
@@ -125,7 +163,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "veg": program["policy_100k_load_ms"], "iptables": netfilter_policy["iptables"], "nftables": netfilter_policy["nftables"]
         },
     });
-    std::fs::write(dir.join("latest.json"), serde_json::to_string_pretty(&report::json(&records, context))?)?;
+    std::fs::write(
+        dir.join("latest.json"),
+        serde_json::to_string_pretty(&report::json(&records, context))?,
+    )?;
     std::fs::write(dir.join("latest.md"), &table)?;
     chart::draw(&records, &dir.join("latest.png"))?;
     println!("results: {}", dir.display());
@@ -139,8 +180,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 fn check_every_mode_forwarded(records: &[Record]) -> anyhow::Result<()> {
     for r in records {
         let (metric, value) = r.metrics[0];
-        ensure!(value > 0.0 && value.is_finite(), "{} with {}: {metric} = {value}", r.scenario, r.mode.name());
+        ensure!(
+            value > 0.0 && value.is_finite(),
+            "{} with {}: {metric} = {value}",
+            r.scenario,
+            r.mode.name()
+        );
     }
     Ok(())
 }
-

@@ -26,19 +26,36 @@ impl Mode {
 /// A mode set up in the lab's gateway instance; dropping it undoes everything (rules, conntrack, pins).
 pub enum Active<'a> {
     /// The running agent; dropping it stops the agent and removes its pins.
-    Veg { _agent: Gateway },
-    Netfilter { lab: &'a Lab, mode: Mode },
+    Veg {
+        _agent: Gateway,
+    },
+    Netfilter {
+        lab: &'a Lab,
+        mode: Mode,
+    },
 }
 
 pub fn enable(lab: &Lab, mode: Mode) -> Active<'_> {
     let gw = &lab.gateway;
     match mode {
-        Mode::Veg => Active::Veg { _agent: lab.start_gateway(&[]) },
+        Mode::Veg => Active::Veg {
+            _agent: lab.start_gateway(&[]),
+        },
         Mode::Iptables => {
             gw.sysctl("net.ipv4.conf.all.forwarding", "1");
             run(gw.exec(
                 "iptables",
-                &["-t", "nat", "-A", "POSTROUTING", "-s", SNAT_SOURCES, "-j", "MASQUERADE", "--random-fully"],
+                &[
+                    "-t",
+                    "nat",
+                    "-A",
+                    "POSTROUTING",
+                    "-s",
+                    SNAT_SOURCES,
+                    "-j",
+                    "MASQUERADE",
+                    "--random-fully",
+                ],
             ));
             Active::Netfilter { lab, mode }
         }
@@ -51,7 +68,18 @@ pub fn enable(lab: &Lab, mode: Mode) -> Active<'_> {
             ));
             run(gw.exec(
                 "nft",
-                &["add", "rule", "ip", "veg_bench", "postrouting", "ip", "saddr", SNAT_SOURCES, "masquerade", "fully-random"],
+                &[
+                    "add",
+                    "rule",
+                    "ip",
+                    "veg_bench",
+                    "postrouting",
+                    "ip",
+                    "saddr",
+                    SNAT_SOURCES,
+                    "masquerade",
+                    "fully-random",
+                ],
             ));
             Active::Netfilter { lab, mode }
         }
@@ -59,7 +87,11 @@ pub fn enable(lab: &Lab, mode: Mode) -> Active<'_> {
 }
 
 fn run(out: std::process::Output) {
-    assert!(out.status.success(), "setting up the baseline failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "setting up the baseline failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Drop for Active<'_> {

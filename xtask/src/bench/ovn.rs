@@ -9,15 +9,37 @@ use serde_json::Value;
 use crate::workspace::{root, step};
 
 pub fn run() -> anyhow::Result<()> {
-    step("OVN: 1,000 gateways and a 10,000-port selector against a real Northbound database (release build)");
+    step(
+        "OVN: 1,000 gateways and a 10,000-port selector against a real Northbound database (release build)",
+    );
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["test", "--release", "--package", "veg-userspace", "--test", "ovn_model", "--"])
-        .args(["--ignored", "ovn_apply_at_scale", "--nocapture", "--test-threads=1"])
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "veg-userspace",
+            "--test",
+            "ovn_model",
+            "--",
+        ])
+        .args([
+            "--ignored",
+            "ovn_apply_at_scale",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .current_dir(root())
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success(), "ovn_apply_at_scale failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let line = stdout.lines().find_map(|l| l.split_once("OVN_BENCH ").map(|(_, json)| json)).context("no OVN_BENCH line")?;
+    ensure!(
+        out.status.success(),
+        "ovn_apply_at_scale failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("OVN_BENCH ").map(|(_, json)| json))
+        .context("no OVN_BENCH line")?;
     let result: Value = serde_json::from_str(line)?;
     let table = markdown(&result);
     println!("\n{table}");
@@ -37,13 +59,19 @@ fn markdown(result: &Value) -> String {
         ("new gateway (default VPC, 2 instances)", "apply_each"),
         ("gateway selecting 10,000 pods", "selector_10k_apply"),
         ("scale-out 2 -> 3 instances", "scale_out"),
-        ("re-apply, unchanged (writes nothing)", "reapply_unchanged_each"),
+        (
+            "re-apply, unchanged (writes nothing)",
+            "reapply_unchanged_each",
+        ),
     ] {
         let r = &result[key];
         let _ = writeln!(
             out,
             "| {label} | {} | {:.2} | {} | {} |",
-            r["count"], r["ms_each"].as_f64().unwrap_or(0.0), r["bytes_sent_each"], r["bytes_received_each"]
+            r["count"],
+            r["ms_each"].as_f64().unwrap_or(0.0),
+            r["bytes_sent_each"],
+            r["bytes_received_each"]
         );
     }
     out

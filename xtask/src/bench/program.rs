@@ -15,19 +15,40 @@ const SOURCES: u32 = 100_000;
 pub fn program_costs() -> anyhow::Result<Value> {
     step("program cost per path (BPF_PROG_TEST_RUN) and policy load time");
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["test", "--package", "veg-userspace", "--test", "datapath_program", "--", "--ignored"])
+        .args([
+            "test",
+            "--package",
+            "veg-userspace",
+            "--test",
+            "datapath_program",
+            "--",
+            "--ignored",
+        ])
         .args(["program_cost_per_path", "--nocapture", "--test-threads=1"])
         .current_dir(root())
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure!(out.status.success(), "program_cost_per_path failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let line = stdout.lines().find_map(|l| l.split_once("PROGRAM_COST ").map(|(_, json)| json)).context("no PROGRAM_COST line")?;
+    ensure!(
+        out.status.success(),
+        "program_cost_per_path failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("PROGRAM_COST ").map(|(_, json)| json))
+        .context("no PROGRAM_COST line")?;
     Ok(serde_json::from_str(line)?)
 }
 
 fn source(i: u32) -> String {
     let a = 0x0a40_0000 + i;
-    format!("{}.{}.{}.{}/32", a >> 24, (a >> 16) & 0xff, (a >> 8) & 0xff, a & 0xff)
+    format!(
+        "{}.{}.{}.{}/32",
+        a >> 24,
+        (a >> 16) & 0xff,
+        (a >> 8) & 0xff,
+        a & 0xff
+    )
 }
 
 fn timed_stdin(ns: &Netns, program: &str, args: &[&str], input: &str) -> anyhow::Result<f64> {
@@ -41,7 +62,11 @@ fn timed_stdin(ns: &Netns, program: &str, args: &[&str], input: &str) -> anyhow:
         .spawn()?;
     child.stdin.take().unwrap().write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
-    ensure!(out.status.success(), "{program} failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "{program} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(started.elapsed().as_secs_f64() * 1000.0)
 }
 
@@ -50,11 +75,17 @@ pub fn netfilter_policy_load_ms() -> anyhow::Result<Value> {
     let ns = Netns::new(&veg_testbed::unique("vegbenchpol"));
     let mut rules = String::from("*nat\n:POSTROUTING ACCEPT [0:0]\n");
     for i in 0..SOURCES {
-        let _ = writeln!(rules, "-A POSTROUTING -s {} -j MASQUERADE --random-fully", source(i));
+        let _ = writeln!(
+            rules,
+            "-A POSTROUTING -s {} -j MASQUERADE --random-fully",
+            source(i)
+        );
     }
     rules.push_str("COMMIT\n");
     let iptables = timed_stdin(&ns, "iptables-restore", &[], &rules)?;
-    let mut nft = String::from("table ip veg_bench {\n set sources { type ipv4_addr; flags interval; elements = {\n");
+    let mut nft = String::from(
+        "table ip veg_bench {\n set sources { type ipv4_addr; flags interval; elements = {\n",
+    );
     for i in 0..SOURCES {
         let _ = writeln!(nft, "  {},", source(i));
     }

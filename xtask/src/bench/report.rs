@@ -23,7 +23,9 @@ pub fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// (scenario, metric) -> mode -> median, in the order the scenarios ran.
-pub fn medians(records: &[Record]) -> Vec<((&'static str, &'static str), BTreeMap<&'static str, f64>)> {
+pub fn medians(
+    records: &[Record],
+) -> Vec<((&'static str, &'static str), BTreeMap<&'static str, f64>)> {
     let mut keys: Vec<(&'static str, &'static str)> = Vec::new();
     for r in records {
         for (metric, _) in &r.metrics {
@@ -40,7 +42,12 @@ pub fn medians(records: &[Record]) -> Vec<((&'static str, &'static str), BTreeMa
                     let values: Vec<f64> = records
                         .iter()
                         .filter(|r| r.scenario == scenario && r.mode == *mode)
-                        .flat_map(|r| r.metrics.iter().filter(|(m, _)| *m == metric).map(|(_, v)| *v))
+                        .flat_map(|r| {
+                            r.metrics
+                                .iter()
+                                .filter(|(m, _)| *m == metric)
+                                .map(|(_, v)| *v)
+                        })
                         .collect();
                     (!values.is_empty()).then(|| (mode.name(), median(values)))
                 })
@@ -53,29 +60,58 @@ pub fn medians(records: &[Record]) -> Vec<((&'static str, &'static str), BTreeMa
 pub fn markdown(records: &[Record], header: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{header}\n");
-    let _ = writeln!(out, "| scenario | metric | veg | iptables | nftables | veg / iptables |");
+    let _ = writeln!(
+        out,
+        "| scenario | metric | veg | iptables | nftables | veg / iptables |"
+    );
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
     for ((scenario, metric), per_mode) in medians(records) {
-        let cell = |mode: &str| per_mode.get(mode).map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+        let cell = |mode: &str| {
+            per_mode
+                .get(mode)
+                .map(|v| format!("{v:.2}"))
+                .unwrap_or_else(|| "-".into())
+        };
         let ratio = match (per_mode.get("veg"), per_mode.get("iptables")) {
             (Some(v), Some(i)) if *i != 0.0 => format!("{:.2}x", v / i),
             _ => "-".into(),
         };
-        let _ = writeln!(out, "| {scenario} | {metric} | {} | {} | {} | {ratio} |", cell("veg"), cell("iptables"), cell("nftables"));
+        let _ = writeln!(
+            out,
+            "| {scenario} | {metric} | {} | {} | {} | {ratio} |",
+            cell("veg"),
+            cell("iptables"),
+            cell("nftables")
+        );
     }
     out
 }
 
 /// The program's own cost per path, and the policy load times.
-pub fn program_markdown(program: &serde_json::Value, netfilter_policy: &serde_json::Value) -> String {
-    let mut out = String::from("\n| datapath path (BPF_PROG_TEST_RUN, median of 20,000 runs) | ns per packet |\n|---|---:|\n");
+pub fn program_markdown(
+    program: &serde_json::Value,
+    netfilter_policy: &serde_json::Value,
+) -> String {
+    let mut out = String::from(
+        "\n| datapath path (BPF_PROG_TEST_RUN, median of 20,000 runs) | ns per packet |\n|---|---:|\n",
+    );
     if let Some(costs) = program.as_object() {
-        for (path, ns) in costs.iter().filter(|(k, _)| k.as_str() != "policy_100k_load_ms") {
+        for (path, ns) in costs
+            .iter()
+            .filter(|(k, _)| k.as_str() != "policy_100k_load_ms")
+        {
             let _ = writeln!(out, "| {path} | {ns} |");
         }
     }
-    let ms = |v: &serde_json::Value| v.as_f64().map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
-    let _ = writeln!(out, "\n| loading 100,000 policy sources | veg | iptables-restore | nft -f |\n|---|---:|---:|---:|");
+    let ms = |v: &serde_json::Value| {
+        v.as_f64()
+            .map(|v| format!("{v:.0}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    let _ = writeln!(
+        out,
+        "\n| loading 100,000 policy sources | veg | iptables-restore | nft -f |\n|---|---:|---:|---:|"
+    );
     let _ = writeln!(
         out,
         "| milliseconds | {} | {} | {} |",
@@ -111,10 +147,23 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
         let records = vec![
-            Record { scenario: "udp-one", mode: Mode::Veg, round: 0, metrics: vec![("kpps", 400.0)] },
-            Record { scenario: "udp-one", mode: Mode::Iptables, round: 0, metrics: vec![("kpps", 200.0)] },
+            Record {
+                scenario: "udp-one",
+                mode: Mode::Veg,
+                round: 0,
+                metrics: vec![("kpps", 400.0)],
+            },
+            Record {
+                scenario: "udp-one",
+                mode: Mode::Iptables,
+                round: 0,
+                metrics: vec![("kpps", 200.0)],
+            },
         ];
         let table = markdown(&records, "# t");
-        assert!(table.contains("| udp-one | kpps | 400.00 | 200.00 | - | 2.00x |"), "{table}");
+        assert!(
+            table.contains("| udp-one | kpps | 400.00 | 200.00 | - | 2.00x |"),
+            "{table}"
+        );
     }
 }

@@ -7,9 +7,19 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use serde_json::Value;
-use veg_testbed::{lab::{Lab, SERVER_IP}, netns::Netns};
+use veg_testbed::{
+    lab::{Lab, SERVER_IP},
+    netns::Netns,
+};
 
-pub const SCENARIOS: &[&str] = &["udp-many", "udp-one", "tcp-stream-1", "tcp-stream-8", "tcp-crr", "tcp-rr"];
+pub const SCENARIOS: &[&str] = &[
+    "udp-many",
+    "udp-one",
+    "tcp-stream-1",
+    "tcp-stream-8",
+    "tcp-crr",
+    "tcp-rr",
+];
 pub const CLIENT_IP: &str = "10.16.0.2";
 const UDP_PORT: u16 = 9000;
 pub const TCP_PORT: u16 = 8080;
@@ -45,9 +55,18 @@ fn finish(child: Child, what: &str) -> anyhow::Result<Value> {
 /// Whole-machine kernel time (system + irq + softirq) in ns, from /proc/stat.
 fn kernel_cpu_ns() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let fields: Vec<f64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
     // user nice system idle iowait irq softirq ...; USER_HZ is 100 on Linux.
-    let ticks = fields.get(2).unwrap_or(&0.0) + fields.get(5).unwrap_or(&0.0) + fields.get(6).unwrap_or(&0.0);
+    let ticks = fields.get(2).unwrap_or(&0.0)
+        + fields.get(5).unwrap_or(&0.0)
+        + fields.get(6).unwrap_or(&0.0);
     ticks * 10_000_000.0
 }
 
@@ -56,8 +75,15 @@ pub fn measure(scenario: &str, lab: &Lab, tools: &Tools, seconds: f64) -> anyhow
     let secs = format!("{seconds}");
     match scenario {
         "udp-many" | "udp-one" => {
-            let flows = if scenario == "udp-many" { MANY_FLOWS } else { 1 };
-            let gateway_mac = link(&lab.gateway, "eth0")?["address"].as_str().context("no MAC on eth0")?.to_owned();
+            let flows = if scenario == "udp-many" {
+                MANY_FLOWS
+            } else {
+                1
+            };
+            let gateway_mac = link(&lab.gateway, "eth0")?["address"]
+                .as_str()
+                .context("no MAC on eth0")?
+                .to_owned();
             // The server drops IPv4 at its interface's ingress: arrivals are counted, and no socket or ICMP
             // answer costs anything, so the gateway is what limits the rate. ARP still passes.
             let _drop = ServerDrop::install(&lab.server)?;
@@ -68,8 +94,19 @@ pub fn measure(scenario: &str, lab: &Lab, tools: &Tools, seconds: f64) -> anyhow
                 client,
                 &tools.loadgen,
                 &[
-                    "udp-flood", "--interface", "eth0", "--gateway-mac", &gateway_mac, "--src", CLIENT_IP,
-                    "--dst", &dst, "--flows", &flows.to_string(), "--seconds", &secs,
+                    "udp-flood",
+                    "--interface",
+                    "eth0",
+                    "--gateway-mac",
+                    &gateway_mac,
+                    "--src",
+                    CLIENT_IP,
+                    "--dst",
+                    &dst,
+                    "--flows",
+                    &flows.to_string(),
+                    "--seconds",
+                    &secs,
                 ],
             )?;
             let sent = finish(flood, "udp-flood")?;
@@ -79,57 +116,105 @@ pub fn measure(scenario: &str, lab: &Lab, tools: &Tools, seconds: f64) -> anyhow
             let sent_count = sent["sent"].as_f64().unwrap_or(0.0);
             Ok(vec![
                 ("kpps", delivered / window / 1000.0),
-                ("delivered_pct", if sent_count > 0.0 { 100.0 * delivered / sent_count } else { 0.0 }),
-                ("kernel_ns_per_packet", if delivered > 0.0 { cpu / delivered } else { 0.0 }),
+                (
+                    "delivered_pct",
+                    if sent_count > 0.0 {
+                        100.0 * delivered / sent_count
+                    } else {
+                        0.0
+                    },
+                ),
+                (
+                    "kernel_ns_per_packet",
+                    if delivered > 0.0 {
+                        cpu / delivered
+                    } else {
+                        0.0
+                    },
+                ),
             ])
         }
         "tcp-stream-1" | "tcp-stream-8" => {
             let streams = if scenario == "tcp-stream-1" { "1" } else { "8" };
-            let server = spawn_in(&lab.server, "iperf3", &["-s", "-1", "-p", &IPERF_PORT.to_string()])?;
+            let server = spawn_in(
+                &lab.server,
+                "iperf3",
+                &["-s", "-1", "-p", &IPERF_PORT.to_string()],
+            )?;
             std::thread::sleep(Duration::from_millis(300));
             let client_run = spawn_in(
                 client,
                 "iperf3",
-                &["-c", SERVER_IP, "-p", &IPERF_PORT.to_string(), "-P", streams, "-t", &secs, "-J"],
+                &[
+                    "-c",
+                    SERVER_IP,
+                    "-p",
+                    &IPERF_PORT.to_string(),
+                    "-P",
+                    streams,
+                    "-t",
+                    &secs,
+                    "-J",
+                ],
             )?;
             let report = finish(client_run, "iperf3 client")?;
             let _ = server.wait_with_output();
-            let bps = report["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
+            let bps = report["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .unwrap_or(0.0);
             Ok(vec![("gbit_per_s", bps / 1e9)])
         }
         "tcp-crr" => {
             let dst = format!("{SERVER_IP}:{TCP_PORT}");
-            let run = spawn_in(client, &tools.loadgen, &["tcp-crr", "--dst", &dst, "--seconds", &secs])?;
+            let run = spawn_in(
+                client,
+                &tools.loadgen,
+                &["tcp-crr", "--dst", &dst, "--seconds", &secs],
+            )?;
             let r = finish(run, "tcp-crr")?;
             let seconds = r["seconds"].as_f64().unwrap_or(1.0);
             Ok(vec![
-                ("connections_per_s", r["connections"].as_f64().unwrap_or(0.0) / seconds),
+                (
+                    "connections_per_s",
+                    r["connections"].as_f64().unwrap_or(0.0) / seconds,
+                ),
                 ("failed", r["failed"].as_f64().unwrap_or(0.0)),
             ])
         }
         "tcp-rr" => {
             let dst = format!("{SERVER_IP}:{TCP_PORT}");
-            let run = spawn_in(client, &tools.loadgen, &["tcp-rr", "--dst", &dst, "--seconds", &secs])?;
+            let run = spawn_in(
+                client,
+                &tools.loadgen,
+                &["tcp-rr", "--dst", &dst, "--seconds", &secs],
+            )?;
             let r = finish(run, "tcp-rr")?;
             Ok(vec![
                 ("p50_us", r["p50_us"].as_f64().unwrap_or(0.0)),
                 ("p99_us", r["p99_us"].as_f64().unwrap_or(0.0)),
             ])
         }
-        other => bail!("unknown scenario {other:?}: choose from {}", SCENARIOS.join(", ")),
+        other => bail!(
+            "unknown scenario {other:?}: choose from {}",
+            SCENARIOS.join(", ")
+        ),
     }
 }
 
 /// `ip -j link show DEV` of the lab's server or gateway.
 fn link(ns: &Netns, device: &str) -> anyhow::Result<Value> {
-    let out = Command::new("ip").args(["-n", &ns.name, "-j", "-s", "link", "show", device]).output()?;
+    let out = Command::new("ip")
+        .args(["-n", &ns.name, "-j", "-s", "link", "show", device])
+        .output()?;
     let links: Value = serde_json::from_slice(&out.stdout).context("ip -j link show")?;
     Ok(links[0].clone())
 }
 
 /// Packets received on the server's underlay interface.
 fn rx_packets(server: &Netns) -> anyhow::Result<u64> {
-    link(server, SERVER_INTERFACE)?["stats64"]["rx"]["packets"].as_u64().context("no rx counter")
+    link(server, SERVER_INTERFACE)?["stats64"]["rx"]["packets"]
+        .as_u64()
+        .context("no rx counter")
 }
 
 const SERVER_INTERFACE: &str = "ul1";
@@ -146,21 +231,35 @@ impl<'a> ServerDrop<'a> {
              add rule netdev veg_bench_sink ingress ip protocol udp drop\n"
         );
         let out = server.exec("nft", &[&rule]);
-        ensure!(out.status.success(), "installing the server's drop rule: {}", String::from_utf8_lossy(&out.stderr));
+        ensure!(
+            out.status.success(),
+            "installing the server's drop rule: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(ServerDrop(server))
     }
 }
 
 impl Drop for ServerDrop<'_> {
     fn drop(&mut self) {
-        let _ = self.0.exec("nft", &["delete", "table", "netdev", "veg_bench_sink"]);
+        let _ = self
+            .0
+            .exec("nft", &["delete", "table", "netdev", "veg_bench_sink"]);
     }
 }
 
 /// The TCP server the crr and rr scenarios talk to, for the whole run.
 pub fn start_tcp_server(lab: &Lab, tools: &Tools) -> anyhow::Result<Child> {
     let child = Command::new("ip")
-        .args(["netns", "exec", &lab.server.name, &tools.loadgen, "tcp-server", "--port", &TCP_PORT.to_string()])
+        .args([
+            "netns",
+            "exec",
+            &lab.server.name,
+            &tools.loadgen,
+            "tcp-server",
+            "--port",
+            &TCP_PORT.to_string(),
+        ])
         .stdout(Stdio::null())
         .spawn()?;
     std::thread::sleep(Duration::from_millis(200));
