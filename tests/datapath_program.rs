@@ -72,11 +72,11 @@ impl ProgramLab {
         (result.return_value, out)
     }
 
-    fn from_vpc(&self, frame: &Frame) -> (u32, Vec<u8>) {
+    fn send_from_vpc(&self, frame: &Frame) -> (u32, Vec<u8>) {
         self.run(PROGRAM_FROM_VPC, &frame.bytes())
     }
 
-    fn from_outside(&self, frame: &Frame) -> (u32, Vec<u8>) {
+    fn send_from_outside(&self, frame: &Frame) -> (u32, Vec<u8>) {
         self.run(PROGRAM_FROM_OUTSIDE, &frame.bytes())
     }
 
@@ -271,13 +271,13 @@ fn udp(sport: u16, dport: u16, no_checksum: bool) -> L4 {
 fn tcp_is_translated_out_and_back_exactly() {
     with_program_lab(|lab| {
         let syn = Frame::new(CLIENT, SERVER, tcp(5000, 80, TCP_SYN));
-        let (verdict, out) = lab.from_vpc(&syn);
+        let (verdict, out) = lab.send_from_vpc(&syn);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         // 5000 is free and inside the range: kept.
         assert_eq!(out, snat_expected(&syn, 5000));
 
         let syn_ack = Frame::new(SERVER, EXTERNAL, tcp(80, 5000, TCP_SYN | TCP_ACK));
-        let (verdict, back) = lab.from_outside(&syn_ack);
+        let (verdict, back) = lab.send_from_outside(&syn_ack);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(back, reverse_expected(&syn_ack, CLIENT, CLIENT_MAC, 5000));
         assert_eq!(lab.counter("translated_out"), 1);
@@ -290,11 +290,11 @@ fn tcp_is_translated_out_and_back_exactly() {
 fn udp_is_translated_out_and_back_exactly() {
     with_program_lab(|lab| {
         let request = Frame::new(CLIENT, SERVER, udp(5353, 53, false));
-        let (verdict, out) = lab.from_vpc(&request);
+        let (verdict, out) = lab.send_from_vpc(&request);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(out, snat_expected(&request, 5353));
         let reply = Frame::new(SERVER, EXTERNAL, udp(53, 5353, false));
-        let (verdict, back) = lab.from_outside(&reply);
+        let (verdict, back) = lab.send_from_outside(&reply);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(back, reverse_expected(&reply, CLIENT, CLIENT_MAC, 5353));
     });
@@ -304,13 +304,13 @@ fn udp_is_translated_out_and_back_exactly() {
 fn udp_without_checksum_stays_without() {
     with_program_lab(|lab| {
         let request = Frame::new(CLIENT, SERVER, udp(6000, 9000, true));
-        let (verdict, out) = lab.from_vpc(&request);
+        let (verdict, out) = lab.send_from_vpc(&request);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let expected = snat_expected(&request, 6000);
         assert_eq!(out, expected);
         assert_eq!(&out[40..42], &[0, 0], "UDP checksum must stay zero");
         let reply = Frame::new(SERVER, EXTERNAL, udp(9000, 6000, true));
-        let (_, back) = lab.from_outside(&reply);
+        let (_, back) = lab.send_from_outside(&reply);
         assert_eq!(back, reverse_expected(&reply, CLIENT, CLIENT_MAC, 6000));
     });
 }
@@ -325,7 +325,7 @@ fn icmp_echo_is_translated_by_identifier() {
             payload: vec![0xab; 56],
         };
         let request = Frame::new(CLIENT, SERVER, echo);
-        let (verdict, out) = lab.from_vpc(&request);
+        let (verdict, out) = lab.send_from_vpc(&request);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(out, snat_expected(&request, 0x1234));
         let reply = Frame::new(
@@ -338,7 +338,7 @@ fn icmp_echo_is_translated_by_identifier() {
                 payload: vec![0xab; 56],
             },
         );
-        let (verdict, back) = lab.from_outside(&reply);
+        let (verdict, back) = lab.send_from_outside(&reply);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(back, reverse_expected(&reply, CLIENT, CLIENT_MAC, 0x1234));
     });
@@ -349,8 +349,8 @@ fn same_source_port_from_two_clients_gets_two_ports() {
     with_program_lab(|lab| {
         let first = Frame::new(CLIENT, SERVER, udp(7000, 53, false));
         let second = Frame::new(CLIENT2, SERVER, udp(7000, 53, false));
-        let (_, out1) = lab.from_vpc(&first);
-        let (verdict, out2) = lab.from_vpc(&second);
+        let (_, out1) = lab.send_from_vpc(&first);
+        let (verdict, out2) = lab.send_from_vpc(&second);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let port2 = l4_port(&out2, true);
         assert_eq!(l4_port(&out1, true), 7000);
@@ -363,12 +363,12 @@ fn same_source_port_from_two_clients_gets_two_ports() {
         // Each reply goes to its own client.
         let reply2 = Frame::new(SERVER, EXTERNAL, udp(53, port2, false));
         assert_eq!(
-            lab.from_outside(&reply2).1,
+            lab.send_from_outside(&reply2).1,
             reverse_expected(&reply2, CLIENT2, CLIENT2_MAC, 7000)
         );
         // A source port outside the range is never kept.
         let high = Frame::new(CLIENT, SERVER, udp(40000, 53, false));
-        let port = l4_port(&lab.from_vpc(&high).1, true);
+        let port = l4_port(&lab.send_from_vpc(&high).1, true);
         assert!((PORT_MIN..=PORT_MAX).contains(&port));
     });
 }
@@ -378,7 +378,7 @@ fn ipv4_options_are_kept() {
     with_program_lab(|lab| {
         let mut request = Frame::new(CLIENT, SERVER, tcp(5001, 443, TCP_SYN));
         request.options = vec![0x01, 0x01, 0x01, 0x00]; // NOP NOP NOP EOL
-        let (verdict, out) = lab.from_vpc(&request);
+        let (verdict, out) = lab.send_from_vpc(&request);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(out, snat_expected(&request, 5001));
     });
@@ -388,7 +388,7 @@ fn ipv4_options_are_kept() {
 fn forward_sources_are_routed_unchanged() {
     with_program_lab(|lab| {
         let request = Frame::new(FORWARD_CLIENT, SERVER, tcp(5002, 80, TCP_SYN));
-        let (verdict, out) = lab.from_vpc(&request);
+        let (verdict, out) = lab.send_from_vpc(&request);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let mut expected = request.clone();
         expected.ttl -= 1;
@@ -396,7 +396,7 @@ fn forward_sources_are_routed_unchanged() {
         expected.dst_mac = NEXTHOP_MAC;
         assert_eq!(out, expected.bytes());
         let reply = Frame::new(SERVER, FORWARD_CLIENT, tcp(80, 5002, TCP_SYN | TCP_ACK));
-        let (verdict, back) = lab.from_outside(&reply);
+        let (verdict, back) = lab.send_from_outside(&reply);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(
             back,
@@ -410,12 +410,12 @@ fn forward_sources_are_routed_unchanged() {
 #[test]
 fn sources_outside_every_policy_are_dropped_and_counted() {
     with_program_lab(|lab| {
-        let (verdict, _) = lab.from_vpc(&Frame::new(OUTSIDER, SERVER, tcp(5003, 80, TCP_SYN)));
+        let (verdict, _) = lab.send_from_vpc(&Frame::new(OUTSIDER, SERVER, tcp(5003, 80, TCP_SYN)));
         assert_eq!(verdict, TC_ACT_SHOT);
         assert_eq!(lab.counter("dropped_no_policy"), 1);
         // ...but traffic to the instance itself (BFD, health checks) is not ours to judge.
         let bfd = Frame::new(OUTSIDER, INSTANCE, udp(49152, 3784, false));
-        assert_eq!(lab.from_vpc(&bfd).0, TC_ACT_OK);
+        assert_eq!(lab.send_from_vpc(&bfd).0, TC_ACT_OK);
     });
 }
 
@@ -423,26 +423,26 @@ fn sources_outside_every_policy_are_dropped_and_counted() {
 fn unsolicited_packets_from_outside_are_dropped() {
     with_program_lab(|lab| {
         for l4 in [tcp(80, 6000, TCP_SYN), udp(53, 6001, false)] {
-            let (verdict, _) = lab.from_outside(&Frame::new(SERVER, EXTERNAL, l4));
+            let (verdict, _) = lab.send_from_outside(&Frame::new(SERVER, EXTERNAL, l4));
             assert_eq!(verdict, TC_ACT_SHOT);
         }
         // Straight at a SNAT client's own address: never routed in.
         assert_eq!(
-            lab.from_outside(&Frame::new(SERVER, CLIENT, tcp(80, 5004, TCP_SYN)))
+            lab.send_from_outside(&Frame::new(SERVER, CLIENT, tcp(80, 5004, TCP_SYN)))
                 .0,
             TC_ACT_SHOT
         );
         assert_eq!(lab.counter("dropped_unsolicited"), 3);
         // Outside the NAT range it is for the instance's own sockets.
         assert_eq!(
-            lab.from_outside(&Frame::new(SERVER, EXTERNAL, tcp(80, 40000, TCP_ACK)))
+            lab.send_from_outside(&Frame::new(SERVER, EXTERNAL, tcp(80, 40000, TCP_ACK)))
                 .0,
             TC_ACT_OK
         );
         // A reply to a flow of another remote port does not match either.
-        lab.from_vpc(&Frame::new(CLIENT, SERVER, udp(6002, 53, false)));
+        lab.send_from_vpc(&Frame::new(CLIENT, SERVER, udp(6002, 53, false)));
         assert_eq!(
-            lab.from_outside(&Frame::new(SERVER, EXTERNAL, udp(54, 6002, false)))
+            lab.send_from_outside(&Frame::new(SERVER, EXTERNAL, udp(54, 6002, false)))
                 .0,
             TC_ACT_SHOT
         );
@@ -454,7 +454,7 @@ fn expiring_ttl_is_left_to_the_kernel() {
     with_program_lab(|lab| {
         let mut request = Frame::new(CLIENT, SERVER, udp(6003, 33434, false));
         request.ttl = 1;
-        let (verdict, out) = lab.from_vpc(&request);
+        let (verdict, out) = lab.send_from_vpc(&request);
         assert_eq!(verdict, TC_ACT_OK);
         assert_eq!(
             out,
@@ -502,7 +502,7 @@ fn fragments_from_snat_sources_are_dropped_not_leaked() {
     with_program_lab(|lab| {
         let mut first = Frame::new(CLIENT, SERVER, udp(6004, 53, false));
         first.frag = 0x2000; // more fragments
-        assert_eq!(lab.from_vpc(&first).0, TC_ACT_SHOT);
+        assert_eq!(lab.send_from_vpc(&first).0, TC_ACT_SHOT);
         assert_eq!(lab.counter("dropped_fragment"), 1);
     });
 }
@@ -510,8 +510,8 @@ fn fragments_from_snat_sources_are_dropped_not_leaked() {
 #[test]
 fn expired_flows_are_swept_and_live_ones_kept() {
     with_program_lab(|lab| {
-        lab.from_vpc(&Frame::new(CLIENT, SERVER, udp(6100, 53, false)));
-        lab.from_vpc(&Frame::new(CLIENT, SERVER, udp(6101, 53, false)));
+        lab.send_from_vpc(&Frame::new(CLIENT, SERVER, udp(6100, 53, false)));
+        lab.send_from_vpc(&Frame::new(CLIENT, SERVER, udp(6101, 53, false)));
         let stale = monotonic_now_ns() - UDP_TIMEOUT_NS - 1_000_000_000;
         for (key, _) in lab.udp_pair(CLIENT, 6100) {
             lab.set_last_seen(&key, stale);
@@ -524,11 +524,11 @@ fn expired_flows_are_swept_and_live_ones_kept() {
         assert_eq!(lab.flow_map().keys().count(), 2, "the live flow stays");
         let reply = |port| Frame::new(SERVER, EXTERNAL, udp(53, port, false));
         assert_eq!(
-            lab.from_outside(&reply(6100)).0,
+            lab.send_from_outside(&reply(6100)).0,
             TC_ACT_SHOT,
             "a reply to a swept flow is unsolicited"
         );
-        assert_eq!(lab.from_outside(&reply(6101)).0, TC_ACT_REDIRECT);
+        assert_eq!(lab.send_from_outside(&reply(6101)).0, TC_ACT_REDIRECT);
     });
 }
 
@@ -536,18 +536,18 @@ fn expired_flows_are_swept_and_live_ones_kept() {
 fn an_expired_mapping_is_replaced_on_lookup() {
     with_program_lab(|lab| {
         let request = Frame::new(CLIENT, SERVER, udp(6200, 53, false));
-        lab.from_vpc(&request);
+        lab.send_from_vpc(&request);
         let [(forward, _), (reverse, _)] = lab.udp_pair(CLIENT, 6200);
         let stale = monotonic_now_ns() - UDP_TIMEOUT_NS - 1_000_000_000;
         lab.set_last_seen(&forward, stale);
         lab.set_last_seen(&reverse, stale);
         // Before any sweep: a reply to the expired mapping is refused, a new packet gets a fresh mapping.
         assert_eq!(
-            lab.from_outside(&Frame::new(SERVER, EXTERNAL, udp(53, 6200, false)))
+            lab.send_from_outside(&Frame::new(SERVER, EXTERNAL, udp(53, 6200, false)))
                 .0,
             TC_ACT_SHOT
         );
-        let (verdict, out) = lab.from_vpc(&request);
+        let (verdict, out) = lab.send_from_vpc(&request);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(out, snat_expected(&request, 6200));
         assert_eq!(lab.counter("flows_expired_on_lookup"), 1);
@@ -559,16 +559,16 @@ fn an_expired_mapping_is_replaced_on_lookup() {
 fn a_pair_missing_its_reverse_half_is_repaired() {
     with_program_lab(|lab| {
         let request = Frame::new(CLIENT, SERVER, udp(6300, 53, false));
-        lab.from_vpc(&request);
+        lab.send_from_vpc(&request);
         let [(forward, _), (reverse, _)] = lab.udp_pair(CLIENT, 6300);
         // As if the LRU had evicted the reverse entry a while ago.
         lab.flow_map().remove(&reverse).unwrap();
         lab.set_last_seen(&forward, monotonic_now_ns() - 2_000_000_000);
-        assert_eq!(lab.from_vpc(&request).1, snat_expected(&request, 6300));
+        assert_eq!(lab.send_from_vpc(&request).1, snat_expected(&request, 6300));
         assert_eq!(lab.counter("flows_repaired"), 1);
         let reply = Frame::new(SERVER, EXTERNAL, udp(53, 6300, false));
         assert_eq!(
-            lab.from_outside(&reply).1,
+            lab.send_from_outside(&reply).1,
             reverse_expected(&reply, CLIENT, CLIENT_MAC, 6300)
         );
     });
@@ -578,10 +578,10 @@ fn a_pair_missing_its_reverse_half_is_repaired() {
 fn a_new_external_address_gets_new_mappings() {
     with_program_lab(|lab| {
         let request = Frame::new(CLIENT, SERVER, tcp(6400, 80, TCP_ACK));
-        lab.from_vpc(&request);
+        lab.send_from_vpc(&request);
         let new_external = Ipv4Addr::new(172, 17, 0, 12);
         lab.reconfigure(|c| c.external_addr_v4 = Address::from_ip(new_external.into()));
-        let (verdict, out) = lab.from_vpc(&request);
+        let (verdict, out) = lab.send_from_vpc(&request);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         let mut expected = request.clone();
         (
@@ -593,7 +593,7 @@ fn a_new_external_address_gets_new_mappings() {
         assert_eq!(out, expected.bytes());
         let reply = Frame::new(SERVER, new_external, tcp(80, 6400, TCP_ACK));
         assert_eq!(
-            lab.from_outside(&reply).1,
+            lab.send_from_outside(&reply).1,
             reverse_expected(&reply, CLIENT, CLIENT_MAC, 6400)
         );
     });
@@ -609,19 +609,20 @@ fn a_full_port_range_is_scanned_before_giving_up() {
         let mut ports = std::collections::HashSet::new();
         for i in 0..PORTS {
             let (verdict, out) =
-                lab.from_vpc(&Frame::new(CLIENT, SERVER, udp(40000 + i, 53, false)));
+                lab.send_from_vpc(&Frame::new(CLIENT, SERVER, udp(40000 + i, 53, false)));
             assert_eq!(verdict, TC_ACT_REDIRECT, "flow {i} found no port");
             ports.insert(l4_port(&out, true));
         }
         assert_eq!(ports.len(), PORTS as usize);
         assert!(ports.iter().all(|p| (2000..2000 + PORTS).contains(p)));
-        let (verdict, _) = lab.from_vpc(&Frame::new(CLIENT, SERVER, udp(40000 + PORTS, 53, false)));
+        let (verdict, _) =
+            lab.send_from_vpc(&Frame::new(CLIENT, SERVER, udp(40000 + PORTS, 53, false)));
         assert_eq!(verdict, TC_ACT_SHOT);
         assert_eq!(lab.counter("dropped_port_exhausted"), 1);
         assert!(lab.counter("port_scan_fallbacks") >= 1);
         // Mappings are per remote endpoint: another server port still has the whole range.
         assert_eq!(
-            lab.from_vpc(&Frame::new(CLIENT, SERVER, udp(40000 + PORTS, 54, false)))
+            lab.send_from_vpc(&Frame::new(CLIENT, SERVER, udp(40000 + PORTS, 54, false)))
                 .0,
             TC_ACT_REDIRECT
         );
@@ -634,34 +635,34 @@ fn a_new_connection_takes_over_the_port_of_a_closed_one() {
         // One port toward this server: only a takeover can serve a second connection.
         lab.reconfigure(|c| (c.port_min, c.port_max) = (2000, 2000));
         let first = Frame::new(CLIENT, SERVER, tcp(40001, 80, TCP_SYN));
-        assert_eq!(l4_port(&lab.from_vpc(&first).1, true), 2000);
-        lab.from_outside(&Frame::new(
+        assert_eq!(l4_port(&lab.send_from_vpc(&first).1, true), 2000);
+        lab.send_from_outside(&Frame::new(
             SERVER,
             EXTERNAL,
             tcp(80, 2000, TCP_SYN | TCP_ACK),
         ));
         // While the first connection lives, a second one finds no port.
         let second = Frame::new(CLIENT, SERVER, tcp(40002, 80, TCP_SYN));
-        assert_eq!(lab.from_vpc(&second).0, TC_ACT_SHOT);
+        assert_eq!(lab.send_from_vpc(&second).0, TC_ACT_SHOT);
         assert_eq!(lab.counter("dropped_port_exhausted"), 1);
         // The first connection is reset; now the second one takes its port over.
-        lab.from_vpc(&Frame::new(CLIENT, SERVER, tcp(40001, 80, TCP_RST)));
-        let (verdict, out) = lab.from_vpc(&second);
+        lab.send_from_vpc(&Frame::new(CLIENT, SERVER, tcp(40001, 80, TCP_RST)));
+        let (verdict, out) = lab.send_from_vpc(&second);
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(out, snat_expected(&second, 2000));
         let reply = Frame::new(SERVER, EXTERNAL, tcp(80, 2000, TCP_SYN | TCP_ACK));
         assert_eq!(
-            lab.from_outside(&reply).1,
+            lab.send_from_outside(&reply).1,
             reverse_expected(&reply, CLIENT, CLIENT_MAC, 40002)
         );
         // A late packet of the old connection cannot take the port back from a live connection.
         assert_eq!(
-            lab.from_vpc(&Frame::new(CLIENT, SERVER, tcp(40001, 80, TCP_ACK)))
+            lab.send_from_vpc(&Frame::new(CLIENT, SERVER, tcp(40001, 80, TCP_ACK)))
                 .0,
             TC_ACT_SHOT
         );
         assert_eq!(
-            lab.from_outside(&reply).1,
+            lab.send_from_outside(&reply).1,
             reverse_expected(&reply, CLIENT, CLIENT_MAC, 40002)
         );
     });
@@ -698,13 +699,13 @@ fn program_cost_per_path() {
         };
         let same = |frame: Frame| std::iter::repeat_n(frame.bytes(), RUNS as usize);
         let port = l4_port(
-            &lab.from_vpc(&Frame::new(CLIENT, SERVER, tcp(41000, 443, TCP_SYN)))
+            &lab.send_from_vpc(&Frame::new(CLIENT, SERVER, tcp(41000, 443, TCP_SYN)))
                 .1,
             true,
         );
         let reply = Frame::new(SERVER, EXTERNAL, tcp(443, port, TCP_ACK));
         assert_eq!(
-            lab.from_outside(&reply).0,
+            lab.send_from_outside(&reply).0,
             TC_ACT_REDIRECT,
             "the timed reply must take the translation path"
         );

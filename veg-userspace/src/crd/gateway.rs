@@ -1,3 +1,6 @@
+// kube's derive takes repeated printcolumn, shortname and validation attributes by design.
+#![allow(clippy::duplicated_attributes)]
+
 //! VpcEgressGateway (kubeovn.io/v1): every field of the contract (spec/vpc-egress-gateway.md), the reference's
 //! validation (reference-behaviour.md), and the immutability the reference documents but does not enforce.
 

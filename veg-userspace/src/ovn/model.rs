@@ -10,6 +10,7 @@
 //!   instance gets an anchor route <ip>/32 via itself that references its BFD row. It routes as the connected
 //!   route already does, and makes northd run the session and report its status, which the watcher
 //!   (apply::keep_applied) turns into nexthops.
+//!
 //! Every row carries external_ids vendor=kube-ovn, vpc-egress-gateway=<namespace>/<name> (and af=4|6).
 
 use std::{collections::BTreeSet, net::IpAddr};

@@ -22,10 +22,10 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-/// (scenario, metric) -> mode -> median, in the order the scenarios ran.
-pub fn medians(
-    records: &[Record],
-) -> Vec<((&'static str, &'static str), BTreeMap<&'static str, f64>)> {
+/// (scenario, metric) with the median of each mode, in the order the scenarios ran.
+pub type Medians = Vec<((&'static str, &'static str), BTreeMap<&'static str, f64>)>;
+
+pub fn medians(records: &[Record]) -> Medians {
     let mut keys: Vec<(&'static str, &'static str)> = Vec::new();
     for r in records {
         for (metric, _) in &r.metrics {
