@@ -779,3 +779,22 @@ fn program_cost_per_path() {
         println!("PROGRAM_COST {}", serde_json::Value::Object(json));
     });
 }
+
+#[test]
+fn a_failed_load_leaves_no_pins_behind() {
+    if skip_unless_root() {
+        return;
+    }
+    let dir = pins::gateway_dir(&unique("vegfail"));
+    // A flow table of size 0 makes the kernel refuse the map, after the maps before it were created and pinned.
+    let error = Datapath::load(&dir, 0)
+        .err()
+        .expect("a zero-sized flow table must be refused")
+        .to_string();
+    assert!(error.contains("loading the eBPF object"), "{error}");
+    assert!(
+        !dir.exists(),
+        "the failed load left {} behind",
+        dir.display()
+    );
+}

@@ -27,8 +27,18 @@ impl Datapath {
     /// them there. `max_flow_entries` sizes a new flow table; an existing one keeps its size.
     pub fn load(pin_dir: &Path, max_flow_entries: u32) -> anyhow::Result<Datapath> {
         pins::check_bpffs()?;
+        let fresh = !pin_dir.exists();
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating {}", pin_dir.display()))?;
+        let loaded = Datapath::load_into(pin_dir, max_flow_entries);
+        if loaded.is_err() && fresh {
+            // A failed first load must not leave the maps it pinned (nor the directory) behind.
+            let _ = pins::remove_dir_of_pins(pin_dir);
+        }
+        loaded
+    }
+
+    fn load_into(pin_dir: &Path, max_flow_entries: u32) -> anyhow::Result<Datapath> {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries(pins::FLOWS, max_flow_entries)

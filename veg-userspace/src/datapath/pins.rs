@@ -61,9 +61,13 @@ pub fn existing_map(name: &str, map: &str) -> anyhow::Result<PathBuf> {
 /// Remove a gateway's pinned state. Returns the pins removed.
 pub fn remove_gateway_pins(name: &str) -> anyhow::Result<Vec<PathBuf>> {
     validate_name(name)?;
-    let dir = gateway_dir(name);
+    remove_dir_of_pins(&gateway_dir(name))
+}
+
+/// Remove every pin in `dir`, the directory, and its parent when that was the last gateway.
+pub fn remove_dir_of_pins(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    let entries = match std::fs::read_dir(&dir) {
+    let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
         Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
@@ -73,7 +77,7 @@ pub fn remove_gateway_pins(name: &str) -> anyhow::Result<Vec<PathBuf>> {
         std::fs::remove_file(&path).with_context(|| format!("removing pin {}", path.display()))?;
         removed.push(path);
     }
-    std::fs::remove_dir(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
     // The parent goes too when this was the last gateway, leaving nothing behind.
     let _ = std::fs::remove_dir(dir.parent().expect("gateway dir has a parent"));
     Ok(removed)
