@@ -20,8 +20,8 @@ use tokio::io::unix::AsyncFd;
 use tracing::{info, warn};
 
 use super::{
-    packet::{ControlPacket, Discard},
-    session::{Role, Session, Status, Timers},
+    packet::{ControlPacket, Discard, State},
+    session::{Output, Role, Session, StateChange, Status, Timers},
 };
 
 pub const CONTROL_PORT: u16 = 3784;
@@ -198,9 +198,8 @@ impl Engine {
         }
         let now = Instant::now();
         for peer in &mut self.peers {
-            if let Some(packet) = peer.session.set_admin_down(true, now).transmit {
-                send(peer, &packet);
-            }
+            let out = peer.session.set_admin_down(true, now);
+            carry_out(peer, out);
         }
         Ok(())
     }
@@ -220,17 +219,7 @@ impl Engine {
         let now = Instant::now();
         for peer in &mut self.peers {
             let out = peer.session.on_timer(now);
-            if let Some(change) = out.change {
-                log_change(
-                    peer.address,
-                    change.from,
-                    change.to,
-                    change.diagnostic.describe(),
-                );
-            }
-            if let Some(packet) = out.transmit {
-                send(peer, &packet);
-            }
+            carry_out(peer, out);
         }
         self.publish();
     }
@@ -254,17 +243,7 @@ impl Engine {
         let packet = ControlPacket::decode(payload)?;
         let peer = &mut self.peers[index];
         let out = peer.session.receive(&packet, Instant::now())?;
-        if let Some(change) = out.change {
-            log_change(
-                peer.address,
-                change.from,
-                change.to,
-                change.diagnostic.describe(),
-            );
-        }
-        if let Some(reply) = out.transmit {
-            send(peer, &reply);
-        }
+        carry_out(peer, out);
         Ok(())
     }
 
@@ -279,11 +258,23 @@ impl Engine {
     }
 }
 
-fn log_change(peer: IpAddr, from: super::packet::State, to: super::packet::State, why: &str) {
-    if to == super::packet::State::Up {
-        info!(%peer, %from, %to, "BFD session up");
-    } else {
-        warn!(%peer, %from, %to, diagnostic = why, "BFD session state changed");
+/// Do what a session asked for after an event: say that its state changed, send its packet.
+fn carry_out(peer: &Peer, out: Output) {
+    if let Some(StateChange {
+        from,
+        to,
+        diagnostic,
+    }) = out.change
+    {
+        let peer = peer.address;
+        if to == State::Up {
+            info!(%peer, %from, %to, "BFD session up");
+        } else {
+            warn!(%peer, %from, %to, diagnostic = diagnostic.describe(), "BFD session state changed");
+        }
+    }
+    if let Some(packet) = out.transmit {
+        send(peer, &packet);
     }
 }
 
