@@ -137,37 +137,8 @@ enum BfdCommand {
 
 #[derive(Args)]
 struct GatewayArgs {
-    /// Gateway name; names the pinned state in /sys/fs/bpf/veg/NAME.
-    #[arg(long)]
-    name: Option<String>,
-    /// Named network namespace (from /var/run/netns) to run in; the pins stay in the host's bpffs.
-    #[arg(long)]
-    netns: Option<String>,
-    /// Interface facing the VPC (eth0 in a gateway pod).
-    #[arg(long, value_name = "IF")]
-    internal_interface: Option<String>,
-    /// Interface facing the outside (net1 in a gateway pod); must carry --external-ip.
-    #[arg(long, value_name = "IF")]
-    external_interface: Option<String>,
-    /// The address SNAT sources are translated to.
-    #[arg(long, value_name = "IP")]
-    external_ip: Option<String>,
-    /// Source prefix to translate (repeatable).
-    #[arg(long, value_name = "CIDR")]
-    snat: Vec<String>,
-    /// Source prefix to route unchanged (repeatable).
-    #[arg(long, value_name = "CIDR")]
-    forward: Vec<String>,
-    /// Ports (and ICMP identifiers) used for translations; must not overlap net.ipv4.ip_local_port_range.
-    /// [default: 1024-32767]
-    #[arg(long, value_name = "LO-HI")]
-    port_range: Option<String>,
-    /// Capacity of the flow table, in flows. [default: 262144]
-    #[arg(long, value_name = "N")]
-    max_flows: Option<u32>,
-    /// Seconds between sweeps of expired flows. [default: 10]
-    #[arg(long, value_name = "SECONDS")]
-    sweep_interval: Option<u64>,
+    #[command(flatten)]
+    settings: SettingsInput,
     /// Read the settings from a YAML or JSON file (camelCase keys: name, netns, internalInterface,
     /// externalInterface, externalIP, snat, forward, portRange, maxFlows, sweepIntervalSeconds, bfdPeers, bfdListen,
     /// bfdMinRx, bfdMinTx, bfdMultiplier, bfdMinTtl, healthListen); flags override it.
@@ -176,28 +147,6 @@ struct GatewayArgs {
     /// Remove the gateway's pinned state (flows, counters, policy) and exit.
     #[arg(long)]
     cleanup: bool,
-    /// Run a BFD session with this peer (the VPC's BFD port; repeatable). The instance is ready only while every
-    /// session is Up. `veg bfd status --name NAME` lists them.
-    #[arg(long = "bfd-peer", value_name = "IP")]
-    bfd_peers: Vec<String>,
-    /// Local address of the BFD sessions. [default: the internal interface's address]
-    #[arg(long, value_name = "IP")]
-    bfd_listen: Option<String>,
-    /// BFD required minimum receive interval. [default: 1000]
-    #[arg(long, value_name = "MS")]
-    bfd_min_rx: Option<u64>,
-    /// BFD desired minimum transmit interval. [default: 1000]
-    #[arg(long, value_name = "MS")]
-    bfd_min_tx: Option<u64>,
-    /// BFD detection multiplier. [default: 3]
-    #[arg(long, value_name = "N")]
-    bfd_multiplier: Option<u8>,
-    /// Lowest TTL accepted on BFD packets (254: OVN's cross a router). [default: 254]
-    #[arg(long, value_name = "N")]
-    bfd_min_ttl: Option<u8>,
-    /// Where /livez and /readyz are served over HTTP. [default: 0.0.0.0:8080]
-    #[arg(long, value_name = "IP:PORT")]
-    health_listen: Option<String>,
 }
 
 #[derive(Args)]
@@ -240,25 +189,7 @@ fn main() {
 }
 
 fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
-    let mut input = SettingsInput {
-        name: args.name,
-        netns: args.netns,
-        internal_interface: args.internal_interface,
-        external_interface: args.external_interface,
-        external_ip: args.external_ip,
-        snat: args.snat,
-        forward: args.forward,
-        port_range: args.port_range,
-        max_flows: args.max_flows,
-        sweep_interval_seconds: args.sweep_interval,
-        bfd_peers: args.bfd_peers,
-        bfd_listen: args.bfd_listen,
-        bfd_min_rx: args.bfd_min_rx,
-        bfd_min_tx: args.bfd_min_tx,
-        bfd_multiplier: args.bfd_multiplier,
-        bfd_min_ttl: args.bfd_min_ttl,
-        health_listen: args.health_listen,
-    };
+    let mut input = args.settings;
     if let Some(path) = &args.config {
         input = input.merge_file(SettingsInput::read(path)?);
     }
@@ -271,15 +202,7 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let settings = input.validate()?;
-    // Enter the namespace before any other thread exists: tokio's threads inherit it.
-    if let Some(ns) = &settings.netns {
-        netns::enter(ns)?;
-    }
-    // A current-thread runtime starts no thread of its own, so this is still the only thread.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+    runtime_in(settings.netns.as_deref())?.block_on(async {
         let stop = agent::StopSignals::install()?;
         let running = agent::start(&settings)?;
         agent::run(settings, running, stop).await
@@ -328,13 +251,7 @@ fn bfd(args: BfdArgs) -> anyhow::Result<()> {
             session::Role::Active
         },
     };
-    if let Some(ns) = &args.netns {
-        netns::enter(ns)?;
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+    runtime_in(args.netns.as_deref())?.block_on(async {
         let stop = agent::StopSignals::install()?;
         let snapshot = Default::default();
         let engine = engine::Engine::new(config, std::sync::Arc::clone(&snapshot))?;
@@ -354,14 +271,23 @@ fn ovn(command: OvnCommand) -> anyhow::Result<()> {
         OvnCommand::Delete { file, nb } => (file, nb, true, false),
     };
     let (spec, port) = command::read_gateway(&file)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
+    runtime_in(None)?.block_on(async {
         if watch {
             let stop = agent::StopSignals::install()?;
             return command::watch(&spec, port.as_ref(), &nb, stop.wait()).await;
         }
         command::apply_or_delete(&spec, port.as_ref(), &nb, remove, &mut out).await
     })
+}
+
+/// A single-threaded runtime, after entering the named network namespace when one is given. The order matters:
+/// setns moves only the calling thread, and a current-thread runtime starts no thread of its own, so everything
+/// it runs stays in the namespace.
+fn runtime_in(netns: Option<&str>) -> anyhow::Result<tokio::runtime::Runtime> {
+    if let Some(ns) = netns {
+        netns::enter(ns)?;
+    }
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }

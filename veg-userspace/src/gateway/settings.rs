@@ -121,31 +121,67 @@ pub struct BfdSettings {
 
 pub const DEFAULT_HEALTH_LISTEN: &str = "0.0.0.0:8080";
 
-/// The settings as given, by flags or by a YAML/JSON file (`--config`, camelCase keys as in Kubernetes
-/// resources); `merge_file` joins the two, flags first.
-#[derive(Debug, Default, Clone, Deserialize)]
+/// The settings as given, by flags (`veg gateway`'s options) or by a YAML/JSON file (`--config`, camelCase keys
+/// as in Kubernetes resources); `merge_file` joins the two, flags first.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SettingsInput {
+    /// Gateway name; names the pinned state in /sys/fs/bpf/veg/NAME.
+    #[arg(long)]
     pub name: Option<String>,
+    /// Named network namespace (from /var/run/netns) to run in; the pins stay in the host's bpffs.
+    #[arg(long)]
     pub netns: Option<String>,
+    /// Interface facing the VPC (eth0 in a gateway pod).
+    #[arg(long, value_name = "IF")]
     pub internal_interface: Option<String>,
+    /// Interface facing the outside (net1 in a gateway pod); must carry --external-ip.
+    #[arg(long, value_name = "IF")]
     pub external_interface: Option<String>,
+    /// The address SNAT sources are translated to.
     #[serde(rename = "externalIP")]
+    #[arg(long, value_name = "IP")]
     pub external_ip: Option<String>,
+    /// Source prefix to translate (repeatable).
     #[serde(default)]
+    #[arg(long, value_name = "CIDR")]
     pub snat: Vec<String>,
+    /// Source prefix to route unchanged (repeatable).
     #[serde(default)]
+    #[arg(long, value_name = "CIDR")]
     pub forward: Vec<String>,
+    /// Ports (and ICMP identifiers) used for translations; must not overlap net.ipv4.ip_local_port_range.
+    /// [default: 1024-32767]
+    #[arg(long, value_name = "LO-HI")]
     pub port_range: Option<String>,
+    /// Capacity of the flow table, in flows. [default: 262144]
+    #[arg(long, value_name = "N")]
     pub max_flows: Option<u32>,
+    /// Seconds between sweeps of expired flows. [default: 10]
+    #[arg(long = "sweep-interval", value_name = "SECONDS")]
     pub sweep_interval_seconds: Option<u64>,
+    /// Run a BFD session with this peer (the VPC's BFD port; repeatable). The instance is ready only while every
+    /// session is Up. `veg bfd status --name NAME` lists them.
     #[serde(default)]
+    #[arg(long = "bfd-peer", value_name = "IP")]
     pub bfd_peers: Vec<String>,
+    /// Local address of the BFD sessions. [default: the internal interface's address]
+    #[arg(long, value_name = "IP")]
     pub bfd_listen: Option<String>,
+    /// BFD required minimum receive interval. [default: 1000]
+    #[arg(long, value_name = "MS")]
     pub bfd_min_rx: Option<u64>,
+    /// BFD desired minimum transmit interval. [default: 1000]
+    #[arg(long, value_name = "MS")]
     pub bfd_min_tx: Option<u64>,
+    /// BFD detection multiplier. [default: 3]
+    #[arg(long, value_name = "N")]
     pub bfd_multiplier: Option<u8>,
+    /// Lowest TTL accepted on BFD packets (254: OVN's cross a router). [default: 254]
+    #[arg(long, value_name = "N")]
     pub bfd_min_ttl: Option<u8>,
+    /// Where /livez and /readyz are served over HTTP. [default: 0.0.0.0:8080]
+    #[arg(long, value_name = "IP:PORT")]
     pub health_listen: Option<String>,
 }
 
