@@ -45,18 +45,7 @@ impl Pair {
         let name = unique("vegbfd");
         let ours = Netns::new(&format!("{name}-veg"));
         let theirs = Netns::new(&format!("{name}-frr"));
-        ours.ip(&[
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &theirs.name,
-        ]);
+        ours.add_veth("eth0", "eth0", &theirs);
         // nodad: an IPv6 address is usable at once instead of after duplicate address detection.
         let nodad: &[&str] = if ours_ip.contains(':') {
             &["nodad"]

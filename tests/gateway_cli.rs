@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use veg_testbed::{
-    lab::{GATEWAY_EXTERNAL_IP, Lab, SERVER_IP},
+    lab::{GATEWAY_EXTERNAL_IP, Lab, SERVER_IP, gateway_command},
     servers::{udp_echo, udp_round_trip},
     skip_unless_root, unique,
 };
@@ -91,26 +91,7 @@ fn a_second_agent_with_the_same_name_is_refused() {
     }
     let lab = Lab::new(VEG);
     let gateway = lab.start_gateway(&[]);
-    let out = Command::new(VEG)
-        .args([
-            "gateway",
-            "--name",
-            &gateway.name,
-            "--netns",
-            &lab.gateway.name,
-        ])
-        .args([
-            "--internal-interface",
-            "eth0",
-            "--external-interface",
-            "net1",
-        ])
-        .args([
-            "--external-ip",
-            GATEWAY_EXTERNAL_IP,
-            "--snat",
-            "10.16.0.0/24",
-        ])
+    let out = gateway_command(VEG, &gateway.name, &lab.gateway.name)
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -43,18 +43,7 @@ impl Lab {
         vpc.ip(&["link", "add", "br0", "type", "bridge"]);
         vpc.ip(&["link", "set", "br0", "up"]);
         // Gateway eth0 on the VPC switch.
-        vpc.ip(&[
-            "link",
-            "add",
-            "gw",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &gateway.name,
-        ]);
+        vpc.add_veth("gw", "eth0", &gateway);
         vpc.ip(&["link", "set", "gw", "master", "br0", "up"]);
         gateway.ip(&[
             "addr",
@@ -66,18 +55,7 @@ impl Lab {
         gateway.ip(&["link", "set", "eth0", "up"]);
         // The underlay: the node's link, the server on its far end, net1 a macvlan moved into the instance as
         // Multus does.
-        underlay.ip(&[
-            "link",
-            "add",
-            "ul0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "ul1",
-            "netns",
-            &server.name,
-        ]);
+        underlay.add_veth("ul0", "ul1", &server);
         underlay.ip(&["link", "set", "ul0", "up"]);
         underlay.ip(&[
             "link", "add", "net1", "link", "ul0", "type", "macvlan", "mode", "bridge",
@@ -112,18 +90,7 @@ impl Lab {
         let index = self.clients.len();
         let client = Netns::new(&format!("{}-c{index}", self.prefix));
         let port = format!("c{index}");
-        self.vpc.ip(&[
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &client.name,
-        ]);
+        self.vpc.add_veth(&port, "eth0", &client);
         self.vpc.ip(&["link", "set", &port, "master", "br0", "up"]);
         client.ip(&["addr", "add", &format!("{address}/16"), "dev", "eth0"]);
         client.ip(&["link", "set", "eth0", "up"]);
@@ -141,6 +108,28 @@ impl Lab {
         let name = format!("{}-gw", self.prefix);
         Gateway::start(&self.veg, &name, &self.gateway.name, extra)
     }
+}
+
+/// `veg gateway NAME` in the lab's instance `netns`, with the lab's interfaces, external address and policies.
+pub fn gateway_command(veg: &str, name: &str, netns: &str) -> Command {
+    let mut command = Command::new(veg);
+    command
+        .args(["gateway", "--name", name, "--netns", netns])
+        .args([
+            "--internal-interface",
+            "eth0",
+            "--external-interface",
+            "net1",
+        ])
+        .args([
+            "--external-ip",
+            GATEWAY_EXTERNAL_IP,
+            "--snat",
+            SNAT_SOURCES,
+            "--forward",
+            FORWARD_SOURCES,
+        ]);
+    command
 }
 
 /// A running `veg gateway`. Dropping it stops the agent and removes its pinned state.
@@ -168,22 +157,7 @@ impl Gateway {
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(&self.veg)
-            .args(["gateway", "--name", &self.name, "--netns", &self.netns])
-            .args([
-                "--internal-interface",
-                "eth0",
-                "--external-interface",
-                "net1",
-            ])
-            .args([
-                "--external-ip",
-                GATEWAY_EXTERNAL_IP,
-                "--snat",
-                SNAT_SOURCES,
-                "--forward",
-                FORWARD_SOURCES,
-            ])
+        let mut child = gateway_command(&self.veg, &self.name, &self.netns)
             .args(&self.extra)
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")

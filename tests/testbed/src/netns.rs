@@ -23,6 +23,22 @@ impl Netns {
         ip(&full);
     }
 
+    /// A veth pair: `local` in this namespace, `peer` in `other`.
+    pub fn add_veth(&self, local: &str, peer: &str, other: &Netns) {
+        self.ip(&[
+            "link",
+            "add",
+            local,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "netns",
+            &other.name,
+        ]);
+    }
+
     /// Run a command inside the namespace and return its stdout.
     pub fn exec(&self, program: &str, args: &[&str]) -> std::process::Output {
         Command::new("ip")
