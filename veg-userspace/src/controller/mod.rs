@@ -1,4 +1,8 @@
 //! `veg controller`: turns each VpcEgressGateway into running instances, OVN state and a status.
 
+pub mod instances;
+pub mod ovn_input;
+pub mod selection;
+pub mod status;
 pub mod validation;
 pub mod workload;
