@@ -95,7 +95,9 @@ pub fn test() -> anyhow::Result<()> {
     step("the benchmark, as a smoke test: every mode forwards traffic and yields numbers");
     crate::bench::run(crate::bench::BenchArgs::smoke())?;
     // Traffic through namespaces is timing-sensitive: one test at a time, nothing building beside it.
-    step("datapath program tests, traffic through network namespaces, BFD against FRR (serial)");
+    step(
+        "datapath program tests, traffic through network namespaces, BFD against FRR, OVSDB, OVN model and controller against a real Northbound database (serial)",
+    );
     run(cargo().args([
         "test",
         "--package",
@@ -112,6 +114,8 @@ pub fn test() -> anyhow::Result<()> {
         "ovsdb_client",
         "--test",
         "ovn_model",
+        "--test",
+        "controller",
         "--",
         "--test-threads=1",
     ]))

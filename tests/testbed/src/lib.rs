@@ -2,6 +2,7 @@
 //! gateway lab topology, the `veg gateway` process, servers that record what they saw, and packet builders.
 
 pub mod frr;
+pub mod kube_api;
 pub mod lab;
 pub mod netns;
 pub mod ovsdb;

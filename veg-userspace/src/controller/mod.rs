@@ -2,6 +2,7 @@
 
 pub mod instances;
 pub mod ovn_input;
+pub mod reconcile;
 pub mod selection;
 pub mod status;
 pub mod validation;

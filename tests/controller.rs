@@ -1,0 +1,548 @@
+//! The controller against kube-rs's mocked API server (an in-memory one, veg_testbed::kube_api) and a real OVN
+//! Northbound ovsdb-server: the test plays the cluster (it creates the pods a Deployment would get, with the
+//! addresses Kube-OVN's CNI writes), calls reconcile as the controller's loop does, and reads back what the far
+//! sides hold: the API server's objects and, with ovn-nbctl, the database's rows.
+
+use std::{sync::Arc, time::Duration};
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Namespace, Node, Pod},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    runtime::events::{Recorder, Reporter},
+};
+use serde_json::{Value, json};
+use veg_testbed::{kube_api::FakeApi, ovsdb::NbServer};
+use veg_userspace::{
+    controller::reconcile::{Context, FINALIZER, reconcile},
+    crd::{
+        gateway::VpcEgressGateway,
+        network::{Subnet, Vpc},
+    },
+    ovn::apply::{DB, monitored_tables},
+    ovsdb::{monitor::Monitor, replica::column},
+};
+
+const NS: &str = "default";
+
+struct World {
+    nb: NbServer,
+    api: FakeApi,
+    client: Client,
+    ctx: Arc<Context>,
+}
+
+trait Object:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + serde::Serialize
+    + std::fmt::Debug
+{
+}
+impl<
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+> Object for K
+{
+}
+
+/// Create a cluster-scoped object from YAML.
+async fn create<K: Object>(client: &Client, yaml: &str) -> K {
+    let object: K = serde_yaml::from_str(yaml).unwrap();
+    Api::<K>::all(client.clone())
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap()
+}
+
+/// Create an object in `namespace` from YAML.
+async fn create_in<K: Object + kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>>(
+    client: &Client,
+    namespace: &str,
+    yaml: &str,
+) -> K {
+    let object: K = serde_yaml::from_str(yaml).unwrap();
+    Api::<K>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap()
+}
+
+async fn connect(nb: &NbServer, client: &Client) -> Arc<Context> {
+    let ovn = Monitor::start(nb.unix.parse().unwrap(), DB, &monitored_tables());
+    let ready = ovn
+        .wait_until(Duration::from_secs(5), |r| {
+            r.rows("Logical_Router")
+                .any(|(_, row)| column(row, "name") == "vpc1")
+        })
+        .await;
+    assert!(ready, "the monitor never saw the routers");
+    let reporter = Reporter {
+        controller: "veg-controller".into(),
+        instance: None,
+    };
+    Arc::new(Context {
+        client: client.clone(),
+        ovn,
+        default_image: "veg:test".into(),
+        recorder: Recorder::new(client.clone(), reporter),
+    })
+}
+
+/// Two routers (the default VPC's and vpc1's), switch ports for selected pods; in the API: the subnets, the
+/// VPCs (vpc1 with a BFD port, vpc2 without), two Ready nodes and two namespaces.
+async fn world() -> World {
+    let nb = NbServer::start();
+    for router in ["ovn-cluster", "vpc1", "vpc2"] {
+        nb.nbctl(&["lr-add", router]);
+    }
+    nb.nbctl(&["ls-add", "ovn-default"]);
+    for port in ["web1.default", "web2.team2", "web3.default"] {
+        nb.nbctl(&["lsp-add", "ovn-default", port]);
+    }
+    let (client, api) = FakeApi::start();
+    for yaml in [
+        "metadata: {name: ovn-default}\nspec: {cidrBlock: 10.16.0.0/16, gateway: 10.16.0.1, protocol: IPv4, vpc: ovn-cluster}",
+        "metadata: {name: subnet1}\nspec: {cidrBlock: 192.168.0.0/24, gateway: 192.168.0.1, protocol: IPv4, vpc: vpc1}",
+        "metadata: {name: subnet2}\nspec: {cidrBlock: 192.168.1.0/24, gateway: 192.168.1.1, protocol: IPv4, vpc: vpc2}",
+        "metadata: {name: macvlan1}\nspec: {cidrBlock: 172.17.0.0/16, gateway: 172.17.0.1, protocol: IPv4, provider: macvlan1.default}",
+    ] {
+        create::<Subnet>(&client, yaml).await;
+    }
+    create::<Vpc>(&client, "metadata: {name: vpc1}\nspec: {bfdPort: {enabled: true, ip: 10.255.255.255}}\nstatus: {defaultLogicalSwitch: subnet1}").await;
+    create::<Vpc>(
+        &client,
+        "metadata: {name: vpc2}\nspec: {}\nstatus: {defaultLogicalSwitch: subnet2}",
+    )
+    .await;
+    for node in ["node1", "node2"] {
+        create::<Node>(&client, &format!("metadata: {{name: {node}}}\nstatus: {{conditions: [{{type: Ready, status: 'True'}}]}}")).await;
+    }
+    create::<Namespace>(&client, "metadata: {name: default, labels: {egress: veg}}").await;
+    create::<Namespace>(&client, "metadata: {name: team2}").await;
+    let ctx = connect(&nb, &client).await;
+    World {
+        nb,
+        api,
+        client,
+        ctx,
+    }
+}
+
+impl World {
+    fn gateways(&self) -> Api<VpcEgressGateway> {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    async fn gateway(&self, yaml: &str) -> VpcEgressGateway {
+        create_in::<VpcEgressGateway>(&self.client, NS, yaml).await
+    }
+
+    /// One pass of the controller's loop for the gateway, as its watch would trigger it.
+    async fn reconcile(&self, name: &str) {
+        let gateway = self.gateways().get(name).await.unwrap();
+        reconcile(Arc::new(gateway), self.ctx.clone())
+            .await
+            .unwrap();
+    }
+
+    fn status(&self, name: &str) -> Value {
+        self.api
+            .get("kubeovn.io", "vpc-egress-gateways", NS, name)
+            .unwrap()["status"]
+            .clone()
+    }
+
+    fn condition(&self, name: &str, type_: &str) -> (String, String) {
+        let status = self.status(name);
+        let found = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .unwrap()
+            .clone();
+        (
+            found["status"].as_str().unwrap().into(),
+            found["reason"].as_str().unwrap().into(),
+        )
+    }
+
+    /// What the Deployment would bring: a pod of the gateway on `node`, with both addresses, Ready.
+    async fn instance(&self, gateway: &str, pod: &str, node: &str, internal: &str, external: &str) {
+        create_in::<Pod>(
+            &self.client,
+            NS,
+            &format!(
+                "metadata:\n  name: {pod}\n  labels: {{app: vpc-egress-gateway, ovn.kubernetes.io/vpc-egress-gateway: {gateway}}}\n  \
+                 annotations:\n    ovn.kubernetes.io/allocated: 'true'\n    ovn.kubernetes.io/ip_address: {internal}\n    \
+                 macvlan1.default.kubernetes.io/allocated: 'true'\n    macvlan1.default.kubernetes.io/ip_address: {external}\n\
+                 spec: {{nodeName: {node}, containers: []}}\nstatus: {{conditions: [{{type: Ready, status: 'True'}}]}}\n"
+            ),
+        )
+        .await;
+    }
+
+    /// ovn-nbctl's view of the rows tagged with the gateway in `table`: the given columns, one line a row, sorted.
+    fn rows(&self, table: &str, gateway: &str, columns: &str) -> Vec<String> {
+        let out = self.nb.nbctl(&[
+            "--format=csv",
+            "--no-headings",
+            "--data=bare",
+            &format!("--columns={columns}"),
+            "find",
+            table,
+            &format!("external_ids:vpc-egress-gateway={NS}/{gateway}"),
+        ]);
+        let mut lines: Vec<String> = out.lines().map(str::to_owned).collect();
+        lines.sort();
+        lines
+    }
+
+    fn every_tagged_row(&self, gateway: &str) -> Vec<String> {
+        [
+            "Address_Set",
+            "Port_Group",
+            "BFD",
+            "Logical_Router_Static_Route",
+            "Logical_Router_Policy",
+        ]
+        .iter()
+        .flat_map(|t| {
+            self.rows(t, gateway, "_uuid")
+                .into_iter()
+                .map(move |r| format!("{t} {r}"))
+        })
+        .collect()
+    }
+}
+
+const GATEWAY1: &str = "metadata: {name: gateway1}\nspec:\n  replicas: 1\n  externalSubnet: macvlan1\n  \
+                        policies: [{snat: true, subnets: [ovn-default]}]\n";
+
+#[tokio::test]
+async fn a_gateway_gets_its_deployment_its_ovn_rows_and_an_honest_status() {
+    let w = world().await;
+    w.gateway(GATEWAY1).await;
+
+    // The first pass only adds the finalizer.
+    w.reconcile("gateway1").await;
+    let stored = w.gateways().get("gateway1").await.unwrap();
+    assert_eq!(stored.finalizers(), [FINALIZER]);
+
+    // The next creates the Deployment; no instance yet, so Processing.
+    w.reconcile("gateway1").await;
+    let deployment = Api::<Deployment>::namespaced(w.client.clone(), NS)
+        .get("gateway1")
+        .await
+        .unwrap();
+    assert_eq!(deployment.spec.as_ref().unwrap().replicas, Some(1));
+    assert_eq!(deployment.owner_references()[0].name, "gateway1");
+    assert_eq!(w.status("gateway1")["phase"], "Processing");
+    assert_eq!(
+        w.condition("gateway1", "Ready"),
+        ("False".into(), "Processing".into())
+    );
+    assert_eq!(
+        w.rows("Logical_Router_Policy", "gateway1", "priority"),
+        Vec::<String>::new()
+    );
+
+    // The instance comes up: the reroute policy sends the subnet to it, and the status says so.
+    w.instance(
+        "gateway1",
+        "gateway1-0",
+        "node1",
+        "10.16.0.5",
+        "172.17.0.10",
+    )
+    .await;
+    w.reconcile("gateway1").await;
+    assert_eq!(
+        w.rows(
+            "Logical_Router_Policy",
+            "gateway1",
+            "priority,match,action,nexthops"
+        ),
+        ["29100,ip4.src == 10.16.0.0/16,reroute,10.16.0.5"]
+    );
+    assert_eq!(
+        w.rows("Address_Set", "gateway1", "addresses"),
+        ["", "10.16.0.0/16"]
+    );
+    let status = w.status("gateway1");
+    assert_eq!(status["phase"], "Completed");
+    assert_eq!(status["ready"], true);
+    assert_eq!(status["internalIPs"], json!(["10.16.0.5"]));
+    assert_eq!(status["externalIPs"], json!(["172.17.0.10"]));
+    assert_eq!(status["workload"]["nodes"], json!(["node1"]));
+    assert_eq!(status["workload"]["name"], "gateway1");
+    assert_eq!(status["replicas"], 1);
+    assert_eq!(
+        w.condition("gateway1", "Ready"),
+        ("True".into(), "ReconcileSuccess".into())
+    );
+    assert!(
+        w.writes()
+            .iter()
+            .any(|write| write.starts_with("POST events/default/gateway1.")),
+        "no Event recorded: {:?}",
+        w.writes()
+    );
+
+    // Nothing changed: another pass writes nothing, and neither does a restarted controller.
+    let before = (w.writes().len(), w.every_tagged_row("gateway1"));
+    w.reconcile("gateway1").await;
+    let restarted = connect(&w.nb, &w.client).await;
+    let gateway = w.gateways().get("gateway1").await.unwrap();
+    reconcile(Arc::new(gateway), restarted).await.unwrap();
+    assert_eq!(
+        (w.writes().len(), w.every_tagged_row("gateway1")),
+        before,
+        "writes: {:?}",
+        w.writes()
+    );
+}
+
+impl World {
+    fn writes(&self) -> Vec<String> {
+        self.api.writes()
+    }
+}
+
+#[tokio::test]
+async fn scaling_a_bfd_gateway_adds_one_nexthop_and_one_bfd_row() {
+    let w = world().await;
+    w.gateway(
+        "metadata: {name: gateway2}\nspec:\n  vpc: vpc1\n  replicas: 1\n  internalSubnet: subnet1\n  externalSubnet: macvlan1\n  \
+         bfd: {enabled: true, minRX: 100, minTX: 100, multiplier: 3}\n  policies: [{snat: true, ipBlocks: [192.168.0.0/24]}]\n",
+    )
+    .await;
+    w.reconcile("gateway2").await;
+    w.instance(
+        "gateway2",
+        "gateway2-0",
+        "node1",
+        "192.168.0.4",
+        "172.17.0.10",
+    )
+    .await;
+    w.reconcile("gateway2").await;
+    // The VPC's BFD port, on the Ready nodes; the route with ECMP symmetric reply and its BFD row.
+    let port = w.nb.nbctl(&[
+        "--bare",
+        "--columns=networks",
+        "find",
+        "Logical_Router_Port",
+        "name=bfd@vpc1",
+    ]);
+    assert_eq!(port.trim(), "10.255.255.255/32");
+    let chassis =
+        w.nb.nbctl(&["--bare", "--columns=chassis_name", "list", "HA_Chassis"]);
+    let mut chassis: Vec<&str> = chassis.split_whitespace().collect();
+    chassis.sort();
+    assert_eq!(chassis, ["node1", "node2"]);
+    assert_eq!(
+        w.rows(
+            "Logical_Router_Static_Route",
+            "gateway2",
+            "ip_prefix,nexthop,policy,options"
+        ),
+        ["192.168.0.0/24,192.168.0.4,src-ip,ecmp_symmetric_reply=true"]
+    );
+    assert_eq!(
+        w.rows(
+            "BFD",
+            "gateway2",
+            "logical_port,dst_ip,min_rx,min_tx,detect_mult"
+        ),
+        ["bfd@vpc1,192.168.0.4,100,100,3"]
+    );
+
+    w.gateways()
+        .patch(
+            "gateway2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "replicas": 2 } })),
+        )
+        .await
+        .unwrap();
+    w.reconcile("gateway2").await;
+    let deployment = Api::<Deployment>::namespaced(w.client.clone(), NS)
+        .get("gateway2")
+        .await
+        .unwrap();
+    assert_eq!(deployment.spec.unwrap().replicas, Some(2));
+    assert_eq!(
+        w.status("gateway2")["ready"],
+        false,
+        "one of two instances is not ready"
+    );
+    w.instance(
+        "gateway2",
+        "gateway2-1",
+        "node2",
+        "192.168.0.5",
+        "172.17.0.11",
+    )
+    .await;
+    w.reconcile("gateway2").await;
+    assert_eq!(
+        w.rows("Logical_Router_Static_Route", "gateway2", "nexthop"),
+        ["192.168.0.4", "192.168.0.5"]
+    );
+    assert_eq!(
+        w.rows("BFD", "gateway2", "dst_ip"),
+        ["192.168.0.4", "192.168.0.5"]
+    );
+    let status = w.status("gateway2");
+    assert_eq!(
+        (status["ready"].clone(), status["replicas"].clone()),
+        (json!(true), json!(2))
+    );
+    assert_eq!(status["internalIPs"], json!(["192.168.0.4", "192.168.0.5"]));
+    assert_eq!(status["workload"]["nodes"], json!(["node1", "node2"]));
+}
+
+#[tokio::test]
+async fn bfd_on_a_vpc_without_a_bfd_port_is_a_condition_not_a_crash() {
+    let w = world().await;
+    w.gateway(
+        "metadata: {name: gateway3}\nspec:\n  vpc: vpc2\n  externalSubnet: macvlan1\n  bfd: {enabled: true}\n  \
+         policies: [{snat: true, ipBlocks: [192.168.1.0/24]}]\n",
+    )
+    .await;
+    w.reconcile("gateway3").await;
+    w.reconcile("gateway3").await;
+    assert_eq!(
+        w.condition("gateway3", "Validated"),
+        ("False".into(), "VpcBfdPortNotEnabled".into())
+    );
+    assert_eq!(w.status("gateway3")["phase"], "Processing");
+    let message = w.status("gateway3")["conditions"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("spec.bfdPort.enabled"), "{message}");
+    assert!(
+        w.api.get("apps", "deployments", NS, "gateway3").is_none(),
+        "no workload for an invalid gateway"
+    );
+    assert_eq!(w.every_tagged_row("gateway3"), Vec::<String>::new());
+    assert!(
+        w.api
+            .writes()
+            .iter()
+            .any(|write| write.starts_with("POST events/default/gateway3.")),
+        "the problem was not recorded as an Event"
+    );
+}
+
+#[tokio::test]
+async fn the_port_group_follows_selected_pods_and_namespace_labels() {
+    let w = world().await;
+    w.gateway(
+        "metadata: {name: gateway4}\nspec:\n  externalSubnet: macvlan1\n  \
+         selectors: [{namespaceSelector: {matchLabels: {egress: veg}}, podSelector: {matchLabels: {app: web}}}]\n",
+    )
+    .await;
+    let pod = |namespace: &str, name: &str| {
+        format!(
+            "metadata: {{name: {name}, namespace: {namespace}, labels: {{app: web}}}}\nspec: {{containers: []}}"
+        )
+    };
+    create_in::<Pod>(&w.client, "default", &pod("default", "web1")).await;
+    create_in::<Pod>(&w.client, "team2", &pod("team2", "web2")).await;
+    let ports = |w: &World| -> Vec<String> {
+        let uuids = w.rows("Port_Group", "gateway4", "ports");
+        let mut names: Vec<String> = uuids
+            .iter()
+            .flat_map(|line| line.split_whitespace())
+            .map(|uuid| {
+                w.nb.nbctl(&[
+                    "--bare",
+                    "--columns=name",
+                    "list",
+                    "Logical_Switch_Port",
+                    uuid,
+                ])
+                .trim()
+                .to_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    w.reconcile("gateway4").await;
+    w.reconcile("gateway4").await;
+    assert_eq!(ports(&w), ["web1.default"]);
+
+    // Labelling team2 selects its pod; a new pod in default is picked up too.
+    Api::<Namespace>::all(w.client.clone())
+        .patch(
+            "team2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "labels": { "egress": "veg" } } })),
+        )
+        .await
+        .unwrap();
+    create_in::<Pod>(&w.client, "default", &pod("default", "web3")).await;
+    w.reconcile("gateway4").await;
+    assert_eq!(ports(&w), ["web1.default", "web2.team2", "web3.default"]);
+}
+
+#[tokio::test]
+async fn deleting_a_gateway_removes_its_ovn_rows_then_the_finalizer() {
+    let w = world().await;
+    w.gateway(GATEWAY1).await;
+    w.gateway(&GATEWAY1.replace("gateway1", "other")).await;
+    for name in ["gateway1", "other"] {
+        w.reconcile(name).await;
+        w.instance(
+            name,
+            &format!("{name}-0"),
+            "node1",
+            "10.16.0.5",
+            "172.17.0.10",
+        )
+        .await;
+        w.reconcile(name).await;
+    }
+    assert!(!w.every_tagged_row("gateway1").is_empty());
+    let others = w.every_tagged_row("other");
+
+    w.gateways()
+        .delete("gateway1", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Deletion waits for the finalizer: the object is still there, marked.
+    assert!(
+        w.api
+            .get("kubeovn.io", "vpc-egress-gateways", NS, "gateway1")
+            .is_some()
+    );
+    w.reconcile("gateway1").await;
+    assert_eq!(w.every_tagged_row("gateway1"), Vec::<String>::new());
+    assert_eq!(
+        w.every_tagged_row("other"),
+        others,
+        "another gateway's rows were touched"
+    );
+    assert!(
+        w.api
+            .get("kubeovn.io", "vpc-egress-gateways", NS, "gateway1")
+            .is_none(),
+        "the finalizer stayed"
+    );
+    assert!(
+        w.api.get("apps", "deployments", NS, "gateway1").is_none(),
+        "the Deployment outlived its gateway"
+    );
+}
