@@ -546,3 +546,57 @@ async fn deleting_a_gateway_removes_its_ovn_rows_then_the_finalizer() {
         "the Deployment outlived its gateway"
     );
 }
+
+#[tokio::test]
+async fn one_replica_leads_and_another_takes_over_only_after_the_lease_runs_out() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use veg_userspace::controller::leader::Elector;
+    let (client, api) = FakeApi::start();
+    let leases = || Api::<Lease>::namespaced(client.clone(), "kube-system");
+    let lease = Duration::from_secs(1);
+    let mut a = Elector::new(leases(), "veg-controller", "a", lease);
+    let mut b = Elector::new(leases(), "veg-controller", "b", lease);
+    let holder = || {
+        api.get(
+            "coordination.k8s.io",
+            "leases",
+            "kube-system",
+            "veg-controller",
+        )
+        .unwrap()["spec"]
+            .clone()
+    };
+
+    assert!(a.step().await.unwrap(), "a creates the Lease");
+    assert!(!b.step().await.unwrap());
+    // While a renews, b never takes over, however long it waits.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(a.step().await.unwrap());
+        assert!(
+            !b.step().await.unwrap(),
+            "b took a Lease that a keeps renewing"
+        );
+    }
+    assert_eq!(holder()["holderIdentity"], "a");
+
+    // a stops renewing: b takes over once it has seen the Lease unchanged for a whole duration.
+    tokio::time::sleep(lease + Duration::from_millis(300)).await;
+    assert!(
+        b.step().await.unwrap(),
+        "b did not take over an expired Lease"
+    );
+    assert!(!a.step().await.unwrap(), "a still believes it leads");
+    assert_eq!(holder()["holderIdentity"], "b");
+    assert_eq!(holder()["leaseTransitions"], 1);
+
+    // Two replicas racing for an expired Lease: exactly one wins (the other's write conflicts).
+    let mut c = Elector::new(leases(), "veg-controller", "c", lease);
+    assert!(!a.step().await.unwrap() && !c.step().await.unwrap());
+    tokio::time::sleep(lease + Duration::from_millis(300)).await;
+    let (won_a, won_c) = tokio::join!(a.step(), c.step());
+    assert!(
+        won_a.unwrap() ^ won_c.unwrap(),
+        "both or neither won the race"
+    );
+}

@@ -42,9 +42,41 @@ enum Command {
         #[command(subcommand)]
         command: OvnCommand,
     },
+    /// Run the controller: reconcile every VpcEgressGateway of the cluster into a Deployment of instances, OVN
+    /// routes, policies, BFD rows and address sets, and an honest status.
+    ///
+    /// Talks to the Kubernetes API (in-cluster, or KUBECONFIG) and to the OVN Northbound database. Only the replica
+    /// holding the leader Lease works; the others wait. Runs until SIGINT/SIGTERM.
+    Controller(ControllerArgs),
     /// Run BFD sessions (RFC 5880/5881, asynchronous, single hop) toward peers, in the foreground until
     /// SIGINT/SIGTERM; `veg bfd status` lists them while it runs.
     Bfd(BfdArgs),
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    /// The OVN Northbound database: unix:PATH or tcp:IP:PORT.
+    #[arg(long, value_name = "ENDPOINT", env = "OVN_NB")]
+    nb: String,
+    /// The instances' image, for gateways that name none (the controller's own image, in a cluster).
+    #[arg(long, value_name = "IMAGE", env = "VEG_IMAGE")]
+    image: String,
+    /// Namespace of the leader Lease (the controller's own namespace, in a cluster).
+    #[arg(
+        long,
+        value_name = "NAMESPACE",
+        env = "POD_NAMESPACE",
+        default_value = "kube-system"
+    )]
+    lease_namespace: String,
+    #[arg(long, value_name = "NAME", default_value = "veg-controller")]
+    lease_name: String,
+    /// This replica's name in the Lease (the pod's name, in a cluster).
+    #[arg(long, value_name = "NAME", env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a leader may go without renewing before another replica takes over.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=600))]
+    lease_duration: u64,
 }
 
 #[derive(Subcommand)]
@@ -177,6 +209,7 @@ fn main() {
         }
         Command::Bfd(args) => bfd(args),
         Command::Ovn { command } => ovn(command),
+        Command::Controller(args) => controller(args),
         Command::Crd => {
             print!("{}", veg_userspace::crd::gateway::crd_yaml());
             Ok(())
@@ -277,6 +310,29 @@ fn ovn(command: OvnCommand) -> anyhow::Result<()> {
             return command::watch(&spec, port.as_ref(), &nb, stop.wait()).await;
         }
         command::apply_or_delete(&spec, port.as_ref(), &nb, remove, &mut out).await
+    })
+}
+
+fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+    use veg_userspace::controller::run;
+    let identity = match args.identity {
+        Some(identity) => identity,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("no --identity given and the hostname is unreadable")?
+            .trim()
+            .to_owned(),
+    };
+    let settings = run::Settings {
+        nb: args.nb.parse().context("--nb")?,
+        default_image: args.image,
+        lease_namespace: args.lease_namespace,
+        lease_name: args.lease_name,
+        identity,
+        lease_duration: std::time::Duration::from_secs(args.lease_duration),
+    };
+    runtime_in(None)?.block_on(async {
+        let stop = agent::StopSignals::install()?;
+        run::run(settings, stop.wait()).await
     })
 }
 

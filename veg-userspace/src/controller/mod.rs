@@ -1,8 +1,10 @@
 //! `veg controller`: turns each VpcEgressGateway into running instances, OVN state and a status.
 
 pub mod instances;
+pub mod leader;
 pub mod ovn_input;
 pub mod reconcile;
+pub mod run;
 pub mod selection;
 pub mod status;
 pub mod validation;

@@ -1,0 +1,206 @@
+//! `veg controller`: hold the leader Lease, then reconcile every VpcEgressGateway whenever it, its Deployment, its
+//! pods, a selected pod or namespace, a Vpc or a Subnet changes, and, on the default VPC with BFD, whenever a BFD
+//! session's status changes in OVN. Losing the Lease stops the process, so that a restart starts clean.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt;
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    coordination::v1::Lease,
+    core::v1::{Namespace, Pod},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{
+        Controller,
+        events::{Recorder, Reporter},
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use tokio_stream::wrappers::WatchStream;
+use tracing::{info, warn};
+
+use super::{
+    leader::Elector,
+    reconcile::{Context, reconcile, retry},
+    workload::{APP, APP_LABEL, GATEWAY_LABEL},
+};
+use crate::{
+    crd::{
+        gateway::VpcEgressGateway,
+        network::{Subnet, Vpc},
+    },
+    ovn::apply::{DB, monitored_tables},
+    ovsdb::{
+        endpoint::Endpoint,
+        monitor::Monitor,
+        replica::{Replica, column},
+    },
+};
+
+pub struct Settings {
+    pub nb: Endpoint,
+    pub default_image: String,
+    pub lease_namespace: String,
+    pub lease_name: String,
+    pub identity: String,
+    pub lease_duration: Duration,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every gateway the cache holds, or those with selectors: what a change of a Vpc, Subnet, namespace or
+/// unowned pod may concern.
+fn gateways(
+    store: &Store<VpcEgressGateway>,
+    with_selectors: bool,
+) -> Vec<ObjectRef<VpcEgressGateway>> {
+    store
+        .state()
+        .iter()
+        .filter(|g| !with_selectors || !g.spec.selectors.is_empty())
+        .map(|g| ObjectRef::from_obj(g.as_ref()))
+        .collect()
+}
+
+/// The BFD sessions' status as OVN reports it, to notice when one changes.
+fn bfd_status(replica: &Replica) -> Vec<String> {
+    let mut status: Vec<String> = replica
+        .rows("BFD")
+        .map(|(_, row)| format!("{}={}", column(row, "dst_ip"), column(row, "status")))
+        .collect();
+    status.sort();
+    status
+}
+
+pub async fn run(
+    settings: Settings,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API: run in a cluster, or set KUBECONFIG")?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &settings.lease_namespace);
+    let mut elector = Elector::new(
+        leases,
+        &settings.lease_name,
+        &settings.identity,
+        settings.lease_duration,
+    );
+    info!(identity = %settings.identity, lease = %format!("{}/{}", settings.lease_namespace, settings.lease_name), "waiting to lead");
+    while !elector.step().await.context("acquiring the leader Lease")? {
+        tokio::time::sleep(elector.renew_interval()).await;
+    }
+    info!(identity = %settings.identity, "leading");
+
+    let ovn = Monitor::start(settings.nb.clone(), DB, &monitored_tables());
+    if !ovn.wait_connected(CONNECT_TIMEOUT).await {
+        warn!(nb = %settings.nb, "the OVN Northbound database is not reachable yet; gateways wait until it is");
+    }
+    let bfd_changes = WatchStream::new(ovn.subscribe());
+    let reporter = Reporter {
+        controller: "veg-controller".into(),
+        instance: Some(settings.identity.clone()),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        ovn,
+        default_image: settings.default_image.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+    });
+    let bfd_ovn = ctx.clone();
+    let mut last_bfd = Vec::new();
+    let bfd_trigger = bfd_changes.filter_map(move |_| {
+        let status = bfd_ovn.ovn.read(bfd_status);
+        let changed = status != last_bfd;
+        last_bfd = status;
+        futures::future::ready(changed.then_some(()))
+    });
+
+    let controller = Controller::new(
+        Api::<VpcEgressGateway>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    let (pod_store, namespace_store, network_store, subnet_store) =
+        (store.clone(), store.clone(), store.clone(), store);
+    let instances = watcher::Config::default().labels(&format!("{APP_LABEL}={APP}"));
+    let controller = controller
+        .owns(Api::<Deployment>::all(client.clone()), instances)
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default(),
+            move |pod: Pod| {
+                match pod.labels().get(GATEWAY_LABEL) {
+                    // An instance: its own gateway.
+                    Some(gateway)
+                        if pod.labels().get(APP_LABEL).map(String::as_str) == Some(APP) =>
+                    {
+                        vec![ObjectRef::new(gateway).within(&pod.namespace().unwrap_or_default())]
+                    }
+                    // Any other pod may be selected by a gateway's selectors.
+                    _ => gateways(&pod_store, true),
+                }
+            },
+        )
+        .watches(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            move |_: Namespace| gateways(&namespace_store, true),
+        )
+        .watches(
+            Api::<Vpc>::all(client.clone()),
+            watcher::Config::default(),
+            move |_: Vpc| gateways(&network_store, false),
+        )
+        .watches(
+            Api::<Subnet>::all(client.clone()),
+            watcher::Config::default(),
+            move |_: Subnet| gateways(&subnet_store, false),
+        )
+        .reconcile_all_on(bfd_trigger);
+
+    // Keep the Lease while running; losing it ends the run.
+    let (lost_tx, lost) = tokio::sync::oneshot::channel::<String>();
+    let keeper = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(elector.renew_interval()).await;
+            match elector.step().await {
+                Ok(true) => {}
+                Ok(false) => return drop(lost_tx.send("another replica holds the Lease".into())),
+                Err(e) => warn!("renewing the leader Lease failed: {e}; retrying"),
+            }
+        }
+    });
+    let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    let runner = controller
+        .graceful_shutdown_on(async move {
+            let _ = shutdown_rx.await;
+        })
+        .run(reconcile, retry, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!("controller: {e}");
+            }
+        });
+    tokio::pin!(runner, stop);
+    let lost = tokio::select! {
+        _ = &mut runner => None,
+        _ = &mut stop => Some(None),
+        reason = lost => Some(Some(reason.unwrap_or_else(|_| "the Lease keeper stopped".into()))),
+    };
+    keeper.abort();
+    if let Some(reason) = lost {
+        // Let reconciles in flight finish before returning.
+        let _ = shutdown_tx.send(());
+        runner.await;
+        if let Some(reason) = reason {
+            bail!("lost leadership: {reason}; exiting so that a restart starts clean");
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
