@@ -204,3 +204,129 @@ pub async fn run(
     info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::{
+        apps::v1::Deployment,
+        rbac::v1::{ClusterRole, PolicyRule, Role},
+    };
+    use serde::Deserialize;
+
+    const RBAC: &str = include_str!("../../../deploy/controller/rbac.yaml");
+    const DEPLOYMENT: &str = include_str!("../../../deploy/controller/deployment.yaml");
+    const KUSTOMIZATION: &str = include_str!("../../../deploy/kustomization.yaml");
+
+    fn documents(yaml: &str) -> Vec<serde_json::Value> {
+        serde_yaml::Deserializer::from_str(yaml)
+            .map(|d| serde_json::Value::deserialize(d).unwrap())
+            .collect()
+    }
+
+    fn of_kind<T: serde::de::DeserializeOwned>(yaml: &str, kind: &str) -> T {
+        let doc = documents(yaml)
+            .into_iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap();
+        serde_json::from_value(doc).unwrap()
+    }
+
+    fn allows(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool {
+        rules.iter().any(|r| {
+            r.api_groups.iter().flatten().any(|g| g == group)
+                && r.resources.iter().flatten().any(|x| x == resource)
+                && r.verbs.iter().any(|v| v == verb)
+        })
+    }
+
+    /// Every request the controller makes (reconcile, watches, finalizer, events, Lease) is allowed, and nothing
+    /// beyond: no delete anywhere, no write to what it only reads.
+    #[test]
+    fn the_controller_may_do_exactly_what_it_does() {
+        let cluster: ClusterRole = of_kind(RBAC, "ClusterRole");
+        let rules = cluster.rules.unwrap();
+        let needed = [
+            (
+                "kubeovn.io",
+                "vpc-egress-gateways",
+                &["get", "list", "watch", "patch"][..],
+            ),
+            ("kubeovn.io", "vpc-egress-gateways/status", &["patch"]),
+            ("kubeovn.io", "vpcs", &["list", "watch"]),
+            ("kubeovn.io", "subnets", &["list", "watch"]),
+            ("apps", "deployments", &["list", "watch", "create", "patch"]),
+            ("", "pods", &["list", "watch"]),
+            ("", "namespaces", &["list", "watch"]),
+            ("", "nodes", &["list", "watch"]),
+            ("events.k8s.io", "events", &["create", "patch"]),
+        ];
+        for (group, resource, verbs) in needed {
+            for verb in verbs {
+                assert!(
+                    allows(&rules, group, resource, verb),
+                    "{verb} {group}/{resource} is not granted"
+                );
+            }
+        }
+        for rule in &rules {
+            assert!(
+                !rule.verbs.iter().any(|v| v == "delete" || v == "*"),
+                "{rule:?} grants too much"
+            );
+            let read_only =
+                rule.resources.iter().flatten().any(|r| {
+                    ["pods", "namespaces", "nodes", "vpcs", "subnets"].contains(&r.as_str())
+                });
+            if read_only {
+                assert!(
+                    rule.verbs
+                        .iter()
+                        .all(|v| ["get", "list", "watch"].contains(&v.as_str())),
+                    "{rule:?}"
+                );
+            }
+        }
+        let leader: Role = of_kind(RBAC, "Role");
+        let rules = leader.rules.unwrap();
+        for verb in ["get", "create", "update"] {
+            assert!(allows(&rules, "coordination.k8s.io", "leases", verb));
+        }
+    }
+
+    #[test]
+    fn the_controller_deployment_runs_veg_controller_unprivileged() {
+        let deployment: Deployment = of_kind(DEPLOYMENT, "Deployment");
+        let pod = deployment.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("veg-controller"));
+        let container = &pod.containers[0];
+        assert_eq!(
+            container.command.as_deref(),
+            Some(&["veg".to_owned(), "controller".to_owned()][..])
+        );
+        let env: Vec<&str> = container
+            .env
+            .iter()
+            .flatten()
+            .map(|e| e.name.as_str())
+            .collect();
+        for needed in ["OVN_NB", "VEG_IMAGE", "POD_NAME", "POD_NAMESPACE"] {
+            assert!(env.contains(&needed), "{needed} is not set");
+        }
+        let security = container.security_context.as_ref().unwrap();
+        assert_eq!(security.run_as_non_root, Some(true));
+        assert_eq!(
+            security.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_owned()][..])
+        );
+        for file in [
+            "crds/vpc-egress-gateway.yaml",
+            "controller/rbac.yaml",
+            "controller/deployment.yaml",
+        ] {
+            assert!(
+                KUSTOMIZATION.contains(file),
+                "the kustomization misses {file}"
+            );
+        }
+    }
+}
