@@ -3,3 +3,4 @@
 
 pub mod gateway;
 pub mod network;
+pub mod table;
