@@ -600,3 +600,71 @@ async fn one_replica_leads_and_another_takes_over_only_after_the_lease_runs_out(
         "both or neither won the race"
     );
 }
+
+/// Wait up to 10 s for `check` to hold.
+async fn eventually(w: &World, what: &str, check: impl Fn(&World) -> bool) {
+    for _ in 0..100 {
+        if check(w) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{what} did not happen within 10 s; writes: {:?}",
+        w.writes()
+    );
+}
+
+/// The whole controller, as `veg controller` runs it: its watches notice the gateway and then its instance's pod,
+/// without anyone calling reconcile.
+#[tokio::test]
+async fn the_running_controller_reacts_to_what_it_watches() {
+    use veg_userspace::controller::run::{Settings, run_with};
+    let w = world().await;
+    let settings = Settings {
+        nb: w.nb.unix.parse().unwrap(),
+        default_image: "veg:test".into(),
+        lease_namespace: "kube-system".into(),
+        lease_name: "veg-controller".into(),
+        identity: "test".into(),
+        lease_duration: Duration::from_secs(15),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(run_with(w.client.clone(), settings, async {
+        let _ = stopped.await;
+    }));
+    w.gateway(GATEWAY1).await;
+    eventually(&w, "the Deployment", |w| {
+        w.api.get("apps", "deployments", NS, "gateway1").is_some()
+    })
+    .await;
+    w.instance(
+        "gateway1",
+        "gateway1-0",
+        "node1",
+        "10.16.0.5",
+        "172.17.0.10",
+    )
+    .await;
+    eventually(&w, "Ready", |w| w.status("gateway1")["ready"] == true).await;
+    assert_eq!(
+        w.rows("Logical_Router_Policy", "gateway1", "priority,nexthops"),
+        ["29100,10.16.0.5"]
+    );
+    let lease = w
+        .api
+        .get(
+            "coordination.k8s.io",
+            "leases",
+            "kube-system",
+            "veg-controller",
+        )
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "test");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), controller)
+        .await
+        .expect("the controller did not stop")
+        .unwrap()
+        .unwrap();
+}

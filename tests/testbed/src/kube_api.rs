@@ -1,6 +1,6 @@
 //! A Kubernetes API server in memory, behind kube-rs's mocked transport (tower-test), for controller tests: no API
 //! server can be installed here. It keeps objects by their URL (group, resource, namespace, name) and serves what
-//! a controller uses: get, list (with label selectors), create, replace (with resourceVersion conflicts), the four
+//! a controller uses: get, list (with label selectors), watch (events from the next change on), create, replace (with resourceVersion conflicts), the four
 //! kinds of patch (JSON, merge, strategic merge as merge, server-side apply as merge-or-create), the status
 //! subresource, and delete honouring finalizers and owner references (garbage collection of dependents).
 //! It records every write that changed something, so a test can assert that a reconcile changed nothing.
@@ -10,7 +10,13 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use futures::StreamExt;
 use http::{Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use kube::client::Body;
 use serde_json::{Value, json};
 
@@ -22,7 +28,32 @@ struct State {
     objects: BTreeMap<Key, Value>,
     writes: Vec<String>,
     next_version: u64,
+    watchers: Vec<Watcher>,
 }
+
+/// An open watch: what it watches, and where its events go (one JSON line each).
+struct Watcher {
+    group: String,
+    resource: String,
+    namespace: String,
+    selector: Option<String>,
+    events: tokio::sync::mpsc::UnboundedSender<Bytes>,
+}
+
+impl Watcher {
+    fn sees(&self, key: &Key, object: &Value) -> bool {
+        key.0 == self.group
+            && key.1 == self.resource
+            && (self.namespace.is_empty() || key.2 == self.namespace)
+            && self
+                .selector
+                .as_deref()
+                .is_none_or(|s| selects(s, &object["metadata"]["labels"]))
+    }
+}
+
+/// The response body: one JSON document, or a watch's stream of events.
+type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
 
 /// The server; clones share it.
 #[derive(Clone, Default)]
@@ -167,6 +198,45 @@ fn kubernetes_test_semantics(object: &Value, patch: Value) -> Value {
 }
 
 impl State {
+    /// Tell the watchers what a request changed, comparing the objects before and after it.
+    fn notify(&mut self, before: &BTreeMap<Key, Value>) {
+        let mut events = Vec::new();
+        for (key, object) in &self.objects {
+            match before.get(key) {
+                None => events.push((key, "ADDED", object)),
+                Some(old) if old != object => events.push((key, "MODIFIED", object)),
+                Some(_) => {}
+            }
+        }
+        for (key, object) in before {
+            if !self.objects.contains_key(key) {
+                events.push((key, "DELETED", object));
+            }
+        }
+        for (key, type_, object) in events {
+            let line = format!("{}\n", json!({ "type": type_, "object": object }));
+            for watcher in self.watchers.iter().filter(|w| w.sees(key, object)) {
+                let _ = watcher.events.send(Bytes::from(line.clone()));
+            }
+        }
+        self.watchers.retain(|w| !w.events.is_closed());
+    }
+
+    /// Open a watch on the collection `target` names; events start with the next change.
+    fn watch(&mut self, target: &Target, query: &str) -> ResponseBody {
+        let (events, stream) = tokio::sync::mpsc::unbounded_channel();
+        self.watchers.push(Watcher {
+            group: target.group.clone(),
+            resource: target.resource.clone(),
+            namespace: target.namespace.clone(),
+            selector: query_param(query, "labelSelector"),
+            events,
+        });
+        let frames = tokio_stream::wrappers::UnboundedReceiverStream::new(stream)
+            .map(|b| Ok(Frame::data(b)));
+        StreamBody::new(frames).boxed_unsync()
+    }
+
     fn bump(&mut self, object: &mut Value) {
         self.next_version += 1;
         object["metadata"]["resourceVersion"] = json!(self.next_version.to_string());
@@ -296,13 +366,6 @@ impl State {
             })?
         }) else {
             if *method == Method::GET {
-                if query_param(query, "watch").as_deref() == Some("true") {
-                    return status(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        "MethodNotAllowed",
-                        "watch is not served by the fake API".into(),
-                    );
-                }
                 return (
                     StatusCode::OK,
                     self.list(&target, query_param(query, "labelSelector").as_deref()),
@@ -435,38 +498,60 @@ impl State {
 impl FakeApi {
     /// Start serving; the client talks to this server only. Call inside a tokio runtime.
     pub fn start() -> (kube::Client, FakeApi) {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (service, mut handle) =
+            tower_test::mock::pair::<Request<Body>, Response<ResponseBody>>();
         let api = FakeApi::default();
         let server = api.clone();
         tokio::spawn(async move {
             while let Some((request, respond)) = handle.next_request().await {
                 let (parts, body) = request.into_parts();
                 let body = body.collect_bytes().await.unwrap_or_default();
-                let content_type = parts
-                    .headers
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned();
-                let query = parts.uri.query().unwrap_or("").to_owned();
-                let (code, value) = match parse_path(parts.uri.path()) {
-                    Some(target) => server.state.lock().unwrap().serve(
-                        &parts.method,
-                        target,
-                        &query,
-                        &content_type,
-                        &body,
-                    ),
-                    None => status(
-                        StatusCode::NOT_FOUND,
-                        "NotFound",
-                        format!("no such path {}", parts.uri.path()),
-                    ),
+                let header = |name| {
+                    parts
+                        .headers
+                        .get(name)
+                        .and_then(|v: &http::HeaderValue| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned()
                 };
+                let content_type = header(http::header::CONTENT_TYPE);
+                let query = parts.uri.query().unwrap_or("").to_owned();
+                let mut state = server.state.lock().unwrap();
+                let (code, body) = match parse_path(parts.uri.path()) {
+                    Some(target)
+                        if target.name.is_none()
+                            && query_param(&query, "watch").as_deref() == Some("true") =>
+                    {
+                        (StatusCode::OK, state.watch(&target, &query))
+                    }
+                    Some(target) => {
+                        let before = state.objects.clone();
+                        let (code, value) =
+                            state.serve(&parts.method, target, &query, &content_type, &body);
+                        state.notify(&before);
+                        (
+                            code,
+                            Full::new(Bytes::from(serde_json::to_vec(&value).unwrap_or_default()))
+                                .boxed_unsync(),
+                        )
+                    }
+                    None => {
+                        let (code, value) = status(
+                            StatusCode::NOT_FOUND,
+                            "NotFound",
+                            format!("no such path {}", parts.uri.path()),
+                        );
+                        (
+                            code,
+                            Full::new(Bytes::from(value.to_string())).boxed_unsync(),
+                        )
+                    }
+                };
+                drop(state);
                 let response = Response::builder()
                     .status(code)
                     .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(Body::from(serde_json::to_vec(&value).unwrap_or_default()))
+                    .body(body)
                     .expect("a valid response");
                 respond.send_response(response);
             }

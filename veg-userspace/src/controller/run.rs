@@ -83,6 +83,15 @@ pub async fn run(
     let client = Client::try_default()
         .await
         .context("cannot reach the Kubernetes API: run in a cluster, or set KUBECONFIG")?;
+    run_with(client, settings, stop).await
+}
+
+/// The controller on a given API client (tests give it a mocked one).
+pub async fn run_with(
+    client: Client,
+    settings: Settings,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), &settings.lease_namespace);
     let mut elector = Elector::new(
         leases,

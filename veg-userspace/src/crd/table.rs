@@ -59,7 +59,11 @@ pub fn render(gateways: &[VpcEgressGateway], wide: bool, now: Timestamp) -> Stri
         .collect();
     let mut rows = vec![
         std::iter::once("NAME".to_owned())
-            .chain(columns.iter().map(|c| c["name"].as_str().unwrap_or("").to_owned()))
+            .chain(
+                columns
+                    .iter()
+                    .map(|c| c["name"].as_str().unwrap_or("").to_owned()),
+            )
             .collect::<Vec<_>>(),
     ];
     for gateway in gateways {
@@ -100,7 +104,9 @@ mod tests {
     const NOW: i64 = 1_800_000_000;
 
     fn created(seconds_ago: i64) -> String {
-        Timestamp::from_second(NOW - seconds_ago).unwrap().to_string()
+        Timestamp::from_second(NOW - seconds_ago)
+            .unwrap()
+            .to_string()
     }
 
     /// The contract's example output (spec/vpc-egress-gateway.md), character for character.
