@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use veg_userspace::{
     datapath::pins,
-    gateway::{agent, settings::SettingsInput},
+    gateway::{agent, resource, settings::SettingsInput},
     inspect, netns,
 };
 
@@ -234,11 +234,22 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         eprintln!("veg: removed {} pin(s) of gateway {name:?}", removed.len());
         return Ok(());
     }
-    let settings = input.validate()?;
+    let mut settings = input.validate()?;
     runtime_in(settings.netns.as_deref())?.block_on(async {
         let stop = agent::StopSignals::install()?;
+        let policy_updates = match settings.resource.clone() {
+            Some(gateway) => {
+                let client = kube::Client::try_default().await.context(
+                    "--gateway needs the Kubernetes API: run in a pod, or set KUBECONFIG",
+                )?;
+                let (policy, updates) = resource::follow(client, gateway).await?;
+                settings.policy = policy;
+                Some(updates)
+            }
+            None => None,
+        };
         let running = agent::start(&settings)?;
-        agent::run(settings, running, stop).await
+        agent::run(settings, running, stop.wait(), policy_updates).await
     })
 }
 

@@ -109,6 +109,8 @@ pub fn test() -> anyhow::Result<()> {
         "--test",
         "gateway_cli",
         "--test",
+        "gateway_resource",
+        "--test",
         "bfd_interop",
         "--test",
         "ovsdb_client",

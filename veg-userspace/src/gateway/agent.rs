@@ -11,7 +11,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    sync::watch,
+};
 use tracing::{info, warn};
 use veg_common::{address::Address, config::GatewayConfig};
 
@@ -22,7 +25,7 @@ use crate::{
         engine::{Engine, EngineConfig, Snapshot},
         session::Role,
     },
-    datapath::{loader::Datapath, pins},
+    datapath::{loader::Datapath, pins, policy::DesiredPolicy},
 };
 
 const LOCK_DIR: &str = "/run/veg";
@@ -114,6 +117,20 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
     })
 }
 
+/// The next policy from the resource; never, without one (or once its follower is gone).
+async fn next_policy(
+    updates: &mut Option<watch::Receiver<DesiredPolicy>>,
+) -> Option<DesiredPolicy> {
+    let Some(receiver) = updates else {
+        return std::future::pending().await;
+    };
+    if receiver.changed().await.is_err() {
+        *updates = None;
+        return std::future::pending().await;
+    }
+    Some(receiver.borrow_and_update().clone())
+}
+
 /// SIGTERM and SIGINT, caught from before the datapath starts, so that a stop during start-up still detaches
 /// cleanly.
 pub struct StopSignals {
@@ -143,14 +160,16 @@ impl StopSignals {
     }
 }
 
-/// Serve health checks and BFD, sweep, until SIGTERM or SIGINT; then tell the BFD peers (AdminDown), and detach.
+/// Serve health checks and BFD, sweep, apply policy updates (from `--gateway`'s resource) as they come, until
+/// `stop` (SIGTERM or SIGINT); then tell the BFD peers (AdminDown), and detach.
 pub async fn run(
     settings: GatewaySettings,
     running: Running,
-    mut stop: StopSignals,
+    stop: impl std::future::Future<Output = ()>,
+    mut policy_updates: Option<watch::Receiver<DesiredPolicy>>,
 ) -> anyhow::Result<()> {
     let Running {
-        datapath,
+        mut datapath,
         _lock,
         bfd,
         bfd_status,
@@ -169,6 +188,7 @@ pub async fn run(
     });
     let flows = datapath.flow_table()?;
     let mut sweep = tokio::time::interval(settings.sweep_interval);
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = sweep.tick() => match flows.sweep() {
@@ -176,7 +196,18 @@ pub async fn run(
                 Ok(removed) => info!(removed, "expired flow entries swept"),
                 Err(e) => warn!("sweeping expired flows failed: {e:#}"),
             },
-            _ = stop.recv() => break,
+            Some(policy) = next_policy(&mut policy_updates) => {
+                match datapath.policy().and_then(|mut table| table.sync(&policy)) {
+                    Ok(changes) => info!(
+                        sources = policy.len(),
+                        added = changes.added_or_changed,
+                        removed = changes.removed,
+                        "policy synced from the resource"
+                    ),
+                    Err(e) => warn!("syncing the policy failed: {e:#}; retrying on the next change"),
+                }
+            }
+            _ = &mut stop => break,
         }
     }
     let _ = bfd_stop.send(());

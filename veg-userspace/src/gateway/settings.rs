@@ -19,6 +19,7 @@ use crate::{
         pins,
         policy::{Action, DesiredPolicy},
     },
+    gateway::resource::GatewayRef,
 };
 
 /// Translated ports are taken from this range by default: below the kernel's default ephemeral range
@@ -108,6 +109,8 @@ pub struct GatewaySettings {
     pub bfd: Option<BfdSettings>,
     /// Where /livez and /readyz are served.
     pub health_listen: SocketAddr,
+    /// The VpcEgressGateway the policy comes from (and is followed), instead of --snat/--forward.
+    pub resource: Option<GatewayRef>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +145,10 @@ pub struct SettingsInput {
     #[serde(rename = "externalIP")]
     #[arg(long, value_name = "IP")]
     pub external_ip: Option<String>,
+    /// Take the policy from this VpcEgressGateway (NAMESPACE/NAME) and the Subnets it names, and follow their
+    /// changes live, instead of --snat/--forward. Needs read access to both through the Kubernetes API.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub gateway: Option<String>,
     /// Source prefix to translate (repeatable).
     #[serde(default)]
     #[arg(long, value_name = "CIDR")]
@@ -201,6 +208,7 @@ impl SettingsInput {
         self.internal_interface = self.internal_interface.or(file.internal_interface);
         self.external_interface = self.external_interface.or(file.external_interface);
         self.external_ip = self.external_ip.or(file.external_ip);
+        self.gateway = self.gateway.or(file.gateway);
         self.snat.extend(file.snat);
         self.forward.extend(file.forward);
         self.port_range = self.port_range.or(file.port_range);
@@ -288,8 +296,19 @@ impl SettingsInput {
                 }
             }
         }
-        if policy.is_empty() {
-            bail!("no sources: give at least one --snat CIDR or --forward CIDR");
+        let resource = self
+            .gateway
+            .as_deref()
+            .map(str::parse::<GatewayRef>)
+            .transpose()?;
+        match (&resource, policy.is_empty()) {
+            (Some(gateway), false) => bail!(
+                "--gateway {gateway} takes the policy from the resource: drop --snat and --forward"
+            ),
+            (None, true) => bail!(
+                "no sources: give at least one --snat CIDR or --forward CIDR, or --gateway NAMESPACE/NAME"
+            ),
+            _ => {}
         }
         let port_range = match self.port_range {
             Some(text) => text.parse()?,
@@ -300,6 +319,7 @@ impl SettingsInput {
             bail!("invalid --max-flows {max_flows}: expected 1 to {}", 1 << 24);
         }
         Ok(GatewaySettings {
+            resource,
             bfd,
             health_listen,
             name,
@@ -401,6 +421,48 @@ mod tests {
             })
             .contains("--internal-interface is required")
         );
+    }
+
+    #[test]
+    fn the_policy_comes_from_flags_or_from_the_resource_not_both() {
+        let from_resource = SettingsInput {
+            snat: vec![],
+            forward: vec![],
+            gateway: Some("default/gateway1".into()),
+            ..input()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(
+            from_resource.resource,
+            Some(GatewayRef {
+                namespace: "default".into(),
+                name: "gateway1".into()
+            })
+        );
+        assert!(
+            from_resource.policy.is_empty(),
+            "filled in from the resource at start"
+        );
+        let both = SettingsInput {
+            gateway: Some("default/gateway1".into()),
+            ..input()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(
+            both.to_string().contains("drop --snat and --forward"),
+            "{both}"
+        );
+        let bad = SettingsInput {
+            snat: vec![],
+            forward: vec![],
+            gateway: Some("gateway1".into()),
+            ..input()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(bad.to_string().contains("NAMESPACE/NAME"), "{bad}");
     }
 
     #[test]

@@ -1,0 +1,219 @@
+//! `veg gateway --gateway NAMESPACE/NAME`: the instance takes its policy from its VpcEgressGateway and the Subnets
+//! it names, and follows their changes live. The agent runs in the lab's instance namespace (on a thread of this
+//! process, so that it can reach the in-memory API server); what counts is what the external server saw, and that
+//! a connection opened before the changes keeps working through them.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use veg_testbed::{
+    kube_api::FakeApi,
+    lab::{GATEWAY_EXTERNAL_IP, Lab, SERVER_IP},
+    netns::Netns,
+    servers::{Recorder, connect_from, tcp_echo, tcp_round_trip},
+    skip_unless_root,
+};
+use veg_userspace::{
+    crd::{gateway::VpcEgressGateway, network::Subnet},
+    datapath::pins,
+    gateway::{agent, resource, settings::SettingsInput},
+};
+
+const PORT: u16 = 8080;
+
+fn server() -> SocketAddr {
+    SocketAddr::new(SERVER_IP.parse().unwrap(), PORT)
+}
+
+/// The agent on a thread inside the instance's namespace; dropping it stops the agent and removes its pins.
+struct Agent {
+    name: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Agent {
+    fn start(instance: &Netns, name: &str, client: Client) -> Agent {
+        let settings = SettingsInput {
+            name: Some(name.into()),
+            internal_interface: Some("eth0".into()),
+            external_interface: Some("net1".into()),
+            external_ip: Some(GATEWAY_EXTERNAL_IP.into()),
+            gateway: Some("default/gateway1".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        let thread = instance.spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let mut settings = settings;
+                let (policy, updates) =
+                    resource::follow(client, settings.resource.clone().unwrap()).await?;
+                settings.policy = policy;
+                let running = agent::start(&settings)?;
+                let _ = started_tx.send(());
+                agent::run(
+                    settings,
+                    running,
+                    async { drop(stopped.await) },
+                    Some(updates),
+                )
+                .await
+            })
+        });
+        let mut agent = Agent {
+            name: name.into(),
+            stop: Some(stop),
+            thread: Some(thread),
+        };
+        if started.recv_timeout(Duration::from_secs(20)).is_err() {
+            let error = agent.thread.take().unwrap().join().unwrap();
+            panic!("the agent did not start: {error:?}");
+        }
+        agent
+    }
+
+    fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let result = thread.join();
+            if !std::thread::panicking() {
+                result.unwrap().unwrap();
+            }
+        }
+        let _ = pins::remove_gateway_pins(&self.name);
+    }
+}
+
+fn echo(stream: &mut TcpStream, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    stream.write_all(payload)?;
+    let mut buf = vec![0u8; payload.len()];
+    stream.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// Sources the server saw connections from, as addresses.
+fn sources(recorder: &Recorder) -> Vec<IpAddr> {
+    recorder.peers().iter().map(|p| p.ip()).collect()
+}
+
+/// Retry a round trip from `client` until it works (the change reached the datapath) or 15 s pass.
+fn eventually_through(client: &Netns, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match tcp_round_trip(client, 0, server(), b"hello") {
+            Ok(echoed) if echoed == b"hello" => return,
+            result if Instant::now() > deadline => {
+                panic!("{what}: still failing after 15 s: {result:?}")
+            }
+            _ => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+#[test]
+fn the_policy_follows_the_resource_live_without_breaking_flows() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let first = lab.add_client("10.16.0.2");
+    let second = lab.add_client("10.16.1.2");
+    let recorder = tcp_echo(&lab.server, PORT);
+
+    let api_runtime = tokio::runtime::Runtime::new().unwrap();
+    let (client, _api) = api_runtime.block_on(async { FakeApi::start() });
+    let subnets: Api<Subnet> = Api::all(client.clone());
+    let gateways: Api<VpcEgressGateway> = Api::namespaced(client.clone(), "default");
+    api_runtime.block_on(async {
+        let subnet: Subnet = serde_yaml::from_str("metadata: {name: clients}\nspec: {cidrBlock: 10.16.0.0/24}").unwrap();
+        subnets.create(&PostParams::default(), &subnet).await.unwrap();
+        let gateway: VpcEgressGateway = serde_yaml::from_str(
+            "metadata: {name: gateway1, namespace: default}\nspec: {externalSubnet: macvlan1, policies: [{snat: true, subnets: [clients]}]}",
+        )
+        .unwrap();
+        gateways.create(&PostParams::default(), &gateway).await.unwrap();
+    });
+    let agent = Agent::start(&lab.gateway, &format!("{}-gw", lab.prefix), client);
+    let external: IpAddr = GATEWAY_EXTERNAL_IP.parse().unwrap();
+
+    // The subnet's clients leave translated; a connection stays open through everything below.
+    let mut held = lab.client(first).run(|| connect_from(0, server())).unwrap();
+    assert_eq!(echo(&mut held, b"before").unwrap(), b"before");
+    assert_eq!(sources(&recorder), [external]);
+    assert!(
+        tcp_round_trip(lab.client(second), 0, server(), b"x").is_err(),
+        "10.16.1.2 is in no policy yet, but got through"
+    );
+
+    // The subnet grows: the second client gets through, translated, without a restart.
+    api_runtime
+        .block_on(subnets.patch(
+            "clients",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "cidrBlock": "10.16.0.0/23" } })),
+        ))
+        .unwrap();
+    eventually_through(lab.client(second), "after the subnet grew to 10.16.0.0/23");
+    assert!(
+        sources(&recorder).iter().all(|s| *s == external),
+        "{:?}",
+        sources(&recorder)
+    );
+    assert_eq!(
+        echo(&mut held, b"after the subnet changed").unwrap(),
+        b"after the subnet changed"
+    );
+
+    // The gateway now forwards the second client's range unchanged: the server sees its own address.
+    api_runtime
+        .block_on(gateways.patch(
+            "gateway1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "policies": [
+            { "snat": true, "subnets": ["clients"] },
+            { "snat": false, "ipBlocks": ["10.16.1.0/24"] },
+        ] } })),
+        ))
+        .unwrap();
+    let own: IpAddr = "10.16.1.2".parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !sources(&recorder).contains(&own) {
+        assert!(
+            Instant::now() < deadline,
+            "the forward policy never took effect: {:?}",
+            sources(&recorder)
+        );
+        let _ = tcp_round_trip(lab.client(second), 0, server(), b"forwarded");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        echo(&mut held, b"after the gateway changed").unwrap(),
+        b"after the gateway changed"
+    );
+    assert!(agent.is_running(), "the agent restarted or died");
+    drop(held);
+    drop(agent);
+}
