@@ -30,7 +30,7 @@ enum Command {
     ///
     /// Runs in the foreground until SIGINT/SIGTERM, then detaches its programs but keeps its pinned state
     /// (flows, counters, policy) in /sys/fs/bpf/veg/NAME, so a restarted agent keeps every live flow.
-    Gateway(GatewayArgs),
+    Gateway(Box<GatewayArgs>),
     /// List the live translations of a gateway on this host, like `conntrack -L`.
     Flows(InspectArgs),
     /// Show the packet counters of a gateway on this host.
@@ -200,7 +200,7 @@ fn main() {
         .with_writer(io::stderr)
         .init();
     let result = match cli.command {
-        Command::Gateway(args) => gateway(args),
+        Command::Gateway(args) => gateway(*args),
         Command::Flows(args) => {
             inspect::flows::run(&args.name, args.json, &mut io::stdout().lock())
         }
