@@ -8,6 +8,7 @@ use std::{sync::Arc, time::Duration};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Namespace, Node, Pod},
+    rbac::v1::ClusterRoleBinding,
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -127,6 +128,12 @@ async fn world() -> World {
     }
     create::<Namespace>(&client, "metadata: {name: default, labels: {egress: veg}}").await;
     create::<Namespace>(&client, "metadata: {name: team2}").await;
+    // What deploy/gateway/rbac.yaml installs: the instances' binding, without subjects.
+    create::<ClusterRoleBinding>(
+        &client,
+        "metadata: {name: veg-gateway}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: veg-gateway}",
+    )
+    .await;
     let ctx = connect(&nb, &client).await;
     World {
         nb,
@@ -245,6 +252,34 @@ async fn a_gateway_gets_its_deployment_its_ovn_rows_and_an_honest_status() {
         .unwrap();
     assert_eq!(deployment.spec.as_ref().unwrap().replicas, Some(1));
     assert_eq!(deployment.owner_references()[0].name, "gateway1");
+    // The instances run as veg-gateway, which may now read the gateway and the subnets.
+    let pod = deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert_eq!(pod.service_account_name.as_deref(), Some("veg-gateway"));
+    assert!(
+        w.api
+            .get("", "serviceaccounts", NS, "veg-gateway")
+            .is_some()
+    );
+    let binding = w
+        .api
+        .get(
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            "",
+            "veg-gateway",
+        )
+        .unwrap();
+    assert_eq!(
+        binding["subjects"],
+        json!([{ "kind": "ServiceAccount", "name": "veg-gateway", "namespace": NS }])
+    );
     assert_eq!(w.status("gateway1")["phase"], "Processing");
     assert_eq!(
         w.condition("gateway1", "Ready"),
@@ -667,4 +702,29 @@ async fn the_running_controller_reacts_to_what_it_watches() {
         .expect("the controller did not stop")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_cluster_without_the_instances_binding_gets_a_condition_that_says_what_to_install() {
+    let w = world().await;
+    Api::<ClusterRoleBinding>::all(w.client.clone())
+        .delete("veg-gateway", &DeleteParams::default())
+        .await
+        .unwrap();
+    w.gateway(GATEWAY1).await;
+    w.reconcile("gateway1").await;
+    w.reconcile("gateway1").await;
+    assert_eq!(
+        w.condition("gateway1", "Ready"),
+        ("False".into(), "ReconcileWorkloadFailed".into())
+    );
+    let message = w.status("gateway1")["conditions"][1]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("kubectl apply -k deploy/"), "{message}");
+    assert!(
+        w.api.get("apps", "deployments", NS, "gateway1").is_none(),
+        "instances that could not read their policy"
+    );
 }

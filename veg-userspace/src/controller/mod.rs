@@ -1,5 +1,6 @@
 //! `veg controller`: turns each VpcEgressGateway into running instances, OVN state and a status.
 
+pub mod access;
 pub mod instances;
 pub mod leader;
 pub mod ovn_input;

@@ -25,6 +25,7 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{
+    access,
     instances::{Observed, observe},
     ovn_input::{gateway_spec, vpc_bfd_port},
     selection::selected_ports,
@@ -124,7 +125,12 @@ async fn apply(gateway: &VpcEgressGateway, ctx: &Context) -> Result<Action, Erro
         default_image: &ctx.default_image,
     };
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
-    let applied = match workload::deployment(&inputs, &resolved.policy_cidrs) {
+    let built = workload::deployment(&inputs, &resolved.vpc_cidrs);
+    let granted = match built {
+        Ok(_) => access::grant(client, &namespace).await,
+        Err(_) => Ok(()),
+    };
+    let applied = match built.and_then(|d| granted.map(|()| d)) {
         Ok(deployment) => deployments
             .patch(
                 &workload::deployment_name(gateway),

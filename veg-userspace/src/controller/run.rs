@@ -225,6 +225,7 @@ mod tests {
     const RBAC: &str = include_str!("../../../deploy/controller/rbac.yaml");
     const DEPLOYMENT: &str = include_str!("../../../deploy/controller/deployment.yaml");
     const KUSTOMIZATION: &str = include_str!("../../../deploy/kustomization.yaml");
+    const GATEWAY_RBAC: &str = include_str!("../../../deploy/gateway/rbac.yaml");
 
     fn documents(yaml: &str) -> Vec<serde_json::Value> {
         serde_yaml::Deserializer::from_str(yaml)
@@ -268,6 +269,12 @@ mod tests {
             ("", "namespaces", &["list", "watch"]),
             ("", "nodes", &["list", "watch"]),
             ("events.k8s.io", "events", &["create", "patch"]),
+            ("", "serviceaccounts", &["get", "create", "patch"]),
+            (
+                "rbac.authorization.k8s.io",
+                "clusterrolebindings",
+                &["get", "patch"],
+            ),
         ];
         for (group, resource, verbs) in needed {
             for verb in verbs {
@@ -295,11 +302,57 @@ mod tests {
                 );
             }
         }
+        // Bindings: only the instances' own, by name.
+        let binding = rules
+            .iter()
+            .find(|r| {
+                r.resources
+                    .iter()
+                    .flatten()
+                    .any(|x| x == "clusterrolebindings")
+            })
+            .unwrap();
+        assert_eq!(
+            binding.resource_names.as_deref(),
+            Some(&["veg-gateway".to_owned()][..])
+        );
         let leader: Role = of_kind(RBAC, "Role");
         let rules = leader.rules.unwrap();
         for verb in ["get", "create", "update"] {
             assert!(allows(&rules, "coordination.k8s.io", "leases", verb));
         }
+    }
+
+    /// The instances read their gateway and the subnets, nothing else; the binding leaves its subjects to the
+    /// controller.
+    #[test]
+    fn the_instances_may_only_read_what_they_follow() {
+        let role: ClusterRole = of_kind(GATEWAY_RBAC, "ClusterRole");
+        let rules = role.rules.unwrap();
+        for resource in ["vpc-egress-gateways", "subnets"] {
+            for verb in ["get", "list", "watch"] {
+                assert!(
+                    allows(&rules, "kubeovn.io", resource, verb),
+                    "{verb} {resource}"
+                );
+            }
+        }
+        assert!(rules.iter().all(|r| {
+            r.verbs
+                .iter()
+                .all(|v| ["get", "list", "watch"].contains(&v.as_str()))
+        }));
+        let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding =
+            of_kind(GATEWAY_RBAC, "ClusterRoleBinding");
+        assert_eq!(
+            binding.metadata.name.as_deref(),
+            Some(super::super::access::BINDING)
+        );
+        assert_eq!(binding.role_ref.name, "veg-gateway");
+        assert!(
+            binding.subjects.is_none(),
+            "re-applying deploy/ would remove the controller's subjects"
+        );
     }
 
     #[test]

@@ -36,11 +36,18 @@ pub struct Resolved<'a> {
     pub external_subnet: &'a Subnet,
     /// CIDRs of the subnets the policies name, by subnet.
     pub policy_cidrs: BTreeMap<String, String>,
+    /// Every CIDR block of every subnet in the VPC (the instances route them back through the VPC).
+    pub vpc_cidrs: Vec<String>,
 }
 
 fn in_vpc(subnet: &Subnet, vpc: &str) -> bool {
     let owner = subnet.spec.vpc.as_str();
     owner == vpc || (vpc == DEFAULT_VPC && owner.is_empty())
+}
+
+/// An OVN subnet (not an attachment network such as the external macvlan subnet).
+fn is_ovn(subnet: &Subnet) -> bool {
+    matches!(subnet.spec.provider.as_str(), "" | "ovn")
 }
 
 pub fn validate<'a>(
@@ -143,7 +150,17 @@ pub fn validate<'a>(
             format!("bfd.enabled needs the BFD port of VPC {vpc_name:?} (spec.bfdPort.enabled)"),
         ));
     }
+    let mut vpc_cidrs: Vec<String> = subnets
+        .iter()
+        .filter(|s| in_vpc(s, &vpc_name) && is_ovn(s))
+        .flat_map(|s| s.spec.cidr_block.split(','))
+        .map(|c| c.trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .collect();
+    vpc_cidrs.sort();
+    vpc_cidrs.dedup();
     Ok(Resolved {
+        vpc_cidrs,
         vpc_name,
         vpc,
         internal_subnet,
@@ -207,6 +224,11 @@ mod tests {
         let resolved = validate(&g, &vpcs, &subnets).unwrap();
         assert_eq!(resolved.internal_subnet.name_any(), "subnet1");
         assert_eq!(resolved.policy_cidrs["subnet1"], "192.168.0.0/24");
+        assert_eq!(
+            resolved.vpc_cidrs,
+            ["192.168.0.0/24"],
+            "subnet1 only: subnet2 is in vpc2"
+        );
         let default_vpc =
             gateway("externalSubnet: macvlan1\npolicies: [{subnets: [ovn-default]}]\n");
         assert_eq!(
@@ -215,6 +237,27 @@ mod tests {
                 .internal_subnet
                 .name_any(),
             "ovn-default"
+        );
+    }
+
+    #[test]
+    fn the_vpc_routes_cover_its_ovn_subnets_not_attachment_networks() {
+        let (vpcs, _) = world();
+        let with_cidr = |name: &str, vpc: &str, provider: &str, cidr: &str| {
+            let mut s = subnet(name, vpc, provider);
+            s.spec.cidr_block = cidr.into();
+            s
+        };
+        let subnets = [
+            with_cidr("ovn-default", "", "", "10.16.0.0/16,fd00:10:16::/64"),
+            with_cidr("join", "ovn-cluster", "ovn", "100.64.0.0/16"),
+            with_cidr("macvlan1", "", "eth1.default", "172.17.0.0/16"),
+            with_cidr("subnet1", "vpc1", "", "192.168.0.0/24"),
+        ];
+        let g = gateway("externalSubnet: macvlan1\npolicies: [{ipBlocks: [10.16.0.0/16]}]\n");
+        assert_eq!(
+            validate(&g, &vpcs, &subnets).unwrap().vpc_cidrs,
+            ["10.16.0.0/16", "100.64.0.0/16", "fd00:10:16::/64"]
         );
     }
 

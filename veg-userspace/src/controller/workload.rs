@@ -4,8 +4,9 @@
 //! nodeSelector terms OR-ed into node affinity; the annotations Kube-OVN's CNI reads (logical switch, fixed IP
 //! pools, the external network attachment, routes).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, net::IpAddr};
 
+use ipnet::IpNet;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
@@ -33,6 +34,8 @@ pub const APP_LABEL: &str = "app";
 pub const APP: &str = "vpc-egress-gateway";
 pub const GATEWAY_LABEL: &str = "ovn.kubernetes.io/vpc-egress-gateway";
 pub const HEALTH_PORT: i32 = 8080;
+/// The instances' service account in each gateway's namespace.
+pub const GATEWAY_SERVICE_ACCOUNT: &str = "veg-gateway";
 
 /// What the workload is built from.
 pub struct Inputs<'a> {
@@ -60,31 +63,26 @@ pub fn labels(gateway: &VpcEgressGateway) -> BTreeMap<String, String> {
     ])
 }
 
-/// The CIDRs the gateway's policies name, as Kube-OVN's route annotation wants them.
-fn policy_sources(inputs: &Inputs, snat: bool, subnets: &BTreeMap<String, String>) -> Vec<String> {
-    let mut sources = Vec::new();
-    for policy in inputs
-        .gateway
-        .spec
-        .policies
-        .iter()
-        .filter(|p| p.snat == snat)
-    {
-        sources.extend(policy.ip_blocks.iter().cloned());
-        for subnet in &policy.subnets {
-            if let Some(cidrs) = subnets.get(subnet) {
-                sources.extend(cidrs.split(',').map(str::to_owned));
-            }
+/// What the instance routes back through the VPC: every subnet of the VPC, and the policies' ipBlocks that no
+/// subnet covers. Policies that change within the VPC's subnets leave the Deployment as it is: the agent follows
+/// them live (`--gateway`), so a policy edit never restarts the instances.
+fn vpc_routes(gateway: &VpcEgressGateway, vpc_cidrs: &[String]) -> Vec<String> {
+    let subnets: Vec<IpNet> = vpc_cidrs.iter().filter_map(|c| c.parse().ok()).collect();
+    let mut routes: Vec<String> = vpc_cidrs.to_vec();
+    for block in gateway.spec.policies.iter().flat_map(|p| &p.ip_blocks) {
+        let net = block
+            .parse::<IpNet>()
+            .or_else(|_| block.parse::<IpAddr>().map(IpNet::from));
+        let covered = net.is_ok_and(|net| subnets.iter().any(|s| s.contains(&net)));
+        if !covered && !routes.contains(block) {
+            routes.push(block.clone());
         }
     }
-    sources
+    routes
 }
 
 /// The Deployment, or why it cannot be built (reported as a condition, never a crash).
-pub fn deployment(
-    inputs: &Inputs,
-    subnet_cidrs: &BTreeMap<String, String>,
-) -> Result<Deployment, String> {
+pub fn deployment(inputs: &Inputs, vpc_cidrs: &[String]) -> Result<Deployment, String> {
     let gateway = inputs.gateway;
     let spec = &gateway.spec;
     let provider = &inputs.external_subnet.spec.provider;
@@ -92,10 +90,8 @@ pub fn deployment(
         format!("the external subnet's provider {provider:?} is not <attachment>.<namespace>")
     })?;
     let internal_gateway = inputs.internal_subnet.spec.gateway.clone();
-    let snat = policy_sources(inputs, true, subnet_cidrs);
-    let forward = policy_sources(inputs, false, subnet_cidrs);
 
-    // Routes in the pod: the VPC's sources (and BFD port) back through the VPC, everything else out of net1.
+    // Routes in the pod: the VPC (and its BFD port) back through the VPC, everything else out of net1.
     let bfd_ip = inputs
         .vpc
         .and_then(|v| v.spec.bfd_port.as_ref())
@@ -107,8 +103,8 @@ pub fn deployment(
         .map(|ip| json!({ "dst": ip, "gw": internal_gateway }))
         .collect();
     internal_routes.extend(
-        snat.iter()
-            .chain(&forward)
+        vpc_routes(gateway, vpc_cidrs)
+            .iter()
             .map(|cidr| json!({ "dst": cidr, "gw": internal_gateway })),
     );
     let external_routes =
@@ -162,16 +158,17 @@ pub fn deployment(
         "$(EXTERNAL_IP)",
         "--health-listen",
         &format!("0.0.0.0:{HEALTH_PORT}"),
+        // The policy comes from the resource and follows it live.
+        "--gateway",
+        &format!(
+            "{}/{}",
+            gateway.namespace().unwrap_or_default(),
+            gateway.name_any()
+        ),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    args.extend(snat.iter().flat_map(|c| ["--snat".to_owned(), c.clone()]));
-    args.extend(
-        forward
-            .iter()
-            .flat_map(|c| ["--forward".to_owned(), c.clone()]),
-    );
     if let Some(ips) = &bfd_ip {
         for ip in ips.split(',') {
             args.extend(["--bfd-peer".to_owned(), ip.to_owned()]);
@@ -316,6 +313,8 @@ pub fn deployment(
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
+                    // May read its gateway and the subnets (deploy/gateway/rbac.yaml; the controller binds it).
+                    service_account_name: Some(GATEWAY_SERVICE_ACCOUNT.into()),
                     containers: vec![container],
                     affinity: Some(Affinity {
                         pod_anti_affinity: Some(PodAntiAffinity {
@@ -387,7 +386,7 @@ mod tests {
             "apiVersion: kubeovn.io/v1\nkind: Vpc\nmetadata: {name: vpc1}\nspec: {bfdPort: {enabled: true, ip: 10.255.255.255}}\n",
         )
         .unwrap();
-        let cidrs = BTreeMap::from([("subnet1".to_owned(), "192.168.0.0/24".to_owned())]);
+        let vpc_cidrs = ["192.168.0.0/24".to_owned(), "192.168.1.0/24".to_owned()];
         let inputs = Inputs {
             gateway: &gateway,
             internal_subnet: &internal,
@@ -395,7 +394,7 @@ mod tests {
             vpc: Some(&vpc),
             default_image: "veg:dev",
         };
-        deployment(&inputs, &cidrs).unwrap()
+        deployment(&inputs, &vpc_cidrs).unwrap()
     }
 
     #[test]
@@ -458,16 +457,15 @@ mod tests {
         );
         let routes: serde_json::Value =
             serde_json::from_str(&annotations["ovn.kubernetes.io/routes"]).unwrap();
+        // The BFD port, every subnet of the VPC, and the ipBlock no subnet covers: back through the VPC.
         assert_eq!(
-            routes[0],
-            json!({ "dst": "10.255.255.255", "gw": "192.168.0.1" }),
-            "the BFD port through the VPC"
-        );
-        assert!(
-            routes
-                .as_array()
-                .unwrap()
-                .contains(&json!({ "dst": "192.168.9.0/24", "gw": "192.168.0.1" }))
+            routes,
+            json!([
+                { "dst": "10.255.255.255", "gw": "192.168.0.1" },
+                { "dst": "192.168.0.0/24", "gw": "192.168.0.1" },
+                { "dst": "192.168.1.0/24", "gw": "192.168.0.1" },
+                { "dst": "192.168.9.0/24", "gw": "192.168.0.1" },
+            ])
         );
         assert_eq!(
             annotations["eth1.default.kubernetes.io/routes"],
@@ -476,15 +474,75 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_edit_within_the_vpc_leaves_the_deployment_alone() {
+        let before = build();
+        let mut gateway = gateway2();
+        gateway.spec.policies[0].snat = false;
+        gateway.spec.policies[1].ip_blocks = vec!["192.168.1.128/25".into(), "192.168.0.7".into()];
+        let internal = subnet(
+            "subnet1",
+            "cidrBlock: 192.168.0.0/24\ngateway: 192.168.0.1\nvpc: vpc1\n",
+        );
+        let external = subnet(
+            "macvlan1",
+            "cidrBlock: 172.17.0.0/16\ngateway: 172.17.0.1\nprovider: eth1.default\n",
+        );
+        let vpc: Vpc = serde_yaml::from_str(
+            "metadata: {name: vpc1}\nspec: {bfdPort: {enabled: true, ip: 10.255.255.255}}\n",
+        )
+        .unwrap();
+        let inputs = Inputs {
+            gateway: &gateway,
+            internal_subnet: &internal,
+            external_subnet: &external,
+            vpc: Some(&vpc),
+            default_image: "veg:dev",
+        };
+        let after = deployment(
+            &inputs,
+            &["192.168.0.0/24".to_owned(), "192.168.1.0/24".to_owned()],
+        )
+        .unwrap();
+        let template = |d: Deployment| d.spec.unwrap().template;
+        let (before, after) = (template(before), template(after));
+        let routes = |t: &PodTemplateSpec| {
+            t.metadata.as_ref().unwrap().annotations.as_ref().unwrap()["ovn.kubernetes.io/routes"]
+                .clone()
+        };
+        assert_ne!(
+            routes(&before),
+            routes(&after),
+            "the uncovered 192.168.9.0/24 is gone"
+        );
+        let mut after_with_old_routes = after.clone();
+        after_with_old_routes
+            .metadata
+            .as_mut()
+            .unwrap()
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("ovn.kubernetes.io/routes".into(), routes(&before));
+        assert_eq!(
+            before, after_with_old_routes,
+            "only the routes of sources outside the VPC's subnets changed"
+        );
+    }
+
+    #[test]
     fn the_container_runs_veg_gateway_unprivileged() {
         let d = build();
         let pod = d.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("veg-gateway"));
         let c = &pod.containers[0];
         let args = c.args.as_ref().unwrap().join(" ");
+        assert!(
+            !args.contains("--snat") && !args.contains("--forward"),
+            "{args}"
+        );
         for expected in [
             "gateway --name default.gateway2 --internal-interface eth0 --external-interface net1 --external-ip $(EXTERNAL_IP)",
-            "--snat 192.168.0.0/24",
-            "--forward 192.168.9.0/24",
+            "--gateway default/gateway2",
             "--bfd-peer 10.255.255.255 --bfd-min-rx 300 --bfd-min-tx 1000 --bfd-multiplier 3",
         ] {
             assert!(args.contains(expected), "{expected:?} not in {args:?}");
@@ -536,7 +594,7 @@ mod tests {
             default_image: "veg",
         };
         assert!(
-            deployment(&inputs, &BTreeMap::new())
+            deployment(&inputs, &[])
                 .unwrap_err()
                 .contains("<attachment>.<namespace>")
         );

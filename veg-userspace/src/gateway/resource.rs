@@ -57,7 +57,9 @@ impl fmt::Display for GatewayRef {
 
 /// The datapath's policy for the gateway: each policy's ipBlocks and the IPv4 CIDRs of its subnets, translated
 /// (snat: true) or routed unchanged. IPv6 sources are for OVN only: the datapath is IPv4. A source given both
-/// ways is translated, as the reference's MASQUERADE would.
+/// ways is translated, as the reference's MASQUERADE would. Selectors pick pods anywhere in the VPC, always
+/// translated: then every source not forwarded is translated (0.0.0.0/0; the forward prefixes are more specific),
+/// as the reference's MASQUERADE of everything but forward sources; OVN sends only the selected pods here.
 pub fn policy_of(gateway: &VpcEgressGateway, subnets: &[Subnet]) -> Result<DesiredPolicy, String> {
     let mut policy = DesiredPolicy::new();
     for rule in &gateway.spec.policies {
@@ -89,6 +91,9 @@ pub fn policy_of(gateway: &VpcEgressGateway, subnets: &[Subnet]) -> Result<Desir
                 *entry = Action::Snat;
             }
         }
+    }
+    if !gateway.spec.selectors.is_empty() {
+        policy.insert(ipnet::Ipv4Net::default(), Action::Snat);
     }
     Ok(policy)
 }
@@ -216,6 +221,21 @@ mod tests {
         .map(|(net, action)| (net.parse().unwrap(), action))
         .collect();
         assert_eq!(policy, expected);
+    }
+
+    #[test]
+    fn selected_pods_are_translated_wherever_they_are() {
+        let mut g = gateway("[{ipBlocks: [10.19.0.0/16]}]");
+        g.spec.selectors =
+            serde_yaml::from_str("[{podSelector: {matchLabels: {app: web}}}]").unwrap();
+        let expected: DesiredPolicy = [
+            ("0.0.0.0/0", Action::Snat),
+            ("10.19.0.0/16", Action::Forward),
+        ]
+        .into_iter()
+        .map(|(net, action)| (net.parse().unwrap(), action))
+        .collect();
+        assert_eq!(policy_of(&g, &[]).unwrap(), expected);
     }
 
     #[test]
