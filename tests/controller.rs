@@ -490,7 +490,8 @@ async fn the_port_group_follows_selected_pods_and_namespace_labels() {
     .await;
     let pod = |namespace: &str, name: &str| {
         format!(
-            "metadata: {{name: {name}, namespace: {namespace}, labels: {{app: web}}}}\nspec: {{containers: []}}"
+            "metadata: {{name: {name}, namespace: {namespace}, labels: {{app: web}}, annotations: \
+             {{ovn.kubernetes.io/allocated: 'true', ovn.kubernetes.io/logical_router: ovn-cluster}}}}\nspec: {{containers: []}}"
         )
     };
     create_in::<Pod>(&w.client, "default", &pod("default", "web1")).await;

@@ -170,7 +170,12 @@ async fn apply(gateway: &VpcEgressGateway, ctx: &Context) -> Result<Action, Erro
             .list(&ListParams::default())
             .await
             .map_err(failed("listing pods"))?;
-        selected_ports(&gateway.spec.selectors, &namespaces.items, &pods.items)
+        selected_ports(
+            &gateway.spec.selectors,
+            &namespaces.items,
+            &pods.items,
+            &resolved.vpc_name,
+        )
     };
     let nodes = match resolved.vpc.filter(|_| gateway.spec.bfd.enabled) {
         Some(_) => {

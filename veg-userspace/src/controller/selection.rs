@@ -1,6 +1,8 @@
 //! Which pods a gateway's selectors pick: a pod is selected when its namespace matches a selector's
 //! namespaceSelector and the pod its podSelector (a missing selector matches everything). The namespace's labels
 //! are read on every reconcile, so relabelling a namespace re-selects its pods (the reference misses this).
+//! Only pods Kube-OVN has placed on the gateway's VPC count (annotations ovn.kubernetes.io/allocated=true and
+//! ovn.kubernetes.io/logical_router=<the VPC's router>): OVN can only send those to the gateway.
 //! Selected pods are named as OVN names their logical switch ports: <pod>.<namespace>.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,12 +38,13 @@ fn matches_optional(selector: &Option<LabelSelector>, labels: &BTreeMap<String, 
     selector.as_ref().is_none_or(|s| matches(s, labels))
 }
 
-/// The logical switch ports (<pod>.<namespace>) of the pods the selectors pick, sorted. Pods on the host's network
-/// have no port, and pods being deleted are left out.
+/// The logical switch ports (<pod>.<namespace>) of the pods on `router`'s VPC the selectors pick, sorted. Pods on
+/// the host's network have no port, and pods being deleted are left out.
 pub fn selected_ports(
     selectors: &[Selector],
     namespaces: &[Namespace],
     pods: &[Pod],
+    router: &str,
 ) -> Vec<String> {
     let namespace_labels: BTreeMap<String, &BTreeMap<String, String>> = namespaces
         .iter()
@@ -55,7 +58,14 @@ pub fn selected_ports(
             .as_ref()
             .and_then(|s| s.host_network)
             .unwrap_or(false);
-        if on_host || pod.metadata.deletion_timestamp.is_some() {
+        let annotations = pod.annotations();
+        let placed = annotations
+            .get("ovn.kubernetes.io/allocated")
+            .is_some_and(|v| v == "true")
+            && annotations
+                .get("ovn.kubernetes.io/logical_router")
+                .is_some_and(|r| r == router);
+        if on_host || !placed || pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
         let namespace = pod.namespace().unwrap_or_default();
@@ -98,6 +108,10 @@ mod tests {
         p.metadata.name = Some(name.into());
         p.metadata.namespace = Some(namespace.into());
         p.metadata.labels = Some(labels(pairs));
+        p.metadata.annotations = Some(labels(&[
+            ("ovn.kubernetes.io/allocated", "true"),
+            ("ovn.kubernetes.io/logical_router", "ovn-cluster"),
+        ]));
         p
     }
 
@@ -159,7 +173,18 @@ mod tests {
             host_network: Some(true),
             ..Default::default()
         });
+        let mut other_vpc = pod("a", "web4", &[("app", "web")]);
+        other_vpc
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert("ovn.kubernetes.io/logical_router".into(), "vpc1".into());
+        let mut unallocated = pod("a", "web5", &[("app", "web")]);
+        unallocated.metadata.annotations = None;
         let pods = [
+            other_vpc,
+            unallocated,
             pod("a", "web1", &[("app", "web")]),
             pod("b", "web2", &[("app", "web")]),
             pod("b", "batch1", &[("app", "batch")]),
@@ -167,7 +192,7 @@ mod tests {
             on_host,
         ];
         assert_eq!(
-            selected_ports(&selectors, &namespaces, &pods),
+            selected_ports(&selectors, &namespaces, &pods, "ovn-cluster"),
             ["batch1.b", "web1.a"]
         );
 
@@ -177,7 +202,7 @@ mod tests {
             namespace("b", &[("egress", "veg")]),
         ];
         assert_eq!(
-            selected_ports(&selectors, &relabelled, &pods),
+            selected_ports(&selectors, &relabelled, &pods, "ovn-cluster"),
             ["batch1.b", "web1.a", "web2.b"]
         );
     }
