@@ -438,3 +438,64 @@ fn the_instance_own_connections_still_work() {
         "the instance's own connection should use the kernel's ephemeral range: {own}"
     );
 }
+
+/// `veg` run where /proc/sys is read-only, as container runtimes mount it in a pod (a private mount namespace with
+/// /proc/sys bound read-only). The script goes away with the value.
+struct ReadOnlyProcSys {
+    dir: std::path::PathBuf,
+}
+
+impl ReadOnlyProcSys {
+    fn new() -> ReadOnlyProcSys {
+        let dir = std::env::temp_dir().join(format!("veg-ro-proc-sys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = format!(
+            "#!/bin/sh\nexec unshare --mount --propagation private sh -c \
+             'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec \"$0\" \"$@\"' {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_veg")
+        );
+        let path = dir.join("veg");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        ReadOnlyProcSys { dir }
+    }
+
+    fn veg(&self) -> String {
+        self.dir.join("veg").display().to_string()
+    }
+}
+
+impl Drop for ReadOnlyProcSys {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn the_gateway_turns_forwarding_on_and_off_where_proc_sys_is_read_only_as_in_a_pod() {
+    if skip_unless_root() {
+        return;
+    }
+    let wrapper = ReadOnlyProcSys::new();
+    // The wrapper really takes /proc/sys away from writers.
+    let probe = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && echo 1 > /proc/sys/net/ipv4/ip_forward")
+        .output()
+        .unwrap();
+    assert!(!probe.status.success(), "/proc/sys was still writable");
+
+    let mut lab = Lab::new(&wrapper.veg());
+    let client = lab.add_client("10.16.0.2");
+    let mut gateway = lab.start_gateway(&[]);
+    let udp = udp_echo(&lab.server, UDP_PORT);
+    udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"running").unwrap();
+    assert_eq!(udp.peers()[0].ip(), external_ip());
+    gateway.stop();
+    assert!(
+        udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"stopped").is_err(),
+        "forwarding stayed on after the agent stopped"
+    );
+    assert_eq!(udp.peers().len(), 1);
+}

@@ -397,6 +397,26 @@ mod tests {
         deployment(&inputs, &vpc_cidrs).unwrap()
     }
 
+    /// The whole Deployment, field by field, against the checked-in YAML a reviewer reads. After an intended
+    /// change, regenerate it: VEG_BLESS=1 cargo test -p veg-userspace --lib workload.
+    #[test]
+    fn the_whole_deployment_is_as_reviewed() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/controller/testdata/deployment-gateway2.yaml"
+        );
+        let produced = serde_yaml::to_string(&build()).unwrap();
+        if std::env::var_os("VEG_BLESS").is_some() {
+            std::fs::write(path, &produced).unwrap();
+        }
+        let reviewed = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            produced == reviewed,
+            "the Deployment differs from {path}; if intended, regenerate it with \
+             VEG_BLESS=1 cargo test -p veg-userspace --lib workload\n--- produced:\n{produced}"
+        );
+    }
+
     #[test]
     fn the_deployment_follows_the_reference() {
         let d = build();

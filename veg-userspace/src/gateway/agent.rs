@@ -1,8 +1,8 @@
 //! The agent's life: check the instance, load and configure the datapath, attach it, sweep expired flows, and on
 //! SIGTERM or SIGINT detach while keeping the pinned state, so that a restarted agent keeps every live flow.
 //!
-//! The agent owns IPv4 forwarding in its namespace: on only while the programs are attached, so that nothing is
-//! ever forwarded untranslated. While the agent restarts, packets are dropped (TCP retransmits) rather than leaked.
+//! The agent owns IPv4 forwarding of its two interfaces: on only while the programs are attached, so that nothing
+//! is ever forwarded untranslated. It sets it over netlink, since /proc/sys is read-only in a pod. While the agent restarts, packets are dropped (TCP retransmits) rather than leaked.
 
 use std::{
     net::IpAddr,
@@ -95,7 +95,11 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
         ready: 1,
     })?;
     datapath.attach(&settings.internal_interface, &settings.external_interface)?;
-    host::set_forwarding(true)?;
+    host::set_forwarding(
+        &settings.internal_interface,
+        &settings.external_interface,
+        true,
+    )?;
     let live = datapath.flow_table()?.entries()?.len() / 2;
     info!(
         name = %settings.name,
@@ -215,7 +219,11 @@ pub async fn run(
         task.await??;
     }
     let pin_dir = datapath.pin_dir().to_owned();
-    host::set_forwarding(false)?;
+    host::set_forwarding(
+        &settings.internal_interface,
+        &settings.external_interface,
+        false,
+    )?;
     drop(datapath);
     info!(
         pins = %pin_dir.display(),

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::settings::PortRange;
+use super::{netconf, settings::PortRange};
 
 /// The interfaces of the current network namespace.
 pub fn interface_names() -> Vec<String> {
@@ -117,17 +117,21 @@ pub fn check_port_range(range: PortRange) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// IPv4 forwarding in the instance. The datapath's route lookups need it on; without the datapath it must be off,
-/// or the kernel would forward clients' packets untranslated. So the agent turns it on only once its programs are
-/// attached, and off again before it detaches them.
-pub fn set_forwarding(on: bool) -> anyhow::Result<()> {
-    let path = "/proc/sys/net/ipv4/conf/all/forwarding";
-    std::fs::write(path, if on { "1" } else { "0" }).with_context(|| {
-        format!(
-            "turning IPv4 forwarding {} ({path})",
-            if on { "on" } else { "off" }
-        )
-    })
+/// IPv4 forwarding on the instance's two interfaces. The datapath's route lookups need it on; without the datapath
+/// it must be off, or the kernel would forward clients' packets untranslated. So the agent turns it on only once
+/// its programs are attached, and off again before it detaches them. Set over netlink: /proc/sys is read-only in
+/// a pod.
+pub fn set_forwarding(internal: &str, external: &str, on: bool) -> anyhow::Result<()> {
+    for (name, role) in [(internal, "internal"), (external, "external")] {
+        let index = interface_index(name, role)?;
+        netconf::set_forwarding(index, on).with_context(|| {
+            format!(
+                "turning IPv4 forwarding {} on {name}",
+                if on { "on" } else { "off" }
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// An exclusive lock per gateway name, so that two agents never drive the same maps. The file goes away with

@@ -3,5 +3,6 @@
 pub mod agent;
 pub mod health;
 pub mod host;
+pub mod netconf;
 pub mod resource;
 pub mod settings;
