@@ -92,6 +92,27 @@ pub fn parse_cidr(s: &str) -> anyhow::Result<Ipv4Net> {
     Ok(net)
 }
 
+/// The external IPv4 address. Kube-OVN writes a dual-stack attachment's addresses as "v4,v6"; the datapath
+/// translates IPv4, so it takes the IPv4 one.
+fn external_ipv4(text: &str) -> anyhow::Result<Ipv4Addr> {
+    let addresses: Vec<IpAddr> = text
+        .split(',')
+        .map(|a| a.trim().parse::<IpAddr>())
+        .collect::<Result<_, _>>()
+        .with_context(|| {
+            format!("invalid --external-ip {text:?}: expected an IPv4 address (or \"v4,v6\")")
+        })?;
+    addresses
+        .into_iter()
+        .find_map(|a| match a {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .with_context(|| {
+            format!("--external-ip {text:?} has no IPv4 address: the datapath translates IPv4")
+        })
+}
+
 /// Everything `veg gateway` needs, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatewaySettings {
@@ -280,9 +301,7 @@ impl SettingsInput {
         let name = required(self.name, "--name")?;
         pins::validate_name(&name)?;
         let external_ip_text = required(self.external_ip, "--external-ip")?;
-        let external_ip = external_ip_text.parse::<Ipv4Addr>().with_context(|| {
-            format!("invalid --external-ip {external_ip_text:?}: expected an IPv4 address")
-        })?;
+        let external_ip = external_ipv4(&external_ip_text)?;
         let mut policy = DesiredPolicy::new();
         for (sources, action) in [(&self.snat, Action::Snat), (&self.forward, Action::Forward)] {
             for source in sources {
@@ -463,6 +482,33 @@ mod tests {
         .validate()
         .unwrap_err();
         assert!(bad.to_string().contains("NAMESPACE/NAME"), "{bad}");
+    }
+
+    #[test]
+    fn a_dual_stack_external_address_gives_its_ipv4() {
+        let with = |ip: &str| {
+            SettingsInput {
+                external_ip: Some(ip.into()),
+                ..input()
+            }
+            .validate()
+        };
+        assert_eq!(
+            with("fd00::11,172.17.0.11").unwrap().external_ip,
+            Ipv4Addr::new(172, 17, 0, 11)
+        );
+        assert!(
+            with("fd00::11")
+                .unwrap_err()
+                .to_string()
+                .contains("no IPv4 address")
+        );
+        assert!(
+            with("172.17.0")
+                .unwrap_err()
+                .to_string()
+                .contains("invalid --external-ip")
+        );
     }
 
     #[test]
