@@ -30,7 +30,7 @@ use super::{
     ovn_input::{gateway_spec, vpc_bfd_port},
     selection::selected_ports,
     status::{self, Outcome, READY},
-    validation::{Problem, validate},
+    validation::{Problem, Resolved, validate},
     workload::{self, Inputs},
 };
 use crate::{
@@ -117,31 +117,7 @@ async fn apply(gateway: &VpcEgressGateway, ctx: &Context) -> Result<Action, Erro
         }
     };
     let namespace = gateway.namespace().unwrap_or_default();
-    let inputs = Inputs {
-        gateway,
-        internal_subnet: resolved.internal_subnet,
-        external_subnet: resolved.external_subnet,
-        vpc: resolved.vpc,
-        default_image: &ctx.default_image,
-    };
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
-    let built = workload::deployment(&inputs, &resolved.vpc_cidrs);
-    let granted = match built {
-        Ok(_) => access::grant(client, &namespace).await,
-        Err(_) => Ok(()),
-    };
-    let applied = match built.and_then(|d| granted.map(|()| d)) {
-        Ok(deployment) => deployments
-            .patch(
-                &workload::deployment_name(gateway),
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&deployment),
-            )
-            .await
-            .map(drop)
-            .map_err(|e| e.to_string()),
-        Err(message) => Err(message),
-    };
+    let applied = apply_workload(gateway, &resolved, ctx).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let selector = ListParams::default().labels(&status::label_selector(gateway));
     let owned = pods
@@ -159,34 +135,8 @@ async fn apply(gateway: &VpcEgressGateway, ctx: &Context) -> Result<Action, Erro
         return Ok(Action::requeue(RETRY));
     }
 
-    let ports = if gateway.spec.selectors.is_empty() {
-        Vec::new()
-    } else {
-        let namespaces = Api::<Namespace>::all(client.clone())
-            .list(&ListParams::default())
-            .await
-            .map_err(failed("listing namespaces"))?;
-        let pods = Api::<Pod>::all(client.clone())
-            .list(&ListParams::default())
-            .await
-            .map_err(failed("listing pods"))?;
-        selected_ports(
-            &gateway.spec.selectors,
-            &namespaces.items,
-            &pods.items,
-            &resolved.vpc_name,
-        )
-    };
-    let nodes = match resolved.vpc.filter(|_| gateway.spec.bfd.enabled) {
-        Some(_) => {
-            Api::<Node>::all(client.clone())
-                .list(&ListParams::default())
-                .await
-                .map_err(failed("listing nodes"))?
-                .items
-        }
-        None => Vec::new(),
-    };
+    let ports = selected_pod_ports(gateway, &resolved, client).await?;
+    let nodes = bfd_port_nodes(gateway, &resolved, client).await?;
     let programmed = program_ovn(gateway, &resolved, &instances, ports, &nodes, &ctx.ovn).await;
     let outcome = match programmed {
         Ok(()) => Outcome::Applied {
@@ -202,10 +152,81 @@ async fn apply(gateway: &VpcEgressGateway, ctx: &Context) -> Result<Action, Erro
     Ok(Action::requeue(if ready { RESYNC } else { RETRY }))
 }
 
+/// The switch ports of the pods the gateway's selectors pick (none without selectors).
+async fn selected_pod_ports(
+    gateway: &VpcEgressGateway,
+    resolved: &Resolved<'_>,
+    client: &kube::Client,
+) -> Result<Vec<String>, Error> {
+    if gateway.spec.selectors.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all = ListParams::default();
+    let namespaces = Api::<Namespace>::all(client.clone())
+        .list(&all)
+        .await
+        .map_err(failed("listing namespaces"))?;
+    let pods = Api::<Pod>::all(client.clone())
+        .list(&all)
+        .await
+        .map_err(failed("listing pods"))?;
+    Ok(selected_ports(
+        &gateway.spec.selectors,
+        &namespaces.items,
+        &pods.items,
+        &resolved.vpc_name,
+    ))
+}
+
+/// The nodes, to place the VPC's BFD port, when the gateway uses BFD on a VPC (none otherwise).
+async fn bfd_port_nodes(
+    gateway: &VpcEgressGateway,
+    resolved: &Resolved<'_>,
+    client: &kube::Client,
+) -> Result<Vec<Node>, Error> {
+    if resolved.vpc.is_none() || !gateway.spec.bfd.enabled {
+        return Ok(Vec::new());
+    }
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(failed("listing nodes"))?;
+    Ok(nodes.items)
+}
+
+/// The instances' access to their policy, then their Deployment (server-side apply: changes nothing when it is
+/// as built), or why not.
+async fn apply_workload(
+    gateway: &VpcEgressGateway,
+    resolved: &Resolved<'_>,
+    ctx: &Context,
+) -> Result<(), String> {
+    let namespace = gateway.namespace().unwrap_or_default();
+    let inputs = Inputs {
+        gateway,
+        internal_subnet: resolved.internal_subnet,
+        external_subnet: resolved.external_subnet,
+        vpc: resolved.vpc,
+        default_image: &ctx.default_image,
+    };
+    let deployment = workload::deployment(&inputs, &resolved.vpc_cidrs)?;
+    access::grant(&ctx.client, &namespace).await?;
+    let name = workload::deployment_name(gateway);
+    Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&deployment),
+        )
+        .await
+        .map_err(|e| format!("applying Deployment {namespace}/{name}: {e}"))?;
+    Ok(())
+}
+
 /// Bring OVN to the gateway (and its VPC's BFD port when BFD is on).
 async fn program_ovn(
     gateway: &VpcEgressGateway,
-    resolved: &super::validation::Resolved<'_>,
+    resolved: &Resolved<'_>,
     instances: &[Observed],
     ports: Vec<String>,
     nodes: &[Node],
