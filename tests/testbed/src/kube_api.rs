@@ -1,16 +1,16 @@
 //! A Kubernetes API server in memory, behind kube-rs's mocked transport (tower-test), for controller tests: no API
 //! server can be installed here. It keeps objects by their URL (group, resource, namespace, name) and serves what
-//! a controller uses: get, list (with label selectors), watch (events from the next change on), create, replace (with resourceVersion conflicts), the four
-//! kinds of patch (JSON, merge, strategic merge as merge, server-side apply as merge-or-create), the status
-//! subresource, and delete honouring finalizers and owner references (garbage collection of dependents).
-//! It records every write that changed something, so a test can assert that a reconcile changed nothing.
+//! a controller uses: get, list (with label selectors), watch (events from the next change on), create, replace
+//! (with resourceVersion conflicts), the four kinds of patch (JSON, merge, strategic merge as merge, server-side
+//! apply as merge-or-create), the status subresource, and delete honouring finalizers and owner references
+//! (garbage collection of dependents). It records every write that changed something, so a test can assert that
+//! a reconcile changed nothing.
 
 use std::{
     collections::BTreeMap,
+    convert::Infallible,
     sync::{Arc, Mutex},
 };
-
-use std::convert::Infallible;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -155,30 +155,11 @@ fn status(code: StatusCode, reason: &str, message: String) -> (StatusCode, Value
     (code, body)
 }
 
+/// RFC 3339 seconds, as the API server writes timestamps.
 fn now() -> String {
-    // RFC 3339 seconds, as the API server writes timestamps.
-    let seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs() as i64;
-    let days = seconds.div_euclid(86_400);
-    let secs = seconds.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// The API server's JSON patch (evanphx/json-patch) passes a test for null on a missing path; json_patch does not.
