@@ -6,6 +6,7 @@ pub mod crd;
 pub mod datapath;
 pub mod gateway;
 pub mod inspect;
+pub mod lab;
 pub mod netns;
 pub mod ovn;
 pub mod ovsdb;

@@ -48,9 +48,34 @@ enum Command {
     /// Talks to the Kubernetes API (in-cluster, or KUBECONFIG) and to the OVN Northbound database. Only the replica
     /// holding the leader Lease works; the others wait. Runs until SIGINT/SIGTERM.
     Controller(ControllerArgs),
+    /// The lab: the whole gateway on this machine with real OVN and Open vSwitch, pods and instances as network
+    /// namespaces (run as root).
+    Lab(LabArgs),
     /// Run BFD sessions (RFC 5880/5881, asynchronous, single hop) toward peers, in the foreground until
     /// SIGINT/SIGTERM; `veg bfd status` lists them while it runs.
     Bfd(BfdArgs),
+}
+
+#[derive(Args)]
+struct LabArgs {
+    /// Where the lab keeps its databases, sockets, pidfiles, logs and state.
+    #[arg(long, global = true, value_name = "DIR", default_value = veg_userspace::lab::DEFAULT_DIR)]
+    dir: PathBuf,
+    /// Prefix of every network namespace of the lab.
+    #[arg(long, global = true, value_name = "PREFIX", default_value = veg_userspace::lab::DEFAULT_PREFIX)]
+    prefix: String,
+    #[command(subcommand)]
+    command: LabCommand,
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Start OVN and Open vSwitch and build the network (a lab already there is replaced).
+    Up,
+    /// Stop everything and remove every namespace and file of the lab.
+    Down,
+    /// Say what runs; exits 1 when the lab is not (fully) up.
+    Status,
 }
 
 #[derive(Args)]
@@ -210,6 +235,7 @@ fn main() {
         Command::Bfd(args) => bfd(args),
         Command::Ovn { command } => ovn(command),
         Command::Controller(args) => controller(args),
+        Command::Lab(args) => lab(args),
         Command::Crd => {
             print!("{}", veg_userspace::crd::gateway::crd_yaml());
             Ok(())
@@ -345,6 +371,22 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         let stop = agent::StopSignals::install()?;
         run::run(settings, stop.wait()).await
     })
+}
+
+fn lab(args: LabArgs) -> anyhow::Result<()> {
+    use veg_userspace::lab::Lab;
+    let lab = Lab::new(&args.dir, &args.prefix);
+    let mut out = io::stdout().lock();
+    match args.command {
+        LabCommand::Up => lab.up(&mut out),
+        LabCommand::Down => lab.down(&mut out),
+        LabCommand::Status => {
+            if !lab.status(&mut out)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
 }
 
 /// A single-threaded runtime, after entering the named network namespace when one is given. The order matters:

@@ -1,0 +1,235 @@
+//! The lab: the whole gateway on one machine with real OVN. `veg lab up` starts OVN and Open vSwitch as plain
+//! processes and builds a cluster-like network of network namespaces (see network.rs); `veg lab down` removes all
+//! of it; `veg lab status` says what runs. Everything the lab creates is named after its prefix (namespaces) or
+//! lives in its directory (databases, sockets, pidfiles, logs), so that `down` finds it all.
+
+pub mod command;
+pub mod daemons;
+pub mod network;
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+
+use command::{run, run_with_env};
+
+/// The lab's only chassis, and the node every instance reports.
+pub const CHASSIS: &str = "kube-ovn-worker";
+pub const DEFAULT_DIR: &str = "/run/veg-lab";
+pub const DEFAULT_PREFIX: &str = "veglab";
+
+pub struct Lab {
+    /// Databases, sockets, pidfiles, logs and the lab's state.
+    pub dir: PathBuf,
+    /// Every network namespace of the lab is named <prefix>-<name>.
+    pub prefix: String,
+}
+
+impl Lab {
+    pub fn new(dir: impl Into<PathBuf>, prefix: &str) -> Lab {
+        Lab {
+            dir: dir.into(),
+            prefix: prefix.into(),
+        }
+    }
+
+    fn dir_str(&self) -> &str {
+        self.dir.to_str().expect("the lab directory is UTF-8")
+    }
+
+    pub fn netns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    /// Where ovs-vswitchd, ovn-controller and the host ends of every veth live.
+    pub fn host_netns(&self) -> String {
+        self.netns("host")
+    }
+
+    pub fn underlay_netns(&self) -> String {
+        self.netns("underlay")
+    }
+
+    /// The external server, also the external subnet's gateway.
+    pub fn external_netns(&self) -> String {
+        self.netns("external")
+    }
+
+    /// A short interface name (at most 15 characters) unique to `netns`.
+    fn host_end(&self, netns: &str) -> String {
+        let digest = Sha256::digest(netns.as_bytes());
+        let hex: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
+        format!("h{hex}")
+    }
+
+    pub fn nb(&self) -> String {
+        format!("unix:{}/nb.sock", self.dir_str())
+    }
+
+    pub fn nbctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let db = format!("--db={}", self.nb());
+        run("ovn-nbctl", &[&[db.as_str()][..], args].concat())
+    }
+
+    pub fn sbctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let db = format!("--db=unix:{}/sb.sock", self.dir_str());
+        run("ovn-sbctl", &[&[db.as_str()][..], args].concat())
+    }
+
+    pub fn vsctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        let db = format!("--db=unix:{}/conf.sock", self.dir_str());
+        run_with_env(
+            "ovs-vsctl",
+            &[&[db.as_str()][..], args].concat(),
+            &[("OVS_RUNDIR", self.dir_str())],
+        )
+    }
+
+    fn add_netns(&self, name: &str) -> anyhow::Result<()> {
+        run("ip", &["netns", "add", name])?;
+        command::run_in(name, "ip", &["link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// The lab's namespaces that exist now.
+    pub fn namespaces(&self) -> Vec<String> {
+        let listed = run("ip", &["netns", "list"]).unwrap_or_default();
+        let mine = format!("{}-", self.prefix);
+        listed
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&mine))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Start everything. A lab that is already (partly) there is taken down first, so `up` always ends in a
+    /// fresh lab.
+    pub fn up(&self, out: &mut impl Write) -> anyhow::Result<()> {
+        let started = Instant::now();
+        if self.dir.exists() || !self.namespaces().is_empty() {
+            writeln!(out, "lab: removing the previous lab first")?;
+            self.down(&mut std::io::sink())?;
+        }
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
+        let result = self.build(out);
+        if result.is_err() {
+            // Leave nothing half-built behind.
+            let _ = self.down(&mut std::io::sink());
+        }
+        result?;
+        writeln!(
+            out,
+            "lab: up in {:.1} s (`veg lab status`, `veg lab down`)",
+            started.elapsed().as_secs_f64()
+        )?;
+        Ok(())
+    }
+
+    fn build(&self, out: &mut impl Write) -> anyhow::Result<()> {
+        writeln!(
+            out,
+            "lab: starting OVN (Northbound, Southbound, northd) and Open vSwitch (userspace datapath)"
+        )?;
+        self.add_netns(&self.host_netns())?;
+        daemons::start(&self.dir, &self.host_netns(), CHASSIS)?;
+        writeln!(
+            out,
+            "lab: routers ovn-cluster and vpc1 (bound to chassis {CHASSIS}), switches ovn-default and subnet1"
+        )?;
+        self.build_switches()?;
+        writeln!(
+            out,
+            "lab: client pods {}",
+            network::CLIENTS.map(|c| c.0).join(", ")
+        )?;
+        self.build_clients()?;
+        writeln!(
+            out,
+            "lab: underlay with the external server {}",
+            network::EXTERNAL_GATEWAY
+        )?;
+        self.build_underlay()?;
+        // Everything bound and flows installed before anyone sends traffic.
+        self.nbctl(&["--wait=hv", "--timeout=30", "sync"])
+            .context("waiting for ovn-controller to install the flows")?;
+        Ok(())
+    }
+
+    /// Stop every daemon and remove every namespace and file of the lab. Safe to run on a lab that is not there.
+    pub fn down(&self, out: &mut impl Write) -> anyhow::Result<()> {
+        daemons::stop(&self.dir);
+        let namespaces = self.namespaces();
+        for netns in &namespaces {
+            run("ip", &["netns", "del", netns])
+                .with_context(|| format!("removing namespace {netns}"))?;
+        }
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir)
+                .with_context(|| format!("removing {}", self.dir.display()))?;
+        }
+        writeln!(out, "lab: down ({} namespace(s) removed)", namespaces.len())?;
+        Ok(())
+    }
+
+    /// Say what runs; true when the whole lab does.
+    pub fn status(&self, out: &mut impl Write) -> anyhow::Result<bool> {
+        if !self.dir.exists() {
+            writeln!(out, "lab: not up (`veg lab up` starts it)")?;
+            return Ok(false);
+        }
+        let mut healthy = true;
+        for (daemon, running) in daemons::status(&self.dir) {
+            writeln!(
+                out,
+                "daemon {daemon:<10} {}",
+                if running { "running" } else { "NOT RUNNING" }
+            )?;
+            healthy &= running;
+        }
+        let chassis = self
+            .sbctl(&["--bare", "--columns=name", "list", "Chassis"])
+            .unwrap_or_default();
+        let registered = chassis.split_whitespace().any(|c| c == CHASSIS);
+        writeln!(
+            out,
+            "chassis {CHASSIS:<10} {}",
+            if registered {
+                "registered"
+            } else {
+                "NOT REGISTERED"
+            }
+        )?;
+        healthy &= registered;
+        let namespaces = self.namespaces();
+        writeln!(out, "namespaces: {}", namespaces.join(" "))?;
+        writeln!(
+            out,
+            "Northbound: {} (ovn-nbctl --db={} show)",
+            self.nb(),
+            self.nb()
+        )?;
+        Ok(healthy)
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.join(file)
+    }
+}
+
+/// Is `dir` a lab directory (for commands that need a running lab)?
+pub fn require_up(dir: &Path) -> anyhow::Result<()> {
+    if !dir.join("nb.sock").exists() {
+        anyhow::bail!(
+            "the lab is not up ({} has no nb.sock): run `cargo xtask lab up` first",
+            dir.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! The lab's cluster network, as a Kube-OVN cluster has it:
+//!
+//!   default VPC: router ovn-cluster, switch ovn-default 10.16.0.0/16 (gateway 10.16.0.1); its default route
+//!                points nowhere (10.16.0.254), so only what a gateway reroutes leaves the VPC
+//!   vpc1:        router vpc1 bound to the chassis (OVN 23.03 runs BFD and ecmp-symmetric-reply only on such
+//!                gateway routers), switch subnet1 192.168.0.0/24 (gateway 192.168.0.1)
+//!   pods:        network namespaces on those switches (a veth into br-int with the pod's logical switch port)
+//!   underlay:    the node's link, with the external server 172.17.0.1 (also the external subnet's gateway)
+//!                on its far end; instances get a macvlan on it, as Multus gives them net1
+//!
+//! Pods and instances join a switch the same way; checksum offload is off on both ends of their veth, as OVS's
+//! userspace datapath needs.
+
+use std::net::Ipv4Addr;
+
+use anyhow::Context as _;
+
+use super::{Lab, command::run};
+
+pub struct Switch {
+    pub name: &'static str,
+    pub router: &'static str,
+    pub cidr: &'static str,
+    pub gateway: &'static str,
+}
+
+pub const DEFAULT_SWITCH: Switch = Switch {
+    name: "ovn-default",
+    router: "ovn-cluster",
+    cidr: "10.16.0.0/16",
+    gateway: "10.16.0.1",
+};
+
+pub const VPC1_SWITCH: Switch = Switch {
+    name: "subnet1",
+    router: "vpc1",
+    cidr: "192.168.0.0/24",
+    gateway: "192.168.0.1",
+};
+
+pub const SWITCHES: [&Switch; 2] = [&DEFAULT_SWITCH, &VPC1_SWITCH];
+
+/// The external network: the underlay, its gateway and the external server (one namespace).
+pub const EXTERNAL_CIDR: &str = "172.17.0.0/16";
+pub const EXTERNAL_GATEWAY: &str = "172.17.0.1";
+
+/// The client pods, all in Kubernetes namespace "default": (name, switch, address).
+pub const CLIENTS: [(&str, &Switch, &str); 5] = [
+    ("client1", &DEFAULT_SWITCH, "10.16.0.2"),
+    ("client2", &DEFAULT_SWITCH, "10.16.0.3"),
+    ("client3", &DEFAULT_SWITCH, "10.16.0.4"),
+    ("vpc1-client1", &VPC1_SWITCH, "192.168.0.2"),
+    ("vpc1-client2", &VPC1_SWITCH, "192.168.0.3"),
+];
+
+/// A MAC address that only this IPv4 address gets (locally administered).
+pub fn mac_of(address: Ipv4Addr) -> String {
+    let [a, b, c, d] = address.octets();
+    format!("0a:58:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
+fn prefix_len(cidr: &str) -> &str {
+    cidr.split_once('/').map_or("32", |(_, len)| len)
+}
+
+impl Lab {
+    /// Routers, switches and their router ports; the default VPC's route to nowhere; vpc1 bound to the chassis.
+    pub fn build_switches(&self) -> anyhow::Result<()> {
+        for switch in SWITCHES {
+            let gateway: Ipv4Addr = switch.gateway.parse()?;
+            let router_port = format!("{}-{}", switch.router, switch.name);
+            let switch_port = format!("{}-{}", switch.name, switch.router);
+            let network = format!("{}/{}", switch.gateway, prefix_len(switch.cidr));
+            self.nbctl(&["--may-exist", "lr-add", switch.router])?;
+            self.nbctl(&["--may-exist", "ls-add", switch.name])?;
+            self.nbctl(&[
+                "--may-exist",
+                "lrp-add",
+                switch.router,
+                &router_port,
+                &mac_of(gateway),
+                &network,
+            ])?;
+            self.nbctl(&[
+                "--may-exist",
+                "lsp-add",
+                switch.name,
+                &switch_port,
+                "--",
+                "lsp-set-type",
+                &switch_port,
+                "router",
+                "--",
+                "lsp-set-addresses",
+                &switch_port,
+                "router",
+                "--",
+                "lsp-set-options",
+                &switch_port,
+                &format!("router-port={router_port}"),
+            ])?;
+        }
+        self.nbctl(&[
+            "--may-exist",
+            "lr-route-add",
+            DEFAULT_SWITCH.router,
+            "0.0.0.0/0",
+            "10.16.0.254",
+        ])?;
+        self.nbctl(&[
+            "set",
+            "Logical_Router",
+            VPC1_SWITCH.router,
+            &format!("options:chassis={}", super::CHASSIS),
+        ])?;
+        Ok(())
+    }
+
+    /// Put network namespace `netns` on `switch` as logical switch port `port`, with `address`; its default route
+    /// through the switch's gateway unless `default_route` is false.
+    pub fn attach(
+        &self,
+        netns: &str,
+        switch: &Switch,
+        port: &str,
+        address: Ipv4Addr,
+        default_route: bool,
+    ) -> anyhow::Result<()> {
+        let mac = mac_of(address);
+        self.nbctl(&[
+            "--may-exist",
+            "lsp-add",
+            switch.name,
+            port,
+            "--",
+            "lsp-set-addresses",
+            port,
+            &format!("{mac} {address}"),
+        ])?;
+        let host = self.host_netns();
+        // The host end is named after the namespace (at most 15 characters), inside the lab's host namespace.
+        let host_end = self.host_end(netns);
+        run(
+            "ip",
+            &[
+                "link", "add", &host_end, "netns", &host, "type", "veth", "peer", "name", "eth0",
+                "netns", netns,
+            ],
+        )?;
+        let in_host = |args: &[&str]| super::command::run_in(&host, args[0], &args[1..]);
+        in_host(&["ip", "link", "set", &host_end, "up"])?;
+        in_host(&["ethtool", "-K", &host_end, "tx", "off"])?;
+        let in_ns = |args: &[&str]| super::command::run_in(netns, args[0], &args[1..]);
+        in_ns(&["ip", "link", "set", "eth0", "address", &mac, "up"])?;
+        in_ns(&["ethtool", "-K", "eth0", "tx", "off"])?;
+        in_ns(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{address}/{}", prefix_len(switch.cidr)),
+            "dev",
+            "eth0",
+        ])?;
+        if default_route {
+            in_ns(&["ip", "route", "add", "default", "via", switch.gateway])?;
+        }
+        self.vsctl(&[
+            "--may-exist",
+            "add-port",
+            "br-int",
+            &host_end,
+            "--",
+            "set",
+            "Interface",
+            &host_end,
+            &format!("external_ids:iface-id={port}"),
+        ])?;
+        Ok(())
+    }
+
+    /// Take a namespace off its switch: its port, and its host end (the veth goes with it).
+    pub fn detach(&self, netns: &str, port: &str) -> anyhow::Result<()> {
+        let host_end = self.host_end(netns);
+        self.vsctl(&["--if-exists", "del-port", "br-int", &host_end])?;
+        self.nbctl(&["--if-exists", "lsp-del", port])?;
+        let _ = super::command::run_in(&self.host_netns(), "ip", &["link", "del", &host_end]);
+        Ok(())
+    }
+
+    /// The client pods, each in its namespace on its switch.
+    pub fn build_clients(&self) -> anyhow::Result<()> {
+        for (name, switch, address) in CLIENTS {
+            let netns = self.netns(name);
+            self.add_netns(&netns)?;
+            self.attach(
+                &netns,
+                switch,
+                &format!("{name}.default"),
+                address.parse()?,
+                true,
+            )
+            .with_context(|| format!("attaching pod {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// The underlay link and the external server on its far end.
+    pub fn build_underlay(&self) -> anyhow::Result<()> {
+        let (underlay, external) = (self.underlay_netns(), self.external_netns());
+        self.add_netns(&underlay)?;
+        self.add_netns(&external)?;
+        run(
+            "ip",
+            &[
+                "link", "add", "ul0", "netns", &underlay, "type", "veth", "peer", "name", "eth0",
+                "netns", &external,
+            ],
+        )?;
+        super::command::run_in(&underlay, "ip", &["link", "set", "ul0", "up"])?;
+        let prefix = prefix_len(EXTERNAL_CIDR);
+        super::command::run_in(
+            &external,
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{EXTERNAL_GATEWAY}/{prefix}"),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        super::command::run_in(&external, "ip", &["link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+
+    /// Give `netns` a macvlan on the underlay named net1 with `address`, and its default route to the outside.
+    pub fn attach_underlay(&self, netns: &str, address: Ipv4Addr) -> anyhow::Result<()> {
+        let underlay = self.underlay_netns();
+        let link = format!("m{}", self.host_end(netns));
+        super::command::run_in(
+            &underlay,
+            "ip",
+            &[
+                "link", "add", &link, "link", "ul0", "type", "macvlan", "mode", "bridge",
+            ],
+        )?;
+        super::command::run_in(&underlay, "ip", &["link", "set", &link, "netns", netns])?;
+        let in_ns = |args: &[&str]| super::command::run_in(netns, args[0], &args[1..]);
+        in_ns(&["ip", "link", "set", &link, "name", "net1"])?;
+        in_ns(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{address}/{}", prefix_len(EXTERNAL_CIDR)),
+            "dev",
+            "net1",
+        ])?;
+        in_ns(&["ip", "link", "set", "net1", "up"])?;
+        in_ns(&["ip", "route", "add", "default", "via", EXTERNAL_GATEWAY])?;
+        Ok(())
+    }
+}
