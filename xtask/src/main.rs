@@ -1,7 +1,8 @@
-//! Developer tasks: `cargo xtask setup | build-ebpf | test | demo`.
+//! Developer tasks: `cargo xtask setup | build-ebpf | test | demo | bench | lab`.
 
 mod bench;
 mod demo;
+mod lab;
 mod workspace;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,11 @@ enum Task {
     Demo,
     /// Measure veg against iptables MASQUERADE and nftables masquerade on the same topology.
     Bench(bench::BenchArgs),
+    /// The whole gateway on this machine with real OVN: `up`, `down`, `status`.
+    Lab {
+        #[command(subcommand)]
+        task: lab::LabTask,
+    },
 }
 
 fn main() {
@@ -36,6 +42,7 @@ fn main() {
         Task::Test => workspace::test(),
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(args),
+        Task::Lab { task } => lab::run(task),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");
