@@ -76,6 +76,41 @@ enum LabCommand {
     Down,
     /// Say what runs; exits 1 when the lab is not (fully) up.
     Status,
+    /// Create or update the resources in FILE (VpcEgressGateway, Vpc, Subnet YAML, as for `kubectl apply`).
+    Apply {
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Delete the resources in FILE; the controller removes a deleted gateway's instances and OVN rows.
+    Delete {
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// List gateways with the columns of `kubectl get veg`.
+    Get {
+        /// veg (or vpc-egress-gateway, vpc-egress-gateways, vpc-egress-gw).
+        #[arg(value_name = "RESOURCE")]
+        resource: String,
+        name: Option<String>,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// `-o wide` adds the internal and external IPs and the nodes.
+        #[arg(short = 'o', long = "output", value_name = "FORMAT")]
+        output: Option<String>,
+    },
+    /// Set a gateway's replicas, as `kubectl scale veg NAME --replicas N`.
+    Scale {
+        #[arg(value_name = "RESOURCE")]
+        resource: String,
+        name: String,
+        #[arg(long)]
+        replicas: i32,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+    /// Run the controller in lab mode in the foreground (`veg lab up` starts it in the background).
+    #[command(hide = true)]
+    Controller,
 }
 
 #[derive(Args)]
@@ -374,9 +409,22 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
 }
 
 fn lab(args: LabArgs) -> anyhow::Result<()> {
-    use veg_userspace::lab::Lab;
+    use veg_userspace::lab::{Lab, controller, require_up, store};
     let lab = Lab::new(&args.dir, &args.prefix);
     let mut out = io::stdout().lock();
+    let store = store::Store::new(&args.dir);
+    let gateway_resource = |resource: &str| -> anyhow::Result<()> {
+        match resource {
+            "veg"
+            | "vpc-egress-gateway"
+            | "vpc-egress-gateways"
+            | "vpc-egress-gw"
+            | "vpcegressgateway" => Ok(()),
+            other => anyhow::bail!(
+                "the lab lists VpcEgressGateways only: `veg lab get veg`, not {other:?}"
+            ),
+        }
+    };
     match args.command {
         LabCommand::Up => lab.up(&mut out),
         LabCommand::Down => lab.down(&mut out),
@@ -385,6 +433,91 @@ fn lab(args: LabArgs) -> anyhow::Result<()> {
                 std::process::exit(1);
             }
             Ok(())
+        }
+        LabCommand::Apply { file } | LabCommand::Delete { file }
+            if !args.dir.join("nb.sock").exists() =>
+        {
+            require_up(&args.dir).with_context(|| format!("cannot use {}", file.display()))
+        }
+        LabCommand::Apply { file } => {
+            let yaml = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            for (name, value) in
+                store::parse_manifest(&yaml).with_context(|| format!("in {}", file.display()))?
+            {
+                store.put(&name, value)?;
+                writeln!(out, "{name} configured")?;
+            }
+            Ok(())
+        }
+        LabCommand::Delete { file } => {
+            let yaml = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            for (name, _) in
+                store::parse_manifest(&yaml).with_context(|| format!("in {}", file.display()))?
+            {
+                let said = if store.remove(&name)? {
+                    "deleted"
+                } else {
+                    "not found"
+                };
+                writeln!(out, "{name} {said}")?;
+            }
+            Ok(())
+        }
+        LabCommand::Get {
+            resource,
+            name,
+            namespace,
+            output,
+        } => {
+            gateway_resource(&resource)?;
+            let wide = match output.as_deref() {
+                None => false,
+                Some("wide") => true,
+                Some(other) => anyhow::bail!("-o {other}: the lab prints the table or -o wide"),
+            };
+            let gateways: Vec<_> = store
+                .gateways()
+                .into_iter()
+                .filter(|g| g.metadata.namespace.as_deref() == Some(namespace.as_str()))
+                .filter(|g| {
+                    name.as_ref()
+                        .is_none_or(|n| g.metadata.name.as_ref() == Some(n))
+                })
+                .collect();
+            if gateways.is_empty() {
+                match name {
+                    Some(name) => anyhow::bail!("VpcEgressGateway {namespace}/{name} not found"),
+                    None => writeln!(out, "No resources found in {namespace} namespace.")?,
+                }
+                return Ok(());
+            }
+            let now = k8s_openapi::jiff::Timestamp::now();
+            write!(
+                out,
+                "{}",
+                veg_userspace::crd::table::render(&gateways, wide, now)
+            )?;
+            Ok(())
+        }
+        LabCommand::Scale {
+            resource,
+            name,
+            replicas,
+            namespace,
+        } => {
+            gateway_resource(&resource)?;
+            store.scale(&namespace, &name, replicas)?;
+            writeln!(out, "vpcegressgateway.kubeovn.io/{name} scaled")?;
+            Ok(())
+        }
+        LabCommand::Controller => {
+            require_up(&args.dir)?;
+            runtime_in(None)?.block_on(async {
+                let stop = agent::StopSignals::install()?;
+                controller::run(lab, stop.wait()).await
+            })
         }
     }
 }

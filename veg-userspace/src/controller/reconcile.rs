@@ -224,7 +224,7 @@ async fn apply_workload(
 }
 
 /// Bring OVN to the gateway (and its VPC's BFD port when BFD is on).
-async fn program_ovn(
+pub async fn program_ovn(
     gateway: &VpcEgressGateway,
     resolved: &Resolved<'_>,
     instances: &[Observed],

@@ -102,9 +102,18 @@ pub fn deployment(inputs: &Inputs, vpc_cidrs: &[String]) -> Result<Deployment, S
         .flat_map(|ips| ips.split(','))
         .map(|ip| json!({ "dst": ip, "gw": internal_gateway }))
         .collect();
+    // The internal subnet itself is on-link on eth0: a route through its own gateway would replace that.
+    let on_link: Vec<&str> = inputs
+        .internal_subnet
+        .spec
+        .cidr_block
+        .split(',')
+        .map(str::trim)
+        .collect();
     internal_routes.extend(
         vpc_routes(gateway, vpc_cidrs)
             .iter()
+            .filter(|cidr| !on_link.contains(&cidr.as_str()))
             .map(|cidr| json!({ "dst": cidr, "gw": internal_gateway })),
     );
     let external_routes =
@@ -144,9 +153,10 @@ pub fn deployment(inputs: &Inputs, vpc_cidrs: &[String]) -> Result<Deployment, S
 
     let mut args: Vec<String> = [
         "gateway",
+        // Names the pins in /sys/fs/bpf/veg/: bpffs refuses '.', Kubernetes names never have '_'.
         "--name",
         &format!(
-            "{}.{}",
+            "{}_{}",
             gateway.namespace().unwrap_or_default(),
             gateway.name_any()
         ),
@@ -477,12 +487,12 @@ mod tests {
         );
         let routes: serde_json::Value =
             serde_json::from_str(&annotations["ovn.kubernetes.io/routes"]).unwrap();
-        // The BFD port, every subnet of the VPC, and the ipBlock no subnet covers: back through the VPC.
+        // The BFD port, every other subnet of the VPC, and the ipBlock no subnet covers: back through the VPC.
+        // The internal subnet 192.168.0.0/24 is on-link.
         assert_eq!(
             routes,
             json!([
                 { "dst": "10.255.255.255", "gw": "192.168.0.1" },
-                { "dst": "192.168.0.0/24", "gw": "192.168.0.1" },
                 { "dst": "192.168.1.0/24", "gw": "192.168.0.1" },
                 { "dst": "192.168.9.0/24", "gw": "192.168.0.1" },
             ])
@@ -561,7 +571,7 @@ mod tests {
             "{args}"
         );
         for expected in [
-            "gateway --name default.gateway2 --internal-interface eth0 --external-interface net1 --external-ip $(EXTERNAL_IP)",
+            "gateway --name default_gateway2 --internal-interface eth0 --external-interface net1 --external-ip $(EXTERNAL_IP)",
             "--gateway default/gateway2",
             "--bfd-peer 10.255.255.255 --bfd-min-rx 300 --bfd-min-tx 1000 --bfd-multiplier 3",
         ] {

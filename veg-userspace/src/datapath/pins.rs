@@ -11,16 +11,17 @@ pub const CONFIG: &str = "CONFIG";
 pub const POLICY_V4: &str = "POLICY_V4";
 
 /// A gateway name becomes a directory name: keep it to what Kubernetes allows in names.
+/// bpffs refuses '.' in the names of pins and directories, so a gateway name may not have one.
 pub fn validate_name(name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 200
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-        && !name.starts_with('.');
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
     if !ok {
         bail!(
-            "invalid gateway name {name:?}: use letters, digits, '-', '.' and '_' (like a Kubernetes name)"
+            "invalid gateway name {name:?}: use letters, digits, '-' and '_' (bpffs refuses '.'; \
+             for a Kubernetes gateway, NAMESPACE_NAME)"
         );
     }
     Ok(())

@@ -421,6 +421,14 @@ mod tests {
             })
             .contains("invalid gateway name")
         );
+        // bpffs refuses '.' in pin names: said before anything is created.
+        assert!(
+            err(SettingsInput {
+                name: Some("default.gateway1".into()),
+                ..input()
+            })
+            .contains("bpffs refuses '.'")
+        );
         assert!(
             err(SettingsInput {
                 snat: vec![],

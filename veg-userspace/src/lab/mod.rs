@@ -4,8 +4,11 @@
 //! lives in its directory (databases, sockets, pidfiles, logs), so that `down` finds it all.
 
 pub mod command;
+pub mod controller;
 pub mod daemons;
+pub mod kubelet;
 pub mod network;
+pub mod store;
 
 use std::{
     io::Write,
@@ -22,6 +25,8 @@ use command::{run, run_with_env};
 pub const CHASSIS: &str = "kube-ovn-worker";
 pub const DEFAULT_DIR: &str = "/run/veg-lab";
 pub const DEFAULT_PREFIX: &str = "veglab";
+/// The pidfile name of the lab's controller.
+const CONTROLLER: &str = "lab-controller";
 
 pub struct Lab {
     /// Databases, sockets, pidfiles, logs and the lab's state.
@@ -159,11 +164,30 @@ impl Lab {
         // Everything bound and flows installed before anyone sends traffic.
         self.nbctl(&["--wait=hv", "--timeout=30", "sync"])
             .context("waiting for ovn-controller to install the flows")?;
+        writeln!(
+            out,
+            "lab: the cluster's resources: Subnets ovn-default, subnet1, macvlan1; Vpc vpc1"
+        )?;
+        self.put_builtin_resources()?;
+        writeln!(
+            out,
+            "lab: the controller in lab mode (log: {})",
+            self.path("controller-lab.log").display()
+        )?;
+        self.start_controller()?;
         Ok(())
     }
 
     /// Stop every daemon and remove every namespace and file of the lab. Safe to run on a lab that is not there.
     pub fn down(&self, out: &mut impl Write) -> anyhow::Result<()> {
+        // The controller first, so that it does not restart the instances stopped next.
+        if let Some(pid) = daemons::pid(&self.dir, CONTROLLER) {
+            daemons::stop_pid(pid, std::time::Duration::from_secs(5));
+        }
+        for instance in self.instances() {
+            self.remove_instance(&instance)
+                .with_context(|| format!("removing instance {}", instance.pod))?;
+        }
         daemons::stop(&self.dir);
         let namespaces = self.namespaces();
         for netns in &namespaces {
@@ -175,6 +199,64 @@ impl Lab {
                 .with_context(|| format!("removing {}", self.dir.display()))?;
         }
         writeln!(out, "lab: down ({} namespace(s) removed)", namespaces.len())?;
+        Ok(())
+    }
+
+    /// What a Kube-OVN cluster has before anyone adds a gateway: the subnets and the custom VPC.
+    fn put_builtin_resources(&self) -> anyhow::Result<()> {
+        let store = store::Store::new(&self.dir);
+        let builtin = format!(
+            "apiVersion: kubeovn.io/v1\nkind: Subnet\nmetadata: {{name: ovn-default}}\n\
+             spec: {{cidrBlock: {}, gateway: {}, protocol: IPv4, provider: ovn, vpc: ovn-cluster}}\n---\n\
+             apiVersion: kubeovn.io/v1\nkind: Subnet\nmetadata: {{name: subnet1}}\n\
+             spec: {{cidrBlock: {}, gateway: {}, protocol: IPv4, provider: ovn, vpc: vpc1}}\n---\n\
+             apiVersion: kubeovn.io/v1\nkind: Subnet\nmetadata: {{name: macvlan1}}\n\
+             spec: {{cidrBlock: {}, gateway: {}, protocol: IPv4, provider: macvlan1.default}}\n---\n\
+             apiVersion: kubeovn.io/v1\nkind: Vpc\nmetadata: {{name: vpc1}}\nspec: {{}}\nstatus: {{defaultLogicalSwitch: subnet1}}\n",
+            network::DEFAULT_SWITCH.cidr,
+            network::DEFAULT_SWITCH.gateway,
+            network::VPC1_SWITCH.cidr,
+            network::VPC1_SWITCH.gateway,
+            network::EXTERNAL_CIDR,
+            network::EXTERNAL_GATEWAY,
+        );
+        for (name, value) in store::parse_manifest(&builtin)? {
+            store.put(&name, value)?;
+        }
+        Ok(())
+    }
+
+    /// `veg lab controller` in the background, detached, with its pidfile and log in the lab's directory.
+    fn start_controller(&self) -> anyhow::Result<()> {
+        use std::os::unix::process::CommandExt;
+        let log = std::fs::File::create(self.path("controller-lab.log"))?;
+        let veg = std::env::current_exe().context("finding the veg binary")?;
+        let mut command = std::process::Command::new(veg);
+        command
+            .args([
+                "lab",
+                "--dir",
+                self.dir_str(),
+                "--prefix",
+                &self.prefix,
+                "controller",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env("NO_COLOR", "1");
+        // SAFETY: setsid is async-signal-safe; the controller outlives the `veg lab up` that started it.
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = command.spawn().context("starting the lab's controller")?;
+        std::fs::write(
+            self.path(&format!("{CONTROLLER}.pid")),
+            child.id().to_string(),
+        )?;
         Ok(())
     }
 

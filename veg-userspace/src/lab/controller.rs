@@ -1,0 +1,200 @@
+//! The controller's lab mode (`veg lab controller`, started by `veg lab up`): the reconcile logic of the cluster
+//! controller, with the cluster replaced by the lab. Resources come from the lab's store; the Deployment the
+//! controller builds is run by the lab's kubelet as network namespaces; OVN is programmed with the same model
+//! and code; the status is computed the same way and written to the store, where `veg lab get veg` reads it.
+//! A gateway removed from the store has its instances and OVN rows removed, as the finalizer does.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::ResourceExt;
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{CHASSIS, Lab, store::Store};
+use crate::{
+    controller::{
+        instances::observe,
+        reconcile::program_ovn,
+        status::{self, Outcome},
+        validation::validate,
+        workload::{self, Inputs},
+    },
+    crd::gateway::VpcEgressGateway,
+    ovn::{
+        apply::{DB, delete as delete_ovn, monitored_tables},
+        manifest::DEFAULT_VPC,
+        model::GatewaySpec,
+    },
+    ovsdb::monitor::Monitor,
+};
+
+/// How often the lab's controller looks at the store and the instances (the cluster has watches instead).
+const PERIOD: Duration = Duration::from_millis(300);
+pub const IMAGE: &str = "veg:lab";
+
+/// The lab's one node, Ready, as the cluster would list it.
+fn nodes() -> Vec<Node> {
+    vec![
+        serde_json::from_value(json!({
+            "metadata": { "name": CHASSIS },
+            "status": { "conditions": [{ "type": "Ready", "status": "True" }] },
+        }))
+        .expect("a valid Node"),
+    ]
+}
+
+pub async fn run(lab: Lab, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let ovn = Monitor::start(lab.nb().parse()?, DB, &monitored_tables());
+    if !ovn.wait_connected(Duration::from_secs(10)).await {
+        anyhow::bail!("cannot reach the lab's Northbound database at {}", lab.nb());
+    }
+    let store = Store::new(&lab.dir);
+    let mut changes = ovn.subscribe();
+    tokio::pin!(stop);
+    info!("lab controller running");
+    loop {
+        reconcile_all(&lab, &store, &ovn).await;
+        tokio::select! {
+            _ = tokio::time::sleep(PERIOD) => {}
+            // BFD status changes (the default VPC's nexthops follow them).
+            _ = changes.changed() => {}
+            _ = &mut stop => break,
+        }
+    }
+    info!("lab controller stopped");
+    Ok(())
+}
+
+async fn reconcile_all(lab: &Lab, store: &Store, ovn: &Monitor) {
+    let gateways = store.gateways();
+    for gateway in &gateways {
+        if let Err(e) = reconcile(lab, store, ovn, gateway).await {
+            warn!(gateway = %status::id(gateway), "reconcile failed: {e:#}");
+        }
+    }
+    // Gateways gone from the store: remove what they had, as the finalizer does. The controller knows a gateway
+    // it reconciled by its status and its instances.
+    let present: BTreeSet<String> = gateways.iter().map(status::id).collect();
+    let known = store
+        .status_names()
+        .into_iter()
+        .chain(lab.instances().into_iter().map(|i| i.gateway));
+    let orphans: BTreeSet<String> = known.filter(|g| !present.contains(g)).collect();
+    for gateway in orphans {
+        if let Err(e) = remove(lab, store, ovn, &gateway).await {
+            warn!(%gateway, "removing a deleted gateway failed: {e:#}");
+        }
+    }
+}
+
+async fn reconcile(
+    lab: &Lab,
+    store: &Store,
+    ovn: &Monitor,
+    gateway: &VpcEgressGateway,
+) -> anyhow::Result<()> {
+    let (vpcs, subnets) = (store.vpcs(), store.subnets());
+    let now = Time(Timestamp::now());
+    let outcome_status = match validate(gateway, &vpcs, &subnets) {
+        Err(problem) => {
+            let outcome = Outcome::Invalid {
+                reason: problem.reason,
+                message: problem.message,
+            };
+            status::compute(gateway, &outcome, &now)
+        }
+        Ok(resolved) => {
+            let inputs = Inputs {
+                gateway,
+                internal_subnet: resolved.internal_subnet,
+                external_subnet: resolved.external_subnet,
+                vpc: resolved.vpc,
+                default_image: IMAGE,
+            };
+            let run = workload::deployment(&inputs, &resolved.vpc_cidrs)
+                .map_err(anyhow::Error::msg)
+                .and_then(|deployment| lab.run_deployment(&deployment, gateway, &subnets));
+            match run {
+                Err(e) => {
+                    let outcome = Outcome::Failed {
+                        reason: "ReconcileWorkloadFailed",
+                        message: format!("{e:#}"),
+                        instances: &[],
+                    };
+                    status::compute(gateway, &outcome, &now)
+                }
+                Ok(pods) => {
+                    let instances = observe(&pods, &resolved.external_subnet.spec.provider);
+                    // Selectors pick cluster pods; the lab's clients are not Kubernetes pods, so none here.
+                    let programmed =
+                        program_ovn(gateway, &resolved, &instances, Vec::new(), &nodes(), ovn)
+                            .await;
+                    let outcome = match programmed {
+                        Ok(()) => Outcome::Applied {
+                            instances: &instances,
+                        },
+                        Err(message) => Outcome::Failed {
+                            reason: "ReconcileOvnFailed",
+                            message,
+                            instances: &instances,
+                        },
+                    };
+                    status::compute(gateway, &outcome, &now)
+                }
+            }
+        }
+    };
+    if gateway.status.as_ref() != Some(&outcome_status) {
+        let ready = outcome_status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == status::READY);
+        if let Some(ready) = ready {
+            info!(gateway = %status::id(gateway), ready = %ready.status, reason = %ready.reason, "{}", ready.message);
+        }
+        store.write_status(
+            &gateway.namespace().unwrap_or_default(),
+            &gateway.name_any(),
+            &outcome_status,
+        )?;
+    }
+    Ok(())
+}
+
+async fn remove(lab: &Lab, store: &Store, ovn: &Monitor, gateway: &str) -> anyhow::Result<()> {
+    let (namespace, name) = gateway.split_once('/').unwrap_or(("default", gateway));
+    for instance in lab.instances().into_iter().filter(|i| i.gateway == gateway) {
+        lab.remove_instance(&instance)?;
+    }
+    // The gateway's spec is gone, and with it which router its routes and policies hang from: try each router;
+    // a transaction on the wrong one fails whole and changes nothing. Then no row may be left.
+    let routers: Vec<String> = [DEFAULT_VPC.to_owned()]
+        .into_iter()
+        .chain(store.vpcs().iter().map(|v| v.name_any()))
+        .collect();
+    let mut last_error = None;
+    for router in routers {
+        let owner = GatewaySpec {
+            namespace: namespace.into(),
+            name: name.into(),
+            default_vpc: router == DEFAULT_VPC,
+            router,
+            sources: Vec::new(),
+            selected_ports: Vec::new(),
+            instances: Vec::new(),
+            bfd: None,
+            down: Default::default(),
+        };
+        match delete_ovn(ovn, &owner).await {
+            Ok(_) => last_error = None,
+            Err(e) => last_error = Some(e),
+        }
+    }
+    if let Some(e) = last_error {
+        return Err(e.context("removing the gateway's OVN rows"));
+    }
+    store.remove_status(namespace, name);
+    info!(%gateway, "gateway deleted: instances and OVN rows removed");
+    Ok(())
+}

@@ -1,0 +1,486 @@
+//! The lab's kubelet: it runs a gateway's Deployment (as the controller builds it for a cluster) as network
+//! namespaces. Each instance gets eth0 on the internal subnet's switch and net1 a macvlan on the underlay, the
+//! addresses Kube-OVN's IPAM would give (the IP pools when the resource names them), the routes of the pod's
+//! annotations, and runs the container's `veg gateway` command. It reports each instance as the Pod Kubernetes
+//! would show, so the controller reads lab instances exactly as it reads a cluster's.
+//!
+//! Two things differ from a cluster, both because the lab has no API server: `--gateway NS/NAME` becomes the
+//! policy flags computed the way the agent computes them from the resource, and each instance's pins are named
+//! after its pod, since all instances share this host's bpffs.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    net::{Ipv4Addr, SocketAddr},
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use ipnet::Ipv4Net;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::{
+    CHASSIS, Lab,
+    daemons::{alive, stop_pid},
+    network::{self, CLIENTS, Switch},
+};
+use crate::{
+    crd::{gateway::VpcEgressGateway, network::Subnet},
+    datapath::{pins, policy::Action},
+    gateway::resource::policy_of,
+};
+
+/// What the lab remembers of an instance (one JSON file each under <lab>/instances/).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Instance {
+    pub namespace: String,
+    pub pod: String,
+    /// The gateway that owns it (namespace/name).
+    pub gateway: String,
+    pub netns: String,
+    pub internal_ip: Ipv4Addr,
+    pub external_ip: Ipv4Addr,
+    pub switch: String,
+    /// The pid of its `veg gateway`, and when it was started (seconds since the epoch).
+    pub pid: i32,
+    #[serde(default)]
+    pub started: u64,
+    /// A digest of what it was started from: a different one means the template changed.
+    pub template: String,
+}
+
+impl Instance {
+    pub fn port(&self) -> String {
+        format!("{}.{}", self.pod, self.namespace)
+    }
+
+    /// The agent's name, which names its pins and BFD control socket.
+    pub fn agent_name(&self) -> String {
+        format!("{}_{}", self.namespace, self.pod)
+    }
+}
+
+impl Lab {
+    fn instances_dir(&self) -> PathBuf {
+        self.dir.join("instances")
+    }
+
+    pub fn instances(&self) -> Vec<Instance> {
+        let Ok(entries) = fs::read_dir(self.instances_dir()) else {
+            return Vec::new();
+        };
+        let mut all: Vec<Instance> = entries
+            .filter_map(|e| fs::read_to_string(e.ok()?.path()).ok())
+            .filter_map(|text| serde_json::from_str(&text).ok())
+            .collect();
+        all.sort_by(|a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)));
+        all
+    }
+
+    fn record(&self, instance: &Instance) -> anyhow::Result<()> {
+        fs::create_dir_all(self.instances_dir())?;
+        let path = self
+            .instances_dir()
+            .join(format!("{}.{}.json", instance.namespace, instance.pod));
+        fs::write(path, serde_json::to_string_pretty(instance)?)?;
+        Ok(())
+    }
+
+    fn forget(&self, instance: &Instance) {
+        let _ = fs::remove_file(
+            self.instances_dir()
+                .join(format!("{}.{}.json", instance.namespace, instance.pod)),
+        );
+    }
+
+    fn log_path(&self, instance: &Instance) -> PathBuf {
+        self.dir.join(format!(
+            "instance-{}.{}.log",
+            instance.namespace, instance.pod
+        ))
+    }
+
+    /// Make the gateway's instances what its Deployment asks, and report them as Pods.
+    pub fn run_deployment(
+        &self,
+        deployment: &Deployment,
+        gateway: &VpcEgressGateway,
+        subnets: &[Subnet],
+    ) -> anyhow::Result<Vec<Pod>> {
+        let namespace = gateway.namespace().unwrap_or_default();
+        let owner = format!("{namespace}/{}", gateway.name_any());
+        let name = deployment.name_any();
+        let spec = deployment
+            .spec
+            .as_ref()
+            .context("the Deployment has no spec")?;
+        let replicas = spec.replicas.unwrap_or(1).max(0) as usize;
+        let template = serde_json::to_string(&spec.template)?;
+        let template = format!(
+            "{:x}",
+            Sha256::digest(format!(
+                "{template}{}",
+                serde_json::to_string(&policy_args(gateway, subnets)?)?
+            ))
+        );
+        let mut current: Vec<Instance> = self
+            .instances()
+            .into_iter()
+            .filter(|i| i.gateway == owner)
+            .collect();
+
+        // Scale down, and replace instances started from another template (the Deployment's rollout).
+        for instance in current.iter().filter(|i| {
+            index_of(&i.pod, &name).is_none_or(|n| n >= replicas) || i.template != template
+        }) {
+            self.remove_instance(instance)?;
+        }
+        current.retain(|i| {
+            index_of(&i.pod, &name).is_some_and(|n| n < replicas) && i.template == template
+        });
+        for index in 0..replicas {
+            let pod = format!("{name}-{index}");
+            match current.iter_mut().find(|i| i.pod == pod) {
+                // restartPolicy Always: a dead agent is started again, at most once per RESTART_BACKOFF.
+                Some(instance)
+                    if !alive(instance.pid) && now() >= instance.started + RESTART_BACKOFF =>
+                {
+                    instance.pid = self.start_agent(instance, deployment, gateway, subnets)?;
+                    instance.started = now();
+                    self.record(instance)?;
+                }
+                Some(_) => {}
+                None => {
+                    let instance =
+                        self.create_instance(&pod, index, &template, deployment, gateway, subnets)?;
+                    current.push(instance);
+                }
+            }
+        }
+        current.sort_by(|a, b| a.pod.cmp(&b.pod));
+        Ok(current
+            .iter()
+            .map(|i| self.as_pod(i, deployment, gateway, subnets))
+            .collect())
+    }
+
+    fn create_instance(
+        &self,
+        pod: &str,
+        index: usize,
+        template: &str,
+        deployment: &Deployment,
+        gateway: &VpcEgressGateway,
+        subnets: &[Subnet],
+    ) -> anyhow::Result<Instance> {
+        let annotations = pod_annotations(deployment);
+        let switch_name = annotations
+            .get("ovn.kubernetes.io/logical_switch")
+            .context("no logical switch annotation")?;
+        let switch: &Switch = network::SWITCHES
+            .into_iter()
+            .find(|s| s.name == switch_name)
+            .with_context(|| {
+                format!("the lab has no switch {switch_name:?} (it has ovn-default and subnet1)")
+            })?;
+        let provider = external_provider(gateway, subnets)?;
+        let internal_ip = match pool_entry(annotations.get("ovn.kubernetes.io/ip_pool"), index) {
+            Some(ip) => ip,
+            None => self.free_address(switch.cidr, switch.gateway, |i| i.internal_ip)?,
+        };
+        let external_ip = match pool_entry(
+            annotations.get(&format!("{provider}.kubernetes.io/ip_pool")),
+            index,
+        ) {
+            Some(ip) => ip,
+            None => self.free_address(network::EXTERNAL_CIDR, network::EXTERNAL_GATEWAY, |i| {
+                i.external_ip
+            })?,
+        };
+        let namespace = gateway.namespace().unwrap_or_default();
+        let mut instance = Instance {
+            started: 0,
+            namespace: namespace.clone(),
+            pod: pod.into(),
+            gateway: format!("{namespace}/{}", gateway.name_any()),
+            netns: self.netns(&format!("{namespace}-{pod}")),
+            internal_ip,
+            external_ip,
+            switch: switch.name.into(),
+            pid: 0,
+            template: template.into(),
+        };
+        // Recorded before anything is built, so that a failure half-way is still cleaned up.
+        self.record(&instance)?;
+        self.add_netns(&instance.netns)?;
+        self.attach(
+            &instance.netns,
+            switch,
+            &instance.port(),
+            internal_ip,
+            false,
+        )?;
+        self.attach_underlay(&instance.netns, external_ip)?;
+        for route in routes(annotations.get("ovn.kubernetes.io/routes")) {
+            super::command::run_in(
+                &instance.netns,
+                "ip",
+                &["route", "replace", &route.0, "via", &route.1, "dev", "eth0"],
+            )?;
+        }
+        instance.pid = self.start_agent(&instance, deployment, gateway, subnets)?;
+        instance.started = now();
+        self.record(&instance)?;
+        Ok(instance)
+    }
+
+    /// The lowest address of `cidr` from .10 on that no client, gateway or instance holds.
+    fn free_address(
+        &self,
+        cidr: &str,
+        gateway: &str,
+        taken_by: impl Fn(&Instance) -> Ipv4Addr,
+    ) -> anyhow::Result<Ipv4Addr> {
+        let net: Ipv4Net = cidr.parse()?;
+        let mut taken: Vec<Ipv4Addr> = self.instances().iter().map(taken_by).collect();
+        taken.push(gateway.parse()?);
+        taken.extend(CLIENTS.iter().filter_map(|c| c.2.parse::<Ipv4Addr>().ok()));
+        net.hosts()
+            .skip(9)
+            .find(|a| !taken.contains(a))
+            .with_context(|| format!("no free address left in {cidr}"))
+    }
+
+    /// Start the container's command in the instance: `veg gateway` with the lab's two substitutions.
+    fn start_agent(
+        &self,
+        instance: &Instance,
+        deployment: &Deployment,
+        gateway: &VpcEgressGateway,
+        subnets: &[Subnet],
+    ) -> anyhow::Result<i32> {
+        let container = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.containers.first())
+            .context("the Deployment has no container")?;
+        let mut args: Vec<String> = Vec::new();
+        let mut given = container.args.clone().unwrap_or_default().into_iter();
+        while let Some(arg) = given.next() {
+            match arg.as_str() {
+                "--gateway" => {
+                    given.next();
+                    args.extend(policy_args(gateway, subnets)?);
+                }
+                "--name" => {
+                    given.next();
+                    args.extend(["--name".into(), instance.agent_name()]);
+                }
+                _ => args.push(arg.replace("$(EXTERNAL_IP)", &instance.external_ip.to_string())),
+            }
+        }
+        args.extend(["--netns".into(), instance.netns.clone()]);
+        let log = fs::File::create(self.log_path(instance))?;
+        let veg = std::env::current_exe().context("finding the veg binary")?;
+        let mut command = Command::new(veg);
+        command
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1");
+        // SAFETY: setsid is async-signal-safe; the agent outlives the lab's controller, as a pod outlives its
+        // controller.
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = command.spawn().context("starting veg gateway")?;
+        Ok(child.id() as i32)
+    }
+
+    /// Stop the agent (it detaches and keeps its pins), take the instance off the network, remove its pins.
+    pub fn remove_instance(&self, instance: &Instance) -> anyhow::Result<()> {
+        if instance.pid > 0 && alive(instance.pid) {
+            stop_pid(instance.pid, Duration::from_secs(5));
+        }
+        let _ = self.detach(&instance.netns, &instance.port());
+        if self.namespaces().contains(&instance.netns) {
+            super::command::run("ip", &["netns", "del", &instance.netns])?;
+        }
+        let _ = pins::remove_gateway_pins(&instance.agent_name());
+        self.forget(instance);
+        Ok(())
+    }
+
+    /// The instance as the Pod Kubernetes would show: Kube-OVN's address annotations, its node, its readiness.
+    fn as_pod(
+        &self,
+        instance: &Instance,
+        deployment: &Deployment,
+        gateway: &VpcEgressGateway,
+        subnets: &[Subnet],
+    ) -> Pod {
+        let provider = external_provider(gateway, subnets).unwrap_or_default();
+        let labels = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        let ready = if alive(instance.pid) && ready(&instance.netns) {
+            "True"
+        } else {
+            "False"
+        };
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": instance.pod, "namespace": instance.namespace, "labels": labels,
+                "annotations": {
+                    "ovn.kubernetes.io/allocated": "true",
+                    "ovn.kubernetes.io/ip_address": instance.internal_ip.to_string(),
+                    format!("{provider}.kubernetes.io/allocated"): "true",
+                    format!("{provider}.kubernetes.io/ip_address"): instance.external_ip.to_string(),
+                },
+            },
+            "spec": { "nodeName": CHASSIS, "containers": [] },
+            "status": { "conditions": [{ "type": "Ready", "status": ready }] },
+        }))
+        .expect("a valid Pod")
+    }
+}
+
+/// Seconds between restarts of an agent that keeps dying (Kubernetes' CrashLoopBackOff, simplified).
+const RESTART_BACKOFF: u64 = 2;
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The position of `pod` among the Deployment `name`'s instances (<name>-<n>).
+fn index_of(pod: &str, name: &str) -> Option<usize> {
+    pod.strip_prefix(name)?.strip_prefix('-')?.parse().ok()
+}
+
+fn pod_annotations(deployment: &Deployment) -> BTreeMap<String, String> {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default()
+}
+
+fn external_provider(gateway: &VpcEgressGateway, subnets: &[Subnet]) -> anyhow::Result<String> {
+    let external = &gateway.spec.external_subnet;
+    let subnet = subnets
+        .iter()
+        .find(|s| s.name_any() == *external)
+        .with_context(|| format!("no subnet {external:?}"))?;
+    Ok(subnet.spec.provider.clone())
+}
+
+/// The IPv4 address at `index` of an IP pool annotation ("a;b;c", each entry "v4" or "v4,v6").
+fn pool_entry(pool: Option<&String>, index: usize) -> Option<Ipv4Addr> {
+    let entry = pool?.split(';').nth(index)?;
+    entry.split(',').find_map(|a| a.trim().parse().ok())
+}
+
+/// The IPv4 routes of a routes annotation: (destination, gateway).
+fn routes(annotation: Option<&String>) -> Vec<(String, String)> {
+    let parsed: Vec<serde_json::Value> = annotation
+        .and_then(|a| serde_json::from_str(a).ok())
+        .unwrap_or_default();
+    parsed
+        .iter()
+        .filter_map(|r| Some((r["dst"].as_str()?.to_owned(), r["gw"].as_str()?.to_owned())))
+        .filter(|(dst, gw)| !dst.contains(':') && !gw.contains(':'))
+        .map(|(dst, gw)| {
+            (
+                if dst.contains('/') {
+                    dst
+                } else {
+                    format!("{dst}/32")
+                },
+                gw,
+            )
+        })
+        .collect()
+}
+
+/// What `--gateway NS/NAME` would make of the resource, as flags.
+fn policy_args(gateway: &VpcEgressGateway, subnets: &[Subnet]) -> anyhow::Result<Vec<String>> {
+    let policy = policy_of(gateway, subnets).map_err(|e| anyhow::anyhow!(e))?;
+    if policy.is_empty() {
+        bail!("the gateway gives no IPv4 source");
+    }
+    Ok(policy
+        .iter()
+        .flat_map(|(net, action)| {
+            let flag = match action {
+                Action::Snat => "--snat",
+                Action::Forward => "--forward",
+            };
+            [flag.to_owned(), net.to_string()]
+        })
+        .collect())
+}
+
+/// Whether the agent in `netns` answers /readyz with 200 (the pod's readiness probe).
+pub fn ready(netns: &str) -> bool {
+    let netns = netns.to_owned();
+    std::thread::spawn(move || -> Option<bool> {
+        crate::netns::enter(&netns).ok()?;
+        let address = SocketAddr::from((
+            [127, 0, 0, 1],
+            crate::controller::workload::HEALTH_PORT as u16,
+        ));
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&address, Duration::from_millis(300)).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .ok()?;
+        use std::io::{Read, Write};
+        stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).ok()?;
+        Some(answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"))
+    })
+    .join()
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_routes_and_indexes_read_as_the_cluster_writes_them() {
+        assert_eq!(
+            pool_entry(Some(&"10.16.0.5;10.16.0.6,fd00::6".into()), 1),
+            Some(Ipv4Addr::new(10, 16, 0, 6))
+        );
+        assert_eq!(pool_entry(Some(&"10.16.0.5".into()), 1), None);
+        assert_eq!(
+            routes(Some(&r#"[{"dst":"10.255.255.255","gw":"192.168.0.1"},{"dst":"fd00::/64","gw":"fd00::1"},{"dst":"10.16.0.0/16","gw":"10.16.0.1"}]"#.into())),
+            [("10.255.255.255/32".to_owned(), "192.168.0.1".to_owned()), ("10.16.0.0/16".to_owned(), "10.16.0.1".to_owned())]
+        );
+        assert_eq!(index_of("gateway1-3", "gateway1"), Some(3));
+        assert_eq!(index_of("gateway10-3", "gateway1"), None);
+    }
+}
