@@ -96,7 +96,7 @@ pub fn test() -> anyhow::Result<()> {
     crate::bench::run(crate::bench::BenchArgs::smoke())?;
     // Traffic through namespaces is timing-sensitive: one test at a time, nothing building beside it.
     step(
-        "datapath program tests, traffic through network namespaces, BFD against FRR, OVSDB, OVN model and controller against a real Northbound database (serial)",
+        "datapath program tests, traffic through network namespaces, BFD against FRR, OVSDB, OVN model and controller against a real Northbound database, end to end on the lab with real OVN (serial)",
     );
     run(cargo().args([
         "test",
@@ -118,6 +118,8 @@ pub fn test() -> anyhow::Result<()> {
         "ovn_model",
         "--test",
         "controller",
+        "--test",
+        "lab",
         "--",
         "--test-threads=1",
     ]))

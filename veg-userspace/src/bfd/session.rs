@@ -127,9 +127,17 @@ impl Session {
         self.tx_in_force.max(self.remote_min_rx)
     }
 
-    /// Section 6.8.4: the peer's multiplier times its agreed transmit interval.
+    /// Section 6.8.4: the peer's multiplier times its agreed transmit interval. Until the session is Up, the
+    /// peer may send at the slow-start pace of one packet a second whatever it advertises (OVN 23.03 does), so a
+    /// session coming up waits at least that pace before giving up.
     pub fn detection_time(&self) -> Duration {
-        self.rx_in_force.max(self.remote_desired_min_tx) * self.remote_detect_mult as u32
+        let agreed = self.rx_in_force.max(self.remote_desired_min_tx);
+        let interval = if self.state == State::Up {
+            agreed
+        } else {
+            agreed.max(SLOW_TX)
+        };
+        interval * self.remote_detect_mult as u32
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -610,8 +618,31 @@ mod tests {
         assert_eq!(s.on_timer(now + 200 * MS).transmit, None);
         assert_eq!(
             s.next_deadline(),
-            Some(now + 300 * MS),
-            "only the detection timer is left"
+            Some(now + 3 * SLOW_TX),
+            "only the detection timer is left (at the slow-start pace: the session is not Up)"
         );
+    }
+
+    #[test]
+    fn a_session_coming_up_waits_out_the_slow_start_pace_then_detects_fast() {
+        // OVN 23.03 advertises 100 ms while it still sends one packet a second.
+        let now = Instant::now();
+        let mut s = Session::new(1, Role::Passive, timers(100, 100, 3), now);
+        s.receive(&peer_packet(State::Down, 0), now).unwrap();
+        assert_eq!(s.state(), State::Init);
+        assert_eq!(
+            s.detection_time(),
+            3 * SLOW_TX,
+            "Init: three slow-start packets may be missed"
+        );
+        assert_eq!(
+            s.on_timer(now + 900 * MS).change,
+            None,
+            "still Init after 900 ms of silence"
+        );
+        s.receive(&peer_packet(State::Init, 1), now + 950 * MS)
+            .unwrap();
+        assert_eq!(s.state(), State::Up);
+        assert_eq!(s.detection_time(), 300 * MS, "Up: 3 x 100 ms");
     }
 }

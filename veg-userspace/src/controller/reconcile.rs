@@ -42,7 +42,7 @@ use crate::{
         apply::{apply as apply_ovn, converge, delete as delete_ovn, down_nexthops},
         manifest::DEFAULT_VPC,
         model::GatewaySpec,
-        vpc_port::vpc_port_rows,
+        vpc_port::{on_gateway_router, vpc_port_rows},
     },
     ovsdb::monitor::Monitor,
 };
@@ -235,7 +235,10 @@ pub async fn program_ovn(
     let mut spec = gateway_spec(gateway, resolved, instances, ports)?;
     if let Some(vpc) = resolved.vpc.filter(|_| spec.bfd.is_some()) {
         match vpc_bfd_port(vpc, nodes)? {
-            Some(port) => {
+            Some(mut port) => {
+                if ovn.read(|r| on_gateway_router(r, &port.vpc)) {
+                    port.chassis.clear();
+                }
                 converge(ovn, &port.owner(), &vpc_port_rows(&port))
                     .await
                     .map_err(|e| {

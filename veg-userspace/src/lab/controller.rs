@@ -26,7 +26,7 @@ use crate::{
         manifest::DEFAULT_VPC,
         model::GatewaySpec,
     },
-    ovsdb::monitor::Monitor,
+    ovsdb::{monitor::Monitor, replica::column},
 };
 
 /// How often the lab's controller looks at the store and the instances (the cluster has watches instead).
@@ -51,10 +51,12 @@ pub async fn run(lab: Lab, stop: impl std::future::Future<Output = ()>) -> anyho
     }
     let store = Store::new(&lab.dir);
     let mut changes = ovn.subscribe();
+    let mut wired = Wired::new();
     tokio::pin!(stop);
     info!("lab controller running");
     loop {
         reconcile_all(&lab, &store, &ovn).await;
+        wire_bfd_ports(&lab, &store, &ovn, &mut wired);
         tokio::select! {
             _ = tokio::time::sleep(PERIOD) => {}
             // BFD status changes (the default VPC's nexthops follow them).
@@ -64,6 +66,54 @@ pub async fn run(lab: Lab, stop: impl std::future::Future<Output = ()>) -> anyho
     }
     info!("lab controller stopped");
     Ok(())
+}
+
+/// When the lab last (re)wired each VPC's BFD port.
+type Wired = std::collections::HashMap<String, std::time::Instant>;
+
+/// Wire each VPC's BFD port to its switch once the controller has made the port. OVN 23.03's ovn-controller
+/// sometimes does not start sending BFD from a port whose peer appeared right after the port itself: when every
+/// session of the port is still down a while after wiring, wire it anew (remove and add the peer), which it does
+/// take up.
+fn wire_bfd_ports(lab: &Lab, store: &Store, ovn: &Monitor, wired: &mut Wired) {
+    const SETTLE: Duration = Duration::from_secs(4);
+    for vpc in store.vpcs() {
+        let name = vpc.name_any();
+        let port = format!("bfd@{name}");
+        let enabled = vpc.spec.bfd_port.as_ref().is_some_and(|p| p.enabled);
+        let switch = vpc
+            .status
+            .as_ref()
+            .and_then(|s| s.default_logical_switch.clone());
+        let (made, sessions, up) = ovn.read(|r| {
+            let made = r
+                .rows("Logical_Router_Port")
+                .any(|(_, row)| column(row, "name") == port.as_str());
+            let sessions: Vec<bool> = r
+                .rows("BFD")
+                .filter(|(_, row)| column(row, "logical_port") == port.as_str())
+                .map(|(_, row)| {
+                    r.normalized("BFD", "status", column(row, "status")) == json!(["set", ["up"]])
+                })
+                .collect();
+            (made, sessions.len(), sessions.iter().any(|u| *u))
+        });
+        let (true, true, Some(switch)) = (enabled, made, switch) else {
+            continue;
+        };
+        let stale = wired.get(&name).is_some_and(|at| at.elapsed() > SETTLE) && sessions > 0 && !up;
+        if wired.contains_key(&name) && !stale {
+            continue;
+        }
+        if stale {
+            info!(vpc = %name, "no BFD session of {port} came up: wiring the port anew");
+            let _ = lab.nbctl(&["--if-exists", "lsp-del", &format!("{switch}-bfd")]);
+        }
+        match lab.wire_bfd_port(&name, &switch) {
+            Ok(()) => drop(wired.insert(name, std::time::Instant::now())),
+            Err(e) => warn!(vpc = %name, "wiring the VPC's BFD port failed: {e:#}"),
+        }
+    }
 }
 
 async fn reconcile_all(lab: &Lab, store: &Store, ovn: &Monitor) {

@@ -187,6 +187,32 @@ impl Lab {
         Ok(())
     }
 
+    /// Wire a VPC's BFD port (bfd@<vpc>, made by the controller's OVN model) to the VPC's switch, as the lab's
+    /// stand-in for Kube-OVN. OVN 23.03 sends a BFD packet straight out of its logical port, so the port needs a
+    /// peer on the switch where the instances are.
+    pub fn wire_bfd_port(&self, vpc: &str, switch: &str) -> anyhow::Result<()> {
+        let port = format!("{switch}-bfd");
+        self.nbctl(&[
+            "--may-exist",
+            "lsp-add",
+            switch,
+            &port,
+            "--",
+            "lsp-set-type",
+            &port,
+            "router",
+            "--",
+            "lsp-set-addresses",
+            &port,
+            "router",
+            "--",
+            "lsp-set-options",
+            &port,
+            &format!("router-port=bfd@{vpc}"),
+        ])?;
+        Ok(())
+    }
+
     /// The client pods, each in its namespace on its switch.
     pub fn build_clients(&self) -> anyhow::Result<()> {
         for (name, switch, address) in CLIENTS {

@@ -10,6 +10,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::model::{DesiredRow, Link, Owner};
+use crate::ovsdb::replica::{Replica, column};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VpcBfdPort {
@@ -45,11 +46,31 @@ impl VpcBfdPort {
     }
 }
 
-/// The rows of the port, children first (so links can name rows inserted in the same transaction).
+/// Whether the VPC's router is bound to a chassis (options:chassis, a gateway router). Its ports live on that
+/// chassis already, and OVN refuses an HA chassis group there ("distributed gateway port configured on L3 gateway
+/// router"): such a port gets none.
+pub fn on_gateway_router(replica: &Replica, vpc: &str) -> bool {
+    replica.rows("Logical_Router").any(|(_, row)| {
+        column(row, "name") == vpc
+            && replica
+                .normalized("Logical_Router", "options", column(row, "options"))
+                .get(1)
+                .and_then(|pairs| pairs.as_array())
+                .is_some_and(|pairs| {
+                    pairs
+                        .iter()
+                        .any(|p| p.get(0).and_then(|k| k.as_str()) == Some("chassis"))
+                })
+    })
+}
+
+/// The rows of the port, children first (so links can name rows inserted in the same transaction). Without
+/// chassis (a gateway router), the port alone.
 pub fn vpc_port_rows(port: &VpcBfdPort) -> Vec<DesiredRow> {
     let name = port.name();
     let external_ids = json!(["map", [["vendor", "kube-ovn"], ["vpc-bfd-port", port.vpc]]]);
     let row = DesiredRow::new;
+    let grouped = !port.chassis.is_empty();
     let mut rows: Vec<DesiredRow> = port
         .chassis
         .iter()
@@ -69,7 +90,9 @@ pub fn vpc_port_rows(port: &VpcBfdPort) -> Vec<DesiredRow> {
         table: "HA_Chassis",
         keys: port.chassis.clone(),
     });
-    rows.push(group);
+    if grouped {
+        rows.push(group);
+    }
     let networks: Vec<String> = port
         .addresses
         .iter()
@@ -84,7 +107,7 @@ pub fn vpc_port_rows(port: &VpcBfdPort) -> Vec<DesiredRow> {
     lrp.links.push(Link {
         column: "ha_chassis_group",
         table: "HA_Chassis_Group",
-        keys: vec![name],
+        keys: if grouped { vec![name] } else { Vec::new() },
     });
     rows.push(lrp);
     rows
@@ -93,6 +116,25 @@ pub fn vpc_port_rows(port: &VpcBfdPort) -> Vec<DesiredRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn on_a_gateway_router_the_port_has_no_chassis_group() {
+        let port = VpcBfdPort {
+            vpc: "vpc1".into(),
+            addresses: vec!["10.255.255.255".parse().unwrap()],
+            chassis: vec![],
+        };
+        let rows = vpc_port_rows(&port);
+        assert_eq!(
+            rows.iter().map(|r| r.table).collect::<Vec<_>>(),
+            ["Logical_Router_Port"]
+        );
+        assert_eq!(
+            rows[0].links[0].keys,
+            Vec::<String>::new(),
+            "any group it had is cleared"
+        );
+    }
 
     #[test]
     fn chassis_get_falling_priorities_and_the_port_its_group() {

@@ -1,0 +1,515 @@
+//! End to end on the lab: real OVN (Northbound, Southbound, northd, ovn-controller, OVS userspace datapath), the
+//! controller's reconcile in lab mode, instances running `veg gateway` with the eBPF datapath and BFD. Everything
+//! is driven as a user would (`veg lab apply | get | scale | delete`) and judged by what the far side saw: the
+//! source address at the external server, the rows ovn-nbctl lists, the BFD state OVN reports.
+//!
+//! Run serially (`--test-threads=1`): each test builds its own lab with its own prefix and directory.
+
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use veg_testbed::{skip_unless_root, unique};
+
+const VEG: &str = env!("CARGO_BIN_EXE_veg");
+const SERVER: &str = "172.17.0.1";
+const PORT: u16 = 9000;
+
+/// A lab of this test's own; `veg lab down` when dropped, also on failure.
+struct TestLab {
+    dir: String,
+    prefix: String,
+}
+
+impl TestLab {
+    fn up() -> TestLab {
+        let prefix = unique("vlt");
+        let lab = TestLab {
+            dir: format!("/run/{prefix}"),
+            prefix,
+        };
+        lab.veg(&["up"]);
+        lab
+    }
+
+    fn veg(&self, args: &[&str]) -> String {
+        let out = Command::new(VEG)
+            .args(["lab", "--dir", &self.dir, "--prefix", &self.prefix])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "veg lab {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn apply(&self, yaml: &str) {
+        let file = format!("{}/manifest-{}.yaml", self.dir, unique("m"));
+        std::fs::write(&file, yaml).unwrap();
+        self.veg(&["apply", "-f", &file]);
+    }
+
+    fn delete(&self, yaml: &str) {
+        let file = format!("{}/manifest-{}.yaml", self.dir, unique("m"));
+        std::fs::write(&file, yaml).unwrap();
+        self.veg(&["delete", "-f", &file]);
+    }
+
+    fn netns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    fn nbctl(&self, args: &[&str]) -> String {
+        let out = Command::new("ovn-nbctl")
+            .arg(format!("--db=unix:{}/nb.sock", self.dir))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ovn-nbctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every row tagged with the gateway, in the tables the model writes.
+    fn gateway_rows(&self, gateway: &str) -> Vec<String> {
+        [
+            "Address_Set",
+            "Port_Group",
+            "BFD",
+            "Logical_Router_Static_Route",
+            "Logical_Router_Policy",
+        ]
+        .iter()
+        .flat_map(|table| {
+            let found = self.nbctl(&[
+                "--bare",
+                "--columns=_uuid",
+                "find",
+                table,
+                &format!("external_ids:vpc-egress-gateway=default/{gateway}"),
+            ]);
+            found
+                .split_whitespace()
+                .map(|uuid| format!("{table} {uuid}"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+    }
+
+    /// The `veg lab get veg -o wide` line of the gateway, split into its columns.
+    fn row(&self, gateway: &str) -> Vec<String> {
+        let table = self.veg(&["get", "veg", gateway, "-o", "wide"]);
+        let line = table.lines().nth(1).unwrap_or_default().to_owned();
+        line.split("   ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Wait until `veg lab get veg` shows the gateway Completed and ready.
+    fn wait_ready(&self, gateway: &str, within: Duration) -> Vec<String> {
+        self.wait_ready_with(gateway, within, |_| true)
+    }
+
+    /// Wait until the gateway is Completed and ready and its row also satisfies `also`.
+    fn wait_ready_with(
+        &self,
+        gateway: &str,
+        within: Duration,
+        also: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let row = self.row(gateway);
+            let ready = row.get(5).map(String::as_str) == Some("Completed")
+                && row.get(6).map(String::as_str) == Some("true");
+            if ready && also(&row) {
+                return row;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{gateway} not ready within {within:?}: {row:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(format!("{}/controller-lab.log", self.dir)).unwrap_or_default()
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        let _ = Command::new(VEG)
+            .args(["lab", "--dir", &self.dir, "--prefix", &self.prefix, "down"])
+            .output();
+    }
+}
+
+/// Run `f` on a thread inside network namespace `netns`.
+fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{netns}");
+    std::thread::spawn(move || {
+        veg_testbed::netns::enter(&path);
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+/// A UDP echo server in the external namespace that records who it saw.
+struct Echo {
+    seen: Arc<Mutex<Vec<SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Echo {
+    fn start(lab: &TestLab) -> Echo {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (seen.clone(), stop.clone());
+        let path = format!("/var/run/netns/{}", lab.netns("external"));
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            veg_testbed::netns::enter(&path);
+            let socket = UdpSocket::bind(("0.0.0.0", PORT)).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .unwrap();
+            ready_tx.send(()).unwrap();
+            let mut buf = [0u8; 64];
+            while !st.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    s.lock().unwrap().push(from);
+                    let _ = socket.send_to(&buf[..n], from);
+                }
+            }
+        });
+        ready.recv().unwrap();
+        Echo { seen, stop }
+    }
+
+    fn sources(&self) -> Vec<IpAddr> {
+        let mut ips: Vec<IpAddr> = self.seen.lock().unwrap().iter().map(|a| a.ip()).collect();
+        ips.dedup();
+        ips
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// From the client's namespace: send one datagram and wait for the echo (up to a second).
+fn round_trip(lab: &TestLab, client: &str) -> bool {
+    in_netns(&lab.netns(client), || {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        socket.send_to(b"ping", (SERVER, PORT)).unwrap();
+        let mut buf = [0u8; 16];
+        socket.recv_from(&mut buf).is_ok()
+    })
+}
+
+fn eventually_round_trip(lab: &TestLab, client: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !round_trip(lab, client) {
+        assert!(
+            Instant::now() < deadline,
+            "{client} never got through\n{}",
+            lab.log()
+        );
+    }
+}
+
+const GATEWAY1: &str = "apiVersion: kubeovn.io/v1
+kind: VpcEgressGateway
+metadata: {name: gateway1, namespace: default}
+spec:
+  vpc: ovn-cluster
+  replicas: 1
+  externalSubnet: macvlan1
+  policies:
+    - {snat: true, ipBlocks: [10.16.0.2]}
+    - {snat: false, ipBlocks: [10.16.0.3]}
+";
+
+#[test]
+fn default_vpc_gateway_translates_its_sources_scales_and_goes_away() {
+    if skip_unless_root() {
+        return;
+    }
+    let lab = TestLab::up();
+    let echo = Echo::start(&lab);
+    lab.apply(GATEWAY1);
+    let row = lab.wait_ready("gateway1", Duration::from_secs(30));
+    // NAME VPC REPLICAS BFD EXTERNAL-SUBNET PHASE READY INTERNAL-IPS EXTERNAL-IPS NODES AGE
+    assert_eq!(
+        &row[..7],
+        [
+            "gateway1",
+            "ovn-cluster",
+            "1",
+            "false",
+            "macvlan1",
+            "Completed",
+            "true"
+        ]
+    );
+    assert_eq!(row[7], r#"["10.16.0.10"]"#);
+    assert_eq!(row[8], r#"["172.17.0.10"]"#);
+    assert_eq!(row[9], r#"["kube-ovn-worker"]"#);
+    assert_eq!(
+        lab.nbctl(&["lr-policy-list", "ovn-cluster"])
+            .lines()
+            .filter(|l| l.contains("29100"))
+            .count(),
+        1,
+        "one reroute policy"
+    );
+
+    // The SNAT client leaves as the instance's external address.
+    eventually_round_trip(&lab, "client1");
+    assert_eq!(echo.sources(), ["172.17.0.10".parse::<IpAddr>().unwrap()]);
+    // The forward client is routed unchanged (the outside routes it back through the instance).
+    in_netns(&lab.netns("external"), || {
+        veg_testbed::netns::ip(&["route", "add", "10.16.0.3/32", "via", "172.17.0.10"]);
+    });
+    eventually_round_trip(&lab, "client2");
+    assert!(
+        echo.sources().contains(&"10.16.0.3".parse().unwrap()),
+        "{:?}",
+        echo.sources()
+    );
+    // A client outside the gateway's sources is not routed to it.
+    let before = echo.seen.lock().unwrap().len();
+    assert!(
+        !round_trip(&lab, "client3"),
+        "10.16.0.4 is in no policy, yet got an answer"
+    );
+    assert_eq!(
+        echo.seen.lock().unwrap().len(),
+        before,
+        "the server heard from 10.16.0.4"
+    );
+
+    // Scale to two: both instances are nexthops; then back to one: the survivor keeps carrying traffic.
+    lab.veg(&["scale", "veg", "gateway1", "--replicas", "2"]);
+    let two = r#"["10.16.0.10","10.16.0.11"]"#;
+    lab.wait_ready_with("gateway1", Duration::from_secs(30), |row| row[7] == two);
+    let policy = lab.nbctl(&["lr-policy-list", "ovn-cluster"]);
+    assert!(policy.contains("10.16.0.10, 10.16.0.11"), "{policy}");
+    lab.veg(&["scale", "veg", "gateway1", "--replicas", "1"]);
+    lab.wait_ready_with("gateway1", Duration::from_secs(30), |row| {
+        row[7] == r#"["10.16.0.10"]"#
+    });
+    eventually_round_trip(&lab, "client1");
+
+    // Delete: every row of the gateway goes, its instances go, and traffic is no longer translated.
+    assert!(!lab.gateway_rows("gateway1").is_empty());
+    lab.delete(GATEWAY1);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !lab.gateway_rows("gateway1").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "rows left: {:?}",
+            lab.gateway_rows("gateway1")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let namespaces = String::from_utf8(
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        !namespaces.contains(&lab.netns("default-gateway1")),
+        "an instance outlived its gateway"
+    );
+    assert!(
+        !round_trip(&lab, "client1"),
+        "traffic still translated after the gateway was deleted"
+    );
+}
+
+const GATEWAY2: &str = "apiVersion: kubeovn.io/v1
+kind: Vpc
+metadata: {name: vpc1}
+spec:
+  bfdPort: {enabled: true, ip: 10.255.255.255}
+status: {defaultLogicalSwitch: subnet1}
+---
+apiVersion: kubeovn.io/v1
+kind: VpcEgressGateway
+metadata: {name: gateway2, namespace: default}
+spec:
+  vpc: vpc1
+  replicas: 2
+  internalSubnet: subnet1
+  externalSubnet: macvlan1
+  bfd: {enabled: true, minRX: 100, minTX: 100, multiplier: 3}
+  policies:
+    - {snat: true, ipBlocks: [192.168.0.0/24]}
+";
+
+/// A stream of datagrams (one every 5 ms) from a client; when each echo came back.
+struct Stream {
+    stop: Arc<AtomicBool>,
+    echoes: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Stream {
+    fn start(lab: &TestLab, client: &str) -> Stream {
+        let stop = Arc::new(AtomicBool::new(false));
+        let echoes = Arc::new(Mutex::new(Vec::new()));
+        let (st, ec) = (stop.clone(), echoes.clone());
+        let path = format!("/var/run/netns/{}", lab.netns(client));
+        std::thread::spawn(move || {
+            veg_testbed::netns::enter(&path);
+            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(5)))
+                .unwrap();
+            let mut buf = [0u8; 16];
+            while !st.load(Ordering::Relaxed) {
+                let _ = socket.send_to(b"stream", (SERVER, PORT));
+                while socket.recv_from(&mut buf).is_ok() {
+                    ec.lock().unwrap().push(Instant::now());
+                }
+            }
+        });
+        Stream { stop, echoes }
+    }
+
+    /// The longest time without an echo after `since`.
+    fn longest_gap_after(&self, since: Instant) -> Duration {
+        let echoes = self.echoes.lock().unwrap();
+        let mut previous = since;
+        let mut longest = Duration::ZERO;
+        for at in echoes.iter().filter(|t| **t >= since) {
+            longest = longest.max(at.duration_since(previous));
+            previous = *at;
+        }
+        longest
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn bfd_gateway_on_vpc1_fails_over_in_under_a_second_and_the_instance_returns() {
+    if skip_unless_root() {
+        return;
+    }
+    let lab = TestLab::up();
+    let echo = Echo::start(&lab);
+    lab.apply(GATEWAY2);
+    let row = lab.wait_ready("gateway2", Duration::from_secs(40));
+    assert_eq!(&row[..4], ["gateway2", "vpc1", "2", "true"]);
+    // ECMP src-ip routes with symmetric replies and BFD, one per instance; both sessions up in OVN.
+    let routes = lab.nbctl(&["lr-route-list", "vpc1"]);
+    assert_eq!(
+        routes
+            .matches("src-ip ecmp ecmp-symmetric-reply bfd")
+            .count(),
+        2,
+        "{routes}"
+    );
+    let bfd = lab.nbctl(&[
+        "--bare",
+        "--columns=status",
+        "find",
+        "BFD",
+        "logical_port=bfd@vpc1",
+    ]);
+    assert_eq!(bfd.split_whitespace().collect::<Vec<_>>(), ["up", "up"]);
+
+    eventually_round_trip(&lab, "vpc1-client1");
+    let first = echo.sources()[0];
+    assert!(
+        ["172.17.0.10", "172.17.0.11"].contains(&first.to_string().as_str()),
+        "{first}"
+    );
+
+    // Kill the instance carrying the stream: the stream resumes through the other one.
+    let stream = Stream::start(&lab, "vpc1-client1");
+    std::thread::sleep(Duration::from_millis(500));
+    let carrier = *echo.sources().last().unwrap();
+    let instance = if carrier.to_string() == "172.17.0.10" {
+        "gateway2-0"
+    } else {
+        "gateway2-1"
+    };
+    let record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{}/instances/default.{instance}.json", lab.dir)).unwrap(),
+    )
+    .unwrap();
+    let killed = Instant::now();
+    // SAFETY: killing the lab's own agent process.
+    unsafe { libc::kill(record["pid"].as_i64().unwrap() as i32, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_secs(3));
+    let gap = stream.longest_gap_after(killed);
+    drop(stream);
+    println!(
+        "failover: traffic flowed again through the survivor after {} ms",
+        gap.as_millis()
+    );
+    assert!(
+        gap < Duration::from_secs(1),
+        "the stream stopped for {gap:?}"
+    );
+    let survivor = *echo.sources().last().unwrap();
+    assert_ne!(
+        survivor, carrier,
+        "the stream did not move to the other instance"
+    );
+
+    // The lab's kubelet restarts the agent; its session comes back up and the gateway is ready again.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let bfd = lab.nbctl(&[
+            "--bare",
+            "--columns=status",
+            "find",
+            "BFD",
+            "logical_port=bfd@vpc1",
+        ]);
+        if bfd.split_whitespace().eq(["up", "up"]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted instance's session never came back: {bfd}\n{}",
+            lab.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.wait_ready("gateway2", Duration::from_secs(20));
+}
