@@ -6,20 +6,23 @@
 //! Run serially (`--test-threads=1`): each test builds its own lab with its own prefix and directory.
 
 use std::{
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::{IpAddr, SocketAddr},
     process::Command,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
-use veg_testbed::{skip_unless_root, unique};
+use veg_testbed::{
+    skip_unless_root,
+    udp::{Echo, Stream, in_netns, round_trip},
+    unique,
+};
 
 const VEG: &str = env!("CARGO_BIN_EXE_veg");
-const SERVER: &str = "172.17.0.1";
 const PORT: u16 = 9000;
+
+fn server() -> SocketAddr {
+    SocketAddr::from(([172, 17, 0, 1], PORT))
+}
 
 /// A lab of this test's own; `veg lab down` when dropped, also on failure.
 struct TestLab {
@@ -162,78 +165,9 @@ impl Drop for TestLab {
     }
 }
 
-/// Run `f` on a thread inside network namespace `netns`.
-fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{netns}");
-    std::thread::spawn(move || {
-        veg_testbed::netns::enter(&path);
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
-/// A UDP echo server in the external namespace that records who it saw.
-struct Echo {
-    seen: Arc<Mutex<Vec<SocketAddr>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Echo {
-    fn start(lab: &TestLab) -> Echo {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (seen.clone(), stop.clone());
-        let path = format!("/var/run/netns/{}", lab.netns("external"));
-        let (ready_tx, ready) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            veg_testbed::netns::enter(&path);
-            let socket = UdpSocket::bind(("0.0.0.0", PORT)).unwrap();
-            socket
-                .set_read_timeout(Some(Duration::from_millis(50)))
-                .unwrap();
-            ready_tx.send(()).unwrap();
-            let mut buf = [0u8; 64];
-            while !st.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = socket.recv_from(&mut buf) {
-                    s.lock().unwrap().push(from);
-                    let _ = socket.send_to(&buf[..n], from);
-                }
-            }
-        });
-        ready.recv().unwrap();
-        Echo { seen, stop }
-    }
-
-    fn sources(&self) -> Vec<IpAddr> {
-        let mut ips: Vec<IpAddr> = self.seen.lock().unwrap().iter().map(|a| a.ip()).collect();
-        ips.dedup();
-        ips
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// From the client's namespace: send one datagram and wait for the echo (up to a second).
-fn round_trip(lab: &TestLab, client: &str) -> bool {
-    in_netns(&lab.netns(client), || {
-        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(1)))
-            .unwrap();
-        socket.send_to(b"ping", (SERVER, PORT)).unwrap();
-        let mut buf = [0u8; 16];
-        socket.recv_from(&mut buf).is_ok()
-    })
-}
-
 fn eventually_round_trip(lab: &TestLab, client: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !round_trip(lab, client) {
+    while !round_trip(&lab.netns(client), server()) {
         assert!(
             Instant::now() < deadline,
             "{client} never got through\n{}",
@@ -260,7 +194,7 @@ fn default_vpc_gateway_translates_its_sources_scales_and_goes_away() {
         return;
     }
     let lab = TestLab::up();
-    let echo = Echo::start(&lab);
+    let echo = Echo::start(&lab.netns("external"), PORT);
     lab.apply(GATEWAY1);
     let row = lab.wait_ready("gateway1", Duration::from_secs(30));
     // NAME VPC REPLICAS BFD EXTERNAL-SUBNET PHASE READY INTERNAL-IPS EXTERNAL-IPS NODES AGE
@@ -302,16 +236,12 @@ fn default_vpc_gateway_translates_its_sources_scales_and_goes_away() {
         echo.sources()
     );
     // A client outside the gateway's sources is not routed to it.
-    let before = echo.seen.lock().unwrap().len();
+    let before = echo.heard();
     assert!(
-        !round_trip(&lab, "client3"),
+        !round_trip(&lab.netns("client3"), server()),
         "10.16.0.4 is in no policy, yet got an answer"
     );
-    assert_eq!(
-        echo.seen.lock().unwrap().len(),
-        before,
-        "the server heard from 10.16.0.4"
-    );
+    assert_eq!(echo.heard(), before, "the server heard from 10.16.0.4");
 
     // Scale to two: both instances are nexthops; then back to one: the survivor keeps carrying traffic.
     lab.veg(&["scale", "veg", "gateway1", "--replicas", "2"]);
@@ -350,7 +280,7 @@ fn default_vpc_gateway_translates_its_sources_scales_and_goes_away() {
         "an instance outlived its gateway"
     );
     assert!(
-        !round_trip(&lab, "client1"),
+        !round_trip(&lab.netns("client1"), server()),
         "traffic still translated after the gateway was deleted"
     );
 }
@@ -375,61 +305,13 @@ spec:
     - {snat: true, ipBlocks: [192.168.0.0/24]}
 ";
 
-/// A stream of datagrams (one every 5 ms) from a client; when each echo came back.
-struct Stream {
-    stop: Arc<AtomicBool>,
-    echoes: Arc<Mutex<Vec<Instant>>>,
-}
-
-impl Stream {
-    fn start(lab: &TestLab, client: &str) -> Stream {
-        let stop = Arc::new(AtomicBool::new(false));
-        let echoes = Arc::new(Mutex::new(Vec::new()));
-        let (st, ec) = (stop.clone(), echoes.clone());
-        let path = format!("/var/run/netns/{}", lab.netns(client));
-        std::thread::spawn(move || {
-            veg_testbed::netns::enter(&path);
-            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-            socket
-                .set_read_timeout(Some(Duration::from_millis(5)))
-                .unwrap();
-            let mut buf = [0u8; 16];
-            while !st.load(Ordering::Relaxed) {
-                let _ = socket.send_to(b"stream", (SERVER, PORT));
-                while socket.recv_from(&mut buf).is_ok() {
-                    ec.lock().unwrap().push(Instant::now());
-                }
-            }
-        });
-        Stream { stop, echoes }
-    }
-
-    /// The longest time without an echo after `since`.
-    fn longest_gap_after(&self, since: Instant) -> Duration {
-        let echoes = self.echoes.lock().unwrap();
-        let mut previous = since;
-        let mut longest = Duration::ZERO;
-        for at in echoes.iter().filter(|t| **t >= since) {
-            longest = longest.max(at.duration_since(previous));
-            previous = *at;
-        }
-        longest
-    }
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 #[test]
 fn bfd_gateway_on_vpc1_fails_over_in_under_a_second_and_the_instance_returns() {
     if skip_unless_root() {
         return;
     }
     let lab = TestLab::up();
-    let echo = Echo::start(&lab);
+    let echo = Echo::start(&lab.netns("external"), PORT);
     lab.apply(GATEWAY2);
     let row = lab.wait_ready("gateway2", Duration::from_secs(40));
     assert_eq!(&row[..4], ["gateway2", "vpc1", "2", "true"]);
@@ -459,22 +341,29 @@ fn bfd_gateway_on_vpc1_fails_over_in_under_a_second_and_the_instance_returns() {
     );
 
     // Kill the instance carrying the stream: the stream resumes through the other one.
-    let stream = Stream::start(&lab, "vpc1-client1");
+    let stream = Stream::start(&lab.netns("vpc1-client1"), server());
     std::thread::sleep(Duration::from_millis(500));
     let carrier = *echo.sources().last().unwrap();
-    let instance = if carrier.to_string() == "172.17.0.10" {
-        "gateway2-0"
-    } else {
-        "gateway2-1"
-    };
-    let record: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("{}/instances/default.{instance}.json", lab.dir)).unwrap(),
-    )
-    .unwrap();
+    let records: Vec<serde_json::Value> = std::fs::read_dir(format!("{}/instances", lab.dir))
+        .unwrap()
+        .map(|e| {
+            serde_json::from_str(&std::fs::read_to_string(e.unwrap().path()).unwrap()).unwrap()
+        })
+        .collect();
+    let victim = records
+        .iter()
+        .find(|r| r["external_ip"] == carrier.to_string())
+        .expect("the carrier's record");
+    let survivor: IpAddr = records
+        .iter()
+        .find(|r| r["external_ip"] != carrier.to_string())
+        .and_then(|r| r["external_ip"].as_str()?.parse().ok())
+        .expect("the other instance's record");
+    let heard = echo.heard();
     let killed = Instant::now();
     // SAFETY: killing the lab's own agent process.
-    unsafe { libc::kill(record["pid"].as_i64().unwrap() as i32, libc::SIGKILL) };
-    std::thread::sleep(Duration::from_secs(3));
+    unsafe { libc::kill(victim["pid"].as_i64().unwrap() as i32, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(1500));
     let gap = stream.longest_gap_after(killed);
     drop(stream);
     println!(
@@ -485,10 +374,10 @@ fn bfd_gateway_on_vpc1_fails_over_in_under_a_second_and_the_instance_returns() {
         gap < Duration::from_secs(1),
         "the stream stopped for {gap:?}"
     );
-    let survivor = *echo.sources().last().unwrap();
-    assert_ne!(
-        survivor, carrier,
-        "the stream did not move to the other instance"
+    assert!(
+        echo.sources_since(heard).contains(&survivor),
+        "the stream did not move to the other instance: {:?}",
+        echo.sources_since(heard)
     );
 
     // The lab's kubelet restarts the agent; its session comes back up and the gateway is ready again.

@@ -1,4 +1,4 @@
-//! `cargo xtask lab up | down | status`: install what the lab needs, build veg, and run `veg lab ...` (the lab
+//! `cargo xtask lab up | down | status | demo`: install what the lab needs, build veg, and run `veg lab ...` (the lab
 //! itself lives in veg, so that `veg lab apply` and friends share it).
 
 use std::process::Command;
@@ -16,9 +16,14 @@ pub enum LabTask {
     Down,
     /// Say what runs.
     Status,
+    /// The contract's walkthrough on a lab of its own, narrated, torn down at the end.
+    Demo,
 }
 
 pub fn run(task: LabTask) -> anyhow::Result<()> {
+    if matches!(task, LabTask::Demo) {
+        return crate::lab_demo::run();
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the lab creates network namespaces and runs OVN and eBPF programs: run it as root");
@@ -31,6 +36,7 @@ pub fn run(task: LabTask) -> anyhow::Result<()> {
         LabTask::Up => "up",
         LabTask::Down => "down",
         LabTask::Status => "status",
+        LabTask::Demo => unreachable!("handled above"),
     };
     step(&format!("veg lab {command}"));
     let status = Command::new(&veg)

@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod lab;
+mod lab_demo;
 mod workspace;
 
 use clap::{Parser, Subcommand};
@@ -26,7 +27,7 @@ enum Task {
     Demo,
     /// Measure veg against iptables MASQUERADE and nftables masquerade on the same topology.
     Bench(bench::BenchArgs),
-    /// The whole gateway on this machine with real OVN: `up`, `down`, `status`.
+    /// The whole gateway on this machine with real OVN: `up`, `down`, `status`, `demo`.
     Lab {
         #[command(subcommand)]
         task: lab::LabTask,

@@ -90,7 +90,10 @@ pub fn test() -> anyhow::Result<()> {
     run(cargo().args(["test", "--no-run"]))?;
     step("unit tests");
     run(cargo().args(["test", "--lib", "--bins"]))?;
-    step("the demo, as a smoke test");
+    step(
+        "the demos, as smoke tests: the lab with real OVN (the README's main command), then the datapath alone",
+    );
+    crate::lab_demo::run()?;
     crate::demo::run()?;
     step("the benchmark, as a smoke test: every mode forwards traffic and yields numbers");
     crate::bench::run(crate::bench::BenchArgs::smoke())?;

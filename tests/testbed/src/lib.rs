@@ -8,6 +8,7 @@ pub mod netns;
 pub mod ovsdb;
 pub mod packet;
 pub mod servers;
+pub mod udp;
 
 /// Tests need root (namespaces, BPF). Returns true, after saying why, when the test should be skipped.
 pub fn skip_unless_root() -> bool {
