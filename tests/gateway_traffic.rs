@@ -499,3 +499,66 @@ fn the_gateway_turns_forwarding_on_and_off_where_proc_sys_is_read_only_as_in_a_p
     );
     assert_eq!(udp.peers().len(), 1);
 }
+
+/// How many TCX links hold veg's two programs (from VPC, from outside), as bpftool lists the kernel's links. The
+/// tests run one at a time, so these are this test's.
+fn tcx_links() -> (usize, usize) {
+    let bpftool = |args: &[&str]| -> serde_json::Value {
+        let out = std::process::Command::new("bpftool")
+            .arg("-j")
+            .args(args)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let mut counts = (0, 0);
+    for link in bpftool(&["link", "show"]).as_array().into_iter().flatten() {
+        let Some(id) = link["prog_id"].as_u64() else {
+            continue;
+        };
+        match bpftool(&["prog", "show", "id", &id.to_string()])["name"].as_str() {
+            Some("veg_from_vpc") => counts.0 += 1,
+            Some("veg_from_outsid" | "veg_from_outside") => counts.1 += 1,
+            _ => {}
+        }
+    }
+    counts
+}
+
+#[test]
+fn a_killed_agent_leaves_its_programs_translating_until_the_next_takes_over() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    let mut gateway = lab.start_gateway(&[]);
+    let udp = udp_echo(&lab.server, UDP_PORT);
+    udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"running").unwrap();
+    // Killed: nothing detaches, forwarding stays on. The pinned programs still translate every packet.
+    gateway.kill();
+    for _ in 0..3 {
+        udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"agent dead").unwrap();
+    }
+    let sources: HashSet<IpAddr> = udp.peers().iter().map(|p| p.ip()).collect();
+    assert_eq!(
+        sources,
+        HashSet::from([external_ip()]),
+        "a packet left untranslated"
+    );
+    // The next agent takes over: one program per interface, and traffic still flows.
+    gateway.restart();
+    assert_eq!(
+        tcx_links(),
+        (1, 1),
+        "the killed agent's programs are still attached"
+    );
+    udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"taken over").unwrap();
+    // An orderly stop detaches for good.
+    gateway.stop();
+    assert_eq!(
+        tcx_links(),
+        (0, 0),
+        "programs still attached after an orderly stop"
+    );
+}

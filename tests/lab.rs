@@ -361,8 +361,7 @@ fn bfd_gateway_on_vpc1_fails_over_in_under_a_second_and_the_instance_returns() {
         .expect("the other instance's record");
     let heard = echo.heard();
     let killed = Instant::now();
-    // SAFETY: killing the lab's own agent process.
-    unsafe { libc::kill(victim["pid"].as_i64().unwrap() as i32, libc::SIGKILL) };
+    lab.veg(&["kill", victim["pod"].as_str().unwrap()]);
     std::thread::sleep(Duration::from_millis(1500));
     let gap = stream.longest_gap_after(killed);
     drop(stream);
@@ -374,10 +373,15 @@ fn bfd_gateway_on_vpc1_fails_over_in_under_a_second_and_the_instance_returns() {
         gap < Duration::from_secs(1),
         "the stream stopped for {gap:?}"
     );
+    let since_kill = echo.sources_since(heard);
     assert!(
-        echo.sources_since(heard).contains(&survivor),
-        "the stream did not move to the other instance: {:?}",
-        echo.sources_since(heard)
+        since_kill.contains(&survivor),
+        "the stream did not move to the other instance: {since_kill:?}"
+    );
+    // Nothing left untranslated meanwhile.
+    assert!(
+        !since_kill.contains(&"192.168.0.2".parse().unwrap()),
+        "a packet left with the client's own address: {since_kill:?}"
     );
 
     // The lab's kubelet restarts the agent; its session comes back up and the gateway is ready again.

@@ -108,6 +108,14 @@ enum LabCommand {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
     },
+    /// Kill a gateway instance as a failing node would: its agent dies and its interfaces go down. The lab's
+    /// kubelet restarts it after a couple of seconds.
+    Kill {
+        /// The instance's pod name, e.g. gateway2-0 (`veg lab status` lists them).
+        pod: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
     /// Run the controller in lab mode in the foreground (`veg lab up` starts it in the background).
     #[command(hide = true)]
     Controller,
@@ -510,6 +518,16 @@ fn lab(args: LabArgs) -> anyhow::Result<()> {
             gateway_resource(&resource)?;
             store.scale(&namespace, &name, replicas)?;
             writeln!(out, "vpcegressgateway.kubeovn.io/{name} scaled")?;
+            Ok(())
+        }
+        LabCommand::Kill { pod, namespace } => {
+            require_up(&args.dir)?;
+            let instance = lab.kill_instance(&namespace, &pod)?;
+            writeln!(
+                out,
+                "instance {namespace}/{pod} killed (agent pid {} gone, interfaces down)",
+                instance.pid
+            )?;
             Ok(())
         }
         LabCommand::Controller => {

@@ -225,13 +225,13 @@ impl Demo<'_> {
         let carrier = echo.sources().last().copied().unwrap_or(seen);
         let (victim, survivor) = instances_of_gateway2(carrier)?;
         println!(
-            "  the stream leaves as {carrier}: killing {} (its veg gateway, pid {})",
-            victim.pod, victim.pid
+            "  the stream leaves as {carrier}, through {}: killing it",
+            victim.pod
         );
         let heard = echo.heard();
         let killed = Instant::now();
-        // SAFETY: killing the demo lab's own agent.
-        unsafe { libc::kill(victim.pid, libc::SIGKILL) };
+        let out = self.lab(&["kill", &victim.pod])?;
+        self.show(&format!("veg lab kill {}", victim.pod), &out);
         std::thread::sleep(Duration::from_millis(1500));
         let gap = stream.longest_gap_after(killed);
         drop(stream);
@@ -273,7 +273,6 @@ struct Instance {
     pod: String,
     gateway: String,
     external_ip: IpAddr,
-    pid: i32,
 }
 
 /// gateway2's instance leaving as `carrier`, and the other one.

@@ -216,6 +216,14 @@ impl Gateway {
         }
     }
 
+    /// SIGKILL and wait: the agent dies without detaching anything, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stop and start again with the same settings.
     pub fn restart(&mut self) {
         self.stop();

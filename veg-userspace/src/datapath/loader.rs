@@ -6,7 +6,11 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
-    programs::{SchedClassifier, TcAttachType, tc},
+    programs::{
+        SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc,
+    },
     util::KernelVersion,
 };
 use veg_common::config::{CONFIG_KEY, GatewayConfig};
@@ -16,10 +20,19 @@ use super::{EBPF_OBJECT, flow_table::FlowTable, pins, policy::PolicyTable};
 pub const PROGRAM_FROM_VPC: &str = "veg_from_vpc";
 pub const PROGRAM_FROM_OUTSIDE: &str = "veg_from_outside";
 
-/// The loaded datapath of one gateway. Dropping it detaches the programs; the pinned maps stay.
+/// The loaded datapath of one gateway. Dropping it detaches the programs; the pinned maps stay. Only when the
+/// process dies without dropping it (killed) do the programs stay attached, through their pinned links, and keep
+/// translating until the next agent takes over.
 pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
+    links: Vec<PinnedLink>,
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        self.detach();
+    }
 }
 
 impl Datapath {
@@ -56,6 +69,7 @@ impl Datapath {
         Ok(Datapath {
             ebpf,
             pin_dir: pin_dir.to_owned(),
+            links: Vec::new(),
         })
     }
 
@@ -103,8 +117,9 @@ impl Datapath {
         FlowTable::from_pin(&self.pin_dir.join(pins::FLOWS))
     }
 
-    /// Attach both programs to their interfaces' ingress: TCX links on kernels that have them (6.6+), a clsact
-    /// qdisc otherwise.
+    /// Attach both programs to their interfaces' ingress: TCX links on kernels that have them (6.6+), pinned, a
+    /// clsact qdisc otherwise. Links a killed agent left pinned are replaced once the new programs are attached,
+    /// so there is no moment without a program.
     pub fn attach(
         &mut self,
         internal_interface: &str,
@@ -112,9 +127,13 @@ impl Datapath {
     ) -> anyhow::Result<()> {
         let has_tcx =
             KernelVersion::current().is_ok_and(|v| v.code() >= KernelVersion::new(6, 6, 0).code());
-        for (name, interface) in [
-            (PROGRAM_FROM_VPC, internal_interface),
-            (PROGRAM_FROM_OUTSIDE, external_interface),
+        for (name, interface, pin) in [
+            (PROGRAM_FROM_VPC, internal_interface, pins::LINK_FROM_VPC),
+            (
+                PROGRAM_FROM_OUTSIDE,
+                external_interface,
+                pins::LINK_FROM_OUTSIDE,
+            ),
         ] {
             if !has_tcx {
                 // EEXIST when the qdisc is there already is fine.
@@ -125,11 +144,37 @@ impl Datapath {
                 .program_mut(name)
                 .context("program missing")?
                 .try_into()?;
-            program
+            let link = program
                 .attach(interface, TcAttachType::Ingress)
                 .with_context(|| format!("attaching {name} to {interface} ingress"))?;
+            if !has_tcx {
+                continue;
+            }
+            let link: FdLink = program.take_link(link)?.try_into()?;
+            let path = self.pin_dir.join(pin);
+            if let Ok(left) = PinnedLink::from_pin(&path) {
+                // The previous agent's program goes now that ours runs (dropping the last reference detaches it).
+                drop(
+                    left.unpin()
+                        .with_context(|| format!("unpinning {}", path.display()))?,
+                );
+            }
+            let pinned = link
+                .pin(&path)
+                .map_err(|e| anyhow!(e))
+                .with_context(|| format!("pinning the link of {name} at {}", path.display()))?;
+            self.links.push(pinned);
         }
         Ok(())
+    }
+
+    /// Detach the programs: unpin their links and let them go.
+    pub fn detach(&mut self) {
+        for link in self.links.drain(..) {
+            if let Ok(link) = link.unpin() {
+                drop(link);
+            }
+        }
     }
 }
 

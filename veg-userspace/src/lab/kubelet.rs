@@ -52,6 +52,9 @@ pub struct Instance {
     pub pid: i32,
     #[serde(default)]
     pub started: u64,
+    /// When the kubelet found its agent dead (0 while it runs).
+    #[serde(default)]
+    pub died: u64,
     /// A digest of what it was started from: a different one means the template changed.
     pub template: String,
 }
@@ -148,13 +151,17 @@ impl Lab {
         for index in 0..replicas {
             let pod = format!("{name}-{index}");
             match current.iter_mut().find(|i| i.pod == pod) {
-                // restartPolicy Always: a dead agent is started again, at most once per RESTART_BACKOFF.
-                Some(instance)
-                    if !alive(instance.pid) && now() >= instance.started + RESTART_BACKOFF =>
-                {
-                    instance.pid = self.start_agent(instance, deployment, gateway, subnets)?;
-                    instance.started = now();
-                    self.record(instance)?;
+                // restartPolicy Always: a dead agent is started again, RESTART_BACKOFF after it was found dead.
+                Some(instance) if !alive(instance.pid) => {
+                    if instance.died == 0 {
+                        instance.died = now();
+                        self.record(instance)?;
+                    } else if now() >= instance.died + RESTART_BACKOFF {
+                        self.bring_up(instance, deployment)?;
+                        instance.pid = self.start_agent(instance, deployment, gateway, subnets)?;
+                        (instance.started, instance.died) = (now(), 0);
+                        self.record(instance)?;
+                    }
                 }
                 Some(_) => {}
                 None => {
@@ -207,6 +214,7 @@ impl Lab {
         let namespace = gateway.namespace().unwrap_or_default();
         let mut instance = Instance {
             started: 0,
+            died: 0,
             namespace: namespace.clone(),
             pod: pod.into(),
             gateway: format!("{namespace}/{}", gateway.name_any()),
@@ -228,17 +236,34 @@ impl Lab {
             false,
         )?;
         self.attach_underlay(&instance.netns, external_ip)?;
-        for route in routes(annotations.get("ovn.kubernetes.io/routes")) {
-            super::command::run_in(
-                &instance.netns,
-                "ip",
-                &["route", "replace", &route.0, "via", &route.1, "dev", "eth0"],
-            )?;
-        }
+        self.bring_up(&instance, deployment)?;
         instance.pid = self.start_agent(&instance, deployment, gateway, subnets)?;
         instance.started = now();
         self.record(&instance)?;
         Ok(instance)
+    }
+
+    /// The instance's interfaces up and its routes in place, as the CNI leaves a (re)started pod: the routes of
+    /// the pod's annotation through the VPC, everything else out of net1.
+    fn bring_up(&self, instance: &Instance, deployment: &Deployment) -> anyhow::Result<()> {
+        let in_ns = |args: &[&str]| super::command::run_in(&instance.netns, "ip", args);
+        in_ns(&["link", "set", "eth0", "up"])?;
+        in_ns(&["link", "set", "net1", "up"])?;
+        for (destination, via) in
+            routes(pod_annotations(deployment).get("ovn.kubernetes.io/routes"))
+        {
+            in_ns(&["route", "replace", &destination, "via", &via, "dev", "eth0"])?;
+        }
+        in_ns(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            network::EXTERNAL_GATEWAY,
+            "dev",
+            "net1",
+        ])?;
+        Ok(())
     }
 
     /// The lowest address of `cidr` from .10 on that no client, gateway or instance holds.
@@ -310,6 +335,25 @@ impl Lab {
         Ok(child.id() as i32)
     }
 
+    /// The instance dies, as a pod whose node fails: its agent is killed (its programs stay attached, pinned) and
+    /// its interfaces go down, so it answers nothing, BFD included. The kubelet restarts it after a while.
+    pub fn kill_instance(&self, namespace: &str, pod: &str) -> anyhow::Result<Instance> {
+        let instance = self
+            .instances()
+            .into_iter()
+            .find(|i| i.namespace == namespace && i.pod == pod)
+            .with_context(|| {
+                format!("no instance {namespace}/{pod} in the lab (`veg lab status` lists them)")
+            })?;
+        // Interfaces first: a restart that comes in between must not find them up.
+        for interface in ["eth0", "net1"] {
+            super::command::run_in(&instance.netns, "ip", &["link", "set", interface, "down"])?;
+        }
+        // SAFETY: killing the lab's own agent.
+        unsafe { libc::kill(instance.pid, libc::SIGKILL) };
+        Ok(instance)
+    }
+
     /// Stop the agent (it detaches and keeps its pins), take the instance off the network, remove its pins.
     pub fn remove_instance(&self, instance: &Instance) -> anyhow::Result<()> {
         if instance.pid > 0 && alive(instance.pid) {
@@ -361,7 +405,7 @@ impl Lab {
     }
 }
 
-/// Seconds between restarts of an agent that keeps dying (Kubernetes' CrashLoopBackOff, simplified).
+/// Seconds from finding an agent dead to starting it again (Kubernetes' CrashLoopBackOff, simplified).
 const RESTART_BACKOFF: u64 = 2;
 
 fn now() -> u64 {
