@@ -116,6 +116,12 @@ enum LabCommand {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
     },
+    /// Restart a component as a failure would: `controller` (the lab's controller) or `nb` (the Northbound
+    /// database server, killed and started again on its file).
+    Restart {
+        #[arg(value_parser = ["controller", "nb"])]
+        component: String,
+    },
     /// Run the controller in lab mode in the foreground (`veg lab up` starts it in the background).
     #[command(hide = true)]
     Controller,
@@ -530,6 +536,7 @@ fn lab(args: LabArgs) -> anyhow::Result<()> {
             )?;
             Ok(())
         }
+        LabCommand::Restart { component } => lab.restart(&component, &mut out),
         LabCommand::Controller => {
             require_up(&args.dir)?;
             runtime_in(None)?.block_on(async {

@@ -34,7 +34,7 @@ spec:
         - ovn-default
 ";
 
-const GATEWAY2: &str = "apiVersion: kubeovn.io/v1
+pub const GATEWAY2: &str = "apiVersion: kubeovn.io/v1
 kind: Vpc
 metadata:
   name: vpc1
@@ -66,23 +66,27 @@ spec:
         - 192.168.0.0/24
 ";
 
-struct Demo<'a> {
-    veg: &'a Path,
+/// A lab driven through `veg lab` (the demo's, or the failover bench's), narrated unless quiet.
+pub struct Demo<'a> {
+    pub veg: &'a Path,
+    pub dir: &'static str,
+    pub prefix: &'static str,
+    pub quiet: bool,
 }
 
 fn server() -> SocketAddr {
     SocketAddr::from(([172, 17, 0, 1], PORT))
 }
 
-fn netns(name: &str) -> String {
-    format!("{PREFIX}-{name}")
-}
-
 impl Demo<'_> {
+    pub fn netns(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
     /// `veg lab ARGS` on the demo's lab; its output, shown indented.
-    fn lab(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub fn lab(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new(self.veg)
-            .args(["lab", "--dir", DIR, "--prefix", PREFIX])
+            .args(["lab", "--dir", self.dir, "--prefix", self.prefix])
             .args(args)
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -97,14 +101,17 @@ impl Demo<'_> {
     }
 
     fn show(&self, command: &str, output: &str) {
+        if self.quiet {
+            return;
+        }
         println!("  $ {command}");
         for line in output.lines() {
             println!("    {line}");
         }
     }
 
-    fn apply(&self, yaml: &str) -> anyhow::Result<()> {
-        let file = format!("{DIR}/demo-manifest.yaml");
+    pub fn apply(&self, yaml: &str) -> anyhow::Result<()> {
+        let file = format!("{}/demo-manifest.yaml", self.dir);
         std::fs::write(&file, yaml)?;
         self.show("cat gateway.yaml", yaml);
         let out = self.lab(&["apply", "-f", &file])?;
@@ -119,7 +126,7 @@ impl Demo<'_> {
     }
 
     /// Wait until the gateway is Completed and ready with `instances` internal IPs.
-    fn wait_ready(&self, gateway: &str, instances: usize) -> anyhow::Result<Duration> {
+    pub fn wait_ready(&self, gateway: &str, instances: usize) -> anyhow::Result<Duration> {
         let started = Instant::now();
         loop {
             let table = self.lab(&["get", "veg", gateway, "-o", "wide"])?;
@@ -132,7 +139,10 @@ impl Demo<'_> {
                 return Ok(started.elapsed());
             }
             if started.elapsed() > Duration::from_secs(60) {
-                bail!("{gateway} not ready after 60 s:\n{table}\nsee {DIR}/controller-lab.log");
+                bail!(
+                    "{gateway} not ready after 60 s:\n{table}\nsee {}/controller-lab.log",
+                    self.dir
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -140,7 +150,7 @@ impl Demo<'_> {
 
     fn nbctl(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new("ovn-nbctl")
-            .arg(format!("--db=unix:{DIR}/nb.sock"))
+            .arg(format!("--db=unix:{}/nb.sock", self.dir))
             .args(args)
             .output()?;
         ensure!(
@@ -160,7 +170,7 @@ impl Demo<'_> {
     /// A client sends through the gateway; say which address the external server saw.
     fn send(&self, echo: &Echo, client: &str, address: &str) -> anyhow::Result<IpAddr> {
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !round_trip(&netns(client), server()) {
+        while !round_trip(&self.netns(client), server()) {
             ensure!(
                 Instant::now() < deadline,
                 "{client} got no answer from the external server"
@@ -175,7 +185,7 @@ impl Demo<'_> {
         step("the lab: real OVN and Open vSwitch, pods and instances as network namespaces");
         let out = self.lab(&["up"])?;
         self.show("veg lab up", &out);
-        let echo = Echo::start(&netns("external"), PORT);
+        let echo = Echo::start(&self.netns("external"), PORT);
 
         step("gateway1 on the default VPC (ovn-cluster), one instance");
         self.apply(GATEWAY1)?;
@@ -220,10 +230,10 @@ impl Demo<'_> {
         let seen = self.send(&echo, "vpc1-client1", "192.168.0.2")?;
 
         step("failover: kill the instance carrying a steady stream (a datagram every 5 ms)");
-        let stream = Stream::start(&netns("vpc1-client1"), server());
+        let stream = Stream::start(&self.netns("vpc1-client1"), server());
         std::thread::sleep(Duration::from_millis(500));
         let carrier = echo.sources().last().copied().unwrap_or(seen);
-        let (victim, survivor) = instances_of_gateway2(carrier)?;
+        let (victim, survivor) = instances_of_gateway2(self.dir, carrier)?;
         println!(
             "  the stream leaves as {carrier}, through {}: killing it",
             victim.pod
@@ -269,15 +279,15 @@ impl Demo<'_> {
 
 /// The lab's record of an instance (the part the demo needs).
 #[derive(serde::Deserialize)]
-struct Instance {
-    pod: String,
+pub struct Instance {
+    pub pod: String,
     gateway: String,
-    external_ip: IpAddr,
+    pub external_ip: IpAddr,
 }
 
 /// gateway2's instance leaving as `carrier`, and the other one.
-fn instances_of_gateway2(carrier: IpAddr) -> anyhow::Result<(Instance, Instance)> {
-    let mut instances: Vec<Instance> = std::fs::read_dir(format!("{DIR}/instances"))?
+pub fn instances_of_gateway2(dir: &str, carrier: IpAddr) -> anyhow::Result<(Instance, Instance)> {
+    let mut instances: Vec<Instance> = std::fs::read_dir(format!("{dir}/instances"))?
         .filter_map(|e| serde_json::from_str(&std::fs::read_to_string(e.ok()?.path()).ok()?).ok())
         .filter(|i: &Instance| i.gateway == "default/gateway2")
         .collect();
@@ -297,7 +307,12 @@ pub fn run() -> anyhow::Result<()> {
     }
     setup()?;
     let veg = build_veg()?;
-    let demo = Demo { veg: &veg };
+    let demo = Demo {
+        veg: &veg,
+        dir: DIR,
+        prefix: PREFIX,
+        quiet: false,
+    };
     let started = Instant::now();
     let result = demo.walkthrough();
     step("tearing the lab down");

@@ -64,6 +64,17 @@ impl Echo {
         self.seen.lock().unwrap().len()
     }
 
+    /// Every source (address and port) heard after the first `heard` datagrams.
+    pub fn peers_since(&self, heard: usize) -> Vec<SocketAddr> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .skip(heard)
+            .copied()
+            .collect()
+    }
+
     /// The source addresses heard, in order, consecutive repeats folded.
     pub fn sources(&self) -> Vec<IpAddr> {
         self.sources_since(0)

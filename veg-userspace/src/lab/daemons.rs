@@ -43,26 +43,33 @@ fn files(dir: &str, daemon: &str) -> [String; 3] {
 
 const DETACH: [&str; 3] = ["--detach", "--no-chdir", "-vconsole:off"];
 
+/// Start the ovsdb-server of database `db` (nb, sb or conf) on its file and socket in `dir`.
+pub fn start_database(dir: &Path, db: &str) -> anyhow::Result<()> {
+    let d = dir.to_str().context("the lab directory is not UTF-8")?;
+    let [pid, log, ctl] = files(d, db);
+    let mut args = vec![
+        format!("{d}/{db}.db"),
+        format!("--remote=punix:{d}/{db}.sock"),
+        pid,
+        log,
+        ctl,
+    ];
+    args.extend(DETACH.map(str::to_owned));
+    run_with_env(
+        "ovsdb-server",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &env(d),
+    )?;
+    Ok(())
+}
+
 /// Start every daemon; `host` is the network namespace of the datapath, `chassis` the chassis' name.
 pub fn start(dir: &Path, host: &str, chassis: &str) -> anyhow::Result<()> {
     let d = dir.to_str().context("the lab directory is not UTF-8")?;
     let env = env(d);
     for (db, schema) in SCHEMAS {
         run("ovsdb-tool", &["create", &format!("{d}/{db}.db"), schema])?;
-        let [pid, log, ctl] = files(d, db);
-        let mut args = vec![
-            format!("{d}/{db}.db"),
-            format!("--remote=punix:{d}/{db}.sock"),
-            pid,
-            log,
-            ctl,
-        ];
-        args.extend(DETACH.map(str::to_owned));
-        run_with_env(
-            "ovsdb-server",
-            &args.iter().map(String::as_str).collect::<Vec<_>>(),
-            &env,
-        )?;
+        start_database(dir, db)?;
     }
     let vsctl = |args: &[&str]| {
         let mut full = vec![format!("--db=unix:{d}/conf.sock"), "--no-wait".to_owned()];

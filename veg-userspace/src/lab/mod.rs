@@ -226,6 +226,32 @@ impl Lab {
         Ok(())
     }
 
+    /// Restart a component the way a failure would: `controller` (the lab's controller; it must change nothing
+    /// in OVN when it comes back), or `nb` (the Northbound ovsdb-server, killed and started again on its database
+    /// file; every client must reconnect and converge).
+    pub fn restart(&self, component: &str, out: &mut impl Write) -> anyhow::Result<()> {
+        require_up(&self.dir)?;
+        match component {
+            "controller" => {
+                if let Some(pid) = daemons::pid(&self.dir, CONTROLLER) {
+                    daemons::stop_pid(pid, std::time::Duration::from_secs(5));
+                }
+                self.start_controller()?;
+            }
+            "nb" => {
+                if let Some(pid) = daemons::pid(&self.dir, "nb") {
+                    // SAFETY: killing the lab's own database server, as a crash would.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    daemons::stop_pid(pid, std::time::Duration::from_secs(5));
+                }
+                daemons::start_database(&self.dir, "nb")?;
+            }
+            other => anyhow::bail!("cannot restart {other:?}: restart controller or nb"),
+        }
+        writeln!(out, "lab: {component} restarted")?;
+        Ok(())
+    }
+
     /// `veg lab controller` in the background, detached, with its pidfile and log in the lab's directory.
     fn start_controller(&self) -> anyhow::Result<()> {
         use std::os::unix::process::CommandExt;

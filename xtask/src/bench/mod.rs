@@ -2,6 +2,7 @@
 //! modes interleaved round by round, medians and ratios against iptables.
 
 mod chart;
+mod failover;
 mod modes;
 mod ovn;
 mod program;
@@ -22,7 +23,8 @@ use scenarios::{CLIENT_IP, SCENARIOS, Tools, measure, start_tcp_server};
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Scenarios to run (default: all): udp-many, udp-one, tcp-stream-1, tcp-stream-8, tcp-crr, tcp-rr; or
-    /// `ovn` alone for the OVN programming benchmark (1,000 gateways, a 10,000-port selector).
+    /// `ovn` alone for the OVN programming benchmark (1,000 gateways, a 10,000-port selector); `failover` alone
+    /// for 20 failovers on the lab with real OVN (p50 / p99 of the traffic gap).
     scenarios: Vec<String>,
     /// Rounds; each runs every mode once, in turn.
     #[arg(long, default_value_t = 3)]
@@ -76,6 +78,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.scenarios == ["ovn"] {
         setup()?;
         return ovn::run();
+    }
+    if args.scenarios == ["failover"] {
+        return failover::run();
     }
     let (rounds, seconds) = if args.smoke {
         (1, 1.0)
