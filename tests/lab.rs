@@ -409,7 +409,8 @@ spec:
   externalSubnet: macvlan1
   bfd: {enabled: true, minRX: 100, minTX: 100, multiplier: 3}
   policies:
-    - {snat: true, ipBlocks: [192.168.0.0/24]}
+    - {snat: true, ipBlocks: [192.168.0.2]}
+    - {snat: false, ipBlocks: [192.168.0.4]}
 ";
 
 #[test]
@@ -422,13 +423,13 @@ fn bfd_gateway_on_vpc1_fails_over_in_under_a_second_and_the_instance_returns() {
     lab.apply(GATEWAY2);
     let row = lab.wait_ready("gateway2", Duration::from_secs(40));
     assert_eq!(&row[..4], ["gateway2", "vpc1", "2", "true"]);
-    // ECMP src-ip routes with symmetric replies and BFD, one per instance; both sessions up in OVN.
+    // ECMP src-ip routes with symmetric replies and BFD, one per source and instance; both sessions up in OVN.
     let routes = lab.nbctl(&["lr-route-list", "vpc1"]);
     assert_eq!(
         routes
             .matches("src-ip ecmp ecmp-symmetric-reply bfd")
             .count(),
-        2,
+        4,
         "{routes}"
     );
     let bfd = lab.nbctl(&[
@@ -440,12 +441,52 @@ fn bfd_gateway_on_vpc1_fails_over_in_under_a_second_and_the_instance_returns() {
     ]);
     assert_eq!(bfd.split_whitespace().collect::<Vec<_>>(), ["up", "up"]);
 
+    // With real OVN 23.03 at 100 ms x 3, sessions stay Up: none changed state for 10 s.
+    std::thread::sleep(Duration::from_secs(10));
+    for instance in ["default_gateway2-0", "default_gateway2-1"] {
+        let out = Command::new(VEG)
+            .args(["bfd", "status", "--name", instance, "--json"])
+            .output()
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let session = &status["sessions"][0];
+        assert_eq!(session["state"], "Up", "{instance}: {session}");
+        assert_eq!(
+            session["transmit_interval_ms"], 100,
+            "{instance}: {session}"
+        );
+        assert!(
+            session["seconds_since_state_change"].as_u64().unwrap() >= 10,
+            "{instance} flapped: {session}"
+        );
+    }
+    assert_eq!(row[7], r#"["192.168.0.10","192.168.0.11"]"#);
+    assert_eq!(row[8], r#"["172.17.0.10","172.17.0.11"]"#);
+    assert_eq!(row[9], r#"["kube-ovn-worker","kube-ovn-worker"]"#);
+
+    // The SNAT client leaves as one of the external addresses; the forward client as itself; a client in no
+    // policy is not routed to the gateway at all.
     eventually_round_trip(&lab, "vpc1-client1");
     let first = echo.sources()[0];
     assert!(
         ["172.17.0.10", "172.17.0.11"].contains(&first.to_string().as_str()),
         "{first}"
     );
+    in_netns(&lab.netns("external"), || {
+        veg_testbed::netns::ip(&["route", "add", "192.168.0.4/32", "via", "172.17.0.10"]);
+    });
+    eventually_round_trip(&lab, "vpc1-client3");
+    assert!(
+        echo.sources().contains(&"192.168.0.4".parse().unwrap()),
+        "{:?}",
+        echo.sources()
+    );
+    let before = echo.heard();
+    assert!(
+        !round_trip(&lab.netns("vpc1-client2"), server()),
+        "192.168.0.3 is in no policy, yet got an answer"
+    );
+    assert_eq!(echo.heard(), before, "the server heard from 192.168.0.3");
 
     // Kill the instance carrying the stream: the stream resumes through the other one.
     let stream = Stream::start(&lab.netns("vpc1-client1"), server());

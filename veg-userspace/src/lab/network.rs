@@ -45,12 +45,13 @@ pub const EXTERNAL_CIDR: &str = "172.17.0.0/16";
 pub const EXTERNAL_GATEWAY: &str = "172.17.0.1";
 
 /// The client pods, all in Kubernetes namespace "default": (name, switch, address).
-pub const CLIENTS: [(&str, &Switch, &str); 5] = [
+pub const CLIENTS: [(&str, &Switch, &str); 6] = [
     ("client1", &DEFAULT_SWITCH, "10.16.0.2"),
     ("client2", &DEFAULT_SWITCH, "10.16.0.3"),
     ("client3", &DEFAULT_SWITCH, "10.16.0.4"),
     ("vpc1-client1", &VPC1_SWITCH, "192.168.0.2"),
     ("vpc1-client2", &VPC1_SWITCH, "192.168.0.3"),
+    ("vpc1-client3", &VPC1_SWITCH, "192.168.0.4"),
 ];
 
 /// A MAC address that only this IPv4 address gets (locally administered).
