@@ -100,7 +100,10 @@ async fn connect(nb: &NbServer, client: &Client) -> Arc<Context> {
 /// Two routers (the default VPC's and vpc1's), switch ports for selected pods; in the API: the subnets, the
 /// VPCs (vpc1 with a BFD port, vpc2 without), two Ready nodes and two namespaces.
 async fn world() -> World {
-    let nb = NbServer::start();
+    world_on(NbServer::start()).await
+}
+
+async fn world_on(nb: NbServer) -> World {
     for router in ["ovn-cluster", "vpc1", "vpc2"] {
         nb.nbctl(&["lr-add", router]);
     }
@@ -728,4 +731,43 @@ async fn a_cluster_without_the_instances_binding_gets_a_condition_that_says_what
         w.api.get("apps", "deployments", NS, "gateway1").is_none(),
         "instances that could not read their policy"
     );
+}
+
+/// On a server with bfd_sessions (OVN >= 23.09), trafficPolicy Local keeps each node's pods on the instance of
+/// their node (29150, matched by the node's port group from its port_name annotation), as the reference does.
+#[tokio::test]
+async fn traffic_policy_local_on_a_newer_ovn_adds_a_policy_per_node() {
+    let w = world_on(NbServer::start_with_bfd_sessions()).await;
+    Api::<Node>::all(w.client.clone())
+        .patch(
+            "node1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "annotations": { "ovn.kubernetes.io/port_name": "node-node1" } } })),
+        )
+        .await
+        .unwrap();
+    w.gateway(&GATEWAY1.replace("  replicas: 1\n", "  replicas: 1\n  trafficPolicy: Local\n"))
+        .await;
+    w.reconcile("gateway1").await;
+    w.instance(
+        "gateway1",
+        "gateway1-0",
+        "node1",
+        "10.16.0.5",
+        "172.17.0.10",
+    )
+    .await;
+    w.reconcile("gateway1").await;
+    assert_eq!(
+        w.rows(
+            "Logical_Router_Policy",
+            "gateway1",
+            "priority,match,nexthops"
+        ),
+        [
+            "29100,ip4.src == 10.16.0.0/16,10.16.0.5",
+            "29150,ip4.src == $node.node1_ip4 && (ip4.src == 10.16.0.0/16),10.16.0.5",
+        ]
+    );
+    assert_eq!(w.status("gateway1")["ready"], true);
 }

@@ -34,6 +34,8 @@ fn gateway1(addresses: &[&str]) -> GatewaySpec {
         instances: instances(addresses),
         bfd: None,
         down: BTreeSet::new(),
+        bfd_sessions: false,
+        local_port_groups: Default::default(),
     }
 }
 
@@ -572,5 +574,103 @@ async fn ovn_apply_at_scale() {
         "OVN_BENCH {}",
         json!({ "gateways": GATEWAYS, "ports": PORTS, "apply_each": applies, "selector_10k_apply": selector_apply,
                 "scale_out": scale_out, "reapply_unchanged_each": reapply })
+    );
+}
+
+/// On a server whose policies have bfd_sessions (OVN >= 23.09; here Debian's schema with that column added), the
+/// default VPC's policies reference the instances' BFD rows and keep every instance, a 29090 drop sits under them,
+/// trafficPolicy Local adds a 29150 policy per node, and no anchor routes are written. Applying twice writes
+/// nothing.
+#[tokio::test]
+async fn with_bfd_sessions_policies_reference_the_bfd_rows() {
+    let server = NbServer::start_with_bfd_sessions();
+    let monitor = monitored(&server, "ovn-cluster").await;
+    assert!(monitor.read(|r| {
+        r.schema()
+            .has_column("Logical_Router_Policy", "bfd_sessions")
+    }));
+    let mut spec = gateway1(&["10.16.0.12", "10.16.0.13"]);
+    spec.instances[1].node = "node-b".into();
+    spec.bfd = Some(Bfd {
+        port: "bfd@ovn-cluster".into(),
+        min_rx: 100,
+        min_tx: 100,
+        multiplier: 3,
+    });
+    spec.bfd_sessions = true;
+    spec.local_port_groups = [("node-b".to_owned(), "node.b".to_owned())].into();
+    apply(&monitor, &spec).await.unwrap();
+
+    let bfd_ip: std::collections::HashMap<String, String> = server
+        .select("BFD", &["_uuid", "dst_ip"])
+        .iter()
+        .map(|r| {
+            (
+                r["_uuid"][1].as_str().unwrap().to_owned(),
+                r["dst_ip"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut policies: Vec<(i64, String, String, String)> = server
+        .select(
+            "Logical_Router_Policy",
+            &["priority", "action", "nexthops", "bfd_sessions"],
+        )
+        .iter()
+        .map(|r| {
+            let set = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+                match v[0].as_str() {
+                    Some("set") => v[1].as_array().cloned().unwrap_or_default(),
+                    _ if v.is_null() => Vec::new(),
+                    _ => vec![v.clone()],
+                }
+            };
+            let mut nexthops: Vec<String> = set(&r["nexthops"])
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect();
+            nexthops.sort();
+            let mut sessions: Vec<String> = set(&r["bfd_sessions"])
+                .iter()
+                .filter_map(|u| bfd_ip.get(u[1].as_str()?).cloned())
+                .collect();
+            sessions.sort();
+            (
+                r["priority"].as_i64().unwrap(),
+                r["action"].as_str().unwrap().to_owned(),
+                nexthops.join(","),
+                sessions.join(","),
+            )
+        })
+        .collect();
+    policies.sort();
+    assert_eq!(
+        policies,
+        [
+            (29090, "drop".to_owned(), String::new(), String::new()),
+            (
+                29100,
+                "reroute".to_owned(),
+                "10.16.0.12,10.16.0.13".to_owned(),
+                "10.16.0.12,10.16.0.13".to_owned()
+            ),
+            (
+                29150,
+                "reroute".to_owned(),
+                "10.16.0.13".to_owned(),
+                "10.16.0.13".to_owned()
+            ),
+        ]
+    );
+    let routes = server.nbctl(&["lr-route-list", "ovn-cluster"]);
+    assert!(
+        !routes.contains("10.16.0.12"),
+        "anchor routes are for OVN 23.03 only: {routes}"
+    );
+    let again = apply(&monitor, &spec).await.unwrap();
+    assert!(
+        again.operations.is_empty(),
+        "a second apply wrote {:?}",
+        again.changes
     );
 }

@@ -34,10 +34,30 @@ fn run(program: &str, args: &[&str]) -> String {
 
 impl NbServer {
     pub fn start() -> NbServer {
+        NbServer::start_with_schema(NB_SCHEMA)
+    }
+
+    /// A server whose Northbound schema is Debian's (23.03) plus Logical_Router_Policy.bfd_sessions, as OVN 23.09
+    /// has it: to exercise what veg does on newer servers.
+    pub fn start_with_bfd_sessions() -> NbServer {
+        let mut schema: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(NB_SCHEMA).unwrap()).unwrap();
+        schema["tables"]["Logical_Router_Policy"]["columns"]["bfd_sessions"] = serde_json::json!({
+            "type": { "key": { "type": "uuid", "refTable": "BFD", "refType": "weak" }, "min": 0, "max": "unlimited" }
+        });
+        let path = std::env::temp_dir().join(unique("veg-nb-schema-"));
+        std::fs::write(&path, schema.to_string()).unwrap();
+        let server = NbServer::start_with_schema(path.to_str().unwrap());
+        let _ = std::fs::remove_file(&path);
+        server
+    }
+
+    /// A server on a database created from `schema` (a file path).
+    pub fn start_with_schema(schema: &str) -> NbServer {
         let dir = std::env::temp_dir().join(unique("veg-nb-"));
         std::fs::create_dir_all(&dir).unwrap();
         let d = dir.to_str().unwrap().to_owned();
-        run("ovsdb-tool", &["create", &format!("{d}/nb.db"), NB_SCHEMA]);
+        run("ovsdb-tool", &["create", &format!("{d}/nb.db"), schema]);
         let mut server = NbServer {
             dir,
             unix: format!("unix:{d}/nb.sock"),
@@ -86,6 +106,18 @@ impl NbServer {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Select `columns` of every row of `table` with ovsdb-client (for columns ovn-nbctl does not know).
+    pub fn select(&self, table: &str, columns: &[&str]) -> Vec<serde_json::Value> {
+        let query = serde_json::json!(["OVN_Northbound",
+            { "op": "select", "table": table, "where": [], "columns": columns }]);
+        let out = run(
+            "ovsdb-client",
+            &["transact", &self.unix, &query.to_string()],
+        );
+        let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+        reply[0]["rows"].as_array().cloned().unwrap_or_default()
     }
 
     /// `ovn-nbctl --db=unix:... ARGS`: an independent reader of what the database holds.

@@ -100,6 +100,8 @@ pub fn gateway_spec(
         instances,
         bfd,
         down: BTreeSet::new(),
+        bfd_sessions: false,
+        local_port_groups: Default::default(),
     })
 }
 
@@ -116,6 +118,23 @@ fn node_ready(node: &Node) -> bool {
         .into_iter()
         .flatten()
         .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// Annotation Kube-OVN puts on a node: the node's logical switch port, whose port group holds its pods.
+pub const NODE_PORT_ANNOTATION: &str = "ovn.kubernetes.io/port_name";
+
+/// Each node's port group (its pods), by node name, for trafficPolicy Local: the node's port name with '-'
+/// turned into '.', as the reference names it. Nodes without the annotation have none.
+pub fn local_port_groups(nodes: &[Node]) -> std::collections::BTreeMap<String, String> {
+    nodes
+        .iter()
+        .filter_map(|n| {
+            Some((
+                n.name_any(),
+                n.annotations().get(NODE_PORT_ANNOTATION)?.replace('-', "."),
+            ))
+        })
+        .collect()
 }
 
 /// The Vpc's BFD port when it enables one: on the nodes its nodeSelector picks, or else on up to three Ready nodes
@@ -236,6 +255,8 @@ mod tests {
                 multiplier: 5,
             }),
             down: BTreeSet::new(),
+            bfd_sessions: false,
+            local_port_groups: Default::default(),
         };
         assert_eq!(spec, expected);
 

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 use super::{
     access,
     instances::{Observed, observe},
-    ovn_input::{gateway_spec, vpc_bfd_port},
+    ovn_input::{gateway_spec, local_port_groups, vpc_bfd_port},
     selection::selected_ports,
     status::{self, Outcome, READY},
     validation::{Problem, Resolved, validate},
@@ -35,7 +35,7 @@ use super::{
 };
 use crate::{
     crd::{
-        gateway::{VpcEgressGateway, VpcEgressGatewayStatus},
+        gateway::{TrafficPolicy, VpcEgressGateway, VpcEgressGatewayStatus},
         network::{Subnet, Vpc},
     },
     ovn::{
@@ -136,7 +136,7 @@ async fn apply(gateway: &VpcEgressGateway, ctx: &Context) -> Result<Action, Erro
     }
 
     let ports = selected_pod_ports(gateway, &resolved, client).await?;
-    let nodes = bfd_port_nodes(gateway, &resolved, client).await?;
+    let nodes = needed_nodes(gateway, &resolved, client).await?;
     let programmed = program_ovn(gateway, &resolved, &instances, ports, &nodes, &ctx.ovn).await;
     let outcome = match programmed {
         Ok(()) => Outcome::Applied {
@@ -178,13 +178,14 @@ async fn selected_pod_ports(
     ))
 }
 
-/// The nodes, to place the VPC's BFD port, when the gateway uses BFD on a VPC (none otherwise).
-async fn bfd_port_nodes(
+/// The nodes, to place the VPC's BFD port (BFD on a VPC) and for trafficPolicy Local (none otherwise).
+async fn needed_nodes(
     gateway: &VpcEgressGateway,
     resolved: &Resolved<'_>,
     client: &kube::Client,
 ) -> Result<Vec<Node>, Error> {
-    if resolved.vpc.is_none() || !gateway.spec.bfd.enabled {
+    let local = gateway.spec.traffic_policy == TrafficPolicy::Local;
+    if !local && (resolved.vpc.is_none() || !gateway.spec.bfd.enabled) {
         return Ok(Vec::new());
     }
     let nodes = Api::<Node>::all(client.clone())
@@ -256,8 +257,16 @@ pub async fn program_ovn(
             }
         }
     }
-    // Policies cannot follow BFD by themselves on OVN 23.03: leave out the instances whose session is down.
-    if spec.default_vpc && spec.bfd.is_some() {
+    // OVN >= 23.09 policies follow BFD by themselves (bfd_sessions); on 23.03 leave out the instances whose
+    // session is down.
+    spec.bfd_sessions = ovn.read(|r| {
+        r.schema()
+            .has_column("Logical_Router_Policy", "bfd_sessions")
+    });
+    if spec.bfd_sessions && gateway.spec.traffic_policy == TrafficPolicy::Local {
+        spec.local_port_groups = local_port_groups(nodes);
+    }
+    if spec.default_vpc && spec.bfd.is_some() && !spec.bfd_sessions {
         spec.down = ovn.read(|r| down_nexthops(r, &spec));
     }
     let plan = apply_ovn(ovn, &spec)
@@ -331,17 +340,11 @@ async fn cleanup(gateway: &VpcEgressGateway, ctx: &Context) -> Result<Action, Er
         .clone()
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| DEFAULT_VPC.to_owned());
-    let owner = GatewaySpec {
-        namespace: gateway.namespace().unwrap_or_default(),
-        name: gateway.name_any(),
-        default_vpc: router == DEFAULT_VPC,
-        router,
-        sources: Vec::new(),
-        selected_ports: Vec::new(),
-        instances: Vec::new(),
-        bfd: None,
-        down: Default::default(),
-    };
+    let owner = GatewaySpec::empty(
+        &gateway.namespace().unwrap_or_default(),
+        &gateway.name_any(),
+        &router,
+    );
     let plan = delete_ovn(&ctx.ovn, &owner)
         .await
         .map_err(|e| Error(format!("removing the OVN rows of {}: {e:#}", owner.id())))?;

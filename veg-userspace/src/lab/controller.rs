@@ -225,17 +225,7 @@ async fn remove(lab: &Lab, store: &Store, ovn: &Monitor, gateway: &str) -> anyho
         .collect();
     let mut last_error = None;
     for router in routers {
-        let owner = GatewaySpec {
-            namespace: namespace.into(),
-            name: name.into(),
-            default_vpc: router == DEFAULT_VPC,
-            router,
-            sources: Vec::new(),
-            selected_ports: Vec::new(),
-            instances: Vec::new(),
-            bfd: None,
-            down: Default::default(),
-        };
+        let owner = GatewaySpec::empty(namespace, name, &router);
         match delete_ovn(ovn, &owner).await {
             Ok(_) => last_error = None,
             Err(e) => last_error = Some(e),

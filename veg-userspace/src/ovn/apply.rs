@@ -71,11 +71,15 @@ fn key_of(table: &str, row: &Row) -> String {
         "BFD" => format!("{}|{}", text("logical_port"), text("dst_ip")),
         "Logical_Router_Static_Route" => format!("{}|{}", text("ip_prefix"), text("nexthop")),
         "Logical_Router_Policy" => {
-            format!(
+            let key = format!(
                 "{}|{}",
                 column(row, "priority"),
                 external_id(row, "af").unwrap_or_default()
-            )
+            );
+            match external_id(row, "node") {
+                Some(node) => format!("{key}|{node}"),
+                None => key,
+            }
         }
         "HA_Chassis" => text("chassis_name"),
         _ => text("name"),

@@ -167,6 +167,8 @@ pub fn gateway_from_yaml(yaml: &str) -> anyhow::Result<GatewaySpec> {
         instances,
         bfd,
         down: BTreeSet::new(),
+        bfd_sessions: false,
+        local_port_groups: Default::default(),
     })
 }
 

@@ -13,7 +13,10 @@
 //!
 //! Every row carries external_ids vendor=kube-ovn, vpc-egress-gateway=<namespace>/<name> (and af=4|6).
 
-use std::{collections::BTreeSet, net::IpAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use ipnet::IpNet;
 use serde_json::{Map, Value, json};
@@ -22,6 +25,8 @@ use sha2::{Digest, Sha256};
 pub const POLICY_PRIORITY: u32 = 29100;
 /// When BFD is on and every instance is down: drop rather than leave through the nodes unseen.
 pub const DROP_PRIORITY: u32 = 29090;
+/// trafficPolicy Local: a node's pods go to the instance on their node (needs bfd_sessions, OVN >= 23.09).
+pub const LOCAL_PRIORITY: u32 = 29150;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instance {
@@ -53,8 +58,14 @@ pub struct GatewaySpec {
     pub selected_ports: Vec<String>,
     pub instances: Vec<Instance>,
     pub bfd: Option<Bfd>,
-    /// Instances whose BFD session is down, left out of policy nexthops.
+    /// Instances whose BFD session is down, left out of policy nexthops (OVN 23.03: policies cannot watch BFD).
     pub down: BTreeSet<IpAddr>,
+    /// The server's policies have bfd_sessions (OVN >= 23.09): OVN itself skips nexthops whose session is down,
+    /// so policies list every instance and reference their BFD rows, and no anchor routes are needed.
+    pub bfd_sessions: bool,
+    /// trafficPolicy Local: each node's port group (its pods) by node name, for the 29150 policies that keep a
+    /// node's traffic on the instance of that node. Empty for Cluster.
+    pub local_port_groups: BTreeMap<String, String>,
 }
 
 /// One row the gateway needs.
@@ -91,6 +102,23 @@ pub struct Owner {
 }
 
 impl GatewaySpec {
+    /// The gateway with nothing in it, on `router`: what to converge to when it is deleted.
+    pub fn empty(namespace: &str, name: &str, router: &str) -> GatewaySpec {
+        GatewaySpec {
+            namespace: namespace.into(),
+            name: name.into(),
+            router: router.into(),
+            default_vpc: router == super::manifest::DEFAULT_VPC,
+            sources: Vec::new(),
+            selected_ports: Vec::new(),
+            instances: Vec::new(),
+            bfd: None,
+            down: BTreeSet::new(),
+            bfd_sessions: false,
+            local_port_groups: BTreeMap::new(),
+        }
+    }
+
     pub fn owner(&self) -> Owner {
         Owner {
             tag: "vpc-egress-gateway",
@@ -201,7 +229,11 @@ pub fn desired_rows(spec: &GatewaySpec) -> Vec<DesiredRow> {
             .filter(|s| family(&s.addr()) == af)
             .collect();
         let nexthops: Vec<&IpAddr> = addresses.iter().filter(|a| family(a) == af).collect();
-        if spec.default_vpc {
+        if spec.default_vpc && spec.bfd_sessions {
+            rows.extend(policies_with_bfd_sessions(
+                spec, af, &sources, &nexthops, &group,
+            ));
+        } else if spec.default_vpc {
             rows.extend(policy(spec, af, &sources, &nexthops, &group));
             if let Some(bfd) = &spec.bfd {
                 rows.extend(
@@ -256,6 +288,120 @@ fn bfd_link(key: Option<String>) -> Link {
         table: "BFD",
         keys: key.into_iter().collect(),
     }
+}
+
+/// The match of a family's policies: the sources, and the selected pods (OVN keeps an address set of every port
+/// group's addresses: <group>_ip4 / <group>_ip6). None when there is nothing to match.
+fn source_match(spec: &GatewaySpec, af: u8, sources: &[&IpNet], group: &str) -> Option<String> {
+    let ip = if af == 4 { "ip4" } else { "ip6" };
+    let mut terms = Vec::new();
+    match sources {
+        [] => {}
+        [one] => terms.push(format!("{ip}.src == {one}")),
+        many => terms.push(format!(
+            "{ip}.src == {{{}}}",
+            many.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+    if !spec.selected_ports.is_empty() {
+        terms.push(format!("{ip}.src == ${group}_{ip}"));
+    }
+    (!terms.is_empty()).then(|| terms.join(" || "))
+}
+
+/// A policy row of the gateway at `priority`, keyed by priority, family and `scope`.
+fn policy_row(
+    spec: &GatewaySpec,
+    af: u8,
+    priority: u32,
+    scope: &str,
+    columns: Value,
+) -> DesiredRow {
+    let mut columns = columns;
+    columns["priority"] = json!(priority);
+    let mut external_ids = spec.external_ids(Some(af));
+    if !scope.is_empty() {
+        // The node a Local policy is for, so that the row can be told from its siblings.
+        if let Some(pairs) = external_ids[1].as_array_mut() {
+            pairs.push(json!(["node", scope]));
+        }
+    }
+    columns["external_ids"] = external_ids;
+    let key = if scope.is_empty() {
+        format!("{priority}|{af}")
+    } else {
+        format!("{priority}|{af}|{scope}")
+    };
+    let mut row = DesiredRow::new("Logical_Router_Policy", key, columns);
+    row.router_column = Some("policies");
+    row
+}
+
+/// OVN >= 23.09, as the reference programs it: the 29100 reroute over every instance with their BFD sessions
+/// (OVN skips those down), with BFD the 29090 drop under it for when every session is down, and for trafficPolicy
+/// Local a 29150 reroute per node sending that node's pods to the instance on it.
+fn policies_with_bfd_sessions(
+    spec: &GatewaySpec,
+    af: u8,
+    sources: &[&IpNet],
+    nexthops: &[&IpAddr],
+    group: &str,
+) -> Vec<DesiredRow> {
+    let Some(matched) = source_match(spec, af, sources, group) else {
+        return Vec::new();
+    };
+    if nexthops.is_empty() {
+        return Vec::new();
+    }
+    let sessions = |addresses: &[&IpAddr]| Link {
+        column: "bfd_sessions",
+        table: "BFD",
+        keys: match &spec.bfd {
+            Some(bfd) => addresses.iter().map(|a| bfd_key(&bfd.port, a)).collect(),
+            None => Vec::new(),
+        },
+    };
+    let mut rows = Vec::new();
+    let mut reroute = policy_row(
+        spec,
+        af,
+        POLICY_PRIORITY,
+        "",
+        json!({ "match": matched, "action": "reroute", "nexthops": set(nexthops.iter().map(|a| a.to_string())) }),
+    );
+    reroute.links.push(sessions(nexthops));
+    rows.push(reroute);
+    if spec.bfd.is_some() {
+        rows.push(policy_row(
+            spec,
+            af,
+            DROP_PRIORITY,
+            "",
+            json!({ "match": matched, "action": "drop", "nexthops": set([]) }),
+        ));
+    }
+    let ip = if af == 4 { "ip4" } else { "ip6" };
+    for instance in &spec.instances {
+        let Some(local) = spec.local_port_groups.get(&instance.node) else {
+            continue;
+        };
+        for address in instance.addresses.iter().filter(|a| family(a) == af) {
+            let local_match = format!("{ip}.src == ${local}_{ip} && ({matched})");
+            let mut row = policy_row(
+                spec,
+                af,
+                LOCAL_PRIORITY,
+                &instance.node,
+                json!({ "match": local_match, "action": "reroute", "nexthops": set([address.to_string()]) }),
+            );
+            row.links.push(sessions(&[address]));
+            rows.push(row);
+        }
+    }
+    rows
 }
 
 /// The default VPC's reroute policy for one family, if it has sources and a live instance.
@@ -333,6 +479,8 @@ mod tests {
                 .collect(),
             bfd: None,
             down: BTreeSet::new(),
+            bfd_sessions: false,
+            local_port_groups: BTreeMap::new(),
         }
     }
 
@@ -405,6 +553,80 @@ mod tests {
         assert_eq!(anchors.len(), 2);
         assert_eq!(anchors[0].columns["ip_prefix"], "10.16.0.12/32");
         assert_eq!(anchors[0].links[0].keys, ["bfd@ovn-cluster|10.16.0.12"]);
+    }
+
+    #[test]
+    fn with_bfd_sessions_ovn_follows_bfd_itself_as_the_reference_programs_it() {
+        let mut spec = gateway1(&["10.16.0.12", "10.16.0.13"]);
+        spec.instances[1].node = "node-b".into();
+        spec.bfd_sessions = true;
+        spec.bfd = Some(Bfd {
+            port: "bfd@ovn-cluster".into(),
+            min_rx: 100,
+            min_tx: 100,
+            multiplier: 3,
+        });
+        // A down instance stays listed: OVN skips it through its BFD session.
+        spec.down.insert("10.16.0.12".parse().unwrap());
+        spec.local_port_groups = BTreeMap::from([("node-b".to_owned(), "node.b".to_owned())]);
+        let rows = desired_rows(&spec);
+        let policies: Vec<_> = rows
+            .iter()
+            .filter(|r| r.table == "Logical_Router_Policy")
+            .collect();
+        let summary: Vec<(String, Value, Value, Value, Vec<String>)> = policies
+            .iter()
+            .map(|r| {
+                let sessions = r
+                    .links
+                    .iter()
+                    .find(|l| l.column == "bfd_sessions")
+                    .map(|l| l.keys.clone())
+                    .unwrap_or_default();
+                (
+                    r.key.clone(),
+                    r.columns["match"].clone(),
+                    r.columns["action"].clone(),
+                    r.columns["nexthops"].clone(),
+                    sessions,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "29100|4".to_owned(),
+                    json!("ip4.src == 10.16.0.0/16"),
+                    json!("reroute"),
+                    json!(["set", ["10.16.0.12", "10.16.0.13"]]),
+                    vec![
+                        "bfd@ovn-cluster|10.16.0.12".to_owned(),
+                        "bfd@ovn-cluster|10.16.0.13".to_owned()
+                    ],
+                ),
+                (
+                    "29090|4".to_owned(),
+                    json!("ip4.src == 10.16.0.0/16"),
+                    json!("drop"),
+                    json!(["set", []]),
+                    vec![]
+                ),
+                (
+                    "29150|4|node-b".to_owned(),
+                    json!("ip4.src == $node.b_ip4 && (ip4.src == 10.16.0.0/16)"),
+                    json!("reroute"),
+                    json!(["set", ["10.16.0.13"]]),
+                    vec!["bfd@ovn-cluster|10.16.0.13".to_owned()],
+                ),
+            ]
+        );
+        assert!(
+            rows.iter()
+                .all(|r| r.table != "Logical_Router_Static_Route"),
+            "no anchor routes are needed"
+        );
+        assert_eq!(rows.iter().filter(|r| r.table == "BFD").count(), 2);
     }
 
     #[test]
