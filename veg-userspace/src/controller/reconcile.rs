@@ -39,7 +39,10 @@ use crate::{
         network::{Subnet, Vpc},
     },
     ovn::{
-        apply::{apply as apply_ovn, converge, delete as delete_ovn, down_nexthops},
+        apply::{
+            apply as apply_ovn, converge, delete as delete_ovn, down_nexthops,
+            supports_bfd_sessions,
+        },
         manifest::DEFAULT_VPC,
         model::GatewaySpec,
         vpc_port::{on_gateway_router, vpc_port_rows},
@@ -257,16 +260,12 @@ pub async fn program_ovn(
             }
         }
     }
-    // OVN >= 23.09 policies follow BFD by themselves (bfd_sessions); on 23.03 leave out the instances whose
-    // session is down.
-    spec.bfd_sessions = ovn.read(|r| {
-        r.schema()
-            .has_column("Logical_Router_Policy", "bfd_sessions")
-    });
-    if spec.bfd_sessions && gateway.spec.traffic_policy == TrafficPolicy::Local {
+    // trafficPolicy Local needs bfd_sessions (OVN >= 23.09); apply picks the design the server supports.
+    if gateway.spec.traffic_policy == TrafficPolicy::Local {
         spec.local_port_groups = local_port_groups(nodes);
     }
-    if spec.default_vpc && spec.bfd.is_some() && !spec.bfd_sessions {
+    // On OVN 23.03 policies cannot watch BFD: leave out the instances whose session is down.
+    if spec.default_vpc && spec.bfd.is_some() && !supports_bfd_sessions(ovn) {
         spec.down = ovn.read(|r| down_nexthops(r, &spec));
     }
     let plan = apply_ovn(ovn, &spec)

@@ -268,7 +268,7 @@ pub async fn keep_applied(
 ) {
     tokio::pin!(stop);
     let mut changes = monitor.subscribe();
-    let follow_bfd = spec.default_vpc && spec.bfd.is_some();
+    let follow_bfd = spec.default_vpc && spec.bfd.is_some() && !supports_bfd_sessions(monitor);
     loop {
         let mut current = spec.clone();
         if follow_bfd {
@@ -290,9 +290,21 @@ pub async fn keep_applied(
     }
 }
 
-/// Bring the database to the gateway's model. Returns what was done (nothing when it was there already).
+/// Whether the server's policies have bfd_sessions (OVN >= 23.09), so that OVN itself skips nexthops whose BFD
+/// session is down.
+pub fn supports_bfd_sessions(monitor: &Monitor) -> bool {
+    monitor.read(|r| {
+        r.schema()
+            .has_column("Logical_Router_Policy", "bfd_sessions")
+    })
+}
+
+/// Bring the database to the gateway's model, in the design the server supports. Returns what was done (nothing
+/// when it was there already).
 pub async fn apply(monitor: &Monitor, spec: &GatewaySpec) -> anyhow::Result<Plan> {
-    converge(monitor, &spec.owner(), &desired_rows(spec)).await
+    let mut spec = spec.clone();
+    spec.bfd_sessions = supports_bfd_sessions(monitor);
+    converge(monitor, &spec.owner(), &desired_rows(&spec)).await
 }
 
 /// Remove every row tagged with the gateway, and nothing else.
