@@ -417,24 +417,8 @@ fn policy(
         .filter(|a| !spec.down.contains(a))
         .map(|a| a.to_string())
         .collect();
-    let ip = if af == 4 { "ip4" } else { "ip6" };
-    let mut terms = Vec::new();
-    match sources {
-        [] => {}
-        [one] => terms.push(format!("{ip}.src == {one}")),
-        many => terms.push(format!(
-            "{ip}.src == {{{}}}",
-            many.iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-    }
-    if !spec.selected_ports.is_empty() {
-        // OVN keeps an address set of every port group's addresses: <group>_ip4 / <group>_ip6.
-        terms.push(format!("{ip}.src == ${group}_{ip}"));
-    }
-    if terms.is_empty() || nexthops.is_empty() {
+    let matched = source_match(spec, af, sources, group)?;
+    if nexthops.is_empty() {
         return None;
     }
     let all_down = live.is_empty();
@@ -446,16 +430,13 @@ fn policy(
     } else {
         (POLICY_PRIORITY, "reroute")
     };
-    let mut policy = DesiredRow::new(
-        "Logical_Router_Policy",
-        format!("{priority}|{af}"),
-        json!({
-            "priority": priority, "match": terms.join(" || "), "action": action,
-            "nexthops": set(live), "external_ids": spec.external_ids(Some(af)),
-        }),
-    );
-    policy.router_column = Some("policies");
-    Some(policy)
+    Some(policy_row(
+        spec,
+        af,
+        priority,
+        "",
+        json!({ "match": matched, "action": action, "nexthops": set(live) }),
+    ))
 }
 
 #[cfg(test)]
