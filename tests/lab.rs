@@ -151,6 +151,18 @@ impl TestLab {
         versions
     }
 
+    /// The status OVN reports for each BFD session of vpc1's BFD port.
+    fn vpc1_bfd_status(&self) -> Vec<String> {
+        let found = self.nbctl(&[
+            "--bare",
+            "--columns=status",
+            "find",
+            "BFD",
+            "logical_port=bfd@vpc1",
+        ]);
+        found.split_whitespace().map(str::to_owned).collect()
+    }
+
     /// The `veg lab get veg -o wide` line of the gateway, split into its columns.
     fn row(&self, gateway: &str) -> Vec<String> {
         let table = self.veg(&["get", "veg", gateway, "-o", "wide"]);
@@ -202,6 +214,38 @@ impl Drop for TestLab {
             .args(["lab", "--dir", &self.dir, "--prefix", &self.prefix, "down"])
             .output();
     }
+}
+
+/// A forward-policy client is routed unchanged: the server, routing `address` back through `via` (an instance's
+/// external address), sees the client's own address.
+fn forward_client_is_seen_as_itself(
+    lab: &TestLab,
+    echo: &Echo,
+    client: &str,
+    address: &str,
+    via: &str,
+) {
+    let route = format!("{address}/32");
+    let via = via.to_owned();
+    in_netns(&lab.netns("external"), move || {
+        veg_testbed::netns::ip(&["route", "add", &route, "via", &via]);
+    });
+    eventually_round_trip(lab, client);
+    assert!(
+        echo.sources().contains(&address.parse().unwrap()),
+        "{:?}",
+        echo.sources()
+    );
+}
+
+/// A client outside the gateway's sources is not routed to it: no answer, and the server heard nothing.
+fn outside_client_is_not_routed(lab: &TestLab, echo: &Echo, client: &str, address: &str) {
+    let before = echo.heard();
+    assert!(
+        !round_trip(&lab.netns(client), server()),
+        "{address} is in no policy, yet got an answer"
+    );
+    assert_eq!(echo.heard(), before, "the server heard from {address}");
 }
 
 fn eventually_round_trip(lab: &TestLab, client: &str) {
@@ -264,23 +308,9 @@ fn default_vpc_gateway_translates_its_sources_scales_and_goes_away() {
     // The SNAT client leaves as the instance's external address.
     eventually_round_trip(&lab, "client1");
     assert_eq!(echo.sources(), ["172.17.0.10".parse::<IpAddr>().unwrap()]);
-    // The forward client is routed unchanged (the outside routes it back through the instance).
-    in_netns(&lab.netns("external"), || {
-        veg_testbed::netns::ip(&["route", "add", "10.16.0.3/32", "via", "172.17.0.10"]);
-    });
-    eventually_round_trip(&lab, "client2");
-    assert!(
-        echo.sources().contains(&"10.16.0.3".parse().unwrap()),
-        "{:?}",
-        echo.sources()
-    );
-    // A client outside the gateway's sources is not routed to it.
-    let before = echo.heard();
-    assert!(
-        !round_trip(&lab.netns("client3"), server()),
-        "10.16.0.4 is in no policy, yet got an answer"
-    );
-    assert_eq!(echo.heard(), before, "the server heard from 10.16.0.4");
+    // The forward client is routed unchanged; a client outside the gateway's sources is not routed to it.
+    forward_client_is_seen_as_itself(&lab, &echo, "client2", "10.16.0.3", "172.17.0.10");
+    outside_client_is_not_routed(&lab, &echo, "client3", "10.16.0.4");
 
     // Scale to two: both instances are nexthops; then back to one: the survivor keeps carrying traffic.
     lab.veg(&["scale", "veg", "gateway1", "--replicas", "2"]);
@@ -432,14 +462,7 @@ fn bfd_gateway_on_vpc1_fails_over_in_under_a_second_and_the_instance_returns() {
         4,
         "{routes}"
     );
-    let bfd = lab.nbctl(&[
-        "--bare",
-        "--columns=status",
-        "find",
-        "BFD",
-        "logical_port=bfd@vpc1",
-    ]);
-    assert_eq!(bfd.split_whitespace().collect::<Vec<_>>(), ["up", "up"]);
+    assert_eq!(lab.vpc1_bfd_status(), ["up", "up"]);
 
     // With real OVN 23.03 at 100 ms x 3, sessions stay Up: none changed state for 10 s.
     std::thread::sleep(Duration::from_secs(10));
@@ -472,21 +495,8 @@ fn bfd_gateway_on_vpc1_fails_over_in_under_a_second_and_the_instance_returns() {
         ["172.17.0.10", "172.17.0.11"].contains(&first.to_string().as_str()),
         "{first}"
     );
-    in_netns(&lab.netns("external"), || {
-        veg_testbed::netns::ip(&["route", "add", "192.168.0.4/32", "via", "172.17.0.10"]);
-    });
-    eventually_round_trip(&lab, "vpc1-client3");
-    assert!(
-        echo.sources().contains(&"192.168.0.4".parse().unwrap()),
-        "{:?}",
-        echo.sources()
-    );
-    let before = echo.heard();
-    assert!(
-        !round_trip(&lab.netns("vpc1-client2"), server()),
-        "192.168.0.3 is in no policy, yet got an answer"
-    );
-    assert_eq!(echo.heard(), before, "the server heard from 192.168.0.3");
+    forward_client_is_seen_as_itself(&lab, &echo, "vpc1-client3", "192.168.0.4", "172.17.0.10");
+    outside_client_is_not_routed(&lab, &echo, "vpc1-client2", "192.168.0.3");
 
     // Kill the instance carrying the stream: the stream resumes through the other one.
     let stream = Stream::start(&lab.netns("vpc1-client1"), server());
@@ -535,19 +545,13 @@ fn bfd_gateway_on_vpc1_fails_over_in_under_a_second_and_the_instance_returns() {
     // The lab's kubelet restarts the agent; its session comes back up and the gateway is ready again.
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let bfd = lab.nbctl(&[
-            "--bare",
-            "--columns=status",
-            "find",
-            "BFD",
-            "logical_port=bfd@vpc1",
-        ]);
-        if bfd.split_whitespace().eq(["up", "up"]) {
+        let bfd = lab.vpc1_bfd_status();
+        if bfd == ["up", "up"] {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the restarted instance's session never came back: {bfd}\n{}",
+            "the restarted instance's session never came back: {bfd:?}\n{}",
             lab.log()
         );
         std::thread::sleep(Duration::from_millis(200));

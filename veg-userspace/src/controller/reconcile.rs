@@ -31,7 +31,7 @@ use super::{
     selection::selected_ports,
     status::{self, Outcome, READY},
     validation::{Problem, Resolved, validate},
-    workload::{self, Inputs},
+    workload,
 };
 use crate::{
     crd::{
@@ -141,16 +141,7 @@ async fn apply(gateway: &VpcEgressGateway, ctx: &Context) -> Result<Action, Erro
     let ports = selected_pod_ports(gateway, &resolved, client).await?;
     let nodes = needed_nodes(gateway, &resolved, client).await?;
     let programmed = program_ovn(gateway, &resolved, &instances, ports, &nodes, &ctx.ovn).await;
-    let outcome = match programmed {
-        Ok(()) => Outcome::Applied {
-            instances: &instances,
-        },
-        Err(message) => Outcome::Failed {
-            reason: "ReconcileOvnFailed",
-            message,
-            instances: &instances,
-        },
-    };
+    let outcome = Outcome::of_ovn(programmed, &instances);
     let ready = report(gateway, ctx, &outcome).await?;
     Ok(Action::requeue(if ready { RESYNC } else { RETRY }))
 }
@@ -206,14 +197,7 @@ async fn apply_workload(
     ctx: &Context,
 ) -> Result<(), String> {
     let namespace = gateway.namespace().unwrap_or_default();
-    let inputs = Inputs {
-        gateway,
-        internal_subnet: resolved.internal_subnet,
-        external_subnet: resolved.external_subnet,
-        vpc: resolved.vpc,
-        default_image: &ctx.default_image,
-    };
-    let deployment = workload::deployment(&inputs, &resolved.vpc_cidrs)?;
+    let deployment = workload::resolved_deployment(gateway, resolved, &ctx.default_image)?;
     access::grant(&ctx.client, &namespace).await?;
     let name = workload::deployment_name(gateway);
     Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)

@@ -30,6 +30,20 @@ pub enum Outcome<'a> {
     Applied { instances: &'a [Observed] },
 }
 
+impl<'a> Outcome<'a> {
+    /// After programming OVN: applied, or failed with the reason ReconcileOvnFailed.
+    pub fn of_ovn(programmed: Result<(), String>, instances: &'a [Observed]) -> Outcome<'a> {
+        match programmed {
+            Ok(()) => Outcome::Applied { instances },
+            Err(message) => Outcome::Failed {
+                reason: "ReconcileOvnFailed",
+                message,
+                instances,
+            },
+        }
+    }
+}
+
 fn condition(
     previous: &[Condition],
     type_: &str,

@@ -25,6 +25,7 @@ use k8s_openapi::{
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::validation::Resolved;
 use crate::crd::{
     gateway::VpcEgressGateway,
     network::{Subnet, Vpc},
@@ -46,6 +47,22 @@ pub struct Inputs<'a> {
     pub vpc: Option<&'a Vpc>,
     /// The image when the gateway does not name one.
     pub default_image: &'a str,
+}
+
+/// The Deployment of a gateway that validation resolved.
+pub fn resolved_deployment(
+    gateway: &VpcEgressGateway,
+    resolved: &Resolved,
+    default_image: &str,
+) -> Result<Deployment, String> {
+    let inputs = Inputs {
+        gateway,
+        internal_subnet: resolved.internal_subnet,
+        external_subnet: resolved.external_subnet,
+        vpc: resolved.vpc,
+        default_image,
+    };
+    deployment(&inputs, &resolved.vpc_cidrs)
 }
 
 pub fn deployment_name(gateway: &VpcEgressGateway) -> String {
@@ -383,7 +400,11 @@ mod tests {
     }
 
     fn build() -> Deployment {
-        let gateway = gateway2();
+        build_for(&gateway2())
+    }
+
+    /// The Deployment of `gateway` on vpc1 (BFD port on, subnets 192.168.0.0/24 and 192.168.1.0/24).
+    fn build_for(gateway: &VpcEgressGateway) -> Deployment {
         let internal = subnet(
             "subnet1",
             "cidrBlock: 192.168.0.0/24\ngateway: 192.168.0.1\nvpc: vpc1\n",
@@ -398,7 +419,7 @@ mod tests {
         .unwrap();
         let vpc_cidrs = ["192.168.0.0/24".to_owned(), "192.168.1.0/24".to_owned()];
         let inputs = Inputs {
-            gateway: &gateway,
+            gateway,
             internal_subnet: &internal,
             external_subnet: &external,
             vpc: Some(&vpc),
@@ -509,30 +530,7 @@ mod tests {
         let mut gateway = gateway2();
         gateway.spec.policies[0].snat = false;
         gateway.spec.policies[1].ip_blocks = vec!["192.168.1.128/25".into(), "192.168.0.7".into()];
-        let internal = subnet(
-            "subnet1",
-            "cidrBlock: 192.168.0.0/24\ngateway: 192.168.0.1\nvpc: vpc1\n",
-        );
-        let external = subnet(
-            "macvlan1",
-            "cidrBlock: 172.17.0.0/16\ngateway: 172.17.0.1\nprovider: eth1.default\n",
-        );
-        let vpc: Vpc = serde_yaml::from_str(
-            "metadata: {name: vpc1}\nspec: {bfdPort: {enabled: true, ip: 10.255.255.255}}\n",
-        )
-        .unwrap();
-        let inputs = Inputs {
-            gateway: &gateway,
-            internal_subnet: &internal,
-            external_subnet: &external,
-            vpc: Some(&vpc),
-            default_image: "veg:dev",
-        };
-        let after = deployment(
-            &inputs,
-            &["192.168.0.0/24".to_owned(), "192.168.1.0/24".to_owned()],
-        )
-        .unwrap();
+        let after = build_for(&gateway);
         let template = |d: Deployment| d.spec.unwrap().template;
         let (before, after) = (template(before), template(after));
         let routes = |t: &PodTemplateSpec| {

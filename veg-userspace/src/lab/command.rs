@@ -1,6 +1,10 @@
 //! Running the tools the lab is built with (ip, ovs-vsctl, ovn-nbctl, ...), with errors that say what failed.
 
-use std::process::Command;
+use std::{
+    os::unix::process::CommandExt,
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use anyhow::{Context as _, bail};
 
@@ -34,4 +38,30 @@ pub fn run_in(netns: &str, program: &str, args: &[&str]) -> anyhow::Result<Strin
     let mut full = vec!["netns", "exec", netns, program];
     full.extend_from_slice(args);
     run("ip", &full)
+}
+
+/// Start this `veg` binary with `args` in a session of its own, its output to `log`, so that it outlives the
+/// process that started it (as a pod outlives its controller). Returns its pid.
+pub fn spawn_veg_detached(args: &[&str], log: &Path, what: &str) -> anyhow::Result<i32> {
+    let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let veg = std::env::current_exe().context("finding the veg binary")?;
+    let mut command = Command::new(veg);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
+    // SAFETY: setsid is async-signal-safe and touches nothing of the parent's.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    Ok(child.id() as i32)
 }

@@ -18,7 +18,7 @@ use crate::{
         reconcile::program_ovn,
         status::{self, Outcome},
         validation::validate,
-        workload::{self, Inputs},
+        workload,
     },
     crd::gateway::VpcEgressGateway,
     ovn::{
@@ -155,14 +155,7 @@ async fn reconcile(
             status::compute(gateway, &outcome, &now)
         }
         Ok(resolved) => {
-            let inputs = Inputs {
-                gateway,
-                internal_subnet: resolved.internal_subnet,
-                external_subnet: resolved.external_subnet,
-                vpc: resolved.vpc,
-                default_image: IMAGE,
-            };
-            let run = workload::deployment(&inputs, &resolved.vpc_cidrs)
+            let run = workload::resolved_deployment(gateway, &resolved, IMAGE)
                 .map_err(anyhow::Error::msg)
                 .and_then(|deployment| lab.run_deployment(&deployment, gateway, &subnets));
             match run {
@@ -180,16 +173,7 @@ async fn reconcile(
                     let programmed =
                         program_ovn(gateway, &resolved, &instances, Vec::new(), &nodes(), ovn)
                             .await;
-                    let outcome = match programmed {
-                        Ok(()) => Outcome::Applied {
-                            instances: &instances,
-                        },
-                        Err(message) => Outcome::Failed {
-                            reason: "ReconcileOvnFailed",
-                            message,
-                            instances: &instances,
-                        },
-                    };
+                    let outcome = Outcome::of_ovn(programmed, &instances);
                     status::compute(gateway, &outcome, &now)
                 }
             }

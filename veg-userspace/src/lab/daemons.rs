@@ -41,26 +41,34 @@ fn files(dir: &str, daemon: &str) -> [String; 3] {
     ]
 }
 
-const DETACH: [&str; 3] = ["--detach", "--no-chdir", "-vconsole:off"];
+/// Run `program args` as a daemon (detached, quiet on the console) with the lab's environment.
+fn start_daemon(program: &str, mut args: Vec<String>, env: &[(&str, &str)]) -> anyhow::Result<()> {
+    args.extend(["--detach", "--no-chdir", "-vconsole:off"].map(str::to_owned));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_with_env(program, &args, env).map(drop)
+}
+
+/// `program args` inside the network namespace `host`, as arguments of `ip`.
+fn in_netns(host: &str, program: &str, args: Vec<String>) -> Vec<String> {
+    ["netns", "exec", host, program]
+        .iter()
+        .map(|a| a.to_string())
+        .chain(args)
+        .collect()
+}
 
 /// Start the ovsdb-server of database `db` (nb, sb or conf) on its file and socket in `dir`.
 pub fn start_database(dir: &Path, db: &str) -> anyhow::Result<()> {
     let d = dir.to_str().context("the lab directory is not UTF-8")?;
     let [pid, log, ctl] = files(d, db);
-    let mut args = vec![
+    let args = vec![
         format!("{d}/{db}.db"),
         format!("--remote=punix:{d}/{db}.sock"),
         pid,
         log,
         ctl,
     ];
-    args.extend(DETACH.map(str::to_owned));
-    run_with_env(
-        "ovsdb-server",
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        &env(d),
-    )?;
-    Ok(())
+    start_daemon("ovsdb-server", args, &env(d))
 }
 
 /// Start every daemon; `host` is the network namespace of the datapath, `chassis` the chassis' name.
@@ -93,53 +101,21 @@ pub fn start(dir: &Path, host: &str, chassis: &str) -> anyhow::Result<()> {
         "external_ids:ovn-bridge-datapath-type=netdev",
     ])?;
     let [pid, log, ctl] = files(d, "northd");
-    let mut northd = vec![
+    let northd = vec![
         format!("--ovnnb-db=unix:{d}/nb.sock"),
         format!("--ovnsb-db=unix:{d}/sb.sock"),
         pid,
         log,
         ctl,
     ];
-    northd.extend(DETACH.map(str::to_owned));
-    run_with_env(
-        "ovn-northd",
-        &northd.iter().map(String::as_str).collect::<Vec<_>>(),
-        &env,
-    )?;
+    start_daemon("ovn-northd", northd, &env)?;
     let [pid, log, ctl] = files(d, "vswitchd");
-    let mut vswitchd = vec![
-        "netns".to_owned(),
-        "exec".into(),
-        host.into(),
-        "ovs-vswitchd".into(),
-        format!("unix:{d}/conf.sock"),
-        pid,
-        log,
-        ctl,
-    ];
-    vswitchd.extend(DETACH.map(str::to_owned));
-    run_with_env(
-        "ip",
-        &vswitchd.iter().map(String::as_str).collect::<Vec<_>>(),
-        &env,
-    )?;
+    let vswitchd = vec![format!("unix:{d}/conf.sock"), pid, log, ctl];
+    start_daemon("ip", in_netns(host, "ovs-vswitchd", vswitchd), &env)?;
     // ovn-controller refuses --unixctl: its control socket goes to OVN_RUNDIR.
     let [pid, log, _] = files(d, "controller");
-    let mut controller = vec![
-        "netns".to_owned(),
-        "exec".into(),
-        host.into(),
-        "ovn-controller".into(),
-        format!("unix:{d}/conf.sock"),
-        pid,
-        log,
-    ];
-    controller.extend(DETACH.map(str::to_owned));
-    run_with_env(
-        "ip",
-        &controller.iter().map(String::as_str).collect::<Vec<_>>(),
-        &env,
-    )?;
+    let controller = vec![format!("unix:{d}/conf.sock"), pid, log];
+    start_daemon("ip", in_netns(host, "ovn-controller", controller), &env)?;
     wait_for_integration_bridge(d, &env)
 }
 

@@ -12,9 +12,7 @@ use std::{
     collections::BTreeMap,
     fs,
     net::{Ipv4Addr, SocketAddr},
-    os::unix::process::CommandExt,
     path::PathBuf,
-    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -313,26 +311,8 @@ impl Lab {
             }
         }
         args.extend(["--netns".into(), instance.netns.clone()]);
-        let log = fs::File::create(self.log_path(instance))?;
-        let veg = std::env::current_exe().context("finding the veg binary")?;
-        let mut command = Command::new(veg);
-        command
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1");
-        // SAFETY: setsid is async-signal-safe; the agent outlives the lab's controller, as a pod outlives its
-        // controller.
-        unsafe {
-            command.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let child = command.spawn().context("starting veg gateway")?;
-        Ok(child.id() as i32)
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        super::command::spawn_veg_detached(&args, &self.log_path(instance), "veg gateway")
     }
 
     /// The instance dies, as a pod whose node fails: its agent is killed (its programs stay attached, pinned) and

@@ -254,35 +254,17 @@ impl Lab {
 
     /// `veg lab controller` in the background, detached, with its pidfile and log in the lab's directory.
     fn start_controller(&self) -> anyhow::Result<()> {
-        use std::os::unix::process::CommandExt;
-        let log = std::fs::File::create(self.path("controller-lab.log"))?;
-        let veg = std::env::current_exe().context("finding the veg binary")?;
-        let mut command = std::process::Command::new(veg);
-        command
-            .args([
-                "lab",
-                "--dir",
-                self.dir_str(),
-                "--prefix",
-                &self.prefix,
-                "controller",
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .env("NO_COLOR", "1");
-        // SAFETY: setsid is async-signal-safe; the controller outlives the `veg lab up` that started it.
-        unsafe {
-            command.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-        let child = command.spawn().context("starting the lab's controller")?;
-        std::fs::write(
-            self.path(&format!("{CONTROLLER}.pid")),
-            child.id().to_string(),
-        )?;
+        let args = [
+            "lab",
+            "--dir",
+            self.dir_str(),
+            "--prefix",
+            &self.prefix,
+            "controller",
+        ];
+        let log = self.path("controller-lab.log");
+        let pid = command::spawn_veg_detached(&args, &log, "the lab's controller")?;
+        std::fs::write(self.path(&format!("{CONTROLLER}.pid")), pid.to_string())?;
         Ok(())
     }
 
