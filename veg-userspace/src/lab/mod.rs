@@ -275,13 +275,30 @@ impl Lab {
             return Ok(false);
         }
         let mut healthy = true;
-        for (daemon, running) in daemons::status(&self.dir) {
+        let controller = daemons::pid(&self.dir, CONTROLLER).is_some_and(daemons::alive);
+        for (daemon, running) in daemons::status(&self.dir)
+            .into_iter()
+            .chain([(CONTROLLER, controller)])
+        {
+            let state = if running { "running" } else { "NOT RUNNING" };
+            writeln!(out, "daemon {daemon:<14} {state}")?;
+            healthy &= running;
+        }
+        for instance in self.instances() {
+            let state = if daemons::alive(instance.pid) {
+                "running"
+            } else {
+                "NOT RUNNING"
+            };
             writeln!(
                 out,
-                "daemon {daemon:<10} {}",
-                if running { "running" } else { "NOT RUNNING" }
+                "instance {}/{} of {}: eth0 {} net1 {} ({state})",
+                instance.namespace,
+                instance.pod,
+                instance.gateway,
+                instance.internal_ip,
+                instance.external_ip
             )?;
-            healthy &= running;
         }
         let chassis = self
             .sbctl(&["--bare", "--columns=name", "list", "Chassis"])
