@@ -16,7 +16,10 @@ use kube::{
     runtime::events::{Recorder, Reporter},
 };
 use serde_json::{Value, json};
-use veg_testbed::{kube_api::FakeApi, ovsdb::NbServer};
+use veg_testbed::{
+    kube_api::FakeApi,
+    ovsdb::{GATEWAY_TABLES, NbServer},
+};
 use veg_userspace::{
     controller::reconcile::{Context, FINALIZER, reconcile},
     crd::{
@@ -217,20 +220,14 @@ impl World {
     }
 
     fn every_tagged_row(&self, gateway: &str) -> Vec<String> {
-        [
-            "Address_Set",
-            "Port_Group",
-            "BFD",
-            "Logical_Router_Static_Route",
-            "Logical_Router_Policy",
-        ]
-        .iter()
-        .flat_map(|t| {
-            self.rows(t, gateway, "_uuid")
-                .into_iter()
-                .map(move |r| format!("{t} {r}"))
-        })
-        .collect()
+        GATEWAY_TABLES
+            .iter()
+            .flat_map(|t| {
+                self.rows(t, gateway, "_uuid")
+                    .into_iter()
+                    .map(move |r| format!("{t} {r}"))
+            })
+            .collect()
     }
 }
 

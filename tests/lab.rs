@@ -12,6 +12,7 @@ use std::{
 };
 
 use veg_testbed::{
+    ovsdb::{GATEWAY_TABLES, select},
     skip_unless_root,
     udp::{Echo, Stream, in_netns, round_trip},
     unique,
@@ -88,28 +89,22 @@ impl TestLab {
 
     /// Every row tagged with the gateway, in the tables the model writes.
     fn gateway_rows(&self, gateway: &str) -> Vec<String> {
-        [
-            "Address_Set",
-            "Port_Group",
-            "BFD",
-            "Logical_Router_Static_Route",
-            "Logical_Router_Policy",
-        ]
-        .iter()
-        .flat_map(|table| {
-            let found = self.nbctl(&[
-                "--bare",
-                "--columns=_uuid",
-                "find",
-                table,
-                &format!("external_ids:vpc-egress-gateway=default/{gateway}"),
-            ]);
-            found
-                .split_whitespace()
-                .map(|uuid| format!("{table} {uuid}"))
-                .collect::<Vec<_>>()
-        })
-        .collect()
+        GATEWAY_TABLES
+            .iter()
+            .flat_map(|table| {
+                let found = self.nbctl(&[
+                    "--bare",
+                    "--columns=_uuid",
+                    "find",
+                    table,
+                    &format!("external_ids:vpc-egress-gateway=default/{gateway}"),
+                ]);
+                found
+                    .split_whitespace()
+                    .map(|uuid| format!("{table} {uuid}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Each row of the gateway with its version: any write to a row changes its _version (read with ovsdb-client,
@@ -117,25 +112,9 @@ impl TestLab {
     fn row_versions(&self, gateway: &str) -> Vec<String> {
         let tag = serde_json::json!(["vpc-egress-gateway", format!("default/{gateway}")]);
         let mut versions = Vec::new();
-        for table in [
-            "Address_Set",
-            "Port_Group",
-            "BFD",
-            "Logical_Router_Static_Route",
-            "Logical_Router_Policy",
-        ] {
-            let query = serde_json::json!(["OVN_Northbound",
-                { "op": "select", "table": table, "where": [], "columns": ["_uuid", "_version", "external_ids"] }]);
-            let out = Command::new("ovsdb-client")
-                .args([
-                    "transact",
-                    &format!("unix:{}/nb.sock", self.dir),
-                    &query.to_string(),
-                ])
-                .output()
-                .unwrap();
-            let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            for row in reply[0]["rows"].as_array().into_iter().flatten() {
+        for table in GATEWAY_TABLES {
+            let db = format!("unix:{}/nb.sock", self.dir);
+            for row in select(&db, table, &["_uuid", "_version", "external_ids"]) {
                 let tagged = row["external_ids"][1]
                     .as_array()
                     .is_some_and(|pairs| pairs.contains(&tag));

@@ -11,6 +11,25 @@ use crate::unique;
 
 pub const NB_SCHEMA: &str = "/usr/share/ovn/ovn-nb.ovsschema";
 
+/// The tables where a gateway's rows live (tagged external_ids:vpc-egress-gateway=<namespace>/<name>).
+pub const GATEWAY_TABLES: [&str; 5] = [
+    "Address_Set",
+    "Port_Group",
+    "BFD",
+    "Logical_Router_Static_Route",
+    "Logical_Router_Policy",
+];
+
+/// Select `columns` of every row of `table` in the Northbound database at `db` (unix:PATH), with ovsdb-client:
+/// for columns ovn-nbctl does not know or show (bfd_sessions on 23.03, _version).
+pub fn select(db: &str, table: &str, columns: &[&str]) -> Vec<serde_json::Value> {
+    let query = serde_json::json!(["OVN_Northbound",
+        { "op": "select", "table": table, "where": [], "columns": columns }]);
+    let out = run("ovsdb-client", &["transact", db, &query.to_string()]);
+    let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+    reply[0]["rows"].as_array().cloned().unwrap_or_default()
+}
+
 pub struct NbServer {
     dir: PathBuf,
     /// `unix:PATH`, as ovn-nbctl --db takes it.
@@ -110,14 +129,7 @@ impl NbServer {
 
     /// Select `columns` of every row of `table` with ovsdb-client (for columns ovn-nbctl does not know).
     pub fn select(&self, table: &str, columns: &[&str]) -> Vec<serde_json::Value> {
-        let query = serde_json::json!(["OVN_Northbound",
-            { "op": "select", "table": table, "where": [], "columns": columns }]);
-        let out = run(
-            "ovsdb-client",
-            &["transact", &self.unix, &query.to_string()],
-        );
-        let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
-        reply[0]["rows"].as_array().cloned().unwrap_or_default()
+        select(&self.unix, table, columns)
     }
 
     /// `ovn-nbctl --db=unix:... ARGS`: an independent reader of what the database holds.
