@@ -32,7 +32,7 @@ enum Command {
     /// (flows, counters, policy) in /sys/fs/bpf/veg/NAME, so a restarted agent keeps every live flow.
     Gateway(Box<GatewayArgs>),
     /// List the live translations of a gateway on this host, like `conntrack -L`.
-    Flows(InspectArgs),
+    Flows(FlowsArgs),
     /// Show the packet counters of a gateway on this host.
     Stats(InspectArgs),
     /// Print the VpcEgressGateway CustomResourceDefinition (YAML), as deploy/crds/ holds it.
@@ -256,6 +256,15 @@ struct GatewayArgs {
 }
 
 #[derive(Args)]
+struct FlowsArgs {
+    #[command(flatten)]
+    inspect: InspectArgs,
+    /// Print only how many translations are live (a million-flow table lists in seconds; this counts in less).
+    #[arg(long)]
+    count: bool,
+}
+
+#[derive(Args)]
 struct InspectArgs {
     /// Gateway name, as given to `veg gateway --name`.
     #[arg(long)]
@@ -275,9 +284,12 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Gateway(args) => gateway(*args),
-        Command::Flows(args) => {
-            inspect::flows::run(&args.name, args.json, &mut io::stdout().lock())
-        }
+        Command::Flows(args) => inspect::flows::run(
+            &args.inspect.name,
+            args.inspect.json,
+            args.count,
+            &mut io::stdout().lock(),
+        ),
         Command::Stats(args) => {
             inspect::stats::run(&args.name, args.json, &mut io::stdout().lock())
         }

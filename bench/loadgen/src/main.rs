@@ -24,20 +24,24 @@ enum Command {
     /// Send small UDP packets as fast as possible, spread over FLOWS source ports, as Ethernet frames written to
     /// INTERFACE (AF_PACKET + sendmmsg) toward the gateway's MAC address.
     UdpFlood {
-        #[arg(long)]
-        interface: String,
-        #[arg(long)]
-        gateway_mac: String,
-        #[arg(long)]
-        src: std::net::Ipv4Addr,
-        #[arg(long)]
-        dst: SocketAddr,
+        #[command(flatten)]
+        path: udp::FramePath,
         #[arg(long, default_value_t = 1)]
         flows: u16,
         #[arg(long, default_value_t = 18)]
         payload: usize,
         #[arg(long)]
         seconds: f64,
+    },
+    /// Open FLOWS distinct UDP flows with one packet each, as fast as the path takes them (AF_PACKET + sendmmsg),
+    /// over DST_PORTS destination ports starting at DST's port; for the flow-table scale test.
+    UdpOpenFlows {
+        #[command(flatten)]
+        path: udp::FramePath,
+        #[arg(long)]
+        flows: u32,
+        #[arg(long, default_value_t = 64)]
+        dst_ports: u16,
     },
     /// Accept TCP connections on PORT and answer each request byte with one byte, until killed.
     TcpServer {
@@ -66,22 +70,16 @@ fn main() -> anyhow::Result<()> {
     let secs = |s: f64| Duration::from_secs_f64(s);
     let report = match Cli::parse().command {
         Command::UdpFlood {
-            interface,
-            gateway_mac,
-            src,
-            dst,
+            path,
             flows,
             payload,
             seconds,
-        } => udp::flood(
-            &interface,
-            &gateway_mac,
-            src,
-            dst,
+        } => udp::flood(&path, flows, payload, secs(seconds))?,
+        Command::UdpOpenFlows {
+            path,
             flows,
-            payload,
-            secs(seconds),
-        )?,
+            dst_ports,
+        } => udp::open_flows(&path, flows, dst_ports)?,
         Command::TcpServer { port } => crr::serve(port)?,
         Command::TcpCrr {
             dst,

@@ -232,8 +232,13 @@ impl Gateway {
     }
 
     fn veg(&self, command: &str) -> serde_json::Value {
+        self.veg_with(command, &[])
+    }
+
+    fn veg_with(&self, command: &str, extra: &[&str]) -> serde_json::Value {
         let out = Command::new(&self.veg)
             .args([command, "--name", &self.name, "--json"])
+            .args(extra)
             .output()
             .unwrap();
         assert!(
@@ -256,6 +261,13 @@ impl Gateway {
     /// `veg flows --json`.
     pub fn flows(&self) -> Vec<serde_json::Value> {
         self.veg("flows").as_array().unwrap().clone()
+    }
+
+    /// `veg flows --count`: how many translations are live.
+    pub fn flow_count(&self) -> u64 {
+        self.veg_with("flows", &["--count"])["flows"]
+            .as_u64()
+            .expect("veg flows --count --json prints {\"flows\": N}")
     }
 
     /// One counter from `veg stats --json`.

@@ -47,16 +47,26 @@ impl FlowTable {
         batch::read_all(self.fd()).context("reading the flow table")
     }
 
-    /// Every live translation, from the outbound half of each pair, oldest first.
-    pub fn flows(&self) -> anyhow::Result<Vec<Flow>> {
-        let now = monotonic_now_ns();
-        let mut entries: Vec<_> = self
+    /// The outbound half of each live pair: one per translation.
+    fn live_outbound(&self, now: u64) -> anyhow::Result<Vec<(FlowKey, FlowEntry)>> {
+        Ok(self
             .entries()?
             .into_iter()
             .filter(|(key, entry)| {
                 entry.direction == DIRECTION_OUTBOUND && !is_expired(entry, key.protocol, now)
             })
-            .collect();
+            .collect())
+    }
+
+    /// How many translations are live.
+    pub fn count(&self) -> anyhow::Result<usize> {
+        Ok(self.live_outbound(monotonic_now_ns())?.len())
+    }
+
+    /// Every live translation, from the outbound half of each pair, oldest first.
+    pub fn flows(&self) -> anyhow::Result<Vec<Flow>> {
+        let now = monotonic_now_ns();
+        let mut entries = self.live_outbound(now)?;
         entries.sort_by_key(|(_, entry)| entry.created_ns);
         Ok(entries
             .iter()

@@ -16,8 +16,9 @@ use veg_common::flow::FLOW_TABLE_DEFAULT_ENTRIES;
 use crate::{
     bfd::session::Timers,
     datapath::{
-        pins,
+        flow_table_entries, pins,
         policy::{Action, DesiredPolicy},
+        possible_cpus,
     },
     gateway::resource::GatewayRef,
 };
@@ -123,7 +124,7 @@ pub struct GatewaySettings {
     pub external_ip: Ipv4Addr,
     pub policy: DesiredPolicy,
     pub port_range: PortRange,
-    /// Flow table capacity in entries (two per flow).
+    /// Flow table capacity in entries (two per flow, plus the LRU's margin).
     pub max_flow_entries: u32,
     pub sweep_interval: Duration,
     /// BFD toward the VPC's BFD port, when peers are given.
@@ -182,7 +183,8 @@ pub struct SettingsInput {
     /// [default: 1024-32767]
     #[arg(long, value_name = "LO-HI")]
     pub port_range: Option<String>,
-    /// Capacity of the flow table, in flows. [default: 262144]
+    /// Translations the flow table holds at once; the table is allocated for them up front (about 290 bytes
+    /// each). [default: 262144]
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u32>,
     /// Seconds between sweeps of expired flows. [default: 10]
@@ -348,7 +350,7 @@ impl SettingsInput {
             external_ip,
             policy,
             port_range,
-            max_flow_entries: max_flows * 2,
+            max_flow_entries: flow_table_entries(max_flows, possible_cpus()?),
             sweep_interval: self
                 .sweep_interval_seconds
                 .map(Duration::from_secs)
@@ -380,7 +382,10 @@ mod tests {
             s.policy.get(&"10.16.0.0/16".parse().unwrap()),
             Some(&Action::Snat)
         );
-        assert_eq!(s.max_flow_entries, FLOW_TABLE_DEFAULT_ENTRIES);
+        assert_eq!(
+            s.max_flow_entries,
+            flow_table_entries(FLOW_TABLE_DEFAULT_ENTRIES / 2, possible_cpus().unwrap())
+        );
     }
 
     #[test]

@@ -5,8 +5,17 @@ use crate::datapath::{
     pins,
 };
 
-pub fn run(name: &str, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+pub fn run(name: &str, json: bool, count: bool, out: &mut impl Write) -> anyhow::Result<()> {
     let table = FlowTable::from_pin(&pins::existing_map(name, pins::FLOWS)?)?;
+    if count {
+        let live = table.count()?;
+        if json {
+            writeln!(out, "{}", serde_json::json!({ "flows": live }))?;
+        } else {
+            writeln!(out, "{live}")?;
+        }
+        return Ok(());
+    }
     let flows = table.flows()?;
     if json {
         serde_json::to_writer_pretty(&mut *out, &flows)?;

@@ -14,6 +14,8 @@ fn short(metric: &str) -> &str {
         "gbit_per_s" => "Gbit/s",
         "p50_us" => "p50 us",
         "p99_us" => "p99 us",
+        "kflows_per_s" => "kflows/s",
+        "bytes_per_flow" => "bytes/flow",
         other => other,
     }
 }
@@ -22,7 +24,13 @@ fn short(metric: &str) -> &str {
 pub fn draw(records: &[Record], path: &Path) -> anyhow::Result<()> {
     let rows: Vec<(String, Option<f64>, Option<f64>)> = medians(records)
         .into_iter()
-        .filter(|((_, metric), _)| *metric != "delivered_pct" && *metric != "failed")
+        // Left out: what only confirms a run (delivered, failed, held) or repeats a charted metric.
+        .filter(|((_, metric), _)| {
+            !matches!(
+                *metric,
+                "delivered_pct" | "failed" | "held" | "seconds" | "memory_mib"
+            )
+        })
         .filter_map(|((scenario, metric), per_mode)| {
             let base = *per_mode.get("iptables").filter(|v| **v > 0.0)?;
             let ratio = |mode: &str| per_mode.get(mode).map(|v| v / base);
@@ -43,7 +51,7 @@ pub fn draw(records: &[Record], path: &Path) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, (1400, 700)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("veg and nftables relative to iptables MASQUERADE (1.0); CPU and latency: lower is better", ("sans-serif", 22))
+        .caption("veg and nftables relative to iptables MASQUERADE (1.0); CPU, latency, memory: lower is better", ("sans-serif", 22))
         .margin(20)
         .x_label_area_size(40)
         .y_label_area_size(60)

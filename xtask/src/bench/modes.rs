@@ -27,7 +27,7 @@ impl Mode {
 pub enum Active<'a> {
     /// The running agent; dropping it stops the agent and removes its pins.
     Veg {
-        _agent: Gateway,
+        agent: Gateway,
     },
     Netfilter {
         lab: &'a Lab,
@@ -36,10 +36,15 @@ pub enum Active<'a> {
 }
 
 pub fn enable(lab: &Lab, mode: Mode) -> Active<'_> {
+    enable_with(lab, mode, &[])
+}
+
+/// `enable`, with extra `veg gateway` flags for veg's agent.
+pub fn enable_with<'a>(lab: &'a Lab, mode: Mode, veg_flags: &[&str]) -> Active<'a> {
     let gw = &lab.gateway;
     match mode {
         Mode::Veg => Active::Veg {
-            _agent: lab.start_gateway(&[]),
+            agent: lab.start_gateway(veg_flags),
         },
         Mode::Iptables => {
             gw.sysctl("net.ipv4.conf.all.forwarding", "1");
@@ -82,6 +87,16 @@ pub fn enable(lab: &Lab, mode: Mode) -> Active<'_> {
                 ],
             ));
             Active::Netfilter { lab, mode }
+        }
+    }
+}
+
+impl Active<'_> {
+    /// veg's running agent, in veg mode.
+    pub fn agent(&self) -> Option<&Gateway> {
+        match self {
+            Active::Veg { agent } => Some(agent),
+            Active::Netfilter { .. } => None,
         }
     }
 }

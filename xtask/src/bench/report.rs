@@ -13,6 +13,12 @@ pub struct Record {
     pub metrics: Vec<(&'static str, f64)>,
 }
 
+/// One measurement as the run goes.
+pub fn print(scenario: &str, metrics: &[(&str, f64)]) {
+    let shown: Vec<String> = metrics.iter().map(|(k, v)| format!("{k}={v:.2}")).collect();
+    println!("  {scenario:<13} {}", shown.join("  "));
+}
+
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     match values.len() {

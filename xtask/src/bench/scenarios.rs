@@ -44,7 +44,7 @@ fn spawn_in(ns: &Netns, program: &str, args: &[&str]) -> anyhow::Result<Child> {
         .with_context(|| format!("starting {program} in {}", ns.name))
 }
 
-fn finish(child: Child, what: &str) -> anyhow::Result<Value> {
+pub(super) fn finish(child: Child, what: &str) -> anyhow::Result<Value> {
     let out = child.wait_with_output()?;
     if !out.status.success() {
         bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -80,34 +80,17 @@ pub fn measure(scenario: &str, lab: &Lab, tools: &Tools, seconds: f64) -> anyhow
             } else {
                 1
             };
-            let gateway_mac = link(&lab.gateway, "eth0")?["address"]
-                .as_str()
-                .context("no MAC on eth0")?
-                .to_owned();
             // The server drops IPv4 at its interface's ingress: arrivals are counted, and no socket or ICMP
             // answer costs anything, so the gateway is what limits the rate. ARP still passes.
             let _drop = ServerDrop::install(&lab.server)?;
             let rx_before = rx_packets(&lab.server)?;
             let cpu_before = kernel_cpu_ns();
-            let dst = format!("{SERVER_IP}:{UDP_PORT}");
-            let flood = spawn_in(
-                client,
-                &tools.loadgen,
-                &[
-                    "udp-flood",
-                    "--interface",
-                    "eth0",
-                    "--gateway-mac",
-                    &gateway_mac,
-                    "--src",
-                    CLIENT_IP,
-                    "--dst",
-                    &dst,
-                    "--flows",
-                    &flows.to_string(),
-                    "--seconds",
-                    &secs,
-                ],
+            let flood = spawn_frames(
+                lab,
+                tools,
+                "udp-flood",
+                UDP_PORT,
+                &["--flows", &flows.to_string(), "--seconds", &secs],
             )?;
             let sent = finish(flood, "udp-flood")?;
             let cpu = kernel_cpu_ns() - cpu_before;
@@ -201,6 +184,35 @@ pub fn measure(scenario: &str, lab: &Lab, tools: &Tools, seconds: f64) -> anyhow
     }
 }
 
+/// A frame-sending subcommand of the load generator in the first client, toward the server's `port`, through the
+/// gateway's eth0.
+pub(super) fn spawn_frames(
+    lab: &Lab,
+    tools: &Tools,
+    subcommand: &str,
+    port: u16,
+    extra: &[&str],
+) -> anyhow::Result<Child> {
+    let gateway_mac = link(&lab.gateway, "eth0")?["address"]
+        .as_str()
+        .context("no MAC on the gateway's eth0")?
+        .to_owned();
+    let dst = format!("{SERVER_IP}:{port}");
+    let mut args = vec![
+        subcommand,
+        "--interface",
+        "eth0",
+        "--gateway-mac",
+        &gateway_mac,
+        "--src",
+        CLIENT_IP,
+        "--dst",
+        &dst,
+    ];
+    args.extend_from_slice(extra);
+    spawn_in(&lab.clients[0], &tools.loadgen, &args)
+}
+
 /// `ip -j link show DEV` of the lab's server or gateway.
 fn link(ns: &Netns, device: &str) -> anyhow::Result<Value> {
     let out = Command::new("ip")
@@ -221,10 +233,10 @@ const SERVER_INTERFACE: &str = "ul1";
 
 /// An nftables netdev-ingress rule dropping UDP at the server's interface (this kernel has no classic TC
 /// classifiers), removed on drop.
-struct ServerDrop<'a>(&'a Netns);
+pub(super) struct ServerDrop<'a>(&'a Netns);
 
 impl<'a> ServerDrop<'a> {
-    fn install(server: &'a Netns) -> anyhow::Result<ServerDrop<'a>> {
+    pub(super) fn install(server: &'a Netns) -> anyhow::Result<ServerDrop<'a>> {
         let rule = format!(
             "add table netdev veg_bench_sink\n\
              add chain netdev veg_bench_sink ingress {{ type filter hook ingress device \"{SERVER_INTERFACE}\" priority 0; }}\n\
