@@ -1,6 +1,7 @@
 //! The one place that rewrites headers: an address and its port (or ICMP echo identifier), the L3 and L4
 //! checksums with them, and the TTL. Checksums are updated incrementally by the kernel's helpers, which also keep
-//! CHECKSUM_PARTIAL (offloaded) packets right; a UDP datagram without a checksum keeps having none.
+//! CHECKSUM_PARTIAL (offloaded) packets right; a UDP datagram without a checksum keeps having none. The fields
+//! themselves are written directly, after their checksums.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -8,7 +9,9 @@ use aya_ebpf::{
 };
 use veg_common::flow::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
-use crate::packet::{IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV4_TTL_OFF, Ipv4Packet};
+use crate::packet::{
+    IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV4_TTL_OFF, Ipv4Packet, write_at,
+};
 
 /// Which end of the packet is rewritten.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -68,11 +71,8 @@ pub fn rewrite_end(
         4,
     )
     .map_err(|_| ())?;
-    ctx.store(pkt.l3_off + addr_off, &new_addr, 0)
-        .map_err(|_| ())?;
-    ctx.store(pkt.l4_off + port_off, &new_port, 0)
-        .map_err(|_| ())?;
-    Ok(())
+    write_at(ctx, pkt.l3_off + addr_off, new_addr)?;
+    write_at(ctx, pkt.l4_off + port_off, new_port)
 }
 
 /// Decrement the TTL as any router does. The caller has checked that it stays above zero.
@@ -89,5 +89,5 @@ pub fn decrement_ttl(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<(), ()> {
         2,
     )
     .map_err(|_| ())?;
-    ctx.store(off, &(pkt.ttl - 1), 0).map_err(|_| ())
+    write_at(ctx, off, pkt.ttl - 1)
 }

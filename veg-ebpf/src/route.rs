@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use crate::maps::FIB_PARAMS;
+use crate::{maps::FIB_PARAMS, packet::write_at};
 
 const AF_INET: u8 = 2;
 
@@ -49,9 +49,14 @@ pub fn lookup(ctx: &TcContext, in_ifindex: u32, protocol: u8, src: u32, dst: u32
         return Route::NotForwarded;
     };
     let params = unsafe { &mut *params };
-    *params = unsafe { core::mem::zeroed() };
+    // Every input the IPv4 lookup reads (flag-gated ones aside), set one by one: zeroing the whole struct
+    // compiled to a call to a byte-by-byte memset subprogram, about 60 ns per packet (`cargo xtask bench profile`).
     params.family = AF_INET;
     params.l4_protocol = protocol;
+    params.sport = 0;
+    params.dport = 0;
+    params.__bindgen_anon_1.tot_len = 0;
+    params.__bindgen_anon_2.flowinfo = 0;
     params.ifindex = in_ifindex;
     params.__bindgen_anon_3.ipv4_src = src;
     params.__bindgen_anon_4.ipv4_dst = dst;
@@ -90,10 +95,8 @@ pub fn redirect(ctx: &TcContext, route: &Route) -> Result<i32, ()> {
             smac,
             dmac,
         } => {
-            let mut macs = [0u8; 12];
-            macs[..6].copy_from_slice(dmac);
-            macs[6..].copy_from_slice(smac);
-            ctx.store(0, &macs, 0).map_err(|_| ())?;
+            write_at(ctx, 0, *dmac)?;
+            write_at(ctx, 6, *smac)?;
             Ok(unsafe { bpf_redirect(*ifindex, 0) } as i32)
         }
         Route::Unresolved { ifindex, nexthop } => {

@@ -5,6 +5,7 @@ mod chart;
 mod failover;
 mod modes;
 mod ovn;
+mod profile;
 mod program;
 mod report;
 mod scale;
@@ -27,7 +28,8 @@ pub struct BenchArgs {
     /// flow-table (1,000,000 concurrent UDP translations: insertion rate and memory; raises the host's
     /// nf_conntrack_max and nf_conntrack_buckets for the run and restores them); or
     /// `ovn` alone for the OVN programming benchmark (1,000 gateways, a 10,000-port selector); `failover` alone
-    /// for 20 failovers on the lab with real OVN (p50 / p99 of the traffic gap).
+    /// for 20 failovers on the lab with real OVN (p50 / p99 of the traffic gap); `profile` alone for where the CPU
+    /// goes in each mode (udp-many under perf, by what does the work).
     scenarios: Vec<String>,
     /// Rounds; each runs every mode once, in turn.
     #[arg(long, default_value_t = 3)]
@@ -73,6 +75,19 @@ fn build_loadgen() -> anyhow::Result<String> {
         .into_owned())
 }
 
+/// Set-up, veg and the load generator built, and the bench's topology with its one client.
+fn topology() -> anyhow::Result<(Lab, Tools)> {
+    setup()?;
+    let veg = build_veg()?;
+    let tools = Tools {
+        loadgen: build_loadgen()?,
+    };
+    step("building the topology: client -> gateway instance -> server");
+    let mut lab = Lab::new(veg.to_str().context("non-UTF-8 path")?);
+    lab.add_client(CLIENT_IP);
+    Ok((lab, tools))
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -84,6 +99,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.scenarios == ["failover"] {
         return failover::run();
+    }
+    if args.scenarios == ["profile"] {
+        return profile::run(args.rounds.max(1), args.seconds);
     }
     let (rounds, seconds) = if args.smoke {
         (1, 1.0)
@@ -110,15 +128,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // The flow table runs apart: veg's agent sized for it, the host's conntrack limits raised for it.
     let flow_table = scenarios.contains(&scale::SCENARIO);
     scenarios.retain(|s| *s != scale::SCENARIO);
-    setup()?;
-    let veg = build_veg()?;
-    let tools = Tools {
-        loadgen: build_loadgen()?,
-    };
-
-    step("building the topology: client -> gateway instance -> server");
-    let mut lab = Lab::new(veg.to_str().context("non-UTF-8 path")?);
-    lab.add_client(CLIENT_IP);
+    let (lab, tools) = topology()?;
     let _tcp_server = KillOnDrop(start_tcp_server(&lab, &tools)?);
 
     let mut records = Vec::new();

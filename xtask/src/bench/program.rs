@@ -12,8 +12,34 @@ use crate::workspace::{root, step};
 
 const SOURCES: u32 = 100_000;
 
+/// Runs of the measurement; each path keeps its lowest median. On a shared VM a run can land in a slow spell that
+/// doubles every number (seen here: 603 then 313 ns for the same path, minutes apart).
+const RUNS: usize = 3;
+
 pub fn program_costs() -> anyhow::Result<Value> {
-    step("program cost per path (BPF_PROG_TEST_RUN) and policy load time");
+    step(&format!(
+        "program cost per path (BPF_PROG_TEST_RUN) and policy load time, best of {RUNS} runs"
+    ));
+    let mut best = serde_json::Map::new();
+    for _ in 0..RUNS {
+        let Value::Object(run) = program_costs_once()? else {
+            anyhow::bail!("PROGRAM_COST is not a JSON object");
+        };
+        for (path, value) in run {
+            let value = value.as_f64().context("a cost that is not a number")?;
+            let lower = best
+                .get(&path)
+                .and_then(Value::as_f64)
+                .is_none_or(|b| value < b);
+            if lower {
+                best.insert(path, json!(value));
+            }
+        }
+    }
+    Ok(Value::Object(best))
+}
+
+fn program_costs_once() -> anyhow::Result<Value> {
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args([
             "test",

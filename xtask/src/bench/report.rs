@@ -99,14 +99,14 @@ pub fn program_markdown(
     netfilter_policy: &serde_json::Value,
 ) -> String {
     let mut out = String::from(
-        "\n| datapath path (BPF_PROG_TEST_RUN, median of 20,000 runs) | ns per packet |\n|---|---:|\n",
+        "\n| datapath path (BPF_PROG_TEST_RUN, median of 20,000 runs, best of 3) | ns per packet |\n|---|---:|\n",
     );
     if let Some(costs) = program.as_object() {
         for (path, ns) in costs
             .iter()
             .filter(|(k, _)| k.as_str() != "policy_100k_load_ms")
         {
-            let _ = writeln!(out, "| {path} | {ns} |");
+            let _ = writeln!(out, "| {path} | {:.0} |", ns.as_f64().unwrap_or(f64::NAN));
         }
     }
     let ms = |v: &serde_json::Value| {

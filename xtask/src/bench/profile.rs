@@ -1,0 +1,364 @@
+//! `cargo xtask bench profile`: where the CPU goes in each mode. The udp-many scenario runs under
+//! `perf record -a -g -e cpu-clock` (this VM has no hardware counters; the software clock samples every CPU 999
+//! times a second, with call chains), and the samples are grouped by what does the work, in ns per delivered
+//! packet. It shows how much of the path is the gateway's own work (veg's program and the BPF helpers it calls, or
+//! netfilter and the kernel's forwarding) and how much is the same in every mode (veth, bridge, macvlan, sender).
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, ensure};
+use serde_json::json;
+use veg_testbed::lab::Lab;
+
+use super::{
+    modes::{ALL, enable},
+    scenarios::{Tools, measure},
+    topology,
+};
+use crate::workspace::{root, step};
+
+/// perf's sampling frequency per CPU.
+const FREQUENCY: u32 = 999;
+
+/// What does the work, by kernel symbol prefix; the first match wins.
+const CATEGORIES: &[(&str, &[&str])] = &[
+    ("veg program", &["bpf_prog_"]),
+    (
+        "BPF maps and helpers",
+        &[
+            "htab_",
+            "__htab_",
+            "lookup_nulls_elem_raw",
+            "bpf_",
+            "__bpf_",
+            "trie_",
+            "tcx_",
+            "skb_do_redirect",
+            "sk_skb_",
+        ],
+    ),
+    (
+        "netfilter: conntrack, NAT, rules",
+        &[
+            "nf_",
+            "__nf_",
+            "____nf_",
+            "nft_",
+            "ipt",
+            "hash_conntrack",
+            "masq",
+        ],
+    ),
+    (
+        "IP routing and forwarding",
+        &[
+            "ip_", "__ip_", "ip4_", "fib_", "fib4_", "neigh_", "__neigh", "dst_", "rt_", "ipv4_",
+        ],
+    ),
+    (
+        "veth, bridge, macvlan",
+        &["veth_", "br_", "__br_", "macvlan_"],
+    ),
+];
+const REST: &str = "rest of the kernel (skb, netdev core, AF_PACKET send)";
+const USER: &str = "user space (the load generator)";
+/// Categories that are the gateway's own work, in one mode or the other.
+const GATEWAY_WORK: &[&str] = &[
+    "veg program",
+    "BPF maps and helpers",
+    "netfilter: conntrack, NAT, rules",
+    "IP routing and forwarding",
+];
+
+/// The server's ingress drop rule (nftables netdev hook): the same in every mode, whatever symbols it shares with
+/// the gateway's own netfilter work.
+const SERVER_DROP: &str = "the server's drop rule";
+
+/// One sample's category and the frame that decided it: the server's drop rule if it is on the stack, else the
+/// innermost frame that belongs to a category (a memcpy called by a BPF helper is the helper's work), else the
+/// rest of the kernel, or user space when the sample is there.
+fn category(stack: &[(String, bool)]) -> (&'static str, Option<&str>) {
+    if stack
+        .iter()
+        .any(|(symbol, _)| symbol == "nft_do_chain_netdev")
+    {
+        return (SERVER_DROP, None);
+    }
+    for (symbol, _) in stack {
+        if let Some((name, _)) = CATEGORIES
+            .iter()
+            .find(|(_, prefixes)| prefixes.iter().any(|p| symbol.starts_with(p)))
+        {
+            return (name, Some(symbol));
+        }
+    }
+    match stack.first() {
+        Some((_, true)) => (REST, None),
+        _ => (USER, None),
+    }
+}
+
+/// Busy samples of one mode: per category, and per deciding frame of the gateway's own work.
+#[derive(Default)]
+struct Samples {
+    by_category: BTreeMap<&'static str, u64>,
+    gateway_frames: BTreeMap<String, u64>,
+}
+
+fn is_idle(stack: &[(String, bool)]) -> bool {
+    stack.iter().any(|(symbol, _)| {
+        ["do_idle", "cpu_startup_entry", "default_idle", "safe_halt"]
+            .iter()
+            .any(|s| symbol.contains(s))
+    })
+}
+
+/// Busy samples, from the call chains `perf script` prints (one frame per line: address, symbol, (object); a
+/// blank line between samples).
+fn read_samples(data: &str) -> anyhow::Result<Samples> {
+    let out = Command::new("perf")
+        .args(["script", "-i", data, "-F", "ip,sym,dso"])
+        .output()
+        .context("running perf script")?;
+    ensure!(
+        out.status.success(),
+        "perf script failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut samples = Samples::default();
+    for block in text.split("\n\n") {
+        let stack: Vec<(String, bool)> = block
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split_whitespace();
+                let _address = fields.next()?;
+                let symbol = fields.next()?.split('+').next()?.to_owned();
+                let kernel = line.contains("[kernel") || symbol.starts_with("bpf_prog_");
+                Some((symbol, kernel))
+            })
+            .collect();
+        if stack.is_empty() || is_idle(&stack) {
+            continue;
+        }
+        let (category, frame) = category(&stack);
+        *samples.by_category.entry(category).or_insert(0) += 1;
+        if let Some(frame) = frame.filter(|_| GATEWAY_WORK.contains(&category)) {
+            *samples.gateway_frames.entry(frame.to_owned()).or_insert(0) += 1;
+        }
+    }
+    Ok(samples)
+}
+
+impl Samples {
+    fn add(&mut self, other: Samples) {
+        for (category, n) in other.by_category {
+            *self.by_category.entry(category).or_insert(0) += n;
+        }
+        for (frame, n) in other.gateway_frames {
+            *self.gateway_frames.entry(frame).or_insert(0) += n;
+        }
+    }
+}
+
+/// One mode's profile, in CPU ns per delivered packet.
+struct ModeProfile {
+    mode: &'static str,
+    by_category: BTreeMap<&'static str, f64>,
+    /// The heaviest frames of the gateway's own work.
+    top_frames: Vec<(String, f64)>,
+}
+
+impl ModeProfile {
+    /// Samples summed over rounds, over the packets delivered meanwhile. Each sample stands for 1/FREQUENCY s of
+    /// one CPU.
+    fn new(mode: &'static str, samples: Samples, packets: f64) -> ModeProfile {
+        let ns_per_packet = |n: u64| n as f64 * 1e9 / f64::from(FREQUENCY) / packets;
+        let mut top_frames: Vec<(String, f64)> = samples
+            .gateway_frames
+            .into_iter()
+            .map(|(frame, n)| (frame, ns_per_packet(n)))
+            .collect();
+        top_frames.sort_by(|a, b| b.1.total_cmp(&a.1));
+        top_frames.truncate(TOP_FRAMES);
+        ModeProfile {
+            mode,
+            by_category: samples
+                .by_category
+                .into_iter()
+                .map(|(c, n)| (c, ns_per_packet(n)))
+                .collect(),
+            top_frames,
+        }
+    }
+
+    /// ns per packet of the gateway's own work (`gateway`) or of the rest.
+    fn work(&self, gateway: bool) -> f64 {
+        self.by_category
+            .iter()
+            .filter(|(name, _)| GATEWAY_WORK.contains(name) == gateway)
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+/// Frames listed per mode.
+const TOP_FRAMES: usize = 8;
+
+pub fn run(rounds: usize, seconds: f64) -> anyhow::Result<()> {
+    crate::workspace::setup()?;
+    ensure!(
+        Command::new("perf")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "perf is missing: `cargo xtask setup` installs it (Debian's linux-perf)"
+    );
+    let (lab, tools) = topology()?;
+    let scratch = std::env::temp_dir()
+        .join("veg-bench-profile.data")
+        .to_string_lossy()
+        .into_owned();
+    let mut totals: Vec<(Samples, f64)> = ALL.iter().map(|_| Default::default()).collect();
+    let mut recorded = || -> anyhow::Result<()> {
+        for round in 0..rounds {
+            for (mode, (samples, packets)) in ALL.iter().zip(totals.iter_mut()) {
+                step(&format!(
+                    "round {}/{rounds}: udp-many with {} under perf record",
+                    round + 1,
+                    mode.name()
+                ));
+                let _active = enable(&lab, *mode);
+                let (more, delivered) = record_mode(&lab, &tools, seconds, &scratch)
+                    .with_context(|| format!("profiling {}", mode.name()))?;
+                samples.add(more);
+                *packets += delivered;
+            }
+        }
+        Ok(())
+    };
+    let result = recorded();
+    let _ = std::fs::remove_file(&scratch);
+    let _ = std::fs::remove_file(format!("{scratch}.old"));
+    result?;
+    let profiles: Vec<ModeProfile> = ALL
+        .iter()
+        .zip(totals)
+        .map(|(mode, (samples, packets))| ModeProfile::new(mode.name(), samples, packets))
+        .collect();
+
+    let table = markdown(&profiles, rounds, seconds);
+    println!("\n{table}");
+    let dir = root().join("bench/results");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("profile.md"), &table)?;
+    let modes: BTreeMap<&str, serde_json::Value> = profiles
+        .iter()
+        .map(|p| {
+            (
+                p.mode,
+                json!({ "ns_per_packet": p.by_category, "top_gateway_frames": p.top_frames }),
+            )
+        })
+        .collect();
+    std::fs::write(
+        dir.join("profile.json"),
+        serde_json::to_string_pretty(&json!({
+            "rounds": rounds, "seconds": seconds, "frequency_hz": FREQUENCY, "modes": modes
+        }))?,
+    )?;
+    println!("results: {}", dir.display());
+    Ok(())
+}
+
+/// udp-many in the mode the lab's gateway is in, under perf record: the samples and the packets delivered.
+fn record_mode(
+    lab: &Lab,
+    tools: &Tools,
+    seconds: f64,
+    scratch: &str,
+) -> anyhow::Result<(Samples, f64)> {
+    let mut perf = Command::new("perf")
+        .args(["record", "-a", "-g", "-e", "cpu-clock", "-F"])
+        .arg(FREQUENCY.to_string())
+        .args(["-o", scratch, "--", "sleep"])
+        .arg(format!("{}", seconds + 1.0))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting perf record")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let sample = measure("udp-many", lab, tools, seconds);
+    let recorded = perf.wait()?;
+    let sample = sample?;
+    ensure!(recorded.success(), "perf record failed");
+    let kpps = sample
+        .iter()
+        .find(|(m, _)| *m == "kpps")
+        .map(|(_, v)| *v)
+        .context("no kpps")?;
+    Ok((read_samples(scratch)?, kpps * 1000.0 * seconds))
+}
+
+fn markdown(profiles: &[ModeProfile], rounds: usize, seconds: f64) -> String {
+    let mut out = format!(
+        "udp-many ({rounds} round(s) of {seconds} s per mode, interleaved, samples summed) under \
+         `perf record -a -g -e cpu-clock -F {FREQUENCY}`: CPU ns per delivered packet, by what does the work \
+         (each sample goes to the innermost frame with a category; idle excluded).\n\n| work |"
+    );
+    for p in profiles {
+        let _ = write!(out, " {} |", p.mode);
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---:|".repeat(profiles.len()));
+    out.push('\n');
+    let names = CATEGORIES
+        .iter()
+        .map(|(name, _)| *name)
+        .chain([SERVER_DROP, REST, USER]);
+    for name in names {
+        let _ = write!(out, "| {name} |");
+        for p in profiles {
+            let _ = write!(
+                out,
+                " {:.0} |",
+                p.by_category.get(name).copied().unwrap_or(0.0)
+            );
+        }
+        out.push('\n');
+    }
+    for (label, gateway) in [
+        ("**the gateway's own work**", true),
+        ("**the same path in every mode**", false),
+    ] {
+        let _ = write!(out, "| {label} |");
+        for p in profiles {
+            let _ = write!(out, " **{:.0}** |", p.work(gateway));
+        }
+        out.push('\n');
+    }
+    // The same path is the same work in every mode: dividing by it takes out how fast the machine happened to be.
+    let _ = write!(out, "| **gateway's work per ns of the same path** |");
+    for p in profiles {
+        let _ = write!(out, " **{:.2}** |", p.work(true) / p.work(false));
+    }
+    out.push('\n');
+    let _ = writeln!(
+        out,
+        "\n| mode | heaviest frames of the gateway's own work, ns per packet |\n|---|---|"
+    );
+    for p in profiles {
+        let frames: Vec<String> = p
+            .top_frames
+            .iter()
+            .map(|(frame, ns)| format!("{frame} {ns:.0}"))
+            .collect();
+        let _ = writeln!(out, "| {} | {} |", p.mode, frames.join(", "));
+    }
+    out
+}
