@@ -47,26 +47,24 @@ impl FlowTable {
         batch::read_all(self.fd()).context("reading the flow table")
     }
 
-    /// The outbound half of each live pair: one per translation.
-    fn live_outbound(&self, now: u64) -> anyhow::Result<Vec<(FlowKey, FlowEntry)>> {
-        Ok(self
-            .entries()?
-            .into_iter()
-            .filter(|(key, entry)| {
-                entry.direction == DIRECTION_OUTBOUND && !is_expired(entry, key.protocol, now)
-            })
-            .collect())
-    }
-
     /// How many translations are live.
     pub fn count(&self) -> anyhow::Result<usize> {
-        Ok(self.live_outbound(monotonic_now_ns())?.len())
+        let now = monotonic_now_ns();
+        Ok(self
+            .entries()?
+            .iter()
+            .filter(|(key, entry)| is_live_outbound(key, entry, now))
+            .count())
     }
 
     /// Every live translation, from the outbound half of each pair, oldest first.
     pub fn flows(&self) -> anyhow::Result<Vec<Flow>> {
         let now = monotonic_now_ns();
-        let mut entries = self.live_outbound(now)?;
+        let mut entries: Vec<_> = self
+            .entries()?
+            .into_iter()
+            .filter(|(key, entry)| is_live_outbound(key, entry, now))
+            .collect();
         entries.sort_by_key(|(_, entry)| entry.created_ns);
         Ok(entries
             .iter()
@@ -86,6 +84,11 @@ impl FlowTable {
             .collect();
         batch::delete(self.fd(), &expired).context("deleting expired flows")
     }
+}
+
+/// The outbound half of a live pair: one per translation.
+fn is_live_outbound(key: &FlowKey, entry: &FlowEntry, now: u64) -> bool {
+    entry.direction == DIRECTION_OUTBOUND && !is_expired(entry, key.protocol, now)
 }
 
 fn describe(key: &FlowKey, entry: &FlowEntry, now: u64) -> Flow {

@@ -25,12 +25,25 @@ use crate::workspace::{root, step};
 /// perf's sampling frequency per CPU.
 const FREQUENCY: u32 = 999;
 
-/// What does the work, by kernel symbol prefix; the first match wins.
-const CATEGORIES: &[(&str, &[&str])] = &[
-    ("veg program", &["bpf_prog_"]),
-    (
-        "BPF maps and helpers",
-        &[
+/// What does a share of the work: which kernel symbols belong to it, and whether it is the gateway's own work
+/// (in one mode or the other) or the path every mode shares.
+struct Category {
+    name: &'static str,
+    gateway_work: bool,
+    /// Symbol prefixes; the first category with a matching prefix wins.
+    prefixes: &'static [&'static str],
+}
+
+const CATEGORIES: &[Category] = &[
+    Category {
+        name: "veg program",
+        gateway_work: true,
+        prefixes: &["bpf_prog_"],
+    },
+    Category {
+        name: "BPF maps and helpers",
+        gateway_work: true,
+        prefixes: &[
             "htab_",
             "__htab_",
             "lookup_nulls_elem_raw",
@@ -41,10 +54,11 @@ const CATEGORIES: &[(&str, &[&str])] = &[
             "skb_do_redirect",
             "sk_skb_",
         ],
-    ),
-    (
-        "netfilter: conntrack, NAT, rules",
-        &[
+    },
+    Category {
+        name: "netfilter: conntrack, NAT, rules",
+        gateway_work: true,
+        prefixes: &[
             "nf_",
             "__nf_",
             "____nf_",
@@ -53,27 +67,26 @@ const CATEGORIES: &[(&str, &[&str])] = &[
             "hash_conntrack",
             "masq",
         ],
-    ),
-    (
-        "IP routing and forwarding",
-        &[
+    },
+    Category {
+        name: "IP routing and forwarding",
+        gateway_work: true,
+        prefixes: &[
             "ip_", "__ip_", "ip4_", "fib_", "fib4_", "neigh_", "__neigh", "dst_", "rt_", "ipv4_",
         ],
-    ),
-    (
-        "veth, bridge, macvlan",
-        &["veth_", "br_", "__br_", "macvlan_"],
-    ),
+    },
+    Category {
+        name: "veth, bridge, macvlan",
+        gateway_work: false,
+        prefixes: &["veth_", "br_", "__br_", "macvlan_"],
+    },
 ];
 const REST: &str = "rest of the kernel (skb, netdev core, AF_PACKET send)";
 const USER: &str = "user space (the load generator)";
-/// Categories that are the gateway's own work, in one mode or the other.
-const GATEWAY_WORK: &[&str] = &[
-    "veg program",
-    "BPF maps and helpers",
-    "netfilter: conntrack, NAT, rules",
-    "IP routing and forwarding",
-];
+
+fn is_gateway_work(name: &str) -> bool {
+    CATEGORIES.iter().any(|c| c.name == name && c.gateway_work)
+}
 
 /// The server's ingress drop rule (nftables netdev hook): the same in every mode, whatever symbols it shares with
 /// the gateway's own netfilter work.
@@ -90,11 +103,11 @@ fn category(stack: &[(String, bool)]) -> (&'static str, Option<&str>) {
         return (SERVER_DROP, None);
     }
     for (symbol, _) in stack {
-        if let Some((name, _)) = CATEGORIES
+        if let Some(c) = CATEGORIES
             .iter()
-            .find(|(_, prefixes)| prefixes.iter().any(|p| symbol.starts_with(p)))
+            .find(|c| c.prefixes.iter().any(|p| symbol.starts_with(p)))
         {
-            return (name, Some(symbol));
+            return (c.name, Some(symbol));
         }
     }
     match stack.first() {
@@ -148,7 +161,7 @@ fn read_samples(data: &str) -> anyhow::Result<Samples> {
         }
         let (category, frame) = category(&stack);
         *samples.by_category.entry(category).or_insert(0) += 1;
-        if let Some(frame) = frame.filter(|_| GATEWAY_WORK.contains(&category)) {
+        if let Some(frame) = frame.filter(|_| is_gateway_work(category)) {
             *samples.gateway_frames.entry(frame.to_owned()).or_insert(0) += 1;
         }
     }
@@ -201,7 +214,7 @@ impl ModeProfile {
     fn work(&self, gateway: bool) -> f64 {
         self.by_category
             .iter()
-            .filter(|(name, _)| GATEWAY_WORK.contains(name) == gateway)
+            .filter(|(name, _)| is_gateway_work(name) == gateway)
             .map(|(_, v)| v)
             .sum()
     }
@@ -211,7 +224,8 @@ impl ModeProfile {
 const TOP_FRAMES: usize = 8;
 
 pub fn run(rounds: usize, seconds: f64) -> anyhow::Result<()> {
-    crate::workspace::setup()?;
+    // The set-up in topology() installs perf (Debian's linux-perf).
+    let (lab, tools) = topology()?;
     ensure!(
         Command::new("perf")
             .arg("--version")
@@ -219,7 +233,6 @@ pub fn run(rounds: usize, seconds: f64) -> anyhow::Result<()> {
             .is_ok_and(|o| o.status.success()),
         "perf is missing: `cargo xtask setup` installs it (Debian's linux-perf)"
     );
-    let (lab, tools) = topology()?;
     let scratch = std::env::temp_dir()
         .join("veg-bench-profile.data")
         .to_string_lossy()
@@ -319,7 +332,7 @@ fn markdown(profiles: &[ModeProfile], rounds: usize, seconds: f64) -> String {
     out.push('\n');
     let names = CATEGORIES
         .iter()
-        .map(|(name, _)| *name)
+        .map(|c| c.name)
         .chain([SERVER_DROP, REST, USER]);
     for name in names {
         let _ = write!(out, "| {name} |");
