@@ -44,6 +44,8 @@ const CLIENT2: Ipv4Addr = Ipv4Addr::new(10, 16, 0, 3);
 const FORWARD_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 16, 1, 2);
 const OUTSIDER: Ipv4Addr = Ipv4Addr::new(10, 16, 2, 2);
 const INSTANCE: Ipv4Addr = Ipv4Addr::new(10, 16, 0, 12);
+/// Another address of the instance's own, in no policy (as a service the instance runs would have).
+const INSTANCE_OWN: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const EXTERNAL: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 11);
 const SERVER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const PORT_MIN: u16 = 1024;
@@ -156,6 +158,7 @@ fn with_program_lab(test: impl FnOnce(&mut ProgramLab) + Send + 'static) {
         ns.ip(&["link", "set", peer, "up"]);
     }
     ns.ip(&["route", "add", "default", "via", "172.17.0.1", "dev", "vex"]);
+    ns.ip(&["addr", "add", "192.0.2.1/32", "dev", "lo"]);
     for (ip, mac, dev) in [
         ("172.17.0.1", NEXTHOP_MAC, "vex"),
         ("10.16.0.2", CLIENT_MAC, "vin"),
@@ -450,6 +453,77 @@ fn unsolicited_packets_from_outside_are_dropped() {
 }
 
 #[test]
+fn from_outside_only_policy_named_destinations_get_through() {
+    with_program_lab(|lab| {
+        // A host that routes the VPC via the external address: a pod no policy names is not reachable...
+        let probe = |dst| Frame::new(SERVER, dst, tcp(80, 5010, TCP_SYN));
+        assert_eq!(lab.send_from_outside(&probe(OUTSIDER)).0, TC_ACT_SHOT);
+        assert_eq!(lab.counter("dropped_inbound_no_policy"), 1);
+        // ...nor a SNAT source except through its translation...
+        assert_eq!(lab.send_from_outside(&probe(CLIENT)).0, TC_ACT_SHOT);
+        assert_eq!(lab.counter("dropped_unsolicited"), 1);
+        // ...nor anything the kernel would route back out.
+        let elsewhere = Ipv4Addr::new(203, 0, 113, 9);
+        assert_eq!(lab.send_from_outside(&probe(elsewhere)).0, TC_ACT_SHOT);
+        assert_eq!(lab.counter("dropped_inbound_no_policy"), 2);
+        // A forward-policy pod is, and the instance's own addresses are the kernel's business.
+        assert_eq!(
+            lab.send_from_outside(&probe(FORWARD_CLIENT)).0,
+            TC_ACT_REDIRECT
+        );
+        assert_eq!(lab.send_from_outside(&probe(INSTANCE_OWN)).0, TC_ACT_OK);
+        assert_eq!(lab.counter("forwarded_in"), 1);
+        assert_eq!(lab.counter("dropped_inbound_no_policy"), 2);
+    });
+}
+
+#[test]
+fn martian_addresses_are_dropped_on_both_sides() {
+    with_program_lab(|lab| {
+        let from_vpc = [
+            Frame::new(Ipv4Addr::new(127, 0, 0, 1), SERVER, udp(6010, 53, false)),
+            Frame::new(Ipv4Addr::new(0, 0, 0, 0), SERVER, udp(68, 67, false)),
+            Frame::new(CLIENT, Ipv4Addr::new(0, 1, 2, 3), udp(6011, 53, false)),
+            Frame::new(CLIENT, Ipv4Addr::new(127, 0, 0, 53), udp(6012, 53, false)),
+            Frame::new(CLIENT, Ipv4Addr::new(240, 0, 0, 1), udp(6013, 53, false)),
+        ];
+        for frame in &from_vpc {
+            assert_eq!(lab.send_from_vpc(frame).0, TC_ACT_SHOT, "{frame:?}");
+        }
+        let from_outside = [
+            Frame::new(Ipv4Addr::new(224, 0, 0, 1), EXTERNAL, udp(53, 2000, false)),
+            Frame::new(Ipv4Addr::new(127, 0, 0, 1), EXTERNAL, udp(53, 2000, false)),
+            Frame::new(SERVER, Ipv4Addr::new(127, 0, 0, 1), udp(53, 2000, false)),
+        ];
+        for frame in &from_outside {
+            assert_eq!(lab.send_from_outside(frame).0, TC_ACT_SHOT, "{frame:?}");
+        }
+        assert_eq!(
+            lab.counter("dropped_martian"),
+            (from_vpc.len() + from_outside.len()) as u64
+        );
+        assert_eq!(lab.counter("translated_out"), 0);
+    });
+}
+
+#[test]
+fn broadcast_and_multicast_from_the_vpc_are_never_translated() {
+    with_program_lab(|lab| {
+        for dst in [
+            Ipv4Addr::new(224, 0, 0, 251),     // mDNS
+            Ipv4Addr::new(239, 255, 255, 250), // SSDP
+            Ipv4Addr::BROADCAST,
+        ] {
+            let frame = Frame::new(CLIENT, dst, udp(5353, 5353, false));
+            assert_eq!(lab.send_from_vpc(&frame).0, TC_ACT_SHOT, "to {dst}");
+        }
+        assert_eq!(lab.counter("dropped_broadcast_multicast"), 3);
+        assert_eq!(lab.counter("translated_out"), 0);
+        assert_eq!(lab.counter("flows_created"), 0);
+    });
+}
+
+#[test]
 fn expiring_ttl_is_left_to_the_kernel() {
     with_program_lab(|lab| {
         let mut request = Frame::new(CLIENT, SERVER, udp(6003, 33434, false));
@@ -600,12 +674,12 @@ fn a_new_external_address_gets_new_mappings() {
 }
 
 #[test]
-fn a_full_port_range_is_scanned_before_giving_up() {
+fn a_small_port_range_is_filled_whole_before_giving_up() {
     with_program_lab(|lab| {
         const PORTS: u16 = 64;
         lab.reconfigure(|c| (c.port_min, c.port_max) = (2000, 2000 + PORTS - 1));
         // Client ports outside the range: every flow needs an allocated port toward the same remote endpoint,
-        // and only the exhaustive scan is sure to find the last free ones.
+        // and only the sequential run after the random tries is sure to find the last free ones.
         let mut ports = std::collections::HashSet::new();
         for i in 0..PORTS {
             let (verdict, out) =
@@ -619,13 +693,48 @@ fn a_full_port_range_is_scanned_before_giving_up() {
             lab.send_from_vpc(&Frame::new(CLIENT, SERVER, udp(40000 + PORTS, 53, false)));
         assert_eq!(verdict, TC_ACT_SHOT);
         assert_eq!(lab.counter("dropped_port_exhausted"), 1);
-        assert!(lab.counter("port_scan_fallbacks") >= 1);
+        assert_eq!(lab.counter("port_searches_failed"), 1);
         // Mappings are per remote endpoint: another server port still has the whole range.
         assert_eq!(
             lab.send_from_vpc(&Frame::new(CLIENT, SERVER, udp(40000 + PORTS, 54, false)))
                 .0,
             TC_ACT_REDIRECT
         );
+    });
+}
+
+#[test]
+fn an_exhausted_endpoint_costs_one_lookup_until_its_backoff_ends() {
+    with_program_lab(|lab| {
+        lab.reconfigure(|c| (c.port_min, c.port_max) = (2000, 2001));
+        for port in [40000, 40001] {
+            let flow = Frame::new(CLIENT, SERVER, udp(port, 53, false));
+            assert_eq!(lab.send_from_vpc(&flow).0, TC_ACT_REDIRECT);
+        }
+        // The first flow too many searches and fails; the next ones toward the same endpoint do not search.
+        for port in 40002..40012 {
+            let flow = Frame::new(CLIENT, SERVER, udp(port, 53, false));
+            assert_eq!(lab.send_from_vpc(&flow).0, TC_ACT_SHOT);
+        }
+        assert_eq!(lab.counter("dropped_port_exhausted"), 10);
+        assert_eq!(
+            lab.counter("port_searches_failed"),
+            1,
+            "only the first packet may search"
+        );
+        // Established flows toward the endpoint keep working, and so does another endpoint.
+        let reply = Frame::new(SERVER, EXTERNAL, udp(53, 2000, false));
+        assert_eq!(lab.send_from_outside(&reply).0, TC_ACT_REDIRECT);
+        let elsewhere = Frame::new(CLIENT, SERVER, udp(40002, 54, false));
+        assert_eq!(lab.send_from_vpc(&elsewhere).0, TC_ACT_REDIRECT);
+        // A port freed (here by the LRU) is found once the backoff is over.
+        let [_, (reverse, _)] = lab.udp_pair(CLIENT, 40001);
+        lab.flow_map().remove(&reverse).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let late = Frame::new(CLIENT, SERVER, udp(40020, 53, false));
+        let (verdict, out) = lab.send_from_vpc(&late);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(l4_port(&out, true), u16::from_be(reverse.dst_port));
     });
 }
 
@@ -796,5 +905,71 @@ fn a_failed_load_leaves_no_pins_behind() {
         !dir.exists(),
         "the failed load left {} behind",
         dir.display()
+    );
+}
+
+fn flow_table_capacity(name: &str) -> u32 {
+    aya::maps::MapInfo::from_pin(pins::gateway_dir(name).join(pins::FLOWS))
+        .unwrap()
+        .max_entries()
+}
+
+#[test]
+fn a_restart_with_another_flow_table_size_carries_every_flow_over() {
+    with_program_lab(|lab| {
+        for port in 6500..6510 {
+            lab.send_from_vpc(&Frame::new(CLIENT, SERVER, udp(port, 53, false)));
+        }
+        let dir = pins::gateway_dir(&lab.name);
+        // The same settings again: every pin is reused as it is, counters included.
+        lab.datapath = Datapath::load(&dir, 65536).unwrap();
+        assert_eq!(lab.counter("flows_created"), 10);
+        assert!(!dir.join("FLOWS_MIGRATING").exists());
+        // A larger table: the flows move into it, and the old one goes once the programs are attached.
+        lab.datapath = Datapath::load(&dir, 131072).unwrap();
+        assert_eq!(flow_table_capacity(&lab.name), 131072);
+        lab.datapath.attach("vin", "vex").unwrap();
+        assert!(
+            !dir.join("FLOWS_MIGRATING").exists(),
+            "the old table must go"
+        );
+        for port in 6500..6510 {
+            let reply = Frame::new(SERVER, EXTERNAL, udp(53, port, false));
+            assert_eq!(
+                lab.send_from_outside(&reply).1,
+                reverse_expected(&reply, CLIENT, CLIENT_MAC, port),
+                "flow {port} was lost"
+            );
+        }
+        assert_eq!(lab.flow_map().keys().count(), 20);
+        assert_eq!(lab.counter("flows_created"), 10);
+    });
+}
+
+#[test]
+fn a_flow_table_of_another_layout_is_refused_with_what_to_run() {
+    if skip_unless_root() {
+        return;
+    }
+    let name = unique("veglayout");
+    let dir = pins::gateway_dir(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    // As an older build with 16-byte entries would have left it.
+    let made = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(dir.join(pins::FLOWS))
+        .args([
+            "type", "lru_hash", "key", "40", "value", "16", "entries", "1024",
+        ])
+        .args(["name", "FLOWS"])
+        .status()
+        .unwrap();
+    assert!(made.success(), "bpftool map create failed");
+    let error = format!("{:#}", Datapath::load(&dir, 65536).err().unwrap());
+    let _ = pins::remove_gateway_pins(&name);
+    assert!(error.contains("value 16 bytes"), "{error}");
+    assert!(
+        error.contains(&format!("veg gateway --name {name} --cleanup")),
+        "{error}"
     );
 }

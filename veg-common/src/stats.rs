@@ -1,12 +1,12 @@
 //! Per-CPU packet counters, one slot per reason. The agent sums the CPUs when it reports them.
 
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident = $idx:expr, $label:expr;)*) => {
+    ($($name:ident = $idx:expr, $label:expr, $meaning:expr;)*) => {
         /// Why a packet was counted. The discriminant is the index in the STATS per-CPU array.
         #[repr(u32)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         pub enum Counter {
-            $($(#[$doc])* $name = $idx,)*
+            $(#[doc = $meaning] $name = $idx,)*
         }
 
         impl Counter {
@@ -18,45 +18,59 @@ macro_rules! counters {
                     $(Counter::$name => $label,)*
                 }
             }
+
+            /// One line that says what the counter counts, for `veg stats` and metric help texts.
+            pub const fn meaning(self) -> &'static str {
+                match self {
+                    $(Counter::$name => $meaning,)*
+                }
+            }
         }
     };
 }
 
+// Indices are the slots of the pinned STATS map: never reuse or move one, only add.
 counters! {
-    /// A packet from a SNAT source, translated and sent out.
-    TranslatedOut = 0, "translated_out";
-    /// A reply to a translated flow, translated back and sent to the client.
-    TranslatedIn = 1, "translated_in";
-    /// A packet from a forward (no-SNAT) source, routed unchanged.
-    ForwardedOut = 2, "forwarded_out";
-    /// A packet to a forward (no-SNAT) source, routed unchanged.
-    ForwardedIn = 3, "forwarded_in";
-    /// Left to the kernel: for the instance itself, inside the VPC, or not IPv4.
-    PassedToHost = 4, "passed_to_host";
-    /// TTL would expire: left to the kernel, which answers with ICMP time exceeded.
-    TtlExpired = 5, "ttl_expired";
-    /// From a source that matches no policy.
-    DropNoPolicy = 6, "dropped_no_policy";
-    /// From outside, matching no translation.
-    DropUnsolicited = 7, "dropped_unsolicited";
-    /// Truncated or malformed headers.
-    DropMalformed = 8, "dropped_malformed";
-    /// IPv4 fragments (not translated yet: dropped rather than leaked).
-    DropFragment = 9, "dropped_fragment";
-    /// No free port for a new flow.
-    DropPortExhausted = 10, "dropped_port_exhausted";
-    /// The route lookup failed or the packet is too big for the route.
-    DropNoRoute = 11, "dropped_no_route";
-    /// A protocol the gateway does not translate (SNAT sources only).
-    DropUnsupported = 12, "dropped_unsupported_protocol";
-    /// A new translation was created.
-    FlowsCreated = 13, "flows_created";
-    /// A pair whose other half had been evicted was made whole again.
-    FlowsRepaired = 14, "flows_repaired";
-    /// An expired translation was found on lookup and replaced.
-    FlowsExpiredOnLookup = 15, "flows_expired_on_lookup";
-    /// Port allocation fell back to the exhaustive scan.
-    PortScanFallbacks = 16, "port_scan_fallbacks";
+    TranslatedOut = 0, "translated_out",
+        "Packets from SNAT sources translated to the external address and sent out.";
+    TranslatedIn = 1, "translated_in",
+        "Replies to translated flows translated back and sent to the client.";
+    ForwardedOut = 2, "forwarded_out",
+        "Packets from forward (no-SNAT) sources routed out unchanged.";
+    ForwardedIn = 3, "forwarded_in",
+        "Packets from outside to forward (no-SNAT) sources routed in unchanged.";
+    PassedToHost = 4, "passed_to_host",
+        "Left to the instance's own stack: addressed to the instance, inside the VPC, or not IPv4.";
+    TtlExpired = 5, "ttl_expired",
+        "TTL would expire on forwarding: left to the kernel, which answers with ICMP time exceeded.";
+    DropNoPolicy = 6, "dropped_no_policy",
+        "Dropped: from a VPC source that no policy names (the gateway is no open relay).";
+    DropUnsolicited = 7, "dropped_unsolicited",
+        "Dropped: from outside to the external address in the translation range, or to a SNAT source, matching no live translation.";
+    DropMalformed = 8, "dropped_malformed",
+        "Dropped: truncated or inconsistent headers.";
+    DropFragment = 9, "dropped_fragment",
+        "Dropped: IPv4 fragments of SNAT sources (not translated yet; dropped rather than leaked).";
+    DropPortExhausted = 10, "dropped_port_exhausted",
+        "Dropped: a new flow found no free port toward its remote endpoint (or the endpoint was found full moments ago).";
+    DropNoRoute = 11, "dropped_no_route",
+        "Dropped: no route out of the right interface, or too big for the route.";
+    DropUnsupported = 12, "dropped_unsupported_protocol",
+        "Dropped: from a SNAT source, a protocol the gateway does not translate.";
+    FlowsCreated = 13, "flows_created",
+        "New translations created.";
+    FlowsRepaired = 14, "flows_repaired",
+        "Translations whose other half had been evicted, made whole again.";
+    FlowsExpiredOnLookup = 15, "flows_expired_on_lookup",
+        "Expired translations found by a packet and replaced before the sweep reached them.";
+    PortSearchesFailed = 16, "port_searches_failed",
+        "Searches for a free port that tried every allowed candidate and failed; the endpoint is then skipped for a moment.";
+    DropInboundNoPolicy = 17, "dropped_inbound_no_policy",
+        "Dropped: from outside to an address behind the gateway that no forward policy names.";
+    DropMartian = 18, "dropped_martian",
+        "Dropped: a source or destination no router forwards (0.0.0.0/8, 127.0.0.0/8, 240.0.0.0/4, a multicast source).";
+    DropBroadcastMulticast = 19, "dropped_broadcast_multicast",
+        "Dropped: broadcast or multicast from the VPC, which a router never forwards or translates.";
 }
 
 /// Slots in the STATS array (room to grow without changing the map's size).

@@ -102,9 +102,19 @@ fn touch(key: &FlowKey, entry: &mut FlowEntry, bits: u8, now: u64) -> bool {
     if state == entry.state && now.wrapping_sub(entry.last_seen_ns) < REFRESH_NS {
         return true;
     }
+    let closing = is_closed(state) && !is_closed(entry.state);
     entry.state = state;
     entry.last_seen_ns = now;
     let partner_key = key.partner(entry);
+    if closing {
+        // Its port may now be taken over by a new connection: stop skipping the endpoint as full.
+        let reverse_key = if entry.direction == DIRECTION_OUTBOUND {
+            &partner_key
+        } else {
+            key
+        };
+        ports::forget_exhausted(reverse_key);
+    }
     if let Some(partner) = FLOWS.get_ptr_mut(&partner_key) {
         let partner = unsafe { &mut *partner };
         partner.state = state;

@@ -12,9 +12,12 @@ use crate::{
     flows,
     from_vpc::forward,
     maps::POLICY_V4,
-    packet::{ICMP_ECHO_REPLY, Ipv4Packet, accept},
+    packet::{
+        ICMP_ECHO_REPLY, Ipv4Packet, accept, is_broadcast_or_multicast, is_martian_destination,
+        is_martian_source,
+    },
     rewrite::{self, End},
-    route,
+    route::{self, Route},
     stats::{drop_packet, pass_to_host},
 };
 
@@ -24,8 +27,15 @@ pub fn handle(ctx: &TcContext) -> i32 {
         Ok(accepted) => accepted,
         Err(verdict) => return verdict,
     };
+    if is_martian_source(pkt.src) || is_martian_destination(pkt.dst) {
+        return drop_packet(Counter::DropMartian);
+    }
     if pkt.dst == cfg.external_addr_v4.ipv4_be() {
         return to_external_address(ctx, &pkt, cfg);
+    }
+    if is_broadcast_or_multicast(pkt.dst) {
+        // The kernel delivers these on the link and never forwards them.
+        return pass_to_host(Counter::PassedToHost);
     }
     match POLICY_V4
         .get(Key::new(32, pkt.dst.to_ne_bytes()))
@@ -35,7 +45,18 @@ pub fn handle(ctx: &TcContext) -> i32 {
         Some(ACTION_FORWARD) => route_to_vpc(ctx, &pkt, cfg, None),
         // A SNAT source is only reachable through its translation.
         Some(ACTION_SNAT) => drop_packet(Counter::DropUnsolicited),
-        _ => pass_to_host(Counter::PassedToHost),
+        _ => not_ours(ctx, &pkt, cfg),
+    }
+}
+
+/// A packet from outside that no policy lets in: the instance's own addresses are the kernel's business, but
+/// anything the kernel would route onward (into the VPC, or back out) is dropped here, so that a host that routes
+/// a VPC subnet via the external address reaches nothing the policy does not name.
+#[inline(always)]
+fn not_ours(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> i32 {
+    match route::lookup(ctx, cfg.external_ifindex, pkt.protocol, pkt.src, pkt.dst) {
+        Route::NotForwarded => pass_to_host(Counter::PassedToHost),
+        _ => drop_packet(Counter::DropInboundNoPolicy),
     }
 }
 

@@ -11,7 +11,10 @@ use veg_common::{
 use crate::{
     flows,
     maps::POLICY_V4,
-    packet::{ICMP_ECHO_REQUEST, Ipv4Packet, accept},
+    packet::{
+        ICMP_ECHO_REQUEST, Ipv4Packet, accept, is_broadcast_or_multicast, is_martian_destination,
+        is_martian_source,
+    },
     rewrite::{self, End},
     route::{self, Route},
     stats::{count, drop_packet, pass_to_host},
@@ -24,6 +27,13 @@ pub fn handle(ctx: &TcContext) -> i32 {
         Ok(accepted) => accepted,
         Err(verdict) => return verdict,
     };
+    if is_martian_source(pkt.src) || is_martian_destination(pkt.dst) {
+        return drop_packet(Counter::DropMartian);
+    }
+    if is_broadcast_or_multicast(pkt.dst) {
+        // mDNS, SSDP, 255.255.255.255: link-local by nature; a router neither forwards nor translates them.
+        return drop_packet(Counter::DropBroadcastMulticast);
+    }
     let route = route::lookup(ctx, cfg.internal_ifindex, pkt.protocol, pkt.src, pkt.dst);
     match route {
         // For the instance itself, inside the VPC, or unroutable: the kernel answers or delivers.

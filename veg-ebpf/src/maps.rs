@@ -41,6 +41,17 @@ pub struct NewFlow {
     pub entry: FlowEntry,
 }
 
+/// Remote endpoints toward which a port search recently failed: (remote address and port, external address,
+/// protocol) -> until when (CLOCK_MONOTONIC ns) new flows toward them are dropped without searching again. This
+/// is what keeps a client that offers more flows than the range holds from costing a full search per packet.
+/// Not pinned: forgetting it only costs one search per endpoint.
+#[map]
+pub static EXHAUSTED: LruHashMap<FlowKey, u64> =
+    LruHashMap::with_max_entries(EXHAUSTED_ENDPOINTS, 0);
+
+/// How many exhausted endpoints are remembered at once (the least recently failed are forgotten first).
+const EXHAUSTED_ENDPOINTS: u32 = 4096;
+
 /// Scratch space for route lookups (see route.rs).
 #[map]
 pub static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);

@@ -35,6 +35,40 @@ pub const IPV4_CSUM_OFF: usize = 10;
 pub const IPV4_SRC_OFF: usize = 12;
 pub const IPV4_DST_OFF: usize = 16;
 
+/// The limited broadcast address, 255.255.255.255 (the same in either byte order).
+const LIMITED_BROADCAST: u32 = u32::MAX;
+
+/// The first octet of an address in network byte order: enough for every address class a router screens.
+#[inline(always)]
+fn first_octet(addr_be: u32) -> u8 {
+    addr_be.to_ne_bytes()[0]
+}
+
+/// A source no router accepts (RFC 1812 5.3.7): "this network" 0.0.0.0/8, loopback 127.0.0.0/8, multicast and
+/// the reserved 240.0.0.0/4 (limited broadcast included).
+#[inline(always)]
+pub fn is_martian_source(addr_be: u32) -> bool {
+    let octet = first_octet(addr_be);
+    octet == 0 || octet == 127 || octet >= 224
+}
+
+/// A destination no router forwards: 0.0.0.0/8, 127.0.0.0/8 and the reserved 240.0.0.0/4 other than the limited
+/// broadcast (which `is_broadcast_or_multicast` covers).
+#[inline(always)]
+pub fn is_martian_destination(addr_be: u32) -> bool {
+    let octet = first_octet(addr_be);
+    octet == 0 || octet == 127 || (octet >= 240 && addr_be != LIMITED_BROADCAST)
+}
+
+/// Multicast (224.0.0.0/4) or the limited broadcast: delivered on a link, never routed by the gateway. (A
+/// directed broadcast of a connected subnet is a broadcast route in the kernel's table, which the route lookup
+/// reports as not forwarded.)
+#[inline(always)]
+pub fn is_broadcast_or_multicast(addr_be: u32) -> bool {
+    let octet = first_octet(addr_be);
+    (224..240).contains(&octet) || addr_be == LIMITED_BROADCAST
+}
+
 /// An IPv4 packet, with addresses and ports as they are on the wire (network byte order).
 pub struct Ipv4Packet {
     pub l3_off: usize,

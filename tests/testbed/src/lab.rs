@@ -270,9 +270,9 @@ impl Gateway {
             .expect("veg flows --count --json prints {\"flows\": N}")
     }
 
-    /// One counter from `veg stats --json`.
+    /// One counter from `veg stats --json` (`{"name": {"value": N, "meaning": "..."}}`).
     pub fn counter(&self, label: &str) -> u64 {
-        self.veg("stats")[label]
+        self.veg("stats")[label]["value"]
             .as_u64()
             .unwrap_or_else(|| panic!("no counter {label}"))
     }

@@ -13,8 +13,9 @@ use k8s_openapi::{
         core::v1::{
             Affinity, Capabilities, Container, EnvVar, EnvVarSource, HTTPGetAction,
             HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement,
-            NodeSelectorTerm, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSpec,
-            PodTemplateSpec, Probe, SecurityContext, Volume, VolumeMount,
+            NodeSelectorTerm, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity,
+            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecurityContext, Sysctl, Volume,
+            VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -35,6 +36,10 @@ pub const APP_LABEL: &str = "app";
 pub const APP: &str = "vpc-egress-gateway";
 pub const GATEWAY_LABEL: &str = "ovn.kubernetes.io/vpc-egress-gateway";
 pub const HEALTH_PORT: i32 = 8080;
+/// The instance's own sockets take their ephemeral ports from this small block (net.ipv4.ip_local_port_range, a
+/// namespaced sysctl Kubernetes counts as safe), so the agent translates into every port below it: 1024-60999,
+/// 59,976 ports toward each remote endpoint.
+pub const INSTANCE_EPHEMERAL_PORTS: &str = "61000 65535";
 /// The instances' service account in each gateway's namespace.
 pub const GATEWAY_SERVICE_ACCOUNT: &str = "veg-gateway";
 
@@ -342,6 +347,13 @@ pub fn deployment(inputs: &Inputs, vpc_cidrs: &[String]) -> Result<Deployment, S
                 spec: Some(PodSpec {
                     // May read its gateway and the subnets (deploy/gateway/rbac.yaml; the controller binds it).
                     service_account_name: Some(GATEWAY_SERVICE_ACCOUNT.into()),
+                    security_context: Some(PodSecurityContext {
+                        sysctls: Some(vec![Sysctl {
+                            name: "net.ipv4.ip_local_port_range".into(),
+                            value: INSTANCE_EPHEMERAL_PORTS.into(),
+                        }]),
+                        ..Default::default()
+                    }),
                     containers: vec![container],
                     affinity: Some(Affinity {
                         pod_anti_affinity: Some(PodAntiAffinity {

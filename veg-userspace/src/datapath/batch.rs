@@ -1,5 +1,6 @@
 //! Batch lookup and delete on hash maps (BPF_MAP_LOOKUP_BATCH / BPF_MAP_DELETE_BATCH), which aya does not wrap:
-//! reading a million-entry flow table one key at a time takes two syscalls per entry.
+//! reading a million-entry flow table one key at a time takes two syscalls per entry. And inserting only what a
+//! map lacks (BPF_NOEXIST), for migrating a flow table.
 
 use std::{
     io,
@@ -9,8 +10,10 @@ use std::{
 
 use aya::Pod;
 
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+const BPF_NOEXIST: u64 = 1;
 /// Entries fetched per syscall.
 const CHUNK: usize = 4096;
 
@@ -115,4 +118,50 @@ pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
         rest = &rest[skip..];
     }
     Ok(deleted)
+}
+
+/// The `elem` member of `union bpf_attr` (BPF_MAP_UPDATE_ELEM).
+#[repr(C)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// Insert these entries where their keys are not present yet: an entry the map holds already is newer than the
+/// copy and stays. One syscall per entry: the batch update refuses BPF_NOEXIST. Returns how many were inserted.
+pub fn insert_missing<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    entries: &[(K, V)],
+) -> io::Result<usize> {
+    let mut inserted = 0;
+    for (key, value) in entries {
+        let mut attr = ElemAttr {
+            map_fd: map.as_raw_fd() as u32,
+            _pad: 0,
+            key: key as *const K as u64,
+            value: value as *const V as u64,
+            flags: BPF_NOEXIST,
+        };
+        // SAFETY: attr is a valid bpf_attr prefix; key and value point at live values of the map's sizes.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_ELEM,
+                &mut attr as *mut ElemAttr,
+                size_of::<ElemAttr>(),
+            )
+        };
+        if rc == 0 {
+            inserted += 1;
+            continue;
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EEXIST) {
+            return Err(error);
+        }
+    }
+    Ok(inserted)
 }

@@ -15,7 +15,7 @@ use aya::{
 };
 use veg_common::config::{CONFIG_KEY, GatewayConfig};
 
-use super::{EBPF_OBJECT, flow_table::FlowTable, pins, policy::PolicyTable};
+use super::{EBPF_OBJECT, flow_table::FlowTable, pinned_maps, pins, policy::PolicyTable};
 
 pub const PROGRAM_FROM_VPC: &str = "veg_from_vpc";
 pub const PROGRAM_FROM_OUTSIDE: &str = "veg_from_outside";
@@ -27,6 +27,8 @@ pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     links: Vec<PinnedLink>,
+    /// A flow table of another size or build whose flows are being carried over into the new one.
+    migrating: Option<PathBuf>,
 }
 
 impl Drop for Datapath {
@@ -37,13 +39,15 @@ impl Drop for Datapath {
 
 impl Datapath {
     /// Load the programs, reusing the maps pinned in `pin_dir` (and so every live flow) or creating and pinning
-    /// them there. `max_flow_entries` sizes a new flow table; an existing one keeps its size.
+    /// them there. `max_flow_entries` sizes the flow table: a pinned one of another size is migrated into a new
+    /// one (see pinned_maps.rs).
     pub fn load(pin_dir: &Path, max_flow_entries: u32) -> anyhow::Result<Datapath> {
         pins::check_bpffs()?;
         let fresh = !pin_dir.exists();
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating {}", pin_dir.display()))?;
-        let loaded = Datapath::load_into(pin_dir, max_flow_entries);
+        let loaded = pinned_maps::prepare(pin_dir, max_flow_entries)
+            .and_then(|migrating| Datapath::load_into(pin_dir, max_flow_entries, migrating));
         if loaded.is_err() && fresh {
             // A failed first load must not leave the maps it pinned (nor the directory) behind.
             let _ = pins::remove_dir_of_pins(pin_dir);
@@ -51,7 +55,11 @@ impl Datapath {
         loaded
     }
 
-    fn load_into(pin_dir: &Path, max_flow_entries: u32) -> anyhow::Result<Datapath> {
+    fn load_into(
+        pin_dir: &Path,
+        max_flow_entries: u32,
+        migrating: Option<PathBuf>,
+    ) -> anyhow::Result<Datapath> {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries(pins::FLOWS, max_flow_entries)
@@ -66,11 +74,28 @@ impl Datapath {
                 kernel_error(anyhow!(e)).context(format!("verifying program {name}"))
             })?;
         }
+        if let Some(old) = &migrating {
+            let copied = pinned_maps::carry_over(old, &pin_dir.join(pins::FLOWS))?;
+            tracing::info!(copied, "flows carried over into the new flow table");
+        }
         Ok(Datapath {
             ebpf,
             pin_dir: pin_dir.to_owned(),
             links: Vec::new(),
+            migrating,
         })
+    }
+
+    /// Once the new programs run, the old flow table of a migration goes, after a last copy of the flows the old
+    /// programs created meanwhile.
+    fn finish_migration(&mut self) -> anyhow::Result<()> {
+        let Some(old) = self.migrating.take() else {
+            return Ok(());
+        };
+        let copied = pinned_maps::carry_over(&old, &self.pin_dir.join(pins::FLOWS))?;
+        std::fs::remove_file(&old).with_context(|| format!("removing {}", old.display()))?;
+        tracing::info!(copied, "flow table migrated; the old one is gone");
+        Ok(())
     }
 
     /// A loaded program, for running it on crafted packets (BPF_PROG_TEST_RUN).
@@ -165,7 +190,7 @@ impl Datapath {
                 .with_context(|| format!("pinning the link of {name} at {}", path.display()))?;
             self.links.push(pinned);
         }
-        Ok(())
+        self.finish_migration()
     }
 
     /// Detach the programs: unpin their links and let them go.

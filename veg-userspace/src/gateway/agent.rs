@@ -75,7 +75,7 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
     let internal_ifindex = host::interface_index(&settings.internal_interface, "internal")?;
     let external_ifindex = host::interface_index(&settings.external_interface, "external")?;
     host::check_external_address(&settings.external_interface, settings.external_ip)?;
-    host::check_port_range(settings.port_range)?;
+    let port_range = host::translation_port_range(settings.port_range)?;
 
     let pin_dir = pins::gateway_dir(&settings.name);
     let mut datapath = Datapath::load(&pin_dir, settings.max_flow_entries)?;
@@ -90,8 +90,8 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
         external_addr_v4: Address::from_ip(settings.external_ip.into()),
         internal_ifindex,
         external_ifindex,
-        port_min: settings.port_range.min,
-        port_max: settings.port_range.max,
+        port_min: port_range.min,
+        port_max: port_range.max,
         ready: 1,
     })?;
     datapath.attach(&settings.internal_interface, &settings.external_interface)?;
@@ -106,7 +106,7 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
         internal = %settings.internal_interface,
         external = %settings.external_interface,
         external_ip = %settings.external_ip,
-        port_range = %settings.port_range,
+        %port_range,
         pins = %pin_dir.display(),
         live_flows = live,
         "gateway datapath attached"

@@ -103,9 +103,17 @@ pub fn ephemeral_port_range() -> anyhow::Result<PortRange> {
     }
 }
 
-/// Translations must never take a port the instance's own connections may use.
-pub fn check_port_range(range: PortRange) -> anyhow::Result<()> {
+/// The translation range: the one given, checked against the kernel's ephemeral range (translations must never
+/// take a port the instance's own connections may use), or every port from 1024 up outside that range.
+pub fn translation_port_range(given: Option<PortRange>) -> anyhow::Result<PortRange> {
     let kernel = ephemeral_port_range()?;
+    let Some(range) = given else {
+        return PortRange::outside_ephemeral(kernel).with_context(|| {
+            format!(
+                "the kernel's ephemeral range {kernel} (net.ipv4.ip_local_port_range) leaves no port from 1024 up                  for translations: narrow it (the controller's instances use 61000 65535) or give --port-range"
+            )
+        });
+    };
     if range.overlaps(&kernel) {
         bail!(
             "port range {range} overlaps the kernel's ephemeral range {kernel} (net.ipv4.ip_local_port_range): \
@@ -114,7 +122,7 @@ pub fn check_port_range(range: PortRange) -> anyhow::Result<()> {
             kernel.min.saturating_sub(1).max(1024)
         );
     }
-    Ok(())
+    Ok(range)
 }
 
 /// IPv4 forwarding on the instance's two interfaces. The datapath's route lookups need it on; without the datapath

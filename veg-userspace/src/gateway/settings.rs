@@ -23,12 +23,6 @@ use crate::{
     gateway::resource::GatewayRef,
 };
 
-/// Translated ports are taken from this range by default: below the kernel's default ephemeral range
-/// (32768-60999), so the instance's own connections never collide with translations.
-pub const DEFAULT_PORT_RANGE: PortRange = PortRange {
-    min: 1024,
-    max: 32767,
-};
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,9 +31,34 @@ pub struct PortRange {
     pub max: u16,
 }
 
+/// The lowest port translations may use: below it are the well-known ports, which MASQUERADE leaves alone too.
+const FIRST_TRANSLATED_PORT: u16 = 1024;
+
 impl PortRange {
     pub fn overlaps(&self, other: &PortRange) -> bool {
         self.min <= other.max && other.min <= self.max
+    }
+
+    pub fn ports(&self) -> u32 {
+        u32::from(self.max) - u32::from(self.min) + 1
+    }
+
+    /// The translation range when none is given: every port from 1024 up that the instance's own sockets do not
+    /// use, i.e. the larger block of 1024-65535 on either side of the kernel's ephemeral range. With the kernel's
+    /// default 32768-60999 that is 1024-32767; with the 61000-65535 the instances' Deployment sets, 1024-60999.
+    pub fn outside_ephemeral(ephemeral: PortRange) -> Option<PortRange> {
+        let below = (ephemeral.min > FIRST_TRANSLATED_PORT).then(|| PortRange {
+            min: FIRST_TRANSLATED_PORT,
+            max: ephemeral.min - 1,
+        });
+        let above = (ephemeral.max < u16::MAX).then(|| PortRange {
+            min: ephemeral.max.saturating_add(1).max(FIRST_TRANSLATED_PORT),
+            max: u16::MAX,
+        });
+        match (below, above) {
+            (Some(b), Some(a)) => Some(if a.ports() > b.ports() { a } else { b }),
+            (b, a) => b.or(a),
+        }
     }
 }
 
@@ -123,7 +142,8 @@ pub struct GatewaySettings {
     pub external_interface: String,
     pub external_ip: Ipv4Addr,
     pub policy: DesiredPolicy,
-    pub port_range: PortRange,
+    /// Translations use this range; None: derived from the instance's ephemeral range when the agent starts.
+    pub port_range: Option<PortRange>,
     /// Flow table capacity in entries (two per flow, plus the LRU's margin).
     pub max_flow_entries: u32,
     pub sweep_interval: Duration,
@@ -180,7 +200,8 @@ pub struct SettingsInput {
     #[arg(long, value_name = "CIDR")]
     pub forward: Vec<String>,
     /// Ports (and ICMP identifiers) used for translations; must not overlap net.ipv4.ip_local_port_range.
-    /// [default: 1024-32767]
+    /// [default: every port from 1024 up outside that range: 1024-32767 with the kernel's default, 1024-60999 in
+    /// the instances the controller runs]
     #[arg(long, value_name = "LO-HI")]
     pub port_range: Option<String>,
     /// Translations the flow table holds at once; the table is allocated for them up front (about 290 bytes
@@ -331,10 +352,11 @@ impl SettingsInput {
             ),
             _ => {}
         }
-        let port_range = match self.port_range {
-            Some(text) => text.parse()?,
-            None => DEFAULT_PORT_RANGE,
-        };
+        let port_range = self
+            .port_range
+            .as_deref()
+            .map(str::parse::<PortRange>)
+            .transpose()?;
         let max_flows = self.max_flows.unwrap_or(FLOW_TABLE_DEFAULT_ENTRIES / 2);
         if max_flows == 0 || max_flows > 1 << 24 {
             bail!("invalid --max-flows {max_flows}: expected 1 to {}", 1 << 24);
@@ -377,7 +399,10 @@ mod tests {
     #[test]
     fn valid_settings_with_defaults() {
         let s = input().validate().unwrap();
-        assert_eq!(s.port_range, DEFAULT_PORT_RANGE);
+        assert_eq!(
+            s.port_range, None,
+            "derived from the netns when the agent starts"
+        );
         assert_eq!(
             s.policy.get(&"10.16.0.0/16".parse().unwrap()),
             Some(&Action::Snat)
@@ -386,6 +411,27 @@ mod tests {
             s.max_flow_entries,
             flow_table_entries(FLOW_TABLE_DEFAULT_ENTRIES / 2, possible_cpus().unwrap())
         );
+    }
+
+    #[test]
+    fn the_default_range_is_every_port_the_instance_does_not_use() {
+        let range = |min, max| PortRange { min, max };
+        let kernel_default = range(32768, 60999);
+        assert_eq!(
+            PortRange::outside_ephemeral(kernel_default),
+            Some(range(1024, 32767))
+        );
+        let deployment = range(61000, 65535);
+        assert_eq!(
+            PortRange::outside_ephemeral(deployment),
+            Some(range(1024, 60999))
+        );
+        assert_eq!(range(1024, 60999).ports(), 59_976);
+        assert_eq!(
+            PortRange::outside_ephemeral(range(1024, 20000)),
+            Some(range(20001, 65535))
+        );
+        assert_eq!(PortRange::outside_ephemeral(range(1, 65535)), None);
     }
 
     #[test]
@@ -584,10 +630,10 @@ mod tests {
         assert_eq!(s.name, "from-file");
         assert_eq!(
             s.port_range,
-            PortRange {
+            Some(PortRange {
                 min: 2000,
                 max: 3000
-            }
+            })
         );
         assert_eq!(s.policy.len(), 3);
         let json: SettingsInput =
@@ -602,7 +648,11 @@ mod tests {
             min: 32768,
             max: 60999,
         };
-        assert!(!DEFAULT_PORT_RANGE.overlaps(&kernel));
+        assert!(
+            !PortRange::outside_ephemeral(kernel)
+                .unwrap()
+                .overlaps(&kernel)
+        );
         assert!(
             PortRange {
                 min: 30000,

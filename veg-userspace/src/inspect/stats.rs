@@ -1,16 +1,40 @@
 use std::{collections::BTreeMap, io::Write};
 
+use serde::Serialize;
+
 use crate::datapath::{pins, stats::read_counters};
 
+/// One counter as `veg stats --json` prints it.
+#[derive(Serialize)]
+struct CounterReport {
+    value: u64,
+    meaning: &'static str,
+}
+
+/// Every counter with its value and what it counts: a table, or with `json` an object keyed by counter name.
 pub fn run(name: &str, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
     let counters = read_counters(&pins::existing_map(name, pins::STATS)?)?;
     if json {
-        let map: BTreeMap<&str, u64> = counters.iter().map(|(c, v)| (c.label(), *v)).collect();
+        let map: BTreeMap<&str, CounterReport> = counters
+            .iter()
+            .map(|(c, v)| {
+                let report = CounterReport {
+                    value: *v,
+                    meaning: c.meaning(),
+                };
+                (c.label(), report)
+            })
+            .collect();
         serde_json::to_writer_pretty(&mut *out, &map)?;
         writeln!(out)?;
     } else {
         for (counter, value) in counters {
-            writeln!(out, "{:<30} {value}", counter.label())?;
+            writeln!(
+                out,
+                "{:<30} {value:>12}  {}",
+                counter.label(),
+                counter.meaning()
+            )?;
         }
     }
     Ok(())

@@ -245,6 +245,17 @@ impl Lab {
     /// the pod's annotation through the VPC, everything else out of net1.
     fn bring_up(&self, instance: &Instance, deployment: &Deployment) -> anyhow::Result<()> {
         let in_ns = |args: &[&str]| super::command::run_in(&instance.netns, "ip", args);
+        // The pod's sysctls, as the container runtime sets them in the pod's namespace.
+        let sysctls = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.security_context.as_ref())
+            .and_then(|c| c.sysctls.as_ref());
+        for sysctl in sysctls.into_iter().flatten() {
+            let setting = format!("{}={}", sysctl.name, sysctl.value);
+            super::command::run_in(&instance.netns, "sysctl", &["-qw", &setting])?;
+        }
         in_ns(&["link", "set", "eth0", "up"])?;
         in_ns(&["link", "set", "net1", "up"])?;
         for (destination, via) in

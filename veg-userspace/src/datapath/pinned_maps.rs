@@ -1,0 +1,152 @@
+//! A gateway's pinned maps outlive its agent, and may have been made by another build or with other settings.
+//! Before the programs load, each pinned map is compared with what this build declares (type, flags, key and
+//! value sizes, capacity), and one that differs is never silently reused:
+//! - the flow table with another capacity or flags but the same entry layout (a new `--max-flows`, or an older
+//!   build's flags) is migrated: its pin is set aside, a new table is created, and every live flow is copied
+//!   into it; the old table goes once the new programs are attached;
+//! - the settings, policy and counters of another shape are replaced: the agent writes settings and policy
+//!   anew, and counters start again from zero;
+//! - a flow table whose entries have another layout cannot be carried over: refused, with the command to run.
+
+use std::{
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::maps::{MapData, MapInfo};
+use aya_obj::maps::PinningType;
+use tracing::{info, warn};
+use veg_common::flow::{FlowEntry, FlowKey};
+
+use super::{EBPF_OBJECT, batch, pins};
+
+/// Where a flow table being migrated waits until the new programs are attached (bpffs refuses '.').
+const FLOWS_BEING_MIGRATED: &str = "FLOWS_MIGRATING";
+
+/// What makes two maps interchangeable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    map_type: u32,
+    flags: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "type {}, flags {:#x}, key {} bytes, value {} bytes, {} entries",
+            self.map_type, self.flags, self.key_size, self.value_size, self.max_entries
+        )
+    }
+}
+
+/// The shape of every pinned map this build declares, the flow table sized for `max_flow_entries`.
+fn declared_shapes(max_flow_entries: u32) -> anyhow::Result<Vec<(String, Shape)>> {
+    let object = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| anyhow!(e))?;
+    Ok(object
+        .maps
+        .iter()
+        .filter(|(_, map)| matches!(map.pinning(), PinningType::ByName))
+        .map(|(name, map)| {
+            let max_entries = if name == pins::FLOWS {
+                max_flow_entries
+            } else {
+                map.max_entries()
+            };
+            let shape = Shape {
+                map_type: map.map_type(),
+                flags: map.map_flags(),
+                key_size: map.key_size(),
+                value_size: map.value_size(),
+                max_entries,
+            };
+            (name.clone(), shape)
+        })
+        .collect())
+}
+
+fn pinned_shape(path: &Path) -> anyhow::Result<Shape> {
+    let info = MapInfo::from_pin(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Shape {
+        map_type: info.map_type().map_err(|e| anyhow!(e))? as u32,
+        flags: info.map_flags(),
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+    })
+}
+
+/// Check the pins in `pin_dir` against this build before loading. Pins that differ are set aside (the flow table,
+/// to be migrated by `carry_over`) or removed (the rest); a flow table that cannot be migrated is refused. Returns
+/// the flow table to carry over, if any.
+pub fn prepare(pin_dir: &Path, max_flow_entries: u32) -> anyhow::Result<Option<PathBuf>> {
+    let migrating = pin_dir.join(FLOWS_BEING_MIGRATED);
+    for (name, wanted) in declared_shapes(max_flow_entries)? {
+        let path = pin_dir.join(&name);
+        if !path.exists() {
+            continue;
+        }
+        let found = pinned_shape(&path)?;
+        if found == wanted {
+            continue;
+        }
+        if name != pins::FLOWS {
+            warn!(map = %name, %found, %wanted, "pinned map made for another build: replaced");
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            continue;
+        }
+        if (found.key_size, found.value_size) != (wanted.key_size, wanted.value_size) {
+            bail!(
+                "the pinned flow table {} was made by another build of veg ({found}; this build needs {wanted}), \
+                 so its translations cannot be carried over. Stop any agent of this gateway and run \
+                 `veg gateway --name {} --cleanup` (connections through this instance break), then start it again",
+                path.display(),
+                gateway_name(pin_dir),
+            );
+        }
+        if migrating.exists() {
+            bail!(
+                "{} is still waiting to be migrated from an earlier start while {} differs again: start once with \
+                 the earlier --max-flows, or run `veg gateway --name {} --cleanup`",
+                migrating.display(),
+                path.display(),
+                gateway_name(pin_dir),
+            );
+        }
+        info!(%found, %wanted, "the flow table changes size or flags: migrating its live flows");
+        std::fs::rename(&path, &migrating)
+            .with_context(|| format!("setting {} aside", path.display()))?;
+    }
+    Ok(migrating.exists().then_some(migrating))
+}
+
+fn gateway_name(pin_dir: &Path) -> String {
+    pin_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Copy every flow of the old table `from` that the new table `to` lacks. Run once before the new programs are
+/// attached and once after, to catch flows the old programs created meanwhile. Returns how many were copied.
+pub fn carry_over(from: &Path, to: &Path) -> anyhow::Result<usize> {
+    let old = MapData::from_pin(from).with_context(|| format!("opening {}", from.display()))?;
+    let new = MapData::from_pin(to).with_context(|| format!("opening {}", to.display()))?;
+    let entries: Vec<(FlowKey, FlowEntry)> =
+        batch::read_all(old.fd().as_fd()).context("reading the old flow table")?;
+    let copied = batch::insert_missing(new.fd().as_fd(), &entries)
+        .context("copying flows into the new flow table")?;
+    let capacity = pinned_shape(to)?.max_entries as usize;
+    if entries.len() > capacity {
+        warn!(
+            entries = entries.len(),
+            capacity,
+            "the new flow table is smaller than the live flows: the least recently used gave way"
+        );
+    }
+    Ok(copied)
+}
