@@ -15,7 +15,7 @@ use veg_common::{
 };
 use veg_testbed::{
     netns::Netns,
-    packet::{Frame, L4, TCP_ACK, TCP_RST, TCP_SYN, l4_port},
+    packet::{Frame, L4, TCP_ACK, TCP_RST, TCP_SYN, icmp_error_frame, l4_port},
     skip_unless_root, unique,
 };
 use veg_userspace::{
@@ -177,7 +177,9 @@ fn with_program_lab(test: impl FnOnce(&mut ProgramLab) + Send + 'static) {
             "permanent",
         ]);
     }
-    ns.sysctl("net.ipv4.conf.all.forwarding", "1");
+    // As the agent leaves an instance: the kernel forwards on neither interface; the programs' route lookups use
+    // the loopback interface's setting.
+    ns.sysctl("net.ipv4.conf.lo.forwarding", "1");
     let name = unique("vegprog");
     ns.run(move || {
         let mut datapath =
@@ -191,6 +193,7 @@ fn with_program_lab(test: impl FnOnce(&mut ProgramLab) + Send + 'static) {
         datapath.policy().unwrap().sync(&policy).unwrap();
         let config = GatewayConfig {
             external_addr_v4: Address::from_ip(EXTERNAL.into()),
+            internal_addr_v4: Address::from_ip(INSTANCE.into()),
             internal_ifindex: interface_index("vin", "internal").unwrap(),
             external_ifindex: interface_index("vex", "external").unwrap(),
             port_min: PORT_MIN,
@@ -523,19 +526,146 @@ fn broadcast_and_multicast_from_the_vpc_are_never_translated() {
     });
 }
 
+/// Bytes of the offender the gateway quotes after its IP header.
+const QUOTE_L4: usize = 20;
+
 #[test]
-fn expiring_ttl_is_left_to_the_kernel() {
+fn expiring_ttl_is_answered_with_time_exceeded_from_the_vpc_address() {
     with_program_lab(|lab| {
-        let mut request = Frame::new(CLIENT, SERVER, udp(6003, 33434, false));
-        request.ttl = 1;
-        let (verdict, out) = lab.send_from_vpc(&request);
-        assert_eq!(verdict, TC_ACT_OK);
-        assert_eq!(
-            out,
-            request.bytes(),
-            "a packet left to the kernel must be untouched"
+        for l4 in [
+            udp(6003, 33434, false),
+            tcp(6004, 80, TCP_SYN),
+            L4::IcmpEcho {
+                kind: 8,
+                id: 77,
+                seq: 1,
+                payload: vec![1; 3],
+            },
+        ] {
+            let mut probe = Frame::new(CLIENT, SERVER, l4);
+            probe.ttl = 1;
+            let sent = probe.bytes();
+            let (verdict, out) = lab.send_from_vpc(&probe);
+            assert_eq!(verdict, TC_ACT_REDIRECT);
+            let expected = icmp_error_frame(
+                &sent,
+                CLIENT_MAC,
+                VIN_MAC,
+                INSTANCE,
+                (11, 0, [0; 4]),
+                QUOTE_L4,
+            );
+            assert_eq!(out, expected, "{:?}", probe.l4);
+        }
+        assert_eq!(lab.counter("ttl_expired"), 3);
+        assert_eq!(lab.counter("flows_created"), 0, "nothing was translated");
+    });
+}
+
+#[test]
+fn an_inbound_reply_whose_ttl_expires_gets_time_exceeded_not_a_reset() {
+    with_program_lab(|lab| {
+        lab.send_from_vpc(&Frame::new(CLIENT, SERVER, tcp(6005, 80, TCP_SYN)));
+        let mut reply = Frame::new(SERVER, EXTERNAL, tcp(80, 6005, TCP_SYN | TCP_ACK));
+        reply.ttl = 1;
+        reply.src_mac = NEXTHOP_MAC;
+        let arrived = reply.bytes();
+        let (verdict, out) = lab.send_from_outside(&reply);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        // From the external address, quoting the reply as the remote sent it.
+        let expected = icmp_error_frame(
+            &arrived,
+            NEXTHOP_MAC,
+            VEX_MAC,
+            EXTERNAL,
+            (11, 0, [0; 4]),
+            QUOTE_L4,
         );
+        assert_eq!(out, expected);
         assert_eq!(lab.counter("ttl_expired"), 1);
+        assert_eq!(lab.counter("translated_in"), 0);
+    });
+}
+
+#[test]
+fn too_big_with_df_is_answered_with_fragmentation_needed_and_the_mtu() {
+    with_program_lab(|lab| {
+        let ip = |args: &[&str]| {
+            assert!(
+                std::process::Command::new("ip")
+                    .args(args)
+                    .status()
+                    .unwrap()
+                    .success()
+            )
+        };
+        ip(&["link", "set", "vex", "mtu", "1280"]);
+        let big = Frame::new(
+            CLIENT,
+            SERVER,
+            L4::Udp {
+                sport: 6006,
+                dport: 443,
+                payload: vec![7; 1400],
+                no_checksum: false,
+            },
+        );
+        let (verdict, out) = lab.send_from_vpc(&big);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let mtu = 1280u16.to_be_bytes();
+        let expected = icmp_error_frame(
+            &big.bytes(),
+            CLIENT_MAC,
+            VIN_MAC,
+            INSTANCE,
+            (3, 4, [0, 0, mtu[0], mtu[1]]),
+            QUOTE_L4,
+        );
+        assert_eq!(out, expected);
+        assert_eq!(lab.counter("too_big"), 1);
+        // Without DF it cannot be fragmented yet: dropped, never sent on untranslated.
+        let mut no_df = big.clone();
+        no_df.frag = 0;
+        assert_eq!(lab.send_from_vpc(&no_df).0, TC_ACT_SHOT);
+        assert_eq!(lab.counter("flows_created"), 0);
+    });
+}
+
+#[test]
+fn icmp_errors_are_never_sent_about_icmp_errors_and_are_rate_limited() {
+    with_program_lab(|lab| {
+        // An ICMP error (here: a port unreachable) whose TTL expires is dropped, not answered.
+        let mut error = Frame::new(CLIENT, SERVER, udp(6007, 53, false)).bytes();
+        error[23] = 1; // protocol ICMP; the first L4 byte is the type
+        error[34] = 3;
+        let ttl_at = 22;
+        error[ttl_at] = 1;
+        let csum = veg_testbed::packet::checksum(
+            &{
+                let mut h = error[14..34].to_vec();
+                h[10] = 0;
+                h[11] = 0;
+                h
+            },
+            0,
+        );
+        error[24..26].copy_from_slice(&csum.to_be_bytes());
+        assert_eq!(lab.run(PROGRAM_FROM_VPC, &error).0, TC_ACT_SHOT);
+        assert_eq!(lab.counter("icmp_errors_not_sent"), 1);
+        // A flood of expiring packets gets at most the burst at once.
+        let mut probe = Frame::new(CLIENT, SERVER, udp(6008, 33434, false));
+        probe.ttl = 1;
+        let answered = (0..200)
+            .filter(|_| lab.send_from_vpc(&probe).0 == TC_ACT_REDIRECT)
+            .count();
+        assert!(
+            (50..100).contains(&answered),
+            "{answered} of 200 answered at once"
+        );
+        assert_eq!(
+            lab.counter("icmp_errors_rate_limited"),
+            200 - answered as u64
+        );
     });
 }
 

@@ -8,8 +8,11 @@ pub const CONFIG_KEY: u32 = 0;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GatewayConfig {
-    /// The address every SNAT source is translated to.
+    /// The address every SNAT source is translated to; also the source of ICMP errors the instance sends outside.
     pub external_addr_v4: Address,
+    /// The instance's address in the VPC: the source of ICMP errors it sends to VPC clients (time exceeded,
+    /// fragmentation needed), as a router answers from the interface facing the sender.
+    pub internal_addr_v4: Address,
     /// Interface facing the VPC (eth0).
     pub internal_ifindex: u32,
     /// Interface facing the outside (net1).

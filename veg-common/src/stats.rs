@@ -40,9 +40,9 @@ counters! {
     ForwardedIn = 3, "forwarded_in",
         "Packets from outside to forward (no-SNAT) sources routed in unchanged.";
     PassedToHost = 4, "passed_to_host",
-        "Left to the instance's own stack: addressed to the instance, inside the VPC, or not IPv4.";
+        "Left to the instance's own stack: addressed to the instance, broadcast or multicast from outside, or not IPv4.";
     TtlExpired = 5, "ttl_expired",
-        "TTL would expire on forwarding: left to the kernel, which answers with ICMP time exceeded.";
+        "TTL would expire on forwarding: answered with ICMP time exceeded, as a router does.";
     DropNoPolicy = 6, "dropped_no_policy",
         "Dropped: from a VPC source that no policy names (the gateway is no open relay).";
     DropUnsolicited = 7, "dropped_unsolicited",
@@ -54,7 +54,7 @@ counters! {
     DropPortExhausted = 10, "dropped_port_exhausted",
         "Dropped: a new flow found no free port toward its remote endpoint (or the endpoint was found full moments ago).";
     DropNoRoute = 11, "dropped_no_route",
-        "Dropped: no route out of the right interface, or too big for the route.";
+        "Dropped: no route out of the right interface (the kernel does not route between them either), or too big for the route without DF (fragmenting is not done yet).";
     DropUnsupported = 12, "dropped_unsupported_protocol",
         "Dropped: from a SNAT source, a protocol the gateway does not translate.";
     FlowsCreated = 13, "flows_created",
@@ -71,6 +71,12 @@ counters! {
         "Dropped: a source or destination no router forwards (0.0.0.0/8, 127.0.0.0/8, 240.0.0.0/4, a multicast source).";
     DropBroadcastMulticast = 19, "dropped_broadcast_multicast",
         "Dropped: broadcast or multicast from the VPC, which a router never forwards or translates.";
+    TooBig = 20, "too_big",
+        "Too big for the next hop with DF set: answered with ICMP fragmentation needed and the next hop's MTU.";
+    IcmpErrorsRateLimited = 21, "icmp_errors_rate_limited",
+        "ICMP errors not sent because more than 1000 a second per CPU were due (the packet is dropped).";
+    IcmpErrorsNotSent = 22, "icmp_errors_not_sent",
+        "ICMP errors not sent because the packet may not be answered (an ICMP error, a later fragment) or the error could not be built or routed (the packet is dropped).";
 }
 
 /// Slots in the STATS array (room to grow without changing the map's size).

@@ -14,7 +14,7 @@ use veg_common::{
 };
 
 use crate::{
-    maps::FLOWS,
+    maps::{FLOWS, flow_scratch},
     packet::{Ipv4Packet, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     ports,
     stats::count,
@@ -121,18 +121,15 @@ fn touch(key: &FlowKey, entry: &mut FlowEntry, bits: u8, now: u64) -> bool {
         partner.last_seen_ns = now;
         return true;
     }
-    let partner = FlowEntry {
-        nat_addr: if entry.direction == DIRECTION_OUTBOUND {
-            key.src_addr
-        } else {
-            key.dst_addr
-        },
-        nat_port: if entry.direction == DIRECTION_OUTBOUND {
-            key.src_port
-        } else {
-            key.dst_port
-        },
-        direction: if entry.direction == DIRECTION_OUTBOUND {
+    // The partner was evicted: rebuild it from this half, in the scratch space (not the stack).
+    let Some(scratch) = flow_scratch() else {
+        return false;
+    };
+    let outbound = entry.direction == DIRECTION_OUTBOUND;
+    scratch.partner = FlowEntry {
+        nat_addr: if outbound { key.src_addr } else { key.dst_addr },
+        nat_port: if outbound { key.src_port } else { key.dst_port },
+        direction: if outbound {
             DIRECTION_INBOUND
         } else {
             DIRECTION_OUTBOUND
@@ -145,7 +142,7 @@ fn touch(key: &FlowKey, entry: &mut FlowEntry, bits: u8, now: u64) -> bool {
     if FLOWS
         .insert(
             &partner_key,
-            &partner,
+            &scratch.partner,
             aya_ebpf::bindings::BPF_NOEXIST as u64,
         )
         .is_ok()
@@ -185,16 +182,7 @@ pub fn translate_outbound(pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Result<Trans
         }
         let _ = FLOWS.remove(&key);
     }
-    let entry = FlowEntry {
-        nat_addr: cfg.external_addr_v4,
-        nat_port: 0,
-        direction: DIRECTION_OUTBOUND,
-        state: bits,
-        _pad: 0,
-        last_seen_ns: now,
-        created_ns: now,
-    };
-    let port = ports::allocate(&key, &entry, cfg)?;
+    let port = ports::allocate(&key, bits, now, cfg)?;
     count(Counter::FlowsCreated);
     Ok(Translation {
         addr: cfg.external_addr_v4.ipv4_be(),

@@ -11,6 +11,7 @@ use veg_common::{
 use crate::{
     flows,
     from_vpc::forward,
+    icmp::{self, IcmpError},
     maps::POLICY_V4,
     packet::{
         ICMP_ECHO_REPLY, Ipv4Packet, accept, is_broadcast_or_multicast, is_martian_destination,
@@ -18,7 +19,7 @@ use crate::{
     },
     rewrite::{self, End},
     route::{self, Route},
-    stats::{drop_packet, pass_to_host},
+    stats::{count, drop_packet, pass_to_host},
 };
 
 #[inline(always)]
@@ -45,7 +46,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         Some(ACTION_FORWARD) => route_to_vpc(ctx, &pkt, cfg, None),
         // A SNAT source is only reachable through its translation.
         Some(ACTION_SNAT) => drop_packet(Counter::DropUnsolicited),
-        _ => not_ours(ctx, &pkt, cfg),
+        _ => not_ours(ctx, &pkt),
     }
 }
 
@@ -53,8 +54,8 @@ pub fn handle(ctx: &TcContext) -> i32 {
 /// anything the kernel would route onward (into the VPC, or back out) is dropped here, so that a host that routes
 /// a VPC subnet via the external address reaches nothing the policy does not name.
 #[inline(always)]
-fn not_ours(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> i32 {
-    match route::lookup(ctx, cfg.external_ifindex, pkt.protocol, pkt.src, pkt.dst) {
+fn not_ours(ctx: &TcContext, pkt: &Ipv4Packet) -> i32 {
+    match route::lookup(ctx, pkt.protocol, pkt.src, pkt.dst) {
         Route::NotForwarded => pass_to_host(Counter::PassedToHost),
         _ => drop_packet(Counter::DropInboundNoPolicy),
     }
@@ -94,12 +95,23 @@ fn route_to_vpc(
     nat: Option<flows::Translation>,
 ) -> i32 {
     let dst = nat.as_ref().map(|n| n.addr).unwrap_or(pkt.dst);
-    let route = route::lookup(ctx, cfg.external_ifindex, pkt.protocol, pkt.src, dst);
-    if route.ifindex() != Some(cfg.internal_ifindex) {
-        return drop_packet(Counter::DropNoRoute);
+    let route = route::lookup(ctx, pkt.protocol, pkt.src, dst);
+    // Errors go back from the external address, quoting the packet as it arrived (what the remote sent).
+    let from = cfg.external_addr_v4.ipv4_be();
+    match route {
+        Route::TooBig { mtu } if pkt.dont_fragment => {
+            let error = IcmpError::fragmentation_needed(mtu);
+            count(Counter::TooBig);
+            return icmp::send_error(ctx, pkt, &error, from);
+        }
+        _ if route.ifindex() != Some(cfg.internal_ifindex) => {
+            return drop_packet(Counter::DropNoRoute);
+        }
+        _ => {}
     }
     if pkt.ttl <= 1 {
-        return pass_to_host(Counter::TtlExpired);
+        count(Counter::TtlExpired);
+        return icmp::send_error(ctx, pkt, &IcmpError::TIME_EXCEEDED, from);
     }
     let counter = match nat {
         Some(nat) => {

@@ -10,6 +10,7 @@ use veg_common::{
 
 use crate::{
     flows,
+    icmp::{self, IcmpError},
     maps::POLICY_V4,
     packet::{
         ICMP_ECHO_REQUEST, Ipv4Packet, accept, is_broadcast_or_multicast, is_martian_destination,
@@ -34,30 +35,37 @@ pub fn handle(ctx: &TcContext) -> i32 {
         // mDNS, SSDP, 255.255.255.255: link-local by nature; a router neither forwards nor translates them.
         return drop_packet(Counter::DropBroadcastMulticast);
     }
-    let route = route::lookup(ctx, cfg.internal_ifindex, pkt.protocol, pkt.src, pkt.dst);
+    let route = route::lookup(ctx, pkt.protocol, pkt.src, pkt.dst);
     match route {
-        // For the instance itself, inside the VPC, or unroutable: the kernel answers or delivers.
+        // For the instance itself (BFD, health checks), or unroutable: the kernel answers or delivers.
         Route::NotForwarded => return pass_to_host(Counter::PassedToHost),
+        // Back into the VPC, or out of any other interface: not the gateway's job, and the kernel does not
+        // forward on the instance's interfaces either.
         Route::Resolved { .. } | Route::Unresolved { .. }
             if route.ifindex() != Some(cfg.external_ifindex) =>
         {
-            return pass_to_host(Counter::PassedToHost);
+            return drop_packet(Counter::DropNoRoute);
         }
         _ => {}
     }
     let Some(policy) = POLICY_V4.get(Key::new(32, pkt.src.to_ne_bytes())) else {
         return drop_packet(Counter::DropNoPolicy);
     };
+    let from = cfg.internal_addr_v4.ipv4_be();
     match route {
-        // With DF the kernel answers "fragmentation needed" and forwards nothing; without DF it would fragment
-        // and forward untranslated, so drop.
-        Route::TooBig if pkt.dont_fragment => return pass_to_host(Counter::PassedToHost),
-        Route::TooBig => return drop_packet(Counter::DropNoRoute),
+        Route::TooBig { mtu } if pkt.dont_fragment => {
+            let error = IcmpError::fragmentation_needed(mtu);
+            count(Counter::TooBig);
+            return icmp::send_error(ctx, &pkt, &error, from);
+        }
+        // Fragmenting is not done yet; dropped rather than leaked.
+        Route::TooBig { .. } => return drop_packet(Counter::DropNoRoute),
         _ => {}
     }
     if pkt.ttl <= 1 {
-        // The kernel sends ICMP time exceeded, so traceroute through the gateway works.
-        return pass_to_host(Counter::TtlExpired);
+        // Traceroute through the gateway sees it as a hop.
+        count(Counter::TtlExpired);
+        return icmp::send_error(ctx, &pkt, &IcmpError::TIME_EXCEEDED, from);
     }
     match policy.action {
         ACTION_SNAT => snat(ctx, &pkt, cfg, &route),

@@ -13,6 +13,7 @@
 mod flows;
 mod from_outside;
 mod from_vpc;
+mod icmp;
 mod maps;
 mod packet;
 mod ports;

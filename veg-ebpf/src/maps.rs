@@ -1,6 +1,7 @@
 //! The maps shared with the agent. All are pinned by name under the gateway's bpffs directory, so that a restarted
 //! agent finds every live flow, its counters and its policy where it left them.
 
+use crate::icmp::RateBucket;
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     macros::map,
@@ -31,14 +32,32 @@ pub static FLOWS: LruHashMap<FlowKey, FlowEntry> =
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STATS_SLOTS, 0);
 
-/// Scratch space for the port scan (see ports.rs). Not pinned: it holds nothing between packets.
+/// Per-CPU scratch space for the flow table's work (flows.rs, ports.rs). Not pinned: it holds nothing between
+/// packets.
 #[map]
-pub static NEW_FLOW: PerCpuArray<NewFlow> = PerCpuArray::with_max_entries(1, 0);
+pub static FLOW_SCRATCH: PerCpuArray<FlowScratch> = PerCpuArray::with_max_entries(1, 0);
 
+/// Keys and entries being built, kept here rather than on the stack: the verifier allows 512 bytes of stack for a
+/// program and the functions it calls together (the port search's steps, the ICMP error builder), and flow keys
+/// and entries are 40 to 48 bytes each.
 #[repr(C)]
-pub struct NewFlow {
+pub struct FlowScratch {
+    /// The flow a port is being searched for, and the entries a claim of one port builds from it.
     pub key: FlowKey,
     pub entry: FlowEntry,
+    pub reverse_key: FlowKey,
+    pub reverse: FlowEntry,
+    pub forward: FlowEntry,
+    /// The remote endpoint remembered as full (EXHAUSTED).
+    pub endpoint: FlowKey,
+    /// The other half of a pair being repaired.
+    pub partner: FlowEntry,
+}
+
+/// The per-CPU scratch space.
+#[inline(always)]
+pub fn flow_scratch() -> Option<&'static mut FlowScratch> {
+    FLOW_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
 /// Remote endpoints toward which a port search recently failed: (remote address and port, external address,
@@ -51,6 +70,10 @@ pub static EXHAUSTED: LruHashMap<FlowKey, u64> =
 
 /// How many exhausted endpoints are remembered at once (the least recently failed are forgotten first).
 const EXHAUSTED_ENDPOINTS: u32 = 4096;
+
+/// The per-CPU budget of ICMP errors (see icmp.rs). Not pinned.
+#[map]
+pub static ICMP_RATE: PerCpuArray<RateBucket> = PerCpuArray::with_max_entries(1, 0);
 
 /// Scratch space for route lookups (see route.rs).
 #[map]

@@ -78,6 +78,8 @@ pub struct Ipv4Packet {
     pub dont_fragment: bool,
     /// More-fragments set or a non-zero offset: the gateway does not translate fragments yet.
     pub is_fragment: bool,
+    /// A fragment other than the first: it carries no transport header.
+    pub later_fragment: bool,
     pub src: u32,
     pub dst: u32,
     /// TCP/UDP ports; for ICMP echo the identifier is in both (the side that owns it is chosen by the caller).
@@ -185,6 +187,7 @@ fn parse_ipv4(ctx: &TcContext) -> Option<Ipv4Packet> {
         ttl: ip.ttl,
         dont_fragment: frags & 0x4000 != 0,
         is_fragment: frags & 0x3fff != 0,
+        later_fragment: frags & 0x1fff != 0,
         src: u32::from_ne_bytes(ip.src_addr),
         dst: u32::from_ne_bytes(ip.dst_addr),
         src_port: 0,
@@ -193,8 +196,7 @@ fn parse_ipv4(ctx: &TcContext) -> Option<Ipv4Packet> {
         icmp_type: 0,
         udp_checksum_zero: false,
     };
-    if frags & 0x1fff != 0 {
-        // A later fragment carries no L4 header.
+    if pkt.later_fragment {
         return Some(pkt);
     }
     let l4_len = tot_len - ihl;

@@ -14,13 +14,14 @@ use aya_ebpf::{
 use veg_common::{
     config::GatewayConfig,
     flow::{
-        DIRECTION_INBOUND, FlowEntry, FlowKey, PROTO_TCP, STATE_SYN_OUT, is_closed, is_expired,
+        DIRECTION_INBOUND, DIRECTION_OUTBOUND, FlowEntry, FlowKey, PROTO_TCP, STATE_SYN_OUT,
+        is_closed, is_expired,
     },
     stats::Counter,
 };
 
 use crate::{
-    maps::{EXHAUSTED, FLOWS, NEW_FLOW},
+    maps::{EXHAUSTED, FLOWS, FlowScratch, flow_scratch},
     stats::count,
 };
 
@@ -57,34 +58,40 @@ fn reverse_key(key: &FlowKey, entry: &FlowEntry, port_be: u16) -> FlowKey {
 
 /// Claim `port` (host byte order) for the flow: reverse entry first (the lock), then the forward entry. A port
 /// in use is found by a lookup, not a failed insert: an insert into a full LRU map takes a free node first,
-/// evicting live flows to get one, even when it then fails for BPF_NOEXIST.
+/// evicting live flows to get one, even when it then fails for BPF_NOEXIST. The entries are built in the
+/// per-CPU scratch, not on the stack.
 #[inline(always)]
-fn claim(key: &FlowKey, entry: &FlowEntry, port: u16) -> Claim {
+fn claim(flow: &mut FlowScratch, port: u16) -> Claim {
     let port_be = port.to_be();
-    let reverse_key = reverse_key(key, entry, port_be);
-    if FLOWS.get_ptr(&reverse_key).is_some() && !take_over(&reverse_key, entry, port_be) {
+    flow.reverse_key = reverse_key(&flow.key, &flow.entry, port_be);
+    if FLOWS.get_ptr(&flow.reverse_key).is_some()
+        && !take_over(&flow.reverse_key, &flow.entry, port_be)
+    {
         return Claim::Taken;
     }
-    let reverse = FlowEntry {
-        nat_addr: key.src_addr,
-        nat_port: key.src_port,
+    flow.reverse = FlowEntry {
+        nat_addr: flow.key.src_addr,
+        nat_port: flow.key.src_port,
         direction: DIRECTION_INBOUND,
-        ..*entry
+        ..flow.entry
     };
     if FLOWS
-        .insert(&reverse_key, &reverse, BPF_NOEXIST as u64)
+        .insert(&flow.reverse_key, &flow.reverse, BPF_NOEXIST as u64)
         .is_err()
     {
         return Claim::Taken; // another CPU took the port meanwhile
     }
-    let forward = FlowEntry {
+    flow.forward = FlowEntry {
         nat_port: port_be,
-        ..*entry
+        ..flow.entry
     };
-    if FLOWS.insert(key, &forward, BPF_NOEXIST as u64).is_err() {
+    if FLOWS
+        .insert(&flow.key, &flow.forward, BPF_NOEXIST as u64)
+        .is_err()
+    {
         // Roll back our lock and follow the winner.
-        let _ = FLOWS.remove(&reverse_key);
-        return match FLOWS.get_ptr(key) {
+        let _ = FLOWS.remove(&flow.reverse_key);
+        return match FLOWS.get_ptr(&flow.key) {
             Some(winner) => Claim::LostRace(unsafe { (*winner).nat_port }),
             None => Claim::Taken,
         };
@@ -120,8 +127,8 @@ fn take_over(reverse_key: &FlowKey, entry: &FlowEntry, port_be: u16) -> bool {
     true
 }
 
-/// The state of a port search. The flow itself waits in the per-CPU NEW_FLOW map: bpf_loop's context must live on
-/// the stack, and the program's stack is too small for a second copy of the flow.
+/// The state of a port search. The flow itself waits in the per-CPU scratch: bpf_loop's context must live on the
+/// stack, and the program's stack is too small for a second copy of the flow.
 struct Search {
     port_min: u32,
     range: u32,
@@ -132,14 +139,13 @@ struct Search {
     found: bool,
 }
 
-/// Claim `port` for the flow in NEW_FLOW; returns 1 (stop the loop) once the flow has a port.
+/// Claim `port` for the flow in the scratch space; returns 1 (stop the loop) once the flow has a port.
 #[inline(always)]
 fn try_port(search: &mut Search, port: u16) -> i64 {
-    let Some(flow) = NEW_FLOW.get_ptr(0) else {
+    let Some(flow) = flow_scratch() else {
         return 1;
     };
-    let flow = unsafe { &*flow };
-    match claim(&flow.key, &flow.entry, port) {
+    match claim(flow, port) {
         Claim::Won => {
             search.result = port.to_be();
             search.found = true;
@@ -179,40 +185,44 @@ unsafe extern "C" fn scan_step(index: u32, ctx: *mut core::ffi::c_void) -> i64 {
     try_port(search, (search.port_min + offset) as u16)
 }
 
-/// The key under which an endpoint found full is remembered: the reverse key without the translated port.
-#[inline(always)]
-fn endpoint_key(key: &FlowKey, entry: &FlowEntry) -> FlowKey {
-    reverse_key(key, entry, 0)
-}
-
 /// A flow toward the endpoint of `reverse_key` has closed, so a new connection may take its port over: search
 /// again at the next new flow instead of waiting out the backoff.
 #[inline(always)]
 pub fn forget_exhausted(reverse_key: &FlowKey) {
-    let endpoint = FlowKey {
+    let Some(scratch) = flow_scratch() else {
+        return;
+    };
+    scratch.endpoint = FlowKey {
         dst_port: 0,
         ..*reverse_key
     };
-    let _ = EXHAUSTED.remove(&endpoint);
+    let _ = EXHAUSTED.remove(&scratch.endpoint);
 }
 
-/// Allocate a port for a new outbound flow and create both entries. Returns the port in network byte order.
-/// Both phases run through bpf_loop, so the verifier checks each step once instead of every unrolled copy.
+/// Allocate a port for a new outbound flow with these first state bits, and create both entries. Returns the port
+/// in network byte order. Both phases run through bpf_loop, so the verifier checks each step once instead of every
+/// unrolled copy.
 #[inline(always)]
-pub fn allocate(key: &FlowKey, entry: &FlowEntry, cfg: &GatewayConfig) -> Result<u16, Counter> {
-    let endpoint = endpoint_key(key, entry);
-    let now = entry.last_seen_ns;
-    if let Some(until) = unsafe { EXHAUSTED.get(&endpoint) }
+pub fn allocate(key: &FlowKey, bits: u8, now: u64, cfg: &GatewayConfig) -> Result<u16, Counter> {
+    let Some(flow) = flow_scratch() else {
+        return Err(Counter::DropPortExhausted);
+    };
+    flow.key = *key;
+    flow.entry = FlowEntry {
+        nat_addr: cfg.external_addr_v4,
+        nat_port: 0,
+        direction: DIRECTION_OUTBOUND,
+        state: bits,
+        _pad: 0,
+        last_seen_ns: now,
+        created_ns: now,
+    };
+    // The endpoint, remembered as full without the translated port.
+    flow.endpoint = reverse_key(&flow.key, &flow.entry, 0);
+    if let Some(until) = unsafe { EXHAUSTED.get(&flow.endpoint) }
         && now < *until
     {
         return Err(Counter::DropPortExhausted);
-    }
-    let Some(flow) = NEW_FLOW.get_ptr_mut(0) else {
-        return Err(Counter::DropPortExhausted);
-    };
-    unsafe {
-        (*flow).key = *key;
-        (*flow).entry = *entry;
     }
     let min = cfg.port_min as u32;
     let range = (cfg.port_max as u32).saturating_sub(min) + 1;
@@ -232,17 +242,14 @@ pub fn allocate(key: &FlowKey, entry: &FlowEntry, cfg: &GatewayConfig) -> Result
     let ctx = &mut search as *mut Search as *mut core::ffi::c_void;
     unsafe { bpf_loop(RANDOM_TRIES, random_step as *mut _, ctx, 0) };
     if !search.found {
-        let steps = if range < SCAN_TRIES {
-            range
-        } else {
-            SCAN_TRIES
-        };
+        let steps = if range < SCAN_TRIES { range } else { SCAN_TRIES };
         unsafe { bpf_loop(steps, scan_step as *mut _, ctx, 0) };
     }
     if search.found {
         return Ok(search.result);
     }
     count(Counter::PortSearchesFailed);
-    let _ = EXHAUSTED.insert(&endpoint, &(now + EXHAUSTED_BACKOFF_NS), 0);
+    // The scratch space is this CPU's and the loop is over: the endpoint is still there.
+    let _ = EXHAUSTED.insert(&flow.endpoint, &(now + EXHAUSTED_BACKOFF_NS), 0);
     Err(Counter::DropPortExhausted)
 }

@@ -1,6 +1,12 @@
 //! Routing a packet the datapath has accepted: a FIB lookup in the instance's own routing table, then a redirect
 //! straight to the egress interface with the next hop's MAC address (or through the kernel's neighbour code when it
 //! has none yet). Nothing goes through netfilter.
+//!
+//! The lookups are made as if the packet had arrived on the loopback interface. The kernel only routes a packet
+//! (and bpf_fib_lookup only answers) for an input interface whose IPv4 forwarding is on; the agent keeps it off on
+//! the instance's two interfaces and on for loopback alone, where nothing arrives from outside. So the kernel
+//! itself never forwards between the interfaces: only these programs do, translating as they go, and without
+//! them (not yet attached, or gone) nothing crosses untranslated.
 
 use aya_ebpf::{
     bindings::{
@@ -14,6 +20,8 @@ use aya_ebpf::{
 use crate::{maps::FIB_PARAMS, packet::write_at};
 
 const AF_INET: u8 = 2;
+/// The loopback interface's index, the same in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
 
 pub enum Route {
     /// Out of `ifindex`, next hop's MAC known.
@@ -24,8 +32,8 @@ pub enum Route {
     },
     /// Out of `ifindex` to `nexthop` (network byte order), MAC not resolved yet.
     Unresolved { ifindex: u32, nexthop: u32 },
-    /// Bigger than the route's MTU.
-    TooBig,
+    /// Bigger than the MTU of the route's interface, which is `mtu`.
+    TooBig { mtu: u16 },
     /// Local delivery, unreachable, blackhole, forwarding disabled: the kernel's business.
     NotForwarded,
 }
@@ -40,10 +48,10 @@ impl Route {
     }
 }
 
-/// Look up the route for src -> dst (network byte order) as if the packet had arrived on `in_ifindex`.
-/// The MTU is checked against the skb itself (tot_len 0), which understands GSO packets.
+/// Look up the route for src -> dst (network byte order). The MTU is checked against the skb itself (tot_len
+/// 0), which understands GSO packets.
 #[inline(always)]
-pub fn lookup(ctx: &TcContext, in_ifindex: u32, protocol: u8, src: u32, dst: u32) -> Route {
+pub fn lookup(ctx: &TcContext, protocol: u8, src: u32, dst: u32) -> Route {
     // The parameters live in per-CPU scratch memory: the program's 512-byte stack is needed elsewhere.
     let Some(params) = FIB_PARAMS.get_ptr_mut(0) else {
         return Route::NotForwarded;
@@ -57,7 +65,7 @@ pub fn lookup(ctx: &TcContext, in_ifindex: u32, protocol: u8, src: u32, dst: u32
     params.dport = 0;
     params.__bindgen_anon_1.tot_len = 0;
     params.__bindgen_anon_2.flowinfo = 0;
-    params.ifindex = in_ifindex;
+    params.ifindex = LOOPBACK_IFINDEX;
     params.__bindgen_anon_3.ipv4_src = src;
     params.__bindgen_anon_4.ipv4_dst = dst;
     let rc = unsafe {
@@ -81,7 +89,9 @@ pub fn lookup(ctx: &TcContext, in_ifindex: u32, protocol: u8, src: u32, dst: u32
             ifindex: params.ifindex,
             nexthop: unsafe { params.__bindgen_anon_4.ipv4_dst },
         },
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::TooBig,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::TooBig {
+            mtu: unsafe { params.__bindgen_anon_1.mtu_result },
+        },
         _ => Route::NotForwarded,
     }
 }

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use veg_userspace::{
     datapath::pins,
-    gateway::{agent, resource, settings::SettingsInput},
+    gateway::{agent, host, resource, settings::SettingsInput},
     inspect, netns,
 };
 
@@ -253,6 +253,11 @@ struct GatewayArgs {
     /// Remove the gateway's pinned state (flows, counters, policy) and exit.
     #[arg(long)]
     cleanup: bool,
+    /// Prepare the instance and exit, as the instances' init container does: turn the kernel's IPv4 forwarding
+    /// off on both interfaces (a pod's namespace inherits it on from the node), so that nothing crosses between
+    /// them before the agent's programs do. Needs only --internal-interface, --external-interface (and --netns).
+    #[arg(long, conflicts_with = "cleanup")]
+    init: bool,
 }
 
 #[derive(Args)]
@@ -321,8 +326,22 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         eprintln!("veg: removed {} pin(s) of gateway {name:?}", removed.len());
         return Ok(());
     }
+    if args.init {
+        let interface = |value: Option<String>, flag: &str| {
+            value.with_context(|| format!("--init needs {flag} (as a flag or in --config)"))
+        };
+        let internal = interface(input.internal_interface, "--internal-interface")?;
+        let external = interface(input.external_interface, "--external-interface")?;
+        return runtime_in(input.netns.as_deref())?.block_on(async {
+            host::close_kernel_forwarding(&internal, &external)?;
+            eprintln!("veg: IPv4 forwarding is off on {internal} and {external}");
+            Ok(())
+        });
+    }
     let mut settings = input.validate()?;
     runtime_in(settings.netns.as_deref())?.block_on(async {
+        // Before anything that may take a while (the Kubernetes API): the kernel must not forward meanwhile.
+        host::close_kernel_forwarding(&settings.internal_interface, &settings.external_interface)?;
         let stop = agent::StopSignals::install()?;
         let policy_updates = match settings.resource.clone() {
             Some(gateway) => {

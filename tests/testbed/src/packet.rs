@@ -195,3 +195,40 @@ pub fn l4_port(frame: &[u8], source: bool) -> u16 {
     };
     u16::from_be_bytes([frame[l4 + off], frame[l4 + off + 1]])
 }
+
+/// The ICMP error a router sends about `offending` (the frame as it arrived): `kind`, `code` and the 4 bytes after
+/// the checksum (`rest`), from `from` to the offender's source, between these MACs, quoting the offender's IP
+/// header and the `quote_l4` bytes after it (zero-padded when the packet is shorter). IP: DF, ID 0, TTL 64, TOS
+/// 0xc0; both checksums computed here from scratch.
+#[allow(clippy::too_many_arguments)]
+pub fn icmp_error_frame(
+    offending: &[u8],
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    from: Ipv4Addr,
+    (kind, code, rest): (u8, u8, [u8; 4]),
+    quote_l4: usize,
+) -> Vec<u8> {
+    let ihl = ((offending[14] & 0x0f) as usize) * 4;
+    let mut quote = offending[14..].to_vec();
+    quote.resize(ihl + quote_l4, 0);
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(&quote);
+    let csum = checksum(&icmp, 0).to_be_bytes();
+    icmp[2..4].copy_from_slice(&csum);
+    let total = (20 + icmp.len()) as u16;
+    let mut ip = vec![0x45, 0xc0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0x40, 0, 64, 1, 0, 0]);
+    ip.extend_from_slice(&from.octets());
+    ip.extend_from_slice(&offending[26..30]);
+    let csum = checksum(&ip, 0).to_be_bytes();
+    ip[10..12].copy_from_slice(&csum);
+    let mut frame = dst_mac.to_vec();
+    frame.extend_from_slice(&src_mac);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&icmp);
+    frame
+}

@@ -275,6 +275,36 @@ pub fn deployment(inputs: &Inputs, vpc_cidrs: &[String]) -> Result<Deployment, S
         ..Default::default()
     };
 
+    // Before the agent: the pod's namespace inherits IPv4 forwarding on from the node, and nothing may cross
+    // between the interfaces untranslated until the agent's programs are attached.
+    let init = Container {
+        name: "forwarding-off".into(),
+        image: container.image.clone(),
+        command: Some(vec!["veg".into()]),
+        args: Some(
+            [
+                "gateway",
+                "--init",
+                "--internal-interface",
+                "eth0",
+                "--external-interface",
+                "net1",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        security_context: Some(SecurityContext {
+            privileged: Some(false),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
     let labels = labels(gateway);
     let node_affinity = (!spec.node_selector.is_empty()).then(|| NodeAffinity {
         required_during_scheduling_ignored_during_execution: Some(NodeSelector {
@@ -354,6 +384,7 @@ pub fn deployment(inputs: &Inputs, vpc_cidrs: &[String]) -> Result<Deployment, S
                         }]),
                         ..Default::default()
                     }),
+                    init_containers: Some(vec![init]),
                     containers: vec![container],
                     affinity: Some(Affinity {
                         pod_anti_affinity: Some(PodAntiAffinity {

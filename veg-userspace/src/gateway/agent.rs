@@ -1,8 +1,10 @@
 //! The agent's life: check the instance, load and configure the datapath, attach it, sweep expired flows, and on
 //! SIGTERM or SIGINT detach while keeping the pinned state, so that a restarted agent keeps every live flow.
 //!
-//! The agent owns IPv4 forwarding of its two interfaces: on only while the programs are attached, so that nothing
-//! is ever forwarded untranslated. It sets it over netlink, since /proc/sys is read-only in a pod. While the agent restarts, packets are dropped (TCP retransmits) rather than leaked.
+//! The kernel never forwards between the instance's two interfaces: the agent turns their IPv4 forwarding off
+//! before anything else, and only the programs move packets between them (their route lookups use the loopback
+//! interface's forwarding setting, which the agent turns on). Without the programs nothing crosses untranslated:
+//! while the agent starts, crash-loops or restarts, packets are dropped (TCP retransmits) rather than leaked.
 
 use std::{
     net::IpAddr,
@@ -72,9 +74,20 @@ fn bfd_engine(
 /// Everything up to the point where packets flow. Runs in the instance's network namespace, inside the runtime.
 pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
     let lock = host::InstanceLock::acquire(Path::new(LOCK_DIR), &settings.name)?;
+    host::close_kernel_forwarding(&settings.internal_interface, &settings.external_interface)?;
     let internal_ifindex = host::interface_index(&settings.internal_interface, "internal")?;
     let external_ifindex = host::interface_index(&settings.external_interface, "external")?;
     host::check_external_address(&settings.external_interface, settings.external_ip)?;
+    // The source of the ICMP errors the instance sends into the VPC; without one they are not sent (counted).
+    let internal_ip = host::interface_ipv4_addresses(&settings.internal_interface)?
+        .first()
+        .copied();
+    if internal_ip.is_none() {
+        warn!(
+            interface = %settings.internal_interface,
+            "no IPv4 address on the internal interface: ICMP errors toward VPC clients will not be sent"
+        );
+    }
     let port_range = host::translation_port_range(settings.port_range)?;
 
     let pin_dir = pins::gateway_dir(&settings.name);
@@ -88,18 +101,17 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
     );
     datapath.configure(&GatewayConfig {
         external_addr_v4: Address::from_ip(settings.external_ip.into()),
+        internal_addr_v4: internal_ip
+            .map(|ip| Address::from_ip(ip.into()))
+            .unwrap_or(Address::UNSPECIFIED),
         internal_ifindex,
         external_ifindex,
         port_min: port_range.min,
         port_max: port_range.max,
         ready: 1,
     })?;
+    host::set_loopback_forwarding(true)?;
     datapath.attach(&settings.internal_interface, &settings.external_interface)?;
-    host::set_forwarding(
-        &settings.internal_interface,
-        &settings.external_interface,
-        true,
-    )?;
     let live = datapath.flow_table()?.entries()?.len() / 2;
     info!(
         name = %settings.name,
@@ -219,12 +231,8 @@ pub async fn run(
         task.await??;
     }
     let pin_dir = datapath.pin_dir().to_owned();
-    host::set_forwarding(
-        &settings.internal_interface,
-        &settings.external_interface,
-        false,
-    )?;
     drop(datapath);
+    host::set_loopback_forwarding(false)?;
     info!(
         pins = %pin_dir.display(),
         "detached; flows, counters and policy stay pinned for the next start (`veg gateway --name {} --cleanup` removes them)",

@@ -125,21 +125,33 @@ pub fn translation_port_range(given: Option<PortRange>) -> anyhow::Result<PortRa
     Ok(range)
 }
 
-/// IPv4 forwarding on the instance's two interfaces. The datapath's route lookups need it on; without the datapath
-/// it must be off, or the kernel would forward clients' packets untranslated. So the agent turns it on only once
-/// its programs are attached, and off again before it detaches them. Set over netlink: /proc/sys is read-only in
+/// The loopback interface's index, the same in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Turn the kernel's IPv4 forwarding off on the instance's two interfaces, whatever the namespace started with (a
+/// pod's namespace inherits ip_forward=1 from a Kubernetes node). From then on the kernel never forwards a packet
+/// between them: only the datapath's programs do, translating as they go, and without the programs (not yet
+/// attached, crash-looping, or gone with their pins) nothing crosses. Set over netlink: /proc/sys is read-only in
 /// a pod.
-pub fn set_forwarding(internal: &str, external: &str, on: bool) -> anyhow::Result<()> {
+pub fn close_kernel_forwarding(internal: &str, external: &str) -> anyhow::Result<()> {
     for (name, role) in [(internal, "internal"), (external, "external")] {
         let index = interface_index(name, role)?;
-        netconf::set_forwarding(index, on).with_context(|| {
-            format!(
-                "turning IPv4 forwarding {} on {name}",
-                if on { "on" } else { "off" }
-            )
-        })?;
+        netconf::set_forwarding(index, false)
+            .with_context(|| format!("turning IPv4 forwarding off on {name}"))?;
     }
     Ok(())
+}
+
+/// IPv4 forwarding of the loopback interface: the datapath's route lookups are made as if packets arrived there,
+/// and the kernel answers them only while it is on. Nothing arrives on loopback from outside, so it lets the
+/// programs route without letting the kernel forward anything.
+pub fn set_loopback_forwarding(on: bool) -> anyhow::Result<()> {
+    netconf::set_forwarding(LOOPBACK_IFINDEX, on).with_context(|| {
+        format!(
+            "turning IPv4 forwarding {} on the loopback interface",
+            if on { "on" } else { "off" }
+        )
+    })
 }
 
 /// An exclusive lock per gateway name, so that two agents never drive the same maps. The file goes away with

@@ -18,7 +18,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use ipnet::Ipv4Net;
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{Pod, PodSpec},
+};
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -246,10 +249,7 @@ impl Lab {
     fn bring_up(&self, instance: &Instance, deployment: &Deployment) -> anyhow::Result<()> {
         let in_ns = |args: &[&str]| super::command::run_in(&instance.netns, "ip", args);
         // The pod's sysctls, as the container runtime sets them in the pod's namespace.
-        let sysctls = deployment
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
+        let sysctls = pod_spec(deployment)
             .and_then(|s| s.security_context.as_ref())
             .and_then(|c| c.sysctls.as_ref());
         for sysctl in sysctls.into_iter().flatten() {
@@ -300,10 +300,20 @@ impl Lab {
         gateway: &VpcEgressGateway,
         subnets: &[Subnet],
     ) -> anyhow::Result<i32> {
-        let container = deployment
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
+        // The init containers first, each to completion, as a kubelet runs them.
+        let veg = std::env::current_exe().context("finding the veg binary")?;
+        let veg = veg.to_string_lossy();
+        for init in pod_spec(deployment)
+            .and_then(|s| s.init_containers.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            let mut args: Vec<&str> = init.args.iter().flatten().map(String::as_str).collect();
+            args.extend(["--netns", &instance.netns]);
+            super::command::run(&veg, &args)
+                .with_context(|| format!("init container {} of {}", init.name, instance.pod))?;
+        }
+        let container = pod_spec(deployment)
             .and_then(|s| s.containers.first())
             .context("the Deployment has no container")?;
         let mut args: Vec<String> = Vec::new();
@@ -408,6 +418,10 @@ fn now() -> u64 {
 /// The position of `pod` among the Deployment `name`'s instances (<name>-<n>).
 fn index_of(pod: &str, name: &str) -> Option<usize> {
     pod.strip_prefix(name)?.strip_prefix('-')?.parse().ok()
+}
+
+fn pod_spec(deployment: &Deployment) -> Option<&PodSpec> {
+    deployment.spec.as_ref()?.template.spec.as_ref()
 }
 
 fn pod_annotations(deployment: &Deployment) -> BTreeMap<String, String> {
