@@ -224,7 +224,10 @@ fn build(
     let quoted = (start + quote_l4) as *mut u32;
     let native = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, quoted, QUOTE_L4 as u32, 0) };
     let quote_sum = u32::from(fold_native(native as u32));
-    let icmp_csum = fold(add_word(add_word(quote_sum, word([kind, code, 0, 0])), rest));
+    let icmp_csum = fold(add_word(
+        add_word(quote_sum, word([kind, code, 0, 0])),
+        rest,
+    ));
     let [csum_hi, csum_lo] = icmp_csum.to_be_bytes();
     write_at(ctx, ICMP_OFF, [kind, code, csum_hi, csum_lo])
 }

@@ -242,7 +242,11 @@ pub fn allocate(key: &FlowKey, bits: u8, now: u64, cfg: &GatewayConfig) -> Resul
     let ctx = &mut search as *mut Search as *mut core::ffi::c_void;
     unsafe { bpf_loop(RANDOM_TRIES, random_step as *mut _, ctx, 0) };
     if !search.found {
-        let steps = if range < SCAN_TRIES { range } else { SCAN_TRIES };
+        let steps = if range < SCAN_TRIES {
+            range
+        } else {
+            SCAN_TRIES
+        };
         unsafe { bpf_loop(steps, scan_step as *mut _, ctx, 0) };
     }
     if search.found {

@@ -110,6 +110,8 @@ pub fn test() -> anyhow::Result<()> {
         "--test",
         "gateway_traffic",
         "--test",
+        "hostile_traffic",
+        "--test",
         "gateway_cli",
         "--test",
         "gateway_resource",

@@ -1,6 +1,7 @@
 //! What veg's integration tests and `cargo xtask demo` share: network namespaces that clean themselves up, the
 //! gateway lab topology, the `veg gateway` process, servers that record what they saw, and packet builders.
 
+pub mod capture;
 pub mod frr;
 pub mod kube_api;
 pub mod lab;

@@ -1,0 +1,362 @@
+//! Hostile and overloading traffic through `veg gateway` in network namespaces (veg-testbed's lab.rs topology):
+//! what the far side saw when outside hosts probe the VPC, when a client broadcasts, when the agent starts or
+//! dies under a flood, when a client offers more flows than the port range holds, and when a reply's TTL expires.
+//!
+//! Run serially (`--test-threads=1`), as the other traffic suites.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use veg_testbed::{
+    capture::Capture,
+    lab::{GATEWAY_EXTERNAL_IP, Lab, SERVER_IP},
+    servers::{connect_from, tcp_echo, tcp_round_trip, udp_echo, udp_round_trip},
+    skip_unless_root,
+};
+
+const TCP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 9000;
+
+fn server(port: u16) -> SocketAddr {
+    SocketAddr::new(SERVER_IP.parse().unwrap(), port)
+}
+
+fn external_ip() -> IpAddr {
+    GATEWAY_EXTERNAL_IP.parse().unwrap()
+}
+
+/// Listen on UDP `port` in a client for `for_how_long` and return the sources of what arrived.
+fn udp_arrivals(
+    lab: &Lab,
+    client: usize,
+    port: u16,
+    for_how_long: Duration,
+) -> std::thread::JoinHandle<Vec<SocketAddr>> {
+    lab.client(client).spawn(move || {
+        let socket = UdpSocket::bind(("0.0.0.0", port)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let deadline = Instant::now() + for_how_long;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 64];
+        while Instant::now() < deadline {
+            if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                seen.push(peer);
+            }
+        }
+        seen
+    })
+}
+
+#[test]
+fn an_outside_host_routing_the_vpc_via_the_gateway_reaches_only_forward_policy_pods() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let snat = lab.add_client("10.16.0.2");
+    let forward = lab.add_client("10.16.1.2");
+    let no_policy = lab.add_client("10.16.2.2");
+    let gateway = lab.start_gateway(&[]);
+    // The server routes 10.16.0.0/16 via the gateway's external address (lab.rs), as a hostile neighbour could.
+    let listen = Duration::from_secs(2);
+    let arrivals = [snat, forward, no_policy].map(|c| udp_arrivals(&lab, c, 7000, listen));
+    std::thread::sleep(Duration::from_millis(200));
+    lab.server.run(|| {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..5 {
+            for ip in ["10.16.0.2", "10.16.1.2", "10.16.2.2"] {
+                socket.send_to(b"probe", (ip, 7000)).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let [snat_seen, forward_seen, no_policy_seen] = arrivals.map(|a| a.join().unwrap());
+    assert!(
+        snat_seen.is_empty(),
+        "a SNAT source was reached directly: {snat_seen:?}"
+    );
+    assert!(
+        no_policy_seen.is_empty(),
+        "a pod no policy names was reached: {no_policy_seen:?}"
+    );
+    assert_eq!(
+        forward_seen.len(),
+        5,
+        "the forward-policy pod must be reachable"
+    );
+    assert!(gateway.counter("dropped_inbound_no_policy") >= 5);
+    assert!(gateway.counter("dropped_unsolicited") >= 5);
+}
+
+#[test]
+fn broadcast_and_multicast_from_a_snat_client_never_leave_the_external_interface() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    let gateway = lab.start_gateway(&[]);
+    let udp = udp_echo(&lab.server, UDP_PORT);
+    let capture = Capture::start(&lab.server, "ul1", "udp");
+    lab.client(client).run(|| {
+        let socket = UdpSocket::bind("0.0.0.0:5353").unwrap();
+        socket.set_broadcast(true).unwrap();
+        socket.set_multicast_ttl_v4(8).unwrap();
+        for _ in 0..3 {
+            for to in [
+                "224.0.0.251:5353",
+                "239.255.255.250:1900",
+                "255.255.255.255:5353",
+            ] {
+                socket.send_to(b"who is there?", to).unwrap();
+            }
+        }
+    });
+    // A unicast datagram beside them shows the capture sees what does leave.
+    udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"unicast").unwrap();
+    let seen = capture.stop(Duration::from_millis(300));
+    assert!(
+        seen.iter()
+            .any(|l| l.contains(&format!("{GATEWAY_EXTERNAL_IP}."))),
+        "the capture saw nothing at all: {seen:?}"
+    );
+    let leaked: Vec<&String> = seen
+        .iter()
+        .filter(|l| {
+            ["224.0.0.251", "239.255.255.250", "255.255.255.255"]
+                .iter()
+                .any(|a| l.contains(a))
+        })
+        .collect();
+    assert!(leaked.is_empty(), "broadcast or multicast left: {leaked:?}");
+    assert_eq!(udp.peers().len(), 1);
+    assert_eq!(gateway.counter("dropped_broadcast_multicast"), 9);
+}
+
+/// Send UDP datagrams from a client to the server every millisecond until stopped; returns how many were sent.
+fn flood(
+    lab: &Lab,
+    client: usize,
+    to: SocketAddr,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let thread = lab.client(client).spawn(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let mut sent = 0;
+        while !stopped.load(Ordering::Relaxed) {
+            if socket.send_to(b"flood", to).is_ok() {
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sent
+    });
+    (stop, thread)
+}
+
+#[test]
+fn nothing_leaves_untranslated_while_the_agent_starts_or_after_it_dies_without_its_links() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    // A pod's namespace inherits forwarding on from its node.
+    lab.gateway.sysctl("net.ipv4.conf.all.forwarding", "1");
+    // What the instances' init container runs before the agent.
+    let init = std::process::Command::new(env!("CARGO_BIN_EXE_veg"))
+        .args(["gateway", "--init", "--netns", &lab.gateway.name])
+        .args([
+            "--internal-interface",
+            "eth0",
+            "--external-interface",
+            "net1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "veg gateway --init: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let udp = udp_echo(&lab.server, UDP_PORT);
+    let untranslated = Capture::start(&lab.server, "ul1", "src net 10.16.0.0/16");
+    let (stop, flooding) = flood(&lab, client, server(UDP_PORT));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut gateway = lab.start_gateway(&[]);
+    std::thread::sleep(Duration::from_millis(300));
+    // Killed, and its pinned links gone with it: the programs detach, and nothing takes over.
+    gateway.kill();
+    for link in ["LINK_FROM_VPC", "LINK_FROM_OUTSIDE"] {
+        let pin = std::path::Path::new("/sys/fs/bpf/veg")
+            .join(&gateway.name)
+            .join(link);
+        std::fs::remove_file(&pin).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let sent = flooding.join().unwrap();
+    let leaked = untranslated.stop(Duration::from_millis(300));
+    assert!(leaked.is_empty(), "untranslated packets left: {leaked:?}");
+    let translated = udp
+        .peers()
+        .iter()
+        .filter(|p| p.ip() == external_ip())
+        .count();
+    assert!(
+        translated > 0 && (translated as u64) < sent,
+        "{translated} of {sent} datagrams arrived translated: the flood did not span the agent's life"
+    );
+}
+
+/// A TCP connection from a client that echoes a message every 50 ms until stopped; returns the failures.
+fn held_connection(
+    lab: &Lab,
+    client: usize,
+    to: SocketAddr,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<String>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let thread = lab.client(client).spawn(move || {
+        let mut failures = Vec::new();
+        let mut stream = connect_from(0, to).expect("opening the held connection");
+        let mut round = 0u32;
+        while !stopped.load(Ordering::Relaxed) {
+            let message = format!("round {round:06}");
+            let mut echo = vec![0u8; message.len()];
+            let result = stream
+                .write_all(message.as_bytes())
+                .and_then(|()| stream.read_exact(&mut echo));
+            if let Err(e) = result {
+                failures.push(format!("{message}: {e}"));
+                break;
+            }
+            round += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        failures
+    });
+    (stop, thread)
+}
+
+#[test]
+fn a_client_offering_more_flows_than_the_range_holds_stalls_no_one_else() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let greedy = lab.add_client("10.16.0.2");
+    let other = lab.add_client("10.16.0.3");
+    // 64 ports toward each remote endpoint.
+    let gateway = lab.start_gateway(&["--port-range", "2000-2063"]);
+    let _udp = udp_echo(&lab.server, UDP_PORT);
+    let _tcp = tcp_echo(&lab.server, TCP_PORT);
+    let _tcp2 = tcp_echo(&lab.server, TCP_PORT + 1);
+    let (stop_held, held) = held_connection(&lab, other, server(TCP_PORT));
+    std::thread::sleep(Duration::from_millis(200));
+    // 3,000 flows toward one endpoint, as fast as they go: 47 times what the range holds.
+    let offered = Arc::new(AtomicU64::new(0));
+    let counted = offered.clone();
+    let greedy_flows = lab.client(greedy).spawn(move || {
+        for _ in 0..3000 {
+            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+            let _ = socket.send_to(b"one more flow", server(UDP_PORT));
+            counted.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    // Meanwhile new connections to another endpoint, from both clients, go through.
+    for client in [other, greedy, other] {
+        tcp_round_trip(lab.client(client), 0, server(TCP_PORT + 1), b"elsewhere")
+            .expect("a new connection to another endpoint failed during the flood");
+    }
+    greedy_flows.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stop_held.store(true, Ordering::Relaxed);
+    let failures = held.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "the held connection broke: {failures:?}"
+    );
+    let dropped = gateway.counter("dropped_port_exhausted");
+    let searches = gateway.counter("port_searches_failed");
+    assert!(
+        dropped >= 2000,
+        "only {dropped} of {} flows found the range full",
+        offered.load(Ordering::Relaxed)
+    );
+    // Each failed search makes the endpoint skipped for 250 ms: far fewer searches than drops.
+    assert!(
+        searches * 20 < dropped,
+        "{searches} full searches for {dropped} drops: the exhausted endpoint is not remembered"
+    );
+}
+
+const IP_RECVERR: libc::c_int = 11;
+
+#[test]
+fn a_reply_whose_ttl_expires_at_the_gateway_gets_time_exceeded_not_a_reset_or_unreachable() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    let gateway = lab.start_gateway(&[]);
+    // The remote end of a translated UDP flow: it learns the flow's external port from the first datagram.
+    let remote = lab.server.spawn(|| {
+        let socket = UdpSocket::bind(("0.0.0.0", UDP_PORT)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let (_, peer) = socket.recv_from(&mut buf).unwrap();
+        // Reply with TTL 1, asking the kernel to report ICMP errors about it on the socket.
+        socket.connect(peer).unwrap();
+        socket.set_ttl(1).unwrap();
+        let on: libc::c_int = 1;
+        // SAFETY: valid socket and option buffer.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                IP_RECVERR,
+                (&raw const on).cast(),
+                size_of::<libc::c_int>() as u32,
+            )
+        };
+        assert_eq!(rc, 0);
+        socket.send(b"reply that expires").unwrap();
+        (peer, socket.recv(&mut buf).map_err(|e| e.raw_os_error()))
+    });
+    let reached = lab.client(client).run(|| {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        socket.send_to(b"request", server(UDP_PORT)).unwrap();
+        let mut buf = [0u8; 64];
+        socket.recv_from(&mut buf).is_ok()
+    });
+    let (peer, answer) = remote.join().unwrap();
+    assert_eq!(peer.ip(), external_ip());
+    assert!(
+        !reached,
+        "a reply with TTL 1 was delivered past the gateway"
+    );
+    assert_eq!(
+        answer,
+        Err(Some(libc::EHOSTUNREACH)),
+        "the remote should learn of a time exceeded (EHOSTUNREACH), not a port unreachable (ECONNREFUSED)"
+    );
+    assert_eq!(gateway.counter("ttl_expired"), 1);
+}
