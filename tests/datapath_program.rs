@@ -11,7 +11,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use veg_common::{
     address::Address,
     config::GatewayConfig,
-    flow::{DIRECTION_OUTBOUND, FlowEntry, FlowKey, UDP_TIMEOUT_NS},
+    flow::{DIRECTION_OUTBOUND, FlowEntry, FlowKey, UDP_TIMEOUT_NS, is_closed},
 };
 use veg_testbed::{
     netns::Netns,
@@ -93,8 +93,8 @@ impl ProgramLab {
         HashMap::try_from(Map::LruHashMap(data)).unwrap()
     }
 
-    /// Both entries of the UDP flow client:port -> SERVER:53.
-    fn udp_pair(&self, client: Ipv4Addr, port: u16) -> [(FlowKey, FlowEntry); 2] {
+    /// Both entries of the flow from client:port (the only one from there in the test).
+    fn pair(&self, client: Ipv4Addr, port: u16) -> [(FlowKey, FlowEntry); 2] {
         let map = self.flow_map();
         let forward = map
             .iter()
@@ -258,8 +258,21 @@ fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
         sport,
         dport,
         seq: 0x01020304,
+        ack: 0,
         flags,
         payload: b"GET / HTTP/1.0\r\n\r\n".to_vec(),
+    }
+}
+
+/// A TCP segment with chosen numbers and no payload.
+fn tcp_numbered(sport: u16, dport: u16, flags: u8, seq: u32, ack: u32) -> L4 {
+    L4::Tcp {
+        sport,
+        dport,
+        seq,
+        ack,
+        flags,
+        payload: Vec::new(),
     }
 }
 
@@ -717,7 +730,7 @@ fn expired_flows_are_swept_and_live_ones_kept() {
         lab.send_from_vpc(&Frame::new(CLIENT, SERVER, udp(6100, 53, false)));
         lab.send_from_vpc(&Frame::new(CLIENT, SERVER, udp(6101, 53, false)));
         let stale = monotonic_now_ns() - UDP_TIMEOUT_NS - 1_000_000_000;
-        for (key, _) in lab.udp_pair(CLIENT, 6100) {
+        for (key, _) in lab.pair(CLIENT, 6100) {
             lab.set_last_seen(&key, stale);
         }
         assert_eq!(
@@ -741,7 +754,7 @@ fn an_expired_mapping_is_replaced_on_lookup() {
     with_program_lab(|lab| {
         let request = Frame::new(CLIENT, SERVER, udp(6200, 53, false));
         lab.send_from_vpc(&request);
-        let [(forward, _), (reverse, _)] = lab.udp_pair(CLIENT, 6200);
+        let [(forward, _), (reverse, _)] = lab.pair(CLIENT, 6200);
         let stale = monotonic_now_ns() - UDP_TIMEOUT_NS - 1_000_000_000;
         lab.set_last_seen(&forward, stale);
         lab.set_last_seen(&reverse, stale);
@@ -764,7 +777,7 @@ fn a_pair_missing_its_reverse_half_is_repaired() {
     with_program_lab(|lab| {
         let request = Frame::new(CLIENT, SERVER, udp(6300, 53, false));
         lab.send_from_vpc(&request);
-        let [(forward, _), (reverse, _)] = lab.udp_pair(CLIENT, 6300);
+        let [(forward, _), (reverse, _)] = lab.pair(CLIENT, 6300);
         // As if the LRU had evicted the reverse entry a while ago.
         lab.flow_map().remove(&reverse).unwrap();
         lab.set_last_seen(&forward, monotonic_now_ns() - 2_000_000_000);
@@ -775,6 +788,99 @@ fn a_pair_missing_its_reverse_half_is_repaired() {
             lab.send_from_outside(&reply).1,
             reverse_expected(&reply, CLIENT, CLIENT_MAC, 6300)
         );
+    });
+}
+
+#[test]
+fn a_rst_from_outside_must_fit_the_flow_numbers() {
+    with_program_lab(|lab| {
+        // The server's numbers below the client's: nothing of one side may be taken for the other's.
+        const CLIENT_ISN: u32 = 0x9000_0000;
+        const SERVER_ISN: u32 = 0x1000_0000;
+        let out =
+            |flags, seq, ack| Frame::new(CLIENT, SERVER, tcp_numbered(6700, 80, flags, seq, ack));
+        let back =
+            |flags, seq, ack| Frame::new(SERVER, EXTERNAL, tcp_numbered(80, 6700, flags, seq, ack));
+        // Before the remote has sent anything, a RST must acknowledge the client's SYN.
+        lab.send_from_vpc(&out(TCP_SYN, CLIENT_ISN, 0));
+        assert_eq!(
+            lab.send_from_outside(&back(TCP_RST | TCP_ACK, 0, 77)).0,
+            TC_ACT_SHOT
+        );
+        assert_eq!(lab.counter("dropped_rst_implausible"), 1);
+        // The SYN-ACK and the handshake's ACK: the remote's numbers are known from here.
+        let syn_ack = back(TCP_SYN | TCP_ACK, SERVER_ISN, CLIENT_ISN + 1);
+        assert_eq!(lab.send_from_outside(&syn_ack).0, TC_ACT_REDIRECT);
+        lab.send_from_vpc(&out(TCP_ACK, CLIENT_ISN + 1, SERVER_ISN + 1));
+        // A spoofed RST far from the remote's numbers is dropped, and the flow goes on both ways.
+        let spoofed = back(TCP_RST, SERVER_ISN.wrapping_add(0x4000_0000), 0);
+        assert_eq!(lab.send_from_outside(&spoofed).0, TC_ACT_SHOT);
+        assert_eq!(lab.counter("dropped_rst_implausible"), 2);
+        let data = back(TCP_ACK, SERVER_ISN + 1, CLIENT_ISN + 1);
+        assert_eq!(lab.send_from_outside(&data).0, TC_ACT_REDIRECT);
+        assert_eq!(
+            lab.send_from_vpc(&out(TCP_ACK, CLIENT_ISN + 1, SERVER_ISN + 1))
+                .0,
+            TC_ACT_REDIRECT
+        );
+        let [forward, _] = lab.pair(CLIENT, 6700);
+        assert!(
+            !is_closed(forward.1.state),
+            "the spoofed RST closed the flow"
+        );
+        // The remote's own RST, at its next sequence number, is taken and closes the flow.
+        let genuine = back(TCP_RST, SERVER_ISN + 1, 0);
+        assert_eq!(lab.send_from_outside(&genuine).0, TC_ACT_REDIRECT);
+        let [forward, _] = lab.pair(CLIENT, 6700);
+        assert!(is_closed(forward.1.state));
+    });
+}
+
+#[test]
+fn a_pair_missing_its_forward_half_is_repaired_by_a_reply() {
+    with_program_lab(|lab| {
+        let request = Frame::new(CLIENT, SERVER, udp(6800, 53, false));
+        let port = l4_port(&lab.send_from_vpc(&request).1, true);
+        let [(forward, _), (reverse, _)] = lab.pair(CLIENT, 6800);
+        // As if the LRU had evicted the forward entry a while ago: a one-way stream from the remote repairs it.
+        lab.flow_map().remove(&forward).unwrap();
+        lab.set_last_seen(&reverse, monotonic_now_ns() - 2_000_000_000);
+        let reply = Frame::new(SERVER, EXTERNAL, udp(53, port, false));
+        assert_eq!(
+            lab.send_from_outside(&reply).1,
+            reverse_expected(&reply, CLIENT, CLIENT_MAC, 6800)
+        );
+        assert_eq!(lab.counter("flows_repaired"), 1);
+        // The client's next packet finds its mapping again: the same port, no new flow.
+        assert_eq!(lab.send_from_vpc(&request).1, snat_expected(&request, port));
+        assert_eq!(lab.counter("flows_created"), 1);
+    });
+}
+
+#[test]
+fn a_half_whose_partner_belongs_to_another_flow_is_treated_as_gone() {
+    with_program_lab(|lab| {
+        let request = Frame::new(CLIENT, SERVER, udp(6900, 53, false));
+        let port = l4_port(&lab.send_from_vpc(&request).1, true);
+        let [(forward, _), (reverse, reverse_entry)] = lab.pair(CLIENT, 6900);
+        // The reverse key now belongs to another client's flow (ours was evicted, the port taken again).
+        let foreign = FlowEntry {
+            nat_addr: Address::from_ip(CLIENT2.into()),
+            nat_port: 7777u16.to_be(),
+            ..reverse_entry
+        };
+        lab.flow_map().insert(reverse, foreign, 0).unwrap();
+        lab.set_last_seen(&forward, monotonic_now_ns() - 2_000_000_000);
+        // Our client gets a new mapping; the other flow's entry is left as it was.
+        let (verdict, out) = lab.send_from_vpc(&request);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_ne!(
+            l4_port(&out, true),
+            port,
+            "the port of another flow was reused"
+        );
+        assert_eq!(lab.flow_map().get(&reverse, 0).unwrap(), foreign);
+        assert_eq!(lab.counter("flows_created"), 2);
     });
 }
 
@@ -858,7 +964,7 @@ fn an_exhausted_endpoint_costs_one_lookup_until_its_backoff_ends() {
         let elsewhere = Frame::new(CLIENT, SERVER, udp(40002, 54, false));
         assert_eq!(lab.send_from_vpc(&elsewhere).0, TC_ACT_REDIRECT);
         // A port freed (here by the LRU) is found once the backoff is over.
-        let [_, (reverse, _)] = lab.udp_pair(CLIENT, 40001);
+        let [_, (reverse, _)] = lab.pair(CLIENT, 40001);
         lab.flow_map().remove(&reverse).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));
         let late = Frame::new(CLIENT, SERVER, udp(40020, 53, false));

@@ -33,6 +33,10 @@ pub const STATE_REPLY_SEEN: u8 = 1 << 1;
 pub const STATE_FIN_OUT: u8 = 1 << 2;
 pub const STATE_FIN_IN: u8 = 1 << 3;
 pub const STATE_RST: u8 = 1 << 4;
+/// TCP: the inbound entry's `tcp_next_seq` holds the remote's next sequence number.
+pub const STATE_SEQ_IN: u8 = 1 << 5;
+/// TCP: the outbound entry's `tcp_next_seq` holds the client's next sequence number (from its SYN).
+pub const STATE_SEQ_OUT: u8 = 1 << 6;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -42,8 +46,12 @@ pub struct FlowEntry {
     pub nat_addr: Address,
     pub nat_port: u16,
     pub direction: u8,
+    /// STATE_* bits, set with atomic ORs (the datapath) so that two CPUs never lose one another's.
     pub state: u8,
-    pub _pad: u32,
+    /// TCP: the next sequence number expected from the side whose packets this entry matches (the client for
+    /// the outbound entry, the remote for the inbound one), when STATE_SEQ_OUT / STATE_SEQ_IN says it is known.
+    /// What a RST from outside is checked against.
+    pub tcp_next_seq: u32,
     /// CLOCK_MONOTONIC ns of the last packet in either direction, refreshed at most every REFRESH_NS.
     pub last_seen_ns: u64,
     pub created_ns: u64,

@@ -77,6 +77,8 @@ counters! {
         "ICMP errors not sent because more than 1000 a second per CPU were due (the packet is dropped).";
     IcmpErrorsNotSent = 22, "icmp_errors_not_sent",
         "ICMP errors not sent because the packet may not be answered (an ICMP error, a later fragment) or the error could not be built or routed (the packet is dropped).";
+    DropRstImplausible = 23, "dropped_rst_implausible",
+        "Dropped: a TCP RST from outside whose sequence number does not fit its flow (a spoofer's); the flow lives on.";
 }
 
 /// Slots in the STATS array (room to grow without changing the map's size).

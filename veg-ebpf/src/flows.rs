@@ -1,21 +1,23 @@
 //! The conntrack/NAT table: finding a packet's translation, keeping its state, and repairing a pair whose other
 //! half the LRU evicted.
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
+use core::intrinsics::{AtomicOrdering, atomic_or};
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_ns};
 use veg_common::{
     address::{Address, FAMILY_IPV4},
     config::GatewayConfig,
     flow::{
         DIRECTION_INBOUND, DIRECTION_OUTBOUND, FlowEntry, FlowKey, PROTO_ICMP, PROTO_TCP,
-        REFRESH_NS, STATE_FIN_IN, STATE_FIN_OUT, STATE_REPLY_SEEN, STATE_RST, STATE_SYN_OUT,
-        is_closed, is_expired,
+        REFRESH_NS, STATE_FIN_IN, STATE_FIN_OUT, STATE_REPLY_SEEN, STATE_RST, STATE_SEQ_IN,
+        STATE_SEQ_OUT, STATE_SYN_OUT, is_closed, is_expired,
     },
     stats::Counter,
 };
 
 use crate::{
     maps::{FLOWS, flow_scratch},
-    packet::{Ipv4Packet, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
+    packet::{Ipv4Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     ports,
     stats::count,
 };
@@ -82,30 +84,118 @@ fn state_bits(pkt: &Ipv4Packet, direction: u8) -> u8 {
             };
         }
         if pkt.tcp_flags & TCP_FLAG_SYN != 0 && direction == DIRECTION_OUTBOUND {
-            bits |= STATE_SYN_OUT;
+            bits |= STATE_SYN_OUT | STATE_SEQ_OUT;
+        }
+        if direction == DIRECTION_INBOUND {
+            bits |= STATE_SEQ_IN;
         }
     }
     bits
 }
 
-/// Record a packet on its entry. Writes only when the state changes or the timestamp is REFRESH_NS old, and then
-/// updates the partner too, recreating it if it was evicted. Returns false when the pair cannot be made whole
-/// (the partner's key now belongs to another flow): the entry is stale.
+/// The sequence number that follows a TCP segment: its own, plus its payload, plus one each for SYN and FIN.
 #[inline(always)]
-fn touch(key: &FlowKey, entry: &mut FlowEntry, bits: u8, now: u64) -> bool {
-    // A SYN on a closed flow's tuple is a new connection on the same mapping (the client reused its port).
-    let state = if bits & STATE_SYN_OUT != 0 && is_closed(entry.state) {
-        bits
-    } else {
-        entry.state | bits
-    };
-    if state == entry.state && now.wrapping_sub(entry.last_seen_ns) < REFRESH_NS {
+fn next_seq(pkt: &Ipv4Packet) -> u32 {
+    let flags =
+        u32::from(pkt.tcp_flags & TCP_FLAG_SYN != 0) + u32::from(pkt.tcp_flags & TCP_FLAG_FIN != 0);
+    pkt.tcp_seq
+        .wrapping_add(u32::from(pkt.tcp_payload_len))
+        .wrapping_add(flags)
+}
+
+/// How far from the remote's next sequence number a RST from outside may be and still be taken as the remote's:
+/// data in flight that the gateway has not seen yet, or retransmitted. A spoofer who knows the remote and guesses
+/// the external port still has one chance in 128 per guess of landing inside (netfilter's window tracking uses the
+/// receiver's window, which is typically smaller).
+const RST_MAX_DISTANCE: u32 = 1 << 24;
+
+/// Whether a RST from outside is plausible for the flow: its sequence number near the remote's next one, or, while
+/// the remote has sent nothing, acknowledging the client's SYN (RFC 793's test in SYN-SENT). A flow whose numbers
+/// were never recorded (made by an older build) takes any RST, as before.
+#[inline(always)]
+fn rst_is_plausible(pkt: &Ipv4Packet, key: &FlowKey, inbound: &FlowEntry) -> bool {
+    if inbound.state & STATE_SEQ_IN != 0 {
+        let distance = pkt.tcp_seq.wrapping_sub(inbound.tcp_next_seq);
+        return distance <= RST_MAX_DISTANCE || distance.wrapping_neg() <= RST_MAX_DISTANCE;
+    }
+    if inbound.state & STATE_SEQ_OUT == 0 {
         return true;
     }
-    let closing = is_closed(state) && !is_closed(entry.state);
-    entry.state = state;
-    entry.last_seen_ns = now;
+    let Some(outbound) = FLOWS.get_ptr(&key.partner(inbound)) else {
+        return true; // evicted: the check falls back to accepting, as without numbers
+    };
+    let client_next = unsafe { (*outbound).tcp_next_seq };
+    pkt.tcp_flags & TCP_FLAG_ACK != 0 && pkt.tcp_ack == client_next
+}
+
+/// Where the state byte sits in the entry's second 64-bit word (nat_port, direction, state, tcp_next_seq).
+const STATE_WORD_OFFSET: usize = 16;
+const STATE_SHIFT: u64 = 24;
+const _: () = assert!(core::mem::offset_of!(FlowEntry, nat_port) == STATE_WORD_OFFSET);
+const _: () = assert!(core::mem::offset_of!(FlowEntry, state) == STATE_WORD_OFFSET + 3);
+
+/// Set state bits with one atomic OR on the word that holds them, so that two CPUs updating one flow at once (a
+/// FIN each way) never lose a bit. The OR leaves the word's other bytes as they are.
+#[inline(always)]
+fn set_state_bits(entry: *mut FlowEntry, bits: u8) {
+    let word = unsafe { (entry as *mut u8).add(STATE_WORD_OFFSET) } as *mut u64;
+    unsafe {
+        atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(word, u64::from(bits) << STATE_SHIFT)
+    };
+}
+
+/// Whether `partner` is the other half of the flow whose half `entry` is, found under `key`'s partner key: an
+/// entry there may belong to another flow since (the LRU evicted ours and a new flow took the tuple).
+#[inline(always)]
+fn points_back(key: &FlowKey, entry: &FlowEntry, partner: &FlowEntry) -> bool {
+    if entry.direction == DIRECTION_OUTBOUND {
+        partner.direction == DIRECTION_INBOUND
+            && partner.nat_addr == key.src_addr
+            && partner.nat_port == key.src_port
+    } else {
+        partner.direction == DIRECTION_OUTBOUND
+            && partner.nat_addr == key.dst_addr
+            && partner.nat_port == key.dst_port
+    }
+}
+
+/// Record a packet on its entry. Writes only when the state gains a bit or the timestamp is REFRESH_NS old, and
+/// then updates the partner too, recreating it from this half if it was evicted (whichever half survived).
+/// Returns false when the pair cannot be made whole: the partner's key now belongs to another flow, so this entry
+/// is stale.
+#[inline(always)]
+fn touch(key: &FlowKey, entry: &mut FlowEntry, bits: u8, now: u64) -> bool {
+    // A SYN on a closed flow's tuple is a new connection on the same mapping (the client reused its port): its
+    // state starts again, a plain store (the old connection is over, nothing else updates it).
+    let reopen = bits & STATE_SYN_OUT != 0 && is_closed(entry.state);
+    let new_bits = bits & !entry.state;
+    if !reopen && new_bits == 0 && now.wrapping_sub(entry.last_seen_ns) < REFRESH_NS {
+        return true;
+    }
+    let closing = is_closed(entry.state | bits) && !is_closed(entry.state);
     let partner_key = key.partner(entry);
+    match FLOWS.get_ptr_mut(&partner_key) {
+        Some(partner) if points_back(key, entry, unsafe { &*partner }) => {
+            if reopen {
+                unsafe { (*partner).state = bits };
+            } else if new_bits != 0 {
+                set_state_bits(partner, new_bits);
+            }
+            unsafe { (*partner).last_seen_ns = now };
+        }
+        Some(_) => return false,
+        None => {
+            if !repair(key, &partner_key, entry, entry.state | bits, now) {
+                return false;
+            }
+        }
+    }
+    if reopen {
+        entry.state = bits;
+    } else if new_bits != 0 {
+        set_state_bits(entry, new_bits);
+    }
+    entry.last_seen_ns = now;
     if closing {
         // Its port may now be taken over by a new connection: stop skipping the endpoint as full.
         let reverse_key = if entry.direction == DIRECTION_OUTBOUND {
@@ -115,13 +205,13 @@ fn touch(key: &FlowKey, entry: &mut FlowEntry, bits: u8, now: u64) -> bool {
         };
         ports::forget_exhausted(reverse_key);
     }
-    if let Some(partner) = FLOWS.get_ptr_mut(&partner_key) {
-        let partner = unsafe { &mut *partner };
-        partner.state = state;
-        partner.last_seen_ns = now;
-        return true;
-    }
-    // The partner was evicted: rebuild it from this half, in the scratch space (not the stack).
+    true
+}
+
+/// Recreate the evicted partner of `entry` under `partner_key`, from this half, in the scratch space (not the
+/// stack). False when the key was taken meanwhile.
+#[inline(always)]
+fn repair(key: &FlowKey, partner_key: &FlowKey, entry: &FlowEntry, state: u8, now: u64) -> bool {
     let Some(scratch) = flow_scratch() else {
         return false;
     };
@@ -135,23 +225,24 @@ fn touch(key: &FlowKey, entry: &mut FlowEntry, bits: u8, now: u64) -> bool {
             DIRECTION_OUTBOUND
         },
         state,
-        _pad: 0,
+        // The evicted half's sequence number is lost with it; its bit says so.
+        tcp_next_seq: 0,
         last_seen_ns: now,
         created_ns: entry.created_ns,
     };
-    if FLOWS
-        .insert(
-            &partner_key,
-            &scratch.partner,
-            aya_ebpf::bindings::BPF_NOEXIST as u64,
-        )
-        .is_ok()
-    {
-        count(Counter::FlowsRepaired);
-        true
+    scratch.partner.state &= !(if outbound {
+        STATE_SEQ_IN
     } else {
-        false
+        STATE_SEQ_OUT
+    });
+    if FLOWS
+        .insert(partner_key, &scratch.partner, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        return false;
     }
+    count(Counter::FlowsRepaired);
+    true
 }
 
 /// The translation for a packet from a SNAT source: the existing one, or a new one with a freshly allocated port.
@@ -166,6 +257,10 @@ pub fn translate_outbound(pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Result<Trans
         let current =
             entry.nat_addr == cfg.external_addr_v4 && !is_expired(entry, key.protocol, now);
         if current && touch(&key, entry, bits, now) {
+            if bits & STATE_SEQ_OUT != 0 {
+                // A SYN, first or again: the client's numbers the remote's RST must acknowledge.
+                entry.tcp_next_seq = next_seq(pkt);
+            }
             return Ok(Translation {
                 addr: entry.nat_addr.ipv4_be(),
                 port: entry.nat_port,
@@ -174,15 +269,19 @@ pub fn translate_outbound(pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Result<Trans
         count(Counter::FlowsExpiredOnLookup);
         let partner = key.partner(entry);
         if let Some(p) = FLOWS.get_ptr(&partner) {
-            let p = unsafe { *p };
             // Only remove the partner if it still belongs to this flow.
-            if p.nat_addr == key.src_addr && p.nat_port == key.src_port {
+            if points_back(&key, entry, unsafe { &*p }) {
                 let _ = FLOWS.remove(&partner);
             }
         }
         let _ = FLOWS.remove(&key);
     }
-    let port = ports::allocate(&key, bits, now, cfg)?;
+    let client_next = if bits & STATE_SEQ_OUT != 0 {
+        next_seq(pkt)
+    } else {
+        0
+    };
+    let port = ports::allocate(&key, bits, client_next, now, cfg)?;
     count(Counter::FlowsCreated);
     Ok(Translation {
         addr: cfg.external_addr_v4.ipv4_be(),
@@ -190,21 +289,38 @@ pub fn translate_outbound(pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Result<Trans
     })
 }
 
-/// The translation back for a packet from outside, if it belongs to a live flow.
+/// The translation back for a packet from outside: Err(DropUnsolicited) when it belongs to no live flow,
+/// Err(DropRstImplausible) for a RST whose numbers do not fit the flow (left untouched).
 #[inline(always)]
-pub fn translate_inbound(pkt: &Ipv4Packet) -> Option<Translation> {
+pub fn translate_inbound(pkt: &Ipv4Packet) -> Result<Translation, Counter> {
     let now = unsafe { bpf_ktime_get_ns() };
     let key = inbound_key(pkt);
-    let entry = unsafe { &mut *FLOWS.get_ptr_mut(&key)? };
+    let Some(entry) = FLOWS.get_ptr_mut(&key) else {
+        return Err(Counter::DropUnsolicited);
+    };
+    let entry = unsafe { &mut *entry };
     if entry.direction != DIRECTION_INBOUND || is_expired(entry, key.protocol, now) {
-        return None;
+        return Err(Counter::DropUnsolicited);
     }
+    let tcp = pkt.protocol == PROTO_TCP;
+    if tcp && pkt.tcp_flags & TCP_FLAG_RST != 0 && !rst_is_plausible(pkt, &key, entry) {
+        return Err(Counter::DropRstImplausible);
+    }
+    // Whether the remote's numbers were known before this packet (touch sets the bit for it).
+    let seq_known = entry.state & STATE_SEQ_IN != 0;
     if !touch(&key, entry, state_bits(pkt, DIRECTION_INBOUND), now) {
         // The client's tuple has a newer mapping; this one is dead.
         let _ = FLOWS.remove(&key);
-        return None;
+        return Err(Counter::DropUnsolicited);
     }
-    Some(Translation {
+    if tcp {
+        // The remote's next sequence number moves forward only (a retransmission or reordering does not undo it).
+        let next = next_seq(pkt);
+        if !seq_known || (next.wrapping_sub(entry.tcp_next_seq) as i32) > 0 {
+            entry.tcp_next_seq = next;
+        }
+    }
+    Ok(Translation {
         addr: entry.nat_addr.ipv4_be(),
         port: entry.nat_port,
     })

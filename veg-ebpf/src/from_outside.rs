@@ -73,13 +73,15 @@ fn to_external_address(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -
         // Fragments are not translated yet; the kernel reassembles those meant for its own sockets.
         return pass_to_host(Counter::PassedToHost);
     }
-    if let Some(nat) = flows::translate_inbound(pkt) {
-        return route_to_vpc(ctx, pkt, cfg, Some(nat));
-    }
+    let miss = match flows::translate_inbound(pkt) {
+        Ok(nat) => return route_to_vpc(ctx, pkt, cfg, Some(nat)),
+        Err(miss) => miss,
+    };
     let port = u16::from_be(port);
     if port >= cfg.port_min && port <= cfg.port_max {
-        // In the NAT range but matching no flow: never let it through to a client or the host.
-        drop_packet(Counter::DropUnsolicited)
+        // In the NAT range but matching no flow (or a RST that does not fit its flow): never let it through to a
+        // client or the host.
+        drop_packet(miss)
     } else {
         // Outside the NAT range: the instance's own sockets (the kernel's ephemeral range).
         pass_to_host(Counter::PassedToHost)

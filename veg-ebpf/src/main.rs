@@ -9,6 +9,10 @@
 //! for the instance itself (BFD, the agent's own connections) is left to the kernel.
 #![no_std]
 #![no_main]
+// Atomic OR on flow state (flows.rs): the BPF target has no compare-and-swap, so core's atomic types lack
+// fetch_or, but the kernel has a plain atomic OR instruction, which this intrinsic compiles to.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod flows;
 mod from_outside;

@@ -28,6 +28,7 @@ pub const ICMP_ECHO_REQUEST: u8 = 8;
 pub const TCP_FLAG_FIN: u8 = 0x01;
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_RST: u8 = 0x04;
+pub const TCP_FLAG_ACK: u8 = 0x10;
 
 /// Offsets of the fields the datapath rewrites.
 pub const IPV4_TTL_OFF: usize = 8;
@@ -86,6 +87,10 @@ pub struct Ipv4Packet {
     pub src_port: u16,
     pub dst_port: u16,
     pub tcp_flags: u8,
+    /// TCP sequence and acknowledgement numbers (host byte order), and the payload's length.
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
+    pub tcp_payload_len: u16,
     pub icmp_type: u8,
     /// A UDP datagram sent without a checksum: it must stay without one.
     pub udp_checksum_zero: bool,
@@ -193,6 +198,9 @@ fn parse_ipv4(ctx: &TcContext) -> Option<Ipv4Packet> {
         src_port: 0,
         dst_port: 0,
         tcp_flags: 0,
+        tcp_seq: 0,
+        tcp_ack: 0,
+        tcp_payload_len: 0,
         icmp_type: 0,
         udp_checksum_zero: false,
     };
@@ -223,6 +231,9 @@ fn parse_tcp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Option<()>
     pkt.src_port = u16::from_ne_bytes(tcp.source);
     pkt.dst_port = u16::from_ne_bytes(tcp.dest);
     pkt.tcp_flags = flags;
+    pkt.tcp_seq = u32::from_be_bytes(tcp.seq);
+    pkt.tcp_ack = u32::from_be_bytes(tcp.ack_seq);
+    pkt.tcp_payload_len = (l4_len - header_len) as u16;
     Some(())
 }
 

@@ -73,6 +73,8 @@ fn claim(flow: &mut FlowScratch, port: u16) -> Claim {
         nat_addr: flow.key.src_addr,
         nat_port: flow.key.src_port,
         direction: DIRECTION_INBOUND,
+        // The remote's numbers, once it sends.
+        tcp_next_seq: 0,
         ..flow.entry
     };
     if FLOWS
@@ -199,11 +201,17 @@ pub fn forget_exhausted(reverse_key: &FlowKey) {
     let _ = EXHAUSTED.remove(&scratch.endpoint);
 }
 
-/// Allocate a port for a new outbound flow with these first state bits, and create both entries. Returns the port
-/// in network byte order. Both phases run through bpf_loop, so the verifier checks each step once instead of every
-/// unrolled copy.
+/// Allocate a port for a new outbound flow with these first state bits (and, for a TCP SYN, the client's next
+/// sequence number), and create both entries. Returns the port in network byte order. Both phases run through
+/// bpf_loop, so the verifier checks each step once instead of every unrolled copy.
 #[inline(always)]
-pub fn allocate(key: &FlowKey, bits: u8, now: u64, cfg: &GatewayConfig) -> Result<u16, Counter> {
+pub fn allocate(
+    key: &FlowKey,
+    bits: u8,
+    client_next_seq: u32,
+    now: u64,
+    cfg: &GatewayConfig,
+) -> Result<u16, Counter> {
     let Some(flow) = flow_scratch() else {
         return Err(Counter::DropPortExhausted);
     };
@@ -213,7 +221,7 @@ pub fn allocate(key: &FlowKey, bits: u8, now: u64, cfg: &GatewayConfig) -> Resul
         nat_port: 0,
         direction: DIRECTION_OUTBOUND,
         state: bits,
-        _pad: 0,
+        tcp_next_seq: client_next_seq,
         last_seen_ns: now,
         created_ns: now,
     };

@@ -9,8 +9,8 @@ use std::{
 
 use crate::netns::Netns;
 
-/// A running `tcpdump -n` on one interface of a namespace, collecting one line per packet matching `filter`.
-/// Stops on drop.
+/// A running `tcpdump -n -S` (absolute TCP sequence numbers) on one interface of a namespace, collecting one line
+/// per packet matching `filter`. Stops on drop.
 pub struct Capture {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
@@ -20,7 +20,7 @@ impl Capture {
     /// Start capturing and return once tcpdump listens.
     pub fn start(ns: &Netns, interface: &str, filter: &str) -> Capture {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "tcpdump", "-n", "-l"])
+            .args(["netns", "exec", &ns.name, "tcpdump", "-n", "-S", "-l"])
             .args(["--immediate-mode", "-i", interface, filter])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -50,6 +50,11 @@ impl Capture {
             .recv_timeout(Duration::from_secs(10))
             .expect("tcpdump did not start listening");
         Capture { child, lines }
+    }
+
+    /// The packets seen so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
     }
 
     /// Stop and return the packets seen, after giving the last ones `settle` to arrive.

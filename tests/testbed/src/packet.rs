@@ -9,6 +9,7 @@ pub enum L4 {
         sport: u16,
         dport: u16,
         seq: u32,
+        ack: u32,
         flags: u8,
         payload: Vec<u8>,
     },
@@ -114,6 +115,7 @@ impl Frame {
                 sport,
                 dport,
                 seq,
+                ack,
                 flags,
                 payload,
             } => {
@@ -121,7 +123,7 @@ impl Frame {
                 b.extend_from_slice(&sport.to_be_bytes());
                 b.extend_from_slice(&dport.to_be_bytes());
                 b.extend_from_slice(&seq.to_be_bytes());
-                b.extend_from_slice(&0u32.to_be_bytes());
+                b.extend_from_slice(&ack.to_be_bytes());
                 b.push(5 << 4);
                 b.push(*flags);
                 b.extend_from_slice(&64240u16.to_be_bytes());
@@ -231,4 +233,20 @@ pub fn icmp_error_frame(
     frame.extend_from_slice(&ip);
     frame.extend_from_slice(&icmp);
     frame
+}
+
+/// Send the IPv4 packet of `frame` (its Ethernet header skipped) exactly as built, through a raw socket of the
+/// calling thread's network namespace: for packets no socket would send, such as a spoofed RST.
+pub fn send_raw(frame: &[u8]) {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+    )
+    .expect("raw socket");
+    let dst = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
+    let to = std::net::SocketAddr::from((dst, 0));
+    socket
+        .send_to(&frame[14..], &to.into())
+        .expect("sending a raw packet");
 }
