@@ -1013,6 +1013,28 @@ fn a_new_connection_takes_over_the_port_of_a_closed_one() {
     });
 }
 
+/// The median of the kernel's own timings of `program` on each frame.
+fn median_ns(lab: &ProgramLab, program: &str, frames: &mut dyn Iterator<Item = Vec<u8>>) -> u64 {
+    let mut times: Vec<u64> = frames
+        .map(|frame| {
+            let mut out = vec![0u8; frame.len() + 64];
+            let result = lab
+                .datapath
+                .program(program)
+                .unwrap()
+                .test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    data_out: Some(&mut out),
+                    ..Default::default()
+                })
+                .unwrap();
+            result.duration.as_nanos() as u64
+        })
+        .collect();
+    times.sort_unstable();
+    times[times.len() / 2]
+}
+
 /// Not a test: the cost of each path through the programs, for `cargo xtask bench` (which runs it and reads the
 /// line starting with PROGRAM_COST). BPF_PROG_TEST_RUN's `repeat` would run the same skb again after the first
 /// run translated it, timing another path, so this times many single runs on fresh packets and takes medians of
@@ -1022,26 +1044,6 @@ fn a_new_connection_takes_over_the_port_of_a_closed_one() {
 fn program_cost_per_path() {
     const RUNS: u16 = 20_000;
     with_program_lab(|lab| {
-        let median_ns = |program: &str, frames: &mut dyn Iterator<Item = Vec<u8>>| -> u64 {
-            let mut times: Vec<u64> = frames
-                .map(|frame| {
-                    let mut out = vec![0u8; frame.len() + 64];
-                    let result = lab
-                        .datapath
-                        .program(program)
-                        .unwrap()
-                        .test_run(TestRunOptions {
-                            data_in: Some(&frame),
-                            data_out: Some(&mut out),
-                            ..Default::default()
-                        })
-                        .unwrap();
-                    result.duration.as_nanos() as u64
-                })
-                .collect();
-            times.sort_unstable();
-            times[times.len() / 2]
-        };
         let same = |frame: Frame| std::iter::repeat_n(frame.bytes(), RUNS as usize);
         let port = l4_port(
             &lab.send_from_vpc(&Frame::new(CLIENT, SERVER, tcp(41000, 443, TCP_SYN)))
@@ -1058,17 +1060,19 @@ fn program_cost_per_path() {
             (
                 "vpc_to_outside_established",
                 median_ns(
+                    lab,
                     PROGRAM_FROM_VPC,
                     &mut same(Frame::new(CLIENT, SERVER, tcp(41000, 443, TCP_ACK))),
                 ),
             ),
             (
                 "outside_to_vpc_established",
-                median_ns(PROGRAM_FROM_OUTSIDE, &mut same(reply)),
+                median_ns(lab, PROGRAM_FROM_OUTSIDE, &mut same(reply)),
             ),
             (
                 "vpc_to_outside_new_flow",
                 median_ns(
+                    lab,
                     PROGRAM_FROM_VPC,
                     &mut (0..RUNS).map(|i| {
                         Frame::new(
@@ -1083,6 +1087,7 @@ fn program_cost_per_path() {
             (
                 "vpc_to_outside_forward",
                 median_ns(
+                    lab,
                     PROGRAM_FROM_VPC,
                     &mut same(Frame::new(FORWARD_CLIENT, SERVER, tcp(5002, 80, TCP_ACK))),
                 ),
@@ -1090,6 +1095,7 @@ fn program_cost_per_path() {
             (
                 "vpc_no_policy_drop",
                 median_ns(
+                    lab,
                     PROGRAM_FROM_VPC,
                     &mut same(Frame::new(OUTSIDER, SERVER, tcp(5003, 80, TCP_SYN))),
                 ),
@@ -1097,10 +1103,26 @@ fn program_cost_per_path() {
             (
                 "outside_unsolicited_drop",
                 median_ns(
+                    lab,
                     PROGRAM_FROM_OUTSIDE,
                     &mut same(Frame::new(SERVER, EXTERNAL, udp(53, 6001, false))),
                 ),
             ),
+            ("vpc_to_outside_port_exhausted", {
+                // Two ports, both taken toward one endpoint: each new flow toward it is refused, from the
+                // memory of the last failed search (a new full search every 250 ms at most).
+                lab.reconfigure(|c| (c.port_min, c.port_max) = (2000, 2001));
+                for port in [42000, 42001] {
+                    lab.send_from_vpc(&Frame::new(CLIENT, SERVER, udp(port, 5353, false)));
+                }
+                median_ns(
+                    lab,
+                    PROGRAM_FROM_VPC,
+                    &mut (0..RUNS).map(|i| {
+                        Frame::new(CLIENT, SERVER, udp(43000 + i % 20000, 5353, false)).bytes()
+                    }),
+                )
+            }),
         ];
         let mut json: serde_json::Map<String, serde_json::Value> = costs
             .iter()

@@ -10,6 +10,7 @@ use super::report::{Record, medians};
 fn short(metric: &str) -> &str {
     match metric {
         "kernel_ns_per_packet" => "CPU ns/pkt",
+        "kernel_ns_per_offered_packet" => "CPU ns/offered pkt",
         "connections_per_s" => "conn/s",
         "gbit_per_s" => "Gbit/s",
         "p50_us" => "p50 us",
@@ -28,7 +29,7 @@ pub fn draw(records: &[Record], path: &Path) -> anyhow::Result<()> {
         .filter(|((_, metric), _)| {
             !matches!(
                 *metric,
-                "delivered_pct" | "failed" | "held" | "seconds" | "memory_mib"
+                "delivered_pct" | "failed" | "held" | "seconds" | "memory_mib" | "offered_kpps"
             )
         })
         .filter_map(|((scenario, metric), per_mode)| {

@@ -2,6 +2,7 @@
 //! modes interleaved round by round, medians and ratios against iptables.
 
 mod chart;
+mod exhaustion;
 mod failover;
 mod modes;
 mod ovn;
@@ -108,7 +109,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         (args.rounds.max(1), args.seconds)
     };
-    let known: Vec<&'static str> = SCENARIOS.iter().copied().chain([scale::SCENARIO]).collect();
+    let known: Vec<&'static str> = SCENARIOS
+        .iter()
+        .copied()
+        .chain([exhaustion::SCENARIO, scale::SCENARIO])
+        .collect();
     let mut scenarios: Vec<&'static str> = if args.scenarios.is_empty() {
         known.clone()
     } else {
@@ -127,7 +132,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     // The flow table runs apart: veg's agent sized for it, the host's conntrack limits raised for it.
     let flow_table = scenarios.contains(&scale::SCENARIO);
-    scenarios.retain(|s| *s != scale::SCENARIO);
+    let port_exhaustion = scenarios.contains(&exhaustion::SCENARIO);
+    scenarios.retain(|s| *s != scale::SCENARIO && *s != exhaustion::SCENARIO);
     let (lab, tools) = topology()?;
     let _tcp_server = KillOnDrop(start_tcp_server(&lab, &tools)?);
 
@@ -155,6 +161,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         scale::FLOWS
     };
+    if port_exhaustion {
+        records.extend(exhaustion::run(&lab, &tools, rounds, seconds)?);
+    }
     if flow_table {
         records.extend(scale::run(&lab, &tools, rounds, flow_table_flows)?);
     }

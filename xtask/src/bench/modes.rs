@@ -41,27 +41,45 @@ pub fn enable(lab: &Lab, mode: Mode) -> Active<'_> {
 
 /// `enable`, with extra `veg gateway` flags for veg's agent.
 pub fn enable_with<'a>(lab: &'a Lab, mode: Mode, veg_flags: &[&str]) -> Active<'a> {
+    enable_translating(lab, mode, veg_flags, None)
+}
+
+/// `enable_with`, every mode translating into the ports `range` ("LO-HI") when given (netfilter's rules then
+/// translate UDP alone: a port range needs a protocol there).
+pub fn enable_translating<'a>(
+    lab: &'a Lab,
+    mode: Mode,
+    veg_flags: &[&str],
+    range: Option<&str>,
+) -> Active<'a> {
     let gw = &lab.gateway;
     match mode {
-        Mode::Veg => Active::Veg {
-            agent: lab.start_gateway(veg_flags),
-        },
+        Mode::Veg => {
+            let mut flags = veg_flags.to_vec();
+            if let Some(range) = range {
+                flags.extend(["--port-range", range]);
+            }
+            Active::Veg {
+                agent: lab.start_gateway(&flags),
+            }
+        }
         Mode::Iptables => {
             gw.sysctl("net.ipv4.conf.all.forwarding", "1");
-            run(gw.exec(
-                "iptables",
-                &[
-                    "-t",
-                    "nat",
-                    "-A",
-                    "POSTROUTING",
-                    "-s",
-                    SNAT_SOURCES,
-                    "-j",
-                    "MASQUERADE",
-                    "--random-fully",
-                ],
-            ));
+            let mut rule = vec![
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-s",
+                SNAT_SOURCES,
+                "-j",
+                "MASQUERADE",
+                "--random-fully",
+            ];
+            if let Some(range) = range {
+                rule.extend(["-p", "udp", "--to-ports", range]);
+            }
+            run(gw.exec("iptables", &rule));
             Active::Netfilter { lab, mode }
         }
         Mode::Nftables => {
@@ -71,21 +89,24 @@ pub fn enable_with<'a>(lab: &'a Lab, mode: Mode, veg_flags: &[&str]) -> Active<'
                 "nft",
                 &["add chain ip veg_bench postrouting { type nat hook postrouting priority 100 ; }"],
             ));
-            run(gw.exec(
-                "nft",
-                &[
-                    "add",
-                    "rule",
-                    "ip",
-                    "veg_bench",
-                    "postrouting",
-                    "ip",
-                    "saddr",
-                    SNAT_SOURCES,
-                    "masquerade",
-                    "fully-random",
-                ],
-            ));
+            let to_ports = range.map(|r| format!("to :{r}"));
+            let mut rule = vec![
+                "add",
+                "rule",
+                "ip",
+                "veg_bench",
+                "postrouting",
+                "ip",
+                "saddr",
+                SNAT_SOURCES,
+            ];
+            if let Some(to_ports) = &to_ports {
+                rule.extend(["meta", "l4proto", "udp", "masquerade", to_ports]);
+            } else {
+                rule.push("masquerade");
+            }
+            rule.push("fully-random");
+            run(gw.exec("nft", &rule));
             Active::Netfilter { lab, mode }
         }
     }

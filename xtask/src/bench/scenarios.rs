@@ -53,7 +53,7 @@ pub(super) fn finish(child: Child, what: &str) -> anyhow::Result<Value> {
 }
 
 /// Whole-machine kernel time (system + irq + softirq) in ns, from /proc/stat.
-fn kernel_cpu_ns() -> f64 {
+pub(super) fn kernel_cpu_ns() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let fields: Vec<f64> = stat
         .lines()
@@ -223,7 +223,7 @@ fn link(ns: &Netns, device: &str) -> anyhow::Result<Value> {
 }
 
 /// Packets received on the server's underlay interface.
-fn rx_packets(server: &Netns) -> anyhow::Result<u64> {
+pub(super) fn rx_packets(server: &Netns) -> anyhow::Result<u64> {
     link(server, SERVER_INTERFACE)?["stats64"]["rx"]["packets"]
         .as_u64()
         .context("no rx counter")

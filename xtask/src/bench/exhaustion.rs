@@ -1,0 +1,77 @@
+//! Port exhaustion: what a packet costs the gateway when its flow can get no port. A client offers twice as many
+//! UDP flows toward one server endpoint as the translation range holds (the same 4,096-port range in every mode),
+//! each flow's packets again and again: half the flows are translated, the packets of the other half find the
+//! range full. The number that matters is the kernel's CPU per offered packet, against the established cost of
+//! udp-many in the same run: a client that asks for more than the range holds must not make every packet dear.
+
+use anyhow::Context as _;
+use veg_testbed::lab::Lab;
+
+use super::{
+    modes::{ALL, enable_translating},
+    report::{self, Record},
+    scenarios::{Sample, ServerDrop, Tools, finish, kernel_cpu_ns, rx_packets, spawn_frames},
+};
+use crate::workspace::step;
+
+pub const SCENARIO: &str = "port-exhaustion";
+/// The translation range of every mode here: 4,096 ports toward the one remote endpoint.
+const RANGE: &str = "10000-14095";
+/// Twice what the range holds.
+const FLOWS: u16 = 8192;
+const UDP_PORT: u16 = 9100;
+
+/// Every mode in turn, `rounds` times, `seconds` each.
+pub fn run(lab: &Lab, tools: &Tools, rounds: usize, seconds: f64) -> anyhow::Result<Vec<Record>> {
+    let mut records = Vec::new();
+    for round in 0..rounds {
+        for mode in ALL {
+            step(&format!(
+                "round {}/{rounds}: {} offered {FLOWS} flows for {} ports",
+                round + 1,
+                mode.name(),
+                FLOWS / 2
+            ));
+            let active = enable_translating(lab, mode, &[], Some(RANGE));
+            let metrics = measure(lab, tools, seconds)
+                .with_context(|| format!("{SCENARIO} with {}", mode.name()))?;
+            drop(active);
+            report::print(SCENARIO, &metrics);
+            records.push(Record {
+                scenario: SCENARIO,
+                mode,
+                round,
+                metrics,
+            });
+        }
+    }
+    Ok(records)
+}
+
+fn measure(lab: &Lab, tools: &Tools, seconds: f64) -> anyhow::Result<Sample> {
+    let _drop = ServerDrop::install(&lab.server)?;
+    let rx_before = rx_packets(&lab.server)?;
+    let cpu_before = kernel_cpu_ns();
+    let flood = spawn_frames(
+        lab,
+        tools,
+        "udp-flood",
+        UDP_PORT,
+        &[
+            "--flows",
+            &FLOWS.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+        ],
+    )?;
+    let sent = finish(flood, "udp-flood")?;
+    let cpu = kernel_cpu_ns() - cpu_before;
+    let delivered = (rx_packets(&lab.server)? - rx_before) as f64;
+    let offered = sent["sent"].as_f64().unwrap_or(0.0).max(1.0);
+    let window = sent["seconds"].as_f64().unwrap_or(0.0).max(1e-9);
+    Ok(vec![
+        ("kernel_ns_per_offered_packet", cpu / offered),
+        ("offered_kpps", offered / window / 1000.0),
+        ("delivered_pct", 100.0 * delivered / offered),
+    ])
+}
