@@ -464,3 +464,25 @@ fn a_spoofed_rst_outside_the_flow_window_never_reaches_the_client() {
         "the in-window RST did not close the connection"
     );
 }
+
+#[test]
+fn by_default_every_port_the_instance_does_not_use_is_translated_into() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    // As the instances' Deployment sets it: the instance's own sockets keep to 61000-65535.
+    lab.gateway
+        .sysctl("net.ipv4.ip_local_port_range", "61000 65535");
+    let gateway = lab.start_gateway(&[]);
+    let udp = udp_echo(&lab.server, UDP_PORT);
+    // A client's own port is kept when it is free and in the range: 45000 is in 1024-60999 (and was not in the
+    // old 1024-32767), 60999 is its last port.
+    for port in [45000, 60999] {
+        udp_round_trip(lab.client(client), port, server(UDP_PORT), b"kept?").unwrap();
+    }
+    let seen: Vec<u16> = udp.peers().iter().map(|p| p.port()).collect();
+    assert_eq!(seen, [45000, 60999]);
+    assert!(gateway.log().contains("1024-60999"), "{}", gateway.log());
+}
