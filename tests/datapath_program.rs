@@ -78,6 +78,10 @@ impl ProgramLab {
         self.run(PROGRAM_FROM_VPC, &frame.bytes())
     }
 
+    fn send_from_vpc_bytes(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run(PROGRAM_FROM_VPC, frame)
+    }
+
     fn send_from_outside(&self, frame: &Frame) -> (u32, Vec<u8>) {
         self.run(PROGRAM_FROM_OUTSIDE, &frame.bytes())
     }
@@ -1230,4 +1234,113 @@ fn a_flow_table_of_another_layout_is_refused_with_what_to_run() {
         error.contains(&format!("veg gateway --name {name} --cleanup")),
         "{error}"
     );
+}
+
+/// `frame` one router hop later: TTL one less, IP checksum recomputed from scratch, these MACs.
+fn one_hop_later(frame: &[u8], dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[0..6].copy_from_slice(&dst_mac);
+    out[6..12].copy_from_slice(&src_mac);
+    out[22] -= 1;
+    out[24..26].copy_from_slice(&[0, 0]);
+    let ihl = ((out[14] & 0x0f) as usize) * 4;
+    let csum = veg_testbed::packet::checksum(&out[14..14 + ihl], 0);
+    out[24..26].copy_from_slice(&csum.to_be_bytes());
+    out
+}
+
+const PORT_UNREACHABLE: (u8, u8, [u8; 4]) = (3, 3, [0; 4]);
+
+#[test]
+fn icmp_errors_from_outside_are_translated_back_to_the_client() {
+    with_program_lab(|lab| {
+        let mut udp_options = Frame::new(CLIENT, SERVER, udp(7100, 53, false));
+        udp_options.options = vec![0x01, 0x01, 0x01, 0x00];
+        let echo = L4::IcmpEcho {
+            kind: 8,
+            id: 0x7101,
+            seq: 1,
+            payload: vec![9; 20],
+        };
+        // (what the client sends, bytes of its transport header the error quotes)
+        let cases = [
+            (Frame::new(CLIENT, SERVER, udp(7100, 53, false)), 26),
+            (udp_options, 26),
+            (Frame::new(CLIENT, SERVER, tcp(7102, 80, TCP_SYN)), 38),
+            // Only 8 bytes of TCP: the checksum is not in the quote and stays as it was.
+            (Frame::new(CLIENT2, SERVER, tcp(7103, 80, TCP_SYN)), 8),
+            (Frame::new(CLIENT, SERVER, echo), 8),
+        ];
+        for (i, (sent, quoted)) in cases.iter().enumerate() {
+            let (_, left) = lab.send_from_vpc(sent);
+            // The remote's error about the packet as it left, and what the client must get.
+            let error = icmp_error_frame(
+                &left,
+                VEX_MAC,
+                NEXTHOP_MAC,
+                SERVER,
+                PORT_UNREACHABLE,
+                *quoted,
+            );
+            let as_sent = one_hop_later(&sent.bytes(), [0; 6], [0; 6]);
+            let client_mac = if sent.src == CLIENT {
+                CLIENT_MAC
+            } else {
+                CLIENT2_MAC
+            };
+            let expected = one_hop_later(
+                &icmp_error_frame(&as_sent, [0; 6], [0; 6], SERVER, PORT_UNREACHABLE, *quoted),
+                client_mac,
+                VIN_MAC,
+            );
+            let (verdict, out) = lab.run(PROGRAM_FROM_OUTSIDE, &error);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "case {i}");
+            assert_eq!(out, expected, "case {i}");
+        }
+        assert_eq!(lab.counter("icmp_errors_translated_in"), cases.len() as u64);
+    });
+}
+
+#[test]
+fn icmp_errors_about_no_live_translation_are_dropped_and_the_instance_keeps_its_own() {
+    with_program_lab(|lab| {
+        // Quoting a translated port that no flow holds.
+        let stray = Frame::new(EXTERNAL, SERVER, udp(3000, 53, false)).bytes();
+        let error = icmp_error_frame(&stray, VEX_MAC, NEXTHOP_MAC, SERVER, PORT_UNREACHABLE, 26);
+        assert_eq!(lab.run(PROGRAM_FROM_OUTSIDE, &error).0, TC_ACT_SHOT);
+        assert_eq!(lab.counter("dropped_icmp_error_no_flow"), 1);
+        // Quoting the instance's own connection (a port outside the translation range): the kernel's.
+        let own = Frame::new(EXTERNAL, SERVER, tcp(40000, 443, TCP_SYN)).bytes();
+        let error = icmp_error_frame(&own, VEX_MAC, NEXTHOP_MAC, SERVER, PORT_UNREACHABLE, 8);
+        assert_eq!(lab.run(PROGRAM_FROM_OUTSIDE, &error).0, TC_ACT_OK);
+        // A pod's error about a packet of no translation goes nowhere either.
+        let unknown = Frame::new(SERVER, CLIENT, udp(53, 7200, false)).bytes();
+        let error = icmp_error_frame(&unknown, VIN_MAC, CLIENT_MAC, CLIENT, PORT_UNREACHABLE, 26);
+        assert_eq!(lab.run(PROGRAM_FROM_VPC, &error).0, TC_ACT_SHOT);
+        assert_eq!(lab.counter("dropped_icmp_error_no_flow"), 2);
+        assert_eq!(lab.counter("translated_out"), 0);
+    });
+}
+
+#[test]
+fn a_pods_icmp_error_about_a_reply_reaches_the_remote_with_the_external_tuple() {
+    with_program_lab(|lab| {
+        let request = Frame::new(CLIENT, SERVER, udp(7300, 53, false));
+        let port = l4_port(&lab.send_from_vpc(&request).1, true);
+        let reply = Frame::new(SERVER, EXTERNAL, udp(53, port, false));
+        let (_, got) = lab.send_from_outside(&reply);
+        // The client's port is closed: its stack answers about the reply as it got it.
+        let error = icmp_error_frame(&got, VIN_MAC, CLIENT_MAC, CLIENT, PORT_UNREACHABLE, 26);
+        let (verdict, out) = lab.send_from_vpc_bytes(&error);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        // The remote gets it from the external address, quoting the reply as the remote sent it.
+        let as_sent = one_hop_later(&reply.bytes(), [0; 6], [0; 6]);
+        let expected = one_hop_later(
+            &icmp_error_frame(&as_sent, [0; 6], [0; 6], EXTERNAL, PORT_UNREACHABLE, 26),
+            NEXTHOP_MAC,
+            VEX_MAC,
+        );
+        assert_eq!(out, expected);
+        assert_eq!(lab.counter("icmp_errors_translated_out"), 1);
+    });
 }

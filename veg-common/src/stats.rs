@@ -79,6 +79,12 @@ counters! {
         "ICMP errors not sent because the packet may not be answered (an ICMP error, a later fragment) or the error could not be built or routed (the packet is dropped).";
     DropRstImplausible = 23, "dropped_rst_implausible",
         "Dropped: a TCP RST from outside whose sequence number does not fit its flow (a spoofer's); the flow lives on.";
+    IcmpErrorsTranslatedIn = 24, "icmp_errors_translated_in",
+        "ICMP errors from outside about a translated flow, translated back and sent to the client.";
+    IcmpErrorsTranslatedOut = 25, "icmp_errors_translated_out",
+        "ICMP errors from a VPC pod about a reply of a translated flow, translated and sent to the remote.";
+    DropIcmpErrorNoFlow = 26, "dropped_icmp_error_no_flow",
+        "Dropped: an ICMP error quoting a translated port or a SNAT source's packet of no live translation.";
 }
 
 /// Slots in the STATS array (room to grow without changing the map's size).

@@ -12,6 +12,7 @@ use crate::{
     flows,
     from_vpc::forward,
     icmp::{self, IcmpError},
+    icmp_errors,
     maps::POLICY_V4,
     packet::{
         ICMP_ECHO_REPLY, Ipv4Packet, accept, is_broadcast_or_multicast, is_martian_destination,
@@ -32,7 +33,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         return drop_packet(Counter::DropMartian);
     }
     if pkt.dst == cfg.external_addr_v4.ipv4_be() {
-        return to_external_address(ctx, &pkt, cfg);
+        return to_external_address(ctx, pkt, cfg);
     }
     if is_broadcast_or_multicast(pkt.dst) {
         // The kernel delivers these on the link and never forwards them.
@@ -43,7 +44,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         .map(|p| p.action)
     {
         // Replies to forward (no-SNAT) sources come back untranslated.
-        Some(ACTION_FORWARD) => route_to_vpc(ctx, &pkt, cfg, None),
+        Some(ACTION_FORWARD) => route_to_vpc(ctx, pkt, cfg, None),
         // A SNAT source is only reachable through its translation.
         Some(ACTION_SNAT) => drop_packet(Counter::DropUnsolicited),
         _ => not_ours(ctx, &pkt),
@@ -66,7 +67,8 @@ fn to_external_address(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -
     let port = match pkt.protocol {
         PROTO_TCP | PROTO_UDP => pkt.dst_port,
         PROTO_ICMP if pkt.icmp_type == ICMP_ECHO_REPLY => pkt.dst_port,
-        // Echo requests, ICMP errors and other protocols are for the instance itself.
+        PROTO_ICMP if icmp_errors::is_error(pkt.icmp_type) => return error_to_vpc(ctx, pkt, cfg),
+        // Echo requests and other protocols are for the instance itself.
         _ => return pass_to_host(Counter::PassedToHost),
     };
     if pkt.is_fragment {
@@ -86,6 +88,26 @@ fn to_external_address(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -
         // Outside the NAT range: the instance's own sockets (the kernel's ephemeral range).
         pass_to_host(Counter::PassedToHost)
     }
+}
+
+/// An ICMP error from outside: translated back to the client whose flow it is about, left to the instance when it
+/// is about the instance's own traffic.
+#[inline(always)]
+fn error_to_vpc(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> i32 {
+    let client = match icmp_errors::translate_from_outside(ctx, pkt, cfg) {
+        Ok(client) => client,
+        Err(Counter::PassedToHost) => return pass_to_host(Counter::PassedToHost),
+        Err(reason) => return drop_packet(reason),
+    };
+    let route = route::lookup(ctx, pkt.protocol, pkt.src, client.addr);
+    if route.ifindex() != Some(cfg.internal_ifindex) {
+        return drop_packet(Counter::DropNoRoute);
+    }
+    if pkt.ttl <= 1 {
+        // An error is never answered with an error.
+        return drop_packet(Counter::TtlExpired);
+    }
+    forward(ctx, pkt, &route, Counter::IcmpErrorsTranslatedIn)
 }
 
 /// Send a packet from outside to a VPC client, translating its destination first when `nat` is given.

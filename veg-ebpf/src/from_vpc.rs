@@ -11,6 +11,7 @@ use veg_common::{
 use crate::{
     flows,
     icmp::{self, IcmpError},
+    icmp_errors,
     maps::POLICY_V4,
     packet::{
         ICMP_ECHO_REQUEST, Ipv4Packet, accept, is_broadcast_or_multicast, is_martian_destination,
@@ -56,7 +57,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         Route::TooBig { mtu } if pkt.dont_fragment => {
             let error = IcmpError::fragmentation_needed(mtu);
             count(Counter::TooBig);
-            return icmp::send_error(ctx, &pkt, &error, from);
+            return icmp::send_error(ctx, pkt, &error, from);
         }
         // Fragmenting is not done yet; dropped rather than leaked.
         Route::TooBig { .. } => return drop_packet(Counter::DropNoRoute),
@@ -65,11 +66,11 @@ pub fn handle(ctx: &TcContext) -> i32 {
     if pkt.ttl <= 1 {
         // Traceroute through the gateway sees it as a hop.
         count(Counter::TtlExpired);
-        return icmp::send_error(ctx, &pkt, &IcmpError::TIME_EXCEEDED, from);
+        return icmp::send_error(ctx, pkt, &IcmpError::TIME_EXCEEDED, from);
     }
     match policy.action {
-        ACTION_SNAT => snat(ctx, &pkt, cfg, &route),
-        ACTION_FORWARD => forward(ctx, &pkt, &route, Counter::ForwardedOut),
+        ACTION_SNAT => snat(ctx, pkt, cfg, &route),
+        ACTION_FORWARD => forward(ctx, pkt, &route, Counter::ForwardedOut),
         _ => drop_packet(Counter::DropNoPolicy),
     }
 }
@@ -78,6 +79,9 @@ pub fn handle(ctx: &TcContext) -> i32 {
 fn snat(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, route: &Route) -> i32 {
     let translatable = match pkt.protocol {
         PROTO_TCP | PROTO_UDP => true,
+        PROTO_ICMP if icmp_errors::is_error(pkt.icmp_type) => {
+            return error_out(ctx, pkt, cfg, route);
+        }
         PROTO_ICMP => pkt.icmp_type == ICMP_ECHO_REQUEST,
         _ => false,
     };
@@ -95,6 +99,15 @@ fn snat(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, route: &Route) -
         return drop_packet(Counter::DropMalformed);
     }
     forward(ctx, pkt, route, Counter::TranslatedOut)
+}
+
+/// A pod's ICMP error about a reply it got: translated for the remote.
+#[inline(always)]
+fn error_out(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, route: &Route) -> i32 {
+    match icmp_errors::translate_from_vpc(ctx, pkt, cfg) {
+        Ok(()) => forward(ctx, pkt, route, Counter::IcmpErrorsTranslatedOut),
+        Err(reason) => drop_packet(reason),
+    }
 }
 
 /// Decrement the TTL and send the packet out of its route's interface.

@@ -18,7 +18,7 @@ use veg_common::{flow::PROTO_ICMP, stats::Counter};
 
 use crate::{
     maps::ICMP_RATE,
-    packet::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Ipv4Packet, write_at},
+    packet::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Ipv4Packet, L3_OFF, write_at},
     route,
     stats::drop_packet,
 };
@@ -163,7 +163,7 @@ pub fn send_error(ctx: &TcContext, pkt: &Ipv4Packet, error: &IcmpError, from: u3
         return drop_packet(Counter::IcmpErrorsRateLimited);
     }
     let to = pkt.src;
-    let quoted_ip_len = (pkt.l4_off - pkt.l3_off) as u32;
+    let quoted_ip_len = (pkt.l4() - L3_OFF) as u32;
     if build(ctx, quoted_ip_len, error, from, to).is_err() {
         return drop_packet(Counter::IcmpErrorsNotSent);
     }
@@ -184,6 +184,10 @@ fn build(
     from: u32,
     to: u32,
 ) -> Result<(), ()> {
+    // Bounded for the verifier (the packet's fields live in map memory, unknown to it): an IPv4 header.
+    if !(20..=60).contains(&quoted_ip_len) {
+        return Err(());
+    }
     let quoted_ip_len = quoted_ip_len as usize;
     let skb = ctx.skb.skb as *mut _;
     let quote_end = (ETH_LEN + quoted_ip_len + QUOTE_L4) as u32;

@@ -18,6 +18,7 @@ mod flows;
 mod from_outside;
 mod from_vpc;
 mod icmp;
+mod icmp_errors;
 mod maps;
 mod packet;
 mod ports;

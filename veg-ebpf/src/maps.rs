@@ -1,7 +1,7 @@
 //! The maps shared with the agent. All are pinned by name under the gateway's bpffs directory, so that a restarted
 //! agent finds every live flow, its counters and its policy where it left them.
 
-use crate::icmp::RateBucket;
+use crate::{icmp::RateBucket, packet::Ipv4Packet};
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     macros::map,
@@ -52,6 +52,8 @@ pub struct FlowScratch {
     pub endpoint: FlowKey,
     /// The other half of a pair being repaired.
     pub partner: FlowEntry,
+    /// The flow an ICMP error's quoted packet belongs to (icmp_errors.rs).
+    pub quoted_key: FlowKey,
 }
 
 /// The per-CPU scratch space.
@@ -70,6 +72,10 @@ pub static EXHAUSTED: LruHashMap<FlowKey, u64> =
 
 /// How many exhausted endpoints are remembered at once (the least recently failed are forgotten first).
 const EXHAUSTED_ENDPOINTS: u32 = 4096;
+
+/// The packet being handled, as parsed (packet.rs). Not pinned: it holds nothing between packets.
+#[map]
+pub static PACKET: PerCpuArray<Ipv4Packet> = PerCpuArray::with_max_entries(1, 0);
 
 /// The per-CPU budget of ICMP errors (see icmp.rs). Not pinned.
 #[map]

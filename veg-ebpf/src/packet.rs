@@ -10,7 +10,7 @@ use veg_common::{
 };
 
 use crate::{
-    maps::config,
+    maps::{PACKET, config},
     stats::{drop_packet, pass_to_host},
 };
 
@@ -71,9 +71,10 @@ pub fn is_broadcast_or_multicast(addr_be: u32) -> bool {
 }
 
 /// An IPv4 packet, with addresses and ports as they are on the wire (network byte order).
+#[repr(C)]
 pub struct Ipv4Packet {
-    pub l3_off: usize,
-    pub l4_off: usize,
+    /// Where the transport header starts (`l4()`).
+    l4_off: u8,
     pub protocol: u8,
     pub ttl: u8,
     pub dont_fragment: bool,
@@ -96,17 +97,35 @@ pub struct Ipv4Packet {
     pub udp_checksum_zero: bool,
 }
 
+/// Where the IPv4 header starts: after the Ethernet header.
+pub const L3_OFF: usize = EthHdr::LEN;
+
+impl Ipv4Packet {
+    /// Where the transport header starts. Kept as a u8 (at most 14 + 60): the packet lives in map memory, where
+    /// the verifier knows nothing of a value but its type's range, and an offset into the packet must be bounded.
+    #[inline(always)]
+    pub fn l4(&self) -> usize {
+        usize::from(self.l4_off)
+    }
+}
+
 /// What both programs do first: nothing until the agent has configured the gateway, then parse. Returns the
-/// settings and the packet, or the verdict for a packet that is not ours to translate.
+/// settings and the packet, or the verdict for a packet that is not ours to translate. The parsed packet lives in
+/// per-CPU scratch space (PACKET), not on the stack: the verifier allows 512 bytes for a program and the functions
+/// it calls together.
 #[inline(always)]
-pub fn accept(ctx: &TcContext) -> Result<(&'static GatewayConfig, Ipv4Packet), i32> {
+pub fn accept(ctx: &TcContext) -> Result<(&'static GatewayConfig, &'static Ipv4Packet), i32> {
     let Some(cfg) = config() else {
         return Err(TC_ACT_OK);
     };
-    match parse(ctx) {
+    let Some(pkt) = PACKET.get_ptr_mut(0) else {
+        return Err(drop_packet(Counter::DropMalformed));
+    };
+    let pkt = unsafe { &mut *pkt };
+    match parse(ctx, pkt) {
         Parsed::Other => Err(pass_to_host(Counter::PassedToHost)),
         Parsed::Malformed => Err(drop_packet(Counter::DropMalformed)),
-        Parsed::Ipv4(pkt) => Ok((cfg, pkt)),
+        Parsed::Ipv4 => Ok((cfg, pkt)),
     }
 }
 
@@ -114,11 +133,12 @@ pub enum Parsed {
     /// Not IPv4 (ARP, IPv6, ...): not ours to judge.
     Other,
     Malformed,
-    Ipv4(Ipv4Packet),
+    Ipv4,
 }
 
+/// A pointer to a `T` at `offset` in the packet's linear data, if it lies wholly inside.
 #[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
+pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {
@@ -144,7 +164,7 @@ pub fn write_at<T: Copy>(ctx: &TcContext, offset: usize, value: T) -> Result<(),
 
 /// Make sure the headers are in the linear part of the skb, so direct packet access can reach them.
 #[inline(always)]
-fn pull_headers(ctx: &TcContext, len: usize) {
+pub fn pull_headers(ctx: &TcContext, len: usize) {
     if ctx.data() + len > ctx.data_end() {
         let want = if (ctx.len() as usize) < len {
             ctx.len()
@@ -156,7 +176,7 @@ fn pull_headers(ctx: &TcContext, len: usize) {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Parsed {
+pub fn parse(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Parsed {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Parsed::Other;
     };
@@ -165,29 +185,27 @@ pub fn parse(ctx: &TcContext) -> Parsed {
     }
     // The largest header walk: Ethernet + IPv4 with options + the L4 bytes we touch.
     pull_headers(ctx, EthHdr::LEN + 60 + L4_NEEDED);
-    match parse_ipv4(ctx) {
-        Some(pkt) => Parsed::Ipv4(pkt),
+    match parse_ipv4(ctx, pkt) {
+        Some(()) => Parsed::Ipv4,
         None => Parsed::Malformed,
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext) -> Option<Ipv4Packet> {
-    let l3_off = EthHdr::LEN;
-    let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, l3_off)? };
+fn parse_ipv4(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Option<()> {
+    let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, L3_OFF)? };
     let ihl = ((ip.vihl & 0x0f) as usize) * 4;
     if ip.vihl >> 4 != 4 || ihl < IPV4_MIN_LEN {
         return None;
     }
     let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
     // The IP total length must cover the header and fit in what arrived.
-    if tot_len < ihl || l3_off + tot_len > ctx.len() as usize {
+    if tot_len < ihl || L3_OFF + tot_len > ctx.len() as usize {
         return None;
     }
     let frags = u16::from_be_bytes(ip.frags);
-    let mut pkt = Ipv4Packet {
-        l3_off,
-        l4_off: l3_off + ihl,
+    *pkt = Ipv4Packet {
+        l4_off: (L3_OFF + ihl) as u8,
         protocol: ip.proto,
         ttl: ip.ttl,
         dont_fragment: frags & 0x4000 != 0,
@@ -205,21 +223,21 @@ fn parse_ipv4(ctx: &TcContext) -> Option<Ipv4Packet> {
         udp_checksum_zero: false,
     };
     if pkt.later_fragment {
-        return Some(pkt);
+        return Some(());
     }
     let l4_len = tot_len - ihl;
     match pkt.protocol {
-        PROTO_TCP => parse_tcp(ctx, &mut pkt, l4_len)?,
-        PROTO_UDP => parse_udp(ctx, &mut pkt, l4_len)?,
-        PROTO_ICMP => parse_icmp(ctx, &mut pkt, l4_len)?,
+        PROTO_TCP => parse_tcp(ctx, pkt, l4_len)?,
+        PROTO_UDP => parse_udp(ctx, pkt, l4_len)?,
+        PROTO_ICMP => parse_icmp(ctx, pkt, l4_len)?,
         _ => {}
     }
-    Some(pkt)
+    Some(())
 }
 
 #[inline(always)]
 fn parse_tcp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Option<()> {
-    let tcp = unsafe { &*ptr_at::<TcpHdr>(ctx, pkt.l4_off)? };
+    let tcp = unsafe { &*ptr_at::<TcpHdr>(ctx, pkt.l4())? };
     // Bytes 12 and 13 hold the data offset (high nibble) and the flags (CWR ECE URG ACK PSH RST SYN FIN). Read
     // them directly: the bitfield accessors carry bounds checks the verifier cannot accept.
     let raw = tcp as *const TcpHdr as *const u8;
@@ -239,7 +257,7 @@ fn parse_tcp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Option<()>
 
 #[inline(always)]
 fn parse_udp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Option<()> {
-    let udp = unsafe { &*ptr_at::<UdpHdr>(ctx, pkt.l4_off)? };
+    let udp = unsafe { &*ptr_at::<UdpHdr>(ctx, pkt.l4())? };
     let len = u16::from_be_bytes(udp.len) as usize;
     if l4_len < UDP_LEN || len < UDP_LEN || len > l4_len {
         return None;
@@ -252,7 +270,7 @@ fn parse_udp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Option<()>
 
 #[inline(always)]
 fn parse_icmp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Option<()> {
-    let icmp = unsafe { &*ptr_at::<Icmpv4Hdr>(ctx, pkt.l4_off)? };
+    let icmp = unsafe { &*ptr_at::<Icmpv4Hdr>(ctx, pkt.l4())? };
     if l4_len < ICMP_ECHO_LEN {
         return None;
     }

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use veg_common::flow::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 use crate::packet::{
-    IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV4_TTL_OFF, Ipv4Packet, write_at,
+    IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV4_TTL_OFF, Ipv4Packet, L3_OFF, write_at,
 };
 
 /// Which end of the packet is rewritten.
@@ -52,7 +52,7 @@ pub fn rewrite_end(
         End::Source => pkt.src_port,
         End::Destination => pkt.dst_port,
     };
-    let l4_csum = pkt.l4_off + csum_off;
+    let l4_csum = pkt.l4() + csum_off;
     // A UDP datagram without a checksum has nothing to update (MARK_MANGLED_0 keeps it at 0).
     let update_l4 = !(pkt.protocol == PROTO_UDP && pkt.udp_checksum_zero);
     if update_l4 {
@@ -64,30 +64,20 @@ pub fn rewrite_end(
         ctx.l4_csum_replace(l4_csum, old_port as u64, new_port as u64, port_flags | 2)
             .map_err(|_| ())?;
     }
-    ctx.l3_csum_replace(
-        pkt.l3_off + IPV4_CSUM_OFF,
-        old_addr as u64,
-        new_addr as u64,
-        4,
-    )
-    .map_err(|_| ())?;
-    write_at(ctx, pkt.l3_off + addr_off, new_addr)?;
-    write_at(ctx, pkt.l4_off + port_off, new_port)
+    ctx.l3_csum_replace(L3_OFF + IPV4_CSUM_OFF, old_addr as u64, new_addr as u64, 4)
+        .map_err(|_| ())?;
+    write_at(ctx, L3_OFF + addr_off, new_addr)?;
+    write_at(ctx, pkt.l4() + port_off, new_port)
 }
 
 /// Decrement the TTL as any router does. The caller has checked that it stays above zero.
 #[inline(always)]
 pub fn decrement_ttl(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<(), ()> {
-    let off = pkt.l3_off + IPV4_TTL_OFF;
+    let off = L3_OFF + IPV4_TTL_OFF;
     // TTL and protocol form one 16-bit word of the header checksum.
     let old_word = u16::from_ne_bytes([pkt.ttl, pkt.protocol]);
     let new_word = u16::from_ne_bytes([pkt.ttl - 1, pkt.protocol]);
-    ctx.l3_csum_replace(
-        pkt.l3_off + IPV4_CSUM_OFF,
-        old_word as u64,
-        new_word as u64,
-        2,
-    )
-    .map_err(|_| ())?;
+    ctx.l3_csum_replace(L3_OFF + IPV4_CSUM_OFF, old_word as u64, new_word as u64, 2)
+        .map_err(|_| ())?;
     write_at(ctx, off, pkt.ttl - 1)
 }
