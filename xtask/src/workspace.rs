@@ -112,6 +112,8 @@ pub fn test() -> anyhow::Result<()> {
         "--test",
         "hostile_traffic",
         "--test",
+        "icmp_traffic",
+        "--test",
         "gateway_cli",
         "--test",
         "gateway_resource",

@@ -1,0 +1,177 @@
+//! ICMP errors through `veg gateway` with real stacks on both sides (veg-testbed's lab.rs topology, plus a host
+//! one router beyond the server): a closed port refuses a client at once, a hop past the gateway answers an
+//! expiring probe, and a pod's own port unreachable reaches the remote. What is asserted is what the sockets
+//! were told by their kernels, which match an ICMP error to a socket only through the quoted packet.
+//!
+//! Run serially (`--test-threads=1`), as the other traffic suites.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    time::Duration,
+};
+
+use veg_testbed::{
+    lab::{Lab, SERVER_IP},
+    netns::Netns,
+    skip_unless_root,
+};
+
+const UDP_PORT: u16 = 9000;
+/// A host one router beyond the server, which routes for it.
+const FAR_IP: &str = "172.18.0.2";
+
+fn server(port: u16) -> SocketAddr {
+    SocketAddr::new(SERVER_IP.parse().unwrap(), port)
+}
+
+/// Ask the kernel to report ICMP errors about a UDP socket's datagrams to it (IP_RECVERR).
+fn report_errors(socket: &UdpSocket) {
+    const IP_RECVERR: libc::c_int = 11;
+    let on: libc::c_int = 1;
+    // SAFETY: valid socket and option buffer.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            IP_RECVERR,
+            (&raw const on).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "IP_RECVERR: {}", std::io::Error::last_os_error());
+}
+
+/// Send one datagram from a connected socket in `ns` and return the error its kernel reported, if any.
+fn udp_error(ns: &Netns, to: SocketAddr, ttl: Option<u32>) -> Option<i32> {
+    ns.run(move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket.connect(to).unwrap();
+        report_errors(&socket);
+        if let Some(ttl) = ttl {
+            socket.set_ttl(ttl).unwrap();
+        }
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        socket.send(b"anyone?").unwrap();
+        let mut buf = [0u8; 64];
+        socket.recv(&mut buf).err().and_then(|e| e.raw_os_error())
+    })
+}
+
+/// A host beyond the server, which forwards for it: client -> gateway -> server (a router) -> far.
+fn add_far_host(lab: &Lab) -> Netns {
+    let far = Netns::new(&format!("{}-far", lab.prefix));
+    lab.server.add_veth("far0", "far1", &far);
+    lab.server
+        .ip(&["addr", "add", "172.18.0.1/24", "dev", "far0"]);
+    lab.server.ip(&["link", "set", "far0", "up"]);
+    lab.server.sysctl("net.ipv4.conf.all.forwarding", "1");
+    far.ip(&["addr", "add", &format!("{FAR_IP}/24"), "dev", "far1"]);
+    far.ip(&["link", "set", "far1", "up"]);
+    far.ip(&["route", "add", "default", "via", "172.18.0.1"]);
+    // The gateway reaches 172.18.0.0/24 through its default route, the server.
+    far
+}
+
+#[test]
+fn a_closed_server_port_refuses_a_udp_client_at_once() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    let gateway = lab.start_gateway(&[]);
+    // Nothing listens on the port: the server's kernel answers port unreachable, quoting the translated datagram.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        udp_error(lab.client(client), server(UDP_PORT + 1), None),
+        Some(libc::ECONNREFUSED),
+        "the client was not told the port is closed"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused only after a timeout"
+    );
+    assert_eq!(gateway.counter("icmp_errors_translated_in"), 1);
+}
+
+#[test]
+fn a_hop_beyond_the_gateway_answers_expiring_probes_for_udp_and_ping() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    let _far = add_far_host(&lab);
+    let gateway = lab.start_gateway(&[]);
+    let far = SocketAddr::new(FAR_IP.parse().unwrap(), 33434);
+    // TTL 1 expires at the gateway, TTL 2 at the server (the router beyond it), whose error quotes the translated
+    // probe: only its translation back lets the client's socket hear of it.
+    for ttl in [1, 2] {
+        assert_eq!(
+            udp_error(lab.client(client), far, Some(ttl)),
+            Some(libc::EHOSTUNREACH),
+            "no time exceeded for a UDP probe with TTL {ttl}"
+        );
+    }
+    let ping = lab
+        .client(client)
+        .exec("ping", &["-c", "1", "-W", "2", "-t", "2", FAR_IP]);
+    let said = String::from_utf8_lossy(&ping.stdout);
+    assert!(
+        said.contains(&format!("From {SERVER_IP}")) && said.contains("Time to live exceeded"),
+        "ping -t 2 said:\n{said}"
+    );
+    // And the far host itself answers with TTL 3.
+    let reached = lab
+        .client(client)
+        .exec("ping", &["-c", "1", "-W", "2", "-t", "3", FAR_IP]);
+    assert!(
+        reached.status.success(),
+        "ping -t 3 did not reach the far host"
+    );
+    assert_eq!(gateway.counter("icmp_errors_translated_in"), 2);
+}
+
+#[test]
+fn a_pods_port_unreachable_reaches_the_remote_with_the_external_tuple() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    let gateway = lab.start_gateway(&[]);
+    // The remote learns the flow's external tuple from a first datagram, then the client closes its socket.
+    let remote = lab.server.spawn(|| {
+        let socket = UdpSocket::bind(("0.0.0.0", UDP_PORT)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let (_, peer) = socket.recv_from(&mut buf).unwrap();
+        socket.connect(peer).unwrap();
+        report_errors(&socket);
+        std::thread::sleep(Duration::from_millis(300));
+        socket.send(b"reply to a closed port").unwrap();
+        (
+            peer,
+            socket.recv(&mut buf).err().and_then(|e| e.raw_os_error()),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    lab.client(client).run(|| {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket.send_to(b"hello", server(UDP_PORT)).unwrap();
+        // Closed when dropped: the reply finds no socket.
+    });
+    let (peer, error) = remote.join().unwrap();
+    assert_eq!(peer.ip().to_string(), veg_testbed::lab::GATEWAY_EXTERNAL_IP);
+    assert_eq!(
+        error,
+        Some(libc::ECONNREFUSED),
+        "the remote was not told: the pod's error must quote the reply as the remote sent it"
+    );
+    assert_eq!(gateway.counter("icmp_errors_translated_out"), 1);
+}
