@@ -175,3 +175,81 @@ fn a_pods_port_unreachable_reaches_the_remote_with_the_external_tuple() {
     );
     assert_eq!(gateway.counter("icmp_errors_translated_out"), 1);
 }
+
+/// Write `size` bytes through a TCP echo from a client and read them all back, within 10 s.
+fn echo_bulk(ns: &Netns, to: SocketAddr, size: usize) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    ns.run(move || {
+        let mut stream = veg_testbed::servers::connect_from(0, to)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let mut writer = stream.try_clone()?;
+        let sent = data.clone();
+        let writing = std::thread::spawn(move || writer.write_all(&sent));
+        let mut back = vec![0u8; size];
+        stream.read_exact(&mut back)?;
+        writing.join().expect("writer panicked")?;
+        assert!(back == data, "the echo came back changed");
+        Ok(())
+    })
+}
+
+/// The path MTU `ip route get DST` reports in `ns` (a learned one shows as "mtu N").
+fn learned_mtu(ns: &Netns, dst: &str) -> Option<u32> {
+    let out = ns.exec("ip", &["route", "get", dst]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "mtu" {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+#[test]
+fn a_smaller_mtu_beyond_the_gateway_is_learned_by_the_client_and_a_large_write_completes() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    let far = add_far_host(&lab);
+    // The router's route to the far host carries 1200 bytes at most; the far host, on a 1500-byte link, announces
+    // a larger MSS, so only path MTU discovery through the gateway can make the client's segments fit.
+    lab.server.ip(&[
+        "route",
+        "replace",
+        "172.18.0.0/24",
+        "dev",
+        "far0",
+        "mtu",
+        "1200",
+    ]);
+    let _gateway = lab.start_gateway(&[]);
+    let _echo = veg_testbed::servers::tcp_echo(&far, 8080);
+    let to = SocketAddr::new(FAR_IP.parse().unwrap(), 8080);
+    echo_bulk(lab.client(client), to, 256 * 1024).expect("the large write did not complete");
+    assert_eq!(learned_mtu(lab.client(client), FAR_IP), Some(1200));
+}
+
+#[test]
+fn a_smaller_mtu_on_the_vpc_side_is_learned_by_the_remote_for_inbound_data() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    // The gateway's VPC side carries 1200 bytes at most; the client, on a wider link, announces a larger MSS.
+    lab.gateway.ip(&["link", "set", "eth0", "mtu", "1200"]);
+    let gateway = lab.start_gateway(&[]);
+    let _echo = veg_testbed::servers::tcp_echo(&lab.server, 8080);
+    echo_bulk(lab.client(client), server(8080), 256 * 1024)
+        .expect("the echo of a large write did not come back");
+    assert_eq!(
+        learned_mtu(&lab.server, veg_testbed::lab::GATEWAY_EXTERNAL_IP),
+        Some(1200)
+    );
+    assert!(gateway.counter("too_big") > 0);
+}
