@@ -649,6 +649,56 @@ fn too_big_with_df_is_answered_with_fragmentation_needed_and_the_mtu() {
 }
 
 #[test]
+fn the_routes_mtu_counts_not_only_the_devices() {
+    with_program_lab(|lab| {
+        // The device carries 1500 bytes; the route out of it, 1280.
+        let ip = |args: &[&str]| {
+            assert!(
+                std::process::Command::new("ip")
+                    .args(args)
+                    .status()
+                    .unwrap()
+                    .success()
+            )
+        };
+        ip(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            "172.17.0.1",
+            "dev",
+            "vex",
+            "mtu",
+            "lock",
+            "1280",
+        ]);
+        let big = Frame::new(
+            CLIENT,
+            SERVER,
+            L4::Udp {
+                sport: 6009,
+                dport: 443,
+                payload: vec![7; 1400],
+                no_checksum: false,
+            },
+        );
+        let (verdict, out) = lab.send_from_vpc(&big);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let mtu = 1280u16.to_be_bytes();
+        let expected = icmp_error_frame(
+            &big.bytes(),
+            CLIENT_MAC,
+            VIN_MAC,
+            INSTANCE,
+            (3, 4, [0, 0, mtu[0], mtu[1]]),
+            QUOTE_L4,
+        );
+        assert_eq!(out, expected);
+    });
+}
+
+#[test]
 fn icmp_errors_are_never_sent_about_icmp_errors_and_are_rate_limited() {
     with_program_lab(|lab| {
         // An ICMP error (here: a port unreachable) whose TTL expires is dropped, not answered.

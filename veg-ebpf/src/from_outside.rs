@@ -56,7 +56,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
 /// a VPC subnet via the external address reaches nothing the policy does not name.
 #[inline(always)]
 fn not_ours(ctx: &TcContext, pkt: &Ipv4Packet) -> i32 {
-    match route::lookup(ctx, pkt.protocol, pkt.src, pkt.dst) {
+    match route::lookup(ctx, pkt.protocol, pkt.src, pkt.dst, 0) {
         Route::NotForwarded => pass_to_host(Counter::PassedToHost),
         _ => drop_packet(Counter::DropInboundNoPolicy),
     }
@@ -99,7 +99,7 @@ fn error_to_vpc(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> i32 {
         Err(Counter::PassedToHost) => return pass_to_host(Counter::PassedToHost),
         Err(reason) => return drop_packet(reason),
     };
-    let route = route::lookup(ctx, pkt.protocol, pkt.src, client.addr);
+    let route = route::lookup(ctx, pkt.protocol, pkt.src, client.addr, pkt.wire_len(ctx));
     if route.ifindex() != Some(cfg.internal_ifindex) {
         return drop_packet(Counter::DropNoRoute);
     }
@@ -119,7 +119,7 @@ fn route_to_vpc(
     nat: Option<flows::Translation>,
 ) -> i32 {
     let dst = nat.as_ref().map(|n| n.addr).unwrap_or(pkt.dst);
-    let route = route::lookup(ctx, pkt.protocol, pkt.src, dst);
+    let route = route::lookup(ctx, pkt.protocol, pkt.src, dst, pkt.wire_len(ctx));
     // Errors go back from the external address, quoting the packet as it arrived (what the remote sent).
     let from = cfg.external_addr_v4.ipv4_be();
     match route {

@@ -36,7 +36,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         // mDNS, SSDP, 255.255.255.255: link-local by nature; a router neither forwards nor translates them.
         return drop_packet(Counter::DropBroadcastMulticast);
     }
-    let route = route::lookup(ctx, pkt.protocol, pkt.src, pkt.dst);
+    let route = route::lookup(ctx, pkt.protocol, pkt.src, pkt.dst, pkt.wire_len(ctx));
     match route {
         // For the instance itself (BFD, health checks), or unroutable: the kernel answers or delivers.
         Route::NotForwarded => return pass_to_host(Counter::PassedToHost),

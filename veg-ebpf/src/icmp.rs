@@ -167,7 +167,8 @@ pub fn send_error(ctx: &TcContext, pkt: &Ipv4Packet, error: &IcmpError, from: u3
     if build(ctx, quoted_ip_len, error, from, to).is_err() {
         return drop_packet(Counter::IcmpErrorsNotSent);
     }
-    let route = route::lookup(ctx, PROTO_ICMP, from, to);
+    // Small enough for any link: checked against the device only.
+    let route = route::lookup(ctx, PROTO_ICMP, from, to, 0);
     match route::redirect(ctx, &route) {
         Ok(verdict) => verdict,
         Err(()) => drop_packet(Counter::IcmpErrorsNotSent),

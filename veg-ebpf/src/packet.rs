@@ -75,6 +75,8 @@ pub fn is_broadcast_or_multicast(addr_be: u32) -> bool {
 pub struct Ipv4Packet {
     /// Where the transport header starts (`l4()`).
     l4_off: u8,
+    /// The IP header's total length.
+    pub tot_len: u16,
     pub protocol: u8,
     pub ttl: u8,
     pub dont_fragment: bool,
@@ -101,6 +103,23 @@ pub struct Ipv4Packet {
 pub const L3_OFF: usize = EthHdr::LEN;
 
 impl Ipv4Packet {
+    /// The IP length of the packets this skb leaves as: its own, or for a GSO super-packet (segmented on the way
+    /// out) its headers and one segment, which is what must fit the next hop's MTU.
+    #[inline(always)]
+    pub fn wire_len(&self, ctx: &TcContext) -> u16 {
+        let segment = unsafe { (*ctx.skb.skb).gso_size };
+        if segment == 0 {
+            return self.tot_len;
+        }
+        let headers = self.tot_len.saturating_sub(self.tcp_payload_len);
+        let headers = if self.protocol == PROTO_TCP {
+            headers
+        } else {
+            (self.l4() - L3_OFF + UDP_LEN) as u16
+        };
+        headers.saturating_add(segment as u16)
+    }
+
     /// Where the transport header starts. Kept as a u8 (at most 14 + 60): the packet lives in map memory, where
     /// the verifier knows nothing of a value but its type's range, and an offset into the packet must be bounded.
     #[inline(always)]
@@ -206,6 +225,7 @@ fn parse_ipv4(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Option<()> {
     let frags = u16::from_be_bytes(ip.frags);
     *pkt = Ipv4Packet {
         l4_off: (L3_OFF + ihl) as u8,
+        tot_len: tot_len as u16,
         protocol: ip.proto,
         ttl: ip.ttl,
         dont_fragment: frags & 0x4000 != 0,

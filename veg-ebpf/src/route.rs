@@ -48,10 +48,11 @@ impl Route {
     }
 }
 
-/// Look up the route for src -> dst (network byte order). The MTU is checked against the skb itself (tot_len
-/// 0), which understands GSO packets.
+/// Look up the route for src -> dst (network byte order) of a packet `ip_len` long on the wire (`wire_len`), which
+/// is checked against the path's MTU as the kernel knows it (a locked route MTU, or one learned from a router's
+/// fragmentation needed, else the device's); 0 checks the skb against its route's device instead.
 #[inline(always)]
-pub fn lookup(ctx: &TcContext, protocol: u8, src: u32, dst: u32) -> Route {
+pub fn lookup(ctx: &TcContext, protocol: u8, src: u32, dst: u32, ip_len: u16) -> Route {
     // The parameters live in per-CPU scratch memory: the program's 512-byte stack is needed elsewhere.
     let Some(params) = FIB_PARAMS.get_ptr_mut(0) else {
         return Route::NotForwarded;
@@ -63,7 +64,7 @@ pub fn lookup(ctx: &TcContext, protocol: u8, src: u32, dst: u32) -> Route {
     params.l4_protocol = protocol;
     params.sport = 0;
     params.dport = 0;
-    params.__bindgen_anon_1.tot_len = 0;
+    params.__bindgen_anon_1.tot_len = ip_len;
     params.__bindgen_anon_2.flowinfo = 0;
     params.ifindex = LOOPBACK_IFINDEX;
     params.__bindgen_anon_3.ipv4_src = src;
