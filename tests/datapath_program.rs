@@ -94,7 +94,7 @@ impl ProgramLab {
     /// The pinned flow table, writable, for ageing and evicting entries by hand.
     fn flow_map(&self) -> HashMap<MapData, FlowKey, FlowEntry> {
         let data = MapData::from_pin(pins::gateway_dir(&self.name).join(pins::FLOWS)).unwrap();
-        HashMap::try_from(Map::LruHashMap(data)).unwrap()
+        HashMap::try_from(Map::HashMap(data)).unwrap()
     }
 
     /// Both entries of the flow from client:port (the only one from there in the test).
@@ -147,6 +147,11 @@ impl Drop for ProgramLab {
 /// Build the namespace, load the datapath, and run `test` on a thread inside the namespace (route lookups use
 /// the calling thread's namespace).
 fn with_program_lab(test: impl FnOnce(&mut ProgramLab) + Send + 'static) {
+    with_program_lab_sized(65536, test)
+}
+
+/// `with_program_lab` with a flow table of `entries` entries (two per translation).
+fn with_program_lab_sized(entries: u32, test: impl FnOnce(&mut ProgramLab) + Send + 'static) {
     if skip_unless_root() {
         return;
     }
@@ -187,7 +192,7 @@ fn with_program_lab(test: impl FnOnce(&mut ProgramLab) + Send + 'static) {
     let name = unique("vegprog");
     ns.run(move || {
         let mut datapath =
-            Datapath::load(&pins::gateway_dir(&name), 65536).expect("loading the datapath");
+            Datapath::load(&pins::gateway_dir(&name), entries).expect("loading the datapath");
         let lab_name = name.clone();
         let policy: DesiredPolicy = [
             ("10.16.0.0/24".parse().unwrap(), Action::Snat),
@@ -832,7 +837,7 @@ fn a_pair_missing_its_reverse_half_is_repaired() {
         let request = Frame::new(CLIENT, SERVER, udp(6300, 53, false));
         lab.send_from_vpc(&request);
         let [(forward, _), (reverse, _)] = lab.pair(CLIENT, 6300);
-        // As if the LRU had evicted the reverse entry a while ago.
+        // As if the reverse entry had gone missing a while ago.
         lab.flow_map().remove(&reverse).unwrap();
         lab.set_last_seen(&forward, monotonic_now_ns() - 2_000_000_000);
         assert_eq!(lab.send_from_vpc(&request).1, snat_expected(&request, 6300));
@@ -896,7 +901,7 @@ fn a_pair_missing_its_forward_half_is_repaired_by_a_reply() {
         let request = Frame::new(CLIENT, SERVER, udp(6800, 53, false));
         let port = l4_port(&lab.send_from_vpc(&request).1, true);
         let [(forward, _), (reverse, _)] = lab.pair(CLIENT, 6800);
-        // As if the LRU had evicted the forward entry a while ago: a one-way stream from the remote repairs it.
+        // As if the forward entry had gone missing a while ago: a one-way stream from the remote repairs it.
         lab.flow_map().remove(&forward).unwrap();
         lab.set_last_seen(&reverse, monotonic_now_ns() - 2_000_000_000);
         let reply = Frame::new(SERVER, EXTERNAL, udp(53, port, false));
@@ -935,6 +940,69 @@ fn a_half_whose_partner_belongs_to_another_flow_is_treated_as_gone() {
         );
         assert_eq!(lab.flow_map().get(&reverse, 0).unwrap(), foreign);
         assert_eq!(lab.counter("flows_created"), 2);
+    });
+}
+
+/// Establish `count` UDP flows from CLIENT (a request and a reply each); returns their external ports.
+fn establish(lab: &ProgramLab, count: u16) -> Vec<u16> {
+    (0..count)
+        .map(|i| {
+            let out = lab.send_from_vpc(&Frame::new(CLIENT, SERVER, udp(20000 + i, 53, false)));
+            let port = l4_port(&out.1, true);
+            lab.send_from_outside(&Frame::new(SERVER, EXTERNAL, udp(53, port, false)));
+            port
+        })
+        .collect()
+}
+
+/// How many of the flows `establish` made still translate their replies back.
+fn still_established(lab: &ProgramLab, ports: &[u16]) -> usize {
+    ports
+        .iter()
+        .enumerate()
+        .filter(|(i, port)| {
+            let reply = Frame::new(SERVER, EXTERNAL, udp(53, **port, false));
+            lab.send_from_outside(&reply).1
+                == reverse_expected(&reply, CLIENT, CLIENT_MAC, 20000 + *i as u16)
+        })
+        .count()
+}
+
+#[test]
+fn a_full_table_gives_up_unanswered_flows_never_established_ones() {
+    // Room for 4,000 translations; 1,500 established.
+    with_program_lab_sized(8000, |lab| {
+        let established = establish(lab, 1500);
+        // Five times the table in new flows, one packet each, never answered: each finds room by giving up the
+        // oldest unanswered one.
+        let mut created = 0;
+        for i in 0..20_000u32 {
+            let (sport, dport) = (1024 + (i % 20_000) as u16, 1000 + (i % 50) as u16);
+            let frame = Frame::new(CLIENT2, SERVER, udp(sport, dport, false));
+            if lab.send_from_vpc(&frame).0 == TC_ACT_REDIRECT {
+                created += 1;
+            }
+        }
+        assert_eq!(created, 20_000, "new flows must find room");
+        assert!(lab.counter("flows_given_up") >= 20_000 - 2_500);
+        assert_eq!(
+            still_established(lab, &established),
+            established.len(),
+            "established flows gave way to unanswered ones"
+        );
+    });
+}
+
+#[test]
+fn a_table_full_of_established_flows_drops_new_ones() {
+    // Room for 100 translations, all established.
+    with_program_lab_sized(200, |lab| {
+        let established = establish(lab, 100);
+        let newcomer = Frame::new(CLIENT2, SERVER, udp(30000, 53, false));
+        assert_eq!(lab.send_from_vpc(&newcomer).0, TC_ACT_SHOT);
+        assert_eq!(lab.counter("dropped_table_full"), 1);
+        assert_eq!(lab.counter("flows_given_up"), 0);
+        assert_eq!(still_established(lab, &established), 100);
     });
 }
 
@@ -1017,7 +1085,7 @@ fn an_exhausted_endpoint_costs_one_lookup_until_its_backoff_ends() {
         assert_eq!(lab.send_from_outside(&reply).0, TC_ACT_REDIRECT);
         let elsewhere = Frame::new(CLIENT, SERVER, udp(40002, 54, false));
         assert_eq!(lab.send_from_vpc(&elsewhere).0, TC_ACT_REDIRECT);
-        // A port freed (here by the LRU) is found once the backoff is over.
+        // A port freed (here by hand) is found once the backoff is over.
         let [_, (reverse, _)] = lab.pair(CLIENT, 40001);
         lab.flow_map().remove(&reverse).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));
@@ -1271,7 +1339,7 @@ fn a_flow_table_of_another_layout_is_refused_with_what_to_run() {
         .args(["map", "create"])
         .arg(dir.join(pins::FLOWS))
         .args([
-            "type", "lru_hash", "key", "40", "value", "16", "entries", "1024",
+            "type", "hash", "key", "40", "value", "16", "entries", "1024",
         ])
         .args(["name", "FLOWS"])
         .status()

@@ -184,7 +184,7 @@ fn two_clients_with_the_same_source_port_both_work() {
 }
 
 /// A table sized for exactly FLOWS translations holds them all at once, although every one is created on the
-/// CPU the client's thread runs on (the kernel runs the whole path there): no live translation is evicted.
+/// CPU the client's thread runs on (the kernel runs the whole path there): no live translation is lost.
 #[test]
 fn ten_thousand_udp_flows_fill_a_table_sized_for_them_with_distinct_external_tuples() {
     if skip_unless_root() {

@@ -1,7 +1,7 @@
-//! The flow table: one LRU hash holding, for every translated flow, a forward entry (keyed by the tuple as the
+//! The flow table: one hash map holding, for every translated flow, a forward entry (keyed by the tuple as the
 //! client sent it) and a reverse entry (keyed by the tuple replies arrive with). Conntrack state and translation
 //! live together in both entries, so one lookup per packet is enough and no orphaned half outlives its partner
-//! for long: the datapath repairs a pair whose other half was evicted.
+//! for long: the datapath repairs a pair whose other half went missing.
 
 use crate::address::Address;
 

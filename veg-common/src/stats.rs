@@ -60,7 +60,7 @@ counters! {
     FlowsCreated = 13, "flows_created",
         "New translations created.";
     FlowsRepaired = 14, "flows_repaired",
-        "Translations whose other half had been evicted, made whole again.";
+        "Translations whose other half was missing, made whole again.";
     FlowsExpiredOnLookup = 15, "flows_expired_on_lookup",
         "Expired translations found by a packet and replaced before the sweep reached them.";
     PortSearchesFailed = 16, "port_searches_failed",
@@ -85,6 +85,10 @@ counters! {
         "ICMP errors from a VPC pod about a reply of a translated flow, translated and sent to the remote.";
     DropIcmpErrorNoFlow = 26, "dropped_icmp_error_no_flow",
         "Dropped: an ICMP error quoting a translated port or a SNAT source's packet of no live translation.";
+    DropTableFull = 27, "dropped_table_full",
+        "Dropped: a new flow found the flow table full of flows that saw a reply (established flows never give way).";
+    FlowsGivenUp = 28, "flows_given_up",
+        "Translations that never saw a reply (or expired), removed to make room for a new flow in a full table.";
 }
 
 /// Slots in the STATS array (room to grow without changing the map's size).

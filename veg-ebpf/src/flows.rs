@@ -1,9 +1,9 @@
 //! The conntrack/NAT table: finding a packet's translation, keeping its state, and repairing a pair whose other
-//! half the LRU evicted.
+//! half went missing (removed with a flow that was given up, or lost in a move to a smaller table).
 
 use core::intrinsics::{AtomicOrdering, atomic_or};
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_ns};
+use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use veg_common::{
     address::{Address, FAMILY_IPV4},
     config::GatewayConfig,
@@ -18,7 +18,7 @@ use veg_common::{
 use crate::{
     maps::{FLOWS, flow_scratch},
     packet::{Ipv4Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
-    ports,
+    pending, ports,
     stats::count,
 };
 
@@ -122,7 +122,7 @@ fn rst_is_plausible(pkt: &Ipv4Packet, key: &FlowKey, inbound: &FlowEntry) -> boo
         return true;
     }
     let Some(outbound) = FLOWS.get_ptr(&key.partner(inbound)) else {
-        return true; // evicted: the check falls back to accepting, as without numbers
+        return true; // missing: the check falls back to accepting, as without numbers
     };
     let client_next = unsafe { (*outbound).tcp_next_seq };
     pkt.tcp_flags & TCP_FLAG_ACK != 0 && pkt.tcp_ack == client_next
@@ -145,7 +145,7 @@ fn set_state_bits(entry: *mut FlowEntry, bits: u8) {
 }
 
 /// Whether `partner` is the other half of the flow whose half `entry` is, found under `key`'s partner key: an
-/// entry there may belong to another flow since (the LRU evicted ours and a new flow took the tuple).
+/// entry there may belong to another flow since (ours went missing and a new flow took the tuple).
 #[inline(always)]
 fn points_back(key: &FlowKey, entry: &FlowEntry, partner: &FlowEntry) -> bool {
     if entry.direction == DIRECTION_OUTBOUND {
@@ -160,7 +160,7 @@ fn points_back(key: &FlowKey, entry: &FlowEntry, partner: &FlowEntry) -> bool {
 }
 
 /// Record a packet on its entry. Writes only when the state gains a bit or the timestamp is REFRESH_NS old, and
-/// then updates the partner too, recreating it from this half if it was evicted (whichever half survived).
+/// then updates the partner too, recreating it from this half if it is missing (whichever half survived).
 /// Returns false when the pair cannot be made whole: the partner's key now belongs to another flow, so this entry
 /// is stale.
 #[inline(always)]
@@ -208,7 +208,7 @@ fn touch(key: &FlowKey, entry: &mut FlowEntry, bits: u8, now: u64) -> bool {
     true
 }
 
-/// Recreate the evicted partner of `entry` under `partner_key`, from this half, in the scratch space (not the
+/// Recreate the missing partner of `entry` under `partner_key`, from this half, in the scratch space (not the
 /// stack). False when the key was taken meanwhile.
 #[inline(always)]
 fn repair(key: &FlowKey, partner_key: &FlowKey, entry: &FlowEntry, state: u8, now: u64) -> bool {
@@ -225,7 +225,7 @@ fn repair(key: &FlowKey, partner_key: &FlowKey, entry: &FlowEntry, state: u8, no
             DIRECTION_OUTBOUND
         },
         state,
-        // The evicted half's sequence number is lost with it; its bit says so.
+        // The missing half's sequence number is lost with it; its bit says so.
         tcp_next_seq: 0,
         last_seen_ns: now,
         created_ns: entry.created_ns,
@@ -235,10 +235,7 @@ fn repair(key: &FlowKey, partner_key: &FlowKey, entry: &FlowEntry, state: u8, no
     } else {
         STATE_SEQ_OUT
     });
-    if FLOWS
-        .insert(partner_key, &scratch.partner, BPF_NOEXIST as u64)
-        .is_err()
-    {
+    if pending::insert_new(partner_key, &scratch.partner, now).is_err() {
         return false;
     }
     count(Counter::FlowsRepaired);
@@ -282,6 +279,7 @@ pub fn translate_outbound(pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Result<Trans
         0
     };
     let port = ports::allocate(&key, bits, client_next, now, cfg)?;
+    pending::record(&key);
     count(Counter::FlowsCreated);
     Ok(Translation {
         addr: cfg.external_addr_v4.ipv4_be(),

@@ -21,6 +21,7 @@ mod icmp;
 mod icmp_errors;
 mod maps;
 mod packet;
+mod pending;
 mod ports;
 mod rewrite;
 mod route;

@@ -1,11 +1,11 @@
 //! The maps shared with the agent. All are pinned by name under the gateway's bpffs directory, so that a restarted
 //! agent finds every live flow, its counters and its policy where it left them.
 
-use crate::{icmp::RateBucket, packet::Ipv4Packet};
+use crate::{icmp::RateBucket, packet::Ipv4Packet, pending::PendingRing};
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use veg_common::{
     config::{CONFIG_KEY, GatewayConfig},
@@ -21,13 +21,18 @@ pub static CONFIG: Array<GatewayConfig> = Array::pinned(1, 0);
 pub static POLICY_V4: LpmTrie<PolicyKeyV4, Policy> = LpmTrie::pinned(POLICY_MAX_ENTRIES, 0);
 
 /// One shared table for both directions: a reply may land on another CPU than its request, so per-CPU tables
-/// would miss it. One LRU list for the whole map, not one per CPU (BPF_F_NO_COMMON_LRU): per-CPU lists split the
-/// capacity evenly between CPUs and a CPU only ever evicts from its own, so when new flows arrive on one CPU (one
-/// queue, one veth) the table evicts live translations at max/ncpus entries. The bench's flow-table scenario
-/// measured it: 43% of a million flows held on 2 CPUs.
+/// would miss it. A plain preallocated hash, not an LRU one: the kernel never evicts from it, so the datapath
+/// decides what gives way when it is full (pending.rs): flows that never saw a reply, oldest first, never an
+/// established one; with none to give, the new flow is dropped, as conntrack does. (An LRU map evicted whatever
+/// was idle longest: a flood of new flows five times the table removed half the idle established flows.) A CPU
+/// whose share of the preallocated entries runs out takes from the others', so all of them serve.
 #[map]
-pub static FLOWS: LruHashMap<FlowKey, FlowEntry> =
-    LruHashMap::pinned(FLOW_TABLE_DEFAULT_ENTRIES, 0);
+pub static FLOWS: HashMap<FlowKey, FlowEntry> = HashMap::pinned(FLOW_TABLE_DEFAULT_ENTRIES, 0);
+
+/// Per CPU, the flows created most recently, oldest first: the ones a full table gives up (pending.rs). Not
+/// pinned: forgetting them only means a full table drops new flows until they are recorded again.
+#[map]
+pub static PENDING: PerCpuArray<PendingRing> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STATS_SLOTS, 0);
@@ -54,6 +59,8 @@ pub struct FlowScratch {
     pub partner: FlowEntry,
     /// The flow an ICMP error's quoted packet belongs to (icmp_errors.rs).
     pub quoted_key: FlowKey,
+    /// The other half of a flow given up to make room (pending.rs).
+    pub victim_partner: FlowKey,
 }
 
 /// The per-CPU scratch space.

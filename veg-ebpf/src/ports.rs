@@ -7,10 +7,7 @@
 //! When that fails the remote endpoint is remembered as full for a moment (EXHAUSTED), and until then a new flow
 //! toward it costs one lookup: a client offering more flows than the range holds cannot stall the instance.
 
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::generated::{bpf_get_prandom_u32, bpf_loop},
-};
+use aya_ebpf::helpers::generated::{bpf_get_prandom_u32, bpf_loop};
 use veg_common::{
     config::GatewayConfig,
     flow::{
@@ -22,6 +19,7 @@ use veg_common::{
 
 use crate::{
     maps::{EXHAUSTED, FLOWS, FlowScratch, flow_scratch},
+    pending::{Refused, insert_new},
     stats::count,
 };
 
@@ -40,6 +38,8 @@ enum Claim {
     Taken,
     /// Another CPU created the same flow first: use its mapping.
     LostRace(u16),
+    /// The flow table is full of flows that saw a reply.
+    Full,
 }
 
 /// The reverse key `port` (network byte order) would have: the tuple replies arrive with.
@@ -56,13 +56,13 @@ fn reverse_key(key: &FlowKey, entry: &FlowEntry, port_be: u16) -> FlowKey {
     }
 }
 
-/// Claim `port` (host byte order) for the flow: reverse entry first (the lock), then the forward entry. A port
-/// in use is found by a lookup, not a failed insert: an insert into a full LRU map takes a free node first,
-/// evicting live flows to get one, even when it then fails for BPF_NOEXIST. The entries are built in the
-/// per-CPU scratch, not on the stack.
+/// Claim `port` (host byte order) for the flow: reverse entry first (the lock), then the forward entry. A port in
+/// use is found by a lookup first, which is cheaper than a failed insert. The entries are built in the per-CPU
+/// scratch, not on the stack.
 #[inline(always)]
 fn claim(flow: &mut FlowScratch, port: u16) -> Claim {
     let port_be = port.to_be();
+    let now = flow.entry.last_seen_ns;
     flow.reverse_key = reverse_key(&flow.key, &flow.entry, port_be);
     if FLOWS.get_ptr(&flow.reverse_key).is_some()
         && !take_over(&flow.reverse_key, &flow.entry, port_be)
@@ -77,25 +77,22 @@ fn claim(flow: &mut FlowScratch, port: u16) -> Claim {
         tcp_next_seq: 0,
         ..flow.entry
     };
-    if FLOWS
-        .insert(&flow.reverse_key, &flow.reverse, BPF_NOEXIST as u64)
-        .is_err()
-    {
-        return Claim::Taken; // another CPU took the port meanwhile
+    match insert_new(&flow.reverse_key, &flow.reverse, now) {
+        Ok(()) => {}
+        Err(Refused::Full) => return Claim::Full,
+        Err(Refused::Exists) => return Claim::Taken, // another CPU took the port meanwhile
     }
     flow.forward = FlowEntry {
         nat_port: port_be,
         ..flow.entry
     };
-    if FLOWS
-        .insert(&flow.key, &flow.forward, BPF_NOEXIST as u64)
-        .is_err()
-    {
-        // Roll back our lock and follow the winner.
+    if let Err(refused) = insert_new(&flow.key, &flow.forward, now) {
+        // Roll back our lock; follow the winner, if another CPU created the flow first.
         let _ = FLOWS.remove(&flow.reverse_key);
-        return match FLOWS.get_ptr(&flow.key) {
-            Some(winner) => Claim::LostRace(unsafe { (*winner).nat_port }),
-            None => Claim::Taken,
+        return match (refused, FLOWS.get_ptr(&flow.key)) {
+            (Refused::Exists, Some(winner)) => Claim::LostRace(unsafe { (*winner).nat_port }),
+            (Refused::Exists, None) => Claim::Taken,
+            (Refused::Full, _) => Claim::Full,
         };
     }
     Claim::Won
@@ -108,7 +105,7 @@ fn claim(flow: &mut FlowScratch, port: u16) -> Claim {
 #[inline(always)]
 fn take_over(reverse_key: &FlowKey, entry: &FlowEntry, port_be: u16) -> bool {
     let Some(old) = FLOWS.get_ptr(reverse_key) else {
-        return true; // evicted meanwhile: free
+        return true; // removed meanwhile: free
     };
     let old = unsafe { *old };
     let new_connection = reverse_key.protocol == PROTO_TCP
@@ -139,6 +136,8 @@ struct Search {
     start: u32,
     result: u16,
     found: bool,
+    /// The table was full: no port helps.
+    full: bool,
 }
 
 /// Claim `port` for the flow in the scratch space; returns 1 (stop the loop) once the flow has a port.
@@ -159,6 +158,10 @@ fn try_port(search: &mut Search, port: u16) -> i64 {
             1
         }
         Claim::Taken => 0,
+        Claim::Full => {
+            search.full = true;
+            1
+        }
     }
 }
 
@@ -246,6 +249,7 @@ pub fn allocate(
         start: unsafe { bpf_get_prandom_u32() },
         result: 0,
         found: false,
+        full: false,
     };
     let ctx = &mut search as *mut Search as *mut core::ffi::c_void;
     unsafe { bpf_loop(RANDOM_TRIES, random_step as *mut _, ctx, 0) };
@@ -259,6 +263,9 @@ pub fn allocate(
     }
     if search.found {
         return Ok(search.result);
+    }
+    if search.full {
+        return Err(Counter::DropTableFull);
     }
     count(Counter::PortSearchesFailed);
     // The scratch space is this CPU's and the loop is over: the endpoint is still there.

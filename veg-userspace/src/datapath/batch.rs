@@ -131,7 +131,8 @@ struct ElemAttr {
 }
 
 /// Insert these entries where their keys are not present yet: an entry the map holds already is newer than the
-/// copy and stays. One syscall per entry: the batch update refuses BPF_NOEXIST. Returns how many were inserted.
+/// copy and stays. Stops when the map is full. One syscall per entry: the batch update refuses BPF_NOEXIST.
+/// Returns how many were inserted.
 pub fn insert_missing<K: Pod, V: Pod>(
     map: BorrowedFd<'_>,
     entries: &[(K, V)],
@@ -159,8 +160,10 @@ pub fn insert_missing<K: Pod, V: Pod>(
             continue;
         }
         let error = io::Error::last_os_error();
-        if error.raw_os_error() != Some(libc::EEXIST) {
-            return Err(error);
+        match error.raw_os_error() {
+            Some(libc::EEXIST) => {}
+            Some(libc::E2BIG) => break,
+            _ => return Err(error),
         }
     }
     Ok(inserted)

@@ -206,6 +206,6 @@ impl Datapath {
 fn kernel_error(err: anyhow::Error) -> anyhow::Error {
     err.context(
         "the kernel refused veg's datapath: veg needs Linux 6.6 or newer with BPF, BTF, TCX, bpf_loop and \
-         LRU hash maps, and CAP_BPF + CAP_NET_ADMIN (or root)",
+         hash maps, and CAP_BPF + CAP_NET_ADMIN (or root)",
     )
 }

@@ -145,7 +145,7 @@ pub fn carry_over(from: &Path, to: &Path) -> anyhow::Result<usize> {
         warn!(
             entries = entries.len(),
             capacity,
-            "the new flow table is smaller than the live flows: the least recently used gave way"
+            "the new flow table is smaller than the live flows: those that did not fit were dropped"
         );
     }
     Ok(copied)

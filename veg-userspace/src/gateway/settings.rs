@@ -18,7 +18,6 @@ use crate::{
     datapath::{
         flow_table_entries, pins,
         policy::{Action, DesiredPolicy},
-        possible_cpus,
     },
     gateway::resource::GatewayRef,
 };
@@ -144,7 +143,7 @@ pub struct GatewaySettings {
     pub policy: DesiredPolicy,
     /// Translations use this range; None: derived from the instance's ephemeral range when the agent starts.
     pub port_range: Option<PortRange>,
-    /// Flow table capacity in entries (two per flow, plus the LRU's margin).
+    /// Flow table capacity in entries (two per flow).
     pub max_flow_entries: u32,
     pub sweep_interval: Duration,
     /// BFD toward the VPC's BFD port, when peers are given.
@@ -372,7 +371,7 @@ impl SettingsInput {
             external_ip,
             policy,
             port_range,
-            max_flow_entries: flow_table_entries(max_flows, possible_cpus()?),
+            max_flow_entries: flow_table_entries(max_flows),
             sweep_interval: self
                 .sweep_interval_seconds
                 .map(Duration::from_secs)
@@ -409,7 +408,7 @@ mod tests {
         );
         assert_eq!(
             s.max_flow_entries,
-            flow_table_entries(FLOW_TABLE_DEFAULT_ENTRIES / 2, possible_cpus().unwrap())
+            flow_table_entries(FLOW_TABLE_DEFAULT_ENTRIES / 2)
         );
     }
 

@@ -1,0 +1,113 @@
+//! What gives way when the flow table is full: flows that never saw a reply, oldest first. Each CPU records the
+//! flows it creates in a ring (PENDING); when an insert finds the table full, the oldest recorded flows are looked
+//! at, and the first that still has no reply (or has expired) is removed, both halves, to make room. A flow that
+//! saw a reply is left in the ring and skipped when its turn comes. Established flows are never removed for a new
+//! one: when the ring holds nothing to give, the new flow is dropped.
+
+use aya_ebpf::bindings::BPF_NOEXIST;
+use veg_common::{
+    flow::{FlowEntry, FlowKey, STATE_REPLY_SEEN, is_expired},
+    stats::Counter,
+};
+
+use crate::{
+    maps::{FLOWS, PENDING, flow_scratch},
+    stats::count,
+};
+
+/// Flows recorded per CPU (a power of two). 256 keys are 10 KiB per CPU.
+const RING: u32 = 256;
+/// Recorded flows looked at, at most, to find one to give up.
+const CANDIDATES: u32 = 8;
+
+#[repr(C)]
+pub struct PendingRing {
+    /// Where the next flow is recorded, and the oldest recorded one not looked at yet (both count up forever).
+    next: u32,
+    oldest: u32,
+    keys: [FlowKey; RING as usize],
+}
+
+/// Record a flow just created (its outbound key).
+#[inline(always)]
+pub fn record(key: &FlowKey) {
+    let Some(ring) = PENDING.get_ptr_mut(0) else {
+        return;
+    };
+    let ring = unsafe { &mut *ring };
+    ring.keys[(ring.next & (RING - 1)) as usize] = *key;
+    ring.next = ring.next.wrapping_add(1);
+    if ring.next.wrapping_sub(ring.oldest) > RING {
+        // The oldest was overwritten: start from the oldest still recorded.
+        ring.oldest = ring.next.wrapping_sub(RING);
+    }
+}
+
+/// Remove the oldest recorded flow that never saw a reply, or expired, to make room. Returns whether one went.
+#[inline(always)]
+pub fn give_one_up(now: u64) -> bool {
+    let Some(ring) = PENDING.get_ptr_mut(0) else {
+        return false;
+    };
+    let ring = unsafe { &mut *ring };
+    let Some(scratch) = flow_scratch() else {
+        return false;
+    };
+    for _ in 0..CANDIDATES {
+        if ring.oldest == ring.next {
+            return false;
+        }
+        let key = &ring.keys[(ring.oldest & (RING - 1)) as usize];
+        ring.oldest = ring.oldest.wrapping_add(1);
+        let Some(entry) = FLOWS.get_ptr(key) else {
+            continue; // gone already
+        };
+        let entry = unsafe { &*entry };
+        let unanswered = entry.state & STATE_REPLY_SEEN == 0;
+        if !unanswered && !is_expired(entry, key.protocol, now) {
+            continue; // established: never given up
+        }
+        scratch.victim_partner = key.partner(entry);
+        if let Some(partner) = FLOWS.get_ptr(&scratch.victim_partner) {
+            // Only the partner that belongs to this flow.
+            let partner = unsafe { &*partner };
+            if partner.nat_addr == key.src_addr && partner.nat_port == key.src_port {
+                let _ = FLOWS.remove(&scratch.victim_partner);
+            }
+        }
+        let _ = FLOWS.remove(key);
+        count(Counter::FlowsGivenUp);
+        return true;
+    }
+    false
+}
+
+/// Why a new entry was not inserted.
+pub enum Refused {
+    /// The key is there already.
+    Exists,
+    /// The table is full and nothing could be given up.
+    Full,
+}
+
+/// -E2BIG: what an insert into a full hash map returns.
+const TABLE_FULL: i32 = -7;
+
+/// Insert a new entry (BPF_NOEXIST); when the table is full, give up the oldest unanswered flow and try again.
+#[inline(always)]
+pub fn insert_new(key: &FlowKey, entry: &FlowEntry, now: u64) -> Result<(), Refused> {
+    match FLOWS.insert(key, entry, BPF_NOEXIST as u64) {
+        Ok(()) => Ok(()),
+        Err(TABLE_FULL) if give_one_up(now) => {
+            FLOWS.insert(key, entry, BPF_NOEXIST as u64).map_err(|e| {
+                if e == TABLE_FULL {
+                    Refused::Full
+                } else {
+                    Refused::Exists
+                }
+            })
+        }
+        Err(TABLE_FULL) => Err(Refused::Full),
+        Err(_) => Err(Refused::Exists),
+    }
+}
