@@ -609,6 +609,34 @@ fn an_inbound_reply_whose_ttl_expires_gets_time_exceeded_not_a_reset() {
     });
 }
 
+/// A 1,428-byte UDP packet with DF from CLIENT.
+fn big_udp(sport: u16) -> Frame {
+    let payload = vec![7; 1400];
+    Frame::new(
+        CLIENT,
+        SERVER,
+        L4::Udp {
+            sport,
+            dport: 443,
+            payload,
+            no_checksum: false,
+        },
+    )
+}
+
+/// The fragmentation needed the gateway sends CLIENT about `offender`, with `mtu`.
+fn fragmentation_needed(offender: &Frame, mtu: u16) -> Vec<u8> {
+    let [hi, lo] = mtu.to_be_bytes();
+    icmp_error_frame(
+        &offender.bytes(),
+        CLIENT_MAC,
+        VIN_MAC,
+        INSTANCE,
+        (3, 4, [0, 0, hi, lo]),
+        QUOTE_L4,
+    )
+}
+
 #[test]
 fn too_big_with_df_is_answered_with_fragmentation_needed_and_the_mtu() {
     with_program_lab(|lab| {
@@ -622,28 +650,10 @@ fn too_big_with_df_is_answered_with_fragmentation_needed_and_the_mtu() {
             )
         };
         ip(&["link", "set", "vex", "mtu", "1280"]);
-        let big = Frame::new(
-            CLIENT,
-            SERVER,
-            L4::Udp {
-                sport: 6006,
-                dport: 443,
-                payload: vec![7; 1400],
-                no_checksum: false,
-            },
-        );
+        let big = big_udp(6006);
         let (verdict, out) = lab.send_from_vpc(&big);
         assert_eq!(verdict, TC_ACT_REDIRECT);
-        let mtu = 1280u16.to_be_bytes();
-        let expected = icmp_error_frame(
-            &big.bytes(),
-            CLIENT_MAC,
-            VIN_MAC,
-            INSTANCE,
-            (3, 4, [0, 0, mtu[0], mtu[1]]),
-            QUOTE_L4,
-        );
-        assert_eq!(out, expected);
+        assert_eq!(out, fragmentation_needed(&big, 1280));
         assert_eq!(lab.counter("too_big"), 1);
         // Without DF it cannot be fragmented yet: dropped, never sent on untranslated.
         let mut no_df = big.clone();
@@ -678,28 +688,10 @@ fn the_routes_mtu_counts_not_only_the_devices() {
             "lock",
             "1280",
         ]);
-        let big = Frame::new(
-            CLIENT,
-            SERVER,
-            L4::Udp {
-                sport: 6009,
-                dport: 443,
-                payload: vec![7; 1400],
-                no_checksum: false,
-            },
-        );
+        let big = big_udp(6009);
         let (verdict, out) = lab.send_from_vpc(&big);
         assert_eq!(verdict, TC_ACT_REDIRECT);
-        let mtu = 1280u16.to_be_bytes();
-        let expected = icmp_error_frame(
-            &big.bytes(),
-            CLIENT_MAC,
-            VIN_MAC,
-            INSTANCE,
-            (3, 4, [0, 0, mtu[0], mtu[1]]),
-            QUOTE_L4,
-        );
-        assert_eq!(out, expected);
+        assert_eq!(out, fragmentation_needed(&big, 1280));
     });
 }
 

@@ -12,7 +12,7 @@ use std::{
 };
 
 use veg_testbed::{
-    lab::{GATEWAY_EXTERNAL_IP, Lab, SERVER_IP},
+    lab::{GATEWAY_EXTERNAL_IP, Lab, SERVER_IP, external_ip, server},
     servers::{
         connect_from, icmp_echo_sources, tcp_echo, tcp_round_trip, udp_echo, udp_round_trip,
     },
@@ -21,14 +21,6 @@ use veg_testbed::{
 
 const TCP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 9000;
-
-fn server(port: u16) -> SocketAddr {
-    SocketAddr::new(SERVER_IP.parse().unwrap(), port)
-}
-
-fn external_ip() -> IpAddr {
-    GATEWAY_EXTERNAL_IP.parse().unwrap()
-}
 
 #[test]
 fn tcp_udp_and_ping_leave_with_the_external_address() {

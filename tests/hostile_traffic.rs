@@ -7,7 +7,6 @@
 use std::{
     io::{Read, Write},
     net::{IpAddr, SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -17,21 +16,15 @@ use std::{
 
 use veg_testbed::{
     capture::Capture,
-    lab::{GATEWAY_EXTERNAL_IP, Lab, SERVER_IP},
-    servers::{connect_from, tcp_echo, tcp_round_trip, udp_echo, udp_round_trip},
+    lab::{GATEWAY_EXTERNAL_IP, Lab, external_ip, server},
+    servers::{
+        connect_from, report_icmp_errors, tcp_echo, tcp_round_trip, udp_echo, udp_round_trip,
+    },
     skip_unless_root,
 };
 
 const TCP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 9000;
-
-fn server(port: u16) -> SocketAddr {
-    SocketAddr::new(SERVER_IP.parse().unwrap(), port)
-}
-
-fn external_ip() -> IpAddr {
-    GATEWAY_EXTERNAL_IP.parse().unwrap()
-}
 
 /// Listen on UDP `port` in a client for `for_how_long` and return the sources of what arrived.
 fn udp_arrivals(
@@ -302,8 +295,6 @@ fn a_client_offering_more_flows_than_the_range_holds_stalls_no_one_else() {
     );
 }
 
-const IP_RECVERR: libc::c_int = 11;
-
 #[test]
 fn a_reply_whose_ttl_expires_at_the_gateway_gets_time_exceeded_not_a_reset_or_unreachable() {
     if skip_unless_root() {
@@ -323,18 +314,7 @@ fn a_reply_whose_ttl_expires_at_the_gateway_gets_time_exceeded_not_a_reset_or_un
         // Reply with TTL 1, asking the kernel to report ICMP errors about it on the socket.
         socket.connect(peer).unwrap();
         socket.set_ttl(1).unwrap();
-        let on: libc::c_int = 1;
-        // SAFETY: valid socket and option buffer.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                IP_RECVERR,
-                (&raw const on).cast(),
-                size_of::<libc::c_int>() as u32,
-            )
-        };
-        assert_eq!(rc, 0);
+        report_icmp_errors(&socket);
         socket.send(b"reply that expires").unwrap();
         (peer, socket.recv(&mut buf).map_err(|e| e.raw_os_error()))
     });

@@ -7,13 +7,13 @@
 
 use std::{
     net::{SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
     time::Duration,
 };
 
 use veg_testbed::{
-    lab::{Lab, SERVER_IP},
+    lab::{Lab, SERVER_IP, server},
     netns::Netns,
+    servers::report_icmp_errors,
     skip_unless_root,
 };
 
@@ -21,33 +21,12 @@ const UDP_PORT: u16 = 9000;
 /// A host one router beyond the server, which routes for it.
 const FAR_IP: &str = "172.18.0.2";
 
-fn server(port: u16) -> SocketAddr {
-    SocketAddr::new(SERVER_IP.parse().unwrap(), port)
-}
-
-/// Ask the kernel to report ICMP errors about a UDP socket's datagrams to it (IP_RECVERR).
-fn report_errors(socket: &UdpSocket) {
-    const IP_RECVERR: libc::c_int = 11;
-    let on: libc::c_int = 1;
-    // SAFETY: valid socket and option buffer.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            IP_RECVERR,
-            (&raw const on).cast(),
-            size_of::<libc::c_int>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "IP_RECVERR: {}", std::io::Error::last_os_error());
-}
-
 /// Send one datagram from a connected socket in `ns` and return the error its kernel reported, if any.
 fn udp_error(ns: &Netns, to: SocketAddr, ttl: Option<u32>) -> Option<i32> {
     ns.run(move || {
         let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
         socket.connect(to).unwrap();
-        report_errors(&socket);
+        report_icmp_errors(&socket);
         if let Some(ttl) = ttl {
             socket.set_ttl(ttl).unwrap();
         }
@@ -152,7 +131,7 @@ fn a_pods_port_unreachable_reaches_the_remote_with_the_external_tuple() {
         let mut buf = [0u8; 64];
         let (_, peer) = socket.recv_from(&mut buf).unwrap();
         socket.connect(peer).unwrap();
-        report_errors(&socket);
+        report_icmp_errors(&socket);
         std::thread::sleep(Duration::from_millis(300));
         socket.send(b"reply to a closed port").unwrap();
         (

@@ -20,6 +20,18 @@ pub const SERVER_IP: &str = "172.17.0.1";
 pub const SNAT_SOURCES: &str = "10.16.0.0/24";
 pub const FORWARD_SOURCES: &str = "10.16.1.0/24";
 
+/// The external server's address at `port`.
+pub fn server(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(SERVER_IP.parse().expect("SERVER_IP is an address"), port)
+}
+
+/// The gateway's external address: the source the server sees for translated traffic.
+pub fn external_ip() -> std::net::IpAddr {
+    GATEWAY_EXTERNAL_IP
+        .parse()
+        .expect("GATEWAY_EXTERNAL_IP is an address")
+}
+
 pub struct Lab {
     pub prefix: String,
     /// The `veg` binary that runs the gateway.

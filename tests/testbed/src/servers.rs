@@ -201,3 +201,22 @@ pub fn icmp_echo_sources(ns: &Netns) -> Recorder {
         }
     })
 }
+
+/// Ask the kernel to report ICMP errors about a UDP socket's datagrams to it (IP_RECVERR): a connected socket's
+/// next receive then fails with the error (EHOSTUNREACH for time exceeded, ECONNREFUSED for port unreachable).
+pub fn report_icmp_errors(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    const IP_RECVERR: libc::c_int = 11;
+    let on: libc::c_int = 1;
+    // SAFETY: valid socket and option buffer.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            IP_RECVERR,
+            (&raw const on).cast(),
+            size_of::<libc::c_int>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "IP_RECVERR: {}", std::io::Error::last_os_error());
+}

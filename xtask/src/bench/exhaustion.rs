@@ -10,7 +10,7 @@ use veg_testbed::lab::Lab;
 use super::{
     modes::{ALL, enable_translating},
     report::{self, Record},
-    scenarios::{Sample, ServerDrop, Tools, finish, kernel_cpu_ns, rx_packets, spawn_frames},
+    scenarios::{Sample, Tools, flood},
 };
 use crate::workspace::step;
 
@@ -49,29 +49,14 @@ pub fn run(lab: &Lab, tools: &Tools, rounds: usize, seconds: f64) -> anyhow::Res
 }
 
 fn measure(lab: &Lab, tools: &Tools, seconds: f64) -> anyhow::Result<Sample> {
-    let _drop = ServerDrop::install(&lab.server)?;
-    let rx_before = rx_packets(&lab.server)?;
-    let cpu_before = kernel_cpu_ns();
-    let flood = spawn_frames(
-        lab,
-        tools,
-        "udp-flood",
-        UDP_PORT,
-        &[
-            "--flows",
-            &FLOWS.to_string(),
-            "--seconds",
-            &seconds.to_string(),
-        ],
-    )?;
-    let sent = finish(flood, "udp-flood")?;
-    let cpu = kernel_cpu_ns() - cpu_before;
-    let delivered = (rx_packets(&lab.server)? - rx_before) as f64;
-    let offered = sent["sent"].as_f64().unwrap_or(0.0).max(1.0);
-    let window = sent["seconds"].as_f64().unwrap_or(0.0).max(1e-9);
+    let flood = flood(lab, tools, UDP_PORT, FLOWS, seconds)?;
+    let offered = flood.sent.max(1.0);
     Ok(vec![
-        ("kernel_ns_per_offered_packet", cpu / offered),
-        ("offered_kpps", offered / window / 1000.0),
-        ("delivered_pct", 100.0 * delivered / offered),
+        (
+            "kernel_ns_per_offered_packet",
+            flood.kernel_cpu_ns / offered,
+        ),
+        ("offered_kpps", offered / flood.seconds / 1000.0),
+        ("delivered_pct", 100.0 * flood.delivered / offered),
     ])
 }

@@ -53,7 +53,7 @@ pub(super) fn finish(child: Child, what: &str) -> anyhow::Result<Value> {
 }
 
 /// Whole-machine kernel time (system + irq + softirq) in ns, from /proc/stat.
-pub(super) fn kernel_cpu_ns() -> f64 {
+fn kernel_cpu_ns() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let fields: Vec<f64> = stat
         .lines()
@@ -70,6 +70,48 @@ pub(super) fn kernel_cpu_ns() -> f64 {
     ticks * 10_000_000.0
 }
 
+/// What a UDP flood did: datagrams sent and delivered, over how many seconds, at what kernel CPU cost (ns).
+pub(super) struct Flood {
+    pub sent: f64,
+    pub delivered: f64,
+    pub seconds: f64,
+    pub kernel_cpu_ns: f64,
+}
+
+/// Flood the server's `port` from the client with UDP over `flows` source ports for `seconds`. The server drops
+/// IPv4 at its interface's ingress: arrivals are counted, and no socket or ICMP answer costs anything, so the
+/// gateway is what limits the rate. ARP still passes.
+pub(super) fn flood(
+    lab: &Lab,
+    tools: &Tools,
+    port: u16,
+    flows: u16,
+    seconds: f64,
+) -> anyhow::Result<Flood> {
+    let _drop = ServerDrop::install(&lab.server)?;
+    let rx_before = rx_packets(&lab.server)?;
+    let cpu_before = kernel_cpu_ns();
+    let run = spawn_frames(
+        lab,
+        tools,
+        "udp-flood",
+        port,
+        &[
+            "--flows",
+            &flows.to_string(),
+            "--seconds",
+            &seconds.to_string(),
+        ],
+    )?;
+    let report = finish(run, "udp-flood")?;
+    Ok(Flood {
+        kernel_cpu_ns: kernel_cpu_ns() - cpu_before,
+        delivered: (rx_packets(&lab.server)? - rx_before) as f64,
+        sent: report["sent"].as_f64().unwrap_or(0.0),
+        seconds: report["seconds"].as_f64().unwrap_or(0.0).max(1e-9),
+    })
+}
+
 pub fn measure(scenario: &str, lab: &Lab, tools: &Tools, seconds: f64) -> anyhow::Result<Sample> {
     let client = &lab.clients[0];
     let secs = format!("{seconds}");
@@ -80,37 +122,21 @@ pub fn measure(scenario: &str, lab: &Lab, tools: &Tools, seconds: f64) -> anyhow
             } else {
                 1
             };
-            // The server drops IPv4 at its interface's ingress: arrivals are counted, and no socket or ICMP
-            // answer costs anything, so the gateway is what limits the rate. ARP still passes.
-            let _drop = ServerDrop::install(&lab.server)?;
-            let rx_before = rx_packets(&lab.server)?;
-            let cpu_before = kernel_cpu_ns();
-            let flood = spawn_frames(
-                lab,
-                tools,
-                "udp-flood",
-                UDP_PORT,
-                &["--flows", &flows.to_string(), "--seconds", &secs],
-            )?;
-            let sent = finish(flood, "udp-flood")?;
-            let cpu = kernel_cpu_ns() - cpu_before;
-            let delivered = (rx_packets(&lab.server)? - rx_before) as f64;
-            let window = sent["seconds"].as_f64().unwrap_or(0.0).max(1e-9);
-            let sent_count = sent["sent"].as_f64().unwrap_or(0.0);
+            let flood = flood(lab, tools, UDP_PORT, flows, seconds)?;
             Ok(vec![
-                ("kpps", delivered / window / 1000.0),
+                ("kpps", flood.delivered / flood.seconds / 1000.0),
                 (
                     "delivered_pct",
-                    if sent_count > 0.0 {
-                        100.0 * delivered / sent_count
+                    if flood.sent > 0.0 {
+                        100.0 * flood.delivered / flood.sent
                     } else {
                         0.0
                     },
                 ),
                 (
                     "kernel_ns_per_packet",
-                    if delivered > 0.0 {
-                        cpu / delivered
+                    if flood.delivered > 0.0 {
+                        flood.kernel_cpu_ns / flood.delivered
                     } else {
                         0.0
                     },
@@ -223,7 +249,7 @@ fn link(ns: &Netns, device: &str) -> anyhow::Result<Value> {
 }
 
 /// Packets received on the server's underlay interface.
-pub(super) fn rx_packets(server: &Netns) -> anyhow::Result<u64> {
+fn rx_packets(server: &Netns) -> anyhow::Result<u64> {
     link(server, SERVER_INTERFACE)?["stats64"]["rx"]["packets"]
         .as_u64()
         .context("no rx counter")
