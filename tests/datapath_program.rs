@@ -609,6 +609,15 @@ fn an_inbound_reply_whose_ttl_expires_gets_time_exceeded_not_a_reset() {
     });
 }
 
+/// `ip ARGS` in the program lab's namespace (the calling thread's).
+fn ip(args: &[&str]) {
+    let status = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "ip {}", args.join(" "));
+}
+
 /// A 1,428-byte UDP packet with DF from CLIENT.
 fn big_udp(sport: u16) -> Frame {
     let payload = vec![7; 1400];
@@ -640,15 +649,6 @@ fn fragmentation_needed(offender: &Frame, mtu: u16) -> Vec<u8> {
 #[test]
 fn too_big_with_df_is_answered_with_fragmentation_needed_and_the_mtu() {
     with_program_lab(|lab| {
-        let ip = |args: &[&str]| {
-            assert!(
-                std::process::Command::new("ip")
-                    .args(args)
-                    .status()
-                    .unwrap()
-                    .success()
-            )
-        };
         ip(&["link", "set", "vex", "mtu", "1280"]);
         let big = big_udp(6006);
         let (verdict, out) = lab.send_from_vpc(&big);
@@ -667,15 +667,6 @@ fn too_big_with_df_is_answered_with_fragmentation_needed_and_the_mtu() {
 fn the_routes_mtu_counts_not_only_the_devices() {
     with_program_lab(|lab| {
         // The device carries 1500 bytes; the route out of it, 1280.
-        let ip = |args: &[&str]| {
-            assert!(
-                std::process::Command::new("ip")
-                    .args(args)
-                    .status()
-                    .unwrap()
-                    .success()
-            )
-        };
         ip(&[
             "route",
             "replace",

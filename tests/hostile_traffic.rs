@@ -18,7 +18,7 @@ use veg_testbed::{
     capture::Capture,
     lab::{GATEWAY_EXTERNAL_IP, Lab, external_ip, server},
     servers::{
-        connect_from, report_icmp_errors, tcp_echo, tcp_round_trip, udp_echo, udp_round_trip,
+        answer_first_datagram, connect_from, tcp_echo, tcp_round_trip, udp_echo, udp_round_trip,
     },
     skip_unless_root,
 };
@@ -303,21 +303,13 @@ fn a_reply_whose_ttl_expires_at_the_gateway_gets_time_exceeded_not_a_reset_or_un
     let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
     let client = lab.add_client("10.16.0.2");
     let gateway = lab.start_gateway(&[]);
-    // The remote end of a translated UDP flow: it learns the flow's external port from the first datagram.
-    let remote = lab.server.spawn(|| {
-        let socket = UdpSocket::bind(("0.0.0.0", UDP_PORT)).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut buf = [0u8; 64];
-        let (_, peer) = socket.recv_from(&mut buf).unwrap();
-        // Reply with TTL 1, asking the kernel to report ICMP errors about it on the socket.
-        socket.connect(peer).unwrap();
-        socket.set_ttl(1).unwrap();
-        report_icmp_errors(&socket);
-        socket.send(b"reply that expires").unwrap();
-        (peer, socket.recv(&mut buf).map_err(|e| e.raw_os_error()))
-    });
+    // The remote end of a translated UDP flow replies with TTL 1: its kernel hears of what became of it.
+    let remote = answer_first_datagram(
+        &lab.server,
+        UDP_PORT,
+        |socket| socket.set_ttl(1).unwrap(),
+        b"reply that expires",
+    );
     let reached = lab.client(client).run(|| {
         let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
         socket
@@ -335,7 +327,7 @@ fn a_reply_whose_ttl_expires_at_the_gateway_gets_time_exceeded_not_a_reset_or_un
     );
     assert_eq!(
         answer,
-        Err(Some(libc::EHOSTUNREACH)),
+        Some(libc::EHOSTUNREACH),
         "the remote should learn of a time exceeded (EHOSTUNREACH), not a port unreachable (ECONNREFUSED)"
     );
     assert_eq!(gateway.counter("ttl_expired"), 1);

@@ -13,7 +13,7 @@ use std::{
 use veg_testbed::{
     lab::{Lab, SERVER_IP, server},
     netns::Netns,
-    servers::report_icmp_errors,
+    servers::{answer_first_datagram, report_icmp_errors},
     skip_unless_root,
 };
 
@@ -123,22 +123,12 @@ fn a_pods_port_unreachable_reaches_the_remote_with_the_external_tuple() {
     let client = lab.add_client("10.16.0.2");
     let gateway = lab.start_gateway(&[]);
     // The remote learns the flow's external tuple from a first datagram, then the client closes its socket.
-    let remote = lab.server.spawn(|| {
-        let socket = UdpSocket::bind(("0.0.0.0", UDP_PORT)).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let mut buf = [0u8; 64];
-        let (_, peer) = socket.recv_from(&mut buf).unwrap();
-        socket.connect(peer).unwrap();
-        report_icmp_errors(&socket);
-        std::thread::sleep(Duration::from_millis(300));
-        socket.send(b"reply to a closed port").unwrap();
-        (
-            peer,
-            socket.recv(&mut buf).err().and_then(|e| e.raw_os_error()),
-        )
-    });
+    let remote = answer_first_datagram(
+        &lab.server,
+        UDP_PORT,
+        |_| std::thread::sleep(Duration::from_millis(300)),
+        b"reply to a closed port",
+    );
     std::thread::sleep(Duration::from_millis(100));
     lab.client(client).run(|| {
         let socket = UdpSocket::bind("0.0.0.0:0").unwrap();

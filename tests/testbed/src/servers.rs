@@ -220,3 +220,30 @@ pub fn report_icmp_errors(socket: &UdpSocket) {
     };
     assert_eq!(rc, 0, "IP_RECVERR: {}", std::io::Error::last_os_error());
 }
+
+/// The remote end of a UDP flow in `ns`: it waits on `port` for the first datagram, connects to its sender (the
+/// flow's external tuple, when it came through the gateway), lets `prepare` set up the socket (a TTL, a pause),
+/// sends `reply` and reads. Joins to the sender and the error its kernel reported instead of an answer, if any.
+pub fn answer_first_datagram(
+    ns: &Netns,
+    port: u16,
+    prepare: impl FnOnce(&UdpSocket) + Send + 'static,
+    reply: &'static [u8],
+) -> JoinHandle<(SocketAddr, Option<i32>)> {
+    ns.spawn(move || {
+        let socket = UdpSocket::bind(("0.0.0.0", port)).expect("binding the remote's socket");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let (_, peer) = socket.recv_from(&mut buf).expect("no first datagram");
+        socket.connect(peer).unwrap();
+        report_icmp_errors(&socket);
+        prepare(&socket);
+        socket.send(reply).unwrap();
+        (
+            peer,
+            socket.recv(&mut buf).err().and_then(|e| e.raw_os_error()),
+        )
+    })
+}
