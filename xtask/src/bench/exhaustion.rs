@@ -4,15 +4,13 @@
 //! range full. The number that matters is the kernel's CPU per offered packet, against the established cost of
 //! udp-many in the same run: a client that asks for more than the range holds must not make every packet dear.
 
-use anyhow::Context as _;
 use veg_testbed::lab::Lab;
 
 use super::{
-    modes::{ALL, enable_translating},
+    modes::enable_translating,
     report::{self, Record},
     scenarios::{Sample, Tools, flood},
 };
-use crate::workspace::step;
 
 pub const SCENARIO: &str = "port-exhaustion";
 /// The translation range of every mode here: 4,096 ports toward the one remote endpoint.
@@ -23,29 +21,11 @@ const UDP_PORT: u16 = 9100;
 
 /// Every mode in turn, `rounds` times, `seconds` each.
 pub fn run(lab: &Lab, tools: &Tools, rounds: usize, seconds: f64) -> anyhow::Result<Vec<Record>> {
-    let mut records = Vec::new();
-    for round in 0..rounds {
-        for mode in ALL {
-            step(&format!(
-                "round {}/{rounds}: {} offered {FLOWS} flows for {} ports",
-                round + 1,
-                mode.name(),
-                FLOWS / 2
-            ));
-            let active = enable_translating(lab, mode, &[], Some(RANGE));
-            let metrics = measure(lab, tools, seconds)
-                .with_context(|| format!("{SCENARIO} with {}", mode.name()))?;
-            drop(active);
-            report::print(SCENARIO, &metrics);
-            records.push(Record {
-                scenario: SCENARIO,
-                mode,
-                round,
-                metrics,
-            });
-        }
-    }
-    Ok(records)
+    let doing = format!("offered {FLOWS} flows for {} ports", FLOWS / 2);
+    report::interleaved(SCENARIO, rounds, &doing, |mode| {
+        let _active = enable_translating(lab, mode, &[], Some(RANGE));
+        measure(lab, tools, seconds)
+    })
 }
 
 fn measure(lab: &Lab, tools: &Tools, seconds: f64) -> anyhow::Result<Sample> {

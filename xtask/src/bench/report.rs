@@ -1,5 +1,6 @@
 //! Medians per scenario, metric and mode, ratios against iptables, as JSON and a markdown table.
 
+use anyhow::Context as _;
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde_json::json;
@@ -11,6 +12,36 @@ pub struct Record {
     pub mode: Mode,
     pub round: usize,
     pub metrics: Vec<(&'static str, f64)>,
+}
+
+/// Run `measure` for every mode in turn, `rounds` times (modes interleaved, so a slow spell of the machine hits
+/// them alike), saying what runs (`doing`: what every mode is doing) and recording each result under `scenario`.
+pub fn interleaved(
+    scenario: &'static str,
+    rounds: usize,
+    doing: &str,
+    mut measure: impl FnMut(Mode) -> anyhow::Result<Vec<(&'static str, f64)>>,
+) -> anyhow::Result<Vec<Record>> {
+    let mut records = Vec::new();
+    for round in 0..rounds {
+        for mode in super::modes::ALL {
+            crate::workspace::step(&format!(
+                "round {}/{rounds}: {} {doing}",
+                round + 1,
+                mode.name()
+            ));
+            let metrics =
+                measure(mode).with_context(|| format!("{scenario} with {}", mode.name()))?;
+            print(scenario, &metrics);
+            records.push(Record {
+                scenario,
+                mode,
+                round,
+                metrics,
+            });
+        }
+    }
+    Ok(records)
 }
 
 /// One measurement as the run goes.

@@ -16,11 +16,10 @@ use anyhow::{Context as _, ensure};
 use veg_testbed::lab::Lab;
 
 use super::{
-    modes::{ALL, Active, enable_with},
+    modes::{Active, enable_with},
     report::{self, Record},
     scenarios::{Sample, ServerDrop, Tools, finish, spawn_frames},
 };
-use crate::workspace::step;
 
 pub const SCENARIO: &str = "flow-table";
 /// Concurrent translations in the full run.
@@ -40,27 +39,15 @@ const UDP_TIMEOUT_SECONDS: &str = "300";
 pub fn run(lab: &Lab, tools: &Tools, rounds: usize, flows: u32) -> anyhow::Result<Vec<Record>> {
     let _room = ConntrackRoom::make(flows)?;
     let max_flows = flows.to_string();
-    let mut records = Vec::new();
-    for round in 0..rounds {
-        for mode in ALL {
-            step(&format!(
-                "round {}/{rounds}: {} holding {flows} flows",
-                round + 1,
-                mode.name()
-            ));
+    report::interleaved(
+        SCENARIO,
+        rounds,
+        &format!("holding {flows} flows"),
+        |mode| {
             let active = enable_with(lab, mode, &["--max-flows", &max_flows]);
-            let metrics = measure(lab, tools, &active, flows)
-                .with_context(|| format!("{SCENARIO} with {}", mode.name()))?;
-            report::print(SCENARIO, &metrics);
-            records.push(Record {
-                scenario: SCENARIO,
-                mode,
-                round,
-                metrics,
-            });
-        }
-    }
-    Ok(records)
+            measure(lab, tools, &active, flows)
+        },
+    )
 }
 
 const CONNTRACK_MAX: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
