@@ -756,13 +756,39 @@ fn malformed_and_truncated_packets_are_dropped() {
     });
 }
 
+/// The first fragment of a UDP datagram of `payload` bytes, of which it carries `carried`: its UDP length covers
+/// the whole datagram (the checksum too, left as a real sender's would be: not checked on the way).
+fn first_fragment(src: Ipv4Addr, sport: u16, payload: usize, carried: usize) -> Vec<u8> {
+    let mut first = Frame::new(
+        src,
+        SERVER,
+        L4::Udp {
+            sport,
+            dport: 53,
+            payload: vec![3; carried],
+            no_checksum: false,
+        },
+    );
+    first.frag = 0x2000; // more fragments
+    let mut bytes = first.bytes();
+    bytes[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+    bytes
+}
+
 #[test]
-fn fragments_from_snat_sources_are_dropped_not_leaked() {
+fn fragments_of_forward_sources_pass_and_snat_sources_are_dropped_not_leaked() {
     with_program_lab(|lab| {
-        let mut first = Frame::new(CLIENT, SERVER, udp(6004, 53, false));
-        first.frag = 0x2000; // more fragments
-        assert_eq!(lab.send_from_vpc(&first).0, TC_ACT_SHOT);
+        // A forward source's first fragment is routed unchanged (its UDP length is no sign of a malformed packet).
+        let fragment = first_fragment(FORWARD_CLIENT, 6010, 4000, 1472);
+        let (verdict, out) = lab.send_from_vpc_bytes(&fragment);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(out, one_hop_later(&fragment, NEXTHOP_MAC, VEX_MAC));
+        assert_eq!(lab.counter("forwarded_out"), 1);
+        // A SNAT source's fragments are dropped, not leaked untranslated.
+        let (verdict, _) = lab.send_from_vpc_bytes(&first_fragment(CLIENT, 6004, 4000, 1472));
+        assert_eq!(verdict, TC_ACT_SHOT);
         assert_eq!(lab.counter("dropped_fragment"), 1);
+        assert_eq!(lab.counter("dropped_malformed"), 0);
     });
 }
 

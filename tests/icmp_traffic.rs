@@ -222,3 +222,20 @@ fn a_smaller_mtu_on_the_vpc_side_is_learned_by_the_remote_for_inbound_data() {
     );
     assert!(gateway.counter("too_big") > 0);
 }
+
+#[test]
+fn a_forward_sources_4000_byte_datagram_arrives_whole_each_way() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.1.2");
+    let _gateway = lab.start_gateway(&[]);
+    let _echo = veg_testbed::servers::udp_echo(&lab.server, UDP_PORT);
+    // 4000 bytes leave the client in three fragments, and the echo comes back in three.
+    let datagram: Vec<u8> = (0..4000).map(|i| (i % 253) as u8).collect();
+    let echoed =
+        veg_testbed::servers::udp_round_trip(lab.client(client), 0, server(UDP_PORT), &datagram)
+            .expect("the fragmented datagram or its echo was lost");
+    assert!(echoed == datagram, "the echo came back changed");
+}

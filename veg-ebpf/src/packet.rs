@@ -279,7 +279,8 @@ fn parse_tcp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Option<()>
 fn parse_udp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Option<()> {
     let udp = unsafe { &*ptr_at::<UdpHdr>(ctx, pkt.l4())? };
     let len = u16::from_be_bytes(udp.len) as usize;
-    if l4_len < UDP_LEN || len < UDP_LEN || len > l4_len {
+    // A first fragment holds only part of the datagram its UDP length covers.
+    if l4_len < UDP_LEN || len < UDP_LEN || (len > l4_len && !pkt.is_fragment) {
         return None;
     }
     pkt.src_port = u16::from_ne_bytes(udp.src);

@@ -65,7 +65,7 @@ pub fn udp_echo(ns: &Netns, port: u16) -> Recorder {
             .set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
         ready_tx.send(()).unwrap();
-        let mut buf = [0u8; 2048];
+        let mut buf = vec![0u8; 65536];
         while !s.load(Ordering::Relaxed) {
             if let Ok((len, peer)) = socket.recv_from(&mut buf) {
                 p.lock().unwrap().push(peer);
@@ -134,7 +134,7 @@ pub fn udp_round_trip(
         let socket = UdpSocket::bind(("0.0.0.0", local_port))?;
         socket.set_read_timeout(Some(Duration::from_secs(2)))?;
         socket.send_to(&payload, server)?;
-        let mut buf = [0u8; 2048];
+        let mut buf = vec![0u8; 65536];
         let (len, _) = socket.recv_from(&mut buf)?;
         Ok(buf[..len].to_vec())
     })
