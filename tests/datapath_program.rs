@@ -952,6 +952,31 @@ fn a_half_whose_partner_belongs_to_another_flow_is_treated_as_gone() {
     });
 }
 
+/// A new flow refused for want of a port or of room in the table: its client is told at once, with ICMP
+/// administratively prohibited from the instance (RFC 5508 REQ-8).
+fn assert_refused(lab: &ProgramLab, frame: &Frame) {
+    let client_mac = if frame.src == CLIENT2 {
+        CLIENT2_MAC
+    } else {
+        CLIENT_MAC
+    };
+    let (verdict, out) = lab.send_from_vpc(frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let prohibited = (3, 13, [0; 4]);
+    let expected = icmp_error_frame(
+        &frame.bytes(),
+        client_mac,
+        VIN_MAC,
+        INSTANCE,
+        prohibited,
+        QUOTE_L4,
+    );
+    assert_eq!(
+        out, expected,
+        "not refused with administratively prohibited"
+    );
+}
+
 /// Establish `count` UDP flows from CLIENT (a request and a reply each); returns their external ports.
 fn establish(lab: &ProgramLab, count: u16) -> Vec<u16> {
     (0..count)
@@ -1008,7 +1033,7 @@ fn a_table_full_of_established_flows_drops_new_ones() {
     with_program_lab_sized(200, |lab| {
         let established = establish(lab, 100);
         let newcomer = Frame::new(CLIENT2, SERVER, udp(30000, 53, false));
-        assert_eq!(lab.send_from_vpc(&newcomer).0, TC_ACT_SHOT);
+        assert_refused(lab, &newcomer);
         assert_eq!(lab.counter("dropped_table_full"), 1);
         assert_eq!(lab.counter("flows_given_up"), 0);
         assert_eq!(still_established(lab, &established), 100);
@@ -1056,9 +1081,10 @@ fn a_small_port_range_is_filled_whole_before_giving_up() {
         }
         assert_eq!(ports.len(), PORTS as usize);
         assert!(ports.iter().all(|p| (2000..2000 + PORTS).contains(p)));
-        let (verdict, _) =
-            lab.send_from_vpc(&Frame::new(CLIENT, SERVER, udp(40000 + PORTS, 53, false)));
-        assert_eq!(verdict, TC_ACT_SHOT);
+        assert_refused(
+            lab,
+            &Frame::new(CLIENT, SERVER, udp(40000 + PORTS, 53, false)),
+        );
         assert_eq!(lab.counter("dropped_port_exhausted"), 1);
         assert_eq!(lab.counter("port_searches_failed"), 1);
         // Mappings are per remote endpoint: another server port still has the whole range.
@@ -1080,8 +1106,7 @@ fn an_exhausted_endpoint_costs_one_lookup_until_its_backoff_ends() {
         }
         // The first flow too many searches and fails; the next ones toward the same endpoint do not search.
         for port in 40002..40012 {
-            let flow = Frame::new(CLIENT, SERVER, udp(port, 53, false));
-            assert_eq!(lab.send_from_vpc(&flow).0, TC_ACT_SHOT);
+            assert_refused(lab, &Frame::new(CLIENT, SERVER, udp(port, 53, false)));
         }
         assert_eq!(lab.counter("dropped_port_exhausted"), 10);
         assert_eq!(
@@ -1119,7 +1144,7 @@ fn a_new_connection_takes_over_the_port_of_a_closed_one() {
         ));
         // While the first connection lives, a second one finds no port.
         let second = Frame::new(CLIENT, SERVER, tcp(40002, 80, TCP_SYN));
-        assert_eq!(lab.send_from_vpc(&second).0, TC_ACT_SHOT);
+        assert_refused(lab, &second);
         assert_eq!(lab.counter("dropped_port_exhausted"), 1);
         // The first connection is reset; now the second one takes its port over.
         lab.send_from_vpc(&Frame::new(CLIENT, SERVER, tcp(40001, 80, TCP_RST)));
@@ -1132,11 +1157,7 @@ fn a_new_connection_takes_over_the_port_of_a_closed_one() {
             reverse_expected(&reply, CLIENT, CLIENT_MAC, 40002)
         );
         // A late packet of the old connection cannot take the port back from a live connection.
-        assert_eq!(
-            lab.send_from_vpc(&Frame::new(CLIENT, SERVER, tcp(40001, 80, TCP_ACK)))
-                .0,
-            TC_ACT_SHOT
-        );
+        assert_refused(lab, &Frame::new(CLIENT, SERVER, tcp(40001, 80, TCP_ACK)));
         assert_eq!(
             lab.send_from_outside(&reply).1,
             reverse_expected(&reply, CLIENT, CLIENT_MAC, 40002)

@@ -458,3 +458,39 @@ fn by_default_every_port_the_instance_does_not_use_is_translated_into() {
     assert_eq!(seen, [45000, 60999]);
     assert!(gateway.log().contains("1024-60999"), "{}", gateway.log());
 }
+
+#[test]
+fn a_flow_that_gets_no_port_is_refused_at_once_not_left_to_time_out() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let first = lab.add_client("10.16.0.2");
+    let second = lab.add_client("10.16.0.3");
+    // One port toward each remote endpoint: the first client's flow takes it.
+    let gateway = lab.start_gateway(&["--port-range", "2000-2000"]);
+    let _udp = udp_echo(&lab.server, UDP_PORT);
+    udp_round_trip(lab.client(first), 0, server(UDP_PORT), b"mine").unwrap();
+    let refused = lab.client(second).run(|| {
+        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket.connect(server(UDP_PORT)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        socket.send(b"mine too?").unwrap();
+        let started = Instant::now();
+        let error = socket
+            .recv(&mut [0u8; 64])
+            .err()
+            .and_then(|e| e.raw_os_error());
+        (error, started.elapsed())
+    });
+    // ICMP administratively prohibited reaches the socket as "no route to host".
+    assert_eq!(refused.0, Some(libc::EHOSTUNREACH), "{refused:?}");
+    assert!(
+        refused.1 < Duration::from_secs(1),
+        "refused only after {:?}",
+        refused.1
+    );
+    assert_eq!(gateway.counter("dropped_port_exhausted"), 1);
+}

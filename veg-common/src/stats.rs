@@ -52,7 +52,7 @@ counters! {
     DropFragment = 9, "dropped_fragment",
         "Dropped: IPv4 fragments of SNAT sources (not translated yet; dropped rather than leaked).";
     DropPortExhausted = 10, "dropped_port_exhausted",
-        "Dropped: a new flow found no free port toward its remote endpoint (or the endpoint was found full moments ago).";
+        "Dropped: a new flow found no free port toward its remote endpoint (or the endpoint was found full moments ago); the client is told (ICMP administratively prohibited).";
     DropNoRoute = 11, "dropped_no_route",
         "Dropped: no route out of the right interface (the kernel does not route between them either), or too big for the route without DF (fragmenting is not done yet).";
     DropUnsupported = 12, "dropped_unsupported_protocol",
@@ -86,7 +86,7 @@ counters! {
     DropIcmpErrorNoFlow = 26, "dropped_icmp_error_no_flow",
         "Dropped: an ICMP error quoting a translated port or a SNAT source's packet of no live translation.";
     DropTableFull = 27, "dropped_table_full",
-        "Dropped: a new flow found the flow table full of flows that saw a reply (established flows never give way).";
+        "Dropped: a new flow found the flow table full of flows that saw a reply (established flows never give way); the client is told (ICMP administratively prohibited).";
     FlowsGivenUp = 28, "flows_given_up",
         "Translations that never saw a reply (or expired), removed to make room for a new flow in a full table.";
 }

@@ -93,6 +93,12 @@ fn snat(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, route: &Route) -
     }
     let nat = match flows::translate_outbound(pkt, cfg) {
         Ok(nat) => nat,
+        Err(reason @ (Counter::DropPortExhausted | Counter::DropTableFull)) => {
+            // RFC 5508 REQ-8: tell the client at once rather than let it time out.
+            count(reason);
+            let error = IcmpError::ADMINISTRATIVELY_PROHIBITED;
+            return icmp::send_error(ctx, pkt, &error, cfg.internal_addr_v4.ipv4_be());
+        }
         Err(reason) => return drop_packet(reason),
     };
     if rewrite::rewrite_end(ctx, pkt, End::Source, nat.addr, nat.port).is_err() {

@@ -1,5 +1,6 @@
 //! ICMP errors the instance sends as a router does: time exceeded when a packet's TTL would expire on forwarding,
-//! fragmentation needed when a packet with DF set is too big for the next hop. The kernel cannot answer for the
+//! fragmentation needed when a packet with DF set is too big for the next hop, and administratively prohibited
+//! when a new flow can get no port or no room in the flow table (RFC 5508 REQ-8). The kernel cannot answer for the
 //! datapath: it does not forward on the instance's interfaces (route.rs), so it never sees these packets as a
 //! router would.
 //!
@@ -39,6 +40,13 @@ impl IcmpError {
     pub const TIME_EXCEEDED: IcmpError = IcmpError {
         kind: 11,
         code: 0,
+        rest: 0,
+    };
+
+    /// Type 3 code 13: communication administratively prohibited (no port, or no room, for a new flow).
+    pub const ADMINISTRATIVELY_PROHIBITED: IcmpError = IcmpError {
+        kind: 3,
+        code: 13,
         rest: 0,
     };
 

@@ -86,6 +86,8 @@ pub fn test() -> anyhow::Result<()> {
     setup()?;
     step("formatting (cargo fmt --check)");
     run(cargo().args(["fmt", "--all", "--check"]))?;
+    step("lints (cargo clippy --all-targets -- -D warnings)");
+    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     step("building everything, tests included");
     run(cargo().args(["test", "--no-run"]))?;
     step("unit tests");
