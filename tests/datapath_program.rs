@@ -788,6 +788,16 @@ fn fragments_of_forward_sources_pass_and_snat_sources_are_dropped_not_leaked() {
         let (verdict, _) = lab.send_from_vpc_bytes(&first_fragment(CLIENT, 6004, 4000, 1472));
         assert_eq!(verdict, TC_ACT_SHOT);
         assert_eq!(lab.counter("dropped_fragment"), 1);
+        // From outside, the first fragment of a reply in the translation range is dropped too; one outside the
+        // range is the instance's own.
+        let reply_fragment = |dport: u16| {
+            let mut frame = Frame::new(SERVER, EXTERNAL, udp(53, dport, false));
+            frame.frag = 0x2000;
+            frame
+        };
+        assert_eq!(lab.send_from_outside(&reply_fragment(6004)).0, TC_ACT_SHOT);
+        assert_eq!(lab.counter("dropped_fragment"), 2);
+        assert_eq!(lab.send_from_outside(&reply_fragment(40000)).0, TC_ACT_OK);
         assert_eq!(lab.counter("dropped_malformed"), 0);
     });
 }

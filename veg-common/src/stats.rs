@@ -50,7 +50,7 @@ counters! {
     DropMalformed = 8, "dropped_malformed",
         "Dropped: truncated or inconsistent headers.";
     DropFragment = 9, "dropped_fragment",
-        "Dropped: IPv4 fragments of SNAT sources (not translated yet; dropped rather than leaked).";
+        "Dropped: IPv4 fragments of SNAT sources, and first fragments of replies to them (not translated yet; dropped rather than leaked).";
     DropPortExhausted = 10, "dropped_port_exhausted",
         "Dropped: a new flow found no free port toward its remote endpoint (or the endpoint was found full moments ago); the client is told (ICMP administratively prohibited).";
     DropNoRoute = 11, "dropped_no_route",

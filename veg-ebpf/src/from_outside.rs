@@ -47,7 +47,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         Some(ACTION_FORWARD) => route_to_vpc(ctx, pkt, cfg, None),
         // A SNAT source is only reachable through its translation.
         Some(ACTION_SNAT) => drop_packet(Counter::DropUnsolicited),
-        _ => not_ours(ctx, &pkt),
+        _ => not_ours(ctx, pkt),
     }
 }
 
@@ -71,16 +71,24 @@ fn to_external_address(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -
         // Echo requests and other protocols are for the instance itself.
         _ => return pass_to_host(Counter::PassedToHost),
     };
+    let in_range = |port: u16| {
+        let port = u16::from_be(port);
+        port >= cfg.port_min && port <= cfg.port_max
+    };
     if pkt.is_fragment {
-        // Fragments are not translated yet; the kernel reassembles those meant for its own sockets.
+        // Fragments are not translated yet. The first, which holds the ports, is dropped when it belongs to a
+        // translation (left to the instance, whose stack would reassemble the datagram for no socket and tell the
+        // remote its port is closed); the rest, without it, never make a datagram. The instance's own go to it.
+        if !pkt.later_fragment && in_range(port) {
+            return drop_packet(Counter::DropFragment);
+        }
         return pass_to_host(Counter::PassedToHost);
     }
     let miss = match flows::translate_inbound(pkt) {
         Ok(nat) => return route_to_vpc(ctx, pkt, cfg, Some(nat)),
         Err(miss) => miss,
     };
-    let port = u16::from_be(port);
-    if port >= cfg.port_min && port <= cfg.port_max {
+    if in_range(port) {
         // In the NAT range but matching no flow (or a RST that does not fit its flow): never let it through to a
         // client or the host.
         drop_packet(miss)
