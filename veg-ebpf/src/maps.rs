@@ -59,8 +59,6 @@ pub struct FlowScratch {
     pub partner: FlowEntry,
     /// The flow an ICMP error's quoted packet belongs to (icmp_errors.rs).
     pub quoted_key: FlowKey,
-    /// The other half of a flow given up to make room (pending.rs).
-    pub victim_partner: FlowKey,
 }
 
 /// The per-CPU scratch space.

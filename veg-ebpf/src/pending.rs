@@ -11,7 +11,7 @@ use veg_common::{
 };
 
 use crate::{
-    maps::{FLOWS, PENDING, flow_scratch},
+    maps::{FLOWS, PENDING},
     stats::count,
 };
 
@@ -50,9 +50,6 @@ pub fn give_one_up(now: u64) -> bool {
         return false;
     };
     let ring = unsafe { &mut *ring };
-    let Some(scratch) = flow_scratch() else {
-        return false;
-    };
     for _ in 0..CANDIDATES {
         if ring.oldest == ring.next {
             return false;
@@ -67,12 +64,13 @@ pub fn give_one_up(now: u64) -> bool {
         if !unanswered && !is_expired(entry, key.protocol, now) {
             continue; // established: never given up
         }
-        scratch.victim_partner = key.partner(entry);
-        if let Some(partner) = FLOWS.get_ptr(&scratch.victim_partner) {
+        // On the stack, not in the scratch space: the caller may be building entries there.
+        let partner_key = key.partner(entry);
+        if let Some(partner) = FLOWS.get_ptr(&partner_key) {
             // Only the partner that belongs to this flow.
             let partner = unsafe { &*partner };
             if partner.nat_addr == key.src_addr && partner.nat_port == key.src_port {
-                let _ = FLOWS.remove(&scratch.victim_partner);
+                let _ = FLOWS.remove(&partner_key);
             }
         }
         let _ = FLOWS.remove(key);
