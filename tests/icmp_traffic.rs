@@ -224,18 +224,32 @@ fn a_smaller_mtu_on_the_vpc_side_is_learned_by_the_remote_for_inbound_data() {
 }
 
 #[test]
-fn a_forward_sources_4000_byte_datagram_arrives_whole_each_way() {
+fn a_4000_byte_datagram_arrives_whole_each_way_from_a_snat_and_a_forward_source() {
     if skip_unless_root() {
         return;
     }
     let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.1.2");
-    let _gateway = lab.start_gateway(&[]);
-    let _echo = veg_testbed::servers::udp_echo(&lab.server, UDP_PORT);
-    // 4000 bytes leave the client in three fragments, and the echo comes back in three.
+    let snat = lab.add_client("10.16.0.2");
+    let forward = lab.add_client("10.16.1.2");
+    let gateway = lab.start_gateway(&[]);
+    let echo = veg_testbed::servers::udp_echo(&lab.server, UDP_PORT);
+    // 4000 bytes leave a client in three fragments, and the echo comes back in three.
     let datagram: Vec<u8> = (0..4000).map(|i| (i % 253) as u8).collect();
-    let echoed =
-        veg_testbed::servers::udp_round_trip(lab.client(client), 0, server(UDP_PORT), &datagram)
-            .expect("the fragmented datagram or its echo was lost");
-    assert!(echoed == datagram, "the echo came back changed");
+    for client in [snat, forward] {
+        let echoed = veg_testbed::servers::udp_round_trip(
+            lab.client(client),
+            0,
+            server(UDP_PORT),
+            &datagram,
+        )
+        .expect("the fragmented datagram or its echo was lost");
+        assert!(echoed == datagram, "the echo came back changed");
+    }
+    let sources: Vec<String> = echo.peers().iter().map(|p| p.ip().to_string()).collect();
+    assert_eq!(
+        sources,
+        [veg_testbed::lab::GATEWAY_EXTERNAL_IP, "10.16.1.2"]
+    );
+    assert_eq!(gateway.counter("fragments_translated_out"), 2);
+    assert_eq!(gateway.counter("fragments_translated_in"), 2);
 }

@@ -50,7 +50,7 @@ counters! {
     DropMalformed = 8, "dropped_malformed",
         "Dropped: truncated or inconsistent headers.";
     DropFragment = 9, "dropped_fragment",
-        "Dropped: IPv4 fragments of SNAT sources, and first fragments of replies to them (not translated yet; dropped rather than leaked).";
+        "Dropped: a fragment of a SNAT source's datagram, or of a reply to one, that came before its first fragment (not held; dropped rather than leaked).";
     DropPortExhausted = 10, "dropped_port_exhausted",
         "Dropped: a new flow found no free port toward its remote endpoint (or the endpoint was found full moments ago); the client is told (ICMP administratively prohibited).";
     DropNoRoute = 11, "dropped_no_route",
@@ -89,6 +89,10 @@ counters! {
         "Dropped: a new flow found the flow table full of flows that saw a reply (established flows never give way); the client is told (ICMP administratively prohibited).";
     FlowsGivenUp = 28, "flows_given_up",
         "Translations that never saw a reply (or expired), removed to make room for a new flow in a full table.";
+    FragmentsTranslatedOut = 29, "fragments_translated_out",
+        "Later fragments of a SNAT source's datagram given its first fragment's translation and sent out.";
+    FragmentsTranslatedIn = 30, "fragments_translated_in",
+        "Later fragments of a reply given its first fragment's translation back and sent to the client.";
 }
 
 /// Slots in the STATS array (room to grow without changing the map's size).

@@ -9,7 +9,7 @@ use veg_common::{
 };
 
 use crate::{
-    flows,
+    flows, fragments,
     from_vpc::forward,
     icmp::{self, IcmpError},
     icmp_errors,
@@ -64,6 +64,14 @@ fn not_ours(ctx: &TcContext, pkt: &Ipv4Packet) -> i32 {
 
 #[inline(always)]
 fn to_external_address(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> i32 {
+    if pkt.later_fragment {
+        // No ports: the client its first fragment was translated back to, if that came first; else the instance's
+        // own (its stack reassembles those).
+        return match fragments::translation(pkt.src, pkt.dst, pkt.ip_id, pkt.protocol) {
+            Some(client) => fragment_to_vpc(ctx, pkt, cfg, client),
+            None => pass_to_host(Counter::PassedToHost),
+        };
+    }
     let port = match pkt.protocol {
         PROTO_TCP | PROTO_UDP => pkt.dst_port,
         PROTO_ICMP if pkt.icmp_type == ICMP_ECHO_REPLY => pkt.dst_port,
@@ -71,24 +79,18 @@ fn to_external_address(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -
         // Echo requests and other protocols are for the instance itself.
         _ => return pass_to_host(Counter::PassedToHost),
     };
-    let in_range = |port: u16| {
-        let port = u16::from_be(port);
-        port >= cfg.port_min && port <= cfg.port_max
-    };
-    if pkt.is_fragment {
-        // Fragments are not translated yet. The first, which holds the ports, is dropped when it belongs to a
-        // translation (left to the instance, whose stack would reassemble the datagram for no socket and tell the
-        // remote its port is closed); the rest, without it, never make a datagram. The instance's own go to it.
-        if !pkt.later_fragment && in_range(port) {
-            return drop_packet(Counter::DropFragment);
-        }
-        return pass_to_host(Counter::PassedToHost);
-    }
     let miss = match flows::translate_inbound(pkt) {
-        Ok(nat) => return route_to_vpc(ctx, pkt, cfg, Some(nat)),
+        Ok(nat) => {
+            if pkt.is_fragment {
+                // A first fragment: its datagram's later fragments follow its translation.
+                fragments::remember(pkt.src, pkt.dst, pkt.ip_id, pkt.protocol, nat.addr);
+            }
+            return route_to_vpc(ctx, pkt, cfg, Some(nat));
+        }
         Err(miss) => miss,
     };
-    if in_range(port) {
+    let port = u16::from_be(port);
+    if port >= cfg.port_min && port <= cfg.port_max {
         // In the NAT range but matching no flow (or a RST that does not fit its flow): never let it through to a
         // client or the host.
         drop_packet(miss)
@@ -116,6 +118,23 @@ fn error_to_vpc(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> i32 {
         return drop_packet(Counter::TtlExpired);
     }
     forward(ctx, pkt, &route, Counter::IcmpErrorsTranslatedIn)
+}
+
+/// A later fragment of a reply, to the client its first fragment was translated back to.
+#[inline(always)]
+fn fragment_to_vpc(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, client: u32) -> i32 {
+    let route = route::lookup(ctx, pkt.protocol, pkt.src, client, pkt.wire_len(ctx));
+    if route.ifindex() != Some(cfg.internal_ifindex) {
+        return drop_packet(Counter::DropNoRoute);
+    }
+    if pkt.ttl <= 1 {
+        // Time exceeded answers a first fragment only (RFC 1812), which got it.
+        return drop_packet(Counter::TtlExpired);
+    }
+    if rewrite::rewrite_address(ctx, pkt, End::Destination, client).is_err() {
+        return drop_packet(Counter::DropMalformed);
+    }
+    forward(ctx, pkt, &route, Counter::FragmentsTranslatedIn)
 }
 
 /// Send a packet from outside to a VPC client, translating its destination first when `nat` is given.

@@ -9,7 +9,7 @@ use veg_common::{
 };
 
 use crate::{
-    flows,
+    flows, fragments,
     icmp::{self, IcmpError},
     icmp_errors,
     maps::POLICY_V4,
@@ -77,6 +77,17 @@ pub fn handle(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 fn snat(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, route: &Route) -> i32 {
+    if pkt.later_fragment {
+        // No ports: the address its first fragment was given, if that came first.
+        let Some(external) = fragments::translation(pkt.src, pkt.dst, pkt.ip_id, pkt.protocol)
+        else {
+            return drop_packet(Counter::DropFragment);
+        };
+        if rewrite::rewrite_address(ctx, pkt, End::Source, external).is_err() {
+            return drop_packet(Counter::DropMalformed);
+        }
+        return forward(ctx, pkt, route, Counter::FragmentsTranslatedOut);
+    }
     let translatable = match pkt.protocol {
         PROTO_TCP | PROTO_UDP => true,
         PROTO_ICMP if icmp_errors::is_error(pkt.icmp_type) => {
@@ -88,9 +99,6 @@ fn snat(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, route: &Route) -
     if !translatable {
         return drop_packet(Counter::DropUnsupported);
     }
-    if pkt.is_fragment {
-        return drop_packet(Counter::DropFragment);
-    }
     let nat = match flows::translate_outbound(pkt, cfg) {
         Ok(nat) => nat,
         Err(reason @ (Counter::DropPortExhausted | Counter::DropTableFull)) => {
@@ -101,6 +109,10 @@ fn snat(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, route: &Route) -
         }
         Err(reason) => return drop_packet(reason),
     };
+    if pkt.is_fragment {
+        // A first fragment: its datagram's later fragments follow its translation.
+        fragments::remember(pkt.src, pkt.dst, pkt.ip_id, pkt.protocol, nat.addr);
+    }
     if rewrite::rewrite_end(ctx, pkt, End::Source, nat.addr, nat.port).is_err() {
         return drop_packet(Counter::DropMalformed);
     }

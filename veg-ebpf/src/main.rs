@@ -15,6 +15,7 @@
 #![allow(internal_features)]
 
 mod flows;
+mod fragments;
 mod from_outside;
 mod from_vpc;
 mod icmp;

@@ -1,7 +1,12 @@
 //! The maps shared with the agent. All are pinned by name under the gateway's bpffs directory, so that a restarted
 //! agent finds every live flow, its counters and its policy where it left them.
 
-use crate::{icmp::RateBucket, packet::Ipv4Packet, pending::PendingRing};
+use crate::{
+    fragments::{DatagramKey, DatagramTranslation},
+    icmp::RateBucket,
+    packet::Ipv4Packet,
+    pending::PendingRing,
+};
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     macros::map,
@@ -81,6 +86,15 @@ const EXHAUSTED_ENDPOINTS: u32 = 4096;
 /// The packet being handled, as parsed (packet.rs). Not pinned: it holds nothing between packets.
 #[map]
 pub static PACKET: PerCpuArray<Ipv4Packet> = PerCpuArray::with_max_entries(1, 0);
+
+/// The translations of fragmented datagrams, for their later fragments (fragments.rs). Not pinned: a datagram in
+/// flight when the agent restarts loses its later fragments.
+#[map]
+pub static FRAGMENTS: LruHashMap<DatagramKey, DatagramTranslation> =
+    LruHashMap::with_max_entries(FRAGMENTED_DATAGRAMS, 0);
+
+/// Fragmented datagrams followed at once (the least recently seen are forgotten first).
+const FRAGMENTED_DATAGRAMS: u32 = 16384;
 
 /// The per-CPU budget of ICMP errors (see icmp.rs). Not pinned.
 #[map]

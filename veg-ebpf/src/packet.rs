@@ -84,6 +84,8 @@ pub struct Ipv4Packet {
     pub is_fragment: bool,
     /// A fragment other than the first: it carries no transport header.
     pub later_fragment: bool,
+    /// The IP identification (network byte order): with the addresses and protocol, a datagram's identity.
+    pub ip_id: u16,
     pub src: u32,
     pub dst: u32,
     /// TCP/UDP ports; for ICMP echo the identifier is in both (the side that owns it is chosen by the caller).
@@ -231,6 +233,7 @@ fn parse_ipv4(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Option<()> {
         dont_fragment: frags & 0x4000 != 0,
         is_fragment: frags & 0x3fff != 0,
         later_fragment: frags & 0x1fff != 0,
+        ip_id: u16::from_ne_bytes(ip.id),
         src: u32::from_ne_bytes(ip.src_addr),
         dst: u32::from_ne_bytes(ip.dst_addr),
         src_port: 0,

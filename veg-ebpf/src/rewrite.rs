@@ -70,6 +70,23 @@ pub fn rewrite_end(
     write_at(ctx, pkt.l4() + port_off, new_port)
 }
 
+/// Rewrite one end's address alone, with the IP checksum: for a later fragment, which has no transport header.
+#[inline(always)]
+pub fn rewrite_address(
+    ctx: &TcContext,
+    pkt: &Ipv4Packet,
+    end: End,
+    new_addr: u32,
+) -> Result<(), ()> {
+    let (old_addr, addr_off) = match end {
+        End::Source => (pkt.src, IPV4_SRC_OFF),
+        End::Destination => (pkt.dst, IPV4_DST_OFF),
+    };
+    ctx.l3_csum_replace(L3_OFF + IPV4_CSUM_OFF, old_addr as u64, new_addr as u64, 4)
+        .map_err(|_| ())?;
+    write_at(ctx, L3_OFF + addr_off, new_addr)
+}
+
 /// Decrement the TTL as any router does. The caller has checked that it stays above zero.
 #[inline(always)]
 pub fn decrement_ttl(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<(), ()> {

@@ -250,3 +250,27 @@ pub fn send_raw(frame: &[u8]) {
         .send_to(&frame[14..], &to.into())
         .expect("sending a raw packet");
 }
+
+/// The IPv4 fragments of `frame` (Ethernet + IPv4 without options), each carrying `chunk` bytes of its IP payload
+/// (a multiple of 8; the last carries the rest), as a router fragments: same identification, DF clear, MF on all
+/// but the last, header checksums computed here.
+pub fn fragments(frame: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+    assert_eq!(chunk % 8, 0, "fragment payloads are multiples of 8 bytes");
+    let (head, payload) = frame.split_at(14 + 20);
+    let pieces: Vec<&[u8]> = payload.chunks(chunk).collect();
+    pieces
+        .iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            let mut out = head.to_vec();
+            out[16..18].copy_from_slice(&((20 + piece.len()) as u16).to_be_bytes());
+            let more = if i + 1 < pieces.len() { 0x2000 } else { 0 };
+            out[20..22].copy_from_slice(&(more | (i * chunk / 8) as u16).to_be_bytes());
+            out[24..26].copy_from_slice(&[0, 0]);
+            let csum = checksum(&out[14..34], 0);
+            out[24..26].copy_from_slice(&csum.to_be_bytes());
+            out.extend_from_slice(piece);
+            out
+        })
+        .collect()
+}
