@@ -147,7 +147,7 @@ fn set_state_bits(entry: *mut FlowEntry, bits: u8) {
 /// Whether `partner` is the other half of the flow whose half `entry` is, found under `key`'s partner key: an
 /// entry there may belong to another flow since (ours went missing and a new flow took the tuple).
 #[inline(always)]
-fn points_back(key: &FlowKey, entry: &FlowEntry, partner: &FlowEntry) -> bool {
+pub fn points_back(key: &FlowKey, entry: &FlowEntry, partner: &FlowEntry) -> bool {
     if entry.direction == DIRECTION_OUTBOUND {
         partner.direction == DIRECTION_INBOUND
             && partner.nat_addr == key.src_addr

@@ -11,6 +11,7 @@ use veg_common::{
 };
 
 use crate::{
+    flows::points_back,
     maps::{FLOWS, PENDING},
     stats::count,
 };
@@ -68,8 +69,7 @@ pub fn give_one_up(now: u64) -> bool {
         let partner_key = key.partner(entry);
         if let Some(partner) = FLOWS.get_ptr(&partner_key) {
             // Only the partner that belongs to this flow.
-            let partner = unsafe { &*partner };
-            if partner.nat_addr == key.src_addr && partner.nat_port == key.src_port {
+            if points_back(key, entry, unsafe { &*partner }) {
                 let _ = FLOWS.remove(&partner_key);
             }
         }
