@@ -70,6 +70,19 @@ pub fn resolved_deployment(
     deployment(&inputs, &resolved.vpc_cidrs)
 }
 
+/// An unprivileged container with these capabilities and no others.
+fn only_capabilities(capabilities: &[&str]) -> SecurityContext {
+    SecurityContext {
+        privileged: Some(false),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            add: Some(capabilities.iter().map(|c| c.to_string()).collect()),
+            drop: Some(vec!["ALL".into()]),
+        }),
+        ..Default::default()
+    }
+}
+
 pub fn deployment_name(gateway: &VpcEgressGateway) -> String {
     format!(
         "{}{}",
@@ -248,20 +261,12 @@ pub fn deployment(inputs: &Inputs, vpc_cidrs: &[String]) -> Result<Deployment, S
             ..Default::default()
         }]),
         // Loading and attaching BPF programs and owning forwarding: these capabilities and no more.
-        security_context: Some(SecurityContext {
-            privileged: Some(false),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                add: Some(vec![
-                    "BPF".into(),
-                    "NET_ADMIN".into(),
-                    "PERFMON".into(),
-                    "SYS_RESOURCE".into(),
-                ]),
-                drop: Some(vec!["ALL".into()]),
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(only_capabilities(&[
+            "BPF",
+            "NET_ADMIN",
+            "PERFMON",
+            "SYS_RESOURCE",
+        ])),
         volume_mounts: Some(vec![VolumeMount {
             name: "bpffs".into(),
             mount_path: "/sys/fs/bpf".into(),
@@ -293,15 +298,7 @@ pub fn deployment(inputs: &Inputs, vpc_cidrs: &[String]) -> Result<Deployment, S
             .map(String::from)
             .to_vec(),
         ),
-        security_context: Some(SecurityContext {
-            privileged: Some(false),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                add: Some(vec!["NET_ADMIN".into()]),
-                drop: Some(vec!["ALL".into()]),
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(only_capabilities(&["NET_ADMIN"])),
         ..Default::default()
     };
 
