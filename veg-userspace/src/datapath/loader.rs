@@ -15,7 +15,9 @@ use aya::{
 };
 use veg_common::config::{CONFIG_KEY, GatewayConfig};
 
-use super::{EBPF_OBJECT, flow_table::FlowTable, pinned_maps, pins, policy::PolicyTable};
+use super::{
+    EBPF_OBJECT, flow_table::FlowTable, monotonic_now_ns, pinned_maps, pins, policy::PolicyTable,
+};
 
 pub const PROGRAM_FROM_VPC: &str = "veg_from_vpc";
 pub const PROGRAM_FROM_OUTSIDE: &str = "veg_from_outside";
@@ -27,8 +29,9 @@ pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     links: Vec<PinnedLink>,
-    /// A flow table of another size or build whose flows are being carried over into the new one.
-    migrating: Option<PathBuf>,
+    /// A flow table of another size or build whose flows are being carried over into the new one, and when the
+    /// first copy began.
+    migrating: Option<(PathBuf, u64)>,
 }
 
 impl Drop for Datapath {
@@ -74,10 +77,15 @@ impl Datapath {
                 kernel_error(anyhow!(e)).context(format!("verifying program {name}"))
             })?;
         }
-        if let Some(old) = &migrating {
-            let copied = pinned_maps::carry_over(old, &pin_dir.join(pins::FLOWS))?;
-            tracing::info!(copied, "flows carried over into the new flow table");
-        }
+        let migrating = match migrating {
+            Some(old) => {
+                let started = monotonic_now_ns();
+                let copied = pinned_maps::carry_over(&old, &pin_dir.join(pins::FLOWS), 0)?;
+                tracing::info!(copied, "flows carried over into the new flow table");
+                Some((old, started))
+            }
+            None => None,
+        };
         Ok(Datapath {
             ebpf,
             pin_dir: pin_dir.to_owned(),
@@ -89,10 +97,10 @@ impl Datapath {
     /// Once the new programs run, the old flow table of a migration goes, after a last copy of the flows the old
     /// programs created meanwhile.
     fn finish_migration(&mut self) -> anyhow::Result<()> {
-        let Some(old) = self.migrating.take() else {
+        let Some((old, first_copy)) = self.migrating.take() else {
             return Ok(());
         };
-        let copied = pinned_maps::carry_over(&old, &self.pin_dir.join(pins::FLOWS))?;
+        let copied = pinned_maps::carry_over(&old, &self.pin_dir.join(pins::FLOWS), first_copy)?;
         std::fs::remove_file(&old).with_context(|| format!("removing {}", old.display()))?;
         tracing::info!(copied, "flow table migrated; the old one is gone");
         Ok(())

@@ -131,13 +131,15 @@ fn gateway_name(pin_dir: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Copy every flow of the old table `from` that the new table `to` lacks. Run once before the new programs are
-/// attached and once after, to catch flows the old programs created meanwhile. Returns how many were copied.
-pub fn carry_over(from: &Path, to: &Path) -> anyhow::Result<usize> {
+/// Copy the flows of the old table `from` created at `created_since` (CLOCK_MONOTONIC ns) or later that the new
+/// table `to` lacks. Run for every flow before the new programs are attached, and once after for the flows the
+/// old programs created meanwhile. Returns how many were copied.
+pub fn carry_over(from: &Path, to: &Path, created_since: u64) -> anyhow::Result<usize> {
     let old = MapData::from_pin(from).with_context(|| format!("opening {}", from.display()))?;
     let new = MapData::from_pin(to).with_context(|| format!("opening {}", to.display()))?;
-    let entries: Vec<(FlowKey, FlowEntry)> =
+    let mut entries: Vec<(FlowKey, FlowEntry)> =
         batch::read_all(old.fd().as_fd()).context("reading the old flow table")?;
+    entries.retain(|(_, entry)| entry.created_ns >= created_since);
     let copied = batch::insert_missing(new.fd().as_fd(), &entries)
         .context("copying flows into the new flow table")?;
     let capacity = pinned_shape(to)?.max_entries as usize;
