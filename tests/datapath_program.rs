@@ -6,12 +6,13 @@
 
 use std::net::Ipv4Addr;
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, Map, MapData, RingBuf};
 use aya::programs::{TestRun, TestRunOptions};
 use veg_common::{
     address::Address,
     config::GatewayConfig,
     flow::{DIRECTION_OUTBOUND, FlowEntry, FlowKey, UDP_TIMEOUT_NS, is_closed},
+    fragment::{DatagramKey, DatagramTranslation, END_DESTINATION, END_SOURCE, kind},
 };
 use veg_testbed::{
     netns::Netns,
@@ -53,11 +54,35 @@ const PORT_MAX: u16 = 32767;
 
 struct ProgramLab {
     datapath: Datapath,
+    /// The programs' hand-overs to the agent, read here instead.
+    slow_path: RingBuf<MapData>,
     name: String,
     config: GatewayConfig,
 }
 
+/// A record the programs handed to the agent: its kind, the MTU it names, its data.
+#[derive(Debug, PartialEq)]
+struct SlowPathRecord {
+    kind: u8,
+    mtu: u16,
+    data: Vec<u8>,
+}
+
 impl ProgramLab {
+    /// The records handed to the agent since the last call.
+    fn slow_path_records(&mut self) -> Vec<SlowPathRecord> {
+        let mut records = Vec::new();
+        while let Some(item) = self.slow_path.next() {
+            let len = usize::from(u16::from_ne_bytes([item[4], item[5]]));
+            records.push(SlowPathRecord {
+                kind: item[0],
+                mtu: u16::from_ne_bytes([item[2], item[3]]),
+                data: item[8..8 + len].to_vec(),
+            });
+        }
+        records
+    }
+
     fn run(&self, program: &str, frame: &[u8]) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; frame.len() + 256];
         let result = self
@@ -210,8 +235,10 @@ fn with_program_lab_sized(entries: u32, test: impl FnOnce(&mut ProgramLab) + Sen
             ready: 1,
         };
         datapath.configure(&config).unwrap();
+        let slow_path = datapath.take_slow_path_ring().unwrap();
         let mut lab = ProgramLab {
             datapath,
+            slow_path,
             name: lab_name,
             config,
         };
@@ -655,11 +682,24 @@ fn too_big_with_df_is_answered_with_fragmentation_needed_and_the_mtu() {
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert_eq!(out, fragmentation_needed(&big, 1280));
         assert_eq!(lab.counter("too_big"), 1);
-        // Without DF it cannot be fragmented yet: dropped, never sent on untranslated.
+        assert!(lab.slow_path_records().is_empty());
+        // Without DF: translated, then handed to the agent to fragment (none is sent on here).
         let mut no_df = big.clone();
         no_df.frag = 0;
         assert_eq!(lab.send_from_vpc(&no_df).0, TC_ACT_SHOT);
-        assert_eq!(lab.counter("flows_created"), 0);
+        assert_eq!(lab.counter("flows_created"), 1);
+        assert_eq!(lab.counter("too_big_fragmented"), 1);
+        let mut translated = no_df.clone();
+        translated.src = EXTERNAL;
+        let ready = one_hop_later(&translated.bytes(), NEXTHOP_MAC, VEX_MAC);
+        assert_eq!(
+            lab.slow_path_records(),
+            [SlowPathRecord {
+                kind: kind::FRAGMENT,
+                mtu: 1280,
+                data: ready[14..].to_vec(),
+            }]
+        );
     });
 }
 
@@ -791,18 +831,7 @@ fn fragments_of_forward_sources_pass_unchanged() {
 /// A 3,000-byte UDP datagram between `src` and `dst`, whole (fragment it with `fragments`).
 fn big_datagram(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Frame {
     let payload = (0..3000).map(|i| (i % 241) as u8).collect();
-    let mut frame = Frame::new(
-        src,
-        dst,
-        L4::Udp {
-            sport,
-            dport,
-            payload,
-            no_checksum: false,
-        },
-    );
-    frame.frag = 0;
-    frame
+    Frame::udp((src, sport), (dst, dport), payload)
 }
 
 #[test]
@@ -845,13 +874,113 @@ fn a_snat_sources_fragments_and_their_replies_are_translated_in_order() {
             );
         }
         assert_eq!(lab.counter("fragments_translated_in"), 2);
-        // A fragment before its first: dropped, never leaked untranslated.
-        let mut other = big_datagram(CLIENT, SERVER, 7401, 53);
-        other.id = 0x5555;
-        let late_first = fragments(&other.bytes(), 1480);
-        assert_eq!(lab.send_from_vpc_bytes(&late_first[1]).0, TC_ACT_SHOT);
-        assert_eq!(lab.counter("dropped_fragment"), 1);
+        assert!(lab.slow_path_records().is_empty());
     });
+}
+
+#[test]
+fn fragments_before_their_first_go_to_the_agent_which_hears_when_the_first_comes() {
+    with_program_lab(|lab| {
+        // From the VPC: a later fragment first is handed over as it came (never sent on untranslated); its first
+        // fragment, translated as usual, tells the agent how.
+        let mut sent = big_datagram(CLIENT, SERVER, 7401, 53);
+        sent.id = 0x5555;
+        let pieces = fragments(&sent.bytes(), 1480);
+        assert_eq!(lab.send_from_vpc_bytes(&pieces[1]).0, TC_ACT_SHOT);
+        assert_eq!(lab.counter("fragments_held"), 1);
+        assert_eq!(
+            lab.slow_path_records(),
+            [SlowPathRecord {
+                kind: kind::HOLD_FROM_VPC,
+                mtu: 0,
+                data: pieces[1][14..].to_vec(),
+            }]
+        );
+        assert_eq!(lab.send_from_vpc_bytes(&pieces[0]).0, TC_ACT_REDIRECT);
+        let key = DatagramKey {
+            src: u32::from_ne_bytes(CLIENT.octets()),
+            dst: u32::from_ne_bytes(SERVER.octets()),
+            id: 0x5555u16.to_be(),
+            protocol: 17,
+            _pad: 0,
+        };
+        first_arrived(&lab.slow_path_records(), key, EXTERNAL, END_SOURCE);
+        // The last fragment, after its first, is translated here.
+        assert_eq!(lab.send_from_vpc_bytes(&pieces[2]).0, TC_ACT_REDIRECT);
+        assert!(lab.slow_path_records().is_empty());
+
+        // From outside: a later fragment of a reply first goes to the instance's stack (it may be the instance's
+        // own datagram) and a copy to the agent.
+        let mut reply = big_datagram(SERVER, EXTERNAL, 53, 7401);
+        reply.id = 0x6666;
+        let pieces = fragments(&reply.bytes(), 1480);
+        assert_eq!(lab.run(PROGRAM_FROM_OUTSIDE, &pieces[2]).0, TC_ACT_OK);
+        assert_eq!(lab.counter("fragments_held"), 2);
+        assert_eq!(
+            lab.slow_path_records(),
+            [SlowPathRecord {
+                kind: kind::HOLD_FROM_OUTSIDE,
+                mtu: 0,
+                data: pieces[2][14..].to_vec(),
+            }]
+        );
+        assert_eq!(lab.run(PROGRAM_FROM_OUTSIDE, &pieces[0]).0, TC_ACT_REDIRECT);
+        let key = DatagramKey {
+            src: u32::from_ne_bytes(SERVER.octets()),
+            dst: u32::from_ne_bytes(EXTERNAL.octets()),
+            id: 0x6666u16.to_be(),
+            protocol: 17,
+            _pad: 0,
+        };
+        first_arrived(&lab.slow_path_records(), key, CLIENT, END_DESTINATION);
+        // A first fragment with nothing held tells the agent nothing.
+        let mut quiet = big_datagram(CLIENT, SERVER, 7402, 53);
+        quiet.id = 0x7777;
+        assert_eq!(
+            lab.send_from_vpc_bytes(&fragments(&quiet.bytes(), 1480)[0])
+                .0,
+            TC_ACT_REDIRECT
+        );
+        assert!(lab.slow_path_records().is_empty());
+    });
+}
+
+#[test]
+fn a_flood_of_early_fragments_is_bounded_by_the_ring_and_never_forwarded() {
+    with_program_lab(|lab| {
+        // Nobody reads the ring here, as with a stuck agent: it takes what fits (2 MiB, about 1,400 fragments of
+        // 1,500 bytes, fewer when the per-CPU rate refuses first) and the rest is dropped and counted.
+        const FLOOD: u64 = 5000;
+        for id in 0..FLOOD {
+            let mut sent = big_datagram(CLIENT, SERVER, 7500, 53);
+            sent.id = id as u16 + 1;
+            let pieces = fragments(&sent.bytes(), 1480);
+            assert_eq!(lab.send_from_vpc_bytes(&pieces[1]).0, TC_ACT_SHOT);
+        }
+        let held = lab.counter("fragments_held");
+        let refused = lab.counter("slow_path_dropped");
+        assert_eq!(held + refused, FLOOD);
+        assert!(held <= 1400, "{held} held: more than the ring holds");
+        assert_eq!(lab.slow_path_records().len() as u64, held);
+    });
+}
+
+/// The records are exactly one notice that the datagram `key`'s first fragment was translated to `addr` at `end`.
+fn first_arrived(records: &[SlowPathRecord], key: DatagramKey, addr: Ipv4Addr, end: u8) {
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].kind, kind::FIRST_ARRIVED);
+    let data = &records[0].data;
+    let key_len = std::mem::size_of::<DatagramKey>();
+    // SAFETY: plain #[repr(C)] integers, read unaligned from bytes of their size.
+    let (got_key, translation): (DatagramKey, DatagramTranslation) = unsafe {
+        (
+            std::ptr::read_unaligned(data.as_ptr().cast()),
+            std::ptr::read_unaligned(data[key_len..].as_ptr().cast()),
+        )
+    };
+    assert_eq!(got_key, key);
+    assert_eq!(translation.addr, u32::from_ne_bytes(addr.octets()));
+    assert_eq!(translation.end, end);
 }
 
 #[test]

@@ -13,7 +13,8 @@ use std::{
 use veg_testbed::{
     lab::{Lab, SERVER_IP, server},
     netns::Netns,
-    servers::{answer_first_datagram, report_icmp_errors},
+    packet::{send_raw, udp_fragments_last_first},
+    servers::{answer_first_datagram, receive_datagram, report_icmp_errors},
     skip_unless_root,
 };
 
@@ -252,4 +253,147 @@ fn a_4000_byte_datagram_arrives_whole_each_way_from_a_snat_and_a_forward_source(
     );
     assert_eq!(gateway.counter("fragments_translated_out"), 2);
     assert_eq!(gateway.counter("fragments_translated_in"), 2);
+}
+
+/// A 4000-byte UDP datagram as the fragments a sender makes of it, last first.
+fn fragments_last_first(src: &str, sport: u16, dst: &str, dport: u16, id: u16) -> Vec<Vec<u8>> {
+    udp_fragments_last_first(
+        (src.parse().unwrap(), sport),
+        (dst.parse().unwrap(), dport),
+        big_payload(),
+        id,
+        1480,
+    )
+}
+
+fn big_payload() -> Vec<u8> {
+    (0..4000).map(|i| (i % 253) as u8).collect()
+}
+
+#[test]
+fn a_4000_byte_datagram_whose_first_fragment_comes_last_arrives_whole_each_way() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let snat = lab.add_client("10.16.0.2");
+    let forward = lab.add_client("10.16.1.2");
+    let gateway = lab.start_gateway(&[]);
+    let server_socket = lab
+        .server
+        .run(|| UdpSocket::bind(("0.0.0.0", UDP_PORT)).unwrap());
+    for (client, address, id) in [(snat, "10.16.0.2", 0x4101), (forward, "10.16.1.2", 0x4201)] {
+        let client_socket = lab
+            .client(client)
+            .run(|| UdpSocket::bind(("0.0.0.0", 7500)).unwrap());
+        // Out: the client's stack would send the first fragment first, so the fragments are crafted and sent
+        // last first; the server's stack reassembles what came through.
+        let pieces = fragments_last_first(address, 7500, SERVER_IP, UDP_PORT, id);
+        lab.client(client)
+            .run(move || pieces.iter().for_each(|p| send_raw(p)));
+        let (datagram, peer) = receive_datagram(&server_socket);
+        assert!(datagram == big_payload(), "the datagram arrived changed");
+        let expected_source = if client == snat {
+            veg_testbed::lab::GATEWAY_EXTERNAL_IP
+        } else {
+            address
+        };
+        assert_eq!(peer.ip().to_string(), expected_source);
+        // Back: the server's answer, last fragment first, to the address and port it saw.
+        let pieces = fragments_last_first(
+            SERVER_IP,
+            UDP_PORT,
+            &peer.ip().to_string(),
+            peer.port(),
+            id + 1,
+        );
+        lab.server
+            .run(move || pieces.iter().for_each(|p| send_raw(p)));
+        let (answer, from) = receive_datagram(&client_socket);
+        assert!(answer == big_payload(), "the answer arrived changed");
+        assert_eq!(from, server(UDP_PORT));
+    }
+    // The SNAT client's datagrams are followed, one each way, each with its translated end.
+    let followed = gateway.fragmented_datagrams();
+    let ids: Vec<(u64, &str, &str)> = followed
+        .iter()
+        .map(|d| {
+            (
+                d["id"].as_u64().unwrap(),
+                d["translated"].as_str().unwrap(),
+                d["to"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        ids.contains(&(0x4101, "source", veg_testbed::lab::GATEWAY_EXTERNAL_IP))
+            && ids.contains(&(0x4102, "destination", "10.16.0.2")),
+        "{followed:?}"
+    );
+    // The SNAT client's fragments waited for their first fragment, both ways; the forward client's needed no
+    // translation.
+    assert_eq!(gateway.counter("fragments_held"), 4);
+    assert_eq!(gateway.agent_counter("fragments_released", 4), 4);
+    assert_eq!(gateway.counter("fragments_expired"), 0);
+}
+
+/// Clear DF on the packets `socket` sends (IP_PMTUDISC_DONT): the network may fragment them.
+fn allow_fragmenting(socket: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let value: libc::c_int = libc::IP_PMTUDISC_DONT;
+    // SAFETY: setsockopt with a valid int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "IP_MTU_DISCOVER");
+}
+
+#[test]
+fn a_datagram_too_big_for_the_next_hop_without_df_is_fragmented_each_way() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    // The gateway's routes to the server and back to the client carry 1200 bytes (locked: never raised).
+    lab.gateway.ip(&[
+        "route", "replace", SERVER_IP, "dev", "net1", "mtu", "lock", "1200",
+    ]);
+    lab.gateway.ip(&[
+        "route",
+        "replace",
+        "10.16.0.2",
+        "dev",
+        "eth0",
+        "mtu",
+        "lock",
+        "1200",
+    ]);
+    let gateway = lab.start_gateway(&[]);
+    let server_socket = lab.server.run(|| {
+        let socket = UdpSocket::bind(("0.0.0.0", UDP_PORT)).unwrap();
+        allow_fragmenting(&socket);
+        socket
+    });
+    let client_socket = lab.client(client).run(|| {
+        let socket = UdpSocket::bind(("0.0.0.0", 7600)).unwrap();
+        allow_fragmenting(&socket);
+        socket
+    });
+    let datagram: Vec<u8> = (0..1400).map(|i| (i % 251) as u8).collect();
+    client_socket.send_to(&datagram, server(UDP_PORT)).unwrap();
+    let (got, peer) = receive_datagram(&server_socket);
+    assert!(got == datagram, "the datagram arrived changed");
+    assert_eq!(peer.ip().to_string(), veg_testbed::lab::GATEWAY_EXTERNAL_IP);
+    server_socket.send_to(&datagram, peer).unwrap();
+    let (answer, _) = receive_datagram(&client_socket);
+    assert!(answer == datagram, "the answer arrived changed");
+    assert_eq!(gateway.counter("too_big_fragmented"), 2);
+    assert_eq!(gateway.agent_counter("fragments_created", 4), 4);
 }

@@ -7,6 +7,7 @@
 pub mod address;
 pub mod config;
 pub mod flow;
+pub mod fragment;
 pub mod policy;
 pub mod stats;
 

@@ -50,11 +50,11 @@ counters! {
     DropMalformed = 8, "dropped_malformed",
         "Dropped: truncated or inconsistent headers.";
     DropFragment = 9, "dropped_fragment",
-        "Dropped: a fragment of a SNAT source's datagram, or of a reply to one, that came before its first fragment (not held; dropped rather than leaked).";
+        "Dropped: a fragment of a SNAT source's datagram, or of a reply to one, that could not be translated (the slow path refused it or its first fragment was not seen).";
     DropPortExhausted = 10, "dropped_port_exhausted",
         "Dropped: a new flow found no free port toward its remote endpoint (or the endpoint was found full moments ago); the client is told (ICMP administratively prohibited).";
     DropNoRoute = 11, "dropped_no_route",
-        "Dropped: no route out of the right interface (the kernel does not route between them either), or too big for the route without DF (fragmenting is not done yet).";
+        "Dropped: no route out of the right interface (the kernel does not route between them either).";
     DropUnsupported = 12, "dropped_unsupported_protocol",
         "Dropped: from a SNAT source, a protocol the gateway does not translate.";
     FlowsCreated = 13, "flows_created",
@@ -93,7 +93,21 @@ counters! {
         "Later fragments of a SNAT source's datagram given its first fragment's translation and sent out.";
     FragmentsTranslatedIn = 30, "fragments_translated_in",
         "Later fragments of a reply given its first fragment's translation back and sent to the client.";
+    FragmentsHeld = 31, "fragments_held",
+        "Later fragments that came before their datagram's first fragment, handed to the agent to wait for it.";
+    FragmentsReleased = 32, "fragments_released",
+        "Held fragments given their first fragment's translation by the agent and sent (counted by the agent).";
+    FragmentsExpired = 33, "fragments_expired",
+        "Held fragments dropped by the agent: their first fragment was not translated within 2 s (or was the instance's own), or the hold limits were reached.";
+    TooBigFragmented = 34, "too_big_fragmented",
+        "Packets too big for the next hop without DF, translated and handed to the agent to fragment.";
+    FragmentsCreated = 35, "fragments_created",
+        "Fragments the agent made of those packets and sent.";
+    SlowPathDropped = 36, "slow_path_dropped",
+        "Dropped: a packet for the agent (a held fragment, a packet to fragment) refused: over 10,000 a second per CPU, the agent's ring full, larger than 16384 bytes, or a GSO packet.";
+    SlowPathSendFailed = 37, "slow_path_send_failed",
+        "Dropped by the agent: a released fragment or a made one could not be sent (no route, TTL expired, IP identification 0, or the kernel refused it).";
 }
 
 /// Slots in the STATS array (room to grow without changing the map's size).
-pub const STATS_SLOTS: u32 = 32;
+pub const STATS_SLOTS: u32 = 64;

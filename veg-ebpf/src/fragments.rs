@@ -3,60 +3,46 @@
 //! identity (source, destination, IP identification, protocol) for the fragments that follow it. Those get the
 //! same address (no ports to rewrite: the transport checksum is in the first fragment, updated there).
 //!
-//! A fragment that arrives before its first fragment finds nothing remembered and is dropped (counted): the
-//! programs cannot hold a packet until its first fragment comes.
+//! A fragment that arrives before its first fragment finds nothing remembered: the programs cannot hold a packet,
+//! so it goes to the agent (slow_path.rs), which holds it until the first fragment's translation is known and then
+//! sends it translated. Remembering a translation tells the agent when fragments of that datagram wait.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
+use veg_common::fragment::{DatagramKey, DatagramTranslation, FRAGMENT_TIMEOUT_NS};
 
-use crate::maps::FRAGMENTS;
+use crate::{maps::FRAGMENTS, packet::Ipv4Packet, slow_path};
 
-/// How long a datagram's fragments are followed after its first (the kernel's ipfrag_time).
-const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
-
-/// A datagram's identity, addresses in network byte order.
-#[repr(C)]
-pub struct DatagramKey {
-    src: u32,
-    dst: u32,
-    id: u16,
-    protocol: u8,
-    _pad: u8,
-}
-
-/// The address a datagram's later fragments are rewritten to, and when its first fragment was seen.
-#[repr(C)]
-pub struct DatagramTranslation {
-    addr: u32,
-    _pad: u32,
-    seen_ns: u64,
-}
-
+/// The identity of the datagram a packet is a fragment of.
 #[inline(always)]
-fn key(src: u32, dst: u32, id: u16, protocol: u8) -> DatagramKey {
+pub fn key(pkt: &Ipv4Packet) -> DatagramKey {
     DatagramKey {
-        src,
-        dst,
-        id,
-        protocol,
+        src: pkt.src,
+        dst: pkt.dst,
+        id: pkt.ip_id,
+        protocol: pkt.protocol,
         _pad: 0,
     }
 }
 
-/// Remember that the datagram's first fragment was rewritten to `addr` (the end the caller rewrites).
+/// Remember that the datagram's first fragment `pkt` was rewritten to `addr` at `end` (fragment::END_*), and let
+/// its fragments waiting in the agent go.
 #[inline(always)]
-pub fn remember(src: u32, dst: u32, id: u16, protocol: u8, addr: u32) {
+pub fn remember(pkt: &Ipv4Packet, end: u8, addr: u32) {
+    let key = key(pkt);
     let translation = DatagramTranslation {
         addr,
-        _pad: 0,
+        end,
+        _pad: [0; 3],
         seen_ns: unsafe { bpf_ktime_get_ns() },
     };
-    let _ = FRAGMENTS.insert(&key(src, dst, id, protocol), &translation, 0);
+    let _ = FRAGMENTS.insert(&key, &translation, 0);
+    slow_path::first_arrived(&key, &translation);
 }
 
-/// The address a later fragment of the datagram is rewritten to, if its first fragment was seen lately.
+/// The address a later fragment is rewritten to, if its datagram's first fragment was seen lately.
 #[inline(always)]
-pub fn translation(src: u32, dst: u32, id: u16, protocol: u8) -> Option<u32> {
-    let found = unsafe { FRAGMENTS.get(&key(src, dst, id, protocol))? };
+pub fn translation(pkt: &Ipv4Packet) -> Option<u32> {
+    let found = unsafe { FRAGMENTS.get(&key(pkt))? };
     let now = unsafe { bpf_ktime_get_ns() };
     (now.wrapping_sub(found.seen_ns) < FRAGMENT_TIMEOUT_NS).then_some(found.addr)
 }

@@ -4,6 +4,7 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use veg_common::{
     config::GatewayConfig,
     flow::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    fragment::{END_DESTINATION, kind},
     policy::{ACTION_FORWARD, ACTION_SNAT},
     stats::Counter,
 };
@@ -20,6 +21,7 @@ use crate::{
     },
     rewrite::{self, End},
     route::{self, Route},
+    slow_path,
     stats::{count, drop_packet, pass_to_host},
 };
 
@@ -65,12 +67,18 @@ fn not_ours(ctx: &TcContext, pkt: &Ipv4Packet) -> i32 {
 #[inline(always)]
 fn to_external_address(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> i32 {
     if pkt.later_fragment {
-        // No ports: the client its first fragment was translated back to, if that came first; else the instance's
-        // own (its stack reassembles those).
-        return match fragments::translation(pkt.src, pkt.dst, pkt.ip_id, pkt.protocol) {
-            Some(client) => fragment_to_vpc(ctx, pkt, cfg, client),
-            None => pass_to_host(Counter::PassedToHost),
-        };
+        // No ports: the client its first fragment was translated back to. If that has not come yet, the datagram
+        // may be a client's or the instance's own: the agent holds a copy for the first case, the instance's
+        // stack gets it for the second (and never completes it if it is a client's: the first fragment is not
+        // for the stack).
+        if let Some(client) = fragments::translation(pkt) {
+            return fragment_to_vpc(ctx, pkt, cfg, client);
+        }
+        match slow_path::hold(ctx, pkt, kind::HOLD_FROM_OUTSIDE) {
+            Ok(()) => count(Counter::FragmentsHeld),
+            Err(()) => count(Counter::SlowPathDropped),
+        }
+        return pass_to_host(Counter::PassedToHost);
     }
     let port = match pkt.protocol {
         PROTO_TCP | PROTO_UDP => pkt.dst_port,
@@ -83,7 +91,7 @@ fn to_external_address(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -
         Ok(nat) => {
             if pkt.is_fragment {
                 // A first fragment: its datagram's later fragments follow its translation.
-                fragments::remember(pkt.src, pkt.dst, pkt.ip_id, pkt.protocol, nat.addr);
+                fragments::remember(pkt, END_DESTINATION, nat.addr);
             }
             return route_to_vpc(ctx, pkt, cfg, Some(nat));
         }
@@ -150,7 +158,7 @@ fn route_to_vpc(
     // Errors go back from the external address, quoting the packet as it arrived (what the remote sent).
     let from = cfg.external_addr_v4.ipv4_be();
     match route {
-        Route::TooBig { mtu } if pkt.dont_fragment => {
+        Route::TooBig { mtu, .. } if pkt.dont_fragment => {
             let error = IcmpError::fragmentation_needed(mtu);
             count(Counter::TooBig);
             return icmp::send_error(ctx, pkt, &error, from);

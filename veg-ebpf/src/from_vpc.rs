@@ -4,6 +4,7 @@ use aya_ebpf::programs::TcContext;
 use veg_common::{
     config::GatewayConfig,
     flow::{PROTO_ICMP, PROTO_TCP, PROTO_UDP},
+    fragment::{END_SOURCE, kind},
     policy::{ACTION_FORWARD, ACTION_SNAT},
     stats::Counter,
 };
@@ -19,6 +20,7 @@ use crate::{
     },
     rewrite::{self, End},
     route::{self, Route},
+    slow_path,
     stats::{count, drop_packet, pass_to_host},
 };
 use aya_ebpf::maps::lpm_trie::Key;
@@ -42,9 +44,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         Route::NotForwarded => return pass_to_host(Counter::PassedToHost),
         // Back into the VPC, or out of any other interface: not the gateway's job, and the kernel does not
         // forward on the instance's interfaces either.
-        Route::Resolved { .. } | Route::Unresolved { .. }
-            if route.ifindex() != Some(cfg.external_ifindex) =>
-        {
+        _ if route.ifindex() != Some(cfg.external_ifindex) => {
             return drop_packet(Counter::DropNoRoute);
         }
         _ => {}
@@ -53,15 +53,12 @@ pub fn handle(ctx: &TcContext) -> i32 {
         return drop_packet(Counter::DropNoPolicy);
     };
     let from = cfg.internal_addr_v4.ipv4_be();
-    match route {
-        Route::TooBig { mtu } if pkt.dont_fragment => {
-            let error = IcmpError::fragmentation_needed(mtu);
-            count(Counter::TooBig);
-            return icmp::send_error(ctx, pkt, &error, from);
-        }
-        // Fragmenting is not done yet; dropped rather than leaked.
-        Route::TooBig { .. } => return drop_packet(Counter::DropNoRoute),
-        _ => {}
+    if let Route::TooBig { mtu, .. } = route
+        && pkt.dont_fragment
+    {
+        let error = IcmpError::fragmentation_needed(mtu);
+        count(Counter::TooBig);
+        return icmp::send_error(ctx, pkt, &error, from);
     }
     if pkt.ttl <= 1 {
         // Traceroute through the gateway sees it as a hop.
@@ -78,10 +75,12 @@ pub fn handle(ctx: &TcContext) -> i32 {
 #[inline(always)]
 fn snat(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, route: &Route) -> i32 {
     if pkt.later_fragment {
-        // No ports: the address its first fragment was given, if that came first.
-        let Some(external) = fragments::translation(pkt.src, pkt.dst, pkt.ip_id, pkt.protocol)
-        else {
-            return drop_packet(Counter::DropFragment);
+        // No ports: the address its first fragment was given; if that has not come yet, the agent holds it.
+        let Some(external) = fragments::translation(pkt) else {
+            return match slow_path::hold(ctx, pkt, kind::HOLD_FROM_VPC) {
+                Ok(()) => drop_packet(Counter::FragmentsHeld),
+                Err(()) => drop_packet(Counter::SlowPathDropped),
+            };
         };
         if rewrite::rewrite_address(ctx, pkt, End::Source, external).is_err() {
             return drop_packet(Counter::DropMalformed);
@@ -111,7 +110,7 @@ fn snat(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, route: &Route) -
     };
     if pkt.is_fragment {
         // A first fragment: its datagram's later fragments follow its translation.
-        fragments::remember(pkt.src, pkt.dst, pkt.ip_id, pkt.protocol, nat.addr);
+        fragments::remember(pkt, END_SOURCE, nat.addr);
     }
     if rewrite::rewrite_end(ctx, pkt, End::Source, nat.addr, nat.port).is_err() {
         return drop_packet(Counter::DropMalformed);
@@ -128,11 +127,19 @@ fn error_out(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, route: &Rou
     }
 }
 
-/// Decrement the TTL and send the packet out of its route's interface.
+/// Decrement the TTL and send the packet out of its route's interface; one too big for it (DF clear: the callers
+/// answered DF with fragmentation needed) goes to the agent to be fragmented.
 #[inline(always)]
 pub fn forward(ctx: &TcContext, pkt: &Ipv4Packet, route: &Route, counter: Counter) -> i32 {
     if rewrite::decrement_ttl(ctx, pkt).is_err() {
         return drop_packet(Counter::DropMalformed);
+    }
+    if let Route::TooBig { mtu, .. } = route {
+        if pkt.dont_fragment || slow_path::fragment(ctx, pkt, *mtu).is_err() {
+            return drop_packet(Counter::SlowPathDropped);
+        }
+        count(counter);
+        return drop_packet(Counter::TooBigFragmented);
     }
     match route::redirect(ctx, route) {
         Ok(verdict) => {

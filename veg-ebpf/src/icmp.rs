@@ -10,9 +10,7 @@
 //! kernel's are, so that a flood of expiring packets cannot turn the instance into a flood of errors.
 
 use aya_ebpf::{
-    helpers::generated::{
-        bpf_csum_diff, bpf_ktime_get_ns, bpf_skb_change_head, bpf_skb_change_tail,
-    },
+    helpers::generated::{bpf_csum_diff, bpf_skb_change_head, bpf_skb_change_tail},
     programs::TcContext,
 };
 use veg_common::{flow::PROTO_ICMP, stats::Counter};
@@ -20,6 +18,7 @@ use veg_common::{flow::PROTO_ICMP, stats::Counter};
 use crate::{
     maps::ICMP_RATE,
     packet::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Ipv4Packet, L3_OFF, write_at},
+    rate::{self, Rate},
     route,
     stats::drop_packet,
 };
@@ -76,41 +75,12 @@ const QUOTE_OFF: usize = ICMP_OFF + 8;
 const TOS_INTERNET_CONTROL: u8 = 0xc0;
 const TTL: u8 = 64;
 
-/// At most this many errors a second per CPU, in bursts of at most ERROR_BURST (the kernel's icmp_msgs_per_sec and
+/// At most this many errors a second per CPU, in bursts of at most 50 (the kernel's icmp_msgs_per_sec and
 /// icmp_msgs_burst).
-const ERRORS_PER_SECOND: u64 = 1000;
-const ERROR_BURST: u64 = 50;
-const NS_PER_ERROR: u64 = 1_000_000_000 / ERRORS_PER_SECOND;
-
-/// A per-CPU token bucket, in nanoseconds of credit.
-#[repr(C)]
-pub struct RateBucket {
-    credit_ns: u64,
-    last_ns: u64,
-}
-
-/// Whether one more error may go now.
-#[inline(always)]
-fn within_rate() -> bool {
-    let Some(bucket) = ICMP_RATE.get_ptr_mut(0) else {
-        return false;
-    };
-    let bucket = unsafe { &mut *bucket };
-    let now = unsafe { bpf_ktime_get_ns() };
-    let credit = bucket.credit_ns + now.saturating_sub(bucket.last_ns);
-    let credit = if credit > ERROR_BURST * NS_PER_ERROR {
-        ERROR_BURST * NS_PER_ERROR
-    } else {
-        credit
-    };
-    bucket.last_ns = now;
-    if credit < NS_PER_ERROR {
-        bucket.credit_ns = credit;
-        return false;
-    }
-    bucket.credit_ns = credit - NS_PER_ERROR;
-    true
-}
+const ERROR_RATE: Rate = Rate {
+    per_second: 1000,
+    burst: 50,
+};
 
 /// Whether a packet may be answered with an error at all (RFC 1812 4.3.2.7): never an ICMP error itself, never
 /// a fragment other than the first.
@@ -167,7 +137,7 @@ pub fn send_error(ctx: &TcContext, pkt: &Ipv4Packet, error: &IcmpError, from: u3
     if from == 0 || !answerable(pkt) {
         return drop_packet(Counter::IcmpErrorsNotSent);
     }
-    if !within_rate() {
+    if !rate::within(&ICMP_RATE, &ERROR_RATE) {
         return drop_packet(Counter::IcmpErrorsRateLimited);
     }
     let to = pkt.src;

@@ -24,8 +24,10 @@ mod maps;
 mod packet;
 mod pending;
 mod ports;
+mod rate;
 mod rewrite;
 mod route;
+mod slow_path;
 mod stats;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};

@@ -2,19 +2,17 @@
 //! agent finds every live flow, its counters and its policy where it left them.
 
 use crate::{
-    fragments::{DatagramKey, DatagramTranslation},
-    icmp::RateBucket,
-    packet::Ipv4Packet,
-    pending::PendingRing,
+    packet::Ipv4Packet, pending::PendingRing, rate::RateBucket, slow_path::SlowPathRecord,
 };
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use veg_common::{
     config::{CONFIG_KEY, GatewayConfig},
     flow::{FLOW_TABLE_DEFAULT_ENTRIES, FlowEntry, FlowKey},
+    fragment::{DatagramKey, DatagramTranslation},
     policy::{POLICY_MAX_ENTRIES, Policy, PolicyKeyV4},
     stats::STATS_SLOTS,
 };
@@ -87,14 +85,33 @@ const EXHAUSTED_ENDPOINTS: u32 = 4096;
 #[map]
 pub static PACKET: PerCpuArray<Ipv4Packet> = PerCpuArray::with_max_entries(1, 0);
 
-/// The translations of fragmented datagrams, for their later fragments (fragments.rs). Not pinned: a datagram in
-/// flight when the agent restarts loses its later fragments.
+/// The translations of fragmented datagrams, for their later fragments (fragments.rs). Pinned, so that the agent
+/// (which sends held fragments with them) and `veg flows` can read it.
 #[map]
 pub static FRAGMENTS: LruHashMap<DatagramKey, DatagramTranslation> =
-    LruHashMap::with_max_entries(FRAGMENTED_DATAGRAMS, 0);
+    LruHashMap::pinned(FRAGMENTED_DATAGRAMS, 0);
 
 /// Fragmented datagrams followed at once (the least recently seen are forgotten first).
 const FRAGMENTED_DATAGRAMS: u32 = 16384;
+
+/// Datagrams some of whose fragments the agent holds, waiting for their first fragment (slow_path.rs). Not
+/// pinned; a mark lost only delays those fragments until the agent's next look.
+#[map]
+pub static HELD: LruHashMap<DatagramKey, u8> = LruHashMap::with_max_entries(HELD_DATAGRAMS, 0);
+
+const HELD_DATAGRAMS: u32 = 4096;
+
+/// Packets for the agent (slow_path.rs): 2 MiB, a few hundred packets. Not pinned: each agent reads its own.
+#[map]
+pub static SLOW_PATH: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
+
+/// A slow-path record being built: too big for the stack.
+#[map]
+pub static SLOW_PATH_SCRATCH: PerCpuArray<SlowPathRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// The per-CPU budget of packets handed to the agent. Not pinned.
+#[map]
+pub static SLOW_PATH_RATE: PerCpuArray<RateBucket> = PerCpuArray::with_max_entries(1, 0);
 
 /// The per-CPU budget of ICMP errors (see icmp.rs). Not pinned.
 #[map]

@@ -4,7 +4,7 @@
 //! saw a reply is left in the ring and skipped when its turn comes. Established flows are never removed for a new
 //! one: when the ring holds nothing to give, the new flow is dropped.
 
-use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_loop};
 use veg_common::{
     flow::{FlowEntry, FlowKey, STATE_REPLY_SEEN, is_expired},
     stats::Counter,
@@ -44,40 +44,55 @@ pub fn record(key: &FlowKey) {
     }
 }
 
+/// The state of a search for a flow to give up (bpf_loop's context).
+struct GiveUp {
+    now: u64,
+    done: bool,
+}
+
 /// Remove the oldest recorded flow that never saw a reply, or expired, to make room. Returns whether one went.
+/// Through bpf_loop, so the verifier checks one step once rather than every unrolled copy on every path.
 #[inline(always)]
 pub fn give_one_up(now: u64) -> bool {
+    let mut search = GiveUp { now, done: false };
+    let ctx = &mut search as *mut GiveUp as *mut core::ffi::c_void;
+    unsafe { bpf_loop(CANDIDATES, look_at_oldest as *mut _, ctx, 0) };
+    search.done
+}
+
+/// One candidate: the oldest recorded flow not looked at yet. Returns 1 (stop) once one was given up or none is
+/// left.
+unsafe extern "C" fn look_at_oldest(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
+    let search = unsafe { &mut *(ctx as *mut GiveUp) };
     let Some(ring) = PENDING.get_ptr_mut(0) else {
-        return false;
+        return 1;
     };
     let ring = unsafe { &mut *ring };
-    for _ in 0..CANDIDATES {
-        if ring.oldest == ring.next {
-            return false;
-        }
-        let key = &ring.keys[(ring.oldest & (RING - 1)) as usize];
-        ring.oldest = ring.oldest.wrapping_add(1);
-        let Some(entry) = FLOWS.get_ptr(key) else {
-            continue; // gone already
-        };
-        let entry = unsafe { &*entry };
-        let unanswered = entry.state & STATE_REPLY_SEEN == 0;
-        if !unanswered && !is_expired(entry, key.protocol, now) {
-            continue; // established: never given up
-        }
-        // On the stack, not in the scratch space: the caller may be building entries there.
-        let partner_key = key.partner(entry);
-        if let Some(partner) = FLOWS.get_ptr(&partner_key) {
-            // Only the partner that belongs to this flow.
-            if points_back(key, entry, unsafe { &*partner }) {
-                let _ = FLOWS.remove(&partner_key);
-            }
-        }
-        let _ = FLOWS.remove(key);
-        count(Counter::FlowsGivenUp);
-        return true;
+    if ring.oldest == ring.next {
+        return 1;
     }
-    false
+    let key = &ring.keys[(ring.oldest & (RING - 1)) as usize];
+    ring.oldest = ring.oldest.wrapping_add(1);
+    let Some(entry) = FLOWS.get_ptr(key) else {
+        return 0; // gone already
+    };
+    let entry = unsafe { &*entry };
+    let unanswered = entry.state & STATE_REPLY_SEEN == 0;
+    if !unanswered && !is_expired(entry, key.protocol, search.now) {
+        return 0; // established: never given up
+    }
+    // On the stack, not in the scratch space: the caller may be building entries there.
+    let partner_key = key.partner(entry);
+    if let Some(partner) = FLOWS.get_ptr(&partner_key) {
+        // Only the partner that belongs to this flow.
+        if points_back(key, entry, unsafe { &*partner }) {
+            let _ = FLOWS.remove(&partner_key);
+        }
+    }
+    let _ = FLOWS.remove(key);
+    count(Counter::FlowsGivenUp);
+    search.done = true;
+    1
 }
 
 /// Why a new entry was not inserted.

@@ -32,8 +32,8 @@ pub enum Route {
     },
     /// Out of `ifindex` to `nexthop` (network byte order), MAC not resolved yet.
     Unresolved { ifindex: u32, nexthop: u32 },
-    /// Bigger than the MTU of the route's interface, which is `mtu`.
-    TooBig { mtu: u16 },
+    /// Out of `ifindex`, but bigger than the route's MTU, which is `mtu`.
+    TooBig { mtu: u16, ifindex: u32 },
     /// Local delivery, unreachable, blackhole, forwarding disabled: the kernel's business.
     NotForwarded,
 }
@@ -42,7 +42,9 @@ impl Route {
     #[inline(always)]
     pub fn ifindex(&self) -> Option<u32> {
         match self {
-            Route::Resolved { ifindex, .. } | Route::Unresolved { ifindex, .. } => Some(*ifindex),
+            Route::Resolved { ifindex, .. }
+            | Route::Unresolved { ifindex, .. }
+            | Route::TooBig { ifindex, .. } => Some(*ifindex),
             _ => None,
         }
     }
@@ -69,14 +71,7 @@ pub fn lookup(ctx: &TcContext, protocol: u8, src: u32, dst: u32, ip_len: u16) ->
     params.ifindex = LOOPBACK_IFINDEX;
     params.__bindgen_anon_3.ipv4_src = src;
     params.__bindgen_anon_4.ipv4_dst = dst;
-    let rc = unsafe {
-        fib_lookup(
-            ctx.skb.skb as *mut _,
-            params,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
+    let rc = fib(ctx, params);
     if rc < 0 {
         return Route::NotForwarded;
     }
@@ -90,10 +85,35 @@ pub fn lookup(ctx: &TcContext, protocol: u8, src: u32, dst: u32, ip_len: u16) ->
             ifindex: params.ifindex,
             nexthop: unsafe { params.__bindgen_anon_4.ipv4_dst },
         },
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::TooBig {
-            mtu: unsafe { params.__bindgen_anon_1.mtu_result },
-        },
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+            // The kernel stops before naming the interface when the packet is too big: ask again for the
+            // smallest packet, which fits any route, to learn it.
+            params.__bindgen_anon_1.tot_len = 1;
+            params.ifindex = LOOPBACK_IFINDEX;
+            params.__bindgen_anon_3.ipv4_src = src;
+            params.__bindgen_anon_4.ipv4_dst = dst;
+            match fib(ctx, params) as u32 {
+                BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => Route::TooBig {
+                    mtu,
+                    ifindex: params.ifindex,
+                },
+                _ => Route::NotForwarded,
+            }
+        }
         _ => Route::NotForwarded,
+    }
+}
+
+#[inline(always)]
+fn fib(ctx: &TcContext, params: &mut bpf_fib_lookup) -> i64 {
+    unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut _,
+            params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
     }
 }
 

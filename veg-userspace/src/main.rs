@@ -265,8 +265,12 @@ struct FlowsArgs {
     #[command(flatten)]
     inspect: InspectArgs,
     /// Print only how many translations are live (a million-flow table lists in seconds; this counts in less).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fragments")]
     count: bool,
+    /// List the fragmented datagrams being followed instead: for each, the address its first fragment was
+    /// translated to, which its later fragments are given (for 30 s).
+    #[arg(long)]
+    fragments: bool,
 }
 
 #[derive(Args)]
@@ -289,6 +293,11 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Gateway(args) => gateway(*args),
+        Command::Flows(args) if args.fragments => inspect::fragments::run(
+            &args.inspect.name,
+            args.inspect.json,
+            &mut io::stdout().lock(),
+        ),
         Command::Flows(args) => inspect::flows::run(
             &args.inspect.name,
             args.inspect.json,

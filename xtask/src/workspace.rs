@@ -116,6 +116,8 @@ pub fn test() -> anyhow::Result<()> {
         "--test",
         "icmp_traffic",
         "--test",
+        "masquerade_comparison",
+        "--test",
         "gateway_cli",
         "--test",
         "gateway_resource",

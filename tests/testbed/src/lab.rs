@@ -275,6 +275,14 @@ impl Gateway {
         self.veg("flows").as_array().unwrap().clone()
     }
 
+    /// `veg flows --fragments --json`: the fragmented datagrams followed.
+    pub fn fragmented_datagrams(&self) -> Vec<serde_json::Value> {
+        self.veg_with("flows", &["--fragments"])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
     /// `veg flows --count`: how many translations are live.
     pub fn flow_count(&self) -> u64 {
         self.veg_with("flows", &["--count"])["flows"]
@@ -287,6 +295,19 @@ impl Gateway {
         self.veg("stats")[label]["value"]
             .as_u64()
             .unwrap_or_else(|| panic!("no counter {label}"))
+    }
+
+    /// A counter the agent keeps (it writes them a moment after the packets went): its value once it reaches
+    /// `expected`, or after 3 s.
+    pub fn agent_counter(&self, label: &str, expected: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let value = self.counter(label);
+            if value >= expected || Instant::now() > deadline {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 

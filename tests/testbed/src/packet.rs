@@ -65,6 +65,26 @@ impl Frame {
         }
     }
 
+    /// A UDP datagram with a checksum, DF clear (a datagram to fragment).
+    pub fn udp(
+        (src, sport): (Ipv4Addr, u16),
+        (dst, dport): (Ipv4Addr, u16),
+        payload: Vec<u8>,
+    ) -> Frame {
+        let mut frame = Frame::new(
+            src,
+            dst,
+            L4::Udp {
+                sport,
+                dport,
+                payload,
+                no_checksum: false,
+            },
+        );
+        frame.frag = 0;
+        frame
+    }
+
     pub fn bytes(&self) -> Vec<u8> {
         let l4 = self.l4_bytes();
         let ihl = 20 + self.options.len();
@@ -273,4 +293,20 @@ pub fn fragments(frame: &[u8], chunk: usize) -> Vec<Vec<u8>> {
             out
         })
         .collect()
+}
+
+/// The fragments a sender makes of a UDP datagram (`chunk` bytes of IP payload each, identification `id`), in
+/// reverse order: the first fragment last, as a multipath network may deliver them.
+pub fn udp_fragments_last_first(
+    (src, sport): (Ipv4Addr, u16),
+    (dst, dport): (Ipv4Addr, u16),
+    payload: Vec<u8>,
+    id: u16,
+    chunk: usize,
+) -> Vec<Vec<u8>> {
+    let mut frame = Frame::udp((src, sport), (dst, dport), payload);
+    frame.id = id;
+    let mut pieces = fragments(&frame.bytes(), chunk);
+    pieces.reverse();
+    pieces
 }

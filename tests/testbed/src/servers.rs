@@ -168,10 +168,14 @@ pub fn connect_from(local_port: u16, server: SocketAddr) -> std::io::Result<TcpS
     Ok(stream)
 }
 
-/// Records the source address of every ICMP echo request arriving in `ns` (the kernel answers them itself).
-pub fn icmp_echo_sources(ns: &Netns) -> Recorder {
-    record(ns, move |p, s, ready_tx| {
-        use std::mem::MaybeUninit;
+/// A raw ICMP socket of the calling thread's namespace: it gets a copy of every ICMP packet the namespace
+/// receives. `read` returns them from their IP header on, or None after its 50 ms timeout.
+pub struct IcmpListener {
+    socket: socket2::Socket,
+}
+
+impl IcmpListener {
+    pub fn open() -> IcmpListener {
         let socket = socket2::Socket::new(
             socket2::Domain::IPV4,
             socket2::Type::RAW,
@@ -181,15 +185,44 @@ pub fn icmp_echo_sources(ns: &Netns) -> Recorder {
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
+        IcmpListener { socket }
+    }
+
+    pub fn read(&self) -> Option<Vec<u8>> {
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+        let len = self.socket.recv(&mut buf).ok()?;
+        // SAFETY: the kernel wrote `len` bytes: the IP header and the ICMP message.
+        Some(
+            buf[..len]
+                .iter()
+                .map(|b| unsafe { b.assume_init() })
+                .collect(),
+        )
+    }
+
+    /// The next ICMP error (type 3 or 11) within 3 s, from its IP header on.
+    pub fn next_error(&self) -> Vec<u8> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            let Some(packet) = self.read() else {
+                continue;
+            };
+            let ihl = usize::from(packet[0] & 0x0f) * 4;
+            if matches!(packet.get(ihl), Some(3 | 11)) {
+                return packet;
+            }
+        }
+        panic!("no ICMP error arrived within 3 s");
+    }
+}
+
+/// Records the source address of every ICMP echo request arriving in `ns` (the kernel answers them itself).
+pub fn icmp_echo_sources(ns: &Netns) -> Recorder {
+    record(ns, move |p, s, ready_tx| {
+        let listener = IcmpListener::open();
         ready_tx.send(()).unwrap();
-        let mut buf = [MaybeUninit::<u8>::uninit(); 2048];
         while !s.load(Ordering::Relaxed) {
-            if let Ok(len) = socket.recv(&mut buf) {
-                // SAFETY: the kernel wrote `len` bytes: the IP header and the ICMP message.
-                let packet: Vec<u8> = buf[..len]
-                    .iter()
-                    .map(|b| unsafe { b.assume_init() })
-                    .collect();
+            if let Some(packet) = listener.read() {
                 let ihl = ((packet[0] & 0x0f) as usize) * 4;
                 if packet.len() > ihl && packet[ihl] == 8 {
                     let src =
@@ -200,6 +233,18 @@ pub fn icmp_echo_sources(ns: &Netns) -> Recorder {
             }
         }
     })
+}
+
+/// One datagram `socket` receives within 3 s, and from where.
+pub fn receive_datagram(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    socket
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let (len, peer) = socket
+        .recv_from(&mut buf)
+        .expect("no datagram arrived whole within 3 s");
+    (buf[..len].to_vec(), peer)
 }
 
 /// Ask the kernel to report ICMP errors about a UDP socket's datagrams to it (IP_RECVERR): a connected socket's

@@ -260,10 +260,12 @@ pub fn deployment(inputs: &Inputs, vpc_cidrs: &[String]) -> Result<Deployment, S
             }),
             ..Default::default()
         }]),
-        // Loading and attaching BPF programs and owning forwarding: these capabilities and no more.
+        // Loading and attaching BPF programs, owning forwarding, and sending the slow path's packets through a
+        // raw socket: these capabilities and no more.
         security_context: Some(only_capabilities(&[
             "BPF",
             "NET_ADMIN",
+            "NET_RAW",
             "PERFMON",
             "SYS_RESOURCE",
         ])),

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData},
+    maps::{Array, MapData, RingBuf},
     programs::{
         SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -21,6 +21,8 @@ use super::{
 
 pub const PROGRAM_FROM_VPC: &str = "veg_from_vpc";
 pub const PROGRAM_FROM_OUTSIDE: &str = "veg_from_outside";
+/// The programs' ring buffer toward the agent; not pinned, each loaded datapath has its own.
+const SLOW_PATH: &str = "SLOW_PATH";
 
 /// The loaded datapath of one gateway. Dropping it detaches the programs; the pinned maps stay. Only when the
 /// process dies without dropping it (killed) do the programs stay attached, through their pinned links, and keep
@@ -144,6 +146,15 @@ impl Datapath {
             .map_mut(pins::POLICY_V4)
             .context("POLICY_V4 map missing")?;
         Ok(PolicyTable::new(map.try_into()?))
+    }
+
+    /// The ring through which the programs hand packets to the agent (slow_path); it can be taken once.
+    pub fn take_slow_path_ring(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(SLOW_PATH)
+            .context("SLOW_PATH map missing, or taken already")?;
+        Ok(RingBuf::try_from(map)?)
     }
 
     pub fn flow_table(&self) -> anyhow::Result<FlowTable> {

@@ -9,6 +9,7 @@ pub const FLOWS: &str = "FLOWS";
 pub const STATS: &str = "STATS";
 pub const CONFIG: &str = "CONFIG";
 pub const POLICY_V4: &str = "POLICY_V4";
+pub const FRAGMENTS: &str = "FRAGMENTS";
 /// The programs' TCX links: pinned, so that the programs stay attached when the agent dies without detaching
 /// them (killed, crashed), and the kernel never forwards a client's packet untranslated in the meantime.
 pub const LINK_FROM_VPC: &str = "LINK_FROM_VPC";

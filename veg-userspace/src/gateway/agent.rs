@@ -27,7 +27,7 @@ use crate::{
         engine::{Engine, EngineConfig, Snapshot},
         session::Role,
     },
-    datapath::{loader::Datapath, pins, policy::DesiredPolicy},
+    datapath::{loader::Datapath, pins, policy::DesiredPolicy, slow_path::SlowPath},
 };
 
 const LOCK_DIR: &str = "/run/veg";
@@ -202,6 +202,11 @@ pub async fn run(
             .await
         })
     });
+    let (slow_path_stop, slow_path_stopped) = tokio::sync::oneshot::channel::<()>();
+    let slow_path = SlowPath::new(datapath.take_slow_path_ring()?, datapath.pin_dir())?;
+    let slow_path_task = tokio::spawn(slow_path.run(async {
+        let _ = slow_path_stopped.await;
+    }));
     let flows = datapath.flow_table()?;
     let mut sweep = tokio::time::interval(settings.sweep_interval);
     tokio::pin!(stop);
@@ -227,6 +232,8 @@ pub async fn run(
         }
     }
     let _ = bfd_stop.send(());
+    let _ = slow_path_stop.send(());
+    let _ = slow_path_task.await;
     if let Some(task) = bfd_task {
         task.await??;
     }

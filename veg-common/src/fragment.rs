@@ -1,0 +1,71 @@
+//! Fragmented datagrams, and the datapath's slow path: the few packets the programs hand to the agent because a
+//! TC program cannot do what they need (hold a packet for later, or split one in several).
+
+/// A datagram's identity (RFC 791): addresses in network byte order, the IP identification as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DatagramKey {
+    pub src: u32,
+    pub dst: u32,
+    pub id: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+/// The end of a datagram whose address a translation rewrites.
+pub const END_SOURCE: u8 = 0;
+pub const END_DESTINATION: u8 = 1;
+
+/// How a datagram's first fragment was translated, for the fragments that follow it: the address written at
+/// `end`, and when (CLOCK_MONOTONIC ns).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatagramTranslation {
+    pub addr: u32,
+    pub end: u8,
+    pub _pad: [u8; 3],
+    pub seen_ns: u64,
+}
+
+/// How long after its first fragment a datagram's fragments are translated (the kernel's ipfrag_time).
+pub const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
+
+/// What a slow-path record asks of the agent.
+pub mod kind {
+    /// A later fragment from a SNAT source that came before its first fragment, as it arrived (dropped by the
+    /// program): to be given its first fragment's source address, once that comes, and sent.
+    pub const HOLD_FROM_VPC: u8 = 1;
+    /// A later fragment to the external address that came before its first fragment, as it arrived (also left to
+    /// the instance's stack, in case the datagram is the instance's own): to be given its first fragment's
+    /// destination, if that is translated, and sent.
+    pub const HOLD_FROM_OUTSIDE: u8 = 2;
+    /// A packet too big for its next hop without DF, already translated and its TTL decremented: to be split into
+    /// fragments of at most `mtu` bytes and sent.
+    pub const FRAGMENT: u8 = 3;
+    /// The first fragment of a datagram with held fragments came: the record's data is its DatagramKey and
+    /// DatagramTranslation.
+    pub const FIRST_ARRIVED: u8 = 4;
+}
+
+/// Every slow-path record starts with this; `len` bytes of data follow (an IPv4 packet from its header on, or
+/// for FIRST_ARRIVED the datagram's key and translation).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SlowPathHeader {
+    pub kind: u8,
+    pub _pad: u8,
+    /// For FRAGMENT: the next hop's MTU.
+    pub mtu: u16,
+    pub len: u16,
+    pub _pad2: u16,
+}
+
+/// The largest packet the slow path carries: a 9000-byte jumbo frame and more. Larger ones are dropped (counted as
+/// slow_path_dropped). A power of two: the programs bound lengths with it as a mask.
+pub const SLOW_PATH_MAX_PACKET: usize = 16384;
+
+#[cfg(feature = "user")]
+mod user {
+    unsafe impl aya::Pod for super::DatagramKey {}
+    unsafe impl aya::Pod for super::DatagramTranslation {}
+}
