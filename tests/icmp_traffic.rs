@@ -146,6 +146,39 @@ fn a_pods_port_unreachable_reaches_the_remote_with_the_external_tuple() {
     assert_eq!(gateway.counter("icmp_errors_translated_out"), 1);
 }
 
+#[test]
+fn traceroute_from_a_pod_shows_every_hop_with_udp_and_icmp_probes() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
+    let client = lab.add_client("10.16.0.2");
+    let _far = add_far_host(&lab);
+    let _gateway = lab.start_gateway(&[]);
+    // The gateway (its VPC address), the router beyond it, the far host: the last answers UDP probes with port
+    // unreachable, ICMP ones with an echo reply, and both reach the pod only through their translation back.
+    let hops = [veg_testbed::lab::GATEWAY_INTERNAL_IP, SERVER_IP, FAR_IP];
+    for probes in [&[][..], &["-I"][..]] {
+        let mut args = vec!["-n", "-q", "1", "-w", "2", "-m", "3"];
+        args.extend_from_slice(probes);
+        args.push(FAR_IP);
+        let out = lab.client(client).exec("traceroute", &args);
+        let said = String::from_utf8_lossy(&out.stdout);
+        for (n, hop) in hops.iter().enumerate() {
+            let number = (n + 1).to_string();
+            let line = said
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(number.as_str()))
+                .unwrap_or_default();
+            assert!(
+                line.split_whitespace().nth(1) == Some(hop),
+                "traceroute {probes:?}: hop {} should be {hop}:\n{said}",
+                n + 1
+            );
+        }
+    }
+}
+
 /// Write `size` bytes through a TCP echo from a client and read them all back, within 10 s.
 fn echo_bulk(ns: &Netns, to: SocketAddr, size: usize) -> std::io::Result<()> {
     use std::io::{Read, Write};
