@@ -11,8 +11,8 @@ use std::{
 };
 
 use serde_json::Value;
-use veg_testbed::{frr::Bfdd, lab::Lab, netns::Netns, skip_unless_root, unique};
-use veg_userspace::bfd::packet::{ControlPacket, Diagnostic, State};
+use veg_bfd::packet::{ControlPacket, Diagnostic, State};
+use veg_testbed::{frr::Bfdd, netns::Netns, skip_unless_root, topology::Topology, unique};
 
 const VEG: &str = env!("CARGO_BIN_EXE_veg");
 const OURS: &str = "10.99.0.1";
@@ -333,26 +333,18 @@ fn veg_changing_its_timers_is_negotiated_without_a_flap() {
     let up_since = pair.frr().session().unwrap()["uptime"]
         .as_u64()
         .unwrap_or(0);
-    let out = Command::new(VEG)
-        .args([
-            "bfd",
-            "timers",
-            "--name",
-            &pair.name,
-            "--min-tx",
-            "250",
-            "--min-rx",
-            "400",
-            "--multiplier",
-            "4",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    veg_testbed::command::run(Command::new(VEG).args([
+        "bfd",
+        "timers",
+        "--name",
+        &pair.name,
+        "--min-tx",
+        "250",
+        "--min-rx",
+        "400",
+        "--multiplier",
+        "4",
+    ]));
     std::thread::sleep(Duration::from_secs(2));
     let frr = pair.frr().session().unwrap();
     assert_eq!(frr["status"], "up", "{frr}");
@@ -484,11 +476,11 @@ fn the_gateway_is_ready_only_while_its_bfd_sessions_are_up() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(VEG);
+    let mut topo = Topology::new(VEG);
     // FRR plays the VPC's BFD port, on the VPC switch.
-    let port = lab.add_client("10.16.0.9");
+    let port = topo.add_client("10.16.0.9");
     let frr = Bfdd::start(
-        lab.client(port),
+        topo.client(port),
         "10.16.0.12",
         "10.16.0.9",
         "eth0",
@@ -496,7 +488,7 @@ fn the_gateway_is_ready_only_while_its_bfd_sessions_are_up() {
         100,
         3,
     );
-    let gateway = lab.start_gateway(&[
+    let gateway = topo.start_gateway(&[
         "--bfd-peer",
         "10.16.0.9",
         "--bfd-min-tx",
@@ -504,9 +496,9 @@ fn the_gateway_is_ready_only_while_its_bfd_sessions_are_up() {
         "--bfd-min-rx",
         "100",
     ]);
-    assert_eq!(http_status(lab.client(port), "/livez"), 200);
+    assert_eq!(http_status(topo.client(port), "/livez"), 200);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while http_status(lab.client(port), "/readyz") != 200 {
+    while http_status(topo.client(port), "/readyz") != 200 {
         assert!(
             Instant::now() < deadline,
             "never ready; FRR says {:?}",
@@ -527,7 +519,7 @@ fn the_gateway_is_ready_only_while_its_bfd_sessions_are_up() {
     // The VPC's BFD port goes silent: the instance stops being ready, but stays alive.
     frr.kill();
     let killed = Instant::now();
-    while http_status(lab.client(port), "/readyz") == 200 {
+    while http_status(topo.client(port), "/readyz") == 200 {
         assert!(
             killed.elapsed() < Duration::from_secs(3),
             "still ready without its BFD peer"
@@ -538,5 +530,5 @@ fn the_gateway_is_ready_only_while_its_bfd_sessions_are_up() {
         "not ready {} ms after the BFD peer went silent",
         killed.elapsed().as_millis()
     );
-    assert_eq!(http_status(lab.client(port), "/livez"), 200);
+    assert_eq!(http_status(topo.client(port), "/livez"), 200);
 }

@@ -16,6 +16,7 @@ use kube::{
     runtime::events::{Recorder, Reporter},
 };
 use serde_json::{Value, json};
+use veg_ovsdb::{monitor::Monitor, replica::column};
 use veg_testbed::{
     kube_api::FakeApi,
     ovsdb::{GATEWAY_TABLES, NbServer},
@@ -27,7 +28,6 @@ use veg_userspace::{
         network::{Subnet, Vpc},
     },
     ovn::apply::{DB, monitored_tables},
-    ovsdb::{monitor::Monitor, replica::column},
 };
 
 const NS: &str = "default";

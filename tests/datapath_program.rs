@@ -638,11 +638,7 @@ fn an_inbound_reply_whose_ttl_expires_gets_time_exceeded_not_a_reset() {
 
 /// `ip ARGS` in the program lab's namespace (the calling thread's).
 fn ip(args: &[&str]) {
-    let status = std::process::Command::new("ip")
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(status.success(), "ip {}", args.join(" "));
+    veg_testbed::netns::ip(args);
 }
 
 /// A 1,428-byte UDP packet with DF from CLIENT.

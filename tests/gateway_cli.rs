@@ -4,18 +4,19 @@
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use veg_testbed::{
-    lab::{GATEWAY_EXTERNAL_IP, Lab, SERVER_IP, gateway_command},
     servers::{udp_echo, udp_round_trip},
-    skip_unless_root, unique,
+    skip_unless_root,
+    topology::{GATEWAY_EXTERNAL_IP, SERVER_IP, Topology, gateway_command},
+    unique,
 };
 
 const VEG: &str = env!("CARGO_BIN_EXE_veg");
 
-/// Run `veg gateway` in the lab's instance with the lab's defaults overridden by `args`; it must fail.
-fn refused(lab: &Lab, name: &str, args: &[&str]) -> String {
+/// Run `veg gateway` in the topology's instance with the topology's defaults overridden by `args`; it must fail.
+fn refused(topo: &Topology, name: &str, args: &[&str]) -> String {
     let mut full = vec!["gateway", "--name", name];
     let defaults = [
-        ("--netns", lab.gateway.name.as_str()),
+        ("--netns", topo.gateway.name.as_str()),
         ("--internal-interface", "eth0"),
         ("--external-interface", "net1"),
         ("--external-ip", GATEWAY_EXTERNAL_IP),
@@ -45,7 +46,7 @@ fn bad_settings_are_refused_with_advice() {
     if skip_unless_root() {
         return;
     }
-    let lab = Lab::new(VEG);
+    let topo = Topology::new(VEG);
     let name = unique("vegcli");
     let cases: &[(&[&str], &[&str])] = &[
         (
@@ -74,7 +75,7 @@ fn bad_settings_are_refused_with_advice() {
         ),
     ];
     for (args, expected) in cases {
-        let stderr = refused(&lab, &name, args);
+        let stderr = refused(&topo, &name, args);
         for needle in *expected {
             assert!(
                 stderr.contains(needle),
@@ -89,9 +90,9 @@ fn a_second_agent_with_the_same_name_is_refused() {
     if skip_unless_root() {
         return;
     }
-    let lab = Lab::new(VEG);
-    let gateway = lab.start_gateway(&[]);
-    let out = gateway_command(VEG, &gateway.name, &lab.gateway.name)
+    let topo = Topology::new(VEG);
+    let gateway = topo.start_gateway(&[]);
+    let out = gateway_command(VEG, &gateway.name, &topo.gateway.name)
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -123,8 +124,8 @@ fn settings_come_from_a_config_file() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(VEG);
-    let client = lab.add_client("10.16.0.2");
+    let mut topo = Topology::new(VEG);
+    let client = topo.add_client("10.16.0.2");
     let name = unique("vegcfg");
     let file = std::env::temp_dir().join(format!("{name}.yaml"));
     std::fs::write(
@@ -132,7 +133,7 @@ fn settings_come_from_a_config_file() {
         format!(
             "name: {name}\nnetns: {}\ninternalInterface: eth0\nexternalInterface: net1\nexternalIP: {GATEWAY_EXTERNAL_IP}\n\
              snat: [10.16.0.0/24]\nportRange: 3000-3999\n",
-            lab.gateway.name
+            topo.gateway.name
         ),
     )
     .unwrap();
@@ -141,12 +142,12 @@ fn settings_come_from_a_config_file() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let udp = udp_echo(&lab.server, 9000);
+    let udp = udp_echo(&topo.server, 9000);
     let server = SocketAddr::new(SERVER_IP.parse().unwrap(), 9000);
     // The agent starts in well under a second; retry while it attaches.
     let answered = (0..50).any(|_| {
         std::thread::sleep(Duration::from_millis(100));
-        udp_round_trip(lab.client(client), 0, server, b"configured").is_ok()
+        udp_round_trip(topo.client(client), 0, server, b"configured").is_ok()
     });
     unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
     let output = agent.wait_with_output().unwrap();

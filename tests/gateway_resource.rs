@@ -1,5 +1,5 @@
 //! `veg gateway --gateway NAMESPACE/NAME`: the instance takes its policy from its VpcEgressGateway and the Subnets
-//! it names, and follows their changes live. The agent runs in the lab's instance namespace (on a thread of this
+//! it names, and follows their changes live. The agent runs in the topology's instance namespace (on a thread of this
 //! process, so that it can reach the in-memory API server); what counts is what the external server saw, and that
 //! a connection opened before the changes keeps working through them.
 
@@ -17,10 +17,10 @@ use kube::{
 use serde_json::json;
 use veg_testbed::{
     kube_api::FakeApi,
-    lab::{GATEWAY_EXTERNAL_IP, Lab, SERVER_IP},
     netns::Netns,
     servers::{Recorder, connect_from, tcp_echo, tcp_round_trip},
     skip_unless_root,
+    topology::{GATEWAY_EXTERNAL_IP, SERVER_IP, Topology},
 };
 use veg_userspace::{
     crd::{gateway::VpcEgressGateway, network::Subnet},
@@ -138,10 +138,10 @@ fn the_policy_follows_the_resource_live_without_breaking_flows() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let first = lab.add_client("10.16.0.2");
-    let second = lab.add_client("10.16.1.2");
-    let recorder = tcp_echo(&lab.server, PORT);
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let first = topo.add_client("10.16.0.2");
+    let second = topo.add_client("10.16.1.2");
+    let recorder = tcp_echo(&topo.server, PORT);
 
     let api_runtime = tokio::runtime::Runtime::new().unwrap();
     let (client, _api) = api_runtime.block_on(async { FakeApi::start() });
@@ -156,15 +156,18 @@ fn the_policy_follows_the_resource_live_without_breaking_flows() {
         .unwrap();
         gateways.create(&PostParams::default(), &gateway).await.unwrap();
     });
-    let agent = Agent::start(&lab.gateway, &format!("{}-gw", lab.prefix), client);
+    let agent = Agent::start(&topo.gateway, &format!("{}-gw", topo.prefix), client);
     let external: IpAddr = GATEWAY_EXTERNAL_IP.parse().unwrap();
 
     // The subnet's clients leave translated; a connection stays open through everything below.
-    let mut held = lab.client(first).run(|| connect_from(0, server())).unwrap();
+    let mut held = topo
+        .client(first)
+        .run(|| connect_from(0, server()))
+        .unwrap();
     assert_eq!(echo(&mut held, b"before").unwrap(), b"before");
     assert_eq!(sources(&recorder), [external]);
     assert!(
-        tcp_round_trip(lab.client(second), 0, server(), b"x").is_err(),
+        tcp_round_trip(topo.client(second), 0, server(), b"x").is_err(),
         "10.16.1.2 is in no policy yet, but got through"
     );
 
@@ -176,7 +179,7 @@ fn the_policy_follows_the_resource_live_without_breaking_flows() {
             &Patch::Merge(json!({ "spec": { "cidrBlock": "10.16.0.0/23" } })),
         ))
         .unwrap();
-    eventually_through(lab.client(second), "after the subnet grew to 10.16.0.0/23");
+    eventually_through(topo.client(second), "after the subnet grew to 10.16.0.0/23");
     assert!(
         sources(&recorder).iter().all(|s| *s == external),
         "{:?}",
@@ -206,7 +209,7 @@ fn the_policy_follows_the_resource_live_without_breaking_flows() {
             "the forward policy never took effect: {:?}",
             sources(&recorder)
         );
-        let _ = tcp_round_trip(lab.client(second), 0, server(), b"forwarded");
+        let _ = tcp_round_trip(topo.client(second), 0, server(), b"forwarded");
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(

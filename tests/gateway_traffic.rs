@@ -1,4 +1,4 @@
-//! Real traffic through `veg gateway` in network namespaces (see veg-testbed's lab.rs for the topology). Every
+//! Real traffic through `veg gateway` in network namespaces (see veg-testbed's topology.rs for the topology). Every
 //! assertion is about what the far side saw: the source address a server observed, what reached a client.
 //!
 //! Run serially (`--test-threads=1`): each test builds its own namespaces, but timing-sensitive traffic should not
@@ -12,11 +12,11 @@ use std::{
 };
 
 use veg_testbed::{
-    lab::{GATEWAY_EXTERNAL_IP, Lab, SERVER_IP, external_ip, server},
     servers::{
         connect_from, icmp_echo_sources, tcp_echo, tcp_round_trip, udp_echo, udp_round_trip,
     },
     skip_unless_root,
+    topology::{GATEWAY_EXTERNAL_IP, SERVER_IP, Topology, external_ip, server},
 };
 
 const TCP_PORT: u16 = 8080;
@@ -27,22 +27,22 @@ fn tcp_udp_and_ping_leave_with_the_external_address() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
-    let gateway = lab.start_gateway(&[]);
-    let tcp = tcp_echo(&lab.server, TCP_PORT);
-    let udp = udp_echo(&lab.server, UDP_PORT);
-    let icmp = icmp_echo_sources(&lab.server);
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    let gateway = topo.start_gateway(&[]);
+    let tcp = tcp_echo(&topo.server, TCP_PORT);
+    let udp = udp_echo(&topo.server, UDP_PORT);
+    let icmp = icmp_echo_sources(&topo.server);
 
     assert_eq!(
-        tcp_round_trip(lab.client(client), 0, server(TCP_PORT), b"over tcp").unwrap(),
+        tcp_round_trip(topo.client(client), 0, server(TCP_PORT), b"over tcp").unwrap(),
         b"over tcp"
     );
     assert_eq!(
-        udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"over udp").unwrap(),
+        udp_round_trip(topo.client(client), 0, server(UDP_PORT), b"over udp").unwrap(),
         b"over udp"
     );
-    let ping = lab
+    let ping = topo
         .client(client)
         .exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", SERVER_IP]);
     assert!(
@@ -80,11 +80,11 @@ fn traceroute_through_the_gateway_works() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
-    let gateway = lab.start_gateway(&[]);
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    let gateway = topo.start_gateway(&[]);
     // TTL 1 expires at the gateway, which must say so (ICMP time exceeded from its VPC address)...
-    let first_hop = lab
+    let first_hop = topo
         .client(client)
         .exec("ping", &["-c", "1", "-W", "2", "-t", "1", SERVER_IP]);
     let text = String::from_utf8_lossy(&first_hop.stdout);
@@ -94,7 +94,7 @@ fn traceroute_through_the_gateway_works() {
     );
     assert!(gateway.counter("ttl_expired") > 0);
     // ...and TTL 2 is just enough to reach the server behind it.
-    let second_hop = lab
+    let second_hop = topo
         .client(client)
         .exec("ping", &["-c", "1", "-W", "2", "-t", "2", SERVER_IP]);
     assert!(
@@ -109,12 +109,12 @@ fn forward_policy_client_is_seen_with_its_own_address() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.1.2");
-    let gateway = lab.start_gateway(&[]);
-    let tcp = tcp_echo(&lab.server, TCP_PORT);
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.1.2");
+    let gateway = topo.start_gateway(&[]);
+    let tcp = tcp_echo(&topo.server, TCP_PORT);
     assert_eq!(
-        tcp_round_trip(lab.client(client), 0, server(TCP_PORT), b"routed").unwrap(),
+        tcp_round_trip(topo.client(client), 0, server(TCP_PORT), b"routed").unwrap(),
         b"routed"
     );
     assert_eq!(tcp.peers()[0].ip(), "10.16.1.2".parse::<IpAddr>().unwrap());
@@ -130,15 +130,15 @@ fn two_clients_with_the_same_source_port_both_work() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let first = lab.add_client("10.16.0.2");
-    let second = lab.add_client("10.16.0.3");
-    let _gateway = lab.start_gateway(&[]);
-    let udp = udp_echo(&lab.server, UDP_PORT);
-    let tcp = tcp_echo(&lab.server, TCP_PORT);
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let first = topo.add_client("10.16.0.2");
+    let second = topo.add_client("10.16.0.3");
+    let _gateway = topo.start_gateway(&[]);
+    let udp = udp_echo(&topo.server, UDP_PORT);
+    let tcp = tcp_echo(&topo.server, TCP_PORT);
     for client in [first, second] {
         assert_eq!(
-            udp_round_trip(lab.client(client), 5555, server(UDP_PORT), b"same port").unwrap(),
+            udp_round_trip(topo.client(client), 5555, server(UDP_PORT), b"same port").unwrap(),
             b"same port"
         );
     }
@@ -147,7 +147,7 @@ fn two_clients_with_the_same_source_port_both_work() {
     let connections: Vec<_> = [first, second]
         .into_iter()
         .map(|client| {
-            let connection = lab
+            let connection = topo
                 .client(client)
                 .spawn(move || -> std::io::Result<Vec<u8>> {
                     let mut stream = connect_from(5555, target)?;
@@ -183,13 +183,13 @@ fn ten_thousand_udp_flows_fill_a_table_sized_for_them_with_distinct_external_tup
         return;
     }
     const FLOWS: u16 = 10_000;
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
-    let gateway = lab.start_gateway(&["--max-flows", &FLOWS.to_string()]);
-    let udp = udp_echo(&lab.server, UDP_PORT);
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    let gateway = topo.start_gateway(&["--max-flows", &FLOWS.to_string()]);
+    let udp = udp_echo(&topo.server, UDP_PORT);
     let target = server(UDP_PORT);
     // One socket per flow, each waiting for its echo (one retry), so no datagram is lost to a full buffer.
-    let unanswered = lab.client(client).run(move || {
+    let unanswered = topo.client(client).run(move || {
         let mut unanswered = 0;
         for port in 20_000..20_000 + FLOWS {
             let socket = UdpSocket::bind(("0.0.0.0", port)).unwrap();
@@ -237,14 +237,14 @@ fn open_tcp_connection_survives_a_gateway_restart() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
-    let mut gateway = lab.start_gateway(&[]);
-    let tcp = tcp_echo(&lab.server, TCP_PORT);
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    let mut gateway = topo.start_gateway(&[]);
+    let tcp = tcp_echo(&topo.server, TCP_PORT);
     let (to_client, from_test) = std::sync::mpsc::channel::<()>();
     let (to_test, from_client) = std::sync::mpsc::channel::<Result<(), String>>();
     let target = server(TCP_PORT);
-    let connection = lab.client(client).spawn(move || {
+    let connection = topo.client(client).spawn(move || {
         let round_trip = |stream: &mut std::net::TcpStream, payload: &[u8]| -> Result<(), String> {
             stream.write_all(payload).map_err(|e| e.to_string())?;
             let mut buf = vec![0u8; payload.len()];
@@ -286,14 +286,14 @@ fn nothing_is_forwarded_untranslated_while_the_agent_is_stopped() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
-    let mut gateway = lab.start_gateway(&[]);
-    let udp = udp_echo(&lab.server, UDP_PORT);
-    udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"running").unwrap();
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    let mut gateway = topo.start_gateway(&[]);
+    let udp = udp_echo(&topo.server, UDP_PORT);
+    udp_round_trip(topo.client(client), 0, server(UDP_PORT), b"running").unwrap();
     gateway.stop();
     // The server routes 10.16.0.0/16 back through the gateway, so a leaked packet would even get its answer.
-    assert!(udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"stopped").is_err());
+    assert!(udp_round_trip(topo.client(client), 0, server(UDP_PORT), b"stopped").is_err());
     assert_eq!(
         udp.peers().len(),
         1,
@@ -323,12 +323,12 @@ fn unsolicited_packets_never_reach_a_client() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
-    let gateway = lab.start_gateway(&[]);
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    let gateway = topo.start_gateway(&[]);
     // The client listens on ports inside and outside the NAT range.
     let ports = [7000u16, 40000];
-    let listeners = lab.client(client).spawn(move || {
+    let listeners = topo.client(client).spawn(move || {
         let tcp: Vec<TcpListener> = ports
             .iter()
             .map(|p| TcpListener::bind(("0.0.0.0", *p)).unwrap())
@@ -365,7 +365,7 @@ fn unsolicited_packets_never_reach_a_client() {
         GATEWAY_EXTERNAL_IP.parse().unwrap(),
         "10.16.0.2".parse().unwrap(),
     ];
-    let connected = lab.server.run(move || {
+    let connected = topo.server.run(move || {
         let mut connected = Vec::new();
         for ip in &targets {
             for port in ports {
@@ -398,11 +398,11 @@ fn client_outside_every_policy_is_dropped_and_counted() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.2.2");
-    let gateway = lab.start_gateway(&[]);
-    let udp = udp_echo(&lab.server, UDP_PORT);
-    assert!(udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"no policy").is_err());
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.2.2");
+    let gateway = topo.start_gateway(&[]);
+    let udp = udp_echo(&topo.server, UDP_PORT);
+    assert!(udp_round_trip(topo.client(client), 0, server(UDP_PORT), b"no policy").is_err());
     assert!(
         udp.peers().is_empty(),
         "traffic from outside every policy reached the server: {:?}",
@@ -416,14 +416,14 @@ fn the_instance_own_connections_still_work() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
-    let _gateway = lab.start_gateway(&[]);
-    let tcp = tcp_echo(&lab.server, TCP_PORT);
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    let _gateway = topo.start_gateway(&[]);
+    let tcp = tcp_echo(&topo.server, TCP_PORT);
     // A translated flow first, then the instance's own connection through net1 beside it.
-    tcp_round_trip(lab.client(client), 0, server(TCP_PORT), b"client").unwrap();
+    tcp_round_trip(topo.client(client), 0, server(TCP_PORT), b"client").unwrap();
     assert_eq!(
-        tcp_round_trip(&lab.gateway, 0, server(TCP_PORT), b"instance").unwrap(),
+        tcp_round_trip(&topo.gateway, 0, server(TCP_PORT), b"instance").unwrap(),
         b"instance"
     );
     let own = tcp.peers()[1];
@@ -481,15 +481,15 @@ fn the_gateway_turns_forwarding_on_and_off_where_proc_sys_is_read_only_as_in_a_p
         .unwrap();
     assert!(!probe.status.success(), "/proc/sys was still writable");
 
-    let mut lab = Lab::new(&wrapper.veg());
-    let client = lab.add_client("10.16.0.2");
-    let mut gateway = lab.start_gateway(&[]);
-    let udp = udp_echo(&lab.server, UDP_PORT);
-    udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"running").unwrap();
+    let mut topo = Topology::new(&wrapper.veg());
+    let client = topo.add_client("10.16.0.2");
+    let mut gateway = topo.start_gateway(&[]);
+    let udp = udp_echo(&topo.server, UDP_PORT);
+    udp_round_trip(topo.client(client), 0, server(UDP_PORT), b"running").unwrap();
     assert_eq!(udp.peers()[0].ip(), external_ip());
     gateway.stop();
     assert!(
-        udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"stopped").is_err(),
+        udp_round_trip(topo.client(client), 0, server(UDP_PORT), b"stopped").is_err(),
         "forwarding stayed on after the agent stopped"
     );
     assert_eq!(udp.peers().len(), 1);
@@ -525,15 +525,15 @@ fn a_killed_agent_leaves_its_programs_translating_until_the_next_takes_over() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
-    let mut gateway = lab.start_gateway(&[]);
-    let udp = udp_echo(&lab.server, UDP_PORT);
-    udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"running").unwrap();
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    let mut gateway = topo.start_gateway(&[]);
+    let udp = udp_echo(&topo.server, UDP_PORT);
+    udp_round_trip(topo.client(client), 0, server(UDP_PORT), b"running").unwrap();
     // Killed: nothing detaches, forwarding stays on. The pinned programs still translate every packet.
     gateway.kill();
     for _ in 0..3 {
-        udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"agent dead").unwrap();
+        udp_round_trip(topo.client(client), 0, server(UDP_PORT), b"agent dead").unwrap();
     }
     let sources: HashSet<IpAddr> = udp.peers().iter().map(|p| p.ip()).collect();
     assert_eq!(
@@ -548,7 +548,7 @@ fn a_killed_agent_leaves_its_programs_translating_until_the_next_takes_over() {
         (1, 1),
         "the killed agent's programs are still attached"
     );
-    udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"taken over").unwrap();
+    udp_round_trip(topo.client(client), 0, server(UDP_PORT), b"taken over").unwrap();
     // An orderly stop detaches for good.
     gateway.stop();
     assert_eq!(

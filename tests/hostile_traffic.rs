@@ -1,4 +1,4 @@
-//! Hostile and overloading traffic through `veg gateway` in network namespaces (veg-testbed's lab.rs topology):
+//! Hostile and overloading traffic through `veg gateway` in network namespaces (veg-testbed's topology.rs topology):
 //! what the far side saw when outside hosts probe the VPC, when a client broadcasts, when the agent starts or
 //! dies under a flood, when a client offers more flows than the port range holds, and when a reply's TTL expires.
 //!
@@ -16,11 +16,11 @@ use std::{
 
 use veg_testbed::{
     capture::Capture,
-    lab::{GATEWAY_EXTERNAL_IP, Lab, external_ip, server},
     servers::{
         answer_first_datagram, connect_from, tcp_echo, tcp_round_trip, udp_echo, udp_round_trip,
     },
     skip_unless_root,
+    topology::{GATEWAY_EXTERNAL_IP, Topology, external_ip, server},
 };
 
 const TCP_PORT: u16 = 8080;
@@ -28,12 +28,12 @@ const UDP_PORT: u16 = 9000;
 
 /// Listen on UDP `port` in a client for `for_how_long` and return the sources of what arrived.
 fn udp_arrivals(
-    lab: &Lab,
+    topo: &Topology,
     client: usize,
     port: u16,
     for_how_long: Duration,
 ) -> std::thread::JoinHandle<Vec<SocketAddr>> {
-    lab.client(client).spawn(move || {
+    topo.client(client).spawn(move || {
         let socket = UdpSocket::bind(("0.0.0.0", port)).unwrap();
         socket
             .set_read_timeout(Some(Duration::from_millis(20)))
@@ -55,16 +55,16 @@ fn an_outside_host_routing_the_vpc_via_the_gateway_reaches_only_forward_policy_p
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let snat = lab.add_client("10.16.0.2");
-    let forward = lab.add_client("10.16.1.2");
-    let no_policy = lab.add_client("10.16.2.2");
-    let gateway = lab.start_gateway(&[]);
-    // The server routes 10.16.0.0/16 via the gateway's external address (lab.rs), as a hostile neighbour could.
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let snat = topo.add_client("10.16.0.2");
+    let forward = topo.add_client("10.16.1.2");
+    let no_policy = topo.add_client("10.16.2.2");
+    let gateway = topo.start_gateway(&[]);
+    // The server routes 10.16.0.0/16 via the gateway's external address (topology.rs), as a hostile neighbour could.
     let listen = Duration::from_secs(2);
-    let arrivals = [snat, forward, no_policy].map(|c| udp_arrivals(&lab, c, 7000, listen));
+    let arrivals = [snat, forward, no_policy].map(|c| udp_arrivals(&topo, c, 7000, listen));
     std::thread::sleep(Duration::from_millis(200));
-    lab.server.run(|| {
+    topo.server.run(|| {
         let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
         for _ in 0..5 {
             for ip in ["10.16.0.2", "10.16.1.2", "10.16.2.2"] {
@@ -96,12 +96,12 @@ fn broadcast_and_multicast_from_a_snat_client_never_leave_the_external_interface
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
-    let gateway = lab.start_gateway(&[]);
-    let udp = udp_echo(&lab.server, UDP_PORT);
-    let capture = Capture::start(&lab.server, "ul1", "udp");
-    lab.client(client).run(|| {
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    let gateway = topo.start_gateway(&[]);
+    let udp = udp_echo(&topo.server, UDP_PORT);
+    let capture = Capture::start(&topo.server, "ul1", "udp");
+    topo.client(client).run(|| {
         let socket = UdpSocket::bind("0.0.0.0:5353").unwrap();
         socket.set_broadcast(true).unwrap();
         socket.set_multicast_ttl_v4(8).unwrap();
@@ -116,7 +116,7 @@ fn broadcast_and_multicast_from_a_snat_client_never_leave_the_external_interface
         }
     });
     // A unicast datagram beside them shows the capture sees what does leave.
-    udp_round_trip(lab.client(client), 0, server(UDP_PORT), b"unicast").unwrap();
+    udp_round_trip(topo.client(client), 0, server(UDP_PORT), b"unicast").unwrap();
     let seen = capture.stop(Duration::from_millis(300));
     assert!(
         seen.iter()
@@ -138,13 +138,13 @@ fn broadcast_and_multicast_from_a_snat_client_never_leave_the_external_interface
 
 /// Send UDP datagrams from a client to the server every millisecond until stopped; returns how many were sent.
 fn flood(
-    lab: &Lab,
+    topo: &Topology,
     client: usize,
     to: SocketAddr,
 ) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = stop.clone();
-    let thread = lab.client(client).spawn(move || {
+    let thread = topo.client(client).spawn(move || {
         let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
         let mut sent = 0;
         while !stopped.load(Ordering::Relaxed) {
@@ -163,13 +163,13 @@ fn nothing_leaves_untranslated_while_the_agent_starts_or_after_it_dies_without_i
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
     // A pod's namespace inherits forwarding on from its node.
-    lab.gateway.sysctl("net.ipv4.conf.all.forwarding", "1");
+    topo.gateway.sysctl("net.ipv4.conf.all.forwarding", "1");
     // What the instances' init container runs before the agent.
     let init = std::process::Command::new(env!("CARGO_BIN_EXE_veg"))
-        .args(["gateway", "--init", "--netns", &lab.gateway.name])
+        .args(["gateway", "--init", "--netns", &topo.gateway.name])
         .args([
             "--internal-interface",
             "eth0",
@@ -183,11 +183,11 @@ fn nothing_leaves_untranslated_while_the_agent_starts_or_after_it_dies_without_i
         "veg gateway --init: {}",
         String::from_utf8_lossy(&init.stderr)
     );
-    let udp = udp_echo(&lab.server, UDP_PORT);
-    let untranslated = Capture::start(&lab.server, "ul1", "src net 10.16.0.0/16");
-    let (stop, flooding) = flood(&lab, client, server(UDP_PORT));
+    let udp = udp_echo(&topo.server, UDP_PORT);
+    let untranslated = Capture::start(&topo.server, "ul1", "src net 10.16.0.0/16");
+    let (stop, flooding) = flood(&topo, client, server(UDP_PORT));
     std::thread::sleep(Duration::from_millis(300));
-    let mut gateway = lab.start_gateway(&[]);
+    let mut gateway = topo.start_gateway(&[]);
     std::thread::sleep(Duration::from_millis(300));
     // Killed, and its pinned links gone with it: the programs detach, and nothing takes over.
     gateway.kill();
@@ -215,13 +215,13 @@ fn nothing_leaves_untranslated_while_the_agent_starts_or_after_it_dies_without_i
 
 /// A TCP connection from a client that echoes a message every 50 ms until stopped; returns the failures.
 fn held_connection(
-    lab: &Lab,
+    topo: &Topology,
     client: usize,
     to: SocketAddr,
 ) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<String>>) {
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = stop.clone();
-    let thread = lab.client(client).spawn(move || {
+    let thread = topo.client(client).spawn(move || {
         let mut failures = Vec::new();
         let mut stream = connect_from(0, to).expect("opening the held connection");
         let mut round = 0u32;
@@ -248,20 +248,20 @@ fn a_client_offering_more_flows_than_the_range_holds_stalls_no_one_else() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let greedy = lab.add_client("10.16.0.2");
-    let other = lab.add_client("10.16.0.3");
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let greedy = topo.add_client("10.16.0.2");
+    let other = topo.add_client("10.16.0.3");
     // 64 ports toward each remote endpoint.
-    let gateway = lab.start_gateway(&["--port-range", "2000-2063"]);
-    let _udp = udp_echo(&lab.server, UDP_PORT);
-    let _tcp = tcp_echo(&lab.server, TCP_PORT);
-    let _tcp2 = tcp_echo(&lab.server, TCP_PORT + 1);
-    let (stop_held, held) = held_connection(&lab, other, server(TCP_PORT));
+    let gateway = topo.start_gateway(&["--port-range", "2000-2063"]);
+    let _udp = udp_echo(&topo.server, UDP_PORT);
+    let _tcp = tcp_echo(&topo.server, TCP_PORT);
+    let _tcp2 = tcp_echo(&topo.server, TCP_PORT + 1);
+    let (stop_held, held) = held_connection(&topo, other, server(TCP_PORT));
     std::thread::sleep(Duration::from_millis(200));
     // 3,000 flows toward one endpoint, as fast as they go: 47 times what the range holds.
     let offered = Arc::new(AtomicU64::new(0));
     let counted = offered.clone();
-    let greedy_flows = lab.client(greedy).spawn(move || {
+    let greedy_flows = topo.client(greedy).spawn(move || {
         for _ in 0..3000 {
             let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
             let _ = socket.send_to(b"one more flow", server(UDP_PORT));
@@ -270,7 +270,7 @@ fn a_client_offering_more_flows_than_the_range_holds_stalls_no_one_else() {
     });
     // Meanwhile new connections to another endpoint, from both clients, go through.
     for client in [other, greedy, other] {
-        tcp_round_trip(lab.client(client), 0, server(TCP_PORT + 1), b"elsewhere")
+        tcp_round_trip(topo.client(client), 0, server(TCP_PORT + 1), b"elsewhere")
             .expect("a new connection to another endpoint failed during the flood");
     }
     greedy_flows.join().unwrap();
@@ -300,17 +300,17 @@ fn a_reply_whose_ttl_expires_at_the_gateway_gets_time_exceeded_not_a_reset_or_un
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
-    let gateway = lab.start_gateway(&[]);
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    let gateway = topo.start_gateway(&[]);
     // The remote end of a translated UDP flow replies with TTL 1: its kernel hears of what became of it.
     let remote = answer_first_datagram(
-        &lab.server,
+        &topo.server,
         UDP_PORT,
         |socket| socket.set_ttl(1).unwrap(),
         b"reply that expires",
     );
-    let reached = lab.client(client).run(|| {
+    let reached = topo.client(client).run(|| {
         let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
         socket
             .set_read_timeout(Some(Duration::from_secs(2)))
@@ -392,13 +392,13 @@ fn a_spoofed_rst_outside_the_flow_window_never_reaches_the_client() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
-    let gateway = lab.start_gateway(&[]);
-    let tcp = tcp_echo(&lab.server, TCP_PORT);
-    let sent = Capture::start(&lab.server, "ul1", &format!("tcp and src port {TCP_PORT}"));
-    let resets = Capture::start(lab.client(client), "eth0", "tcp[tcpflags] & tcp-rst != 0");
-    let mut stream = lab
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    let gateway = topo.start_gateway(&[]);
+    let tcp = tcp_echo(&topo.server, TCP_PORT);
+    let sent = Capture::start(&topo.server, "ul1", &format!("tcp and src port {TCP_PORT}"));
+    let resets = Capture::start(topo.client(client), "eth0", "tcp[tcpflags] & tcp-rst != 0");
+    let mut stream = topo
         .client(client)
         .run(|| connect_from(0, server(TCP_PORT)))
         .unwrap();
@@ -407,7 +407,7 @@ fn a_spoofed_rst_outside_the_flow_window_never_reaches_the_client() {
     let external = tcp.peers()[0];
     // An off-path host knows the server and guesses the external port, but not the numbers.
     let next = server_next_seq(&sent, 1);
-    lab.server.run(move || {
+    topo.server.run(move || {
         for far in [0x4000_0000u32, 0x8000_0000, 0xc000_0000] {
             spoof_rst(server(TCP_PORT), external, next.wrapping_add(far));
         }
@@ -423,7 +423,7 @@ fn a_spoofed_rst_outside_the_flow_window_never_reaches_the_client() {
     // The remote's own numbers make a RST that goes through, as netfilter's window check lets it: so the capture
     // and the spoofing above are sound.
     let next = server_next_seq(&sent, 2);
-    lab.server
+    topo.server
         .run(move || spoof_rst(server(TCP_PORT), external, next));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
@@ -442,17 +442,17 @@ fn by_default_every_port_the_instance_does_not_use_is_translated_into() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
     // As the instances' Deployment sets it: the instance's own sockets keep to 61000-65535.
-    lab.gateway
+    topo.gateway
         .sysctl("net.ipv4.ip_local_port_range", "61000 65535");
-    let gateway = lab.start_gateway(&[]);
-    let udp = udp_echo(&lab.server, UDP_PORT);
+    let gateway = topo.start_gateway(&[]);
+    let udp = udp_echo(&topo.server, UDP_PORT);
     // A client's own port is kept when it is free and in the range: 45000 is in 1024-60999 (and was not in the
     // old 1024-32767), 60999 is its last port.
     for port in [45000, 60999] {
-        udp_round_trip(lab.client(client), port, server(UDP_PORT), b"kept?").unwrap();
+        udp_round_trip(topo.client(client), port, server(UDP_PORT), b"kept?").unwrap();
     }
     let seen: Vec<u16> = udp.peers().iter().map(|p| p.port()).collect();
     assert_eq!(seen, [45000, 60999]);
@@ -464,14 +464,14 @@ fn a_flow_that_gets_no_port_is_refused_at_once_not_left_to_time_out() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let first = lab.add_client("10.16.0.2");
-    let second = lab.add_client("10.16.0.3");
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let first = topo.add_client("10.16.0.2");
+    let second = topo.add_client("10.16.0.3");
     // One port toward each remote endpoint: the first client's flow takes it.
-    let gateway = lab.start_gateway(&["--port-range", "2000-2000"]);
-    let _udp = udp_echo(&lab.server, UDP_PORT);
-    udp_round_trip(lab.client(first), 0, server(UDP_PORT), b"mine").unwrap();
-    let refused = lab.client(second).run(|| {
+    let gateway = topo.start_gateway(&["--port-range", "2000-2000"]);
+    let _udp = udp_echo(&topo.server, UDP_PORT);
+    udp_round_trip(topo.client(first), 0, server(UDP_PORT), b"mine").unwrap();
+    let refused = topo.client(second).run(|| {
         let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
         socket.connect(server(UDP_PORT)).unwrap();
         socket

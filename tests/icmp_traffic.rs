@@ -1,4 +1,4 @@
-//! ICMP errors through `veg gateway` with real stacks on both sides (veg-testbed's lab.rs topology, plus a host
+//! ICMP errors through `veg gateway` with real stacks on both sides (veg-testbed's topology.rs topology, plus a host
 //! one router beyond the server): a closed port refuses a client at once, a hop past the gateway answers an
 //! expiring probe, and a pod's own port unreachable reaches the remote. What is asserted is what the sockets
 //! were told by their kernels, which match an ICMP error to a socket only through the quoted packet.
@@ -11,11 +11,11 @@ use std::{
 };
 
 use veg_testbed::{
-    lab::{Lab, SERVER_IP, server},
     netns::Netns,
     packet::{send_raw, udp_fragments_last_first},
     servers::{answer_first_datagram, receive_datagram, report_icmp_errors},
     skip_unless_root,
+    topology::{SERVER_IP, Topology, server},
 };
 
 const UDP_PORT: u16 = 9000;
@@ -41,13 +41,13 @@ fn udp_error(ns: &Netns, to: SocketAddr, ttl: Option<u32>) -> Option<i32> {
 }
 
 /// A host beyond the server, which forwards for it: client -> gateway -> server (a router) -> far.
-fn add_far_host(lab: &Lab) -> Netns {
-    let far = Netns::new(&format!("{}-far", lab.prefix));
-    lab.server.add_veth("far0", "far1", &far);
-    lab.server
+fn add_far_host(topo: &Topology) -> Netns {
+    let far = Netns::new(&format!("{}-far", topo.prefix));
+    topo.server.add_veth("far0", "far1", &far);
+    topo.server
         .ip(&["addr", "add", "172.18.0.1/24", "dev", "far0"]);
-    lab.server.ip(&["link", "set", "far0", "up"]);
-    lab.server.sysctl("net.ipv4.conf.all.forwarding", "1");
+    topo.server.ip(&["link", "set", "far0", "up"]);
+    topo.server.sysctl("net.ipv4.conf.all.forwarding", "1");
     far.ip(&["addr", "add", &format!("{FAR_IP}/24"), "dev", "far1"]);
     far.ip(&["link", "set", "far1", "up"]);
     far.ip(&["route", "add", "default", "via", "172.18.0.1"]);
@@ -60,13 +60,13 @@ fn a_closed_server_port_refuses_a_udp_client_at_once() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
-    let gateway = lab.start_gateway(&[]);
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    let gateway = topo.start_gateway(&[]);
     // Nothing listens on the port: the server's kernel answers port unreachable, quoting the translated datagram.
     let started = std::time::Instant::now();
     assert_eq!(
-        udp_error(lab.client(client), server(UDP_PORT + 1), None),
+        udp_error(topo.client(client), server(UDP_PORT + 1), None),
         Some(libc::ECONNREFUSED),
         "the client was not told the port is closed"
     );
@@ -82,21 +82,21 @@ fn a_hop_beyond_the_gateway_answers_expiring_probes_for_udp_and_ping() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
-    let _far = add_far_host(&lab);
-    let gateway = lab.start_gateway(&[]);
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    let _far = add_far_host(&topo);
+    let gateway = topo.start_gateway(&[]);
     let far = SocketAddr::new(FAR_IP.parse().unwrap(), 33434);
     // TTL 1 expires at the gateway, TTL 2 at the server (the router beyond it), whose error quotes the translated
     // probe: only its translation back lets the client's socket hear of it.
     for ttl in [1, 2] {
         assert_eq!(
-            udp_error(lab.client(client), far, Some(ttl)),
+            udp_error(topo.client(client), far, Some(ttl)),
             Some(libc::EHOSTUNREACH),
             "no time exceeded for a UDP probe with TTL {ttl}"
         );
     }
-    let ping = lab
+    let ping = topo
         .client(client)
         .exec("ping", &["-c", "1", "-W", "2", "-t", "2", FAR_IP]);
     let said = String::from_utf8_lossy(&ping.stdout);
@@ -105,7 +105,7 @@ fn a_hop_beyond_the_gateway_answers_expiring_probes_for_udp_and_ping() {
         "ping -t 2 said:\n{said}"
     );
     // And the far host itself answers with TTL 3.
-    let reached = lab
+    let reached = topo
         .client(client)
         .exec("ping", &["-c", "1", "-W", "2", "-t", "3", FAR_IP]);
     assert!(
@@ -120,24 +120,27 @@ fn a_pods_port_unreachable_reaches_the_remote_with_the_external_tuple() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
-    let gateway = lab.start_gateway(&[]);
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    let gateway = topo.start_gateway(&[]);
     // The remote learns the flow's external tuple from a first datagram, then the client closes its socket.
     let remote = answer_first_datagram(
-        &lab.server,
+        &topo.server,
         UDP_PORT,
         |_| std::thread::sleep(Duration::from_millis(300)),
         b"reply to a closed port",
     );
     std::thread::sleep(Duration::from_millis(100));
-    lab.client(client).run(|| {
+    topo.client(client).run(|| {
         let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
         socket.send_to(b"hello", server(UDP_PORT)).unwrap();
         // Closed when dropped: the reply finds no socket.
     });
     let (peer, error) = remote.join().unwrap();
-    assert_eq!(peer.ip().to_string(), veg_testbed::lab::GATEWAY_EXTERNAL_IP);
+    assert_eq!(
+        peer.ip().to_string(),
+        veg_testbed::topology::GATEWAY_EXTERNAL_IP
+    );
     assert_eq!(
         error,
         Some(libc::ECONNREFUSED),
@@ -151,18 +154,22 @@ fn traceroute_from_a_pod_shows_every_hop_with_udp_and_icmp_probes() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
-    let _far = add_far_host(&lab);
-    let _gateway = lab.start_gateway(&[]);
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    let _far = add_far_host(&topo);
+    let _gateway = topo.start_gateway(&[]);
     // The gateway (its VPC address), the router beyond it, the far host: the last answers UDP probes with port
     // unreachable, ICMP ones with an echo reply, and both reach the pod only through their translation back.
-    let hops = [veg_testbed::lab::GATEWAY_INTERNAL_IP, SERVER_IP, FAR_IP];
+    let hops = [
+        veg_testbed::topology::GATEWAY_INTERNAL_IP,
+        SERVER_IP,
+        FAR_IP,
+    ];
     for probes in [&[][..], &["-I"][..]] {
         let mut args = vec!["-n", "-q", "1", "-w", "2", "-m", "3"];
         args.extend_from_slice(probes);
         args.push(FAR_IP);
-        let out = lab.client(client).exec("traceroute", &args);
+        let out = topo.client(client).exec("traceroute", &args);
         let said = String::from_utf8_lossy(&out.stdout);
         for (n, hop) in hops.iter().enumerate() {
             let number = (n + 1).to_string();
@@ -216,12 +223,12 @@ fn a_smaller_mtu_beyond_the_gateway_is_learned_by_the_client_and_a_large_write_c
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
-    let far = add_far_host(&lab);
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    let far = add_far_host(&topo);
     // The router's route to the far host carries 1200 bytes at most; the far host, on a 1500-byte link, announces
     // a larger MSS, so only path MTU discovery through the gateway can make the client's segments fit.
-    lab.server.ip(&[
+    topo.server.ip(&[
         "route",
         "replace",
         "172.18.0.0/24",
@@ -230,11 +237,11 @@ fn a_smaller_mtu_beyond_the_gateway_is_learned_by_the_client_and_a_large_write_c
         "mtu",
         "1200",
     ]);
-    let _gateway = lab.start_gateway(&[]);
+    let _gateway = topo.start_gateway(&[]);
     let _echo = veg_testbed::servers::tcp_echo(&far, 8080);
     let to = SocketAddr::new(FAR_IP.parse().unwrap(), 8080);
-    echo_bulk(lab.client(client), to, 256 * 1024).expect("the large write did not complete");
-    assert_eq!(learned_mtu(lab.client(client), FAR_IP), Some(1200));
+    echo_bulk(topo.client(client), to, 256 * 1024).expect("the large write did not complete");
+    assert_eq!(learned_mtu(topo.client(client), FAR_IP), Some(1200));
 }
 
 #[test]
@@ -242,16 +249,16 @@ fn a_smaller_mtu_on_the_vpc_side_is_learned_by_the_remote_for_inbound_data() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
     // The gateway's VPC side carries 1200 bytes at most; the client, on a wider link, announces a larger MSS.
-    lab.gateway.ip(&["link", "set", "eth0", "mtu", "1200"]);
-    let gateway = lab.start_gateway(&[]);
-    let _echo = veg_testbed::servers::tcp_echo(&lab.server, 8080);
-    echo_bulk(lab.client(client), server(8080), 256 * 1024)
+    topo.gateway.ip(&["link", "set", "eth0", "mtu", "1200"]);
+    let gateway = topo.start_gateway(&[]);
+    let _echo = veg_testbed::servers::tcp_echo(&topo.server, 8080);
+    echo_bulk(topo.client(client), server(8080), 256 * 1024)
         .expect("the echo of a large write did not come back");
     assert_eq!(
-        learned_mtu(&lab.server, veg_testbed::lab::GATEWAY_EXTERNAL_IP),
+        learned_mtu(&topo.server, veg_testbed::topology::GATEWAY_EXTERNAL_IP),
         Some(1200)
     );
     assert!(gateway.counter("too_big") > 0);
@@ -262,16 +269,16 @@ fn a_4000_byte_datagram_arrives_whole_each_way_from_a_snat_and_a_forward_source(
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let snat = lab.add_client("10.16.0.2");
-    let forward = lab.add_client("10.16.1.2");
-    let gateway = lab.start_gateway(&[]);
-    let echo = veg_testbed::servers::udp_echo(&lab.server, UDP_PORT);
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let snat = topo.add_client("10.16.0.2");
+    let forward = topo.add_client("10.16.1.2");
+    let gateway = topo.start_gateway(&[]);
+    let echo = veg_testbed::servers::udp_echo(&topo.server, UDP_PORT);
     // 4000 bytes leave a client in three fragments, and the echo comes back in three.
     let datagram: Vec<u8> = (0..4000).map(|i| (i % 253) as u8).collect();
     for client in [snat, forward] {
         let echoed = veg_testbed::servers::udp_round_trip(
-            lab.client(client),
+            topo.client(client),
             0,
             server(UDP_PORT),
             &datagram,
@@ -282,7 +289,7 @@ fn a_4000_byte_datagram_arrives_whole_each_way_from_a_snat_and_a_forward_source(
     let sources: Vec<String> = echo.peers().iter().map(|p| p.ip().to_string()).collect();
     assert_eq!(
         sources,
-        [veg_testbed::lab::GATEWAY_EXTERNAL_IP, "10.16.1.2"]
+        [veg_testbed::topology::GATEWAY_EXTERNAL_IP, "10.16.1.2"]
     );
     assert_eq!(gateway.counter("fragments_translated_out"), 2);
     assert_eq!(gateway.counter("fragments_translated_in"), 2);
@@ -308,26 +315,26 @@ fn a_4000_byte_datagram_whose_first_fragment_comes_last_arrives_whole_each_way()
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let snat = lab.add_client("10.16.0.2");
-    let forward = lab.add_client("10.16.1.2");
-    let gateway = lab.start_gateway(&[]);
-    let server_socket = lab
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let snat = topo.add_client("10.16.0.2");
+    let forward = topo.add_client("10.16.1.2");
+    let gateway = topo.start_gateway(&[]);
+    let server_socket = topo
         .server
         .run(|| UdpSocket::bind(("0.0.0.0", UDP_PORT)).unwrap());
     for (client, address, id) in [(snat, "10.16.0.2", 0x4101), (forward, "10.16.1.2", 0x4201)] {
-        let client_socket = lab
+        let client_socket = topo
             .client(client)
             .run(|| UdpSocket::bind(("0.0.0.0", 7500)).unwrap());
         // Out: the client's stack would send the first fragment first, so the fragments are crafted and sent
         // last first; the server's stack reassembles what came through.
         let pieces = fragments_last_first(address, 7500, SERVER_IP, UDP_PORT, id);
-        lab.client(client)
+        topo.client(client)
             .run(move || pieces.iter().for_each(|p| send_raw(p)));
         let (datagram, peer) = receive_datagram(&server_socket);
         assert!(datagram == big_payload(), "the datagram arrived changed");
         let expected_source = if client == snat {
-            veg_testbed::lab::GATEWAY_EXTERNAL_IP
+            veg_testbed::topology::GATEWAY_EXTERNAL_IP
         } else {
             address
         };
@@ -340,7 +347,7 @@ fn a_4000_byte_datagram_whose_first_fragment_comes_last_arrives_whole_each_way()
             peer.port(),
             id + 1,
         );
-        lab.server
+        topo.server
             .run(move || pieces.iter().for_each(|p| send_raw(p)));
         let (answer, from) = receive_datagram(&client_socket);
         assert!(answer == big_payload(), "the answer arrived changed");
@@ -359,7 +366,7 @@ fn a_4000_byte_datagram_whose_first_fragment_comes_last_arrives_whole_each_way()
         })
         .collect();
     assert!(
-        ids.contains(&(0x4101, "source", veg_testbed::lab::GATEWAY_EXTERNAL_IP))
+        ids.contains(&(0x4101, "source", veg_testbed::topology::GATEWAY_EXTERNAL_IP))
             && ids.contains(&(0x4102, "destination", "10.16.0.2")),
         "{followed:?}"
     );
@@ -392,13 +399,13 @@ fn a_datagram_too_big_for_the_next_hop_without_df_is_fragmented_each_way() {
     if skip_unless_root() {
         return;
     }
-    let mut lab = Lab::new(env!("CARGO_BIN_EXE_veg"));
-    let client = lab.add_client("10.16.0.2");
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
     // The gateway's routes to the server and back to the client carry 1200 bytes (locked: never raised).
-    lab.gateway.ip(&[
+    topo.gateway.ip(&[
         "route", "replace", SERVER_IP, "dev", "net1", "mtu", "lock", "1200",
     ]);
-    lab.gateway.ip(&[
+    topo.gateway.ip(&[
         "route",
         "replace",
         "10.16.0.2",
@@ -408,13 +415,13 @@ fn a_datagram_too_big_for_the_next_hop_without_df_is_fragmented_each_way() {
         "lock",
         "1200",
     ]);
-    let gateway = lab.start_gateway(&[]);
-    let server_socket = lab.server.run(|| {
+    let gateway = topo.start_gateway(&[]);
+    let server_socket = topo.server.run(|| {
         let socket = UdpSocket::bind(("0.0.0.0", UDP_PORT)).unwrap();
         allow_fragmenting(&socket);
         socket
     });
-    let client_socket = lab.client(client).run(|| {
+    let client_socket = topo.client(client).run(|| {
         let socket = UdpSocket::bind(("0.0.0.0", 7600)).unwrap();
         allow_fragmenting(&socket);
         socket
@@ -423,7 +430,10 @@ fn a_datagram_too_big_for_the_next_hop_without_df_is_fragmented_each_way() {
     client_socket.send_to(&datagram, server(UDP_PORT)).unwrap();
     let (got, peer) = receive_datagram(&server_socket);
     assert!(got == datagram, "the datagram arrived changed");
-    assert_eq!(peer.ip().to_string(), veg_testbed::lab::GATEWAY_EXTERNAL_IP);
+    assert_eq!(
+        peer.ip().to_string(),
+        veg_testbed::topology::GATEWAY_EXTERNAL_IP
+    );
     server_socket.send_to(&datagram, peer).unwrap();
     let (answer, _) = receive_datagram(&client_socket);
     assert!(answer == datagram, "the answer arrived changed");

@@ -12,6 +12,7 @@ use std::{
 };
 
 use veg_testbed::{
+    command,
     ovsdb::{GATEWAY_TABLES, select},
     skip_unless_root,
     udp::{Echo, Stream, in_netns, round_trip},
@@ -43,18 +44,11 @@ impl TestLab {
     }
 
     fn veg(&self, args: &[&str]) -> String {
-        let out = Command::new(VEG)
-            .args(["lab", "--dir", &self.dir, "--prefix", &self.prefix])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "veg lab {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        command::run(
+            Command::new(VEG)
+                .args(["lab", "--dir", &self.dir, "--prefix", &self.prefix])
+                .args(args),
+        )
     }
 
     fn apply(&self, yaml: &str) {
@@ -74,17 +68,11 @@ impl TestLab {
     }
 
     fn nbctl(&self, args: &[&str]) -> String {
-        let out = Command::new("ovn-nbctl")
-            .arg(format!("--db=unix:{}/nb.sock", self.dir))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ovn-nbctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        command::run(
+            Command::new("ovn-nbctl")
+                .arg(format!("--db=unix:{}/nb.sock", self.dir))
+                .args(args),
+        )
     }
 
     /// Every row tagged with the gateway, in the tables the model writes.

@@ -4,13 +4,11 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
+use veg_ovsdb::{monitor::Monitor, replica::column};
 use veg_testbed::ovsdb::NbServer;
-use veg_userspace::{
-    ovn::{
-        apply::{DB, apply, delete, monitored_tables},
-        model::{Bfd, GatewaySpec, Instance},
-    },
-    ovsdb::{monitor::Monitor, replica::column},
+use veg_userspace::ovn::{
+    apply::{DB, apply, delete, monitored_tables},
+    model::{Bfd, GatewaySpec, Instance},
 };
 
 fn instances(addresses: &[&str]) -> Vec<Instance> {
@@ -274,16 +272,7 @@ fn the_command_line_applies_a_manifest_written_for_kubectl() {
     )
     .unwrap();
     let veg = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_veg"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "veg {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        veg_testbed::command::run(std::process::Command::new(env!("CARGO_BIN_EXE_veg")).args(args))
     };
     let f = file.to_str().unwrap();
     let plan = veg(&["ovn", "plan", "-f", f]);

@@ -1,12 +1,9 @@
 //! The `veg` binary's library: the gateway agent, its datapath loader and the inspection commands.
 
-pub mod bfd;
 pub mod controller;
 pub mod crd;
 pub mod datapath;
 pub mod gateway;
 pub mod inspect;
-pub mod lab;
 pub mod netns;
 pub mod ovn;
-pub mod ovsdb;

@@ -49,82 +49,20 @@ enum Command {
     /// holding the leader Lease works; the others wait. Runs until SIGINT/SIGTERM.
     Controller(ControllerArgs),
     /// The lab: the whole gateway on this machine with real OVN and Open vSwitch, pods and instances as network
-    /// namespaces (run as root).
-    Lab(LabArgs),
+    /// namespaces (run as root). Runs the veg-lab binary built beside veg (`veg lab --help` lists its commands);
+    /// veg as shipped has none.
+    #[command(disable_help_flag = true)]
+    Lab {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Run BFD sessions (RFC 5880/5881, asynchronous, single hop) toward peers, in the foreground until
     /// SIGINT/SIGTERM; `veg bfd status` lists them while it runs.
     Bfd(BfdArgs),
-}
-
-#[derive(Args)]
-struct LabArgs {
-    /// Where the lab keeps its databases, sockets, pidfiles, logs and state.
-    #[arg(long, global = true, value_name = "DIR", default_value = veg_userspace::lab::DEFAULT_DIR)]
-    dir: PathBuf,
-    /// Prefix of every network namespace of the lab.
-    #[arg(long, global = true, value_name = "PREFIX", default_value = veg_userspace::lab::DEFAULT_PREFIX)]
-    prefix: String,
-    #[command(subcommand)]
-    command: LabCommand,
-}
-
-#[derive(Subcommand)]
-enum LabCommand {
-    /// Start OVN and Open vSwitch and build the network (a lab already there is replaced).
-    Up,
-    /// Stop everything and remove every namespace and file of the lab.
-    Down,
-    /// Say what runs; exits 1 when the lab is not (fully) up.
-    Status,
-    /// Create or update the resources in FILE (VpcEgressGateway, Vpc, Subnet YAML, as for `kubectl apply`).
-    Apply {
-        #[arg(short = 'f', long = "filename", value_name = "FILE")]
-        file: PathBuf,
-    },
-    /// Delete the resources in FILE; the controller removes a deleted gateway's instances and OVN rows.
-    Delete {
-        #[arg(short = 'f', long = "filename", value_name = "FILE")]
-        file: PathBuf,
-    },
-    /// List gateways with the columns of `kubectl get veg`.
-    Get {
-        /// veg (or vpc-egress-gateway, vpc-egress-gateways, vpc-egress-gw).
-        #[arg(value_name = "RESOURCE")]
-        resource: String,
-        name: Option<String>,
-        #[arg(short = 'n', long, default_value = "default")]
-        namespace: String,
-        /// `-o wide` adds the internal and external IPs and the nodes.
-        #[arg(short = 'o', long = "output", value_name = "FORMAT")]
-        output: Option<String>,
-    },
-    /// Set a gateway's replicas, as `kubectl scale veg NAME --replicas N`.
-    Scale {
-        #[arg(value_name = "RESOURCE")]
-        resource: String,
-        name: String,
-        #[arg(long)]
-        replicas: i32,
-        #[arg(short = 'n', long, default_value = "default")]
-        namespace: String,
-    },
-    /// Kill a gateway instance as a failing node would: its agent dies and its interfaces go down. The lab's
-    /// kubelet restarts it after a couple of seconds.
-    Kill {
-        /// The instance's pod name, e.g. gateway2-0 (`veg lab status` lists them).
-        pod: String,
-        #[arg(short = 'n', long, default_value = "default")]
-        namespace: String,
-    },
-    /// Restart a component as a failure would: `controller` (the lab's controller) or `nb` (the Northbound
-    /// database server, killed and started again on its file).
-    Restart {
-        #[arg(value_parser = ["controller", "nb"])]
-        component: String,
-    },
-    /// Run the controller in lab mode in the foreground (`veg lab up` starts it in the background).
-    #[command(hide = true)]
-    Controller,
 }
 
 #[derive(Args)]
@@ -310,7 +248,7 @@ fn main() {
         Command::Bfd(args) => bfd(args),
         Command::Ovn { command } => ovn(command),
         Command::Controller(args) => controller(args),
-        Command::Lab(args) => lab(args),
+        Command::Lab { args } => lab(args),
         Command::Crd => {
             print!("{}", veg_userspace::crd::gateway::crd_yaml());
             Ok(())
@@ -369,7 +307,7 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
 }
 
 fn bfd(args: BfdArgs) -> anyhow::Result<()> {
-    use veg_userspace::bfd::{control, engine, session};
+    use veg_bfd::{control, engine, session};
     if let Some(BfdCommand::Timers {
         name,
         min_tx,
@@ -462,129 +400,20 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     })
 }
 
-fn lab(args: LabArgs) -> anyhow::Result<()> {
-    use veg_userspace::lab::{Lab, controller, require_up, store};
-    let lab = Lab::new(&args.dir, &args.prefix);
-    let mut out = io::stdout().lock();
-    let store = store::Store::new(&args.dir);
-    let gateway_resource = |resource: &str| -> anyhow::Result<()> {
-        match resource {
-            "veg"
-            | "vpc-egress-gateway"
-            | "vpc-egress-gateways"
-            | "vpc-egress-gw"
-            | "vpcegressgateway" => Ok(()),
-            other => anyhow::bail!(
-                "the lab lists VpcEgressGateways only: `veg lab get veg`, not {other:?}"
-            ),
-        }
-    };
-    match args.command {
-        LabCommand::Up => lab.up(&mut out),
-        LabCommand::Down => lab.down(&mut out),
-        LabCommand::Status => {
-            if !lab.status(&mut out)? {
-                std::process::exit(1);
-            }
-            Ok(())
-        }
-        LabCommand::Apply { file } | LabCommand::Delete { file }
-            if !args.dir.join("nb.sock").exists() =>
-        {
-            require_up(&args.dir).with_context(|| format!("cannot use {}", file.display()))
-        }
-        LabCommand::Apply { file } => {
-            let yaml = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            for (name, value) in
-                store::parse_manifest(&yaml).with_context(|| format!("in {}", file.display()))?
-            {
-                store.put(&name, value)?;
-                writeln!(out, "{name} configured")?;
-            }
-            Ok(())
-        }
-        LabCommand::Delete { file } => {
-            let yaml = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            for (name, _) in
-                store::parse_manifest(&yaml).with_context(|| format!("in {}", file.display()))?
-            {
-                let said = if store.remove(&name)? {
-                    "deleted"
-                } else {
-                    "not found"
-                };
-                writeln!(out, "{name} {said}")?;
-            }
-            Ok(())
-        }
-        LabCommand::Get {
-            resource,
-            name,
-            namespace,
-            output,
-        } => {
-            gateway_resource(&resource)?;
-            let wide = match output.as_deref() {
-                None => false,
-                Some("wide") => true,
-                Some(other) => anyhow::bail!("-o {other}: the lab prints the table or -o wide"),
-            };
-            let gateways: Vec<_> = store
-                .gateways()
-                .into_iter()
-                .filter(|g| g.metadata.namespace.as_deref() == Some(namespace.as_str()))
-                .filter(|g| {
-                    name.as_ref()
-                        .is_none_or(|n| g.metadata.name.as_ref() == Some(n))
-                })
-                .collect();
-            if gateways.is_empty() {
-                match name {
-                    Some(name) => anyhow::bail!("VpcEgressGateway {namespace}/{name} not found"),
-                    None => writeln!(out, "No resources found in {namespace} namespace.")?,
-                }
-                return Ok(());
-            }
-            let now = k8s_openapi::jiff::Timestamp::now();
-            write!(
-                out,
-                "{}",
-                veg_userspace::crd::table::render(&gateways, wide, now)
-            )?;
-            Ok(())
-        }
-        LabCommand::Scale {
-            resource,
-            name,
-            replicas,
-            namespace,
-        } => {
-            gateway_resource(&resource)?;
-            store.scale(&namespace, &name, replicas)?;
-            writeln!(out, "vpcegressgateway.kubeovn.io/{name} scaled")?;
-            Ok(())
-        }
-        LabCommand::Kill { pod, namespace } => {
-            require_up(&args.dir)?;
-            let instance = lab.kill_instance(&namespace, &pod)?;
-            writeln!(
-                out,
-                "instance {namespace}/{pod} killed (agent pid {} gone, interfaces down)",
-                instance.pid
-            )?;
-            Ok(())
-        }
-        LabCommand::Restart { component } => lab.restart(&component, &mut out),
-        LabCommand::Controller => {
-            require_up(&args.dir)?;
-            runtime_in(None)?.block_on(async {
-                let stop = agent::StopSignals::install()?;
-                controller::run(lab, stop.wait()).await
-            })
-        }
+/// `veg lab ARGS`: the lab is not part of veg as shipped (no lab code is in this binary); it is the veg-lab binary
+/// beside this one, which `cargo xtask lab` and the tests build. Run it in this process's place.
+fn lab(args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let this = std::env::current_exe().context("finding the veg binary")?;
+    let lab = this.with_file_name("veg-lab");
+    if !lab.exists() {
+        anyhow::bail!(
+            "the lab is not part of this build (veg as shipped has no lab code): build it beside veg with \
+             `cargo build --bin veg --bin veg-lab`, or use `cargo xtask lab up|down|status|demo`"
+        );
     }
+    let err = std::process::Command::new(&lab).args(args).exec();
+    Err(anyhow::Error::new(err).context(format!("running {}", lab.display())))
 }
 
 /// A single-threaded runtime, after entering the named network namespace when one is given. The order matters:

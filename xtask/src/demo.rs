@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 
 use anyhow::{Context as _, bail, ensure};
 use veg_testbed::{
-    lab::{
-        FORWARD_SOURCES, GATEWAY_EXTERNAL_IP, GATEWAY_INTERNAL_IP, Lab, SERVER_IP, SNAT_SOURCES,
-    },
     servers::{icmp_echo_sources, tcp_echo, tcp_round_trip, udp_echo, udp_round_trip},
+    topology::{
+        FORWARD_SOURCES, GATEWAY_EXTERNAL_IP, GATEWAY_INTERNAL_IP, SERVER_IP, SNAT_SOURCES,
+        Topology,
+    },
 };
 
 use crate::workspace::{build_veg, setup, step};
@@ -24,9 +25,9 @@ pub fn run() -> anyhow::Result<()> {
     let veg = veg.to_str().context("non-UTF-8 path")?;
 
     step("building the topology (network namespaces)");
-    let mut lab = Lab::new(veg);
-    let snat_client = lab.add_client("10.16.0.2");
-    let forward_client = lab.add_client("10.16.1.2");
+    let mut topo = Topology::new(veg);
+    let snat_client = topo.add_client("10.16.0.2");
+    let forward_client = topo.add_client("10.16.1.2");
     println!(
         "  VPC 10.16.0.0/16: SNAT client 10.16.0.2, forward client 10.16.1.2, gateway eth0 {GATEWAY_INTERNAL_IP}"
     );
@@ -37,18 +38,18 @@ pub fn run() -> anyhow::Result<()> {
     step(&format!(
         "starting veg gateway: --snat {SNAT_SOURCES} --forward {FORWARD_SOURCES}"
     ));
-    let gateway = lab.start_gateway(&[]);
-    let tcp = tcp_echo(&lab.server, 8080);
-    let udp = udp_echo(&lab.server, 9000);
-    let icmp = icmp_echo_sources(&lab.server);
+    let gateway = topo.start_gateway(&[]);
+    let tcp = tcp_echo(&topo.server, 8080);
+    let udp = udp_echo(&topo.server, 9000);
+    let icmp = icmp_echo_sources(&topo.server);
     let server = |port| SocketAddr::new(SERVER_IP.parse().unwrap(), port);
 
     step("the SNAT client talks to the external server over TCP, UDP and ping");
-    let echoed = tcp_round_trip(lab.client(snat_client), 0, server(8080), b"hello over tcp")?;
+    let echoed = tcp_round_trip(topo.client(snat_client), 0, server(8080), b"hello over tcp")?;
     ensure!(echoed == b"hello over tcp", "TCP echo came back wrong");
-    let echoed = udp_round_trip(lab.client(snat_client), 0, server(9000), b"hello over udp")?;
+    let echoed = udp_round_trip(topo.client(snat_client), 0, server(9000), b"hello over udp")?;
     ensure!(echoed == b"hello over udp", "UDP echo came back wrong");
-    let ping = lab
+    let ping = topo
         .client(snat_client)
         .exec("ping", &["-c", "2", "-i", "0.2", "-W", "2", SERVER_IP]);
     ensure!(ping.status.success(), "ping through the gateway failed");
@@ -70,7 +71,7 @@ pub fn run() -> anyhow::Result<()> {
     }
 
     step("the forward client is routed unchanged");
-    tcp_round_trip(lab.client(forward_client), 0, server(8080), b"routed")?;
+    tcp_round_trip(topo.client(forward_client), 0, server(8080), b"routed")?;
     let seen = *tcp.peers().last().unwrap();
     println!("    tcp                    from {seen}");
     ensure!(
@@ -93,10 +94,10 @@ pub fn run() -> anyhow::Result<()> {
 
     step("tearing down (gateway, pins, namespaces)");
     let (prefix, pins) = (
-        lab.prefix.clone(),
+        topo.prefix.clone(),
         std::path::Path::new("/sys/fs/bpf/veg").join(&gateway.name),
     );
-    drop((tcp, udp, icmp, gateway, lab));
+    drop((tcp, udp, icmp, gateway, topo));
     let namespaces = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()?;

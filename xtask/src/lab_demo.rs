@@ -11,7 +11,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use veg_testbed::udp::{Echo, Stream, round_trip};
+use veg_testbed::{
+    command::output_of,
+    udp::{Echo, Stream, round_trip},
+};
 
 use crate::workspace::{build_veg, setup, step};
 
@@ -85,19 +88,12 @@ impl Demo<'_> {
 
     /// `veg lab ARGS` on the demo's lab; its output, shown indented.
     pub fn lab(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(self.veg)
-            .args(["lab", "--dir", self.dir, "--prefix", self.prefix])
-            .args(args)
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        ensure!(
-            out.status.success(),
-            "veg lab {}: {}{}",
-            args.join(" "),
-            text,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(text)
+        output_of(
+            Command::new(self.veg)
+                .args(["lab", "--dir", self.dir, "--prefix", self.prefix])
+                .args(args),
+        )
+        .map_err(anyhow::Error::msg)
     }
 
     fn show(&self, command: &str, output: &str) {
@@ -149,16 +145,12 @@ impl Demo<'_> {
     }
 
     fn nbctl(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new("ovn-nbctl")
-            .arg(format!("--db=unix:{}/nb.sock", self.dir))
-            .args(args)
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "ovn-nbctl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        output_of(
+            Command::new("ovn-nbctl")
+                .arg(format!("--db=unix:{}/nb.sock", self.dir))
+                .args(args),
+        )
+        .map_err(anyhow::Error::msg)
     }
 
     fn show_nbctl(&self, args: &[&str]) -> anyhow::Result<()> {

@@ -34,16 +34,85 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// A pinned toolchain's name (`STABLE`, `NIGHTLY`) from scripts/toolchain.env, the one place they are written.
+fn pinned(key: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(root().join("scripts/toolchain.env"))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
+        .with_context(|| format!("scripts/toolchain.env has no {key}="))
+}
+
+/// Clippy on the eBPF programs, for the BPF target they are built for, with the pinned nightly they need.
+fn clippy_ebpf() -> anyhow::Result<()> {
+    step("lints of the eBPF programs (clippy on bpfel-unknown-none, -D warnings)");
+    let nightly = pinned("NIGHTLY")?;
+    let target_dir = root().join("target/bpf-clippy");
+    run(Command::new("rustup")
+        .args(["run", &nightly, "cargo", "clippy", "--package", "veg-ebpf"])
+        .args([
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .args(["--", "-D", "warnings"])
+        // The stable toolchain `cargo xtask` runs under must not leak into the nightly's build.
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO")
+        .env_remove("RUSTC"))
+}
+
 pub fn setup() -> anyhow::Result<()> {
     step("set-up: packages, toolchains, bpf-linker");
     run(Command::new("bash").arg(root().join("scripts/setup")))
 }
 
-/// Build `veg` (its build script builds the eBPF object) and return the binary's path.
+/// Build `veg` (its build script builds the eBPF object) and `veg-lab` beside it (which `veg lab` runs), and
+/// return veg's path.
 pub fn build_veg() -> anyhow::Result<PathBuf> {
-    step("building veg");
-    run(cargo().args(["build", "--package", "veg-userspace", "--bin", "veg"]))?;
+    step("building veg and veg-lab");
+    run(cargo().args(["build", "--bin", "veg", "--bin", "veg-lab"]))?;
     Ok(root().join("target/debug/veg"))
+}
+
+/// veg as shipped carries no lab code: veg-userspace does not depend on veg-lab (the crate graph, whatever the
+/// profile), and the built veg binary has no symbol of it (while it has veg-userspace's, so the check can fail).
+fn check_no_lab_in_veg() -> anyhow::Result<()> {
+    step("veg as shipped carries no lab code (crate graph and symbols)");
+    let out = cargo()
+        .args([
+            "tree",
+            "--package",
+            "veg-userspace",
+            "--edges",
+            "normal",
+            "--prefix",
+            "none",
+        ])
+        .current_dir(root())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let graph = String::from_utf8_lossy(&out.stdout);
+    if graph.lines().any(|l| l.starts_with("veg-lab ")) {
+        bail!("veg-userspace depends on veg-lab: the lab would ship in veg");
+    }
+    let binary =
+        std::fs::read(root().join("target/debug/veg")).context("reading target/debug/veg")?;
+    let has = |needle: &[u8]| binary.windows(needle.len()).any(|w| w == needle);
+    if !has(b"veg_userspace") {
+        bail!("target/debug/veg has no veg_userspace symbol: this check looks in the wrong place");
+    }
+    if has(b"veg_lab") {
+        bail!("target/debug/veg has veg_lab symbols: lab code is linked into veg");
+    }
+    Ok(())
 }
 
 pub fn build_ebpf() -> anyhow::Result<PathBuf> {
@@ -88,8 +157,10 @@ pub fn test() -> anyhow::Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     step("lints (cargo clippy --all-targets -- -D warnings)");
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    clippy_ebpf()?;
     step("building everything, tests included");
     run(cargo().args(["test", "--no-run"]))?;
+    check_no_lab_in_veg()?;
     step("unit tests");
     run(cargo().args(["test", "--lib", "--bins"]))?;
     step(
@@ -103,35 +174,6 @@ pub fn test() -> anyhow::Result<()> {
     step(
         "datapath program tests, traffic through network namespaces, BFD against FRR, OVSDB, OVN model and controller against a real Northbound database, end to end on the lab with real OVN (serial)",
     );
-    run(cargo().args([
-        "test",
-        "--package",
-        "veg-userspace",
-        "--test",
-        "datapath_program",
-        "--test",
-        "gateway_traffic",
-        "--test",
-        "hostile_traffic",
-        "--test",
-        "icmp_traffic",
-        "--test",
-        "masquerade_comparison",
-        "--test",
-        "gateway_cli",
-        "--test",
-        "gateway_resource",
-        "--test",
-        "bfd_interop",
-        "--test",
-        "ovsdb_client",
-        "--test",
-        "ovn_model",
-        "--test",
-        "controller",
-        "--test",
-        "lab",
-        "--",
-        "--test-threads=1",
-    ]))
+    // Every integration test target of the workspace, as the crates' manifests declare them: no second list.
+    run(cargo().args(["test", "--test", "*", "--", "--test-threads=1"]))
 }

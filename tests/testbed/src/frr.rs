@@ -68,7 +68,7 @@ impl Bfdd {
             "-A",
             "127.0.0.1",
         ];
-        let zebra = ns.exec(
+        ns.exec_ok(
             "/usr/lib/frr/zebra",
             &[
                 &common[..],
@@ -76,12 +76,7 @@ impl Bfdd {
             ]
             .concat(),
         );
-        assert!(
-            zebra.status.success(),
-            "zebra: {}",
-            String::from_utf8_lossy(&zebra.stderr)
-        );
-        let bfdd = ns.exec(
+        ns.exec_ok(
             "/usr/lib/frr/bfdd",
             &[
                 &common[..],
@@ -95,11 +90,6 @@ impl Bfdd {
                 ],
             ]
             .concat(),
-        );
-        assert!(
-            bfdd.status.success(),
-            "bfdd: {}",
-            String::from_utf8_lossy(&bfdd.stderr)
         );
         Bfdd {
             dir,

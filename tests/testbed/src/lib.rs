@@ -2,13 +2,14 @@
 //! gateway lab topology, the `veg gateway` process, servers that record what they saw, and packet builders.
 
 pub mod capture;
+pub mod command;
 pub mod frr;
 pub mod kube_api;
-pub mod lab;
 pub mod netns;
 pub mod ovsdb;
 pub mod packet;
 pub mod servers;
+pub mod topology;
 pub mod udp;
 
 /// Tests need root (namespaces, BPF). Returns true, after saying why, when the test should be skipped.

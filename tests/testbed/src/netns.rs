@@ -39,13 +39,25 @@ impl Netns {
         ]);
     }
 
-    /// Run a command inside the namespace and return its stdout.
-    pub fn exec(&self, program: &str, args: &[&str]) -> std::process::Output {
-        Command::new("ip")
+    /// `program args` to be run inside the namespace.
+    pub fn command(&self, program: &str, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", &self.name, program])
-            .args(args)
+            .args(args);
+        command
+    }
+
+    /// Run a command inside the namespace, whatever its outcome.
+    pub fn exec(&self, program: &str, args: &[&str]) -> std::process::Output {
+        self.command(program, args)
             .output()
             .unwrap_or_else(|e| panic!("running {program} in {}: {e}", self.name))
+    }
+
+    /// Run a command inside the namespace that must succeed; its stdout.
+    pub fn exec_ok(&self, program: &str, args: &[&str]) -> String {
+        crate::command::run(&mut self.command(program, args))
     }
 
     /// Run `f` on a thread inside this namespace (sockets it opens live there).
@@ -66,12 +78,7 @@ impl Netns {
     }
 
     pub fn sysctl(&self, key: &str, value: &str) {
-        let out = self.exec("sysctl", &["-qw", &format!("{key}={value}")]);
-        assert!(
-            out.status.success(),
-            "sysctl {key}={value}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.exec_ok("sysctl", &["-qw", &format!("{key}={value}")]);
     }
 }
 
@@ -92,11 +99,5 @@ pub fn enter(path: &str) {
 }
 
 pub fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("running ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::command::run(Command::new("ip").args(args));
 }

@@ -33,6 +33,8 @@ use super::{
     validation::{Problem, Resolved, validate},
     workload,
 };
+use veg_ovsdb::monitor::Monitor;
+
 use crate::{
     crd::{
         gateway::{TrafficPolicy, VpcEgressGateway, VpcEgressGatewayStatus},
@@ -47,7 +49,6 @@ use crate::{
         model::GatewaySpec,
         vpc_port::{on_gateway_router, vpc_port_rows},
     },
-    ovsdb::monitor::Monitor,
 };
 
 /// The reference's finalizer: a gateway it created is cleaned up by us too.

@@ -34,11 +34,11 @@ use crate::{
         network::{Subnet, Vpc},
     },
     ovn::apply::{DB, monitored_tables},
-    ovsdb::{
-        endpoint::Endpoint,
-        monitor::Monitor,
-        replica::{Replica, column},
-    },
+};
+use veg_ovsdb::{
+    endpoint::Endpoint,
+    monitor::Monitor,
+    replica::{Replica, column},
 };
 
 pub struct Settings {

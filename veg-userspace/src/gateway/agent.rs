@@ -21,14 +21,13 @@ use tracing::{info, warn};
 use veg_common::{address::Address, config::GatewayConfig};
 
 use super::{health, host, settings::GatewaySettings};
-use crate::{
-    bfd::{
-        control,
-        engine::{Engine, EngineConfig, Snapshot},
-        session::Role,
-    },
-    datapath::{loader::Datapath, pins, policy::DesiredPolicy, slow_path::SlowPath},
+use veg_bfd::{
+    control,
+    engine::{Engine, EngineConfig, Snapshot},
+    session::Role,
 };
+
+use crate::datapath::{loader::Datapath, pins, policy::DesiredPolicy, slow_path::SlowPath};
 
 const LOCK_DIR: &str = "/run/veg";
 

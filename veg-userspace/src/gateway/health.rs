@@ -13,7 +13,7 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::bfd::{engine::Snapshot, packet::State};
+use veg_bfd::{engine::Snapshot, packet::State};
 
 /// Why the instance is not ready, or None when it is.
 pub fn not_ready_reason(bfd: &Snapshot) -> Option<String> {

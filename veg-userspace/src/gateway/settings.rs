@@ -13,8 +13,9 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 use veg_common::flow::FLOW_TABLE_DEFAULT_ENTRIES;
 
+use veg_bfd::session::Timers;
+
 use crate::{
-    bfd::session::Timers,
     datapath::{
         flow_table_entries, pins,
         policy::{Action, DesiredPolicy},

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::model::{DesiredRow, GatewaySpec, Owner, desired_rows};
-use crate::ovsdb::{
+use veg_ovsdb::{
     monitor::Monitor,
     replica::{Replica, Row, column, map_pairs},
 };

@@ -11,7 +11,7 @@ use super::{
     model::{GatewaySpec, desired_rows},
     vpc_port::{VpcBfdPort, vpc_port_rows},
 };
-use crate::ovsdb::{endpoint::Endpoint, monitor::Monitor};
+use veg_ovsdb::{endpoint::Endpoint, monitor::Monitor};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -10,7 +10,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::model::{DesiredRow, Link, Owner};
-use crate::ovsdb::replica::{Replica, column};
+use veg_ovsdb::replica::{Replica, column};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VpcBfdPort {

@@ -4,7 +4,7 @@
 //! range full. The number that matters is the kernel's CPU per offered packet, against the established cost of
 //! udp-many in the same run: a client that asks for more than the range holds must not make every packet dear.
 
-use veg_testbed::lab::Lab;
+use veg_testbed::topology::Topology;
 
 use super::{
     modes::enable_translating,
@@ -20,16 +20,21 @@ const FLOWS: u16 = 8192;
 const UDP_PORT: u16 = 9100;
 
 /// Every mode in turn, `rounds` times, `seconds` each.
-pub fn run(lab: &Lab, tools: &Tools, rounds: usize, seconds: f64) -> anyhow::Result<Vec<Record>> {
+pub fn run(
+    topo: &Topology,
+    tools: &Tools,
+    rounds: usize,
+    seconds: f64,
+) -> anyhow::Result<Vec<Record>> {
     let doing = format!("offered {FLOWS} flows for {} ports", FLOWS / 2);
     report::interleaved(SCENARIO, rounds, &doing, |mode| {
-        let _active = enable_translating(lab, mode, &[], Some(RANGE));
-        measure(lab, tools, seconds)
+        let _active = enable_translating(topo, mode, &[], Some(RANGE));
+        measure(topo, tools, seconds)
     })
 }
 
-fn measure(lab: &Lab, tools: &Tools, seconds: f64) -> anyhow::Result<Sample> {
-    let flood = flood(lab, tools, UDP_PORT, FLOWS, seconds)?;
+fn measure(topo: &Topology, tools: &Tools, seconds: f64) -> anyhow::Result<Sample> {
+    let flood = flood(topo, tools, UDP_PORT, FLOWS, seconds)?;
     let offered = flood.sent.max(1.0);
     Ok(vec![
         (

@@ -16,7 +16,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail, ensure};
 use serde_json::json;
-use veg_testbed::lab::Lab;
+use veg_testbed::topology::Topology;
 
 use crate::workspace::{build_veg, root, setup, step};
 use modes::{ALL, enable};
@@ -77,16 +77,16 @@ fn build_loadgen() -> anyhow::Result<String> {
 }
 
 /// Set-up, veg and the load generator built, and the bench's topology with its one client.
-fn topology() -> anyhow::Result<(Lab, Tools)> {
+fn topology() -> anyhow::Result<(Topology, Tools)> {
     setup()?;
     let veg = build_veg()?;
     let tools = Tools {
         loadgen: build_loadgen()?,
     };
     step("building the topology: client -> gateway instance -> server");
-    let mut lab = Lab::new(veg.to_str().context("non-UTF-8 path")?);
-    lab.add_client(CLIENT_IP);
-    Ok((lab, tools))
+    let mut topo = Topology::new(veg.to_str().context("non-UTF-8 path")?);
+    topo.add_client(CLIENT_IP);
+    Ok((topo, tools))
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -134,16 +134,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let flow_table = scenarios.contains(&scale::SCENARIO);
     let port_exhaustion = scenarios.contains(&exhaustion::SCENARIO);
     scenarios.retain(|s| *s != scale::SCENARIO && *s != exhaustion::SCENARIO);
-    let (lab, tools) = topology()?;
-    let _tcp_server = KillOnDrop(start_tcp_server(&lab, &tools)?);
+    let (topo, tools) = topology()?;
+    let _tcp_server = KillOnDrop(start_tcp_server(&topo, &tools)?);
 
     let mut records = Vec::new();
     for round in 0..rounds {
         for mode in ALL {
             step(&format!("round {}/{rounds}: {}", round + 1, mode.name()));
-            let active = enable(&lab, mode);
+            let active = enable(&topo, mode);
             for scenario in &scenarios {
-                let metrics = measure(scenario, &lab, &tools, seconds)
+                let metrics = measure(scenario, &topo, &tools, seconds)
                     .with_context(|| format!("{scenario} with {}", mode.name()))?;
                 report::print(scenario, &metrics);
                 records.push(Record {
@@ -162,10 +162,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         scale::FLOWS
     };
     if port_exhaustion {
-        records.extend(exhaustion::run(&lab, &tools, rounds, seconds)?);
+        records.extend(exhaustion::run(&topo, &tools, rounds, seconds)?);
     }
     if flow_table {
-        records.extend(scale::run(&lab, &tools, rounds, flow_table_flows)?);
+        records.extend(scale::run(&topo, &tools, rounds, flow_table_flows)?);
     }
 
     let program = program::program_costs()?;

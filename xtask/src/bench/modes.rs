@@ -1,6 +1,6 @@
 //! The ways the gateway instance can translate: veg's datapath, or the kernel's NAT as the reference sets it up.
 
-use veg_testbed::lab::{Gateway, Lab, SNAT_SOURCES};
+use veg_testbed::topology::{Gateway, SNAT_SOURCES, Topology};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -23,36 +23,36 @@ impl Mode {
     }
 }
 
-/// A mode set up in the lab's gateway instance; dropping it undoes everything (rules, conntrack, pins).
+/// A mode set up in the topology's gateway instance; dropping it undoes everything (rules, conntrack, pins).
 pub enum Active<'a> {
     /// The running agent; dropping it stops the agent and removes its pins.
     Veg {
         agent: Gateway,
     },
     Netfilter {
-        lab: &'a Lab,
+        topo: &'a Topology,
         mode: Mode,
     },
 }
 
-pub fn enable(lab: &Lab, mode: Mode) -> Active<'_> {
-    enable_with(lab, mode, &[])
+pub fn enable(topo: &Topology, mode: Mode) -> Active<'_> {
+    enable_with(topo, mode, &[])
 }
 
 /// `enable`, with extra `veg gateway` flags for veg's agent.
-pub fn enable_with<'a>(lab: &'a Lab, mode: Mode, veg_flags: &[&str]) -> Active<'a> {
-    enable_translating(lab, mode, veg_flags, None)
+pub fn enable_with<'a>(topo: &'a Topology, mode: Mode, veg_flags: &[&str]) -> Active<'a> {
+    enable_translating(topo, mode, veg_flags, None)
 }
 
 /// `enable_with`, every mode translating into the ports `range` ("LO-HI") when given (netfilter's rules then
 /// translate UDP alone: a port range needs a protocol there).
 pub fn enable_translating<'a>(
-    lab: &'a Lab,
+    topo: &'a Topology,
     mode: Mode,
     veg_flags: &[&str],
     range: Option<&str>,
 ) -> Active<'a> {
-    let gw = &lab.gateway;
+    let gw = &topo.gateway;
     match mode {
         Mode::Veg => {
             let mut flags = veg_flags.to_vec();
@@ -60,7 +60,7 @@ pub fn enable_translating<'a>(
                 flags.extend(["--port-range", range]);
             }
             Active::Veg {
-                agent: lab.start_gateway(&flags),
+                agent: topo.start_gateway(&flags),
             }
         }
         Mode::Iptables => {
@@ -79,16 +79,16 @@ pub fn enable_translating<'a>(
             if let Some(range) = range {
                 rule.extend(["-p", "udp", "--to-ports", range]);
             }
-            run(gw.exec("iptables", &rule));
-            Active::Netfilter { lab, mode }
+            gw.exec_ok("iptables", &rule);
+            Active::Netfilter { topo, mode }
         }
         Mode::Nftables => {
             gw.sysctl("net.ipv4.conf.all.forwarding", "1");
-            run(gw.exec("nft", &["add", "table", "ip", "veg_bench"]));
-            run(gw.exec(
+            gw.exec_ok("nft", &["add", "table", "ip", "veg_bench"]);
+            gw.exec_ok(
                 "nft",
                 &["add chain ip veg_bench postrouting { type nat hook postrouting priority 100 ; }"],
-            ));
+            );
             let to_ports = range.map(|r| format!("to :{r}"));
             let mut rule = vec![
                 "add",
@@ -106,8 +106,8 @@ pub fn enable_translating<'a>(
                 rule.push("masquerade");
             }
             rule.push("fully-random");
-            run(gw.exec("nft", &rule));
-            Active::Netfilter { lab, mode }
+            gw.exec_ok("nft", &rule);
+            Active::Netfilter { topo, mode }
         }
     }
 }
@@ -122,18 +122,10 @@ impl Active<'_> {
     }
 }
 
-fn run(out: std::process::Output) {
-    assert!(
-        out.status.success(),
-        "setting up the baseline failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 impl Drop for Active<'_> {
     fn drop(&mut self) {
-        if let Active::Netfilter { lab, mode } = self {
-            let gw = &lab.gateway;
+        if let Active::Netfilter { topo, mode } = self {
+            let gw = &topo.gateway;
             match mode {
                 Mode::Iptables => drop(gw.exec("iptables", &["-t", "nat", "-F", "POSTROUTING"])),
                 _ => drop(gw.exec("nft", &["delete", "table", "ip", "veg_bench"])),

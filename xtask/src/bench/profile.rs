@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 use serde_json::json;
-use veg_testbed::lab::Lab;
+use veg_testbed::{command::output_of, topology::Topology};
 
 use super::{
     modes::{ALL, enable},
@@ -134,16 +134,8 @@ fn is_idle(stack: &[(String, bool)]) -> bool {
 /// Busy samples, from the call chains `perf script` prints (one frame per line: address, symbol, (object); a
 /// blank line between samples).
 fn read_samples(data: &str) -> anyhow::Result<Samples> {
-    let out = Command::new("perf")
-        .args(["script", "-i", data, "-F", "ip,sym,dso"])
-        .output()
-        .context("running perf script")?;
-    ensure!(
-        out.status.success(),
-        "perf script failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = output_of(Command::new("perf").args(["script", "-i", data, "-F", "ip,sym,dso"]))
+        .map_err(anyhow::Error::msg)?;
     let mut samples = Samples::default();
     for block in text.split("\n\n") {
         let stack: Vec<(String, bool)> = block
@@ -225,7 +217,7 @@ const TOP_FRAMES: usize = 8;
 
 pub fn run(rounds: usize, seconds: f64) -> anyhow::Result<()> {
     // The set-up in topology() installs perf (Debian's linux-perf).
-    let (lab, tools) = topology()?;
+    let (topo, tools) = topology()?;
     ensure!(
         Command::new("perf")
             .arg("--version")
@@ -246,8 +238,8 @@ pub fn run(rounds: usize, seconds: f64) -> anyhow::Result<()> {
                     round + 1,
                     mode.name()
                 ));
-                let _active = enable(&lab, *mode);
-                let (more, delivered) = record_mode(&lab, &tools, seconds, &scratch)
+                let _active = enable(&topo, *mode);
+                let (more, delivered) = record_mode(&topo, &tools, seconds, &scratch)
                     .with_context(|| format!("profiling {}", mode.name()))?;
                 samples.add(more);
                 *packets += delivered;
@@ -289,9 +281,9 @@ pub fn run(rounds: usize, seconds: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// udp-many in the mode the lab's gateway is in, under perf record: the samples and the packets delivered.
+/// udp-many in the mode the topology's gateway is in, under perf record: the samples and the packets delivered.
 fn record_mode(
-    lab: &Lab,
+    topo: &Topology,
     tools: &Tools,
     seconds: f64,
     scratch: &str,
@@ -306,7 +298,7 @@ fn record_mode(
         .spawn()
         .context("starting perf record")?;
     std::thread::sleep(Duration::from_millis(500));
-    let sample = measure("udp-many", lab, tools, seconds);
+    let sample = measure("udp-many", topo, tools, seconds);
     let recorded = perf.wait()?;
     let sample = sample?;
     ensure!(recorded.success(), "perf record failed");

@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
-use veg_testbed::lab::Lab;
+use veg_testbed::topology::Topology;
 
 use super::{
     modes::{Active, enable_with},
@@ -36,7 +36,12 @@ const UDP_TIMEOUT_SECONDS: &str = "300";
 
 /// Every mode in turn, `rounds` times: veg's agent with its table sized for `flows` translations, conntrack with
 /// the host's limits raised for them.
-pub fn run(lab: &Lab, tools: &Tools, rounds: usize, flows: u32) -> anyhow::Result<Vec<Record>> {
+pub fn run(
+    topo: &Topology,
+    tools: &Tools,
+    rounds: usize,
+    flows: u32,
+) -> anyhow::Result<Vec<Record>> {
     let _room = ConntrackRoom::make(flows)?;
     let max_flows = flows.to_string();
     report::interleaved(
@@ -44,8 +49,8 @@ pub fn run(lab: &Lab, tools: &Tools, rounds: usize, flows: u32) -> anyhow::Resul
         rounds,
         &format!("holding {flows} flows"),
         |mode| {
-            let active = enable_with(lab, mode, &["--max-flows", &max_flows]);
-            measure(lab, tools, &active, flows)
+            let active = enable_with(topo, mode, &["--max-flows", &max_flows]);
+            measure(topo, tools, &active, flows)
         },
     )
 }
@@ -113,8 +118,8 @@ fn slab_object_bytes() -> anyhow::Result<u64> {
 }
 
 /// The gateway's conntrack entries.
-fn conntrack_count(lab: &Lab) -> anyhow::Result<u64> {
-    let out = lab
+fn conntrack_count(topo: &Topology) -> anyhow::Result<u64> {
+    let out = topo
         .gateway
         .exec("cat", &["/proc/sys/net/netfilter/nf_conntrack_count"]);
     String::from_utf8_lossy(&out.stdout)
@@ -138,19 +143,19 @@ fn veg_map_bytes(gateway_name: &str) -> anyhow::Result<u64> {
 }
 
 /// Open `flows` flows through the gateway in its current mode and measure the table that holds them.
-fn measure(lab: &Lab, tools: &Tools, active: &Active, flows: u32) -> anyhow::Result<Sample> {
+fn measure(topo: &Topology, tools: &Tools, active: &Active, flows: u32) -> anyhow::Result<Sample> {
     let netfilter = active.agent().is_none();
     if netfilter {
-        lab.gateway.sysctl(
+        topo.gateway.sysctl(
             "net.netfilter.nf_conntrack_udp_timeout",
             UDP_TIMEOUT_SECONDS,
         );
     }
-    let entries_before = if netfilter { conntrack_count(lab)? } else { 0 };
+    let entries_before = if netfilter { conntrack_count(topo)? } else { 0 };
     let slab_before = slab_object_bytes()?;
-    let _drop = ServerDrop::install(&lab.server)?;
+    let _drop = ServerDrop::install(&topo.server)?;
     let open = spawn_frames(
-        lab,
+        topo,
         tools,
         "udp-open-flows",
         FIRST_DST_PORT,
@@ -169,7 +174,7 @@ fn measure(lab: &Lab, tools: &Tools, active: &Active, flows: u32) -> anyhow::Res
     let (held, memory) = match active.agent() {
         Some(agent) => (agent.flow_count(), veg_map_bytes(&agent.name)?),
         None => {
-            let held = conntrack_count(lab)?.saturating_sub(entries_before);
+            let held = conntrack_count(topo)?.saturating_sub(entries_before);
             let slab = slab_object_bytes()?.saturating_sub(slab_before);
             (held, slab + 8 * ConntrackRoom::buckets()?)
         }

@@ -5,11 +5,12 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, bail};
 use serde_json::Value;
 use veg_testbed::{
-    lab::{Lab, SERVER_IP},
+    command::output_of,
     netns::Netns,
+    topology::{SERVER_IP, Topology},
 };
 
 pub const SCENARIOS: &[&str] = &[
@@ -82,17 +83,17 @@ pub(super) struct Flood {
 /// IPv4 at its interface's ingress: arrivals are counted, and no socket or ICMP answer costs anything, so the
 /// gateway is what limits the rate. ARP still passes.
 pub(super) fn flood(
-    lab: &Lab,
+    topo: &Topology,
     tools: &Tools,
     port: u16,
     flows: u16,
     seconds: f64,
 ) -> anyhow::Result<Flood> {
-    let _drop = ServerDrop::install(&lab.server)?;
-    let rx_before = rx_packets(&lab.server)?;
+    let _drop = ServerDrop::install(&topo.server)?;
+    let rx_before = rx_packets(&topo.server)?;
     let cpu_before = kernel_cpu_ns();
     let run = spawn_frames(
-        lab,
+        topo,
         tools,
         "udp-flood",
         port,
@@ -106,14 +107,19 @@ pub(super) fn flood(
     let report = finish(run, "udp-flood")?;
     Ok(Flood {
         kernel_cpu_ns: kernel_cpu_ns() - cpu_before,
-        delivered: (rx_packets(&lab.server)? - rx_before) as f64,
+        delivered: (rx_packets(&topo.server)? - rx_before) as f64,
         sent: report["sent"].as_f64().unwrap_or(0.0),
         seconds: report["seconds"].as_f64().unwrap_or(0.0).max(1e-9),
     })
 }
 
-pub fn measure(scenario: &str, lab: &Lab, tools: &Tools, seconds: f64) -> anyhow::Result<Sample> {
-    let client = &lab.clients[0];
+pub fn measure(
+    scenario: &str,
+    topo: &Topology,
+    tools: &Tools,
+    seconds: f64,
+) -> anyhow::Result<Sample> {
+    let client = &topo.clients[0];
     let secs = format!("{seconds}");
     match scenario {
         "udp-many" | "udp-one" => {
@@ -122,7 +128,7 @@ pub fn measure(scenario: &str, lab: &Lab, tools: &Tools, seconds: f64) -> anyhow
             } else {
                 1
             };
-            let flood = flood(lab, tools, UDP_PORT, flows, seconds)?;
+            let flood = flood(topo, tools, UDP_PORT, flows, seconds)?;
             Ok(vec![
                 ("kpps", flood.delivered / flood.seconds / 1000.0),
                 (
@@ -146,7 +152,7 @@ pub fn measure(scenario: &str, lab: &Lab, tools: &Tools, seconds: f64) -> anyhow
         "tcp-stream-1" | "tcp-stream-8" => {
             let streams = if scenario == "tcp-stream-1" { "1" } else { "8" };
             let server = spawn_in(
-                &lab.server,
+                &topo.server,
                 "iperf3",
                 &["-s", "-1", "-p", &IPERF_PORT.to_string()],
             )?;
@@ -213,13 +219,13 @@ pub fn measure(scenario: &str, lab: &Lab, tools: &Tools, seconds: f64) -> anyhow
 /// A frame-sending subcommand of the load generator in the first client, toward the server's `port`, through the
 /// gateway's eth0.
 pub(super) fn spawn_frames(
-    lab: &Lab,
+    topo: &Topology,
     tools: &Tools,
     subcommand: &str,
     port: u16,
     extra: &[&str],
 ) -> anyhow::Result<Child> {
-    let gateway_mac = link(&lab.gateway, "eth0")?["address"]
+    let gateway_mac = link(&topo.gateway, "eth0")?["address"]
         .as_str()
         .context("no MAC on the gateway's eth0")?
         .to_owned();
@@ -236,10 +242,10 @@ pub(super) fn spawn_frames(
         &dst,
     ];
     args.extend_from_slice(extra);
-    spawn_in(&lab.clients[0], &tools.loadgen, &args)
+    spawn_in(&topo.clients[0], &tools.loadgen, &args)
 }
 
-/// `ip -j link show DEV` of the lab's server or gateway.
+/// `ip -j link show DEV` of the topology's server or gateway.
 fn link(ns: &Netns, device: &str) -> anyhow::Result<Value> {
     let out = Command::new("ip")
         .args(["-n", &ns.name, "-j", "-s", "link", "show", device])
@@ -268,12 +274,8 @@ impl<'a> ServerDrop<'a> {
              add chain netdev veg_bench_sink ingress {{ type filter hook ingress device \"{SERVER_INTERFACE}\" priority 0; }}\n\
              add rule netdev veg_bench_sink ingress ip protocol udp drop\n"
         );
-        let out = server.exec("nft", &[&rule]);
-        ensure!(
-            out.status.success(),
-            "installing the server's drop rule: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        output_of(&mut server.command("nft", &[&rule]))
+            .map_err(|e| anyhow::anyhow!("installing the server's drop rule: {e}"))?;
         Ok(ServerDrop(server))
     }
 }
@@ -287,12 +289,12 @@ impl Drop for ServerDrop<'_> {
 }
 
 /// The TCP server the crr and rr scenarios talk to, for the whole run.
-pub fn start_tcp_server(lab: &Lab, tools: &Tools) -> anyhow::Result<Child> {
+pub fn start_tcp_server(topo: &Topology, tools: &Tools) -> anyhow::Result<Child> {
     let child = Command::new("ip")
         .args([
             "netns",
             "exec",
-            &lab.server.name,
+            &topo.server.name,
             &tools.loadgen,
             "tcp-server",
             "--port",

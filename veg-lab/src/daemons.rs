@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::command::{run, run_with_env};
+use crate::command::{run, run_with_env};
 
 /// Every daemon, in start order (stopped in reverse).
 pub const DAEMONS: [&str; 6] = ["nb", "sb", "conf", "northd", "vswitchd", "controller"];

@@ -1,4 +1,4 @@
-//! The gateway lab: VPC clients on a switch, a gateway instance (eth0 on the switch, net1 a macvlan on an
+//! The gateway topology: VPC clients on a switch, a gateway instance (eth0 on the switch, net1 a macvlan on an
 //! underlay link), and an external server on the underlay. Addresses:
 //!
 //!   VPC 10.16.0.0/16: gateway eth0 10.16.0.12; SNAT clients 10.16.0.x, forward clients 10.16.1.x,
@@ -32,7 +32,7 @@ pub fn external_ip() -> std::net::IpAddr {
         .expect("GATEWAY_EXTERNAL_IP is an address")
 }
 
-pub struct Lab {
+pub struct Topology {
     pub prefix: String,
     /// The `veg` binary that runs the gateway.
     pub veg: String,
@@ -44,8 +44,8 @@ pub struct Lab {
     pub vpc: Netns,
 }
 
-impl Lab {
-    pub fn new(veg: &str) -> Lab {
+impl Topology {
+    pub fn new(veg: &str) -> Topology {
         let prefix = unique("veg");
         let vpc = Netns::new(&format!("{prefix}-vpc"));
         let gateway = Netns::new(&format!("{prefix}-gw"));
@@ -86,7 +86,7 @@ impl Lab {
         server.ip(&["link", "set", "ul1", "up"]);
         // Forward (no-SNAT) clients are routed, not translated: the outside reaches them through the gateway.
         server.ip(&["route", "add", "10.16.0.0/16", "via", GATEWAY_EXTERNAL_IP]);
-        Lab {
+        Topology {
             prefix,
             veg: veg.to_owned(),
             clients: Vec::new(),
@@ -115,14 +115,14 @@ impl Lab {
         &self.clients[index]
     }
 
-    /// Start `veg gateway` in the instance with the lab's policies plus `extra` arguments.
+    /// Start `veg gateway` in the instance with the topology's policies plus `extra` arguments.
     pub fn start_gateway(&self, extra: &[&str]) -> Gateway {
         let name = format!("{}-gw", self.prefix);
         Gateway::start(&self.veg, &name, &self.gateway.name, extra)
     }
 }
 
-/// `veg gateway NAME` in the lab's instance `netns`, with the lab's interfaces, external address and policies.
+/// `veg gateway NAME` in the topology's instance `netns`, with the topology's interfaces, external address and policies.
 pub fn gateway_command(veg: &str, name: &str, netns: &str) -> Command {
     let mut command = Command::new(veg);
     command
@@ -248,17 +248,12 @@ impl Gateway {
     }
 
     fn veg_with(&self, command: &str, extra: &[&str]) -> serde_json::Value {
-        let out = Command::new(&self.veg)
-            .args([command, "--name", &self.name, "--json"])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "veg {command}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = crate::command::run(
+            Command::new(&self.veg)
+                .args([command, "--name", &self.name, "--json"])
+                .args(extra),
         );
-        serde_json::from_slice(&out.stdout).unwrap()
+        serde_json::from_str(&out).unwrap()
     }
 
     /// `veg flows` as a person reads it.

@@ -2,7 +2,7 @@
 
 use std::{
     os::unix::process::CommandExt,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
@@ -40,12 +40,30 @@ pub fn run_in(netns: &str, program: &str, args: &[&str]) -> anyhow::Result<Strin
     run("ip", &full)
 }
 
-/// Start this `veg` binary with `args` in a session of its own, its output to `log`, so that it outlives the
-/// process that started it (as a pod outlives its controller). Returns its pid.
-pub fn spawn_veg_detached(args: &[&str], log: &Path, what: &str) -> anyhow::Result<i32> {
+/// The `veg` binary the lab runs its instances with: the one next to this program, as cargo builds both into the
+/// same directory (`cargo xtask lab` and the tests build both).
+pub fn veg_binary() -> anyhow::Result<PathBuf> {
+    let this = std::env::current_exe().context("finding the veg-lab binary")?;
+    let veg = this.with_file_name("veg");
+    if !veg.exists() {
+        bail!(
+            "{} is missing: the lab runs the veg binary built beside it (cargo build --bin veg --bin veg-lab)",
+            veg.display()
+        );
+    }
+    Ok(veg)
+}
+
+/// Start `program` with `args` in a session of its own, its output to `log`, so that it outlives the process that
+/// started it (as a pod outlives its controller). Returns its pid.
+pub fn spawn_detached(
+    program: &Path,
+    args: &[&str],
+    log: &Path,
+    what: &str,
+) -> anyhow::Result<i32> {
     let log = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let veg = std::env::current_exe().context("finding the veg binary")?;
-    let mut command = Command::new(veg);
+    let mut command = Command::new(program);
     command
         .args(args)
         .stdin(Stdio::null())

@@ -27,12 +27,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::{
+use crate::{
     CHASSIS, Lab,
     daemons::{alive, stop_pid},
     network::{self, CLIENTS, Switch},
 };
-use crate::{
+use veg_userspace::{
     crd::{gateway::VpcEgressGateway, network::Subnet},
     datapath::{pins, policy::Action},
     gateway::resource::policy_of,
@@ -247,14 +247,14 @@ impl Lab {
     /// The instance's interfaces up and its routes in place, as the CNI leaves a (re)started pod: the routes of
     /// the pod's annotation through the VPC, everything else out of net1.
     fn bring_up(&self, instance: &Instance, deployment: &Deployment) -> anyhow::Result<()> {
-        let in_ns = |args: &[&str]| super::command::run_in(&instance.netns, "ip", args);
+        let in_ns = |args: &[&str]| crate::command::run_in(&instance.netns, "ip", args);
         // The pod's sysctls, as the container runtime sets them in the pod's namespace.
         let sysctls = pod_spec(deployment)
             .and_then(|s| s.security_context.as_ref())
             .and_then(|c| c.sysctls.as_ref());
         for sysctl in sysctls.into_iter().flatten() {
             let setting = format!("{}={}", sysctl.name, sysctl.value);
-            super::command::run_in(&instance.netns, "sysctl", &["-qw", &setting])?;
+            crate::command::run_in(&instance.netns, "sysctl", &["-qw", &setting])?;
         }
         in_ns(&["link", "set", "eth0", "up"])?;
         in_ns(&["link", "set", "net1", "up"])?;
@@ -301,8 +301,8 @@ impl Lab {
         subnets: &[Subnet],
     ) -> anyhow::Result<i32> {
         // The init containers first, each to completion, as a kubelet runs them.
-        let veg = std::env::current_exe().context("finding the veg binary")?;
-        let veg = veg.to_string_lossy();
+        let veg_path = crate::command::veg_binary()?;
+        let veg = veg_path.to_string_lossy();
         for init in pod_spec(deployment)
             .and_then(|s| s.init_containers.as_ref())
             .into_iter()
@@ -310,7 +310,7 @@ impl Lab {
         {
             let mut args: Vec<&str> = init.args.iter().flatten().map(String::as_str).collect();
             args.extend(["--netns", &instance.netns]);
-            super::command::run(&veg, &args)
+            crate::command::run(&veg, &args)
                 .with_context(|| format!("init container {} of {}", init.name, instance.pod))?;
         }
         let container = pod_spec(deployment)
@@ -333,7 +333,7 @@ impl Lab {
         }
         args.extend(["--netns".into(), instance.netns.clone()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        super::command::spawn_veg_detached(&args, &self.log_path(instance), "veg gateway")
+        crate::command::spawn_detached(&veg_path, &args, &self.log_path(instance), "veg gateway")
     }
 
     /// The instance dies, as a pod whose node fails: its agent is killed (its programs stay attached, pinned) and
@@ -348,7 +348,7 @@ impl Lab {
             })?;
         // Interfaces first: a restart that comes in between must not find them up.
         for interface in ["eth0", "net1"] {
-            super::command::run_in(&instance.netns, "ip", &["link", "set", interface, "down"])?;
+            crate::command::run_in(&instance.netns, "ip", &["link", "set", interface, "down"])?;
         }
         // SAFETY: killing the lab's own agent.
         unsafe { libc::kill(instance.pid, libc::SIGKILL) };
@@ -362,7 +362,7 @@ impl Lab {
         }
         let _ = self.detach(&instance.netns, &instance.port());
         if self.namespaces().contains(&instance.netns) {
-            super::command::run("ip", &["netns", "del", &instance.netns])?;
+            crate::command::run("ip", &["netns", "del", &instance.netns])?;
         }
         let _ = pins::remove_gateway_pins(&instance.agent_name());
         self.forget(instance);
@@ -492,10 +492,10 @@ fn policy_args(gateway: &VpcEgressGateway, subnets: &[Subnet]) -> anyhow::Result
 pub fn ready(netns: &str) -> bool {
     let netns = netns.to_owned();
     std::thread::spawn(move || -> Option<bool> {
-        crate::netns::enter(&netns).ok()?;
+        veg_userspace::netns::enter(&netns).ok()?;
         let address = SocketAddr::from((
             [127, 0, 0, 1],
-            crate::controller::workload::HEALTH_PORT as u16,
+            veg_userspace::controller::workload::HEALTH_PORT as u16,
         ));
         let mut stream =
             std::net::TcpStream::connect_timeout(&address, Duration::from_millis(300)).ok()?;

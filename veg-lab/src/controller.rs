@@ -11,8 +11,10 @@ use kube::ResourceExt;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{CHASSIS, Lab, store::Store};
-use crate::{
+use crate::{CHASSIS, Lab, store::Store};
+use veg_ovsdb::{monitor::Monitor, replica::column};
+
+use veg_userspace::{
     controller::{
         instances::observe,
         reconcile::program_ovn,
@@ -26,7 +28,6 @@ use crate::{
         manifest::DEFAULT_VPC,
         model::GatewaySpec,
     },
-    ovsdb::{monitor::Monitor, replica::column},
 };
 
 /// How often the lab's controller looks at the store and the instances (the cluster has watches instead).

@@ -13,7 +13,7 @@ use kube::ResourceExt;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
-use crate::crd::{
+use veg_userspace::crd::{
     gateway::{VpcEgressGateway, VpcEgressGatewayStatus},
     network::{Subnet, Vpc},
 };

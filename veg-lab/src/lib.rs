@@ -254,8 +254,8 @@ impl Lab {
 
     /// `veg lab controller` in the background, detached, with its pidfile and log in the lab's directory.
     fn start_controller(&self) -> anyhow::Result<()> {
+        let this = std::env::current_exe().context("finding the veg-lab binary")?;
         let args = [
-            "lab",
             "--dir",
             self.dir_str(),
             "--prefix",
@@ -263,7 +263,7 @@ impl Lab {
             "controller",
         ];
         let log = self.path("controller-lab.log");
-        let pid = command::spawn_veg_detached(&args, &log, "the lab's controller")?;
+        let pid = command::spawn_detached(&this, &args, &log, "the lab's controller")?;
         std::fs::write(self.path(&format!("{CONTROLLER}.pid")), pid.to_string())?;
         Ok(())
     }

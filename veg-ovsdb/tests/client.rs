@@ -4,13 +4,13 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use veg_testbed::ovsdb::NbServer;
-use veg_userspace::ovsdb::{
+use veg_ovsdb::{
     client::Client,
     endpoint::Endpoint,
     monitor::Monitor,
     replica::{Replica, Schema, column},
 };
+use veg_testbed::ovsdb::NbServer;
 
 const NB: &str = "OVN_Northbound";
 

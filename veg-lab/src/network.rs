@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::Context as _;
 
-use super::{Lab, command::run};
+use crate::{Lab, command::run};
 
 pub struct Switch {
     pub name: &'static str,
@@ -112,7 +112,7 @@ impl Lab {
             "set",
             "Logical_Router",
             VPC1_SWITCH.router,
-            &format!("options:chassis={}", super::CHASSIS),
+            &format!("options:chassis={}", crate::CHASSIS),
         ])?;
         Ok(())
     }
@@ -148,10 +148,10 @@ impl Lab {
                 "netns", netns,
             ],
         )?;
-        let in_host = |args: &[&str]| super::command::run_in(&host, args[0], &args[1..]);
+        let in_host = |args: &[&str]| crate::command::run_in(&host, args[0], &args[1..]);
         in_host(&["ip", "link", "set", &host_end, "up"])?;
         in_host(&["ethtool", "-K", &host_end, "tx", "off"])?;
-        let in_ns = |args: &[&str]| super::command::run_in(netns, args[0], &args[1..]);
+        let in_ns = |args: &[&str]| crate::command::run_in(netns, args[0], &args[1..]);
         in_ns(&["ip", "link", "set", "eth0", "address", &mac, "up"])?;
         in_ns(&["ethtool", "-K", "eth0", "tx", "off"])?;
         in_ns(&[
@@ -184,7 +184,7 @@ impl Lab {
         let host_end = self.host_end(netns);
         self.vsctl(&["--if-exists", "del-port", "br-int", &host_end])?;
         self.nbctl(&["--if-exists", "lsp-del", port])?;
-        let _ = super::command::run_in(&self.host_netns(), "ip", &["link", "del", &host_end]);
+        let _ = crate::command::run_in(&self.host_netns(), "ip", &["link", "del", &host_end]);
         Ok(())
     }
 
@@ -243,9 +243,9 @@ impl Lab {
                 "netns", &external,
             ],
         )?;
-        super::command::run_in(&underlay, "ip", &["link", "set", "ul0", "up"])?;
+        crate::command::run_in(&underlay, "ip", &["link", "set", "ul0", "up"])?;
         let prefix = prefix_len(EXTERNAL_CIDR);
-        super::command::run_in(
+        crate::command::run_in(
             &external,
             "ip",
             &[
@@ -256,7 +256,7 @@ impl Lab {
                 "eth0",
             ],
         )?;
-        super::command::run_in(&external, "ip", &["link", "set", "eth0", "up"])?;
+        crate::command::run_in(&external, "ip", &["link", "set", "eth0", "up"])?;
         Ok(())
     }
 
@@ -264,15 +264,15 @@ impl Lab {
     pub fn attach_underlay(&self, netns: &str, address: Ipv4Addr) -> anyhow::Result<()> {
         let underlay = self.underlay_netns();
         let link = format!("m{}", self.host_end(netns));
-        super::command::run_in(
+        crate::command::run_in(
             &underlay,
             "ip",
             &[
                 "link", "add", &link, "link", "ul0", "type", "macvlan", "mode", "bridge",
             ],
         )?;
-        super::command::run_in(&underlay, "ip", &["link", "set", &link, "netns", netns])?;
-        let in_ns = |args: &[&str]| super::command::run_in(netns, args[0], &args[1..]);
+        crate::command::run_in(&underlay, "ip", &["link", "set", &link, "netns", netns])?;
+        let in_ns = |args: &[&str]| crate::command::run_in(netns, args[0], &args[1..]);
         in_ns(&["ip", "link", "set", &link, "name", "net1"])?;
         in_ns(&[
             "ip",
