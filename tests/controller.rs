@@ -768,3 +768,157 @@ async fn traffic_policy_local_on_a_newer_ovn_adds_a_policy_per_node() {
     );
     assert_eq!(w.status("gateway1")["ready"], true);
 }
+
+/// Every row of `table` in `nb` tagged `tag`=`value`, as JSON without its identity: `_uuid`, `_version`, and each
+/// reference to another row reduced to "uuid" (row UUIDs differ between databases; what matters is that a
+/// reference is there).
+fn tagged_rows(nb: &NbServer, table: &str, tag: &str, value: &str) -> Vec<String> {
+    fn strip(value: &Value) -> Value {
+        match value {
+            Value::Array(items) if items.len() == 2 && items[0] == "uuid" => json!("uuid"),
+            Value::Array(items) => Value::Array(items.iter().map(strip).collect()),
+            other => other.clone(),
+        }
+    }
+    let found: Value = serde_json::from_str(&nb.nbctl(&[
+        "--format=json",
+        "find",
+        table,
+        &format!("external_ids:{tag}={value}"),
+    ]))
+    .unwrap();
+    let headings: Vec<String> = serde_json::from_value(found["headings"].clone()).unwrap();
+    let mut rows: Vec<String> = found["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let columns: serde_json::Map<String, Value> = headings
+                .iter()
+                .zip(row.as_array().unwrap())
+                .filter(|(name, _)| !name.starts_with('_'))
+                .map(|(name, value)| (name.clone(), strip(value)))
+                .collect();
+            Value::Object(columns).to_string()
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test]
+async fn the_controller_and_veg_ovn_write_the_same_rows_for_the_same_resources() {
+    // The contract's two examples: gateway1 on the default VPC, gateway2 on vpc1 with BFD; the controller
+    // programs them into one database.
+    let w = world().await;
+    w.gateway(GATEWAY1).await;
+    w.gateway(
+        "metadata: {name: gateway2}\nspec:\n  vpc: vpc1\n  replicas: 2\n  internalSubnet: subnet1\n  externalSubnet: macvlan1\n  \
+         bfd: {enabled: true, minRX: 100, minTX: 100, multiplier: 3}\n  policies: [{snat: true, ipBlocks: [192.168.0.0/24], subnets: [subnet1]}]\n",
+    )
+    .await;
+    for _ in 0..2 {
+        w.reconcile("gateway1").await;
+        w.reconcile("gateway2").await;
+    }
+    w.instance(
+        "gateway1",
+        "gateway1-0",
+        "node1",
+        "10.16.0.5",
+        "172.17.0.10",
+    )
+    .await;
+    w.instance(
+        "gateway2",
+        "gateway2-0",
+        "node1",
+        "192.168.0.4",
+        "172.17.0.11",
+    )
+    .await;
+    w.instance(
+        "gateway2",
+        "gateway2-1",
+        "node2",
+        "192.168.0.5",
+        "172.17.0.12",
+    )
+    .await;
+    w.reconcile("gateway1").await;
+    w.reconcile("gateway2").await;
+    for gateway in ["gateway1", "gateway2"] {
+        assert_eq!(
+            w.status(gateway)["ready"],
+            true,
+            "{gateway}: {}",
+            w.status(gateway)
+        );
+    }
+
+    // The same resources as one file, as a user would hand them to kubectl: the gateways as the controller left
+    // them (their status names the instances), vpc1 (its status names the nodes its BFD port is bound to, as
+    // Kube-OVN writes it) and the subnets.
+    let mut documents = Vec::new();
+    for name in ["gateway1", "gateway2"] {
+        let mut gateway = w
+            .api
+            .get("kubeovn.io", "vpc-egress-gateways", NS, name)
+            .unwrap();
+        gateway["kind"] = json!("VpcEgressGateway");
+        documents.push(gateway);
+    }
+    documents.push(json!({ "kind": "Vpc", "metadata": { "name": "vpc1" },
+        "spec": { "bfdPort": { "enabled": true, "ip": "10.255.255.255" } },
+        "status": { "bfdPort": { "nodes": ["node1", "node2"] } } }));
+    for name in ["ovn-default", "subnet1", "macvlan1"] {
+        let mut subnet = w.api.get("kubeovn.io", "subnets", "", name).unwrap();
+        subnet["kind"] = json!("Subnet");
+        documents.push(subnet);
+    }
+    let yaml: Vec<String> = documents
+        .iter()
+        .map(|d| serde_yaml::to_string(d).unwrap())
+        .collect();
+    let file = std::env::temp_dir()
+        .join(veg_testbed::unique("veg-both-gateways-"))
+        .with_extension("yaml");
+    std::fs::write(&file, yaml.join("---\n")).unwrap();
+
+    // veg ovn apply -f into a second database with the same routers.
+    let by_hand = NbServer::start();
+    for router in ["ovn-cluster", "vpc1", "vpc2"] {
+        by_hand.nbctl(&["lr-add", router]);
+    }
+    veg_testbed::command::run(std::process::Command::new(env!("CARGO_BIN_EXE_veg")).args([
+        "ovn",
+        "apply",
+        "-f",
+        file.to_str().unwrap(),
+        "--nb",
+        &by_hand.unix,
+    ]));
+    std::fs::remove_file(&file).unwrap();
+
+    let mut compared = 0;
+    for gateway in ["gateway1", "gateway2"] {
+        for table in GATEWAY_TABLES {
+            let id = format!("{NS}/{gateway}");
+            let controller = tagged_rows(&w.nb, table, "vpc-egress-gateway", &id);
+            let file = tagged_rows(&by_hand, table, "vpc-egress-gateway", &id);
+            assert_eq!(controller, file, "{table} rows of {gateway}");
+            compared += controller.len();
+        }
+    }
+    for table in ["Logical_Router_Port", "HA_Chassis_Group", "HA_Chassis"] {
+        let controller = tagged_rows(&w.nb, table, "vpc-bfd-port", "vpc1");
+        assert!(!controller.is_empty(), "no {table} row for vpc1's BFD port");
+        assert_eq!(
+            controller,
+            tagged_rows(&by_hand, table, "vpc-bfd-port", "vpc1"),
+            "{table}"
+        );
+        compared += controller.len();
+    }
+    assert!(compared >= 12, "only {compared} rows compared");
+}

@@ -254,30 +254,84 @@ async fn a_rejected_transaction_leaves_nothing_behind() {
     );
 }
 
+/// The contract's two example gateways in one file, as for `kubectl apply -f`, with the Vpc and Subnets they need
+/// (and the status the controller and Kube-OVN would have written: the instances, the BFD port's nodes).
+const BOTH_GATEWAYS: &str = "\
+apiVersion: kubeovn.io/v1
+kind: Vpc
+metadata: {name: vpc1}
+spec: {bfdPort: {enabled: true, ip: 10.255.255.255}}
+status: {bfdPort: {nodes: [kube-ovn-worker]}}
+---
+apiVersion: kubeovn.io/v1
+kind: Subnet
+metadata: {name: ovn-default}
+spec: {vpc: ovn-cluster, protocol: IPv4, cidrBlock: 10.16.0.0/16, gateway: 10.16.0.1}
+---
+apiVersion: kubeovn.io/v1
+kind: Subnet
+metadata: {name: subnet1}
+spec: {vpc: vpc1, protocol: IPv4, cidrBlock: 192.168.0.0/24, gateway: 192.168.0.1}
+---
+apiVersion: kubeovn.io/v1
+kind: Subnet
+metadata: {name: macvlan}
+spec: {protocol: IPv4, cidrBlock: 172.17.0.0/16, gateway: 172.17.0.1, provider: macvlan.default}
+---
+apiVersion: kubeovn.io/v1
+kind: VpcEgressGateway
+metadata: {name: gateway1, namespace: default}
+spec:
+  replicas: 1
+  externalSubnet: macvlan
+  policies: [{snat: true, subnets: [ovn-default]}]
+status:
+  internalIPs: [10.16.0.12]
+  workload: {nodes: [kube-ovn-worker]}
+---
+apiVersion: kubeovn.io/v1
+kind: VpcEgressGateway
+metadata: {name: gateway2, namespace: default}
+spec:
+  vpc: vpc1
+  replicas: 2
+  internalSubnet: subnet1
+  externalSubnet: macvlan
+  bfd: {enabled: true}
+  policies: [{snat: true, ipBlocks: [192.168.0.0/24], subnets: [subnet1]}]
+status:
+  internalIPs: [192.168.0.2, 192.168.0.3]
+  workload: {nodes: [kube-ovn-worker, kube-ovn-worker2]}
+";
+
 #[test]
-fn the_command_line_applies_a_manifest_written_for_kubectl() {
+fn the_command_line_applies_every_gateway_of_a_file_written_for_kubectl() {
     let server = NbServer::start();
+    server.nbctl(&["lr-add", "ovn-cluster"]);
     server.nbctl(&["lr-add", "vpc1"]);
     let file = std::env::temp_dir()
-        .join(veg_testbed::unique("veg-gateway2-"))
+        .join(veg_testbed::unique("veg-gateways-"))
         .with_extension("yaml");
-    std::fs::write(
-        &file,
-        "apiVersion: kubeovn.io/v1\nkind: Vpc\nmetadata:\n  name: vpc1\nspec:\n  bfdPort:\n    enabled: true\n    ip: 10.255.255.255\n\
-         status:\n  bfdPort:\n    nodes: [kube-ovn-worker]\n\
-         ---\napiVersion: kubeovn.io/v1\nkind: Subnet\nmetadata:\n  name: subnet1\nspec:\n  vpc: vpc1\n  protocol: IPv4\n  cidrBlock: 192.168.0.0/24\n\
-         ---\napiVersion: kubeovn.io/v1\nkind: VpcEgressGateway\nmetadata:\n  name: gateway2\n  namespace: default\nspec:\n  vpc: vpc1\n  replicas: 2\n  \
-         internalSubnet: subnet1\n  externalSubnet: macvlan\n  bfd:\n    enabled: true\n  policies:\n    - snat: true\n      ipBlocks:\n        - 192.168.0.0/24\n\
-         status:\n  internalIPs: [\"192.168.0.2\", \"192.168.0.3\"]\n  workload:\n    nodes: [\"kube-ovn-worker\", \"kube-ovn-worker2\"]\n",
-    )
-    .unwrap();
+    std::fs::write(&file, BOTH_GATEWAYS).unwrap();
     let veg = |args: &[&str]| {
         veg_testbed::command::run(std::process::Command::new(env!("CARGO_BIN_EXE_veg")).args(args))
     };
     let f = file.to_str().unwrap();
     let plan = veg(&["ovn", "plan", "-f", f]);
+    assert!(
+        plan.contains("gateway default/gateway1 on router ovn-cluster"),
+        "{plan}"
+    );
     assert!(plan.contains("BFD bfd@vpc1|192.168.0.3"), "{plan}");
     veg(&["ovn", "apply", "-f", f, "--nb", &server.unix]);
+    // Both gateways: gateway1's reroute policy on the default VPC, gateway2's routes with BFD on vpc1.
+    let policies = lines(&server.nbctl(&["lr-policy-list", "ovn-cluster"]));
+    assert!(
+        policies.iter().any(|p| p.contains("29100")
+            && p.contains("ip4.src == 10.16.0.0/16")
+            && p.contains("10.16.0.12")),
+        "{policies:?}"
+    );
     assert!(
         server.nbctl(&["show", "vpc1"]).contains("port bfd@vpc1"),
         "the VPC's BFD port was not created"
@@ -289,13 +343,28 @@ fn the_command_line_applies_a_manifest_written_for_kubectl() {
         ),
         "{routes:?}"
     );
-    assert!(veg(&["ovn", "apply", "-f", f, "--nb", &server.tcp]).contains("nothing to do"));
+    let again = veg(&["ovn", "apply", "-f", f, "--nb", &server.tcp]);
+    assert_eq!(again.matches("nothing to do").count(), 2, "{again}");
     veg(&["ovn", "delete", "-f", f, "--nb", &server.unix]);
     assert!(lines(&server.nbctl(&["lr-route-list", "vpc1"])).is_empty());
+    assert!(
+        !server
+            .nbctl(&["lr-policy-list", "ovn-cluster"])
+            .contains("29100")
+    );
     assert!(
         server.nbctl(&["show", "vpc1"]).contains("port bfd@vpc1"),
         "the Vpc's port went with the gateway"
     );
+    // A file the controller would refuse is refused, saying why.
+    let broken = BOTH_GATEWAYS.replace("metadata: {name: macvlan}", "metadata: {name: other}");
+    std::fs::write(&file, broken).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_veg"))
+        .args(["ovn", "plan", "-f", f])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("macvlan"), "{said}");
     std::fs::remove_file(file).unwrap();
 }
 
@@ -337,6 +406,8 @@ fn bfd_status_from_the_southbound_rewrites_the_default_vpc_policy() {
     std::fs::write(
         &file,
         "kind: Vpc\nmetadata: {name: ovn-cluster}\nspec: {bfdPort: {enabled: true, ip: 10.255.255.255}}\n---\n\
+         kind: Subnet\nmetadata: {name: ovn-default}\nspec: {vpc: ovn-cluster, cidrBlock: 10.16.0.0/16, gateway: 10.16.0.1}\n---\n\
+         kind: Subnet\nmetadata: {name: macvlan1}\nspec: {cidrBlock: 172.17.0.0/16, gateway: 172.17.0.1, provider: macvlan1.default}\n---\n\
          kind: VpcEgressGateway\nmetadata: {name: gateway1, namespace: default}\n\
          spec: {vpc: ovn-cluster, externalSubnet: macvlan1, bfd: {enabled: true}, policies: [{snat: true, ipBlocks: [10.16.0.0/16]}]}\n\
          status: {internalIPs: [10.16.0.12, 10.16.0.13], workload: {nodes: [worker1, worker2]}}\n",

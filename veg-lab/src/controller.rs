@@ -22,10 +22,9 @@ use veg_userspace::{
         validation::validate,
         workload,
     },
-    crd::gateway::VpcEgressGateway,
+    crd::{gateway::VpcEgressGateway, network::DEFAULT_VPC},
     ovn::{
         apply::{DB, delete as delete_ovn, monitored_tables},
-        manifest::DEFAULT_VPC,
         model::GatewaySpec,
     },
 };

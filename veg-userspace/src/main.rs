@@ -93,15 +93,18 @@ struct ControllerArgs {
 
 #[derive(Subcommand)]
 enum OvnCommand {
-    /// Print the Northbound rows the gateway in FILE needs, without touching a database.
+    /// Print the Northbound rows the gateways in FILE need, without touching a database.
+    ///
+    /// FILE holds Kubernetes YAML as for `kubectl apply -f`: any number of VpcEgressGateways (with their status,
+    /// which names the instances), the Vpcs and the Subnets they need. Each is validated as the controller does.
     Plan {
-        /// Kubernetes YAML: the VpcEgressGateway (with status), its Vpc and the Subnets it names.
+        /// Kubernetes YAML: VpcEgressGateways (with status), their Vpcs and Subnets.
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: PathBuf,
         #[arg(long)]
         json: bool,
     },
-    /// Write the gateway's rows: only what differs, in one transaction.
+    /// Write the rows of every gateway in FILE: only what differs, one transaction per gateway.
     Apply {
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: PathBuf,
@@ -113,7 +116,7 @@ enum OvnCommand {
         #[arg(long)]
         watch: bool,
     },
-    /// Remove every row tagged with the gateway, and nothing else.
+    /// Remove every row tagged with the gateways in FILE, and nothing else.
     Delete {
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: PathBuf,
@@ -357,23 +360,22 @@ fn bfd(args: BfdArgs) -> anyhow::Result<()> {
 }
 
 fn ovn(command: OvnCommand) -> anyhow::Result<()> {
-    use veg_userspace::ovn::command;
+    use veg_userspace::controller::ovn_command as command;
     let mut out = io::stdout().lock();
     let (file, nb, remove, watch) = match command {
         OvnCommand::Plan { file, json } => {
-            let (spec, port) = command::read_gateway(&file)?;
-            return command::plan(&spec, port.as_ref(), json, &mut out);
+            return command::plan(&command::read_gateways(&file)?, json, &mut out);
         }
         OvnCommand::Apply { file, nb, watch } => (file, nb, false, watch),
         OvnCommand::Delete { file, nb } => (file, nb, true, false),
     };
-    let (spec, port) = command::read_gateway(&file)?;
+    let gateways = command::read_gateways(&file)?;
     runtime_in(None)?.block_on(async {
         if watch {
             let stop = agent::StopSignals::install()?;
-            return command::watch(&spec, port.as_ref(), &nb, stop.wait()).await;
+            return command::watch(&gateways, &nb, stop.wait()).await;
         }
-        command::apply_or_delete(&spec, port.as_ref(), &nb, remove, &mut out).await
+        command::apply_or_delete(&gateways, &nb, remove, &mut out).await
     })
 }
 

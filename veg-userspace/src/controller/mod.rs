@@ -1,8 +1,10 @@
 //! `veg controller`: turns each VpcEgressGateway into running instances, OVN state and a status.
 
 pub mod access;
+pub mod from_file;
 pub mod instances;
 pub mod leader;
+pub mod ovn_command;
 pub mod ovn_input;
 pub mod reconcile;
 pub mod run;

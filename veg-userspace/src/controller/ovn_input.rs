@@ -9,9 +9,11 @@ use kube::ResourceExt;
 
 use super::{instances::Observed, selection::matches, validation::Resolved};
 use crate::{
-    crd::{gateway::VpcEgressGateway, network::Vpc},
+    crd::{
+        gateway::VpcEgressGateway,
+        network::{DEFAULT_VPC, Vpc},
+    },
     ovn::{
-        manifest::DEFAULT_VPC,
         model::{Bfd, GatewaySpec, Instance},
         vpc_port::VpcBfdPort,
     },
@@ -22,7 +24,8 @@ pub const CHASSIS_ANNOTATION: &str = "ovn.kubernetes.io/chassis";
 /// The reference's HA chassis group spans up to this many nodes when the Vpc selects none.
 const BFD_PORT_NODES: usize = 3;
 
-fn addresses(joined: &str) -> Result<Vec<IpAddr>, String> {
+/// Addresses joined with ',' as Kube-OVN writes them (one per family).
+pub(super) fn addresses(joined: &str) -> Result<Vec<IpAddr>, String> {
     joined
         .split(',')
         .map(|a| {
@@ -66,6 +69,9 @@ pub fn gateway_spec(
             }
         }
     }
+    // A subnet named by a policy may also be one of its ipBlocks (the contract's gateway2 does this): one source.
+    sources.sort();
+    sources.dedup();
     let bfd = spec.bfd.enabled.then(|| Bfd {
         port: format!("bfd@{}", resolved.vpc_name),
         min_rx: spec.bfd.min_rx as u32,

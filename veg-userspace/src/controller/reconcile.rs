@@ -38,16 +38,15 @@ use veg_ovsdb::monitor::Monitor;
 use crate::{
     crd::{
         gateway::{TrafficPolicy, VpcEgressGateway, VpcEgressGatewayStatus},
-        network::{Subnet, Vpc},
+        network::{DEFAULT_VPC, Subnet, Vpc},
     },
     ovn::{
         apply::{
-            apply as apply_ovn, converge, delete as delete_ovn, down_nexthops,
+            Plan, apply as apply_ovn, converge, delete as delete_ovn, down_nexthops,
             supports_bfd_sessions,
         },
-        manifest::DEFAULT_VPC,
         model::GatewaySpec,
-        vpc_port::{on_gateway_router, vpc_port_rows},
+        vpc_port::{VpcBfdPort, on_gateway_router, vpc_port_rows},
     },
 };
 
@@ -222,32 +221,43 @@ pub async fn program_ovn(
     ovn: &Monitor,
 ) -> Result<(), String> {
     let mut spec = gateway_spec(gateway, resolved, instances, ports)?;
-    if let Some(vpc) = resolved.vpc.filter(|_| spec.bfd.is_some()) {
-        match vpc_bfd_port(vpc, nodes)? {
-            Some(mut port) => {
-                if ovn.read(|r| on_gateway_router(r, &port.vpc)) {
-                    port.chassis.clear();
-                }
-                converge(ovn, &port.owner(), &vpc_port_rows(&port))
-                    .await
-                    .map_err(|e| {
-                        format!(
-                            "programming the BFD port of VPC {:?}: {e:#}",
-                            vpc.name_any()
-                        )
-                    })?;
-            }
-            None => {
-                return Err(format!(
-                    "no Ready node can host the BFD port of VPC {:?}",
-                    vpc.name_any()
-                ));
-            }
-        }
-    }
+    let port = match resolved.vpc.filter(|_| spec.bfd.is_some()) {
+        Some(vpc) => Some(vpc_bfd_port(vpc, nodes)?.ok_or_else(|| {
+            format!(
+                "no Ready node can host the BFD port of VPC {:?}",
+                vpc.name_any()
+            )
+        })?),
+        None => None,
+    };
     // trafficPolicy Local needs bfd_sessions (OVN >= 23.09); apply picks the design the server supports.
     if gateway.spec.traffic_policy == TrafficPolicy::Local {
         spec.local_port_groups = local_port_groups(nodes);
+    }
+    let plan = program(ovn, spec.clone(), port.as_ref()).await?;
+    if !plan.changes.is_empty() {
+        info!(gateway = %spec.id(), changes = ?plan.changes, "OVN updated");
+    }
+    Ok(())
+}
+
+/// Bring OVN to a gateway's model (and its VPC's BFD port, when it has BFD): what the controller does for each
+/// gateway, and `veg ovn apply` for each gateway of a file. Returns what changed.
+pub async fn program(
+    ovn: &Monitor,
+    mut spec: GatewaySpec,
+    port: Option<&VpcBfdPort>,
+) -> Result<Plan, String> {
+    let mut done = Plan::default();
+    if let Some(port) = port.filter(|_| spec.bfd.is_some()) {
+        let mut port = port.clone();
+        // A gateway router (bound to a chassis itself) hosts the port without an HA chassis group.
+        if ovn.read(|r| on_gateway_router(r, &port.vpc)) {
+            port.chassis.clear();
+        }
+        done = converge(ovn, &port.owner(), &vpc_port_rows(&port))
+            .await
+            .map_err(|e| format!("programming the BFD port of VPC {:?}: {e:#}", port.vpc))?;
     }
     // On OVN 23.03 policies cannot watch BFD: leave out the instances whose session is down.
     if spec.default_vpc && spec.bfd.is_some() && !supports_bfd_sessions(ovn) {
@@ -256,10 +266,8 @@ pub async fn program_ovn(
     let plan = apply_ovn(ovn, &spec)
         .await
         .map_err(|e| format!("programming OVN: {e:#}"))?;
-    if !plan.changes.is_empty() {
-        info!(gateway = %spec.id(), changes = ?plan.changes, "OVN updated");
-    }
-    Ok(())
+    done.changes.extend(plan.changes);
+    Ok(done)
 }
 
 /// Write the status when it changed, and an Event when readiness changed. Returns whether the gateway is Ready.

@@ -6,12 +6,9 @@ use std::collections::BTreeMap;
 
 use kube::ResourceExt;
 
-use crate::{
-    crd::{
-        gateway::VpcEgressGateway,
-        network::{Subnet, Vpc},
-    },
-    ovn::manifest::DEFAULT_VPC,
+use crate::crd::{
+    gateway::VpcEgressGateway,
+    network::{DEFAULT_VPC, Subnet, Vpc},
 };
 
 /// The default VPC's default subnet.

@@ -5,6 +5,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+/// The VPC a gateway (or subnet) naming none is in: Kube-OVN's default VPC and its router.
+pub const DEFAULT_VPC: &str = "ovn-cluster";
+
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "kubeovn.io",

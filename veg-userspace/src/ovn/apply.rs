@@ -12,10 +12,13 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
-use super::model::{DesiredRow, GatewaySpec, Owner, desired_rows};
+use super::{
+    identity::{external_id, row_key},
+    model::{DesiredRow, GatewaySpec, Owner, desired_rows},
+};
 use veg_ovsdb::{
     monitor::Monitor,
-    replica::{Replica, Row, column, map_pairs},
+    replica::{Replica, Row, column},
 };
 
 pub const DB: &str = "OVN_Northbound";
@@ -57,35 +60,6 @@ pub struct Plan {
     pub changes: Vec<String>,
 }
 
-fn external_id(row: &Row, key: &str) -> Option<String> {
-    map_pairs(column(row, "external_ids"))
-        .into_values()
-        .find(|(k, _)| k == key)
-        .and_then(|(_, v)| v.as_str().map(str::to_owned))
-}
-
-/// The key a row of `table` has in the model (see model.rs).
-fn key_of(table: &str, row: &Row) -> String {
-    let text = |c: &str| column(row, c).as_str().unwrap_or("").to_owned();
-    match table {
-        "BFD" => format!("{}|{}", text("logical_port"), text("dst_ip")),
-        "Logical_Router_Static_Route" => format!("{}|{}", text("ip_prefix"), text("nexthop")),
-        "Logical_Router_Policy" => {
-            let key = format!(
-                "{}|{}",
-                column(row, "priority"),
-                external_id(row, "af").unwrap_or_default()
-            );
-            match external_id(row, "node") {
-                Some(node) => format!("{key}|{node}"),
-                None => key,
-            }
-        }
-        "HA_Chassis" => text("chassis_name"),
-        _ => text("name"),
-    }
-}
-
 fn by_uuid(uuid: &str) -> Value {
     json!([["_uuid", "==", ["uuid", uuid]]])
 }
@@ -102,7 +76,7 @@ pub fn plan(owner: &Owner, desired: &[DesiredRow], replica: &Replica) -> anyhow:
     for table in OWNED_TABLES {
         for (uuid, row) in replica.rows(table) {
             if external_id(row, owner.tag).as_deref() == Some(owner.value.as_str()) {
-                existing.insert((table, key_of(table, row)), (uuid.clone(), row));
+                existing.insert((table, row_key(table, row)), (uuid.clone(), row));
             }
         }
     }

@@ -2,7 +2,6 @@
 //! in one transaction).
 
 pub mod apply;
-pub mod command;
-pub mod manifest;
+pub mod identity;
 pub mod model;
 pub mod vpc_port;

@@ -22,6 +22,8 @@ use ipnet::IpNet;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use super::identity::{as_row, bfd_key_of, row_key};
+
 pub const POLICY_PRIORITY: u32 = 29100;
 /// When BFD is on and every instance is down: drop rather than leave through the nodes unseen.
 pub const DROP_PRIORITY: u32 = 29090;
@@ -108,7 +110,7 @@ impl GatewaySpec {
             namespace: namespace.into(),
             name: name.into(),
             router: router.into(),
-            default_vpc: router == super::manifest::DEFAULT_VPC,
+            default_vpc: router == crate::crd::network::DEFAULT_VPC,
             sources: Vec::new(),
             selected_ports: Vec::new(),
             instances: Vec::new(),
@@ -162,21 +164,18 @@ fn set(values: impl IntoIterator<Item = String>) -> Value {
 }
 
 impl DesiredRow {
-    /// A row of `table` identified by `key`, with `columns` (a JSON object) and no references yet.
-    pub fn new(table: &'static str, key: String, columns: Value) -> DesiredRow {
+    /// A row of `table` with `columns` (a JSON object) and no references yet, keyed as identity.rs says.
+    pub fn new(table: &'static str, columns: Value) -> DesiredRow {
+        let columns = as_row(&columns);
         DesiredRow {
             table,
-            key,
-            columns: columns.as_object().cloned().unwrap_or_default(),
+            key: row_key(table, &columns),
+            columns,
             router_column: None,
             links: Vec::new(),
             ports: Vec::new(),
         }
     }
-}
-
-pub fn bfd_key(port: &str, address: &IpAddr) -> String {
-    format!("{port}|{address}")
 }
 
 /// Every row the gateway needs, in a stable order.
@@ -192,14 +191,12 @@ pub fn desired_rows(spec: &GatewaySpec) -> Vec<DesiredRow> {
             .map(|s| s.to_string());
         rows.push(DesiredRow::new(
 "Address_Set",
-            name.clone(),
             json!({ "name": name, "addresses": set(addresses), "external_ids": spec.external_ids(Some(af)) }),
         ));
     }
     let group = format!("VEG.{h}");
     let mut port_group = DesiredRow::new(
         "Port_Group",
-        group.clone(),
         json!({ "name": group, "external_ids": spec.external_ids(None) }),
     );
     port_group.ports = spec.selected_ports.clone();
@@ -214,7 +211,6 @@ pub fn desired_rows(spec: &GatewaySpec) -> Vec<DesiredRow> {
         for address in &addresses {
             rows.push(DesiredRow::new(
 "BFD",
-                bfd_key(&bfd.port, address),
                 json!({
                     "logical_port": bfd.port, "dst_ip": address.to_string(), "min_rx": bfd.min_rx,
                     "min_tx": bfd.min_tx, "detect_mult": bfd.multiplier, "external_ids": spec.external_ids(Some(family(address))),
@@ -247,7 +243,6 @@ pub fn desired_rows(spec: &GatewaySpec) -> Vec<DesiredRow> {
                 for nexthop in &nexthops {
                     let mut route = DesiredRow::new(
                         "Logical_Router_Static_Route",
-                        format!("{source}|{nexthop}"),
                         json!({
                             "ip_prefix": source.to_string(), "nexthop": nexthop.to_string(), "policy": "src-ip",
                             "options": ["map", [["ecmp_symmetric_reply", "true"]]],
@@ -256,7 +251,7 @@ pub fn desired_rows(spec: &GatewaySpec) -> Vec<DesiredRow> {
                     );
                     route.router_column = Some("static_routes");
                     route.links.push(bfd_link(
-                        spec.bfd.as_ref().map(|b| bfd_key(&b.port, nexthop)),
+                        spec.bfd.as_ref().map(|b| bfd_key_of(&b.port, nexthop)),
                     ));
                     rows.push(route);
                 }
@@ -271,13 +266,12 @@ fn anchor_route(spec: &GatewaySpec, af: u8, nexthop: &IpAddr, bfd: &Bfd) -> Desi
     let prefix = IpNet::from(*nexthop).to_string();
     let mut route = DesiredRow::new(
         "Logical_Router_Static_Route",
-        format!("{prefix}|{nexthop}"),
         json!({ "ip_prefix": prefix, "nexthop": nexthop.to_string(), "external_ids": spec.external_ids(Some(af)) }),
     );
     route.router_column = Some("static_routes");
     route
         .links
-        .push(bfd_link(Some(bfd_key(&bfd.port, nexthop))));
+        .push(bfd_link(Some(bfd_key_of(&bfd.port, nexthop))));
     route
 }
 
@@ -312,7 +306,7 @@ fn source_match(spec: &GatewaySpec, af: u8, sources: &[&IpNet], group: &str) -> 
     (!terms.is_empty()).then(|| terms.join(" || "))
 }
 
-/// A policy row of the gateway at `priority`, keyed by priority, family and `scope`.
+/// A policy row of the gateway at `priority` for family `af`, and for the node `scope` unless it is empty.
 fn policy_row(
     spec: &GatewaySpec,
     af: u8,
@@ -330,12 +324,7 @@ fn policy_row(
         }
     }
     columns["external_ids"] = external_ids;
-    let key = if scope.is_empty() {
-        format!("{priority}|{af}")
-    } else {
-        format!("{priority}|{af}|{scope}")
-    };
-    let mut row = DesiredRow::new("Logical_Router_Policy", key, columns);
+    let mut row = DesiredRow::new("Logical_Router_Policy", columns);
     row.router_column = Some("policies");
     row
 }
@@ -360,7 +349,7 @@ fn policies_with_bfd_sessions(
         column: "bfd_sessions",
         table: "BFD",
         keys: match &spec.bfd {
-            Some(bfd) => addresses.iter().map(|a| bfd_key(&bfd.port, a)).collect(),
+            Some(bfd) => addresses.iter().map(|a| bfd_key_of(&bfd.port, a)).collect(),
             None => Vec::new(),
         },
     };

@@ -77,12 +77,11 @@ pub fn vpc_port_rows(port: &VpcBfdPort) -> Vec<DesiredRow> {
         .enumerate()
         .map(|(i, chassis)| {
             let priority = 100u32.saturating_sub(i as u32);
-            row("HA_Chassis", chassis.clone(), json!({ "chassis_name": chassis, "priority": priority, "external_ids": external_ids }))
+            row("HA_Chassis", json!({ "chassis_name": chassis, "priority": priority, "external_ids": external_ids }))
         })
         .collect();
     let mut group = row(
         "HA_Chassis_Group",
-        name.clone(),
         json!({ "name": name, "external_ids": external_ids }),
     );
     group.links.push(Link {
@@ -100,7 +99,6 @@ pub fn vpc_port_rows(port: &VpcBfdPort) -> Vec<DesiredRow> {
         .collect();
     let mut lrp = row(
         "Logical_Router_Port",
-        name.clone(),
         json!({ "name": name, "mac": port.mac(), "networks": ["set", networks], "external_ids": external_ids }),
     );
     lrp.router_column = Some("ports");
