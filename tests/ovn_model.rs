@@ -1,5 +1,5 @@
 //! The OVN model of a gateway applied to a real OVN Northbound database, read back with ovn-nbctl and compared
-//! with what the contract document shows (spec/vpc-egress-gateway.md: gateway1 on the default VPC, gateway2 on
+//! with what Kube-OVN's VPC Egress Gateway guide shows (docs/contract.md; gateway1 on the default VPC, gateway2 on
 //! vpc1 with BFD).
 
 use std::{collections::BTreeSet, time::Duration};

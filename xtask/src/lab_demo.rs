@@ -1,4 +1,5 @@
-//! `cargo xtask lab demo`: the contract document's walkthrough (spec/vpc-egress-gateway.md) on the lab, narrated.
+//! `cargo xtask lab demo`: the walkthrough of Kube-OVN's VPC Egress Gateway guide (docs/contract.md) on the lab,
+//! narrated.
 //! gateway1 on the default VPC with one instance, then two; gateway2 on vpc1 with BFD and two instances; one
 //! instance killed under a steady stream, and how long the traffic took to flow again; `veg flows` of the
 //! survivor. The demo runs its own lab (prefix vegdemo) and takes it down at the end, also on failure.

@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask setup | build-ebpf | test | demo | bench | lab`.
 
 mod bench;
+mod cited_paths;
 mod demo;
 mod lab;
 mod lab_demo;

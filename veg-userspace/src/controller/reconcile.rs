@@ -18,7 +18,7 @@ use kube::{
     runtime::{
         controller::Action,
         events::{Event, EventType, Recorder},
-        finalizer::{Event as Finalizing, finalizer},
+        finalizer::{self, Event as Finalizing, finalizer},
     },
 };
 use serde_json::json;
@@ -67,20 +67,90 @@ pub struct Context {
     pub recorder: Recorder,
 }
 
-/// A failed step; the controller retries it.
-#[derive(Debug)]
-pub struct Error(pub String);
+/// Retry this late what retrying soon cannot fix (the API refused a request as forbidden or invalid: an operator
+/// must act).
+const SLOW_RETRY: Duration = Duration::from_secs(60);
+/// Retry this soon a write that lost a race with another writer: the next pass reads the new object.
+const CONFLICT_RETRY: Duration = Duration::from_secs(1);
 
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str(&self.0)
+/// Why a reconcile failed. What the controller does about it (`retry_after`) and how it is named in logs and
+/// metrics (`kind`) come from the variant, not from the message.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("{context}: {source}")]
+    Kubernetes {
+        context: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    /// The rows of a deleted gateway could not be removed from the Northbound database.
+    #[error("removing the OVN rows of {gateway}: {source}")]
+    OvnCleanup {
+        gateway: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// kube's finalizer handling refused the object (no name, or a malformed finalizer).
+    #[error("handling the finalizer: {0}")]
+    Finalizer(&'static str),
+}
+
+impl Error {
+    /// A short, stable name of the kind of failure, for logs and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Kubernetes { .. } => "kubernetes",
+            Error::OvnCleanup { .. } => "ovn",
+            Error::Finalizer(_) => "finalizer",
+        }
+    }
+
+    /// When to try again.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            Error::Kubernetes {
+                source: kube::Error::Api(status),
+                ..
+            } => match status.code {
+                409 => CONFLICT_RETRY,
+                400 | 401 | 403 | 404 | 422 => SLOW_RETRY,
+                _ => RETRY,
+            },
+            Error::Kubernetes { .. } | Error::OvnCleanup { .. } => RETRY,
+            Error::Finalizer(_) => SLOW_RETRY,
+        }
     }
 }
 
-impl std::error::Error for Error {}
+fn failed(context: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kubernetes { context, source }
+}
 
-fn failed(context: &str) -> impl FnOnce(kube::Error) -> Error + '_ {
-    move |e| Error(format!("{context}: {e}"))
+/// Why programming OVN failed; the status reason comes from the kind.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    /// The gateway's description holds what validation lets through but the model cannot use (an address that
+    /// does not parse).
+    #[error("{0}")]
+    Invalid(String),
+    /// The VPC's BFD port has no node to run on.
+    #[error("no Ready node can host the BFD port of VPC {vpc:?}")]
+    NoBfdPortNode { vpc: String },
+    /// The Northbound database refused the rows or could not be reached.
+    #[error("{what}: {message}")]
+    Database { what: &'static str, message: String },
+}
+
+impl ProgramError {
+    /// The reason a failed condition carries.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProgramError::Invalid(_) => "InvalidGateway",
+            ProgramError::NoBfdPortNode { .. } => "VpcBfdPortUnplaced",
+            ProgramError::Database { .. } => "ReconcileOvnFailed",
+        }
+    }
 }
 
 pub async fn reconcile(gateway: Arc<VpcEgressGateway>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -93,13 +163,30 @@ pub async fn reconcile(gateway: Arc<VpcEgressGateway>, ctx: Arc<Context>) -> Res
         }
     })
     .await
-    .map_err(|e| Error(format!("{e:#}")))
+    .map_err(|e| match e {
+        finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+        finalizer::Error::AddFinalizer(source) => Error::Kubernetes {
+            context: "adding the finalizer",
+            source,
+        },
+        finalizer::Error::RemoveFinalizer(source) => Error::Kubernetes {
+            context: "removing the finalizer",
+            source,
+        },
+        finalizer::Error::UnnamedObject => Error::Finalizer("the object has no name"),
+        finalizer::Error::InvalidFinalizer => Error::Finalizer("the finalizer is malformed"),
+    })
 }
 
-/// What the controller does when a reconcile fails: log it and try again soon.
+/// What the controller does when a reconcile fails: log it, and try again when its kind says.
 pub fn retry(gateway: Arc<VpcEgressGateway>, error: &Error, _: Arc<Context>) -> Action {
-    warn!(gateway = %status::id(&gateway), "reconcile failed: {error}; retrying in {RETRY:?}");
-    Action::requeue(RETRY)
+    let after = error.retry_after();
+    warn!(
+        gateway = %status::id(&gateway),
+        kind = error.kind(),
+        "reconcile failed: {error}; retrying in {after:?}"
+    );
+    Action::requeue(after)
 }
 
 async fn apply(gateway: &VpcEgressGateway, ctx: &Context) -> Result<Action, Error> {
@@ -219,15 +306,17 @@ pub async fn program_ovn(
     ports: Vec<String>,
     nodes: &[Node],
     ovn: &Monitor,
-) -> Result<(), String> {
-    let mut spec = gateway_spec(gateway, resolved, instances, ports)?;
+) -> Result<(), ProgramError> {
+    let mut spec =
+        gateway_spec(gateway, resolved, instances, ports).map_err(ProgramError::Invalid)?;
     let port = match resolved.vpc.filter(|_| spec.bfd.is_some()) {
-        Some(vpc) => Some(vpc_bfd_port(vpc, nodes)?.ok_or_else(|| {
-            format!(
-                "no Ready node can host the BFD port of VPC {:?}",
-                vpc.name_any()
-            )
-        })?),
+        Some(vpc) => Some(
+            vpc_bfd_port(vpc, nodes)
+                .map_err(ProgramError::Invalid)?
+                .ok_or_else(|| ProgramError::NoBfdPortNode {
+                    vpc: vpc.name_any(),
+                })?,
+        ),
         None => None,
     };
     // trafficPolicy Local needs bfd_sessions (OVN >= 23.09); apply picks the design the server supports.
@@ -247,7 +336,7 @@ pub async fn program(
     ovn: &Monitor,
     mut spec: GatewaySpec,
     port: Option<&VpcBfdPort>,
-) -> Result<Plan, String> {
+) -> Result<Plan, ProgramError> {
     let mut done = Plan::default();
     if let Some(port) = port.filter(|_| spec.bfd.is_some()) {
         let mut port = port.clone();
@@ -257,7 +346,10 @@ pub async fn program(
         }
         done = converge(ovn, &port.owner(), &vpc_port_rows(&port))
             .await
-            .map_err(|e| format!("programming the BFD port of VPC {:?}: {e:#}", port.vpc))?;
+            .map_err(|e| ProgramError::Database {
+                what: "programming the VPC's BFD port",
+                message: format!("{e:#}"),
+            })?;
     }
     // On OVN 23.03 policies cannot watch BFD: leave out the instances whose session is down.
     if spec.default_vpc && spec.bfd.is_some() && !supports_bfd_sessions(ovn) {
@@ -265,7 +357,10 @@ pub async fn program(
     }
     let plan = apply_ovn(ovn, &spec)
         .await
-        .map_err(|e| format!("programming OVN: {e:#}"))?;
+        .map_err(|e| ProgramError::Database {
+            what: "programming OVN",
+            message: format!("{e:#}"),
+        })?;
     done.changes.extend(plan.changes);
     Ok(done)
 }
@@ -339,7 +434,70 @@ async fn cleanup(gateway: &VpcEgressGateway, ctx: &Context) -> Result<Action, Er
     );
     let plan = delete_ovn(&ctx.ovn, &owner)
         .await
-        .map_err(|e| Error(format!("removing the OVN rows of {}: {e:#}", owner.id())))?;
+        .map_err(|e| Error::OvnCleanup {
+            gateway: owner.id(),
+            source: e.into(),
+        })?;
     info!(gateway = %owner.id(), removed = plan.changes.len(), "gateway deleted; its OVN rows are gone");
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> Error {
+        Error::Kubernetes {
+            context: "writing the status",
+            source: kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn the_retry_comes_from_the_kind_of_failure() {
+        assert_eq!(
+            api_error(409).retry_after(),
+            CONFLICT_RETRY,
+            "a lost race: at once"
+        );
+        assert_eq!(
+            api_error(403).retry_after(),
+            SLOW_RETRY,
+            "forbidden: an operator must act"
+        );
+        assert_eq!(api_error(500).retry_after(), RETRY);
+        assert_eq!(api_error(500).kind(), "kubernetes");
+        assert_eq!(Error::Finalizer("x").retry_after(), SLOW_RETRY);
+        let cleanup = Error::OvnCleanup {
+            gateway: "default/g".into(),
+            source: "connection refused".into(),
+        };
+        assert_eq!((cleanup.kind(), cleanup.retry_after()), ("ovn", RETRY));
+        assert_eq!(
+            cleanup.to_string(),
+            "removing the OVN rows of default/g: connection refused"
+        );
+    }
+
+    #[test]
+    fn a_failed_programming_gives_its_kind_as_the_status_reason() {
+        let reasons: Vec<&str> = [
+            ProgramError::Invalid("bad".into()),
+            ProgramError::NoBfdPortNode { vpc: "vpc1".into() },
+            ProgramError::Database {
+                what: "programming OVN",
+                message: "timeout".into(),
+            },
+        ]
+        .iter()
+        .map(ProgramError::reason)
+        .collect();
+        assert_eq!(
+            reasons,
+            ["InvalidGateway", "VpcBfdPortUnplaced", "ReconcileOvnFailed"]
+        );
+    }
 }

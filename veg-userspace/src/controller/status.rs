@@ -1,11 +1,11 @@
 //! The status a gateway reports, from what reconciling it found. Ready means every instance is Ready with both
 //! attachments and OVN is programmed; there is no failed phase: a problem shows as a False condition with a reason
-//! and a message while the phase stays Processing (reference-behaviour.md).
+//! and a message while the phase stays Processing (docs/contract.md).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use super::{instances::Observed, workload};
+use super::{instances::Observed, reconcile::ProgramError, workload};
 use crate::crd::gateway::{Phase, VpcEgressGateway, VpcEgressGatewayStatus, Workload};
 
 pub const VALIDATED: &str = "Validated";
@@ -31,13 +31,13 @@ pub enum Outcome<'a> {
 }
 
 impl<'a> Outcome<'a> {
-    /// After programming OVN: applied, or failed with the reason ReconcileOvnFailed.
-    pub fn of_ovn(programmed: Result<(), String>, instances: &'a [Observed]) -> Outcome<'a> {
+    /// After programming OVN: applied, or failed with the reason the failure's kind gives.
+    pub fn of_ovn(programmed: Result<(), ProgramError>, instances: &'a [Observed]) -> Outcome<'a> {
         match programmed {
             Ok(()) => Outcome::Applied { instances },
-            Err(message) => Outcome::Failed {
-                reason: "ReconcileOvnFailed",
-                message,
+            Err(error) => Outcome::Failed {
+                reason: error.reason(),
+                message: error.to_string(),
                 instances,
             },
         }

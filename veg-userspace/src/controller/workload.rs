@@ -1,4 +1,4 @@
-//! The gateway's Deployment, as the reference builds it (reference-behaviour.md), running `veg gateway` instead of
+//! The gateway's Deployment, as the reference builds it (docs/contract.md), running `veg gateway` instead of
 //! iptables: name <prefix><name>; labels app=vpc-egress-gateway and ovn.kubernetes.io/vpc-egress-gateway=<name>;
 //! owned by the gateway; RollingUpdate with maxUnavailable 1 and maxSurge 0; instances on distinct nodes;
 //! nodeSelector terms OR-ed into node affinity; the annotations Kube-OVN's CNI reads (logical switch, fixed IP
@@ -19,7 +19,7 @@ use k8s_openapi::{
         },
     },
     apimachinery::pkg::{
-        apis::meta::v1::{LabelSelector, ObjectMeta},
+        apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta},
         util::intstr::IntOrString,
     },
 };
@@ -119,19 +119,69 @@ fn vpc_routes(gateway: &VpcEgressGateway, vpc_cidrs: &[String]) -> Vec<String> {
 /// The Deployment, or why it cannot be built (reported as a condition, never a crash).
 pub fn deployment(inputs: &Inputs, vpc_cidrs: &[String]) -> Result<Deployment, String> {
     let gateway = inputs.gateway;
-    let spec = &gateway.spec;
+    let bfd_ip = bfd_peer_ips(inputs);
+    let annotations = pod_annotations(inputs, vpc_cidrs, bfd_ip.as_deref())?;
+    let container = gateway_container(inputs, agent_args(gateway, bfd_ip.as_deref()));
+    let init = forwarding_off_container(container.image.clone());
+    let labels = labels(gateway);
+    Ok(Deployment {
+        metadata: ObjectMeta {
+            name: Some(deployment_name(gateway)),
+            namespace: gateway.namespace(),
+            labels: Some(labels.clone()),
+            owner_references: gateway.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(gateway.spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            },
+            // One instance at a time, never one more than asked for (fixed addresses may not stretch to it).
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(1)),
+                    max_surge: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels.clone()),
+                    annotations: Some(annotations),
+                    ..Default::default()
+                }),
+                spec: Some(pod_spec(gateway, labels, init, container)),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// The VPC's BFD port addresses ("v4", "v6" or "v4,v6") the instances run BFD toward, when BFD is on.
+fn bfd_peer_ips(inputs: &Inputs) -> Option<String> {
+    inputs
+        .vpc
+        .and_then(|v| v.spec.bfd_port.as_ref())
+        .filter(|p| p.enabled && inputs.gateway.spec.bfd.enabled)
+        .map(|p| p.ip.clone())
+}
+
+/// What Kube-OVN's CNI and Multus read from the pod: its subnets, fixed addresses, the external attachment, and
+/// the routes: the VPC (and its BFD port) back through the VPC, everything else out of net1.
+fn pod_annotations(
+    inputs: &Inputs,
+    vpc_cidrs: &[String],
+    bfd_ip: Option<&str>,
+) -> Result<BTreeMap<String, String>, String> {
+    let spec = &inputs.gateway.spec;
     let provider = &inputs.external_subnet.spec.provider;
     let network = inputs.external_subnet.network_attachment().ok_or_else(|| {
         format!("the external subnet's provider {provider:?} is not <attachment>.<namespace>")
     })?;
     let internal_gateway = inputs.internal_subnet.spec.gateway.clone();
-
-    // Routes in the pod: the VPC (and its BFD port) back through the VPC, everything else out of net1.
-    let bfd_ip = inputs
-        .vpc
-        .and_then(|v| v.spec.bfd_port.as_ref())
-        .filter(|p| p.enabled && spec.bfd.enabled)
-        .map(|p| p.ip.clone());
     let mut internal_routes: Vec<serde_json::Value> = bfd_ip
         .iter()
         .flat_map(|ips| ips.split(','))
@@ -146,14 +196,13 @@ pub fn deployment(inputs: &Inputs, vpc_cidrs: &[String]) -> Result<Deployment, S
         .map(str::trim)
         .collect();
     internal_routes.extend(
-        vpc_routes(gateway, vpc_cidrs)
+        vpc_routes(inputs.gateway, vpc_cidrs)
             .iter()
             .filter(|cidr| !on_link.contains(&cidr.as_str()))
             .map(|cidr| json!({ "dst": cidr, "gw": internal_gateway })),
     );
     let external_routes =
         json!([{ "dst": "0.0.0.0/0", "gw": inputs.external_subnet.spec.gateway }]);
-
     let mut annotations = BTreeMap::from([
         (
             "ovn.kubernetes.io/logical_switch".to_owned(),
@@ -185,16 +234,18 @@ pub fn deployment(inputs: &Inputs, vpc_cidrs: &[String]) -> Result<Deployment, S
             spec.external_ips.join(";"),
         );
     }
+    Ok(annotations)
+}
 
+/// `veg gateway`'s arguments in an instance.
+fn agent_args(gateway: &VpcEgressGateway, bfd_ip: Option<&str>) -> Vec<String> {
+    let namespace = gateway.namespace().unwrap_or_default();
+    let name = gateway.name_any();
     let mut args: Vec<String> = [
         "gateway",
         // Names the pins in /sys/fs/bpf/veg/: bpffs refuses '.', Kubernetes names never have '_'.
         "--name",
-        &format!(
-            "{}_{}",
-            gateway.namespace().unwrap_or_default(),
-            gateway.name_any()
-        ),
+        &format!("{namespace}_{name}"),
         "--internal-interface",
         "eth0",
         "--external-interface",
@@ -205,30 +256,30 @@ pub fn deployment(inputs: &Inputs, vpc_cidrs: &[String]) -> Result<Deployment, S
         &format!("0.0.0.0:{HEALTH_PORT}"),
         // The policy comes from the resource and follows it live.
         "--gateway",
-        &format!(
-            "{}/{}",
-            gateway.namespace().unwrap_or_default(),
-            gateway.name_any()
-        ),
+        &format!("{namespace}/{name}"),
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
-    if let Some(ips) = &bfd_ip {
+    if let Some(ips) = bfd_ip {
+        let bfd = &gateway.spec.bfd;
         for ip in ips.split(',') {
             args.extend(["--bfd-peer".to_owned(), ip.to_owned()]);
         }
         args.extend([
             "--bfd-min-rx".to_owned(),
-            spec.bfd.min_rx.to_string(),
+            bfd.min_rx.to_string(),
             "--bfd-min-tx".to_owned(),
-            spec.bfd.min_tx.to_string(),
+            bfd.min_tx.to_string(),
             "--bfd-multiplier".to_owned(),
-            spec.bfd.multiplier.to_string(),
+            bfd.multiplier.to_string(),
         ]);
     }
+    args
+}
 
-    let probe = |path: &str| Probe {
+fn probe(path: &str) -> Probe {
+    Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::Int(HEALTH_PORT),
@@ -236,11 +287,19 @@ pub fn deployment(inputs: &Inputs, vpc_cidrs: &[String]) -> Result<Deployment, S
         }),
         period_seconds: Some(2),
         ..Default::default()
-    };
-    let container = Container {
+    }
+}
+
+/// The instance's container: the agent, its external address from the pod's annotation, bpffs, health probes.
+fn gateway_container(inputs: &Inputs, args: Vec<String>) -> Container {
+    let provider = &inputs.external_subnet.spec.provider;
+    Container {
         name: "gateway".into(),
         image: Some(
-            spec.image
+            inputs
+                .gateway
+                .spec
+                .image
                 .clone()
                 .unwrap_or_else(|| inputs.default_image.to_owned()),
         ),
@@ -280,13 +339,15 @@ pub fn deployment(inputs: &Inputs, vpc_cidrs: &[String]) -> Result<Deployment, S
             ..probe("/livez")
         }),
         ..Default::default()
-    };
+    }
+}
 
-    // Before the agent: the pod's namespace inherits IPv4 forwarding on from the node, and nothing may cross
-    // between the interfaces untranslated until the agent's programs are attached.
-    let init = Container {
+/// Before the agent: the pod's namespace inherits IPv4 forwarding on from the node, and nothing may cross between
+/// the interfaces untranslated until the agent's programs are attached.
+fn forwarding_off_container(image: Option<String>) -> Container {
+    Container {
         name: "forwarding-off".into(),
-        image: container.image.clone(),
+        image,
         command: Some(vec!["veg".into()]),
         args: Some(
             [
@@ -302,118 +363,91 @@ pub fn deployment(inputs: &Inputs, vpc_cidrs: &[String]) -> Result<Deployment, S
         ),
         security_context: Some(only_capabilities(&["NET_ADMIN"])),
         ..Default::default()
-    };
+    }
+}
 
-    let labels = labels(gateway);
-    let node_affinity = (!spec.node_selector.is_empty()).then(|| NodeAffinity {
-        required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-            node_selector_terms: spec
-                .node_selector
-                .iter()
-                .map(|term| {
-                    let mut expressions: Vec<NodeSelectorRequirement> = term
-                        .match_labels
-                        .iter()
-                        .flatten()
-                        .map(|(k, v)| NodeSelectorRequirement {
-                            key: k.clone(),
-                            operator: "In".into(),
-                            values: Some(vec![v.clone()]),
-                        })
-                        .collect();
-                    expressions.extend(term.match_expressions.iter().map(|e| {
-                        NodeSelectorRequirement {
-                            key: e.key.clone(),
-                            operator: e.operator.clone(),
-                            values: e.values.clone(),
-                        }
-                    }));
-                    let fields: Vec<NodeSelectorRequirement> = term
-                        .match_fields
-                        .iter()
-                        .map(|e| NodeSelectorRequirement {
-                            key: e.key.clone(),
-                            operator: e.operator.clone(),
-                            values: e.values.clone(),
-                        })
-                        .collect();
-                    NodeSelectorTerm {
-                        match_expressions: (!expressions.is_empty()).then_some(expressions),
-                        match_fields: (!fields.is_empty()).then_some(fields),
-                    }
-                })
-                .collect(),
+/// The pod: its service account, the instances' ephemeral port range, one instance per node, the gateway's node
+/// selector, bpffs from the host.
+fn pod_spec(
+    gateway: &VpcEgressGateway,
+    labels: BTreeMap<String, String>,
+    init: Container,
+    container: Container,
+) -> PodSpec {
+    PodSpec {
+        // May read its gateway and the subnets (deploy/gateway/rbac.yaml; the controller binds it).
+        service_account_name: Some(GATEWAY_SERVICE_ACCOUNT.into()),
+        security_context: Some(PodSecurityContext {
+            sysctls: Some(vec![Sysctl {
+                name: "net.ipv4.ip_local_port_range".into(),
+                value: INSTANCE_EPHEMERAL_PORTS.into(),
+            }]),
+            ..Default::default()
         }),
-        ..Default::default()
-    });
-    Ok(Deployment {
-        metadata: ObjectMeta {
-            name: Some(deployment_name(gateway)),
-            namespace: gateway.namespace(),
-            labels: Some(labels.clone()),
-            owner_references: gateway.controller_owner_ref(&()).map(|r| vec![r]),
-            ..Default::default()
-        },
-        spec: Some(DeploymentSpec {
-            replicas: Some(spec.replicas),
-            selector: LabelSelector {
-                match_labels: Some(labels.clone()),
+        init_containers: Some(vec![init]),
+        containers: vec![container],
+        affinity: Some(Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                    label_selector: Some(LabelSelector {
+                        match_labels: Some(labels),
+                        ..Default::default()
+                    }),
+                    topology_key: "kubernetes.io/hostname".into(),
+                    ..Default::default()
+                }]),
                 ..Default::default()
-            },
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".into()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_unavailable: Some(IntOrString::Int(1)),
-                    max_surge: Some(IntOrString::Int(0)),
-                }),
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels.clone()),
-                    annotations: Some(annotations),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    // May read its gateway and the subnets (deploy/gateway/rbac.yaml; the controller binds it).
-                    service_account_name: Some(GATEWAY_SERVICE_ACCOUNT.into()),
-                    security_context: Some(PodSecurityContext {
-                        sysctls: Some(vec![Sysctl {
-                            name: "net.ipv4.ip_local_port_range".into(),
-                            value: INSTANCE_EPHEMERAL_PORTS.into(),
-                        }]),
-                        ..Default::default()
-                    }),
-                    init_containers: Some(vec![init]),
-                    containers: vec![container],
-                    affinity: Some(Affinity {
-                        pod_anti_affinity: Some(PodAntiAffinity {
-                            required_during_scheduling_ignored_during_execution: Some(vec![
-                                PodAffinityTerm {
-                                    label_selector: Some(LabelSelector {
-                                        match_labels: Some(labels),
-                                        ..Default::default()
-                                    }),
-                                    topology_key: "kubernetes.io/hostname".into(),
-                                    ..Default::default()
-                                },
-                            ]),
-                            ..Default::default()
-                        }),
-                        node_affinity,
-                        ..Default::default()
-                    }),
-                    volumes: Some(vec![Volume {
-                        name: "bpffs".into(),
-                        host_path: Some(HostPathVolumeSource {
-                            path: "/sys/fs/bpf".into(),
-                            type_: Some("Directory".into()),
-                        }),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-            },
+            node_affinity: node_affinity(&gateway.spec.node_selector),
             ..Default::default()
+        }),
+        volumes: Some(vec![Volume {
+            name: "bpffs".into(),
+            host_path: Some(HostPathVolumeSource {
+                path: "/sys/fs/bpf".into(),
+                type_: Some("Directory".into()),
+            }),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+/// The gateway's nodeSelector terms as required node affinity (terms OR-ed, as the reference does); none without.
+fn node_affinity(terms: &[crate::crd::gateway::NodeSelectorTerm]) -> Option<NodeAffinity> {
+    if terms.is_empty() {
+        return None;
+    }
+    let requirement = |e: &LabelSelectorRequirement| NodeSelectorRequirement {
+        key: e.key.clone(),
+        operator: e.operator.clone(),
+        values: e.values.clone(),
+    };
+    let node_selector_terms = terms
+        .iter()
+        .map(|term| {
+            let mut expressions: Vec<NodeSelectorRequirement> = term
+                .match_labels
+                .iter()
+                .flatten()
+                .map(|(k, v)| NodeSelectorRequirement {
+                    key: k.clone(),
+                    operator: "In".into(),
+                    values: Some(vec![v.clone()]),
+                })
+                .collect();
+            expressions.extend(term.match_expressions.iter().map(requirement));
+            let fields: Vec<NodeSelectorRequirement> =
+                term.match_fields.iter().map(requirement).collect();
+            NodeSelectorTerm {
+                match_expressions: (!expressions.is_empty()).then_some(expressions),
+                match_fields: (!fields.is_empty()).then_some(fields),
+            }
+        })
+        .collect();
+    Some(NodeAffinity {
+        required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+            node_selector_terms,
         }),
         ..Default::default()
     })

@@ -1,8 +1,8 @@
 // kube's derive takes repeated printcolumn, shortname and validation attributes by design.
 #![allow(clippy::duplicated_attributes)]
 
-//! VpcEgressGateway (kubeovn.io/v1): every field of the contract (spec/vpc-egress-gateway.md), the reference's
-//! validation (reference-behaviour.md), and the immutability the reference documents but does not enforce.
+//! VpcEgressGateway (kubeovn.io/v1): every field of the contract (docs/contract.md), the reference's validation,
+//! and the immutability the reference documents but does not enforce.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     Condition, LabelSelector, LabelSelectorRequirement,

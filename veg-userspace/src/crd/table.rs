@@ -109,7 +109,7 @@ mod tests {
             .to_string()
     }
 
-    /// The contract's example output (spec/vpc-egress-gateway.md), character for character.
+    /// The example output of Kube-OVN's VPC Egress Gateway guide, character for character.
     #[test]
     fn the_columns_are_the_contracts() {
         let now = Timestamp::from_second(NOW).unwrap();

@@ -662,3 +662,48 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod config_keys {
+    use std::collections::BTreeSet;
+
+    use super::SettingsInput;
+
+    /// Backticked words of `text`.
+    fn backticked(text: &str) -> BTreeSet<String> {
+        text.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_lists_exactly_the_keys_a_settings_file_takes() {
+        // serde names every field it expects when it meets an unknown one.
+        let refused = serde_yaml::from_str::<SettingsInput>("notASetting: 1")
+            .unwrap_err()
+            .to_string();
+        let expected = refused
+            .split("expected one of ")
+            .nth(1)
+            .expect("serde lists the expected fields");
+        let taken = backticked(expected);
+        let readme = include_str!("../../../README.md");
+        let bullet = readme
+            .split("- `--config FILE`")
+            .nth(1)
+            .and_then(|rest| rest.split("\n- ").next())
+            .expect("the README has a `--config FILE` bullet");
+        let listed = backticked(
+            bullet
+                .split("keys:")
+                .nth(1)
+                .expect("the bullet says \"keys:\""),
+        );
+        assert_eq!(
+            listed, taken,
+            "the README's --config keys differ from SettingsInput's"
+        );
+    }
+}

@@ -1,4 +1,4 @@
-//! The Northbound rows one gateway needs, as a pure function of its description (reference-behaviour.md):
+//! The Northbound rows one gateway needs, as a pure function of its description (docs/ovn-model.md):
 //! - address sets VEG.<h>.ipv4 / VEG.<h>.ipv6 with the policy sources, port group VEG.<h> with the selected pods'
 //!   logical switch ports;
 //! - with BFD, one BFD row per instance address toward the VPC's BFD port;

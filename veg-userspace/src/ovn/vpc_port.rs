@@ -1,4 +1,4 @@
-//! The VPC's BFD port (reference-behaviour.md): router port bfd@<vpc> with the Vpc's BFD address, bound to an HA
+//! The VPC's BFD port (docs/ovn-model.md): router port bfd@<vpc> with the Vpc's BFD address, bound to an HA
 //! chassis group bfd@<vpc> whose chassis get priorities 100, 99, 98, ... in the order given (the caller picks up
 //! to three Ready nodes sorted by name, or the nodes matching the Vpc's nodeSelector). Rows are tagged
 //! vpc-bfd-port=<vpc>.
