@@ -130,22 +130,14 @@ fn run(args: LabArgs) -> anyhow::Result<()> {
             require_up(&args.dir).with_context(|| format!("cannot use {}", file.display()))
         }
         LabCommand::Apply { file } => {
-            let yaml = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            for (name, value) in
-                store::parse_manifest(&yaml).with_context(|| format!("in {}", file.display()))?
-            {
+            for (name, value) in read_manifest(&file)? {
                 store.put(&name, value)?;
                 writeln!(out, "{name} configured")?;
             }
             Ok(())
         }
         LabCommand::Delete { file } => {
-            let yaml = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            for (name, _) in
-                store::parse_manifest(&yaml).with_context(|| format!("in {}", file.display()))?
-            {
+            for (name, _) in read_manifest(&file)? {
                 let said = if store.remove(&name)? {
                     "deleted"
                 } else {
@@ -162,34 +154,13 @@ fn run(args: LabArgs) -> anyhow::Result<()> {
             output,
         } => {
             gateway_resource(&resource)?;
-            let wide = match output.as_deref() {
-                None => false,
-                Some("wide") => true,
-                Some(other) => anyhow::bail!("-o {other}: the lab prints the table or -o wide"),
-            };
-            let gateways: Vec<_> = store
-                .gateways()
-                .into_iter()
-                .filter(|g| g.metadata.namespace.as_deref() == Some(namespace.as_str()))
-                .filter(|g| {
-                    name.as_ref()
-                        .is_none_or(|n| g.metadata.name.as_ref() == Some(n))
-                })
-                .collect();
-            if gateways.is_empty() {
-                match name {
-                    Some(name) => anyhow::bail!("VpcEgressGateway {namespace}/{name} not found"),
-                    None => writeln!(out, "No resources found in {namespace} namespace.")?,
-                }
-                return Ok(());
-            }
-            let now = k8s_openapi::jiff::Timestamp::now();
-            write!(
-                out,
-                "{}",
-                veg_userspace::crd::table::render(&gateways, wide, now)
-            )?;
-            Ok(())
+            get(
+                &store,
+                name.as_deref(),
+                &namespace,
+                output.as_deref(),
+                &mut out,
+            )
         }
         LabCommand::Scale {
             resource,
@@ -224,4 +195,46 @@ fn run(args: LabArgs) -> anyhow::Result<()> {
                 })
         }
     }
+}
+
+/// The documents of a manifest file, each checked.
+fn read_manifest(file: &std::path::Path) -> anyhow::Result<Vec<(store::Name, serde_json::Value)>> {
+    let yaml =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    store::parse_manifest(&yaml).with_context(|| format!("in {}", file.display()))
+}
+
+/// `veg lab get veg [NAME] [-n NAMESPACE] [-o wide]`, as kubectl prints it.
+fn get(
+    store: &store::Store,
+    name: Option<&str>,
+    namespace: &str,
+    output: Option<&str>,
+    out: &mut impl io::Write,
+) -> anyhow::Result<()> {
+    let wide = match output {
+        None => false,
+        Some("wide") => true,
+        Some(other) => anyhow::bail!("-o {other}: the lab prints the table or -o wide"),
+    };
+    let gateways: Vec<_> = store
+        .gateways()
+        .into_iter()
+        .filter(|g| g.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|g| name.is_none_or(|n| g.metadata.name.as_deref() == Some(n)))
+        .collect();
+    if gateways.is_empty() {
+        match name {
+            Some(name) => anyhow::bail!("VpcEgressGateway {namespace}/{name} not found"),
+            None => writeln!(out, "No resources found in {namespace} namespace.")?,
+        }
+        return Ok(());
+    }
+    let now = k8s_openapi::jiff::Timestamp::now();
+    write!(
+        out,
+        "{}",
+        veg_userspace::crd::table::render(&gateways, wide, now)
+    )?;
+    Ok(())
 }

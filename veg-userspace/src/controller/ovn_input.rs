@@ -3,14 +3,13 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 
 use super::{instances::Observed, selection::matches, validation::Resolved};
 use crate::{
     crd::{
-        gateway::VpcEgressGateway,
+        gateway::{VpcEgressGateway, parse_source},
         network::{DEFAULT_VPC, Vpc},
     },
     ovn::{
@@ -36,13 +35,6 @@ pub(super) fn addresses(joined: &str) -> Result<Vec<IpAddr>, String> {
         .collect()
 }
 
-/// A source as ipBlocks allow it: a CIDR, or one address meaning one host.
-fn source(text: &str) -> Result<IpNet, String> {
-    text.parse::<IpNet>()
-        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("invalid source {text:?}: expected an IP address or CIDR"))
-}
-
 /// The gateway as OVN must see it. Which instances carry traffic: with BFD, every instance with an internal
 /// address (OVN itself withdraws those whose session is down, and a session cannot come up before its BFD row
 /// exists); without BFD, only instances that are Ready with both attachments.
@@ -56,7 +48,7 @@ pub fn gateway_spec(
     let mut sources = Vec::new();
     for policy in &spec.policies {
         for block in &policy.ip_blocks {
-            sources.push(source(block)?);
+            sources.push(parse_source(block)?);
         }
         for subnet in &policy.subnets {
             let cidrs = resolved
@@ -65,7 +57,9 @@ pub fn gateway_spec(
                 .map(String::as_str)
                 .unwrap_or_default();
             for cidr in cidrs.split(',').filter(|c| !c.is_empty()) {
-                sources.push(source(cidr.trim()).map_err(|e| format!("subnet {subnet:?}: {e}"))?);
+                sources.push(
+                    parse_source(cidr.trim()).map_err(|e| format!("subnet {subnet:?}: {e}"))?,
+                );
             }
         }
     }

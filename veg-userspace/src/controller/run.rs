@@ -86,12 +86,8 @@ pub async fn run(
     run_with(client, settings, stop).await
 }
 
-/// The controller on a given API client (tests give it a mocked one).
-pub async fn run_with(
-    client: Client,
-    settings: Settings,
-    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> anyhow::Result<()> {
+/// Wait until this replica holds the leader Lease.
+async fn lead(client: &Client, settings: &Settings) -> anyhow::Result<Elector> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), &settings.lease_namespace);
     let mut elector = Elector::new(
         leases,
@@ -104,31 +100,12 @@ pub async fn run_with(
         tokio::time::sleep(elector.renew_interval()).await;
     }
     info!(identity = %settings.identity, "leading");
+    Ok(elector)
+}
 
-    let ovn = Monitor::start(settings.nb.clone(), DB, &monitored_tables());
-    if !ovn.wait_connected(CONNECT_TIMEOUT).await {
-        warn!(nb = %settings.nb, "the OVN Northbound database is not reachable yet; gateways wait until it is");
-    }
-    let bfd_changes = WatchStream::new(ovn.subscribe());
-    let reporter = Reporter {
-        controller: "veg-controller".into(),
-        instance: Some(settings.identity.clone()),
-    };
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        ovn,
-        default_image: settings.default_image.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
-    });
-    let bfd_ovn = ctx.clone();
-    let mut last_bfd = Vec::new();
-    let bfd_trigger = bfd_changes.filter_map(move |_| {
-        let status = bfd_ovn.ovn.read(bfd_status);
-        let changed = status != last_bfd;
-        last_bfd = status;
-        futures::future::ready(changed.then_some(()))
-    });
-
+/// The gateways' controller and what makes it reconcile a gateway: its own changes, its Deployment, its instance
+/// pods, and any pod, namespace, Vpc or Subnet change that may touch a gateway's selection or validation.
+fn watching(client: &Client) -> Controller<VpcEgressGateway> {
     let controller = Controller::new(
         Api::<VpcEgressGateway>::all(client.clone()),
         watcher::Config::default(),
@@ -137,7 +114,7 @@ pub async fn run_with(
     let (pod_store, namespace_store, network_store, subnet_store) =
         (store.clone(), store.clone(), store.clone(), store);
     let instances = watcher::Config::default().labels(&format!("{APP_LABEL}={APP}"));
-    let controller = controller
+    controller
         .owns(Api::<Deployment>::all(client.clone()), instances)
         .watches(
             Api::<Pod>::all(client.clone()),
@@ -170,7 +147,39 @@ pub async fn run_with(
             watcher::Config::default(),
             move |_: Subnet| gateways(&subnet_store, false),
         )
-        .reconcile_all_on(bfd_trigger);
+}
+
+/// The controller on a given API client (tests give it a mocked one).
+pub async fn run_with(
+    client: Client,
+    settings: Settings,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let mut elector = lead(&client, &settings).await?;
+    let ovn = Monitor::start(settings.nb.clone(), DB, &monitored_tables());
+    if !ovn.wait_connected(CONNECT_TIMEOUT).await {
+        warn!(nb = %settings.nb, "the OVN Northbound database is not reachable yet; gateways wait until it is");
+    }
+    let bfd_changes = WatchStream::new(ovn.subscribe());
+    let reporter = Reporter {
+        controller: "veg-controller".into(),
+        instance: Some(settings.identity.clone()),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        ovn,
+        default_image: settings.default_image.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+    });
+    let bfd_ovn = ctx.clone();
+    let mut last_bfd = Vec::new();
+    let bfd_trigger = bfd_changes.filter_map(move |_| {
+        let status = bfd_ovn.ovn.read(bfd_status);
+        let changed = status != last_bfd;
+        last_bfd = status;
+        futures::future::ready(changed.then_some(()))
+    });
+    let controller = watching(&client).reconcile_all_on(bfd_trigger);
 
     // Keep the Lease while running; losing it ends the run.
     let (lost_tx, lost) = tokio::sync::oneshot::channel::<String>();

@@ -78,6 +78,9 @@ pub fn label_selector(gateway: &VpcEgressGateway) -> String {
         .join(",")
 }
 
+/// The status an outcome gives the gateway: phase, readiness, conditions (keeping their transition times when
+/// they did not change), addresses and workload. (Long because the status has many fields and each is one small
+/// decision; they are set in the order the status shows them.)
 pub fn compute(
     gateway: &VpcEgressGateway,
     outcome: &Outcome,

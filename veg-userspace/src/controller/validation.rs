@@ -47,6 +47,9 @@ fn is_ovn(subnet: &Subnet) -> bool {
     matches!(subnet.spec.provider.as_str(), "" | "ovn")
 }
 
+/// Check what the CRD cannot: the VPC, the subnets and the BFD port the gateway names, and resolve them. The first
+/// problem found is returned, with the reason the reference gives it. (One function of checks in a row, each a few
+/// lines: the order is the order in which the reference reports them, and reads best in one place.)
 pub fn validate<'a>(
     gateway: &VpcEgressGateway,
     vpcs: &'a [Vpc],

@@ -4,7 +4,7 @@
 //! nodeSelector terms OR-ed into node affinity; the annotations Kube-OVN's CNI reads (logical switch, fixed IP
 //! pools, the external network attachment, routes).
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 use k8s_openapi::{
@@ -28,7 +28,7 @@ use serde_json::json;
 
 use super::validation::Resolved;
 use crate::crd::{
-    gateway::VpcEgressGateway,
+    gateway::{VpcEgressGateway, parse_source},
     network::{Subnet, Vpc},
 };
 
@@ -105,9 +105,7 @@ fn vpc_routes(gateway: &VpcEgressGateway, vpc_cidrs: &[String]) -> Vec<String> {
     let subnets: Vec<IpNet> = vpc_cidrs.iter().filter_map(|c| c.parse().ok()).collect();
     let mut routes: Vec<String> = vpc_cidrs.to_vec();
     for block in gateway.spec.policies.iter().flat_map(|p| &p.ip_blocks) {
-        let net = block
-            .parse::<IpNet>()
-            .or_else(|_| block.parse::<IpAddr>().map(IpNet::from));
+        let net = parse_source(block);
         let covered = net.is_ok_and(|net| subnets.iter().any(|s| s.contains(&net)));
         if !covered && !routes.contains(block) {
             routes.push(block.clone());

@@ -257,6 +257,13 @@ pub fn crd_yaml() -> String {
     )
 }
 
+/// A source as `ipBlocks` allow it: a CIDR, or one address meaning one host.
+pub fn parse_source(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("invalid source {text:?}: expected an IP address or CIDR"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,8 +71,12 @@ fn find_by_name<'a>(replica: &'a Replica, table: &str, name: &str) -> Option<&'a
         .map(|(uuid, _)| uuid)
 }
 
-pub fn plan(owner: &Owner, desired: &[DesiredRow], replica: &Replica) -> anyhow::Result<Plan> {
-    let mut existing: HashMap<(&str, String), (String, &Row)> = HashMap::new();
+/// The owner's rows in the replica, by table and identity: (uuid, row).
+fn owned_rows<'a>(
+    owner: &Owner,
+    replica: &'a Replica,
+) -> HashMap<(&'static str, String), (String, &'a Row)> {
+    let mut existing = HashMap::new();
     for table in OWNED_TABLES {
         for (uuid, row) in replica.rows(table) {
             if external_id(row, owner.tag).as_deref() == Some(owner.value.as_str()) {
@@ -80,6 +84,54 @@ pub fn plan(owner: &Owner, desired: &[DesiredRow], replica: &Replica) -> anyhow:
             }
         }
     }
+    existing
+}
+
+/// The switch ports by name, when some desired port group names ports. Port groups name thousands of ports: index
+/// them once, not once per port.
+fn switch_ports_by_name<'a>(
+    desired: &[DesiredRow],
+    replica: &'a Replica,
+) -> HashMap<&'a str, &'a String> {
+    if !desired.iter().any(|r| !r.ports.is_empty()) {
+        return HashMap::new();
+    }
+    replica
+        .rows("Logical_Switch_Port")
+        .filter_map(|(uuid, row)| Some((column(row, "name").as_str()?, uuid)))
+        .collect()
+}
+
+/// A desired row's columns with its references filled in: a port group's ports, and each link's rows (by UUID,
+/// or by the name of a row inserted earlier in this transaction).
+fn resolved_columns(
+    row: &DesiredRow,
+    switch_ports: &HashMap<&str, &String>,
+    refs: &HashMap<(&str, &str), Value>,
+) -> serde_json::Map<String, Value> {
+    let mut columns = row.columns.clone();
+    if row.table == "Port_Group" {
+        let ports: Vec<Value> = row
+            .ports
+            .iter()
+            .filter_map(|name| switch_ports.get(name.as_str()))
+            .map(|uuid| json!(["uuid", uuid]))
+            .collect();
+        columns.insert("ports".into(), json!(["set", ports]));
+    }
+    for link in &row.links {
+        let targets: Vec<Value> = link
+            .keys
+            .iter()
+            .filter_map(|key| refs.get(&(link.table, key.as_str())).cloned())
+            .collect();
+        columns.insert(link.column.into(), json!(["set", targets]));
+    }
+    columns
+}
+
+pub fn plan(owner: &Owner, desired: &[DesiredRow], replica: &Replica) -> anyhow::Result<Plan> {
+    let mut existing = owned_rows(owner, replica);
     let router = find_by_name(replica, "Logical_Router", &owner.router);
     let router_mutation =
         |column: &str, mutator: &str, reference: Value| -> anyhow::Result<Value> {
@@ -94,38 +146,13 @@ pub fn plan(owner: &Owner, desired: &[DesiredRow], replica: &Replica) -> anyhow:
                    "mutations": [[column, mutator, ["set", [reference]]]] }),
             )
         };
-    // Port groups name thousands of ports: index the switch ports by name once, not once per port.
-    let switch_ports: HashMap<&str, &String> = if desired.iter().any(|r| !r.ports.is_empty()) {
-        replica
-            .rows("Logical_Switch_Port")
-            .filter_map(|(uuid, row)| Some((column(row, "name").as_str()?, uuid)))
-            .collect()
-    } else {
-        HashMap::new()
-    };
+    let switch_ports = switch_ports_by_name(desired, replica);
     let mut plan = Plan::default();
     // Rows come in an order where every row follows those it links to, so a link can name a row inserted earlier
     // in this very transaction.
     let mut refs: HashMap<(&str, &str), Value> = HashMap::new();
     for (i, row) in desired.iter().enumerate() {
-        let mut columns = row.columns.clone();
-        if row.table == "Port_Group" {
-            let ports: Vec<Value> = row
-                .ports
-                .iter()
-                .filter_map(|name| switch_ports.get(name.as_str()))
-                .map(|uuid| json!(["uuid", uuid]))
-                .collect();
-            columns.insert("ports".into(), json!(["set", ports]));
-        }
-        for link in &row.links {
-            let targets: Vec<Value> = link
-                .keys
-                .iter()
-                .filter_map(|key| refs.get(&(link.table, key.as_str())).cloned())
-                .collect();
-            columns.insert(link.column.into(), json!(["set", targets]));
-        }
+        let columns = resolved_columns(row, &switch_ports, &refs);
         match existing.remove(&(row.table, row.key.clone())) {
             None => {
                 let name = format!("row{i}");

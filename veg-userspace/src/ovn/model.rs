@@ -178,7 +178,8 @@ impl DesiredRow {
     }
 }
 
-/// Every row the gateway needs, in a stable order.
+/// Every row the gateway needs, in a stable order. (Long because it lists the tables in the order the rows must
+/// be inserted, children before the rows that link to them; the per-design parts are functions of their own.)
 pub fn desired_rows(spec: &GatewaySpec) -> Vec<DesiredRow> {
     let h = spec.hash();
     let mut rows = Vec::new();
