@@ -234,6 +234,7 @@ impl World {
 const GATEWAY1: &str = "metadata: {name: gateway1}\nspec:\n  replicas: 1\n  externalSubnet: macvlan1\n  \
                         policies: [{snat: true, subnets: [ovn-default]}]\n";
 
+// Long: one gateway's life, pass by pass, asserting what each pass wrote.
 #[tokio::test]
 async fn a_gateway_gets_its_deployment_its_ovn_rows_and_an_honest_status() {
     let w = world().await;
@@ -352,6 +353,7 @@ impl World {
     }
 }
 
+// Long: one gateway scaled pass by pass, asserting what each pass wrote.
 #[tokio::test]
 async fn scaling_a_bfd_gateway_adds_one_nexthop_and_one_bfd_row() {
     let w = world().await;
@@ -806,6 +808,8 @@ fn tagged_rows(nb: &NbServer, table: &str, tag: &str, value: &str) -> Vec<String
     rows
 }
 
+// Long: one scenario (the controller programs, a file of the same resources is applied by hand, every row
+// compared).
 #[tokio::test]
 async fn the_controller_and_veg_ovn_write_the_same_rows_for_the_same_resources() {
     // The contract's two examples: gateway1 on the default VPC, gateway2 on vpc1 with BFD; the controller

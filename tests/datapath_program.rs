@@ -1374,6 +1374,7 @@ fn median_ns(lab: &ProgramLab, program: &str, frames: &mut dyn Iterator<Item = V
     times[times.len() / 2]
 }
 
+// Long because it is the bench's list of paths: each is a few lines that build a packet and time the program on it.
 /// Not a test: the cost of each path through the programs, for `cargo xtask bench` (which runs it and reads the
 /// line starting with PROGRAM_COST). BPF_PROG_TEST_RUN's `repeat` would run the same skb again after the first
 /// run translated it, timing another path, so this times many single runs on fresh packets and takes medians of

@@ -133,6 +133,7 @@ fn eventually_through(client: &Netns, what: &str) {
     }
 }
 
+// Long: one scenario (a flow held open while the resource changes under it), step by step.
 #[test]
 fn the_policy_follows_the_resource_live_without_breaking_flows() {
     if skip_unless_root() {

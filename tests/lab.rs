@@ -238,6 +238,7 @@ spec:
     - {snat: false, ipBlocks: [10.16.0.3]}
 ";
 
+// Long: one scenario on the lab, step by step, asserting what each step changed.
 #[test]
 fn default_vpc_gateway_translates_its_sources_scales_and_goes_away() {
     if skip_unless_root() {
@@ -410,6 +411,7 @@ spec:
     - {snat: false, ipBlocks: [192.168.0.4]}
 ";
 
+// Long: one scenario on the lab, step by step, asserting what each step changed.
 #[test]
 fn bfd_gateway_on_vpc1_fails_over_in_under_a_second_and_the_instance_returns() {
     if skip_unless_root() {

@@ -46,6 +46,7 @@ fn big_payload() -> Vec<u8> {
     (0..4000).map(|i| (i % 253) as u8).collect()
 }
 
+// Long because it is the exchange both runs must make in the same order: splitting it would hide that order.
 /// The same exchange whatever translates: a flow from the client, errors about it both ways, and a fragmented
 /// datagram each way with its first fragment last.
 fn exchange(topo: &Topology, client: usize) -> Seen {

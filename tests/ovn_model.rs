@@ -74,6 +74,7 @@ async fn monitored(server: &NbServer, router: &str) -> Monitor {
     monitor
 }
 
+// Long: one gateway's life against ovsdb-server, step by step.
 #[tokio::test]
 async fn gateway1_on_the_default_vpc_scales_and_goes_away_cleanly() {
     let server = NbServer::start();
@@ -380,6 +381,7 @@ fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     false
 }
 
+// Long: one scenario against real OVN, session state by session state.
 #[test]
 fn bfd_status_from_the_southbound_rewrites_the_default_vpc_policy() {
     use veg_testbed::ovsdb::OvnCentral;
@@ -546,6 +548,7 @@ async fn the_vpc_bfd_port_follows_its_chassis() {
     assert_eq!(server.nbctl(&["ha-chassis-group-list"]).trim(), "");
 }
 
+// Long because it is a benchmark: build the scale, time each phase, print the numbers.
 /// Not a test: the OVN benchmark for `cargo xtask bench ovn` (which reads the line starting with OVN_BENCH).
 /// 1,000 gateways applied one by one, a gateway selecting 10,000 pods, an incremental scale-out, and a full
 /// re-apply that must write nothing: transactions, bytes and time for each.
@@ -637,6 +640,7 @@ async fn ovn_apply_at_scale() {
     );
 }
 
+// Long: one scenario against ovsdb-server, row by row.
 /// On a server whose policies have bfd_sessions (OVN >= 23.09; here Debian's schema with that column added), the
 /// default VPC's policies reference the instances' BFD rows and keep every instance, a 29090 drop sits under them,
 /// trafficPolicy Local adds a 29150 policy per node, and no anchor routes are written. Applying twice writes

@@ -15,6 +15,7 @@ use veg_testbed::{
 
 use crate::workspace::{build_veg, setup, step};
 
+// Long because it is the demo's script: each step narrated in the order a reader follows it.
 pub fn run() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {

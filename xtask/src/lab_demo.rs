@@ -174,6 +174,7 @@ impl Demo<'_> {
         Ok(seen)
     }
 
+    // Long because it is the walkthrough's script: each step of the guide, narrated in order.
     fn walkthrough(&self) -> anyhow::Result<()> {
         step("the lab: real OVN and Open vSwitch, pods and instances as network namespaces");
         let out = self.lab(&["up"])?;

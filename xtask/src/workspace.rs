@@ -161,8 +161,16 @@ pub fn test() -> anyhow::Result<()> {
     step("building everything, tests included");
     run(cargo().args(["test", "--no-run"]))?;
     check_no_lab_in_veg()?;
-    step("unit tests");
+    step("unit tests, and the examples in the library crates' docs");
     run(cargo().args(["test", "--lib", "--bins"]))?;
+    run(cargo().args([
+        "test",
+        "--doc",
+        "--package",
+        "veg-ovsdb",
+        "--package",
+        "veg-bfd",
+    ]))?;
     step(
         "the demos, as smoke tests: the lab with real OVN (the README's main command), then the datapath alone",
     );

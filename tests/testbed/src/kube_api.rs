@@ -330,6 +330,8 @@ impl State {
                 "metadata": { "resourceVersion": self.next_version.to_string() }, "items": items })
     }
 
+    // Long because it is one request router: each arm is the API server's answer to one kind of request, and they
+    // read best side by side.
     fn serve(
         &mut self,
         method: &Method,

@@ -85,12 +85,8 @@ pub enum Error {
         source: kube::Error,
     },
     /// The rows of a deleted gateway could not be removed from the Northbound database.
-    #[error("removing the OVN rows of {gateway}: {source}")]
-    OvnCleanup {
-        gateway: String,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error("removing the OVN rows of {gateway}: {message}")]
+    OvnCleanup { gateway: String, message: String },
     /// kube's finalizer handling refused the object (no name, or a malformed finalizer).
     #[error("handling the finalizer: {0}")]
     Finalizer(&'static str),
@@ -436,7 +432,7 @@ async fn cleanup(gateway: &VpcEgressGateway, ctx: &Context) -> Result<Action, Er
         .await
         .map_err(|e| Error::OvnCleanup {
             gateway: owner.id(),
-            source: e.into(),
+            message: format!("{e:#}"),
         })?;
     info!(gateway = %owner.id(), removed = plan.changes.len(), "gateway deleted; its OVN rows are gone");
     Ok(Action::await_change())
@@ -473,7 +469,7 @@ mod tests {
         assert_eq!(Error::Finalizer("x").retry_after(), SLOW_RETRY);
         let cleanup = Error::OvnCleanup {
             gateway: "default/g".into(),
-            source: "connection refused".into(),
+            message: "connection refused".into(),
         };
         assert_eq!((cleanup.kind(), cleanup.retry_after()), ("ovn", RETRY));
         assert_eq!(

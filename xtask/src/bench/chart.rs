@@ -21,6 +21,7 @@ fn short(metric: &str) -> &str {
     }
 }
 
+// Long because a chart is many small drawing calls (axes, series, labels) that only make sense together.
 /// Text is drawn with the system's sans-serif font, found through fontconfig (Debian's fonts-dejavu-core).
 pub fn draw(records: &[Record], path: &Path) -> anyhow::Result<()> {
     let rows: Vec<(String, Option<f64>, Option<f64>)> = medians(records)

@@ -89,6 +89,7 @@ fn topology() -> anyhow::Result<(Topology, Tools)> {
     Ok((topo, tools))
 }
 
+// Long because it is the bench's table of contents: each scenario in turn, in the order the report shows them.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {

@@ -113,6 +113,8 @@ pub(super) fn flood(
     })
 }
 
+// Long because it is one measurement from start to end (servers, load, counters, teardown); splitting it would
+// scatter what must happen in order.
 pub fn measure(
     scenario: &str,
     topo: &Topology,
