@@ -73,17 +73,31 @@ impl FlowTable {
     }
 
     /// Delete every expired entry. Both halves of a pair carry the same timestamp and state, so they expire
-    /// together. Returns how many entries were removed.
-    pub fn sweep(&self) -> anyhow::Result<usize> {
+    /// together. Returns how many entries were removed and how many translations stay live: the sweep reads the
+    /// whole table anyway, so it is where the live count comes from cheaply (a metrics scrape reads it).
+    pub fn sweep(&self) -> anyhow::Result<Swept> {
         let now = monotonic_now_ns();
-        let expired: Vec<FlowKey> = self
-            .entries()?
+        let entries = self.entries()?;
+        let live = entries
+            .iter()
+            .filter(|(key, entry)| is_live_outbound(key, entry, now))
+            .count();
+        let expired: Vec<FlowKey> = entries
             .into_iter()
             .filter(|(key, entry)| is_expired(entry, key.protocol, now))
             .map(|(key, _)| key)
             .collect();
-        batch::delete(self.fd(), &expired).context("deleting expired flows")
+        let removed = batch::delete(self.fd(), &expired).context("deleting expired flows")?;
+        Ok(Swept { removed, live })
     }
+}
+
+/// What a sweep did and found.
+pub struct Swept {
+    /// Entries removed (two per translation).
+    pub removed: usize,
+    /// Translations live after it.
+    pub live: usize,
 }
 
 /// The outbound half of a live pair: one per translation.

@@ -9,7 +9,10 @@
 use std::{
     net::IpAddr,
     path::Path,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use anyhow::Context as _;
@@ -20,7 +23,7 @@ use tokio::{
 use tracing::{info, warn};
 use veg_common::{address::Address, config::GatewayConfig};
 
-use super::{health, host, settings::GatewaySettings};
+use super::{health, host, metrics::Metrics, settings::GatewaySettings};
 use veg_bfd::{
     control,
     engine::{Engine, EngineConfig, Snapshot},
@@ -189,8 +192,15 @@ pub async fn run(
         bfd,
         bfd_status,
     } = running;
+    let live_translations = Arc::new(AtomicU64::new(0));
+    let metrics = Metrics {
+        stats_pin: datapath.pin_dir().join(pins::STATS),
+        live_translations: Arc::clone(&live_translations),
+        capacity: u64::from(settings.max_flow_entries / 2),
+        bfd: Arc::clone(&bfd_status),
+    };
     let health = health::bind(settings.health_listen).await?;
-    tokio::spawn(health::serve(health, Arc::clone(&bfd_status)));
+    tokio::spawn(health::serve(health, Arc::clone(&bfd_status), metrics));
     let (bfd_stop, bfd_stopped) = tokio::sync::oneshot::channel::<()>();
     let bfd_task = bfd.map(|engine| {
         let name = settings.name.clone();
@@ -212,8 +222,12 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = sweep.tick() => match flows.sweep() {
-                Ok(0) => {}
-                Ok(removed) => info!(removed, "expired flow entries swept"),
+                Ok(swept) => {
+                    live_translations.store(swept.live as u64, Ordering::Relaxed);
+                    if swept.removed > 0 {
+                        info!(removed = swept.removed, live = swept.live, "expired flow entries swept");
+                    }
+                }
                 Err(e) => warn!("sweeping expired flows failed: {e:#}"),
             },
             Some(policy) = next_policy(&mut policy_updates) => {

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod health;
 pub mod host;
+pub mod metrics;
 pub mod netconf;
 pub mod resource;
 pub mod settings;
