@@ -51,6 +51,18 @@ mod tests {
             .collect()
     }
 
+    /// In Markdown, also every code span that names a file by a path with a directory in it: from the repository's
+    /// root, or from the document's own directory (as a Markdown link would be), never from a crate's.
+    fn cited_in_markdown(text: &str) -> Vec<String> {
+        text.split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|span| span.contains('/') && !span.contains(' ') && !span.contains('<'))
+            .filter(|span| EXTENSIONS.iter().any(|e| span.ends_with(e)))
+            .map(str::to_owned)
+            .collect()
+    }
+
     #[test]
     fn every_cited_path_exists() {
         let root = root();
@@ -60,8 +72,16 @@ mod tests {
         let mut missing = Vec::new();
         for file in &files {
             let text = std::fs::read_to_string(file).unwrap();
-            for path in cited(&text) {
-                if !root.join(&path).exists() {
+            let beside = file.parent().unwrap();
+            let mut paths: Vec<(String, bool)> =
+                cited(&text).into_iter().map(|p| (p, false)).collect();
+            if file.extension().is_some_and(|e| e == "md") {
+                paths.extend(cited_in_markdown(&text).into_iter().map(|p| (p, true)));
+            }
+            for (path, may_be_relative) in paths {
+                let found =
+                    root.join(&path).exists() || (may_be_relative && beside.join(&path).exists());
+                if !found {
                     missing.push(format!(
                         "{} cites {path}",
                         file.strip_prefix(&root).unwrap().display()
@@ -81,6 +101,12 @@ mod tests {
         assert_eq!(
             cited("see docs/datapath.md. And (veg-ebpf/src/icmp.rs), not veg-ebpf or src/x.rs"),
             ["docs/datapath.md", "veg-ebpf/src/icmp.rs"]
+        );
+        assert_eq!(
+            cited_in_markdown(
+                "(`ovn/apply.rs`, over `veg-ovsdb`; see `veg flows` and `src/<x>.rs`)"
+            ),
+            ["ovn/apply.rs"]
         );
     }
 }
