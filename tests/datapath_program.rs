@@ -12,7 +12,7 @@ use veg_common::{
     address::Address,
     config::GatewayConfig,
     flow::{DIRECTION_OUTBOUND, FlowEntry, FlowKey, UDP_TIMEOUT_NS, is_closed},
-    fragment::{DatagramKey, DatagramTranslation, END_DESTINATION, END_SOURCE, kind},
+    fragment::{DatagramKey, END_DESTINATION, END_SOURCE, kind},
 };
 use veg_testbed::{
     netns::Netns,
@@ -24,6 +24,7 @@ use veg_userspace::{
         loader::{Datapath, PROGRAM_FROM_OUTSIDE, PROGRAM_FROM_VPC},
         monotonic_now_ns, pins,
         policy::{Action, DesiredPolicy},
+        slow_path::{self, held::datagram_key},
         stats::read_counters,
     },
     gateway::host::interface_index,
@@ -69,15 +70,15 @@ struct SlowPathRecord {
 }
 
 impl ProgramLab {
-    /// The records handed to the agent since the last call.
+    /// The records handed to the agent since the last call, as the agent parses them.
     fn slow_path_records(&mut self) -> Vec<SlowPathRecord> {
         let mut records = Vec::new();
         while let Some(item) = self.slow_path.next() {
-            let len = usize::from(u16::from_ne_bytes([item[4], item[5]]));
+            let (header, data) = slow_path::parse(&item).expect("a whole record");
             records.push(SlowPathRecord {
-                kind: item[0],
-                mtu: u16::from_ne_bytes([item[2], item[3]]),
-                data: item[8..8 + len].to_vec(),
+                kind: header.kind,
+                mtu: header.mtu,
+                data: data.to_vec(),
             });
         }
         records
@@ -893,13 +894,8 @@ fn fragments_before_their_first_go_to_the_agent_which_hears_when_the_first_comes
             }]
         );
         assert_eq!(lab.send_from_vpc_bytes(&pieces[0]).0, TC_ACT_REDIRECT);
-        let key = DatagramKey {
-            src: u32::from_ne_bytes(CLIENT.octets()),
-            dst: u32::from_ne_bytes(SERVER.octets()),
-            id: 0x5555u16.to_be(),
-            protocol: 17,
-            _pad: 0,
-        };
+        // The notice names the datagram as the agent keys its held fragments.
+        let key = datagram_key(&pieces[1][14..]);
         first_arrived(&lab.slow_path_records(), key, EXTERNAL, END_SOURCE);
         // The last fragment, after its first, is translated here.
         assert_eq!(lab.send_from_vpc_bytes(&pieces[2]).0, TC_ACT_REDIRECT);
@@ -921,13 +917,7 @@ fn fragments_before_their_first_go_to_the_agent_which_hears_when_the_first_comes
             }]
         );
         assert_eq!(lab.run(PROGRAM_FROM_OUTSIDE, &pieces[0]).0, TC_ACT_REDIRECT);
-        let key = DatagramKey {
-            src: u32::from_ne_bytes(SERVER.octets()),
-            dst: u32::from_ne_bytes(EXTERNAL.octets()),
-            id: 0x6666u16.to_be(),
-            protocol: 17,
-            _pad: 0,
-        };
+        let key = datagram_key(&pieces[2][14..]);
         first_arrived(&lab.slow_path_records(), key, CLIENT, END_DESTINATION);
         // A first fragment with nothing held tells the agent nothing.
         let mut quiet = big_datagram(CLIENT, SERVER, 7402, 53);
@@ -965,15 +955,8 @@ fn a_flood_of_early_fragments_is_bounded_by_the_ring_and_never_forwarded() {
 fn first_arrived(records: &[SlowPathRecord], key: DatagramKey, addr: Ipv4Addr, end: u8) {
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].kind, kind::FIRST_ARRIVED);
-    let data = &records[0].data;
-    let key_len = std::mem::size_of::<DatagramKey>();
-    // SAFETY: plain #[repr(C)] integers, read unaligned from bytes of their size.
-    let (got_key, translation): (DatagramKey, DatagramTranslation) = unsafe {
-        (
-            std::ptr::read_unaligned(data.as_ptr().cast()),
-            std::ptr::read_unaligned(data[key_len..].as_ptr().cast()),
-        )
-    };
+    let (got_key, translation) =
+        slow_path::parse_first_arrived(&records[0].data).expect("a whole notice");
     assert_eq!(got_key, key);
     assert_eq!(translation.addr, u32::from_ne_bytes(addr.octets()));
     assert_eq!(translation.end, end);

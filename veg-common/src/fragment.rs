@@ -30,6 +30,21 @@ pub struct DatagramTranslation {
 /// How long after its first fragment a datagram's fragments are translated (the kernel's ipfrag_time).
 pub const FRAGMENT_TIMEOUT_NS: u64 = 30_000_000_000;
 
+impl DatagramTranslation {
+    /// Nanoseconds left, at `now_ns`, during which the datagram's later fragments are given this translation; 0
+    /// once it has expired. (A translation written just after `now_ns` was read counts as new.)
+    #[inline(always)]
+    pub fn remaining_ns(&self, now_ns: u64) -> u64 {
+        FRAGMENT_TIMEOUT_NS.saturating_sub(now_ns.saturating_sub(self.seen_ns))
+    }
+
+    /// Whether the datagram's later fragments are still given this translation at `now_ns`.
+    #[inline(always)]
+    pub fn is_fresh(&self, now_ns: u64) -> bool {
+        self.remaining_ns(now_ns) > 0
+    }
+}
+
 /// What a slow-path record asks of the agent.
 pub mod kind {
     /// A later fragment from a SNAT source that came before its first fragment, as it arrived (dropped by the

@@ -8,7 +8,7 @@
 //! sends it translated. Remembering a translation tells the agent when fragments of that datagram wait.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
-use veg_common::fragment::{DatagramKey, DatagramTranslation, FRAGMENT_TIMEOUT_NS};
+use veg_common::fragment::{DatagramKey, DatagramTranslation};
 
 use crate::{maps::FRAGMENTS, packet::Ipv4Packet, slow_path};
 
@@ -44,5 +44,5 @@ pub fn remember(pkt: &Ipv4Packet, end: u8, addr: u32) {
 pub fn translation(pkt: &Ipv4Packet) -> Option<u32> {
     let found = unsafe { FRAGMENTS.get(&key(pkt))? };
     let now = unsafe { bpf_ktime_get_ns() };
-    (now.wrapping_sub(found.seen_ns) < FRAGMENT_TIMEOUT_NS).then_some(found.addr)
+    found.is_fresh(now).then_some(found.addr)
 }

@@ -326,15 +326,16 @@ pub async fn program_ovn(
     Ok(())
 }
 
-/// Bring OVN to a gateway's model (and its VPC's BFD port, when it has BFD): what the controller does for each
-/// gateway, and `veg ovn apply` for each gateway of a file. Returns what changed.
+/// Bring OVN to a gateway's model, and its VPC's BFD port when given (the callers give it only for a gateway with
+/// BFD): what the controller does for each gateway, and `veg ovn apply` for each gateway of a file. Returns what
+/// changed.
 pub async fn program(
     ovn: &Monitor,
     mut spec: GatewaySpec,
     port: Option<&VpcBfdPort>,
 ) -> Result<Plan, ProgramError> {
     let mut done = Plan::default();
-    if let Some(port) = port.filter(|_| spec.bfd.is_some()) {
+    if let Some(port) = port {
         let mut port = port.clone();
         // A gateway router (bound to a chassis itself) hosts the port without an HA chassis group.
         if ovn.read(|r| on_gateway_router(r, &port.vpc)) {

@@ -5,7 +5,7 @@ use std::{io::Write, net::Ipv4Addr};
 
 use aya::maps::{HashMap, Map, MapData};
 use serde::Serialize;
-use veg_common::fragment::{DatagramKey, DatagramTranslation, END_SOURCE, FRAGMENT_TIMEOUT_NS};
+use veg_common::fragment::{DatagramKey, DatagramTranslation, END_SOURCE};
 
 use crate::datapath::{monotonic_now_ns, pins};
 
@@ -32,8 +32,8 @@ pub fn run(name: &str, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
     let mut datagrams = Vec::new();
     for entry in map.iter() {
         let (key, translation) = entry?;
-        let age = now.saturating_sub(translation.seen_ns);
-        if age >= FRAGMENT_TIMEOUT_NS {
+        let remaining = translation.remaining_ns(now);
+        if remaining == 0 {
             continue;
         }
         datagrams.push(FollowedDatagram {
@@ -47,7 +47,7 @@ pub fn run(name: &str, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
                 "destination"
             },
             to: Ipv4Addr::from(translation.addr.to_ne_bytes()),
-            expires_in_seconds: (FRAGMENT_TIMEOUT_NS - age).div_ceil(1_000_000_000),
+            expires_in_seconds: remaining.div_ceil(1_000_000_000),
         });
     }
     if json {

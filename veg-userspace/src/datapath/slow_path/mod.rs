@@ -24,7 +24,7 @@ use aya::maps::{HashMap, Map, MapData, RingBuf};
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{debug, warn};
 use veg_common::{
-    fragment::{DatagramKey, DatagramTranslation, FRAGMENT_TIMEOUT_NS, SlowPathHeader, kind},
+    fragment::{DatagramKey, DatagramTranslation, SlowPathHeader, kind},
     stats::Counter,
 };
 
@@ -149,8 +149,7 @@ impl SlowPath {
     /// The first fragment's translated address (network byte order), if it was seen lately.
     fn translation(&self, key: &DatagramKey) -> Option<u32> {
         let found = self.fragments.get(key, 0).ok()?;
-        let fresh = monotonic_now_ns().saturating_sub(found.seen_ns) < FRAGMENT_TIMEOUT_NS;
-        fresh.then_some(found.addr)
+        found.is_fresh(monotonic_now_ns()).then_some(found.addr)
     }
 
     /// Send a datagram's held fragments with its first fragment's translated address.
@@ -231,7 +230,8 @@ impl SlowPath {
     }
 }
 
-fn parse(record: &[u8]) -> Option<(SlowPathHeader, &[u8])> {
+/// A record's header and its data, or None when it is shorter than its header says.
+pub fn parse(record: &[u8]) -> Option<(SlowPathHeader, &[u8])> {
     if record.len() < HEADER_LEN {
         return None;
     }
@@ -246,7 +246,8 @@ fn parse(record: &[u8]) -> Option<(SlowPathHeader, &[u8])> {
     Some((header, data))
 }
 
-fn parse_first_arrived(data: &[u8]) -> Option<(DatagramKey, DatagramTranslation)> {
+/// The data of a FIRST_ARRIVED record: the datagram and its first fragment's translation.
+pub fn parse_first_arrived(data: &[u8]) -> Option<(DatagramKey, DatagramTranslation)> {
     const KEY_LEN: usize = std::mem::size_of::<DatagramKey>();
     const LEN: usize = KEY_LEN + std::mem::size_of::<DatagramTranslation>();
     if data.len() < LEN {
