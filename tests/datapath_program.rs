@@ -4,15 +4,16 @@
 //! The programs run in a namespace whose routes and static neighbours make every route lookup deterministic:
 //!   vin 10.16.0.12/16 (internal), clients' MACs pinned; vex 172.17.0.11/16 (external), default via 172.17.0.1.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use aya::maps::{HashMap, Map, MapData, RingBuf};
 use aya::programs::{TestRun, TestRunOptions};
 use veg_common::{
     address::Address,
     config::GatewayConfig,
-    flow::{DIRECTION_OUTBOUND, FlowEntry, FlowKey, UDP_TIMEOUT_NS, is_closed},
+    flow::{DIRECTION_OUTBOUND, FlowEntry, FlowKey, PROTO_UDP, UDP_TIMEOUT_NS, is_closed},
     fragment::{DatagramKey, END_DESTINATION, END_SOURCE, kind},
+    record::{FlowRecord, end_reason, event},
 };
 use veg_testbed::{
     netns::Netns,
@@ -57,6 +58,7 @@ struct ProgramLab {
     datapath: Datapath,
     /// The programs' hand-overs to the agent, read here instead.
     slow_path: RingBuf<MapData>,
+    flow_records: RingBuf<MapData>,
     name: String,
     config: GatewayConfig,
 }
@@ -80,6 +82,16 @@ impl ProgramLab {
                 mtu: header.mtu,
                 data: data.to_vec(),
             });
+        }
+        records
+    }
+
+    /// The translation records the programs sent since the last call.
+    fn flow_records(&mut self) -> Vec<FlowRecord> {
+        let mut records = Vec::new();
+        while let Some(item) = self.flow_records.next() {
+            assert_eq!(item.len(), std::mem::size_of::<FlowRecord>());
+            records.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const FlowRecord) });
         }
         records
     }
@@ -234,12 +246,15 @@ fn with_program_lab_sized(entries: u32, test: impl FnOnce(&mut ProgramLab) + Sen
             port_min: PORT_MIN,
             port_max: PORT_MAX,
             ready: 1,
+            flow_records: 0,
         };
         datapath.configure(&config).unwrap();
         let slow_path = datapath.take_slow_path_ring().unwrap();
+        let flow_records = datapath.take_flow_records_ring().unwrap();
         let mut lab = ProgramLab {
             datapath,
             slow_path,
+            flow_records,
             name: lab_name,
             config,
         };
@@ -971,7 +986,7 @@ fn expired_flows_are_swept_and_live_ones_kept() {
         for (key, _) in lab.pair(CLIENT, 6100) {
             lab.set_last_seen(&key, stale);
         }
-        let swept = lab.datapath.flow_table().unwrap().sweep().unwrap();
+        let swept = lab.datapath.flow_table().unwrap().sweep(false).unwrap();
         assert_eq!(swept.removed, 2, "both halves of the idle flow go");
         assert_eq!(swept.live, 1, "one translation stays");
         assert_eq!(lab.flow_map().keys().count(), 2, "the live flow stays");
@@ -1553,6 +1568,67 @@ fn a_flow_table_of_another_layout_is_refused_with_what_to_run() {
     );
 }
 
+#[test]
+fn a_flow_table_from_before_translation_records_is_migrated_with_its_flows() {
+    if skip_unless_root() {
+        return;
+    }
+    let name = unique("vegolder");
+    let dir = pins::gateway_dir(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    // As the builds before records left it: 40-byte entries, without the packet and byte counts.
+    let made = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(dir.join(pins::FLOWS))
+        .args([
+            "type", "hash", "key", "40", "value", "40", "entries", "1024",
+        ])
+        .args(["name", "FLOWS"])
+        .status()
+        .unwrap();
+    assert!(made.success(), "bpftool map create failed");
+    let key = FlowKey {
+        src_addr: Address::from_ip(IpAddr::V4(CLIENT)),
+        dst_addr: Address::from_ip(IpAddr::V4(SERVER)),
+        src_port: 6600u16.to_be(),
+        dst_port: 53u16.to_be(),
+        protocol: PROTO_UDP,
+        family: veg_common::address::FAMILY_IPV4,
+        _pad: [0; 2],
+    };
+    let entry = FlowEntry {
+        nat_addr: Address::from_ip(IpAddr::V4(EXTERNAL)),
+        nat_port: 6600u16.to_be(),
+        direction: DIRECTION_OUTBOUND,
+        state: 1,
+        tcp_next_seq: 7,
+        last_seen_ns: 123_456,
+        created_ns: 100_000,
+        packets: 0,
+        bytes: 0,
+    };
+    {
+        let data = MapData::from_pin(dir.join(pins::FLOWS)).unwrap();
+        let mut old: HashMap<MapData, FlowKey, [u8; 40]> =
+            HashMap::try_from(Map::HashMap(data)).unwrap();
+        // SAFETY: FlowEntry is plain data of at least 40 bytes; the older layout is its first 40.
+        let bytes: [u8; 40] =
+            unsafe { std::ptr::read(&entry as *const FlowEntry as *const [u8; 40]) };
+        old.insert(key, bytes, 0).unwrap();
+    }
+    let loaded = Datapath::load(&dir, 65536).map(|_| {
+        let data = MapData::from_pin(dir.join(pins::FLOWS)).unwrap();
+        let new: HashMap<MapData, FlowKey, FlowEntry> =
+            HashMap::try_from(Map::HashMap(data)).unwrap();
+        new.get(&key, 0)
+    });
+    let _ = pins::remove_gateway_pins(&name);
+    let migrated = loaded
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .expect("the flow was not carried over");
+    assert_eq!(migrated, entry);
+}
+
 /// `frame` one router hop later: TTL one less, IP checksum recomputed from scratch, these MACs.
 fn one_hop_later(frame: &[u8], dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
     let mut out = frame.to_vec();
@@ -1659,5 +1735,136 @@ fn a_pods_icmp_error_about_a_reply_reaches_the_remote_with_the_external_tuple() 
         );
         assert_eq!(out, expected);
         assert_eq!(lab.counter("icmp_errors_translated_out"), 1);
+    });
+}
+
+/// The flow key of a record, for comparing: (client, client port, remote, remote port, protocol), ports in host
+/// order.
+fn record_tuple(record: &FlowRecord) -> (IpAddr, u16, IpAddr, u16, u8) {
+    let key = &record.key;
+    (
+        key.src_addr.to_ip(key.family),
+        u16::from_be(key.src_port),
+        key.dst_addr.to_ip(key.family),
+        u16::from_be(key.dst_port),
+        key.protocol,
+    )
+}
+
+#[test]
+fn translation_records_say_when_a_flow_is_created_and_why_the_datapath_ended_it() {
+    with_program_lab(|lab| {
+        // Off: nothing is counted or sent.
+        let quiet = Frame::new(CLIENT, SERVER, udp(6500, 53, false));
+        lab.send_from_vpc(&quiet);
+        assert!(lab.flow_records().is_empty());
+        assert_eq!(lab.pair(CLIENT, 6500)[0].1.packets, 0);
+
+        lab.reconfigure(|c| c.flow_records = 1);
+        // Created: one record for the first packet, none for the next; both directions counted with the IP length.
+        let request = Frame::new(CLIENT, SERVER, udp(6600, 53, false));
+        let request_len = (request.bytes().len() - 14) as u64;
+        lab.send_from_vpc(&request);
+        lab.send_from_vpc(&request);
+        let reply = Frame::new(SERVER, EXTERNAL, udp(53, 6600, false));
+        lab.send_from_outside(&reply);
+        let records = lab.flow_records();
+        assert_eq!(records.len(), 1, "{records:?}");
+        let created = &records[0];
+        assert_eq!(created.event, event::CREATED);
+        assert_eq!(
+            record_tuple(created),
+            (CLIENT.into(), 6600, SERVER.into(), 53, PROTO_UDP)
+        );
+        assert_eq!(created.nat_addr, Address::from_ip(EXTERNAL.into()));
+        assert_eq!(u16::from_be(created.nat_port), 6600);
+        let [(_, outbound), (_, inbound)] = lab.pair(CLIENT, 6600);
+        assert_eq!((outbound.packets, outbound.bytes), (2, 2 * request_len));
+        assert_eq!((inbound.packets, inbound.bytes), (1, request_len));
+
+        // Timed out, found by its next packet: ended with its counts, then created anew.
+        let stale = monotonic_now_ns() - UDP_TIMEOUT_NS - 1_000_000_000;
+        let [(forward, _), (reverse, _)] = lab.pair(CLIENT, 6600);
+        lab.set_last_seen(&forward, stale);
+        lab.set_last_seen(&reverse, stale);
+        lab.send_from_vpc(&request);
+        let records = lab.flow_records();
+        assert_eq!(records.len(), 2, "{records:?}");
+        let ended = &records[0];
+        assert_eq!(
+            (ended.event, ended.reason),
+            (event::ENDED, end_reason::TIMEOUT)
+        );
+        assert_eq!(record_tuple(ended), record_tuple(created));
+        assert_eq!(ended.created_ns, created.created_ns);
+        assert_eq!(
+            (
+                ended.packets_out,
+                ended.bytes_out,
+                ended.packets_in,
+                ended.bytes_in
+            ),
+            (2, 2 * request_len, 1, request_len)
+        );
+        assert_eq!(records[1].event, event::CREATED);
+
+        // Closed: a new connection takes over a reset one's only port.
+        lab.reconfigure(|c| (c.port_min, c.port_max) = (2000, 2000));
+        let first = Frame::new(CLIENT, SERVER, tcp(40001, 80, TCP_SYN));
+        lab.send_from_vpc(&first);
+        lab.send_from_outside(&Frame::new(
+            SERVER,
+            EXTERNAL,
+            tcp(80, 2000, TCP_SYN | TCP_ACK),
+        ));
+        lab.send_from_vpc(&Frame::new(CLIENT, SERVER, tcp(40001, 80, TCP_RST)));
+        lab.send_from_vpc(&Frame::new(CLIENT, SERVER, tcp(40002, 80, TCP_SYN)));
+        let records = lab.flow_records();
+        let kinds: Vec<_> = records.iter().map(|r| (r.event, r.reason)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (event::CREATED, 0),
+                (event::ENDED, end_reason::CLOSED),
+                (event::CREATED, 0)
+            ]
+        );
+        assert_eq!(record_tuple(&records[1]).1, 40001);
+        assert_eq!((records[1].packets_out, records[1].packets_in), (2, 1));
+        assert_eq!(record_tuple(&records[2]).1, 40002);
+
+        // Readdressed: the gateway's address changed under a live flow.
+        lab.reconfigure(|c| {
+            (c.port_min, c.port_max) = (PORT_MIN, PORT_MAX);
+            c.external_addr_v4 = Address::from_ip(Ipv4Addr::new(172, 17, 0, 12).into());
+        });
+        lab.send_from_vpc(&Frame::new(CLIENT, SERVER, tcp(40002, 80, TCP_ACK)));
+        let records = lab.flow_records();
+        assert_eq!(
+            (records[0].event, records[0].reason),
+            (event::ENDED, end_reason::READDRESSED)
+        );
+    });
+}
+
+#[test]
+fn a_flow_given_up_for_room_is_recorded_as_evicted() {
+    // Room for 100 translations.
+    with_program_lab_sized(200, |lab| {
+        lab.reconfigure(|c| c.flow_records = 1);
+        for i in 0..101u16 {
+            lab.send_from_vpc(&Frame::new(CLIENT, SERVER, udp(20000 + i, 53, false)));
+        }
+        let records = lab.flow_records();
+        let ended: Vec<_> = records.iter().filter(|r| r.event == event::ENDED).collect();
+        assert_eq!(ended.len(), 1, "{records:?}");
+        assert_eq!(ended[0].reason, end_reason::EVICTED);
+        // The oldest unanswered flow, with its one packet.
+        assert_eq!(record_tuple(ended[0]).1, 20000);
+        assert_eq!((ended[0].packets_out, ended[0].packets_in), (1, 0));
+        assert_eq!(
+            records.iter().filter(|r| r.event == event::CREATED).count(),
+            101
+        );
     });
 }

@@ -22,6 +22,9 @@ pub struct GatewayConfig {
     pub port_max: u16,
     /// Non-zero once the agent has written the entry; until then every packet passes untouched.
     pub ready: u32,
+    /// Non-zero while translation records are on: the programs count packets and bytes per flow and send a record
+    /// when a translation is created or removed (record.rs). Off, they cost nothing.
+    pub flow_records: u32,
 }
 
 #[cfg(feature = "user")]

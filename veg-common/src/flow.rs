@@ -55,6 +55,10 @@ pub struct FlowEntry {
     /// CLOCK_MONOTONIC ns of the last packet in either direction, refreshed at most every REFRESH_NS.
     pub last_seen_ns: u64,
     pub created_ns: u64,
+    /// Packets and bytes (IP length) this entry's direction carried, counted only while translation records are
+    /// on (GatewayConfig::flow_records), for the ended record. Atomic adds: two CPUs may carry one direction.
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// How stale last_seen may get before a packet refreshes it (and repairs the pair). Refreshing rarely keeps the

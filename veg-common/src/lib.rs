@@ -9,6 +9,7 @@ pub mod config;
 pub mod flow;
 pub mod fragment;
 pub mod policy;
+pub mod record;
 pub mod stats;
 
 #[cfg(feature = "user")]

@@ -107,6 +107,8 @@ counters! {
         "Dropped: a packet for the agent (a held fragment, a packet to fragment) refused: over 10,000 a second per CPU, the agent's ring full, larger than 16384 bytes, or a GSO packet.";
     SlowPathSendFailed = 37, "slow_path_send_failed",
         "Dropped by the agent: a released fragment or a made one could not be sent (no route, TTL expired, IP identification 0, or the kernel refused it).";
+    FlowRecordsLost = 38, "flow_records_lost",
+        "Translation records the datapath could not hand to the agent (its ring was full): the translation itself went on.";
 }
 
 /// Slots in the STATS array (room to grow without changing the map's size).

@@ -12,13 +12,14 @@ use veg_common::{
         REFRESH_NS, STATE_FIN_IN, STATE_FIN_OUT, STATE_REPLY_SEEN, STATE_RST, STATE_SEQ_IN,
         STATE_SEQ_OUT, STATE_SYN_OUT, is_closed, is_expired,
     },
+    record::end_reason,
     stats::Counter,
 };
 
 use crate::{
     maps::{FLOWS, flow_scratch},
     packet::{Ipv4Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
-    pending, ports,
+    pending, ports, records,
     stats::count,
 };
 
@@ -159,6 +160,25 @@ pub fn points_back(key: &FlowKey, entry: &FlowEntry, partner: &FlowEntry) -> boo
     }
 }
 
+/// Remove the translation whose half `entry` is found under `key`, with its ended record (for `reason`,
+/// record::end_reason): both halves, its other half only if that still belongs to it. A function of its own in
+/// the object, so that its partner key takes stack only while it runs; never called inside a bpf_loop step.
+#[inline(never)]
+pub fn remove_translation(key: &FlowKey, entry: &FlowEntry, reason: u8, now: u64) {
+    let partner_key = key.partner(entry);
+    let mut partner_counts = (0, 0);
+    if let Some(partner) = FLOWS.get_ptr(&partner_key) {
+        let partner = unsafe { &*partner };
+        if points_back(key, entry, partner) {
+            partner_counts = (partner.packets, partner.bytes);
+            let _ = FLOWS.remove(&partner_key);
+        }
+    }
+    // Before the removal: the map reuses a removed entry's memory at once.
+    records::ended(key, entry, &partner_counts, reason, now);
+    let _ = FLOWS.remove(key);
+}
+
 /// Record a packet on its entry. Writes only when the state gains a bit or the timestamp is REFRESH_NS old, and
 /// then updates the partner too, recreating it from this half if it is missing (whichever half survived).
 /// Returns false when the pair cannot be made whole: the partner's key now belongs to another flow, so this entry
@@ -229,6 +249,9 @@ fn repair(key: &FlowKey, partner_key: &FlowKey, entry: &FlowEntry, state: u8, no
         tcp_next_seq: 0,
         last_seen_ns: now,
         created_ns: entry.created_ns,
+        // Its counts are lost with it.
+        packets: 0,
+        bytes: 0,
     };
     scratch.partner.state &= !(if outbound {
         STATE_SEQ_IN
@@ -258,39 +281,52 @@ pub fn translate_outbound(pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Result<Trans
                 // A SYN, first or again: the client's numbers the remote's RST must acknowledge.
                 entry.tcp_next_seq = next_seq(pkt);
             }
+            records::account(entry, pkt, cfg);
             return Ok(Translation {
                 addr: entry.nat_addr.ipv4_be(),
                 port: entry.nat_port,
             });
         }
         count(Counter::FlowsExpiredOnLookup);
-        let partner = key.partner(entry);
-        if let Some(p) = FLOWS.get_ptr(&partner) {
-            // Only remove the partner if it still belongs to this flow.
-            if points_back(&key, entry, unsafe { &*p }) {
-                let _ = FLOWS.remove(&partner);
+        let reason = if !current {
+            if entry.nat_addr != cfg.external_addr_v4 {
+                end_reason::READDRESSED
+            } else {
+                records::reason_over(entry)
             }
-        }
-        let _ = FLOWS.remove(&key);
+        } else {
+            // Its other half's key belongs to another flow now: this half was left over.
+            end_reason::EVICTED
+        };
+        remove_translation(&key, entry, reason, now);
     }
     let client_next = if bits & STATE_SEQ_OUT != 0 {
         next_seq(pkt)
     } else {
         0
     };
-    let port = ports::allocate(&key, bits, client_next, now, cfg)?;
+    let allocated = ports::allocate(&key, bits, client_next, now, cfg)?;
     pending::record(&key);
     count(Counter::FlowsCreated);
+    if cfg.flow_records != 0
+        && let Some(entry) = FLOWS.get_ptr_mut(&key)
+    {
+        // Only with records on: the first packet's count, and the record (unless another CPU made the flow).
+        records::account(entry, pkt, cfg);
+        if allocated.created {
+            records::created(&key, unsafe { &*entry }, cfg);
+        }
+    }
     Ok(Translation {
         addr: cfg.external_addr_v4.ipv4_be(),
-        port,
+        port: allocated.port,
     })
 }
 
 /// The translation back for a packet from outside: Err(DropUnsolicited) when it belongs to no live flow,
 /// Err(DropRstImplausible) for a RST whose numbers do not fit the flow (left untouched).
 #[inline(always)]
-pub fn translate_inbound(pkt: &Ipv4Packet) -> Result<Translation, Counter> {
+pub fn translate_inbound(pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Result<Translation, Counter> {
     let now = unsafe { bpf_ktime_get_ns() };
     let key = inbound_key(pkt);
     let Some(entry) = FLOWS.get_ptr_mut(&key) else {
@@ -318,6 +354,7 @@ pub fn translate_inbound(pkt: &Ipv4Packet) -> Result<Translation, Counter> {
             entry.tcp_next_seq = next;
         }
     }
+    records::account(entry, pkt, cfg);
     Ok(Translation {
         addr: entry.nat_addr.ipv4_be(),
         port: entry.nat_port,

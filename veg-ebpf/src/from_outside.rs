@@ -87,7 +87,7 @@ fn to_external_address(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -
         // Echo requests and other protocols are for the instance itself.
         _ => return pass_to_host(Counter::PassedToHost),
     };
-    let miss = match flows::translate_inbound(pkt) {
+    let miss = match flows::translate_inbound(pkt, cfg) {
         Ok(nat) => {
             if pkt.is_fragment {
                 // A first fragment: its datagram's later fragments follow its translation.

@@ -28,6 +28,7 @@ mod packet;
 mod pending;
 mod ports;
 mod rate;
+mod records;
 mod rewrite;
 mod route;
 mod slow_path;

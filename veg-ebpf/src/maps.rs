@@ -2,7 +2,8 @@
 //! agent finds every live flow, its counters and its policy where it left them.
 
 use crate::{
-    packet::Ipv4Packet, pending::PendingRing, rate::RateBucket, slow_path::SlowPathRecord,
+    packet::Ipv4Packet, pending::PendingRing, ports::PortSearch, rate::RateBucket,
+    slow_path::SlowPathRecord,
 };
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
@@ -14,6 +15,7 @@ use veg_common::{
     flow::{FLOW_TABLE_DEFAULT_ENTRIES, FlowEntry, FlowKey},
     fragment::{DatagramKey, DatagramTranslation},
     policy::{POLICY_MAX_ENTRIES, Policy, PolicyKeyV4},
+    record::FlowRecord,
     stats::STATS_SLOTS,
 };
 
@@ -62,6 +64,8 @@ pub struct FlowScratch {
     pub partner: FlowEntry,
     /// The flow an ICMP error's quoted packet belongs to (icmp_errors.rs).
     pub quoted_key: FlowKey,
+    /// The port search under way (ports.rs).
+    pub search: PortSearch,
 }
 
 /// The per-CPU scratch space.
@@ -104,6 +108,15 @@ const HELD_DATAGRAMS: u32 = 4096;
 /// Packets for the agent (slow_path.rs): 2 MiB, a few hundred packets. Not pinned: each agent reads its own.
 #[map]
 pub static SLOW_PATH: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
+
+/// Translation records for the agent (records.rs): 1 MiB, about 8,000 records. Not pinned: each agent reads its
+/// own.
+#[map]
+pub static FLOW_RECORDS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+
+/// A translation record being built (records.rs). Not pinned.
+#[map]
+pub static RECORD_SCRATCH: PerCpuArray<FlowRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// A slow-path record being built: too big for the stack.
 #[map]

@@ -99,6 +99,8 @@ pub struct Ipv4Packet {
     pub icmp_type: u8,
     /// A UDP datagram sent without a checksum: it must stay without one.
     pub udp_checksum_zero: bool,
+    /// The packets this skb stands for: more than one for a GSO super-packet. What translation records count.
+    pub segments: u16,
 }
 
 /// Where the IPv4 header starts: after the Ethernet header.
@@ -244,6 +246,7 @@ fn parse_ipv4(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Option<()> {
         tcp_payload_len: 0,
         icmp_type: 0,
         udp_checksum_zero: false,
+        segments: unsafe { (*ctx.skb.skb).gso_segs }.clamp(1, u32::from(u16::MAX)) as u16,
     };
     if pkt.later_fragment {
         return Some(());

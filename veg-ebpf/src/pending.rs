@@ -7,12 +7,14 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_loop};
 use veg_common::{
     flow::{FlowEntry, FlowKey, STATE_REPLY_SEEN, is_expired},
+    record::end_reason,
     stats::Counter,
 };
 
 use crate::{
-    flows::points_back,
+    flows::remove_translation,
     maps::{FLOWS, PENDING},
+    records,
     stats::count,
 };
 
@@ -47,21 +49,46 @@ pub fn record(key: &FlowKey) {
 /// The state of a search for a flow to give up (bpf_loop's context).
 struct GiveUp {
     now: u64,
-    done: bool,
+    /// Where in the ring the flow to give up is recorded, once one is found.
+    slot: u32,
+    found: bool,
 }
 
 /// Remove the oldest recorded flow that never saw a reply, or expired, to make room. Returns whether one went.
-/// Through bpf_loop, so the verifier checks one step once rather than every unrolled copy on every path.
+/// The loop only finds it (through bpf_loop, so the verifier checks one step once rather than every unrolled
+/// copy on every path); removing it and its record happen after, once.
 #[inline(always)]
 pub fn give_one_up(now: u64) -> bool {
-    let mut search = GiveUp { now, done: false };
+    let mut search = GiveUp {
+        now,
+        slot: 0,
+        found: false,
+    };
     let ctx = &mut search as *mut GiveUp as *mut core::ffi::c_void;
     unsafe { bpf_loop(CANDIDATES, look_at_oldest as *mut _, ctx, 0) };
-    search.done
+    if !search.found {
+        return false;
+    }
+    let Some(ring) = PENDING.get_ptr(0) else {
+        return false;
+    };
+    let key = unsafe { &(*ring).keys[(search.slot & (RING - 1)) as usize] };
+    let Some(entry) = FLOWS.get_ptr(key) else {
+        return false;
+    };
+    let entry = unsafe { &*entry };
+    let reason = if entry.state & STATE_REPLY_SEEN == 0 && !is_expired(entry, key.protocol, now) {
+        end_reason::EVICTED
+    } else {
+        records::reason_over(entry)
+    };
+    remove_translation(key, entry, reason, now);
+    count(Counter::FlowsGivenUp);
+    true
 }
 
-/// One candidate: the oldest recorded flow not looked at yet. Returns 1 (stop) once one was given up or none is
-/// left.
+/// One candidate: the oldest recorded flow not looked at yet. Returns 1 (stop) once one that may be given up is
+/// found, or none is left.
 unsafe extern "C" fn look_at_oldest(_index: u32, ctx: *mut core::ffi::c_void) -> i64 {
     let search = unsafe { &mut *(ctx as *mut GiveUp) };
     let Some(ring) = PENDING.get_ptr_mut(0) else {
@@ -71,27 +98,18 @@ unsafe extern "C" fn look_at_oldest(_index: u32, ctx: *mut core::ffi::c_void) ->
     if ring.oldest == ring.next {
         return 1;
     }
-    let key = &ring.keys[(ring.oldest & (RING - 1)) as usize];
+    let slot = ring.oldest;
     ring.oldest = ring.oldest.wrapping_add(1);
+    let key = &ring.keys[(slot & (RING - 1)) as usize];
     let Some(entry) = FLOWS.get_ptr(key) else {
         return 0; // gone already
     };
     let entry = unsafe { &*entry };
-    let unanswered = entry.state & STATE_REPLY_SEEN == 0;
-    if !unanswered && !is_expired(entry, key.protocol, search.now) {
+    if entry.state & STATE_REPLY_SEEN != 0 && !is_expired(entry, key.protocol, search.now) {
         return 0; // established: never given up
     }
-    // On the stack, not in the scratch space: the caller may be building entries there.
-    let partner_key = key.partner(entry);
-    if let Some(partner) = FLOWS.get_ptr(&partner_key) {
-        // Only the partner that belongs to this flow.
-        if points_back(key, entry, unsafe { &*partner }) {
-            let _ = FLOWS.remove(&partner_key);
-        }
-    }
-    let _ = FLOWS.remove(key);
-    count(Counter::FlowsGivenUp);
-    search.done = true;
+    search.slot = slot;
+    search.found = true;
     1
 }
 
@@ -106,21 +124,23 @@ pub enum Refused {
 /// -E2BIG: what an insert into a full hash map returns.
 const TABLE_FULL: i32 = -7;
 
+/// Insert a new entry (BPF_NOEXIST), giving nothing up when the table is full.
+#[inline(always)]
+pub fn insert(key: &FlowKey, entry: &FlowEntry) -> Result<(), Refused> {
+    FLOWS.insert(key, entry, BPF_NOEXIST as u64).map_err(|e| {
+        if e == TABLE_FULL {
+            Refused::Full
+        } else {
+            Refused::Exists
+        }
+    })
+}
+
 /// Insert a new entry (BPF_NOEXIST); when the table is full, give up the oldest unanswered flow and try again.
 #[inline(always)]
 pub fn insert_new(key: &FlowKey, entry: &FlowEntry, now: u64) -> Result<(), Refused> {
-    match FLOWS.insert(key, entry, BPF_NOEXIST as u64) {
-        Ok(()) => Ok(()),
-        Err(TABLE_FULL) if give_one_up(now) => {
-            FLOWS.insert(key, entry, BPF_NOEXIST as u64).map_err(|e| {
-                if e == TABLE_FULL {
-                    Refused::Full
-                } else {
-                    Refused::Exists
-                }
-            })
-        }
-        Err(TABLE_FULL) => Err(Refused::Full),
-        Err(_) => Err(Refused::Exists),
+    match insert(key, entry) {
+        Err(Refused::Full) if give_one_up(now) => insert(key, entry),
+        result => result,
     }
 }

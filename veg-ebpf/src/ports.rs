@@ -14,12 +14,15 @@ use veg_common::{
         DIRECTION_INBOUND, DIRECTION_OUTBOUND, FlowEntry, FlowKey, PROTO_TCP, STATE_SYN_OUT,
         is_closed, is_expired,
     },
+    record::end_reason,
     stats::Counter,
 };
 
 use crate::{
+    flows::remove_translation,
     maps::{EXHAUSTED, FLOWS, FlowScratch, flow_scratch},
-    pending::{Refused, insert_new},
+    pending::{Refused, give_one_up, insert},
+    records,
     stats::count,
 };
 
@@ -36,9 +39,12 @@ enum Claim {
     Won,
     /// The port is taken for this remote endpoint.
     Taken,
+    /// The port is held by a flow that is over: it may be taken over (which the search's caller does, outside
+    /// its loop, so that the loop's body stays small for the verifier).
+    Over,
     /// Another CPU created the same flow first: use its mapping.
     LostRace(u16),
-    /// The flow table is full of flows that saw a reply.
+    /// The flow table is full: a flow must be given up first (again by the search's caller).
     Full,
 }
 
@@ -58,16 +64,17 @@ fn reverse_key(key: &FlowKey, entry: &FlowEntry, port_be: u16) -> FlowKey {
 
 /// Claim `port` (host byte order) for the flow: reverse entry first (the lock), then the forward entry. A port in
 /// use is found by a lookup first, which is cheaper than a failed insert. The entries are built in the per-CPU
-/// scratch, not on the stack.
+/// scratch, not on the stack; the reverse key stays there for `take_over`.
 #[inline(always)]
 fn claim(flow: &mut FlowScratch, port: u16) -> Claim {
     let port_be = port.to_be();
-    let now = flow.entry.last_seen_ns;
     flow.reverse_key = reverse_key(&flow.key, &flow.entry, port_be);
-    if FLOWS.get_ptr(&flow.reverse_key).is_some()
-        && !take_over(&flow.reverse_key, &flow.entry, port_be)
-    {
-        return Claim::Taken;
+    if let Some(old) = FLOWS.get_ptr(&flow.reverse_key) {
+        return if is_over(&flow.reverse_key, unsafe { &*old }, &flow.entry) {
+            Claim::Over
+        } else {
+            Claim::Taken
+        };
     }
     flow.reverse = FlowEntry {
         nat_addr: flow.key.src_addr,
@@ -77,7 +84,7 @@ fn claim(flow: &mut FlowScratch, port: u16) -> Claim {
         tcp_next_seq: 0,
         ..flow.entry
     };
-    match insert_new(&flow.reverse_key, &flow.reverse, now) {
+    match insert(&flow.reverse_key, &flow.reverse) {
         Ok(()) => {}
         Err(Refused::Full) => return Claim::Full,
         Err(Refused::Exists) => return Claim::Taken, // another CPU took the port meanwhile
@@ -86,7 +93,7 @@ fn claim(flow: &mut FlowScratch, port: u16) -> Claim {
         nat_port: port_be,
         ..flow.entry
     };
-    if let Err(refused) = insert_new(&flow.key, &flow.forward, now) {
+    if let Err(refused) = insert(&flow.key, &flow.forward) {
         // Roll back our lock; follow the winner, if another CPU created the flow first.
         let _ = FLOWS.remove(&flow.reverse_key);
         return match (refused, FLOWS.get_ptr(&flow.key)) {
@@ -98,37 +105,47 @@ fn claim(flow: &mut FlowScratch, port: u16) -> Claim {
     Claim::Won
 }
 
-/// Free a port held by a flow that is over, as netfilter does: an expired flow, or for a new TCP connection (SYN)
-/// a closed one (reset, or FIN both ways). Without this, a busy client would run out of ports toward one server
-/// while closed flows wait out their transitory timeout. Returns whether the port was freed; the caller claims it
-/// again with BPF_NOEXIST, so of two CPUs taking over the same port only one wins.
+/// Whether the flow holding a port (its reverse entry `old`, under `reverse_key`) is over, so that the new flow
+/// `entry` may take the port over, as netfilter does: it expired, or for a new TCP connection (SYN) it closed
+/// (reset, or FIN both ways). Without this, a busy client would run out of ports toward one server while closed
+/// flows wait out their transitory timeout.
 #[inline(always)]
-fn take_over(reverse_key: &FlowKey, entry: &FlowEntry, port_be: u16) -> bool {
+fn is_over(reverse_key: &FlowKey, old: &FlowEntry, entry: &FlowEntry) -> bool {
+    closed_for_new_connection(reverse_key, old, entry)
+        || is_expired(old, reverse_key.protocol, entry.last_seen_ns)
+}
+
+#[inline(always)]
+fn closed_for_new_connection(reverse_key: &FlowKey, old: &FlowEntry, entry: &FlowEntry) -> bool {
+    reverse_key.protocol == PROTO_TCP && entry.state & STATE_SYN_OUT != 0 && is_closed(old.state)
+}
+
+/// Free the port whose reverse key `claim` left in the scratch, held by a flow that is over: both its entries go
+/// (with its ended record). Returns whether the port is free; the caller claims it again with BPF_NOEXIST, so of
+/// two CPUs taking over the same port only one wins.
+#[inline(always)]
+fn take_over(flow: &FlowScratch) -> bool {
+    let reverse_key = &flow.reverse_key;
     let Some(old) = FLOWS.get_ptr(reverse_key) else {
         return true; // removed meanwhile: free
     };
-    let old = unsafe { *old };
-    let new_connection = reverse_key.protocol == PROTO_TCP
-        && entry.state & STATE_SYN_OUT != 0
-        && is_closed(old.state);
-    if !new_connection && !is_expired(&old, reverse_key.protocol, entry.last_seen_ns) {
-        return false;
+    // Read in place, not copied: the stack is shared with everything the program calls.
+    let old = unsafe { &*old };
+    if !is_over(reverse_key, old, &flow.entry) {
+        return false; // renewed meanwhile
     }
-    let old_forward_key = reverse_key.partner(&old);
-    if let Some(old_forward) = FLOWS.get_ptr(&old_forward_key) {
-        // Only remove the old forward entry if it still maps to this port.
-        let old_forward = unsafe { *old_forward };
-        if old_forward.nat_port == port_be && old_forward.nat_addr == entry.nat_addr {
-            let _ = FLOWS.remove(&old_forward_key);
-        }
-    }
-    let _ = FLOWS.remove(reverse_key);
+    let reason = if closed_for_new_connection(reverse_key, old, &flow.entry) {
+        end_reason::CLOSED
+    } else {
+        records::reason_over(old)
+    };
+    remove_translation(reverse_key, old, reason, flow.entry.last_seen_ns);
     true
 }
 
-/// The state of a port search. The flow itself waits in the per-CPU scratch: bpf_loop's context must live on the
-/// stack, and the program's stack is too small for a second copy of the flow.
-struct Search {
+/// The state of a port search. It lives in the per-CPU scratch beside the flow, not on the stack: every byte of
+/// the program's frame counts toward the 512 the verifier allows along the deepest chain of calls.
+pub struct PortSearch {
     port_min: u32,
     range: u32,
     /// The client's own port when it lies in the range (tried first), else 0.
@@ -136,20 +153,27 @@ struct Search {
     start: u32,
     result: u16,
     found: bool,
-    /// The table was full: no port helps.
-    full: bool,
+    /// The flow is ours: not found already created by another CPU.
+    created: bool,
+    /// The search stopped at `stopped_at` (host byte order) because the port is held by a flow that is over
+    /// (Claim::Over) or the table is full (Claim::Full): what to do is the caller's.
+    stopped: u8,
+    stopped_at: u16,
 }
 
-/// Claim `port` for the flow in the scratch space; returns 1 (stop the loop) once the flow has a port.
+const STOPPED_OVER: u8 = 1;
+const STOPPED_FULL: u8 = 2;
+
+/// Claim `port` for the flow in the scratch space; returns 1 (stop the loop) once the search is over.
 #[inline(always)]
-fn try_port(search: &mut Search, port: u16) -> i64 {
-    let Some(flow) = flow_scratch() else {
-        return 1;
-    };
-    match claim(flow, port) {
+fn try_port(flow: &mut FlowScratch, port: u16) -> i64 {
+    let claim = claim(flow, port);
+    let search = &mut flow.search;
+    match claim {
         Claim::Won => {
             search.result = port.to_be();
             search.found = true;
+            search.created = true;
             1
         }
         Claim::LostRace(port_be) => {
@@ -158,16 +182,25 @@ fn try_port(search: &mut Search, port: u16) -> i64 {
             1
         }
         Claim::Taken => 0,
+        Claim::Over => {
+            search.stopped = STOPPED_OVER;
+            search.stopped_at = port;
+            1
+        }
         Claim::Full => {
-            search.full = true;
+            search.stopped = STOPPED_FULL;
+            search.stopped_at = port;
             1
         }
     }
 }
 
 /// One random try (the first tries the client's own port).
-unsafe extern "C" fn random_step(index: u32, ctx: *mut core::ffi::c_void) -> i64 {
-    let search = unsafe { &mut *(ctx as *mut Search) };
+unsafe extern "C" fn random_step(index: u32, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(flow) = flow_scratch() else {
+        return 1;
+    };
+    let search = &flow.search;
     let random = unsafe { bpf_get_prandom_u32() };
     // checked_rem: a divisor the compiler cannot prove non-zero would leave a panic path the verifier rejects.
     let Some(offset) = random.checked_rem(search.range) else {
@@ -178,16 +211,20 @@ unsafe extern "C" fn random_step(index: u32, ctx: *mut core::ffi::c_void) -> i64
     } else {
         search.port_min + offset
     };
-    try_port(search, port as u16)
+    try_port(flow, port as u16)
 }
 
 /// One step of the sequential run, from a random start.
-unsafe extern "C" fn scan_step(index: u32, ctx: *mut core::ffi::c_void) -> i64 {
-    let search = unsafe { &mut *(ctx as *mut Search) };
+unsafe extern "C" fn scan_step(index: u32, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(flow) = flow_scratch() else {
+        return 1;
+    };
+    let search = &flow.search;
     let Some(offset) = (search.start + index).checked_rem(search.range) else {
         return 1;
     };
-    try_port(search, (search.port_min + offset) as u16)
+    let port = (search.port_min + offset) as u16;
+    try_port(flow, port)
 }
 
 /// A flow toward the endpoint of `reverse_key` has closed, so a new connection may take its port over: search
@@ -204,8 +241,51 @@ pub fn forget_exhausted(reverse_key: &FlowKey) {
     let _ = EXHAUSTED.remove(&scratch.endpoint);
 }
 
+/// Where the search stopped: take the port over from a flow that is over, or give a flow up for room in a full
+/// table, then claim the port once more. A claim that loses a race here is not retried (the client retransmits).
+#[inline(always)]
+fn make_room(flow: &mut FlowScratch, now: u64) -> Result<Allocated, Counter> {
+    let full = flow.search.stopped == STOPPED_FULL;
+    let port = flow.search.stopped_at;
+    let freed = if full {
+        give_one_up(now)
+    } else {
+        take_over(flow)
+    };
+    if freed {
+        match claim(flow, port) {
+            Claim::Won => {
+                return Ok(Allocated {
+                    port: port.to_be(),
+                    created: true,
+                });
+            }
+            Claim::LostRace(port) => {
+                return Ok(Allocated {
+                    port,
+                    created: false,
+                });
+            }
+            Claim::Full => return Err(Counter::DropTableFull),
+            Claim::Taken | Claim::Over => {}
+        }
+    }
+    Err(if full {
+        Counter::DropTableFull
+    } else {
+        Counter::DropPortExhausted
+    })
+}
+
+/// A new flow's port, in network byte order.
+pub struct Allocated {
+    pub port: u16,
+    /// False when another CPU created the same flow first (this one follows its mapping).
+    pub created: bool,
+}
+
 /// Allocate a port for a new outbound flow with these first state bits (and, for a TCP SYN, the client's next
-/// sequence number), and create both entries. Returns the port in network byte order. Both phases run through
+/// sequence number), and create both entries. Both phases run through
 /// bpf_loop, so the verifier checks each step once instead of every unrolled copy.
 #[inline(always)]
 pub fn allocate(
@@ -214,7 +294,7 @@ pub fn allocate(
     client_next_seq: u32,
     now: u64,
     cfg: &GatewayConfig,
-) -> Result<u16, Counter> {
+) -> Result<Allocated, Counter> {
     let Some(flow) = flow_scratch() else {
         return Err(Counter::DropPortExhausted);
     };
@@ -227,6 +307,8 @@ pub fn allocate(
         tcp_next_seq: client_next_seq,
         last_seen_ns: now,
         created_ns: now,
+        packets: 0,
+        bytes: 0,
     };
     // The endpoint, remembered as full without the translated port.
     flow.endpoint = reverse_key(&flow.key, &flow.entry, 0);
@@ -238,7 +320,7 @@ pub fn allocate(
     let min = cfg.port_min as u32;
     let range = (cfg.port_max as u32).saturating_sub(min) + 1;
     let original = u16::from_be(key.src_port) as u32;
-    let mut search = Search {
+    flow.search = PortSearch {
         port_min: min,
         range,
         original: if original >= min && original <= cfg.port_max as u32 {
@@ -249,23 +331,32 @@ pub fn allocate(
         start: unsafe { bpf_get_prandom_u32() },
         result: 0,
         found: false,
-        full: false,
+        created: false,
+        stopped: 0,
+        stopped_at: 0,
     };
-    let ctx = &mut search as *mut Search as *mut core::ffi::c_void;
-    unsafe { bpf_loop(RANDOM_TRIES, random_step as *mut _, ctx, 0) };
-    if !search.found {
+    let no_ctx = core::ptr::null_mut();
+    unsafe { bpf_loop(RANDOM_TRIES, random_step as *mut _, no_ctx, 0) };
+    // The loop's steps wrote the search's outcome into the scratch.
+    let Some(flow) = flow_scratch() else {
+        return Err(Counter::DropPortExhausted);
+    };
+    if !flow.search.found {
         let steps = if range < SCAN_TRIES {
             range
         } else {
             SCAN_TRIES
         };
-        unsafe { bpf_loop(steps, scan_step as *mut _, ctx, 0) };
+        unsafe { bpf_loop(steps, scan_step as *mut _, no_ctx, 0) };
     }
-    if search.found {
-        return Ok(search.result);
+    if flow.search.found {
+        return Ok(Allocated {
+            port: flow.search.result,
+            created: flow.search.created,
+        });
     }
-    if search.full {
-        return Err(Counter::DropTableFull);
+    if flow.search.stopped != 0 {
+        return make_room(flow, now);
     }
     count(Counter::PortSearchesFailed);
     // The scratch space is this CPU's and the loop is over: the endpoint is still there.

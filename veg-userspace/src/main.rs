@@ -206,12 +206,17 @@ struct FlowsArgs {
     #[command(flatten)]
     inspect: InspectArgs,
     /// Print only how many translations are live (a million-flow table lists in seconds; this counts in less).
-    #[arg(long, conflicts_with = "fragments")]
+    #[arg(long, conflicts_with_all = ["fragments", "watch"])]
     count: bool,
     /// List the fragmented datagrams being followed instead: for each, the address its first fragment was
     /// translated to, which its later fragments are given (for 30 s).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     fragments: bool,
+    /// Follow the translation records instead: a line when a translation is created and when it ends (why, and
+    /// its packets and bytes each way), live until the agent stops or Ctrl-C. Needs an agent running with
+    /// --flow-records; --json prints them as the agent writes them.
+    #[arg(long)]
+    watch: bool,
 }
 
 #[derive(Args)]
@@ -234,6 +239,11 @@ fn main() {
         .init();
     let result = match cli.command {
         Command::Gateway(args) => gateway(*args),
+        Command::Flows(args) if args.watch => inspect::records::watch(
+            &args.inspect.name,
+            args.inspect.json,
+            &mut io::stdout().lock(),
+        ),
         Command::Flows(args) if args.fragments => inspect::fragments::run(
             &args.inspect.name,
             args.inspect.json,

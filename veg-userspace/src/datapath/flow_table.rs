@@ -1,6 +1,7 @@
 //! Reading the pinned flow table (for `veg flows`) and sweeping expired entries out of it (for the agent).
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
     os::fd::{AsFd, BorrowedFd},
     path::Path,
@@ -74,22 +75,57 @@ impl FlowTable {
 
     /// Delete every expired entry. Both halves of a pair carry the same timestamp and state, so they expire
     /// together. Returns how many entries were removed and how many translations stay live: the sweep reads the
-    /// whole table anyway, so it is where the live count comes from cheaply (a metrics scrape reads it).
-    pub fn sweep(&self) -> anyhow::Result<Swept> {
+    /// whole table anyway, so it is where the live count comes from cheaply (a metrics scrape reads it). With
+    /// `keep_ended`, also the expired translations themselves, for their ended records.
+    pub fn sweep(&self, keep_ended: bool) -> anyhow::Result<Swept> {
         let now = monotonic_now_ns();
         let entries = self.entries()?;
         let live = entries
             .iter()
             .filter(|(key, entry)| is_live_outbound(key, entry, now))
             .count();
-        let expired: Vec<FlowKey> = entries
+        let expired: Vec<(FlowKey, FlowEntry)> = entries
             .into_iter()
             .filter(|(key, entry)| is_expired(entry, key.protocol, now))
-            .map(|(key, _)| key)
             .collect();
-        let removed = batch::delete(self.fd(), &expired).context("deleting expired flows")?;
-        Ok(Swept { removed, live })
+        let ended = if keep_ended {
+            pairs(&expired)
+        } else {
+            Vec::new()
+        };
+        let keys: Vec<FlowKey> = expired.into_iter().map(|(key, _)| key).collect();
+        let removed = batch::delete(self.fd(), &keys).context("deleting expired flows")?;
+        Ok(Swept {
+            removed,
+            live,
+            ended,
+        })
     }
+}
+
+/// The translations among `entries`: each outbound half with its inbound half, when that is among them too.
+fn pairs(entries: &[(FlowKey, FlowEntry)]) -> Vec<EndedFlow> {
+    let inbound: HashMap<&FlowKey, &FlowEntry> = entries
+        .iter()
+        .filter(|(_, entry)| entry.direction != DIRECTION_OUTBOUND)
+        .map(|(key, entry)| (key, entry))
+        .collect();
+    entries
+        .iter()
+        .filter(|(_, entry)| entry.direction == DIRECTION_OUTBOUND)
+        .map(|(key, entry)| EndedFlow {
+            key: *key,
+            outbound: *entry,
+            inbound: inbound.get(&key.partner(entry)).map(|e| **e),
+        })
+        .collect()
+}
+
+/// A translation the sweep removed.
+pub struct EndedFlow {
+    pub key: FlowKey,
+    pub outbound: FlowEntry,
+    pub inbound: Option<FlowEntry>,
 }
 
 /// What a sweep did and found.
@@ -98,6 +134,8 @@ pub struct Swept {
     pub removed: usize,
     /// Translations live after it.
     pub live: usize,
+    /// The translations removed, when asked for.
+    pub ended: Vec<EndedFlow>,
 }
 
 /// The outbound half of a live pair: one per translation.

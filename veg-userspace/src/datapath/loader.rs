@@ -21,8 +21,9 @@ use super::{
 
 pub const PROGRAM_FROM_VPC: &str = "veg_from_vpc";
 pub const PROGRAM_FROM_OUTSIDE: &str = "veg_from_outside";
-/// The programs' ring buffer toward the agent; not pinned, each loaded datapath has its own.
+/// The programs' ring buffers toward the agent; not pinned, each loaded datapath has its own.
 const SLOW_PATH: &str = "SLOW_PATH";
+const FLOW_RECORDS: &str = "FLOW_RECORDS";
 
 /// The loaded datapath of one gateway. Dropping it detaches the programs; the pinned maps stay. Only when the
 /// process dies without dropping it (killed) do the programs stay attached, through their pinned links, and keep
@@ -150,10 +151,19 @@ impl Datapath {
 
     /// The ring through which the programs hand packets to the agent (slow_path); it can be taken once.
     pub fn take_slow_path_ring(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        self.take_ring(SLOW_PATH)
+    }
+
+    /// The ring of translation records (gateway/records.rs); it can be taken once.
+    pub fn take_flow_records_ring(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        self.take_ring(FLOW_RECORDS)
+    }
+
+    fn take_ring(&mut self, name: &str) -> anyhow::Result<RingBuf<MapData>> {
         let map = self
             .ebpf
-            .take_map(SLOW_PATH)
-            .context("SLOW_PATH map missing, or taken already")?;
+            .take_map(name)
+            .with_context(|| format!("{name} map missing, or taken already"))?;
         Ok(RingBuf::try_from(map)?)
     }
 

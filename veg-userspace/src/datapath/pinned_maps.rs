@@ -1,9 +1,10 @@
 //! A gateway's pinned maps outlive its agent, and may have been made by another build or with other settings.
 //! Before the programs load, each pinned map is compared with what this build declares (type, flags, key and
 //! value sizes, capacity), and one that differs is never silently reused:
-//! - the flow table with another capacity or flags but the same entry layout (a new `--max-flows`, or an older
-//!   build's flags) is migrated: its pin is set aside, a new table is created, and every live flow is copied
-//!   into it; the old table goes once the new programs are attached;
+//! - the flow table with another capacity or flags (a new `--max-flows`, or an older build's flags), or with the
+//!   entries of the builds before translation records (without packet and byte counts), is migrated: its pin is
+//!   set aside, a new table is created, and every live flow is copied into it; the old table goes once the new
+//!   programs are attached;
 //! - the settings, policy and counters of another shape are replaced: the agent writes settings and policy
 //!   anew, and counters start again from zero;
 //! - a flow table whose entries have another layout cannot be carried over: refused, with the command to run.
@@ -99,7 +100,9 @@ pub fn prepare(pin_dir: &Path, max_flow_entries: u32) -> anyhow::Result<Option<P
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             continue;
         }
-        if (found.key_size, found.value_size) != (wanted.key_size, wanted.value_size) {
+        let known_layout = found.value_size == wanted.value_size
+            || found.value_size as usize == size_of::<FlowEntryBeforeCounts>();
+        if found.key_size != wanted.key_size || !known_layout {
             bail!(
                 "the pinned flow table {} was made by another build of veg ({found}; this build needs {wanted}), \
                  so its translations cannot be carried over. Stop any agent of this gateway and run \
@@ -117,7 +120,7 @@ pub fn prepare(pin_dir: &Path, max_flow_entries: u32) -> anyhow::Result<Option<P
                 gateway_name(pin_dir),
             );
         }
-        info!(%found, %wanted, "the flow table changes size or flags: migrating its live flows");
+        info!(%found, %wanted, "the flow table changes size, flags or layout: migrating its live flows");
         std::fs::rename(&path, &migrating)
             .with_context(|| format!("setting {} aside", path.display()))?;
     }
@@ -138,7 +141,13 @@ pub fn carry_over(from: &Path, to: &Path, created_since: u64) -> anyhow::Result<
     let old = MapData::from_pin(from).with_context(|| format!("opening {}", from.display()))?;
     let new = MapData::from_pin(to).with_context(|| format!("opening {}", to.display()))?;
     let mut entries: Vec<(FlowKey, FlowEntry)> =
-        batch::read_all(old.fd().as_fd()).context("reading the old flow table")?;
+        if pinned_shape(from)?.value_size as usize == size_of::<FlowEntry>() {
+            batch::read_all(old.fd().as_fd())
+        } else {
+            batch::read_all::<FlowKey, FlowEntryBeforeCounts>(old.fd().as_fd())
+                .map(|entries| entries.into_iter().map(|(k, v)| (k, v.upgrade())).collect())
+        }
+        .context("reading the old flow table")?;
     entries.retain(|(_, entry)| entry.created_ns >= created_since);
     let copied = batch::insert_missing(new.fd().as_fd(), &entries)
         .context("copying flows into the new flow table")?;
@@ -151,4 +160,28 @@ pub fn carry_over(from: &Path, to: &Path, created_since: u64) -> anyhow::Result<
         );
     }
     Ok(copied)
+}
+
+/// A flow entry as the builds before translation records laid it out: FlowEntry's fields up to `packets`, in the
+/// same order, without the packet and byte counts appended since. Migrated with counts of zero.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FlowEntryBeforeCounts([u8; std::mem::offset_of!(FlowEntry, packets)]);
+
+// SAFETY: plain bytes, valid for any value.
+unsafe impl aya::Pod for FlowEntryBeforeCounts {}
+
+impl FlowEntryBeforeCounts {
+    fn upgrade(&self) -> FlowEntry {
+        let mut entry = FlowEntry::default();
+        // SAFETY: FlowEntry is plain data, and its first bytes are exactly the older layout's fields.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.0.as_ptr(),
+                &mut entry as *mut FlowEntry as *mut u8,
+                self.0.len(),
+            )
+        };
+        entry
+    }
 }

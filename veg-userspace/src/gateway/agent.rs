@@ -23,16 +23,28 @@ use tokio::{
 use tracing::{info, warn};
 use veg_common::{address::Address, config::GatewayConfig};
 
-use super::{health, host, metrics::Metrics, settings::GatewaySettings};
+use super::{
+    health, host,
+    metrics::Metrics,
+    records::{self, Records},
+    settings::GatewaySettings,
+};
 use veg_bfd::{
     control,
     engine::{Engine, EngineConfig, Snapshot},
     session::Role,
 };
 
-use crate::datapath::{loader::Datapath, pins, policy::DesiredPolicy, slow_path::SlowPath};
+use crate::datapath::{
+    loader::Datapath,
+    pins,
+    policy::DesiredPolicy,
+    records::{Origin, TranslationRecord},
+    slow_path::SlowPath,
+};
 
-const LOCK_DIR: &str = "/run/veg";
+/// Where the instance lock and the records socket live.
+pub const RUN_DIR: &str = "/run/veg";
 
 /// A started instance: the attached datapath, and the BFD engine toward the VPC when configured.
 pub struct Running {
@@ -75,7 +87,7 @@ fn bfd_engine(
 
 /// Everything up to the point where packets flow. Runs in the instance's network namespace, inside the runtime.
 pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
-    let lock = host::InstanceLock::acquire(Path::new(LOCK_DIR), &settings.name)?;
+    let lock = host::InstanceLock::acquire(Path::new(RUN_DIR), &settings.name)?;
     host::close_kernel_forwarding(&settings.internal_interface, &settings.external_interface)?;
     let internal_ifindex = host::interface_index(&settings.internal_interface, "internal")?;
     let external_ifindex = host::interface_index(&settings.external_interface, "external")?;
@@ -111,6 +123,7 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
         port_min: port_range.min,
         port_max: port_range.max,
         ready: 1,
+        flow_records: u32::from(settings.flow_records.is_some()),
     })?;
     host::set_loopback_forwarding(true)?;
     datapath.attach(&settings.internal_interface, &settings.external_interface)?;
@@ -133,6 +146,22 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
         bfd,
         bfd_status,
     })
+}
+
+/// Who the translation records say wrote them: the gateway's resource (or its name) and the instance, which is
+/// the pod (POD_NAME, as the Deployment sets it, else the host name a pod gets from its name).
+fn record_origin(settings: &GatewaySettings) -> Origin {
+    let instance = std::env::var("POD_NAME")
+        .or_else(|_| std::fs::read_to_string("/proc/sys/kernel/hostname"))
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default();
+    Origin {
+        gateway: settings
+            .resource
+            .as_ref()
+            .map_or_else(|| settings.name.clone(), |gateway| gateway.to_string()),
+        instance,
+    }
 }
 
 /// The next policy from the resource; never, without one (or once its follower is gone).
@@ -216,14 +245,42 @@ pub async fn run(
     let slow_path_task = tokio::spawn(slow_path.run(async {
         let _ = slow_path_stopped.await;
     }));
+    let (records_stop, records_stopped) = tokio::sync::oneshot::channel::<()>();
+    let origin = record_origin(&settings);
+    let (records_task, ended_records) = match &settings.flow_records {
+        Some(destination) => {
+            let (records, sender) = Records::new(
+                datapath.take_flow_records_ring()?,
+                destination,
+                origin.clone(),
+                records::watch_socket(Path::new(RUN_DIR), &settings.name),
+            )?;
+            let task = tokio::spawn(records.run(async {
+                let _ = records_stopped.await;
+            }));
+            (Some(task), Some(sender))
+        }
+        None => (None, None),
+    };
     let flows = datapath.flow_table()?;
     let mut sweep = tokio::time::interval(settings.sweep_interval);
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            _ = sweep.tick() => match flows.sweep() {
+            _ = sweep.tick() => match flows.sweep(ended_records.is_some()) {
                 Ok(swept) => {
                     live_translations.store(swept.live as u64, Ordering::Relaxed);
+                    if let Some(sender) = &ended_records {
+                        for flow in &swept.ended {
+                            let record = TranslationRecord::expired(
+                                &flow.key,
+                                &flow.outbound,
+                                flow.inbound.as_ref(),
+                                &origin,
+                            );
+                            let _ = sender.send(record);
+                        }
+                    }
                     if swept.removed > 0 {
                         info!(removed = swept.removed, live = swept.live, "expired flow entries swept");
                     }
@@ -247,6 +304,10 @@ pub async fn run(
     let _ = bfd_stop.send(());
     let _ = slow_path_stop.send(());
     let _ = slow_path_task.await;
+    let _ = records_stop.send(());
+    if let Some(task) = records_task {
+        let _ = task.await;
+    }
     if let Some(task) = bfd_task {
         task.await??;
     }

@@ -5,5 +5,6 @@ pub mod health;
 pub mod host;
 pub mod metrics;
 pub mod netconf;
+pub mod records;
 pub mod resource;
 pub mod settings;

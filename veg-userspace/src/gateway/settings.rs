@@ -153,6 +153,19 @@ pub struct GatewaySettings {
     pub health_listen: SocketAddr,
     /// The VpcEgressGateway the policy comes from (and is followed), instead of --snat/--forward.
     pub resource: Option<GatewayRef>,
+    /// Where translation records go; None: records are off.
+    pub flow_records: Option<RecordsDestination>,
+}
+
+/// Where translation records are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordsDestination {
+    Stdout,
+    /// A file, renamed to `<path>.1` once it holds `max_bytes`.
+    File {
+        path: PathBuf,
+        max_bytes: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -204,7 +217,7 @@ pub struct SettingsInput {
     /// the instances the controller runs]
     #[arg(long, value_name = "LO-HI")]
     pub port_range: Option<String>,
-    /// Translations the flow table holds at once; the table is allocated for them up front (about 290 bytes
+    /// Translations the flow table holds at once; the table is allocated for them up front (about 320 bytes
     /// each). [default: 262144]
     #[arg(long, value_name = "N")]
     pub max_flows: Option<u32>,
@@ -231,9 +244,18 @@ pub struct SettingsInput {
     /// Lowest TTL accepted on BFD packets (254: OVN's cross a router). [default: 254]
     #[arg(long, value_name = "N")]
     pub bfd_min_ttl: Option<u8>,
-    /// Where /livez and /readyz are served over HTTP. [default: 0.0.0.0:8080]
+    /// Where /livez, /readyz and /metrics are served over HTTP. [default: 0.0.0.0:8080]
     #[arg(long, value_name = "IP:PORT")]
     pub health_listen: Option<String>,
+    /// Write a record of every translation (created; ended, with why and its packets and bytes each way) as JSON
+    /// lines to "stdout" or to this file. Off when not given: the datapath then counts nothing per flow.
+    /// `veg flows --watch --name NAME` follows them live.
+    #[arg(long, value_name = "stdout|FILE")]
+    pub flow_records: Option<String>,
+    /// With --flow-records FILE: once the file reaches this size it is renamed to FILE.1 (replacing the previous
+    /// one) and a new one started. [default: 100]
+    #[arg(long, value_name = "MIB")]
+    pub flow_records_max_size: Option<u64>,
 }
 
 impl SettingsInput {
@@ -265,7 +287,25 @@ impl SettingsInput {
         self.bfd_multiplier = self.bfd_multiplier.or(file.bfd_multiplier);
         self.bfd_min_ttl = self.bfd_min_ttl.or(file.bfd_min_ttl);
         self.health_listen = self.health_listen.or(file.health_listen);
+        self.flow_records = self.flow_records.or(file.flow_records);
+        self.flow_records_max_size = self.flow_records_max_size.or(file.flow_records_max_size);
         self
+    }
+
+    fn flow_records(&self) -> anyhow::Result<Option<RecordsDestination>> {
+        let max_size = self.flow_records_max_size.unwrap_or(100);
+        if max_size == 0 {
+            bail!("invalid --flow-records-max-size 0: expected a size in MiB, at least 1");
+        }
+        Ok(match self.flow_records.as_deref() {
+            None => None,
+            Some("") => bail!("--flow-records is empty: give \"stdout\" or a file"),
+            Some("stdout" | "-") => Some(RecordsDestination::Stdout),
+            Some(path) => Some(RecordsDestination::File {
+                path: PathBuf::from(path),
+                max_bytes: max_size.saturating_mul(1024 * 1024),
+            }),
+        })
     }
 
     fn bfd(&self) -> anyhow::Result<Option<BfdSettings>> {
@@ -309,6 +349,7 @@ impl SettingsInput {
 
     pub fn validate(self) -> anyhow::Result<GatewaySettings> {
         let bfd = self.bfd()?;
+        let flow_records = self.flow_records()?;
         let health_text = self
             .health_listen
             .as_deref()
@@ -364,6 +405,7 @@ impl SettingsInput {
         Ok(GatewaySettings {
             resource,
             bfd,
+            flow_records,
             health_listen,
             name,
             netns: self.netns,
