@@ -1540,6 +1540,20 @@ fn a_restart_with_another_flow_table_size_carries_every_flow_over() {
     });
 }
 
+/// Pin a flow table in `dir` as another build would have left it: 40-byte keys, values of `value_size` bytes.
+fn pin_older_flow_table(dir: &std::path::Path, value_size: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    let made = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(dir.join(pins::FLOWS))
+        .args(["type", "hash", "key", "40", "value"])
+        .arg(value_size.to_string())
+        .args(["entries", "1024", "name", "FLOWS"])
+        .status()
+        .unwrap();
+    assert!(made.success(), "bpftool map create failed");
+}
+
 #[test]
 fn a_flow_table_of_another_layout_is_refused_with_what_to_run() {
     if skip_unless_root() {
@@ -1547,18 +1561,8 @@ fn a_flow_table_of_another_layout_is_refused_with_what_to_run() {
     }
     let name = unique("veglayout");
     let dir = pins::gateway_dir(&name);
-    std::fs::create_dir_all(&dir).unwrap();
     // As an older build with 16-byte entries would have left it.
-    let made = std::process::Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(dir.join(pins::FLOWS))
-        .args([
-            "type", "hash", "key", "40", "value", "16", "entries", "1024",
-        ])
-        .args(["name", "FLOWS"])
-        .status()
-        .unwrap();
-    assert!(made.success(), "bpftool map create failed");
+    pin_older_flow_table(&dir, 16);
     let error = format!("{:#}", Datapath::load(&dir, 65536).err().unwrap());
     let _ = pins::remove_gateway_pins(&name);
     assert!(error.contains("value 16 bytes"), "{error}");
@@ -1575,18 +1579,8 @@ fn a_flow_table_from_before_translation_records_is_migrated_with_its_flows() {
     }
     let name = unique("vegolder");
     let dir = pins::gateway_dir(&name);
-    std::fs::create_dir_all(&dir).unwrap();
     // As the builds before records left it: 40-byte entries, without the packet and byte counts.
-    let made = std::process::Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(dir.join(pins::FLOWS))
-        .args([
-            "type", "hash", "key", "40", "value", "40", "entries", "1024",
-        ])
-        .args(["name", "FLOWS"])
-        .status()
-        .unwrap();
-    assert!(made.success(), "bpftool map create failed");
+    pin_older_flow_table(&dir, 40);
     let key = FlowKey {
         src_addr: Address::from_ip(IpAddr::V4(CLIENT)),
         dst_addr: Address::from_ip(IpAddr::V4(SERVER)),
