@@ -1,13 +1,16 @@
 //! The agent's metrics as Prometheus itself sees them: a real Prometheus server (Debian's) scrapes `veg gateway`'s
 //! `/metrics` inside the instance's namespace, and the test asks Prometheus' HTTP API for the series after traffic
-//! whose counts it knows.
+//! whose counts it knows. The alert rules of deploy/monitoring load in promtool and fire in that Prometheus for a
+//! staged port exhaustion; they and the Grafana dashboard use only metrics the agent exports.
 //!
 //! Run serially (`--test-threads=1`), as the other traffic suites.
 
 use std::{
+    collections::BTreeSet,
     io::{Read, Write},
     net::{TcpStream, UdpSocket},
-    process::{Child, Stdio},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -30,13 +33,25 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(ns: &Netns) -> Prometheus {
+        Prometheus::start_with_rules(ns, None)
+    }
+
+    /// Also evaluating the rule file `rules` (its text) every second.
+    fn start_with_rules(ns: &Netns, rules: Option<&str>) -> Prometheus {
         let dir = std::env::temp_dir().join(veg_testbed::unique("veg-prometheus-"));
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("prometheus.yml");
+        let rule_files = rules.map_or_else(String::new, |rules| {
+            let path = dir.join("veg.rules.yaml");
+            std::fs::write(&path, rules).unwrap();
+            format!("rule_files: ['{}']\n", path.display())
+        });
         std::fs::write(
             &config,
-            "global: {scrape_interval: 1s}\n\
-             scrape_configs: [{job_name: veg, static_configs: [{targets: ['127.0.0.1:8080']}]}]\n",
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n{rule_files}\
+                 scrape_configs: [{{job_name: veg, static_configs: [{{targets: ['127.0.0.1:8080']}}]}}]\n"
+            ),
         )
         .unwrap();
         let child = ns
@@ -64,6 +79,18 @@ impl Drop for Prometheus {
     }
 }
 
+/// The body of `GET path` from `address`, from inside `ns`.
+fn http_get(ns: &Netns, address: &'static str, path: String) -> Option<String> {
+    let response = ns.run(move || {
+        let mut stream = TcpStream::connect(address).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: veg\r\n\r\n").ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).ok()?;
+        Some(text)
+    })?;
+    Some(response.split_once("\r\n\r\n")?.1.to_owned())
+}
+
 /// `query` (PromQL) through Prometheus' HTTP API, from inside `ns`: the value of its single result, if any.
 fn query(ns: &Netns, query: &str) -> Option<f64> {
     let encoded: String = query
@@ -73,18 +100,8 @@ fn query(ns: &Netns, query: &str) -> Option<f64> {
             _ => format!("%{b:02X}"),
         })
         .collect();
-    let response = ns.run(move || {
-        let mut stream = TcpStream::connect(PROMETHEUS).ok()?;
-        write!(
-            stream,
-            "GET /api/v1/query?query={encoded} HTTP/1.0\r\nHost: prometheus\r\n\r\n"
-        )
-        .ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).ok()?;
-        Some(text)
-    })?;
-    let body: Value = serde_json::from_str(response.split("\r\n\r\n").nth(1)?).ok()?;
+    let body = http_get(ns, PROMETHEUS, format!("/api/v1/query?query={encoded}"))?;
+    let body: Value = serde_json::from_str(&body).ok()?;
     body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
 }
 
@@ -148,6 +165,234 @@ fn prometheus_scrapes_the_agents_counters_after_known_traffic() {
         eventually(&topo.gateway, "count(veg_build_info)", 1.0),
         Some(1.0)
     );
+    // The five translations hold five ports toward one remote endpoint, out of the whole range.
+    assert_eq!(
+        eventually(
+            &topo.gateway,
+            "veg_ports_busiest_endpoint{external=\"172.17.0.11\",protocol=\"udp\"}",
+            5.0
+        ),
+        Some(5.0)
+    );
+    assert_eq!(
+        eventually(&topo.gateway, "veg_ports_in_use{protocol=\"udp\"}", 5.0),
+        Some(5.0)
+    );
+    assert_eq!(
+        eventually(&topo.gateway, "veg_ports_in_use{protocol=\"tcp\"}", 0.0),
+        Some(0.0)
+    );
+    assert_eq!(
+        eventually(
+            &topo.gateway,
+            "veg_port_allocation_failures_total{external=\"172.17.0.11\"}",
+            0.0
+        ),
+        Some(0.0)
+    );
+    // The topology's policy: one translated prefix, one forwarded.
+    assert_eq!(
+        eventually(&topo.gateway, "veg_policy_entries{action=\"snat\"}", 1.0),
+        Some(1.0)
+    );
+    assert_eq!(
+        eventually(&topo.gateway, "veg_policy_entries{action=\"forward\"}", 1.0),
+        Some(1.0)
+    );
+    assert_eq!(eventually(&topo.gateway, "veg_ready", 1.0), Some(1.0));
+    assert_eq!(
+        eventually(&topo.gateway, "veg_flows_expired_total", 0.0),
+        Some(0.0)
+    );
     // What Prometheus holds is what `veg stats` says.
     assert_eq!(gateway.counter("flows_created"), 5);
+}
+
+/// The PrometheusRule of deploy/monitoring.
+fn prometheus_rule() -> serde_yaml::Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/monitoring/prometheus-rule.yaml"
+    );
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The PrometheusRule's groups as a plain rule file; with `immediate`, every `for` set to 0s, so that a test need
+/// not wait minutes for an alert whose condition it staged (the expressions stay as shipped).
+fn rule_file(immediate: bool) -> String {
+    let mut spec = prometheus_rule()["spec"].clone();
+    if immediate {
+        for group in spec["groups"].as_sequence_mut().unwrap() {
+            for rule in group["rules"].as_sequence_mut().unwrap() {
+                if let Some(duration) = rule.get_mut("for") {
+                    *duration = "0s".into();
+                }
+            }
+        }
+    }
+    serde_yaml::to_string(&spec).unwrap()
+}
+
+/// `promtool check rules` on `rules`.
+fn promtool_check(rules: &str) {
+    let dir = std::env::temp_dir().join(veg_testbed::unique("veg-promtool-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("veg.rules.yaml");
+    std::fs::write(&path, rules).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .expect("running promtool (scripts/setup installs prometheus)");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "promtool refused the rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether the alert is firing, once it is, or false after 30 s.
+fn fires(ns: &Netns, alert: &str) -> bool {
+    let promql = format!("ALERTS{{alertname=\"{alert}\",alertstate=\"firing\"}}");
+    eventually(ns, &promql, 1.0) == Some(1.0)
+}
+
+#[test]
+fn the_alert_rules_load_and_fire_for_a_staged_port_exhaustion() {
+    if skip_unless_root() {
+        return;
+    }
+    promtool_check(&rule_file(false));
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    // Ten ports per remote endpoint, above the namespace's ephemeral range.
+    let _gateway = topo.start_gateway(&["--sweep-interval", "1", "--port-range", "61000-61009"]);
+    let _echo = veg_testbed::servers::udp_echo(&topo.server, 9000);
+    let _prometheus = Prometheus::start_with_rules(&topo.gateway, Some(&rule_file(true)));
+    // Prometheus holds a sample before the failures, so that their increase shows.
+    assert_eq!(
+        eventually(&topo.gateway, "veg_port_allocation_failures_total", 0.0),
+        Some(0.0),
+        "Prometheus could not scrape the agent"
+    );
+    assert!(!fires_now(&topo.gateway, "VegPortsNearExhaustion"));
+    // Nine of the ten ports toward the server's endpoint: over the 80% the rule warns at.
+    for port in 7001..=7009 {
+        udp_round_trip(topo.client(client), port, server(9000), b"fill")
+            .expect("a datagram through the gateway was lost");
+    }
+    assert!(
+        fires(&topo.gateway, "VegPortsNearExhaustion"),
+        "9 of 10 ports toward one endpoint did not fire VegPortsNearExhaustion"
+    );
+    assert!(!fires_now(&topo.gateway, "VegPortAllocationFailing"));
+    // The tenth port, then three flows that find none: dropped, counted, alerted.
+    udp_round_trip(topo.client(client), 7010, server(9000), b"last")
+        .expect("the last free port was not given");
+    topo.client(client).run(|| {
+        for port in 7011..=7013 {
+            let socket = UdpSocket::bind(("0.0.0.0", port)).unwrap();
+            socket.send_to(b"no port left", server(9000)).unwrap();
+        }
+    });
+    assert_eq!(
+        eventually(
+            &topo.gateway,
+            "veg_port_allocation_failures_total{external=\"172.17.0.11\"}",
+            3.0
+        ),
+        Some(3.0)
+    );
+    assert!(
+        fires(&topo.gateway, "VegPortAllocationFailing"),
+        "dropped flows did not fire VegPortAllocationFailing"
+    );
+    assert_eq!(
+        eventually(
+            &topo.gateway,
+            "veg_ports_busiest_endpoint{protocol=\"udp\"}",
+            10.0
+        ),
+        Some(10.0)
+    );
+}
+
+/// Whether the alert fires right now (no waiting).
+fn fires_now(ns: &Netns, alert: &str) -> bool {
+    let promql = format!("ALERTS{{alertname=\"{alert}\",alertstate=\"firing\"}}");
+    query(ns, &promql) == Some(1.0)
+}
+
+/// The metric names in `text` (PromQL or a dashboard's JSON): every `veg_...` identifier, and whether a regex
+/// follows it (`veg_datapath_dropped_.+_total` names a prefix).
+fn metric_names(text: &str) -> BTreeSet<(String, bool)> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("veg_") {
+        let name: String = rest[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let after = &rest[start + name.len()..];
+        names.insert((name.clone(), after.starts_with('.')));
+        rest = after;
+    }
+    names
+}
+
+#[test]
+fn the_dashboard_and_the_alert_rules_use_only_metrics_the_agent_exports() {
+    if skip_unless_root() {
+        return;
+    }
+    let topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let _gateway = topo.start_gateway(&[]);
+    let exposition = http_get(&topo.gateway, "127.0.0.1:8080", "/metrics".into())
+        .expect("the agent's /metrics did not answer");
+    let exported: BTreeSet<&str> = exposition
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    assert!(
+        exported.contains("veg_ports_busiest_endpoint"),
+        "{exposition}"
+    );
+
+    let dashboard_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/monitoring/grafana-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&dashboard_path).unwrap())
+        .expect("the Grafana dashboard is not valid JSON");
+    let mut expressions = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            expressions.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(expressions.len() >= 10, "the dashboard lost its panels");
+    for group in prometheus_rule()["spec"]["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            expressions.push(rule["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    for expression in &expressions {
+        let names = metric_names(expression);
+        assert!(
+            !names.is_empty() || expression.contains("up{"),
+            "{expression}"
+        );
+        for (name, is_prefix) in names {
+            let known = if is_prefix {
+                exported.iter().any(|e| e.starts_with(&name))
+            } else {
+                exported.contains(name.as_str())
+            };
+            assert!(
+                known,
+                "{expression} uses {name}, which the agent does not export"
+            );
+        }
+    }
 }

@@ -51,6 +51,8 @@ pub struct Status {
     pub detection_time: Duration,
     pub remote_detect_mult: u8,
     pub last_state_change: Instant,
+    /// State changes since the session was created: a flapping session shows as a count that keeps growing.
+    pub transitions: u64,
 }
 
 pub struct Session {
@@ -76,6 +78,7 @@ pub struct Session {
     next_tx: Option<Instant>,
     detect_deadline: Option<Instant>,
     last_state_change: Instant,
+    transitions: u64,
     rng: u64,
 }
 
@@ -106,6 +109,7 @@ impl Session {
             next_tx: (role == Role::Active).then_some(now),
             detect_deadline: None,
             last_state_change: now,
+            transitions: 0,
             rng: 0x9e37_79b9_7f4a_7c15 ^ local_discriminator as u64,
         }
     }
@@ -159,6 +163,7 @@ impl Session {
             detection_time: self.detection_time(),
             remote_detect_mult: self.remote_detect_mult,
             last_state_change: self.last_state_change,
+            transitions: self.transitions,
         }
     }
 
@@ -272,6 +277,7 @@ impl Session {
         self.state = to;
         self.diagnostic = diagnostic;
         self.last_state_change = now;
+        self.transitions += 1;
         // Slow start: fast timers only while Up. Coming Up, the change is negotiated with a Poll Sequence.
         let desired = if to == State::Up {
             self.configured.desired_min_tx
@@ -427,8 +433,15 @@ mod tests {
                 s.receive(&peer_packet(Up, 1), now).unwrap();
             }
             assert_eq!(s.state(), from);
+            let transitions = s.status().transitions;
             s.receive(&peer_packet(received, 1), now).unwrap();
             assert_eq!(s.state(), expected, "{from} + received {received}");
+            let counted = s.status().transitions - transitions;
+            assert_eq!(
+                counted,
+                u64::from(expected != from),
+                "{from} + received {received}"
+            );
             if expected != from {
                 assert_eq!(
                     s.status().diagnostic,

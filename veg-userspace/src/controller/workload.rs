@@ -11,7 +11,7 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            Affinity, Capabilities, Container, EnvVar, EnvVarSource, HTTPGetAction,
+            Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
             HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement,
             NodeSelectorTerm, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity,
             PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecurityContext, Sysctl, Volume,
@@ -220,6 +220,12 @@ fn pod_annotations(
             inputs.external_subnet.name_any(),
         ),
     ]);
+    // Prometheus' conventional discovery annotations; deploy/monitoring has a PodMonitor for the Operator.
+    annotations.extend([
+        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+        ("prometheus.io/port".to_owned(), HEALTH_PORT.to_string()),
+        ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
+    ]);
     if !spec.internal_ips.is_empty() {
         annotations.insert(
             "ovn.kubernetes.io/ip_pool".into(),
@@ -303,6 +309,12 @@ fn gateway_container(inputs: &Inputs, args: Vec<String>) -> Container {
         ),
         command: Some(vec!["veg".into()]),
         args: Some(args),
+        // Health probes and /metrics; named for deploy/monitoring's PodMonitor.
+        ports: Some(vec![ContainerPort {
+            name: Some("metrics".into()),
+            container_port: HEALTH_PORT,
+            ..Default::default()
+        }]),
         // The external address Kube-OVN's IPAM gave net1, read from the pod's own annotation.
         env: Some(vec![EnvVar {
             name: "EXTERNAL_IP".into(),
@@ -571,6 +583,9 @@ mod tests {
             .annotations
             .unwrap();
         assert_eq!(annotations["ovn.kubernetes.io/logical_switch"], "subnet1");
+        assert_eq!(annotations["prometheus.io/scrape"], "true");
+        assert_eq!(annotations["prometheus.io/port"], "8080");
+        assert_eq!(annotations["prometheus.io/path"], "/metrics");
         assert_eq!(annotations["k8s.v1.cni.cncf.io/networks"], "default/eth1");
         assert_eq!(
             annotations["ovn.kubernetes.io/ip_pool"],

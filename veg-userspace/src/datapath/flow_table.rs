@@ -15,7 +15,10 @@ use veg_common::flow::{
     STATE_FIN_OUT, STATE_REPLY_SEEN, STATE_RST, STATE_SYN_OUT, idle_timeout_ns, is_expired,
 };
 
-use super::{batch, monotonic_now_ns};
+use super::{
+    batch, monotonic_now_ns,
+    port_usage::{PortUsage, port_usage},
+};
 
 /// An open flow table, from the running datapath or from its pin.
 pub struct FlowTable {
@@ -74,8 +77,9 @@ impl FlowTable {
     }
 
     /// Delete every expired entry. Both halves of a pair carry the same timestamp and state, so they expire
-    /// together. Returns how many entries were removed and how many translations stay live: the sweep reads the
-    /// whole table anyway, so it is where the live count comes from cheaply (a metrics scrape reads it). With
+    /// together. Returns how many entries were removed, how many translations stay live and how full the port
+    /// range is: the sweep reads the whole table anyway, so it is where those come from cheaply (a metrics scrape
+    /// reads them). With
     /// `keep_ended`, also the expired translations themselves, for their ended records.
     pub fn sweep(&self, keep_ended: bool) -> anyhow::Result<Swept> {
         let now = monotonic_now_ns();
@@ -84,6 +88,7 @@ impl FlowTable {
             .iter()
             .filter(|(key, entry)| is_live_outbound(key, entry, now))
             .count();
+        let ports = port_usage(&entries, now);
         let expired: Vec<(FlowKey, FlowEntry)> = entries
             .into_iter()
             .filter(|(key, entry)| is_expired(entry, key.protocol, now))
@@ -98,6 +103,7 @@ impl FlowTable {
         Ok(Swept {
             removed,
             live,
+            ports,
             ended,
         })
     }
@@ -134,6 +140,8 @@ pub struct Swept {
     pub removed: usize,
     /// Translations live after it.
     pub live: usize,
+    /// Ports in use, per external address and protocol.
+    pub ports: Vec<PortUsage>,
     /// The translations removed, when asked for.
     pub ended: Vec<EndedFlow>,
 }

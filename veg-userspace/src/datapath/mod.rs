@@ -6,6 +6,7 @@ pub mod loader;
 pub mod pinned_maps;
 pub mod pins;
 pub mod policy;
+pub mod port_usage;
 pub mod records;
 pub mod slow_path;
 pub mod stats;

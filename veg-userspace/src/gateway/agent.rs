@@ -9,10 +9,7 @@
 use std::{
     net::IpAddr,
     path::Path,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
 };
 
 use anyhow::Context as _;
@@ -25,7 +22,7 @@ use veg_common::{address::Address, config::GatewayConfig};
 
 use super::{
     health, host,
-    metrics::Metrics,
+    metrics::{AgentFacts, Metrics},
     records::{self, Records},
     settings::GatewaySettings,
 };
@@ -38,7 +35,7 @@ use veg_bfd::{
 use crate::datapath::{
     loader::Datapath,
     pins,
-    policy::DesiredPolicy,
+    policy::{Action, DesiredPolicy},
     records::{Origin, TranslationRecord},
     slow_path::SlowPath,
 };
@@ -49,6 +46,8 @@ pub const RUN_DIR: &str = "/run/veg";
 /// A started instance: the attached datapath, and the BFD engine toward the VPC when configured.
 pub struct Running {
     datapath: Datapath,
+    /// How many ports a remote endpoint can be given per protocol.
+    range_ports: u32,
     _lock: host::InstanceLock,
     bfd: Option<Engine>,
     bfd_status: Arc<Mutex<Snapshot>>,
@@ -142,6 +141,7 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
     let bfd = bfd_engine(settings, &bfd_status)?;
     Ok(Running {
         datapath,
+        range_ports: port_range.ports(),
         _lock: lock,
         bfd,
         bfd_status,
@@ -176,6 +176,17 @@ async fn next_policy(
         return std::future::pending().await;
     }
     Some(receiver.borrow_and_update().clone())
+}
+
+/// The policy the datapath now holds, for the metrics.
+fn record_policy(facts: &Mutex<AgentFacts>, policy: &DesiredPolicy) {
+    let snat = policy
+        .values()
+        .filter(|action| **action == Action::Snat)
+        .count();
+    let mut facts = facts.lock().unwrap();
+    facts.policy_snat = snat as u64;
+    facts.policy_forward = (policy.len() - snat) as u64;
 }
 
 /// SIGTERM and SIGINT, caught from before the datapath starts, so that a stop during start-up still detaches
@@ -217,16 +228,20 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let Running {
         mut datapath,
+        range_ports,
         _lock,
         bfd,
         bfd_status,
     } = running;
-    let live_translations = Arc::new(AtomicU64::new(0));
+    let facts = Arc::new(Mutex::new(AgentFacts::default()));
+    record_policy(&facts, &settings.policy);
     let metrics = Metrics {
         stats_pin: datapath.pin_dir().join(pins::STATS),
-        live_translations: Arc::clone(&live_translations),
         capacity: u64::from(settings.max_flow_entries / 2),
+        external_ip: settings.external_ip.into(),
+        range_ports,
         bfd: Arc::clone(&bfd_status),
+        agent: Arc::clone(&facts),
     };
     let health = health::bind(settings.health_listen).await?;
     tokio::spawn(health::serve(health, Arc::clone(&bfd_status), metrics));
@@ -269,7 +284,12 @@ pub async fn run(
         tokio::select! {
             _ = sweep.tick() => match flows.sweep(ended_records.is_some()) {
                 Ok(swept) => {
-                    live_translations.store(swept.live as u64, Ordering::Relaxed);
+                    {
+                        let mut facts = facts.lock().unwrap();
+                        facts.live_translations = swept.live as u64;
+                        facts.flows_expired += (swept.removed / 2) as u64;
+                        facts.ports = swept.ports;
+                    }
                     if let Some(sender) = &ended_records {
                         for flow in &swept.ended {
                             let record = TranslationRecord::expired(
@@ -285,17 +305,26 @@ pub async fn run(
                         info!(removed = swept.removed, live = swept.live, "expired flow entries swept");
                     }
                 }
-                Err(e) => warn!("sweeping expired flows failed: {e:#}"),
+                Err(e) => {
+                    facts.lock().unwrap().sweep_errors += 1;
+                    warn!("sweeping expired flows failed: {e:#}");
+                }
             },
             Some(policy) = next_policy(&mut policy_updates) => {
                 match datapath.policy().and_then(|mut table| table.sync(&policy)) {
-                    Ok(changes) => info!(
-                        sources = policy.len(),
-                        added = changes.added_or_changed,
-                        removed = changes.removed,
-                        "policy synced from the resource"
-                    ),
-                    Err(e) => warn!("syncing the policy failed: {e:#}; retrying on the next change"),
+                    Ok(changes) => {
+                        record_policy(&facts, &policy);
+                        info!(
+                            sources = policy.len(),
+                            added = changes.added_or_changed,
+                            removed = changes.removed,
+                            "policy synced from the resource"
+                        );
+                    }
+                    Err(e) => {
+                        facts.lock().unwrap().policy_sync_errors += 1;
+                        warn!("syncing the policy failed: {e:#}; retrying on the next change");
+                    }
                 }
             }
             _ = &mut stop => break,
