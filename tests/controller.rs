@@ -19,10 +19,16 @@ use serde_json::{Value, json};
 use veg_ovsdb::{monitor::Monitor, replica::column};
 use veg_testbed::{
     kube_api::FakeApi,
+    netns::Netns,
     ovsdb::{GATEWAY_TABLES, NbServer},
+    prometheus::{self, Prometheus},
+    skip_unless_root, unique,
 };
 use veg_userspace::{
-    controller::reconcile::{Context, FINALIZER, reconcile},
+    controller::{
+        reconcile::{Context, FINALIZER, reconcile},
+        run::{Settings, run_with},
+    },
     crd::{
         gateway::VpcEgressGateway,
         network::{Subnet, Vpc},
@@ -653,38 +659,65 @@ async fn eventually(w: &World, what: &str, check: impl Fn(&World) -> bool) {
     );
 }
 
-/// The whole controller, as `veg controller` runs it: its watches notice the gateway and then its instance's pod,
-/// without anyone calling reconcile.
-#[tokio::test]
-async fn the_running_controller_reacts_to_what_it_watches() {
-    use veg_userspace::controller::run::{Settings, run_with};
-    let w = world().await;
-    let settings = Settings {
+/// `veg controller`'s settings for the world's database, leading as "test", without metrics.
+fn controller_settings(w: &World) -> Settings {
+    Settings {
         nb: w.nb.unix.parse().unwrap(),
         default_image: "veg:test".into(),
         lease_namespace: "kube-system".into(),
         lease_name: "veg-controller".into(),
         identity: "test".into(),
         lease_duration: Duration::from_secs(15),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let controller = tokio::spawn(run_with(w.client.clone(), settings, async {
-        let _ = stopped.await;
-    }));
-    w.gateway(GATEWAY1).await;
-    eventually(&w, "the Deployment", |w| {
-        w.api.get("apps", "deployments", NS, "gateway1").is_some()
-    })
-    .await;
-    w.instance(
-        "gateway1",
-        "gateway1-0",
-        "node1",
-        "10.16.0.5",
-        "172.17.0.10",
-    )
-    .await;
-    eventually(&w, "Ready", |w| w.status("gateway1")["ready"] == true).await;
+        metrics: None,
+    }
+}
+
+/// `veg controller` running on the world, with gateway1 and its one instance Ready.
+struct RunningController {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningController {
+    /// Start the controller, create gateway1, wait for its Deployment, play its pod, and wait for Ready: the
+    /// controller's watches notice each step without anyone calling reconcile.
+    async fn start_with_gateway(w: &World, settings: Settings) -> RunningController {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run_with(w.client.clone(), settings, async {
+            let _ = stopped.await;
+        }));
+        w.gateway(GATEWAY1).await;
+        eventually(w, "the Deployment", |w| {
+            w.api.get("apps", "deployments", NS, "gateway1").is_some()
+        })
+        .await;
+        w.instance(
+            "gateway1",
+            "gateway1-0",
+            "node1",
+            "10.16.0.5",
+            "172.17.0.10",
+        )
+        .await;
+        eventually(w, "Ready", |w| w.status("gateway1")["ready"] == true).await;
+        RunningController { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the controller did not stop")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// The whole controller, as `veg controller` runs it.
+#[tokio::test]
+async fn the_running_controller_reacts_to_what_it_watches() {
+    let w = world().await;
+    let controller = RunningController::start_with_gateway(&w, controller_settings(&w)).await;
     assert_eq!(
         w.rows("Logical_Router_Policy", "gateway1", "priority,nexthops"),
         ["29100,10.16.0.5"]
@@ -699,13 +732,63 @@ async fn the_running_controller_reacts_to_what_it_watches() {
         )
         .unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "test");
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), controller)
-        .await
-        .expect("the controller did not stop")
-        .unwrap()
-        .unwrap();
+    controller.stop().await;
 }
+
+/// The running controller's `/metrics` as a real Prometheus (Debian's) scrapes it, in a namespace of the test's
+/// own: leadership, the reconciles, the gateway's readiness and instances, and the Northbound transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_running_controllers_metrics() {
+    if skip_unless_root() {
+        return;
+    }
+    let w = world().await;
+    let ns = Netns::new(&unique("vegctl"));
+    let mut settings = controller_settings(&w);
+    settings.metrics = Some(ns.run(|| std::net::TcpListener::bind(METRICS).unwrap()));
+    let controller = RunningController::start_with_gateway(&w, settings).await;
+    let _prometheus = Prometheus::start(&ns, METRICS, None);
+    // Prometheus' API is asked from blocking threads; the controller runs on the other worker.
+    let seen = |promql: &'static str| {
+        tokio::task::block_in_place(|| prometheus::eventually(&ns, promql, 1.0))
+    };
+    assert_eq!(
+        seen("up{job=\"veg\"}"),
+        Some(1.0),
+        "Prometheus could not scrape the controller"
+    );
+    assert_eq!(seen("veg_controller_leader"), Some(1.0));
+    assert_eq!(
+        seen(
+            "veg_controller_gateway_ready{namespace=\"default\",name=\"gateway1\",reason=\"ReconcileSuccess\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        seen("veg_controller_gateway_instances{name=\"gateway1\",ready=\"true\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        seen("count(veg_controller_reconciles_total > 0)"),
+        Some(1.0)
+    );
+    assert_eq!(
+        seen("count(veg_controller_reconcile_duration_seconds_count > 0)"),
+        Some(1.0)
+    );
+    assert_eq!(
+        seen("count(veg_controller_ovn_transactions_total{result=\"success\"} > 0)"),
+        Some(1.0)
+    );
+    assert_eq!(
+        seen("count(veg_controller_ovn_transaction_operations_sum > 0)"),
+        Some(1.0)
+    );
+    controller.stop().await;
+}
+
+/// Where the controller serves its metrics in the test's namespace.
+const METRICS: &str = "127.0.0.1:8080";
 
 #[tokio::test]
 async fn a_cluster_without_the_instances_binding_gets_a_condition_that_says_what_to_install() {

@@ -1,121 +1,23 @@
 //! The agent's metrics as Prometheus itself sees them: a real Prometheus server (Debian's) scrapes `veg gateway`'s
 //! `/metrics` inside the instance's namespace, and the test asks Prometheus' HTTP API for the series after traffic
 //! whose counts it knows. The alert rules of deploy/monitoring load in promtool and fire in that Prometheus for a
-//! staged port exhaustion; they and the Grafana dashboard use only metrics the agent exports.
+//! staged port exhaustion; they and the Grafana dashboard use only metrics the agent and the controller export.
 //!
 //! Run serially (`--test-threads=1`), as the other traffic suites.
 
-use std::{
-    collections::BTreeSet,
-    io::{Read, Write},
-    net::{TcpStream, UdpSocket},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, net::UdpSocket, path::PathBuf, process::Command};
 
 use serde_json::Value;
 use veg_testbed::{
     netns::Netns,
+    prometheus::{Prometheus, eventually, exported_names, http_get, query},
     servers::udp_round_trip,
     skip_unless_root,
     topology::{Topology, server},
 };
 
-const PROMETHEUS: &str = "127.0.0.1:9090";
-
-/// Prometheus in `ns`, scraping the agent's health listener there every second. Stopped (and its data removed)
-/// on drop.
-struct Prometheus {
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-impl Prometheus {
-    fn start(ns: &Netns) -> Prometheus {
-        Prometheus::start_with_rules(ns, None)
-    }
-
-    /// Also evaluating the rule file `rules` (its text) every second.
-    fn start_with_rules(ns: &Netns, rules: Option<&str>) -> Prometheus {
-        let dir = std::env::temp_dir().join(veg_testbed::unique("veg-prometheus-"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("prometheus.yml");
-        let rule_files = rules.map_or_else(String::new, |rules| {
-            let path = dir.join("veg.rules.yaml");
-            std::fs::write(&path, rules).unwrap();
-            format!("rule_files: ['{}']\n", path.display())
-        });
-        std::fs::write(
-            &config,
-            format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n{rule_files}\
-                 scrape_configs: [{{job_name: veg, static_configs: [{{targets: ['127.0.0.1:8080']}}]}}]\n"
-            ),
-        )
-        .unwrap();
-        let child = ns
-            .command(
-                "prometheus",
-                &[
-                    &format!("--config.file={}", config.display()),
-                    &format!("--storage.tsdb.path={}", dir.join("data").display()),
-                    &format!("--web.listen-address={PROMETHEUS}"),
-                ],
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting prometheus (scripts/setup installs it)");
-        Prometheus { child, dir }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The body of `GET path` from `address`, from inside `ns`.
-fn http_get(ns: &Netns, address: &'static str, path: String) -> Option<String> {
-    let response = ns.run(move || {
-        let mut stream = TcpStream::connect(address).ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: veg\r\n\r\n").ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).ok()?;
-        Some(text)
-    })?;
-    Some(response.split_once("\r\n\r\n")?.1.to_owned())
-}
-
-/// `query` (PromQL) through Prometheus' HTTP API, from inside `ns`: the value of its single result, if any.
-fn query(ns: &Netns, query: &str) -> Option<f64> {
-    let encoded: String = query
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect();
-    let body = http_get(ns, PROMETHEUS, format!("/api/v1/query?query={encoded}"))?;
-    let body: Value = serde_json::from_str(&body).ok()?;
-    body["data"]["result"][0]["value"][1].as_str()?.parse().ok()
-}
-
-/// The query's value once it equals `expected`, or what it was after 30 s.
-fn eventually(ns: &Netns, promql: &str, expected: f64) -> Option<f64> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let value = query(ns, promql);
-        if value == Some(expected) || Instant::now() > deadline {
-            return value;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
+/// The agent's health listener, in the instance's namespace.
+const AGENT: &str = "127.0.0.1:8080";
 
 #[test]
 fn prometheus_scrapes_the_agents_counters_after_known_traffic() {
@@ -139,7 +41,7 @@ fn prometheus_scrapes_the_agents_counters_after_known_traffic() {
             socket.send_to(b"not mine", server(9000)).unwrap();
         }
     });
-    let _prometheus = Prometheus::start(&topo.gateway);
+    let _prometheus = Prometheus::start(&topo.gateway, AGENT, None);
     assert_eq!(
         eventually(&topo.gateway, "up{job=\"veg\"}", 1.0),
         Some(1.0),
@@ -270,7 +172,7 @@ fn the_alert_rules_load_and_fire_for_a_staged_port_exhaustion() {
     // Ten ports per remote endpoint, above the namespace's ephemeral range.
     let _gateway = topo.start_gateway(&["--sweep-interval", "1", "--port-range", "61000-61009"]);
     let _echo = veg_testbed::servers::udp_echo(&topo.server, 9000);
-    let _prometheus = Prometheus::start_with_rules(&topo.gateway, Some(&rule_file(true)));
+    let _prometheus = Prometheus::start(&topo.gateway, AGENT, Some(&rule_file(true)));
     // Prometheus holds a sample before the failures, so that their increase shows.
     assert_eq!(
         eventually(&topo.gateway, "veg_port_allocation_failures_total", 0.0),
@@ -343,22 +245,25 @@ fn metric_names(text: &str) -> BTreeSet<(String, bool)> {
 }
 
 #[test]
-fn the_dashboard_and_the_alert_rules_use_only_metrics_the_agent_exports() {
+fn the_dashboard_and_the_alert_rules_use_only_exported_metrics() {
     if skip_unless_root() {
         return;
     }
     let topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
     let _gateway = topo.start_gateway(&[]);
-    let exposition = http_get(&topo.gateway, "127.0.0.1:8080", "/metrics".into())
+    let exposition = http_get(&topo.gateway, AGENT, "/metrics".into())
         .expect("the agent's /metrics did not answer");
-    let exported: BTreeSet<&str> = exposition
-        .lines()
-        .filter_map(|line| line.strip_prefix("# TYPE "))
-        .filter_map(|line| line.split_whitespace().next())
-        .collect();
+    let mut exported: BTreeSet<String> = exported_names(&exposition).into_iter().collect();
     assert!(
         exported.contains("veg_ports_busiest_endpoint"),
         "{exposition}"
+    );
+    // The controller's, from the library the binary serves them with.
+    let controller = veg_userspace::controller::metrics::render();
+    exported.extend(exported_names(&controller));
+    assert!(
+        exported.contains("veg_controller_gateway_ready"),
+        "{controller}"
     );
 
     let dashboard_path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -367,7 +272,8 @@ fn the_dashboard_and_the_alert_rules_use_only_metrics_the_agent_exports() {
         .expect("the Grafana dashboard is not valid JSON");
     let mut expressions = Vec::new();
     for panel in dashboard["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().unwrap() {
+        // Rows hold no queries.
+        for target in panel["targets"].as_array().into_iter().flatten() {
             expressions.push(target["expr"].as_str().unwrap().to_owned());
         }
     }
@@ -387,11 +293,16 @@ fn the_dashboard_and_the_alert_rules_use_only_metrics_the_agent_exports() {
             let known = if is_prefix {
                 exported.iter().any(|e| e.starts_with(&name))
             } else {
-                exported.contains(name.as_str())
+                // A histogram's series are its name with _bucket, _sum or _count.
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .filter(|family| exported.contains(*family));
+                exported.contains(&name) || family.is_some()
             };
             assert!(
                 known,
-                "{expression} uses {name}, which the agent does not export"
+                "{expression} uses {name}, which neither the agent nor the controller exports"
             );
         }
     }

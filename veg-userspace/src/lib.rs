@@ -4,6 +4,8 @@ pub mod controller;
 pub mod crd;
 pub mod datapath;
 pub mod gateway;
+pub mod http;
 pub mod inspect;
+pub mod metrics_text;
 pub mod netns;
 pub mod ovn;

@@ -89,6 +89,9 @@ struct ControllerArgs {
     /// Seconds a leader may go without renewing before another replica takes over.
     #[arg(long, value_name = "SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=600))]
     lease_duration: u64,
+    /// Serve Prometheus metrics at /metrics (and /livez) on this address, on every replica ("off": not at all).
+    #[arg(long, value_name = "ADDRESS:PORT|off", default_value = "0.0.0.0:8080")]
+    metrics_listen: String,
 }
 
 #[derive(Subcommand)]
@@ -405,11 +408,25 @@ fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         lease_name: args.lease_name,
         identity,
         lease_duration: std::time::Duration::from_secs(args.lease_duration),
+        metrics: metrics_listener(&args.metrics_listen)?,
     };
     runtime_in(None)?.block_on(async {
         let stop = agent::StopSignals::install()?;
         run::run(settings, stop.wait()).await
     })
+}
+
+/// The controller's metrics listener, bound before anything else so that a taken port is reported at once.
+fn metrics_listener(address: &str) -> anyhow::Result<Option<std::net::TcpListener>> {
+    if address == "off" {
+        return Ok(None);
+    }
+    let address: std::net::SocketAddr = address.parse().with_context(|| {
+        format!("--metrics-listen {address:?} is not ADDRESS:PORT (e.g. 0.0.0.0:8080) or off")
+    })?;
+    let listener = std::net::TcpListener::bind(address)
+        .with_context(|| format!("listening for metrics on {address} (--metrics-listen)"))?;
+    Ok(Some(listener))
 }
 
 /// `veg lab ARGS`: the lab is not part of veg as shipped (no lab code is in this binary); it is the veg-lab binary

@@ -8,6 +8,7 @@ pub mod kube_api;
 pub mod netns;
 pub mod ovsdb;
 pub mod packet;
+pub mod prometheus;
 pub mod servers;
 pub mod topology;
 pub mod udp;

@@ -4,6 +4,7 @@ pub mod access;
 pub mod from_file;
 pub mod instances;
 pub mod leader;
+pub mod metrics;
 pub mod ovn_command;
 pub mod ovn_input;
 pub mod reconcile;

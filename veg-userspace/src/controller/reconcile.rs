@@ -2,7 +2,10 @@
 //! write the status and say what changed as Events. Deleting a gateway removes its OVN rows before its finalizer
 //! goes. A problem becomes a condition and a retry, never a crash.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::{
     api::{
@@ -27,6 +30,7 @@ use tracing::{info, warn};
 use super::{
     access,
     instances::{Observed, observe},
+    metrics,
     ovn_input::{gateway_spec, local_port_groups, vpc_bfd_port},
     selection::selected_ports,
     status::{self, Outcome, READY},
@@ -149,7 +153,18 @@ impl ProgramError {
     }
 }
 
+/// One reconcile, timed and counted for the metrics.
 pub async fn reconcile(gateway: Arc<VpcEgressGateway>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_once(gateway, ctx).await;
+    metrics::reconciled(started.elapsed(), result.as_ref().err().map(Error::kind));
+    result
+}
+
+async fn reconcile_once(
+    gateway: Arc<VpcEgressGateway>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let api: Api<VpcEgressGateway> =
         Api::namespaced(ctx.client.clone(), &gateway.namespace().unwrap_or_default());
     finalizer(&api, FINALIZER, gateway, |event| async {
@@ -369,6 +384,18 @@ async fn report(
     outcome: &Outcome<'_>,
 ) -> Result<bool, Error> {
     let new = status::compute(gateway, outcome, &Time(Timestamp::now()));
+    let ready_reason = new
+        .conditions
+        .iter()
+        .find(|c| c.type_ == READY)
+        .map_or("", |c| c.reason.as_str());
+    metrics::gateway_reported(
+        &gateway.namespace().unwrap_or_default(),
+        &gateway.name_any(),
+        new.ready,
+        ready_reason,
+        outcome.instances(),
+    );
     let old = gateway.status.clone().unwrap_or_default();
     if new == old {
         return Ok(new.ready);
@@ -435,6 +462,10 @@ async fn cleanup(gateway: &VpcEgressGateway, ctx: &Context) -> Result<Action, Er
             gateway: owner.id(),
             message: format!("{e:#}"),
         })?;
+    metrics::gateway_removed(
+        &gateway.namespace().unwrap_or_default(),
+        &gateway.name_any(),
+    );
     info!(gateway = %owner.id(), removed = plan.changes.len(), "gateway deleted; its OVN rows are gone");
     Ok(Action::await_change())
 }

@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 use super::{
     leader::Elector,
+    metrics,
     reconcile::{Context, reconcile, retry},
     workload::{APP, APP_LABEL, GATEWAY_LABEL},
 };
@@ -48,6 +49,8 @@ pub struct Settings {
     pub lease_name: String,
     pub identity: String,
     pub lease_duration: Duration,
+    /// Where `/metrics` is served, by the leader and the standbys alike (none: not served).
+    pub metrics: Option<std::net::TcpListener>,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -149,13 +152,33 @@ fn watching(client: &Client) -> Controller<VpcEgressGateway> {
         )
 }
 
+/// A task stopped when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The controller on a given API client (tests give it a mocked one).
 pub async fn run_with(
     client: Client,
-    settings: Settings,
+    mut settings: Settings,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
+    // Served until this run ends, however it ends.
+    let _metrics_server = match settings.metrics.take() {
+        Some(listener) => {
+            listener.set_nonblocking(true).context("serving metrics")?;
+            let listener =
+                tokio::net::TcpListener::from_std(listener).context("serving metrics")?;
+            Some(AbortOnDrop(tokio::spawn(metrics::serve(listener))))
+        }
+        None => None,
+    };
     let mut elector = lead(&client, &settings).await?;
+    metrics::set_leader(true);
     let ovn = Monitor::start(settings.nb.clone(), DB, &monitored_tables());
     if !ovn.wait_connected(CONNECT_TIMEOUT).await {
         warn!(nb = %settings.nb, "the OVN Northbound database is not reachable yet; gateways wait until it is");
@@ -211,6 +234,7 @@ pub async fn run_with(
         reason = lost => Some(Some(reason.unwrap_or_else(|_| "the Lease keeper stopped".into()))),
     };
     keeper.abort();
+    metrics::set_leader(false);
     if let Some(reason) = lost {
         // Let reconciles in flight finish before returning.
         let _ = shutdown_tx.send(());

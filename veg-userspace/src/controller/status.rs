@@ -31,6 +31,14 @@ pub enum Outcome<'a> {
 }
 
 impl<'a> Outcome<'a> {
+    /// The instances found (none when the resource is invalid).
+    pub fn instances(&self) -> &'a [Observed] {
+        match self {
+            Outcome::Invalid { .. } => &[],
+            Outcome::Failed { instances, .. } | Outcome::Applied { instances } => instances,
+        }
+    }
+
     /// After programming OVN: applied, or failed with the reason the failure's kind gives.
     pub fn of_ovn(programmed: Result<(), ProgramError>, instances: &'a [Observed]) -> Outcome<'a> {
         match programmed {

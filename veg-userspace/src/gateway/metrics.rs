@@ -16,7 +16,10 @@ use veg_bfd::{engine::Snapshot, packet::State, session::Status};
 use veg_common::stats::Counter;
 
 use super::health::not_ready_reason;
-use crate::datapath::{port_usage::PortUsage, stats::read_counters};
+use crate::{
+    datapath::{port_usage::PortUsage, stats::read_counters},
+    metrics_text::{build_info, family, label, single},
+};
 
 /// What a scrape reads.
 #[derive(Clone)]
@@ -48,27 +51,6 @@ pub struct AgentFacts {
     pub policy_sync_errors: u64,
 }
 
-/// One metric family's header.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// A label value, escaped as the text format asks.
-fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// A family of one unlabelled sample.
-fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
-    family(out, name, kind, help);
-    let _ = writeln!(out, "{name} {value}");
-}
-
 /// The protocols whose ports are always reported, so that a dashboard shows 0 rather than nothing.
 const PORT_PROTOCOLS: [&str; 3] = ["icmp", "tcp", "udp"];
 
@@ -77,17 +59,7 @@ impl Metrics {
     /// `veg_scrape_errors`), so that the rest is still served.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        family(
-            &mut out,
-            "veg_build_info",
-            "gauge",
-            "The agent's build: its version.",
-        );
-        let _ = writeln!(
-            out,
-            "veg_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        );
+        build_info(&mut out, "veg_build_info", "The agent");
         let counters = read_counters(&self.stats_pin);
         if let Ok(counters) = &counters {
             for (counter, value) in counters {
@@ -294,15 +266,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_and_escaping_follow_the_text_format() {
+    fn counters_are_named_as_prometheus_names_counters() {
         assert_eq!(
             counter_metric(Counter::DropNoPolicy),
             "veg_datapath_dropped_no_policy_total"
         );
-        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-        let mut out = String::new();
-        family(&mut out, "m", "gauge", "line one\nback\\slash");
-        assert_eq!(out, "# HELP m line one\\nback\\\\slash\n# TYPE m gauge\n");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use super::{
     identity::{external_id, row_key},
+    metrics,
     model::{DesiredRow, GatewaySpec, Owner, desired_rows},
 };
 use veg_ovsdb::{
@@ -224,7 +225,10 @@ pub async fn converge(
     let client = monitor
         .client()
         .context("not connected to the Northbound database")?;
-    client.transact(DB, &plan.operations).await?;
+    let sent = Instant::now();
+    let answer = client.transact(DB, &plan.operations).await;
+    metrics::record(sent.elapsed(), plan.operations.len(), answer.is_ok());
+    answer?;
     // Wait until the replica shows our change, so that the next plan starts from it.
     if !monitor
         .wait_until(SETTLE, |r| plan_is_empty(owner, desired, r))

@@ -3,5 +3,6 @@
 
 pub mod apply;
 pub mod identity;
+pub mod metrics;
 pub mod model;
 pub mod vpc_port;
