@@ -167,7 +167,7 @@ impl ProgramLab {
     }
 
     fn counter(&self, label: &str) -> u64 {
-        let counters = read_counters(&pins::gateway_dir(&self.name).join(pins::STATS)).unwrap();
+        let counters = read_counters(&pins::gateway_dir(&self.name)).unwrap();
         counters
             .iter()
             .find(|(c, _)| c.label() == label)
@@ -1574,13 +1574,44 @@ fn a_flow_table_of_another_layout_is_refused_with_what_to_run() {
 
 #[test]
 fn a_flow_table_from_before_translation_records_is_migrated_with_its_flows() {
+    // As the builds before records left it: 40-byte entries, without the packet and byte counts.
+    an_older_builds_flow_table_is_migrated_with_its_flows::<40>();
+}
+
+#[test]
+fn maps_from_before_btf_are_migrated_or_replaced_and_gain_their_fields() {
+    // As the builds before BTF left them: today's entries, and the counters as an array of 64 numbers, both
+    // without BTF types.
+    an_older_builds_flow_table_is_migrated_with_its_flows::<56>();
+}
+
+/// A flow table an older build pinned (entries of `VALUE` bytes, no BTF), one flow in it, beside that build's
+/// counters: loading keeps the flow, replaces the counters, and every map the agent pins has BTF types after.
+fn an_older_builds_flow_table_is_migrated_with_its_flows<const VALUE: usize>() {
     if skip_unless_root() {
         return;
     }
     let name = unique("vegolder");
     let dir = pins::gateway_dir(&name);
-    // As the builds before records left it: 40-byte entries, without the packet and byte counts.
-    pin_older_flow_table(&dir, 40);
+    pin_older_flow_table(&dir, VALUE as u32);
+    let made = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(dir.join(pins::STATS))
+        .args([
+            "type",
+            "percpu_array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "64",
+            "name",
+            "STATS",
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success(), "bpftool map create failed");
     let key = FlowKey {
         src_addr: Address::from_ip(IpAddr::V4(CLIENT)),
         dst_addr: Address::from_ip(IpAddr::V4(SERVER)),
@@ -1603,24 +1634,38 @@ fn a_flow_table_from_before_translation_records_is_migrated_with_its_flows() {
     };
     {
         let data = MapData::from_pin(dir.join(pins::FLOWS)).unwrap();
-        let mut old: HashMap<MapData, FlowKey, [u8; 40]> =
+        let mut old: HashMap<MapData, FlowKey, [u8; VALUE]> =
             HashMap::try_from(Map::HashMap(data)).unwrap();
-        // SAFETY: FlowEntry is plain data of at least 40 bytes; the older layout is its first 40.
-        let bytes: [u8; 40] =
-            unsafe { std::ptr::read(&entry as *const FlowEntry as *const [u8; 40]) };
+        // SAFETY: FlowEntry is plain data of at least VALUE bytes; the older layout is its first VALUE.
+        let bytes: [u8; VALUE] =
+            unsafe { std::ptr::read(&entry as *const FlowEntry as *const [u8; VALUE]) };
         old.insert(key, bytes, 0).unwrap();
     }
-    let loaded = Datapath::load(&dir, 65536).map(|_| {
+    let loaded = Datapath::load(&dir, 65536).map(|datapath| {
         let data = MapData::from_pin(dir.join(pins::FLOWS)).unwrap();
         let new: HashMap<MapData, FlowKey, FlowEntry> =
             HashMap::try_from(Map::HashMap(data)).unwrap();
-        new.get(&key, 0)
+        let counters = read_counters(&dir).map(|counters| counters.len());
+        let without_btf: Vec<&str> = pins::PINNED_MAPS
+            .into_iter()
+            .filter(|map| {
+                let out = std::process::Command::new("bpftool")
+                    .args(["-j", "map", "show", "pinned"])
+                    .arg(dir.join(map))
+                    .output()
+                    .unwrap();
+                let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                shown.get("btf_id").is_none()
+            })
+            .collect();
+        drop(datapath);
+        (new.get(&key, 0), counters, without_btf)
     });
     let _ = pins::remove_gateway_pins(&name);
-    let migrated = loaded
-        .unwrap_or_else(|e| panic!("{e:#}"))
-        .expect("the flow was not carried over");
-    assert_eq!(migrated, entry);
+    let (migrated, counters, without_btf) = loaded.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(migrated.expect("the flow was not carried over"), entry);
+    assert_eq!(counters.unwrap(), veg_common::stats::Counter::ALL.len());
+    assert!(without_btf.is_empty(), "{without_btf:?} have no BTF");
 }
 
 /// `frame` one router hop later: TTL one less, IP checksum recomputed from scratch, these MACs.
@@ -1860,5 +1905,89 @@ fn a_flow_given_up_for_room_is_recorded_as_evicted() {
             records.iter().filter(|r| r.event == event::CREATED).count(),
             101
         );
+    });
+}
+
+/// `bpftool -j map dump pinned` of one of the lab's maps, as bpftool formats it from the map's BTF.
+fn bpftool_dump(lab: &ProgramLab, map: &str) -> Vec<serde_json::Value> {
+    let path = pins::gateway_dir(&lab.name).join(map);
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(&path)
+        .output()
+        .expect("running bpftool (scripts/setup installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let entries: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    entries
+        .into_iter()
+        .map(|entry| {
+            entry
+                .get("formatted")
+                .cloned()
+                .unwrap_or_else(|| panic!("bpftool printed {map} without BTF fields: {entry}"))
+        })
+        .collect()
+}
+
+#[test]
+fn bpftool_prints_the_pinned_maps_by_field() {
+    with_program_lab(|lab| {
+        let syn = Frame::new(CLIENT, SERVER, tcp(5000, 80, TCP_SYN));
+        assert_eq!(lab.send_from_vpc(&syn).0, TC_ACT_REDIRECT);
+
+        let flows = bpftool_dump(lab, pins::FLOWS);
+        assert_eq!(flows.len(), 2, "{flows:?}");
+        let outbound = flows
+            .iter()
+            .find(|f| f["value"]["direction"] == DIRECTION_OUTBOUND)
+            .unwrap_or_else(|| panic!("no outbound half: {flows:?}"));
+        // Ports are kept in network byte order, as the packets carry them.
+        assert_eq!(outbound["key"]["src_port"], 5000u16.to_be(), "{outbound}");
+        assert_eq!(outbound["key"]["dst_port"], 80u16.to_be(), "{outbound}");
+        assert_eq!(outbound["key"]["protocol"], 6, "{outbound}");
+        assert_eq!(outbound["value"]["nat_port"], 5000u16.to_be(), "{outbound}");
+        for field in ["src_addr", "dst_addr", "family"] {
+            assert!(outbound["key"].get(field).is_some(), "{field}: {outbound}");
+        }
+        for field in [
+            "nat_addr",
+            "state",
+            "last_seen_ns",
+            "created_ns",
+            "packets",
+            "bytes",
+        ] {
+            assert!(
+                outbound["value"].get(field).is_some(),
+                "{field}: {outbound}"
+            );
+        }
+
+        let policy = bpftool_dump(lab, pins::POLICY_V4);
+        let snat = policy
+            .iter()
+            .find(|p| {
+                p["key"]["prefix_len"] == 24
+                    && p["key"]["data"] == serde_json::json!([10, 16, 0, 0])
+            })
+            .unwrap_or_else(|| panic!("no 10.16.0.0/24: {policy:?}"));
+        assert_eq!(snat["value"]["action"], 1, "{snat}");
+
+        // One value per CPU, each with every counter by name.
+        let stats = bpftool_dump(lab, pins::STATS);
+        let translated: u64 = stats[0]["values"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{stats:?}"))
+            .iter()
+            .map(|cpu| cpu["value"]["translated_out"].as_u64().unwrap())
+            .sum();
+        assert_eq!(translated, 1, "{stats:?}");
+
+        let config = bpftool_dump(lab, pins::CONFIG);
+        assert_eq!(config[0]["value"]["port_min"], PORT_MIN, "{config:?}");
     });
 }

@@ -191,8 +191,9 @@ fn echo_bulk(ns: &Netns, to: SocketAddr, size: usize) -> std::io::Result<()> {
     use std::io::{Read, Write};
     ns.run(move || {
         let mut stream = veg_testbed::servers::connect_from(0, to)?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+        // Generous: path MTU discovery costs a retransmission or two, and a loaded 2-core machine stretches them.
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(30)))?;
         let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
         let mut writer = stream.try_clone()?;
         let sent = data.clone();
@@ -251,8 +252,21 @@ fn a_smaller_mtu_on_the_vpc_side_is_learned_by_the_remote_for_inbound_data() {
     }
     let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
     let client = topo.add_client("10.16.0.2");
-    // The gateway's VPC side carries 1200 bytes at most; the client, on a wider link, announces a larger MSS.
+    // The gateway's VPC side carries 1200 bytes at most; the client announces a larger MSS (advmss), as a client
+    // on a wider link would, but sends no more than 1200 itself: a larger frame of its own would be dropped by the
+    // VPC's bridge in front of the narrower port, silently, which is a misconfigured link, not what is tested.
     topo.gateway.ip(&["link", "set", "eth0", "mtu", "1200"]);
+    topo.client(client).ip(&[
+        "route",
+        "replace",
+        "default",
+        "via",
+        veg_testbed::topology::GATEWAY_INTERNAL_IP,
+        "mtu",
+        "1200",
+        "advmss",
+        "1460",
+    ]);
     let gateway = topo.start_gateway(&[]);
     let _echo = veg_testbed::servers::tcp_echo(&topo.server, 8080);
     echo_bulk(topo.client(client), server(8080), 256 * 1024)

@@ -42,7 +42,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         return pass_to_host(Counter::PassedToHost);
     }
     match POLICY_V4
-        .get(Key::new(32, pkt.dst.to_ne_bytes()))
+        .get(&Key::new(32, pkt.dst.to_ne_bytes()))
         .map(|p| p.action)
     {
         // Replies to forward (no-SNAT) sources come back untranslated.

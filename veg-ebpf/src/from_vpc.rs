@@ -49,7 +49,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         }
         _ => {}
     }
-    let Some(policy) = POLICY_V4.get(Key::new(32, pkt.src.to_ne_bytes())) else {
+    let Some(policy) = POLICY_V4.get(&Key::new(32, pkt.src.to_ne_bytes())) else {
         return drop_packet(Counter::DropNoPolicy);
     };
     let from = cfg.internal_addr_v4.ipv4_be();

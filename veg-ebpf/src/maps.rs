@@ -1,5 +1,7 @@
-//! The maps shared with the agent. All are pinned by name under the gateway's bpffs directory, so that a restarted
-//! agent finds every live flow, its counters and its policy where it left them.
+//! The maps shared with the agent. Those the agent reads (settings, policy, flows, counters, fragments) are pinned
+//! by the agent under the gateway's bpffs directory, so that a restarted agent finds every live flow, its counters
+//! and its policy where it left them. They are declared with BTF (`#[btf_map]`), so that the kernel knows their
+//! keys' and values' fields and `bpftool map dump pinned` prints them by name.
 
 use crate::{
     packet::Ipv4Packet, pending::PendingRing, ports::PortSearch, rate::RateBucket,
@@ -7,8 +9,9 @@ use crate::{
 };
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
-    macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps,
+    macros::{btf_map, map},
+    maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 use veg_common::{
     config::{CONFIG_KEY, GatewayConfig},
@@ -16,14 +19,15 @@ use veg_common::{
     fragment::{DatagramKey, DatagramTranslation},
     policy::{POLICY_MAX_ENTRIES, Policy, PolicyKeyV4},
     record::FlowRecord,
-    stats::STATS_SLOTS,
+    stats::Counters,
 };
 
-#[map]
-pub static CONFIG: Array<GatewayConfig> = Array::pinned(1, 0);
+#[btf_map]
+pub static CONFIG: btf_maps::Array<GatewayConfig, 1> = btf_maps::Array::new();
 
-#[map]
-pub static POLICY_V4: LpmTrie<PolicyKeyV4, Policy> = LpmTrie::pinned(POLICY_MAX_ENTRIES, 0);
+#[btf_map]
+pub static POLICY_V4: btf_maps::LpmTrie<PolicyKeyV4, Policy, { POLICY_MAX_ENTRIES as usize }> =
+    btf_maps::LpmTrie::new();
 
 /// One shared table for both directions: a reply may land on another CPU than its request, so per-CPU tables
 /// would miss it. A plain preallocated hash, not an LRU one: the kernel never evicts from it, so the datapath
@@ -31,16 +35,25 @@ pub static POLICY_V4: LpmTrie<PolicyKeyV4, Policy> = LpmTrie::pinned(POLICY_MAX_
 /// established one; with none to give, the new flow is dropped, as conntrack does. (An LRU map evicted whatever
 /// was idle longest: a flood of new flows five times the table removed half the idle established flows.) A CPU
 /// whose share of the preallocated entries runs out takes from the others', so all of them serve.
-#[map]
-pub static FLOWS: HashMap<FlowKey, FlowEntry> = HashMap::pinned(FLOW_TABLE_DEFAULT_ENTRIES, 0);
+/// Sized by the agent (--max-flows); the declared size is the default.
+#[btf_map]
+pub static FLOWS: btf_maps::HashMap<FlowKey, FlowEntry, { FLOW_TABLE_DEFAULT_ENTRIES as usize }> =
+    btf_maps::HashMap::new();
 
 /// Per CPU, the flows created most recently, oldest first: the ones a full table gives up (pending.rs). Not
 /// pinned: forgetting them only means a full table drops new flows until they are recorded again.
 #[map]
 pub static PENDING: PerCpuArray<PendingRing> = PerCpuArray::with_max_entries(1, 0);
 
-#[map]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(STATS_SLOTS, 0);
+/// One `Counters` per CPU, which only the programs write.
+#[btf_map]
+pub static STATS: btf_maps::PerCpuArray<Counters, 1> = btf_maps::PerCpuArray::new();
+
+/// The counters of the work the agent does itself (the slow path's), which only the agent writes: apart from
+/// STATS, so that the agent's writes never race with the programs' adds. The programs never touch it; it is
+/// declared here so that it is created and pinned with the others.
+#[btf_map]
+pub static AGENT_STATS: btf_maps::Array<Counters, 1> = btf_maps::Array::new();
 
 /// Per-CPU scratch space for the flow table's work (flows.rs, ports.rs). Not pinned: it holds nothing between
 /// packets.
@@ -91,12 +104,12 @@ pub static PACKET: PerCpuArray<Ipv4Packet> = PerCpuArray::with_max_entries(1, 0)
 
 /// The translations of fragmented datagrams, for their later fragments (fragments.rs). Pinned, so that the agent
 /// (which sends held fragments with them) and `veg flows` can read it.
-#[map]
-pub static FRAGMENTS: LruHashMap<DatagramKey, DatagramTranslation> =
-    LruHashMap::pinned(FRAGMENTED_DATAGRAMS, 0);
+#[btf_map]
+pub static FRAGMENTS: btf_maps::LruHashMap<DatagramKey, DatagramTranslation, FRAGMENTED_DATAGRAMS> =
+    btf_maps::LruHashMap::new();
 
 /// Fragmented datagrams followed at once (the least recently seen are forgotten first).
-const FRAGMENTED_DATAGRAMS: u32 = 16384;
+const FRAGMENTED_DATAGRAMS: usize = 16384;
 
 /// Datagrams some of whose fragments the agent holds, waiting for their first fragment (slow_path.rs). Not
 /// pinned; a mark lost only delays those fragments until the agent's next look.

@@ -66,9 +66,13 @@ impl Datapath {
         max_flow_entries: u32,
         migrating: Option<PathBuf>,
     ) -> anyhow::Result<Datapath> {
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .map_max_entries(pins::FLOWS, max_flow_entries)
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(pins::FLOWS, max_flow_entries);
+        // BTF-declared maps carry no pinning of their own: each is pinned (or its pin reused) by name here.
+        for name in pins::PINNED_MAPS {
+            loader.map_pin_path(name, pin_dir.join(name));
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| kernel_error(anyhow!(e)).context("loading the eBPF object"))?;
         for name in [PROGRAM_FROM_VPC, PROGRAM_FROM_OUTSIDE] {

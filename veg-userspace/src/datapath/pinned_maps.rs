@@ -1,10 +1,10 @@
 //! A gateway's pinned maps outlive its agent, and may have been made by another build or with other settings.
 //! Before the programs load, each pinned map is compared with what this build declares (type, flags, key and
-//! value sizes, capacity), and one that differs is never silently reused:
-//! - the flow table with another capacity or flags (a new `--max-flows`, or an older build's flags), or with the
-//!   entries of the builds before translation records (without packet and byte counts), is migrated: its pin is
-//!   set aside, a new table is created, and every live flow is copied into it; the old table goes once the new
-//!   programs are attached;
+//! value sizes, capacity, BTF types), and one that differs is never silently reused:
+//! - the flow table with another capacity or flags (a new `--max-flows`, or an older build's flags), with the
+//!   entries of the builds before translation records (without packet and byte counts), or without BTF types (the
+//!   builds before the maps were declared with BTF), is migrated: its pin is set aside, a new table is created,
+//!   and every live flow is copied into it; the old table goes once the new programs are attached;
 //! - the settings, policy and counters of another shape are replaced: the agent writes settings and policy
 //!   anew, and counters start again from zero;
 //! - a flow table whose entries have another layout cannot be carried over: refused, with the command to run.
@@ -16,7 +16,6 @@ use std::{
 
 use anyhow::{Context as _, anyhow, bail};
 use aya::maps::{MapData, MapInfo};
-use aya_obj::maps::PinningType;
 use tracing::{info, warn};
 use veg_common::flow::{FlowEntry, FlowKey};
 
@@ -33,14 +32,21 @@ struct Shape {
     key_size: u32,
     value_size: u32,
     max_entries: u32,
+    /// Whether the kernel knows the key's and value's types (what `bpftool map dump` prints fields by).
+    btf: bool,
 }
 
 impl std::fmt::Display for Shape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "type {}, flags {:#x}, key {} bytes, value {} bytes, {} entries",
-            self.map_type, self.flags, self.key_size, self.value_size, self.max_entries
+            "type {}, flags {:#x}, key {} bytes, value {} bytes, {} entries, {}",
+            self.map_type,
+            self.flags,
+            self.key_size,
+            self.value_size,
+            self.max_entries,
+            if self.btf { "with BTF" } else { "without BTF" }
         )
     }
 }
@@ -51,7 +57,7 @@ fn declared_shapes(max_flow_entries: u32) -> anyhow::Result<Vec<(String, Shape)>
     Ok(object
         .maps
         .iter()
-        .filter(|(_, map)| matches!(map.pinning(), PinningType::ByName))
+        .filter(|(name, _)| pins::PINNED_MAPS.contains(&name.as_str()))
         .map(|(name, map)| {
             let max_entries = if name == pins::FLOWS {
                 max_flow_entries
@@ -64,6 +70,7 @@ fn declared_shapes(max_flow_entries: u32) -> anyhow::Result<Vec<(String, Shape)>
                 key_size: map.key_size(),
                 value_size: map.value_size(),
                 max_entries,
+                btf: true,
             };
             (name.clone(), shape)
         })
@@ -78,7 +85,45 @@ fn pinned_shape(path: &Path) -> anyhow::Result<Shape> {
         key_size: info.key_size(),
         value_size: info.value_size(),
         max_entries: info.max_entries(),
+        btf: has_btf(path)?,
     })
+}
+
+/// Whether the pinned map at `path` was created with BTF key and value types. aya's MapInfo does not say, so
+/// this asks the kernel directly (BPF_OBJ_GET_INFO_BY_FD).
+fn has_btf(path: &Path) -> anyhow::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+
+    use aya_obj::generated::{bpf_cmd, bpf_map_info};
+
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let map = MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: bpf_map_info is plain data; all zeroes is a valid value.
+    let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: map.fd().as_fd().as_raw_fd() as u32,
+        info_len: size_of::<bpf_map_info>() as u32,
+        info: &mut info as *mut bpf_map_info as u64,
+    };
+    // SAFETY: the attribute names a valid fd and a buffer of the size given; the kernel writes at most that much.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &mut attr as *mut InfoAttr,
+            size_of::<InfoAttr>() as libc::c_uint,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("reading the BTF of {}", path.display()));
+    }
+    Ok(info.btf_key_type_id != 0 && info.btf_value_type_id != 0)
 }
 
 /// Check the pins in `pin_dir` against this build before loading. Pins that differ are set aside (the flow table,

@@ -1,40 +1,45 @@
-//! Reading the per-CPU counters and summing them.
+//! Reading the counters: the programs' per-CPU STATS summed over the CPUs, plus the agent's own AGENT_STATS.
 
 use std::path::Path;
 
 use anyhow::Context as _;
-use aya::maps::{Map, MapData, PerCpuArray, PerCpuValues};
-use veg_common::stats::Counter;
+use aya::maps::{Array, Map, MapData, PerCpuArray};
+use veg_common::stats::{Counter, Counters};
 
-/// Every counter, summed over the CPUs, in the order of `Counter::ALL`.
-pub fn read_counters(pin: &Path) -> anyhow::Result<Vec<(Counter, u64)>> {
-    let data =
-        MapData::from_pin(pin).with_context(|| format!("opening counters {}", pin.display()))?;
-    let array: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(data))?;
-    Counter::ALL
-        .iter()
-        .map(|&counter| {
-            let per_cpu = array
-                .get(&(counter as u32), 0)
-                .with_context(|| format!("reading {}", counter.label()))?;
-            Ok((counter, per_cpu.iter().sum()))
-        })
-        .collect()
+use super::pins;
+
+fn open(pin_dir: &Path, map: &str) -> anyhow::Result<MapData> {
+    let pin = pin_dir.join(map);
+    MapData::from_pin(&pin).with_context(|| format!("opening counters {}", pin.display()))
 }
 
-/// The counters the agent itself keeps (the slow path's), in the same map as the programs', so that `veg stats`
-/// and the metrics read one place. Each is counted by the agent alone, in the first CPU's slot, so its
-/// read-add-write races with no program.
+/// Every counter of the gateway whose maps are pinned in `pin_dir`, in the order of `Counter::ALL`.
+pub fn read_counters(pin_dir: &Path) -> anyhow::Result<Vec<(Counter, u64)>> {
+    let programs: PerCpuArray<MapData, Counters> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(pin_dir, pins::STATS)?))?;
+    let per_cpu = programs.get(&0, 0).context("reading STATS")?;
+    let agent: Array<MapData, Counters> =
+        Array::try_from(Map::Array(open(pin_dir, pins::AGENT_STATS)?))?;
+    let agent = agent.get(&0, 0).context("reading AGENT_STATS")?;
+    Ok(Counter::ALL
+        .iter()
+        .map(|&counter| {
+            let programs: u64 = per_cpu.iter().map(|cpu| cpu.get(counter)).sum();
+            (counter, programs + agent.get(counter))
+        })
+        .collect())
+}
+
+/// The counters the agent itself keeps (the slow path's). Only the agent writes AGENT_STATS, so its
+/// read-add-write races with nothing.
 pub struct AgentCounters {
-    array: PerCpuArray<MapData, u64>,
+    array: Array<MapData, Counters>,
 }
 
 impl AgentCounters {
-    pub fn open(pin: &Path) -> anyhow::Result<AgentCounters> {
-        let data = MapData::from_pin(pin)
-            .with_context(|| format!("opening counters {}", pin.display()))?;
+    pub fn open(pin_dir: &Path) -> anyhow::Result<AgentCounters> {
         Ok(AgentCounters {
-            array: PerCpuArray::try_from(Map::PerCpuArray(data))?,
+            array: Array::try_from(Map::Array(open(pin_dir, pins::AGENT_STATS)?))?,
         })
     }
 
@@ -43,11 +48,10 @@ impl AgentCounters {
         if n == 0 {
             return Ok(());
         }
-        let index = counter as u32;
-        let mut values: Vec<u64> = self.array.get(&index, 0)?.iter().copied().collect();
-        values[0] += n;
+        let mut counters = self.array.get(&0, 0).context("reading AGENT_STATS")?;
+        counters.add(counter, n);
         self.array
-            .set(index, PerCpuValues::try_from(values)?, 0)
+            .set(0, counters, 0)
             .with_context(|| format!("adding to {}", counter.label()))
     }
 }

@@ -236,7 +236,7 @@ pub async fn run(
     let facts = Arc::new(Mutex::new(AgentFacts::default()));
     record_policy(&facts, &settings.policy);
     let metrics = Metrics {
-        stats_pin: datapath.pin_dir().join(pins::STATS),
+        pin_dir: datapath.pin_dir().to_owned(),
         capacity: u64::from(settings.max_flow_entries / 2),
         external_ip: settings.external_ip.into(),
         range_ports,

@@ -1,7 +1,7 @@
 //! The agent's metrics, in Prometheus' text format, served at `/metrics` on the health listener: every counter of
 //! `veg stats` (with its meaning as the help text), port allocation failures per external address, translations
 //! live and the table's capacity, ports in use, flows expired, policy entries, readiness, the BFD sessions' state
-//! and transitions, and the build. A scrape reads the counters map (one small per-CPU array) and nothing else:
+//! and transitions, and the build. A scrape reads the counters maps (one small per-CPU array and the agent's own) and nothing else:
 //! what needs the whole flow table (live translations, ports in use) comes from the last sweep, which reads it
 //! anyway, so a scrape costs the same at a million flows as at none.
 
@@ -24,8 +24,8 @@ use crate::{
 /// What a scrape reads.
 #[derive(Clone)]
 pub struct Metrics {
-    /// The pinned counters map.
-    pub stats_pin: PathBuf,
+    /// Where the gateway's maps are pinned (the counters are read from there).
+    pub pin_dir: PathBuf,
     /// Translations the flow table holds at most.
     pub capacity: u64,
     /// The address translations take, and how many ports a remote endpoint can be given from it per protocol.
@@ -60,7 +60,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         build_info(&mut out, "veg_build_info", "The agent");
-        let counters = read_counters(&self.stats_pin);
+        let counters = read_counters(&self.pin_dir);
         if let Ok(counters) = &counters {
             for (counter, value) in counters {
                 let name = counter_metric(*counter);
@@ -276,7 +276,7 @@ mod tests {
     #[test]
     fn a_missing_counters_map_is_reported_and_the_rest_served() {
         let metrics = Metrics {
-            stats_pin: "/nonexistent/STATS".into(),
+            pin_dir: "/nonexistent".into(),
             capacity: 100,
             external_ip: "172.30.0.10".parse().unwrap(),
             range_ports: 4536,

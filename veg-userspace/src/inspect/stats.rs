@@ -13,7 +13,8 @@ struct CounterReport {
 
 /// Every counter with its value and what it counts: a table, or with `json` an object keyed by counter name.
 pub fn run(name: &str, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
-    let counters = read_counters(&pins::existing_map(name, pins::STATS)?)?;
+    pins::existing_map(name, pins::STATS)?;
+    let counters = read_counters(&pins::gateway_dir(name))?;
     if json {
         let map: BTreeMap<&str, CounterReport> = counters
             .iter()

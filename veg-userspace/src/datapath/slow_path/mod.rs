@@ -68,7 +68,7 @@ impl SlowPath {
                 .map_err(|e| e.into_parts().1)
                 .context("watching the slow-path ring")?,
             fragments: HashMap::try_from(Map::from_map_data(fragments)?)?,
-            counters: AgentCounters::open(&pin_dir.join(pins::STATS))?,
+            counters: AgentCounters::open(pin_dir)?,
             socket: RawSocket::open().context(
                 "opening a raw IPv4 socket for the slow path (the agent needs CAP_NET_RAW)",
             )?,
