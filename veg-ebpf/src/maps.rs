@@ -122,10 +122,10 @@ const HELD_DATAGRAMS: u32 = 4096;
 #[map]
 pub static SLOW_PATH: RingBuf = RingBuf::with_byte_size(2 * 1024 * 1024, 0);
 
-/// Translation records for the agent (records.rs): 1 MiB, about 8,000 records. Not pinned: each agent reads its
-/// own.
+/// Translation records for the agent (records.rs): 4 MiB, about 32,000 records, a third of a second of new flows
+/// at the rate the bench's flow-table fill makes them. Not pinned: each agent reads its own.
 #[map]
-pub static FLOW_RECORDS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+pub static FLOW_RECORDS: RingBuf = RingBuf::with_byte_size(4 * 1024 * 1024, 0);
 
 /// A translation record being built (records.rs). Not pinned.
 #[map]

@@ -5,6 +5,7 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
+use aya_ebpf::bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP};
 use veg_common::{
     config::GatewayConfig,
     flow::{DIRECTION_OUTBOUND, FlowEntry, FlowKey, is_closed},
@@ -44,10 +45,24 @@ fn scratch() -> Option<&'static mut FlowRecord> {
     RECORD_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
+/// Unread bytes in the ring past which the agent is woken for each record. Below it records are sent without a
+/// wake-up, and the agent drains the ring on its own every few milliseconds (records.rs in the agent): a wake-up
+/// per record costs the datapath a deferred interrupt and the agent a task switch per record, which held it to a
+/// few tens of thousands of records a second.
+const WAKE_UP_ABOVE: u64 = 256 * 1024;
+
 /// Send the record, or count it lost.
 #[inline(always)]
 fn send(record: &FlowRecord) {
-    if FLOW_RECORDS.output::<FlowRecord>(record, 0).is_err() {
+    let flags = if FLOW_RECORDS.query(BPF_RB_AVAIL_DATA as u64) > WAKE_UP_ABOVE {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if FLOW_RECORDS
+        .output::<FlowRecord>(record, u64::from(flags))
+        .is_err()
+    {
         count(Counter::FlowRecordsLost);
     }
 }

@@ -77,6 +77,14 @@ pub fn build_veg() -> anyhow::Result<PathBuf> {
     Ok(root().join("target/debug/veg"))
 }
 
+/// veg optimized, as shipped: what the bench measures where the agent's own work counts (translation records,
+/// scrapes). The datapath is optimized in every profile.
+pub fn build_veg_release() -> anyhow::Result<PathBuf> {
+    step("building veg (release)");
+    run(cargo().args(["build", "--release", "--bin", "veg"]))?;
+    Ok(root().join("target/release/veg"))
+}
+
 /// veg as shipped carries no lab code: veg-userspace does not depend on veg-lab (the crate graph, whatever the
 /// profile), and the built veg binary has no symbol of it (while it has veg-userspace's, so the check can fail).
 fn check_no_lab_in_veg() -> anyhow::Result<()> {

@@ -5,7 +5,7 @@
 
 use std::{
     fs::{File, OpenOptions},
-    io::Write,
+    io::{BufWriter, Stdout, Write},
     path::{Path, PathBuf},
 };
 
@@ -22,6 +22,12 @@ use veg_common::record::FlowRecord;
 use super::settings::RecordsDestination;
 use crate::datapath::records::{Origin, TranslationRecord};
 
+/// How often the ring is drained without being woken: how late a record may be written at low rates.
+const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Records written per drain at most (a few milliseconds of work).
+const DRAIN_BATCH: usize = 4096;
+
 /// Lines a watcher may fall behind before it is told it missed some.
 const WATCH_BACKLOG: usize = 4096;
 
@@ -30,27 +36,33 @@ pub fn watch_socket(run_dir: &Path, name: &str) -> PathBuf {
     run_dir.join(format!("{name}.records"))
 }
 
-/// Where lines go.
+/// Where lines go. Buffered, and flushed after each batch (`flush`): a write per line would cap the agent at a
+/// few tens of thousands of records a second, well below the rate a flood of new flows makes them.
 enum Sink {
-    Stdout,
+    Stdout(BufWriter<Stdout>),
     File {
         path: PathBuf,
-        file: File,
+        file: BufWriter<File>,
         written: u64,
         max_bytes: u64,
     },
 }
 
+/// The buffer of the sink: a batch of records is written in one system call or a few.
+const SINK_BUFFER: usize = 256 * 1024;
+
 impl Sink {
     fn open(destination: &RecordsDestination) -> anyhow::Result<Sink> {
         Ok(match destination {
-            RecordsDestination::Stdout => Sink::Stdout,
+            RecordsDestination::Stdout => {
+                Sink::Stdout(BufWriter::with_capacity(SINK_BUFFER, std::io::stdout()))
+            }
             RecordsDestination::File { path, max_bytes } => {
                 let file = open_append(path)?;
                 let written = file.metadata().map(|m| m.len()).unwrap_or(0);
                 Sink::File {
                     path: path.clone(),
-                    file,
+                    file: BufWriter::with_capacity(SINK_BUFFER, file),
                     written,
                     max_bytes: *max_bytes,
                 }
@@ -60,10 +72,7 @@ impl Sink {
 
     fn write_line(&mut self, line: &str) -> anyhow::Result<()> {
         match self {
-            Sink::Stdout => {
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "{line}").context("writing a record to stdout")
-            }
+            Sink::Stdout(out) => writeln!(out, "{line}").context("writing a record to stdout"),
             Sink::File {
                 path,
                 file,
@@ -71,11 +80,13 @@ impl Sink {
                 max_bytes,
             } => {
                 if *written > 0 && *written + line.len() as u64 + 1 > *max_bytes {
+                    file.flush()
+                        .with_context(|| format!("writing records to {}", path.display()))?;
                     let rotated = PathBuf::from(format!("{}.1", path.display()));
                     std::fs::rename(&*path, &rotated).with_context(|| {
                         format!("rotating {} to {}", path.display(), rotated.display())
                     })?;
-                    *file = open_append(path)?;
+                    *file = BufWriter::with_capacity(SINK_BUFFER, open_append(path)?);
                     *written = 0;
                 }
                 writeln!(file, "{line}")
@@ -83,6 +94,16 @@ impl Sink {
                 *written += line.len() as u64 + 1;
                 Ok(())
             }
+        }
+    }
+
+    /// Hand what is buffered to the kernel.
+    fn flush(&mut self) -> anyhow::Result<()> {
+        match self {
+            Sink::Stdout(out) => out.flush().context("writing records to stdout"),
+            Sink::File { path, file, .. } => file
+                .flush()
+                .with_context(|| format!("writing records to {}", path.display())),
         }
     }
 }
@@ -141,27 +162,30 @@ impl Records {
     pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         tokio::pin!(stop);
         info!(socket = %self.socket_path.display(), "translation records on");
+        // The datapath wakes the agent only when the ring fills up (its records.rs); otherwise it is drained here.
+        let mut drain = tokio::time::interval(DRAIN_INTERVAL);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 ready = self.ring.readable_mut() => match ready {
                     Ok(mut guard) => {
-                        let mut raw = Vec::new();
-                        while let Some(item) = guard.get_inner_mut().next() {
-                            raw.push(parse(&item));
-                        }
                         guard.clear_ready();
-                        for record in raw.into_iter().flatten() {
-                            if let Some(record) = TranslationRecord::from_datapath(&record, &self.origin) {
-                                self.write(&record);
-                            }
-                        }
+                        drop(guard);
+                        self.drain_ring();
                     }
                     Err(e) => {
                         warn!("the flow records ring failed: {e}; no more records from the datapath");
                         return;
                     }
                 },
-                Some(record) = self.swept.recv() => self.write(&record),
+                _ = drain.tick() => self.drain_ring(),
+                Some(record) = self.swept.recv() => {
+                    self.write(&record);
+                    while let Ok(record) = self.swept.try_recv() {
+                        self.write(&record);
+                    }
+                    self.flush();
+                }
                 accepted = self.listener.accept() => {
                     if let Ok((stream, _)) = accepted {
                         tokio::spawn(serve_watcher(stream, self.watchers.subscribe()));
@@ -173,7 +197,34 @@ impl Records {
         while let Ok(record) = self.swept.try_recv() {
             self.write(&record);
         }
+        self.flush();
         let _ = std::fs::remove_file(&self.socket_path);
+    }
+
+    /// Write what the ring holds, up to DRAIN_BATCH records, so that a flood of them never keeps the agent's
+    /// other work (health checks, metrics, BFD) waiting; the next tick or wake-up takes the rest.
+    fn drain_ring(&mut self) {
+        let mut raw = Vec::new();
+        while raw.len() < DRAIN_BATCH
+            && let Some(item) = self.ring.get_mut().next()
+        {
+            raw.push(parse(&item));
+        }
+        if raw.is_empty() {
+            return;
+        }
+        for record in raw.into_iter().flatten() {
+            if let Some(record) = TranslationRecord::from_datapath(&record, &self.origin) {
+                self.write(&record);
+            }
+        }
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.sink.flush() {
+            warn!("{e:#}");
+        }
     }
 
     fn write(&mut self, record: &TranslationRecord) {

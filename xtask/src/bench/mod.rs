@@ -18,7 +18,7 @@ use anyhow::{Context as _, bail, ensure};
 use serde_json::json;
 use veg_testbed::topology::Topology;
 
-use crate::workspace::{build_veg, root, setup, step};
+use crate::workspace::{build_veg, build_veg_release, root, setup, step};
 use modes::{ALL, enable};
 use report::Record;
 use scenarios::{CLIENT_IP, SCENARIOS, Tools, measure, start_tcp_server};
@@ -76,10 +76,16 @@ fn build_loadgen() -> anyhow::Result<String> {
         .into_owned())
 }
 
-/// Set-up, veg and the load generator built, and the bench's topology with its one client.
-fn topology() -> anyhow::Result<(Topology, Tools)> {
+/// Set-up, veg and the load generator built, and the bench's topology with its one client. veg is the release
+/// build, as shipped, except in the smoke run (which only checks that every mode works, and is part of the test
+/// command: a second profile's build would double its compile time).
+fn topology(smoke: bool) -> anyhow::Result<(Topology, Tools)> {
     setup()?;
-    let veg = build_veg()?;
+    let veg = if smoke {
+        build_veg()?
+    } else {
+        build_veg_release()?
+    };
     let tools = Tools {
         loadgen: build_loadgen()?,
     };
@@ -135,7 +141,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let flow_table = scenarios.contains(&scale::SCENARIO);
     let port_exhaustion = scenarios.contains(&exhaustion::SCENARIO);
     scenarios.retain(|s| *s != scale::SCENARIO && *s != exhaustion::SCENARIO);
-    let (topo, tools) = topology()?;
+    let (topo, tools) = topology(args.smoke)?;
     let _tcp_server = KillOnDrop(start_tcp_server(&topo, &tools)?);
 
     let mut records = Vec::new();

@@ -1,22 +1,29 @@
-//! The ways the gateway instance can translate: veg's datapath, or the kernel's NAT as the reference sets it up.
+//! The ways the gateway instance can translate: veg's datapath (with or without translation records), or the
+//! kernel's NAT as the reference sets it up.
+
+use std::path::PathBuf;
 
 use veg_testbed::topology::{Gateway, SNAT_SOURCES, Topology};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Veg,
+    /// veg writing a translation record for every translation created and ended (`--flow-records FILE`): what
+    /// the records cost, beside veg without them.
+    VegRecords,
     /// `iptables -t nat -A POSTROUTING -s SRC -j MASQUERADE --random-fully`, as the reference's instance.
     Iptables,
     /// nftables `masquerade fully-random`.
     Nftables,
 }
 
-pub const ALL: [Mode; 3] = [Mode::Veg, Mode::Iptables, Mode::Nftables];
+pub const ALL: [Mode; 4] = [Mode::Veg, Mode::VegRecords, Mode::Iptables, Mode::Nftables];
 
 impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Veg => "veg",
+            Mode::VegRecords => "veg+records",
             Mode::Iptables => "iptables",
             Mode::Nftables => "nftables",
         }
@@ -25,9 +32,12 @@ impl Mode {
 
 /// A mode set up in the topology's gateway instance; dropping it undoes everything (rules, conntrack, pins).
 pub enum Active<'a> {
-    /// The running agent; dropping it stops the agent and removes its pins.
+    /// The running agent; dropping it stops the agent and removes its pins, and its records file when it wrote
+    /// one.
     Veg {
-        agent: Gateway,
+        /// Always there; an Option so that dropping stops it before its records file is removed.
+        agent: Option<Gateway>,
+        records: Option<PathBuf>,
     },
     Netfilter {
         topo: &'a Topology,
@@ -54,13 +64,24 @@ pub fn enable_translating<'a>(
 ) -> Active<'a> {
     let gw = &topo.gateway;
     match mode {
-        Mode::Veg => {
+        Mode::Veg | Mode::VegRecords => {
             let mut flags = veg_flags.to_vec();
             if let Some(range) = range {
                 flags.extend(["--port-range", range]);
             }
+            // A file, as a log shipper would read: the records' whole path, from the ring to the disk.
+            let records = (mode == Mode::VegRecords).then(|| {
+                std::env::temp_dir().join(format!("veg-bench-records-{}.jsonl", std::process::id()))
+            });
+            let records_flag = records
+                .as_ref()
+                .map(|path| path.to_string_lossy().into_owned());
+            if let Some(path) = &records_flag {
+                flags.extend(["--flow-records", path]);
+            }
             Active::Veg {
-                agent: topo.start_gateway(&flags),
+                agent: Some(topo.start_gateway(&flags)),
+                records,
             }
         }
         Mode::Iptables => {
@@ -116,7 +137,7 @@ impl Active<'_> {
     /// veg's running agent, in veg mode.
     pub fn agent(&self) -> Option<&Gateway> {
         match self {
-            Active::Veg { agent } => Some(agent),
+            Active::Veg { agent, .. } => agent.as_ref(),
             Active::Netfilter { .. } => None,
         }
     }
@@ -124,6 +145,13 @@ impl Active<'_> {
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
+        if let Active::Veg { agent, records } = self {
+            drop(agent.take());
+            if let Some(path) = records {
+                let _ = std::fs::remove_file(path.with_extension("jsonl.1"));
+                let _ = std::fs::remove_file(path);
+            }
+        }
         if let Active::Netfilter { topo, mode } = self {
             let gw = &topo.gateway;
             match mode {

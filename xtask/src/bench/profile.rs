@@ -217,7 +217,7 @@ const TOP_FRAMES: usize = 8;
 
 pub fn run(rounds: usize, seconds: f64) -> anyhow::Result<()> {
     // The set-up in topology() installs perf (Debian's linux-perf).
-    let (topo, tools) = topology()?;
+    let (topo, tools) = topology(false)?;
     ensure!(
         Command::new("perf")
             .arg("--version")

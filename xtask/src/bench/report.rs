@@ -99,9 +99,9 @@ pub fn markdown(records: &[Record], header: &str) -> String {
     let _ = writeln!(out, "{header}\n");
     let _ = writeln!(
         out,
-        "| scenario | metric | veg | iptables | nftables | veg / iptables |"
+        "| scenario | metric | veg | veg+records | iptables | nftables | veg / iptables | records' cost |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
     for ((scenario, metric), per_mode) in medians(records) {
         let cell = |mode: &str| {
             per_mode
@@ -109,16 +109,19 @@ pub fn markdown(records: &[Record], header: &str) -> String {
                 .map(|v| format!("{v:.2}"))
                 .unwrap_or_else(|| "-".into())
         };
-        let ratio = match (per_mode.get("veg"), per_mode.get("iptables")) {
-            (Some(v), Some(i)) if *i != 0.0 => format!("{:.2}x", v / i),
+        let ratio = |of: &str, to: &str| match (per_mode.get(of), per_mode.get(to)) {
+            (Some(a), Some(b)) if *b != 0.0 => format!("{:.2}x", a / b),
             _ => "-".into(),
         };
         let _ = writeln!(
             out,
-            "| {scenario} | {metric} | {} | {} | {} | {ratio} |",
+            "| {scenario} | {metric} | {} | {} | {} | {} | {} | {} |",
             cell("veg"),
+            cell("veg+records"),
             cell("iptables"),
-            cell("nftables")
+            cell("nftables"),
+            ratio("veg", "iptables"),
+            ratio("veg+records", "veg"),
         );
     }
     out

@@ -9,6 +9,9 @@
 //! Memory is counted the way each table pays for it. veg's flow map is preallocated for `--max-flows` and its
 //! size is the kernel's own accounting of the map (bytes_memlock). conntrack allocates per connection: the growth
 //! of slab objects during the fill (nf_conn and its extensions), plus its hash table (8 bytes per bucket).
+//!
+//! With the table full, veg's modes also say what a Prometheus scrape of the agent costs (it must not grow with
+//! the table) and, with translation records on, how many records the ring could not take.
 
 use std::time::Duration;
 
@@ -180,11 +183,60 @@ fn measure(topo: &Topology, tools: &Tools, active: &Active, flows: u32) -> anyho
         }
     };
     ensure!(held > 0, "the gateway holds no translation after the fill");
-    Ok(vec![
+    let mut sample = vec![
         ("kflows_per_s", held as f64 / seconds / 1000.0),
         ("seconds", seconds),
         ("held", held as f64),
         ("memory_mib", memory as f64 / (1024.0 * 1024.0)),
         ("bytes_per_flow", memory as f64 / held as f64),
-    ])
+    ];
+    if let Some(agent) = active.agent() {
+        let scraped = scrape_ms(topo).with_context(|| {
+            let log = agent.log();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            format!(
+                "the agent's last lines:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })?;
+        sample.push(("metrics_scrape_ms", scraped));
+        sample.push(("records_lost", agent.counter("flow_records_lost") as f64));
+    }
+    Ok(sample)
 }
+
+/// The fastest of three scrapes of the agent's /metrics with the table full (curl's own timing, from inside the
+/// instance): what Prometheus costs the agent.
+fn scrape_ms(topo: &Topology) -> anyhow::Result<f64> {
+    let url = format!("http://{AGENT_HEALTH}/metrics");
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let out = topo.gateway.exec(
+            "curl",
+            &[
+                "-sf",
+                "-m",
+                "10",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{time_total}",
+                &url,
+            ],
+        );
+        ensure!(
+            out.status.success(),
+            "curl {url} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seconds: f64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .context("curl's time_total")?;
+        best = best.min(seconds * 1000.0);
+    }
+    Ok(best)
+}
+
+/// The agent's health listener in the instance's namespace (`veg gateway`'s default --health-listen).
+const AGENT_HEALTH: &str = "127.0.0.1:8080";
