@@ -23,6 +23,7 @@ use veg_testbed::{
 use veg_userspace::{
     datapath::{
         loader::{Datapath, PROGRAM_FROM_OUTSIDE, PROGRAM_FROM_VPC},
+        log::DatapathLog,
         monotonic_now_ns, pins,
         policy::{Action, DesiredPolicy},
         slow_path::{self, held::datagram_key},
@@ -229,8 +230,12 @@ fn with_program_lab_sized(entries: u32, test: impl FnOnce(&mut ProgramLab) + Sen
     ns.sysctl("net.ipv4.conf.lo.forwarding", "1");
     let name = unique("vegprog");
     ns.run(move || {
-        let mut datapath =
-            Datapath::load(&pins::gateway_dir(&name), entries).expect("loading the datapath");
+        // The bench times the programs with their log lines off and on (xtask's program.rs).
+        let log: DatapathLog = std::env::var("VEG_DATAPATH_LOG")
+            .map(|level| level.parse().expect("VEG_DATAPATH_LOG"))
+            .unwrap_or_default();
+        let mut datapath = Datapath::load_logging(&pins::gateway_dir(&name), entries, log)
+            .expect("loading the datapath");
         let lab_name = name.clone();
         let policy: DesiredPolicy = [
             ("10.16.0.0/24".parse().unwrap(), Action::Snat),
@@ -1990,4 +1995,17 @@ fn bpftool_prints_the_pinned_maps_by_field() {
         let config = bpftool_dump(lab, pins::CONFIG);
         assert_eq!(config[0]["value"]["port_min"], PORT_MIN, "{config:?}");
     });
+}
+
+#[test]
+fn the_programs_load_with_every_log_line_on() {
+    if skip_unless_root() {
+        return;
+    }
+    let name = unique("veglog");
+    let dir = pins::gateway_dir(&name);
+    // Every line enabled: the verifier must accept them all, on every path they sit on.
+    let loaded = Datapath::load_logging(&dir, 65536, DatapathLog::Trace).map(drop);
+    let _ = pins::remove_gateway_pins(&name);
+    loaded.unwrap_or_else(|e| panic!("{e:#}"));
 }

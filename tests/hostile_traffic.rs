@@ -293,6 +293,31 @@ fn a_client_offering_more_flows_than_the_range_holds_stalls_no_one_else() {
         searches * 20 < dropped,
         "{searches} full searches for {dropped} drops: the exhausted endpoint is not remembered"
     );
+    // The datapath logs nothing unless asked (--datapath-log).
+    assert!(!gateway.log().contains("no free port"), "{}", gateway.log());
+}
+
+#[test]
+fn with_datapath_logs_on_a_port_search_that_finds_nothing_is_logged() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    // Two ports toward each remote endpoint.
+    let mut gateway = topo.start_gateway(&["--port-range", "2000-2001", "--datapath-log", "warn"]);
+    let _udp = udp_echo(&topo.server, UDP_PORT);
+    for port in [7001, 7002] {
+        udp_round_trip(topo.client(client), port, server(UDP_PORT), b"fits")
+            .expect("a datagram through the gateway was lost");
+    }
+    topo.client(client).run(|| {
+        let socket = UdpSocket::bind("0.0.0.0:7003").unwrap();
+        socket.send_to(b"no port left", server(UDP_PORT)).unwrap();
+    });
+    let expected = format!("no free port toward {}", server(UDP_PORT));
+    gateway.wait_for_log(&expected, Duration::from_secs(10));
+    assert_eq!(gateway.counter("port_searches_failed"), 1);
 }
 
 #[test]

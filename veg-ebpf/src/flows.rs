@@ -17,6 +17,7 @@ use veg_common::{
 };
 
 use crate::{
+    log,
     maps::{FLOWS, flow_scratch},
     packet::{Ipv4Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     pending, ports, records,
@@ -262,6 +263,7 @@ fn repair(key: &FlowKey, partner_key: &FlowKey, entry: &FlowEntry, state: u8, no
         return false;
     }
     count(Counter::FlowsRepaired);
+    log::pair_repaired(partner_key);
     true
 }
 

@@ -23,6 +23,7 @@ mod from_outside;
 mod from_vpc;
 mod icmp;
 mod icmp_errors;
+mod log;
 mod maps;
 mod packet;
 mod pending;

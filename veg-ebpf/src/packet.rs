@@ -10,6 +10,7 @@ use veg_common::{
 };
 
 use crate::{
+    log::{self, Malformed},
     maps::{PACKET, config},
     stats::{drop_packet, pass_to_host},
 };
@@ -147,7 +148,10 @@ pub fn accept(ctx: &TcContext) -> Result<(&'static GatewayConfig, &'static Ipv4P
     let pkt = unsafe { &mut *pkt };
     match parse(ctx, pkt) {
         Parsed::Other => Err(pass_to_host(Counter::PassedToHost)),
-        Parsed::Malformed => Err(drop_packet(Counter::DropMalformed)),
+        Parsed::Malformed(why) => {
+            log::malformed(why, unsafe { (*ctx.skb.skb).ifindex });
+            Err(drop_packet(Counter::DropMalformed))
+        }
         Parsed::Ipv4 => Ok((cfg, pkt)),
     }
 }
@@ -155,7 +159,7 @@ pub fn accept(ctx: &TcContext) -> Result<(&'static GatewayConfig, &'static Ipv4P
 pub enum Parsed {
     /// Not IPv4 (ARP, IPv6, ...): not ours to judge.
     Other,
-    Malformed,
+    Malformed(Malformed),
     Ipv4,
 }
 
@@ -209,22 +213,22 @@ pub fn parse(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Parsed {
     // The largest header walk: Ethernet + IPv4 with options + the L4 bytes we touch.
     pull_headers(ctx, EthHdr::LEN + 60 + L4_NEEDED);
     match parse_ipv4(ctx, pkt) {
-        Some(()) => Parsed::Ipv4,
-        None => Parsed::Malformed,
+        Ok(()) => Parsed::Ipv4,
+        Err(why) => Parsed::Malformed(why),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Option<()> {
-    let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, L3_OFF)? };
+fn parse_ipv4(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Result<(), Malformed> {
+    let ip = unsafe { &*ptr_at::<Ipv4Hdr>(ctx, L3_OFF).ok_or(Malformed::Truncated)? };
     let ihl = ((ip.vihl & 0x0f) as usize) * 4;
     if ip.vihl >> 4 != 4 || ihl < IPV4_MIN_LEN {
-        return None;
+        return Err(Malformed::Ipv4Header);
     }
     let tot_len = u16::from_be_bytes(ip.tot_len) as usize;
     // The IP total length must cover the header and fit in what arrived.
     if tot_len < ihl || L3_OFF + tot_len > ctx.len() as usize {
-        return None;
+        return Err(Malformed::IpLength);
     }
     let frags = u16::from_be_bytes(ip.frags);
     *pkt = Ipv4Packet {
@@ -249,7 +253,7 @@ fn parse_ipv4(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Option<()> {
         segments: unsafe { (*ctx.skb.skb).gso_segs }.clamp(1, u32::from(u16::MAX)) as u16,
     };
     if pkt.later_fragment {
-        return Some(());
+        return Ok(());
     }
     let l4_len = tot_len - ihl;
     match pkt.protocol {
@@ -258,19 +262,19 @@ fn parse_ipv4(ctx: &TcContext, pkt: &mut Ipv4Packet) -> Option<()> {
         PROTO_ICMP => parse_icmp(ctx, pkt, l4_len)?,
         _ => {}
     }
-    Some(())
+    Ok(())
 }
 
 #[inline(always)]
-fn parse_tcp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Option<()> {
-    let tcp = unsafe { &*ptr_at::<TcpHdr>(ctx, pkt.l4())? };
+fn parse_tcp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Result<(), Malformed> {
+    let tcp = unsafe { &*ptr_at::<TcpHdr>(ctx, pkt.l4()).ok_or(Malformed::Truncated)? };
     // Bytes 12 and 13 hold the data offset (high nibble) and the flags (CWR ECE URG ACK PSH RST SYN FIN). Read
     // them directly: the bitfield accessors carry bounds checks the verifier cannot accept.
     let raw = tcp as *const TcpHdr as *const u8;
     let (data_offset, flags) = unsafe { (*raw.add(12), *raw.add(13)) };
     let header_len = ((data_offset >> 4) as usize) * 4;
     if l4_len < TCP_MIN_LEN || header_len < TCP_MIN_LEN || header_len > l4_len {
-        return None;
+        return Err(Malformed::TcpHeader);
     }
     pkt.src_port = u16::from_ne_bytes(tcp.source);
     pkt.dst_port = u16::from_ne_bytes(tcp.dest);
@@ -278,28 +282,28 @@ fn parse_tcp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Option<()>
     pkt.tcp_seq = u32::from_be_bytes(tcp.seq);
     pkt.tcp_ack = u32::from_be_bytes(tcp.ack_seq);
     pkt.tcp_payload_len = (l4_len - header_len) as u16;
-    Some(())
+    Ok(())
 }
 
 #[inline(always)]
-fn parse_udp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Option<()> {
-    let udp = unsafe { &*ptr_at::<UdpHdr>(ctx, pkt.l4())? };
+fn parse_udp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Result<(), Malformed> {
+    let udp = unsafe { &*ptr_at::<UdpHdr>(ctx, pkt.l4()).ok_or(Malformed::Truncated)? };
     let len = u16::from_be_bytes(udp.len) as usize;
     // A first fragment holds only part of the datagram its UDP length covers.
     if l4_len < UDP_LEN || len < UDP_LEN || (len > l4_len && !pkt.is_fragment) {
-        return None;
+        return Err(Malformed::UdpLength);
     }
     pkt.src_port = u16::from_ne_bytes(udp.src);
     pkt.dst_port = u16::from_ne_bytes(udp.dst);
     pkt.udp_checksum_zero = udp.check == [0, 0];
-    Some(())
+    Ok(())
 }
 
 #[inline(always)]
-fn parse_icmp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Option<()> {
-    let icmp = unsafe { &*ptr_at::<Icmpv4Hdr>(ctx, pkt.l4())? };
+fn parse_icmp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Result<(), Malformed> {
+    let icmp = unsafe { &*ptr_at::<Icmpv4Hdr>(ctx, pkt.l4()).ok_or(Malformed::Truncated)? };
     if l4_len < ICMP_ECHO_LEN {
-        return None;
+        return Err(Malformed::IcmpLength);
     }
     pkt.icmp_type = icmp.type_;
     if icmp.type_ == ICMP_ECHO_REQUEST || icmp.type_ == ICMP_ECHO_REPLY {
@@ -308,5 +312,5 @@ fn parse_icmp(ctx: &TcContext, pkt: &mut Ipv4Packet, l4_len: usize) -> Option<()
         pkt.src_port = id;
         pkt.dst_port = id;
     }
-    Some(())
+    Ok(())
 }

@@ -20,6 +20,7 @@ use veg_common::{
 
 use crate::{
     flows::remove_translation,
+    log,
     maps::{EXHAUSTED, FLOWS, FlowScratch, flow_scratch},
     pending::{Refused, give_one_up, insert},
     records,
@@ -359,6 +360,7 @@ pub fn allocate(
         return make_room(flow, now);
     }
     count(Counter::PortSearchesFailed);
+    log::port_search_failed(&flow.endpoint);
     // The scratch space is this CPU's and the loop is over: the endpoint is still there.
     let _ = EXHAUSTED.insert(&flow.endpoint, &(now + EXHAUSTED_BACKOFF_NS), 0);
     Err(Counter::DropPortExhausted)

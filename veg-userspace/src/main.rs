@@ -236,7 +236,9 @@ fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // The datapath's lines (target veg_ebpf) are filtered by --datapath-log, where they are written.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,veg_ebpf=trace".into()),
         )
         .with_writer(io::stderr)
         .init();

@@ -13,10 +13,12 @@ use aya::{
     },
     util::KernelVersion,
 };
+use aya_log::EbpfLogger;
 use veg_common::config::{CONFIG_KEY, GatewayConfig};
 
 use super::{
-    EBPF_OBJECT, flow_table::FlowTable, monotonic_now_ns, pinned_maps, pins, policy::PolicyTable,
+    EBPF_OBJECT, flow_table::FlowTable, log::DatapathLog, monotonic_now_ns, pinned_maps, pins,
+    policy::PolicyTable,
 };
 
 pub const PROGRAM_FROM_VPC: &str = "veg_from_vpc";
@@ -31,6 +33,8 @@ const FLOW_RECORDS: &str = "FLOW_RECORDS";
 pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
+    /// The programs' log lines, when `--datapath-log` asks for some; taken by the agent.
+    logger: Option<EbpfLogger<&'static dyn log::Log>>,
     links: Vec<PinnedLink>,
     /// A flow table of another size or build whose flows are being carried over into the new one, and when the
     /// first copy began.
@@ -48,12 +52,22 @@ impl Datapath {
     /// them there. `max_flow_entries` sizes the flow table: a pinned one of another size is migrated into a new
     /// one (see pinned_maps.rs).
     pub fn load(pin_dir: &Path, max_flow_entries: u32) -> anyhow::Result<Datapath> {
+        Datapath::load_logging(pin_dir, max_flow_entries, DatapathLog::Off)
+    }
+
+    /// `load`, the programs writing log lines of `log` and more severe (none for Off: the lines are then pruned
+    /// when the programs load, and cost nothing).
+    pub fn load_logging(
+        pin_dir: &Path,
+        max_flow_entries: u32,
+        log: DatapathLog,
+    ) -> anyhow::Result<Datapath> {
         pins::check_bpffs()?;
         let fresh = !pin_dir.exists();
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating {}", pin_dir.display()))?;
         let loaded = pinned_maps::prepare(pin_dir, max_flow_entries)
-            .and_then(|migrating| Datapath::load_into(pin_dir, max_flow_entries, migrating));
+            .and_then(|migrating| Datapath::load_into(pin_dir, max_flow_entries, migrating, log));
         if loaded.is_err() && fresh {
             // A failed first load must not leave the maps it pinned (nor the directory) behind.
             let _ = pins::remove_dir_of_pins(pin_dir);
@@ -65,9 +79,12 @@ impl Datapath {
         pin_dir: &Path,
         max_flow_entries: u32,
         migrating: Option<PathBuf>,
+        log: DatapathLog,
     ) -> anyhow::Result<Datapath> {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(pins::FLOWS, max_flow_entries);
+        let level = log.aya_level();
+        loader.override_global(aya_log::LEVEL, &level, true);
         // BTF-declared maps carry no pinning of their own: each is pinned (or its pin reused) by name here.
         for name in pins::PINNED_MAPS {
             loader.map_pin_path(name, pin_dir.join(name));
@@ -84,6 +101,10 @@ impl Datapath {
                 kernel_error(anyhow!(e)).context(format!("verifying program {name}"))
             })?;
         }
+        let logger = match log {
+            DatapathLog::Off => None,
+            _ => Some(EbpfLogger::init(&mut ebpf).context("reading the datapath's log lines")?),
+        };
         let migrating = match migrating {
             Some(old) => {
                 let started = monotonic_now_ns();
@@ -96,6 +117,7 @@ impl Datapath {
         Ok(Datapath {
             ebpf,
             pin_dir: pin_dir.to_owned(),
+            logger,
             links: Vec::new(),
             migrating,
         })
@@ -120,6 +142,11 @@ impl Datapath {
             .program(name)
             .with_context(|| format!("program {name} missing from the object"))?
             .try_into()?)
+    }
+
+    /// The programs' log lines (once), when they write some.
+    pub fn take_logger(&mut self) -> Option<EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
     }
 
     pub fn pin_dir(&self) -> &Path {

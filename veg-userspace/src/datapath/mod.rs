@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod flow_table;
 pub mod loader;
+pub mod log;
 pub mod pinned_maps;
 pub mod pins;
 pub mod policy;

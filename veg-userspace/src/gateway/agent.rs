@@ -104,7 +104,8 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
     let port_range = host::translation_port_range(settings.port_range)?;
 
     let pin_dir = pins::gateway_dir(&settings.name);
-    let mut datapath = Datapath::load(&pin_dir, settings.max_flow_entries)?;
+    let mut datapath =
+        Datapath::load_logging(&pin_dir, settings.max_flow_entries, settings.datapath_log)?;
     let changes = datapath.policy()?.sync(&settings.policy)?;
     info!(
         sources = settings.policy.len(),
@@ -277,6 +278,10 @@ pub async fn run(
         }
         None => (None, None),
     };
+    // The programs' log lines, when --datapath-log asks for them; stopped with the agent.
+    let datapath_log = datapath
+        .take_logger()
+        .map(|logger| tokio::spawn(crate::datapath::log::forward(logger)));
     let flows = datapath.flow_table()?;
     let mut sweep = tokio::time::interval(settings.sweep_interval);
     tokio::pin!(stop);
@@ -339,6 +344,9 @@ pub async fn run(
     }
     if let Some(task) = bfd_task {
         task.await??;
+    }
+    if let Some(task) = datapath_log {
+        task.abort();
     }
     let pin_dir = datapath.pin_dir().to_owned();
     drop(datapath);

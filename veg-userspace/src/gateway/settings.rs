@@ -17,7 +17,9 @@ use veg_bfd::session::Timers;
 
 use crate::{
     datapath::{
-        flow_table_entries, pins,
+        flow_table_entries,
+        log::DatapathLog,
+        pins,
         policy::{Action, DesiredPolicy},
     },
     gateway::resource::GatewayRef,
@@ -155,6 +157,8 @@ pub struct GatewaySettings {
     pub resource: Option<GatewayRef>,
     /// Where translation records go; None: records are off.
     pub flow_records: Option<RecordsDestination>,
+    /// How much the programs log.
+    pub datapath_log: DatapathLog,
 }
 
 /// Where translation records are written.
@@ -256,6 +260,11 @@ pub struct SettingsInput {
     /// one) and a new one started. [default: 100]
     #[arg(long, value_name = "MIB")]
     pub flow_records_max_size: Option<u64>,
+    /// Log the datapath's rare events at this level and above, through the agent's log (target veg_ebpf): a
+    /// translation pair repaired and a malformed packet with why (debug), a port search that found no port (warn).
+    /// Set when the programs load; lines below it cost nothing. [default: off]
+    #[arg(long, value_name = "off|error|warn|info|debug|trace")]
+    pub datapath_log: Option<String>,
 }
 
 impl SettingsInput {
@@ -289,6 +298,7 @@ impl SettingsInput {
         self.health_listen = self.health_listen.or(file.health_listen);
         self.flow_records = self.flow_records.or(file.flow_records);
         self.flow_records_max_size = self.flow_records_max_size.or(file.flow_records_max_size);
+        self.datapath_log = self.datapath_log.or(file.datapath_log);
         self
     }
 
@@ -402,10 +412,17 @@ impl SettingsInput {
         if max_flows == 0 || max_flows > 1 << 24 {
             bail!("invalid --max-flows {max_flows}: expected 1 to {}", 1 << 24);
         }
+        let datapath_log = self
+            .datapath_log
+            .as_deref()
+            .map(str::parse)
+            .transpose()?
+            .unwrap_or_default();
         Ok(GatewaySettings {
             resource,
             bfd,
             flow_records,
+            datapath_log,
             health_listen,
             name,
             netns: self.netns,

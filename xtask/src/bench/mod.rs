@@ -176,6 +176,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     let program = program::program_costs()?;
+    let program_logging = program::program_costs_logging()?;
     let netfilter_policy = program::netfilter_policy_load_ms()?;
     drop(_tcp_server);
 
@@ -190,7 +191,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .unwrap_or(0)
     );
     let mut table = report::markdown(&records, &header);
-    table.push_str(&report::program_markdown(&program, &netfilter_policy));
+    table.push_str(&report::program_markdown(
+        &program,
+        &program_logging,
+        &netfilter_policy,
+    ));
     println!("\n{table}");
     let dir = if args.smoke {
         root().join("target/bench-smoke")
@@ -201,7 +206,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let context = json!({
         "rounds": rounds, "seconds": seconds, "kernel": kernel, "scenarios": scenarios,
         "flow_table_flows": flow_table.then_some(flow_table_flows),
-        "program_ns_per_packet": program, "policy_100k_load_ms": {
+        "program_ns_per_packet": program, "program_ns_per_packet_datapath_log_debug": program_logging,
+        "policy_100k_load_ms": {
             "veg": program["policy_100k_load_ms"], "iptables": netfilter_policy["iptables"], "nftables": netfilter_policy["nftables"]
         },
     });

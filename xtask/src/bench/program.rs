@@ -20,9 +20,22 @@ pub fn program_costs() -> anyhow::Result<Value> {
     step(&format!(
         "program cost per path (BPF_PROG_TEST_RUN) and policy load time, best of {RUNS} runs"
     ));
+    best_of_runs("off")
+}
+
+/// The same with the programs' log lines on (`--datapath-log debug`): what a line costs where it sits, and that
+/// the paths without one cost the same as with logging off (where the lines are pruned when the programs load).
+pub fn program_costs_logging() -> anyhow::Result<Value> {
+    step(&format!(
+        "program cost per path with --datapath-log debug, best of {RUNS} runs"
+    ));
+    best_of_runs("debug")
+}
+
+fn best_of_runs(datapath_log: &str) -> anyhow::Result<Value> {
     let mut best = serde_json::Map::new();
     for _ in 0..RUNS {
-        let Value::Object(run) = program_costs_once()? else {
+        let Value::Object(run) = program_costs_once(datapath_log)? else {
             anyhow::bail!("PROGRAM_COST is not a JSON object");
         };
         for (path, value) in run {
@@ -39,8 +52,10 @@ pub fn program_costs() -> anyhow::Result<Value> {
     Ok(Value::Object(best))
 }
 
-fn program_costs_once() -> anyhow::Result<Value> {
+fn program_costs_once(datapath_log: &str) -> anyhow::Result<Value> {
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        // The program lab's datapath loads with this --datapath-log level (tests/datapath_program.rs).
+        .env("VEG_DATAPATH_LOG", datapath_log)
         .args([
             "test",
             "--package",

@@ -127,20 +127,29 @@ pub fn markdown(records: &[Record], header: &str) -> String {
     out
 }
 
-/// The program's own cost per path, and the policy load times.
+/// The program's own cost per path (with its log lines off, and on at debug), and the policy load times.
 pub fn program_markdown(
     program: &serde_json::Value,
+    program_logging: &serde_json::Value,
     netfilter_policy: &serde_json::Value,
 ) -> String {
     let mut out = String::from(
-        "\n| datapath path (BPF_PROG_TEST_RUN, median of 20,000 runs, best of 3) | ns per packet |\n|---|---:|\n",
+        "\n| datapath path (BPF_PROG_TEST_RUN, median of 20,000 runs, best of 3) | ns per packet | with --datapath-log debug |\n|---|---:|---:|\n",
     );
     if let Some(costs) = program.as_object() {
         for (path, ns) in costs
             .iter()
             .filter(|(k, _)| k.as_str() != "policy_100k_load_ms")
         {
-            let _ = writeln!(out, "| {path} | {:.0} |", ns.as_f64().unwrap_or(f64::NAN));
+            let logging = program_logging[path.as_str()]
+                .as_f64()
+                .map(|ns| format!("{ns:.0}"))
+                .unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                out,
+                "| {path} | {:.0} | {logging} |",
+                ns.as_f64().unwrap_or(f64::NAN)
+            );
         }
     }
     let ms = |v: &serde_json::Value| {
@@ -195,6 +204,12 @@ mod tests {
             },
             Record {
                 scenario: "udp-one",
+                mode: Mode::VegRecords,
+                round: 0,
+                metrics: vec![("kpps", 300.0)],
+            },
+            Record {
+                scenario: "udp-one",
                 mode: Mode::Iptables,
                 round: 0,
                 metrics: vec![("kpps", 200.0)],
@@ -202,7 +217,7 @@ mod tests {
         ];
         let table = markdown(&records, "# t");
         assert!(
-            table.contains("| udp-one | kpps | 400.00 | 200.00 | - | 2.00x |"),
+            table.contains("| udp-one | kpps | 400.00 | 300.00 | 200.00 | - | 2.00x | 0.75x |"),
             "{table}"
         );
     }
