@@ -1,9 +1,9 @@
 //! The agent's metrics, in Prometheus' text format, served at `/metrics` on the health listener: every counter of
 //! `veg stats` (with its meaning as the help text), port allocation failures per external address, translations
 //! live and the table's capacity, ports in use, flows expired, policy entries, readiness, the BFD sessions' state
-//! and transitions, and the build. A scrape reads the counters maps (one small per-CPU array and the agent's own) and nothing else:
-//! what needs the whole flow table (live translations, ports in use) comes from the last sweep, which reads it
-//! anyway, so a scrape costs the same at a million flows as at none.
+//! and transitions, and the build. A scrape reads the counters maps (one small per-CPU value and the agent's own)
+//! and nothing else: what needs the whole flow table (live translations, ports in use) comes from the last sweep,
+//! which reads it anyway, so a scrape costs the same at a million flows as at none.
 
 use std::{
     fmt::Write as _,
