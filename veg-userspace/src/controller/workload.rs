@@ -179,11 +179,13 @@ fn pod_annotations(
     let network = inputs.external_subnet.network_attachment().ok_or_else(|| {
         format!("the external subnet's provider {provider:?} is not <attachment>.<namespace>")
     })?;
-    let internal_gateway = inputs.internal_subnet.spec.gateway.clone();
+    let internal_gateway = &inputs.internal_subnet.spec.gateway;
+    let via_internal =
+        |dst: &str| gateway_for(dst, internal_gateway).map(|gw| json!({ "dst": dst, "gw": gw }));
     let mut internal_routes: Vec<serde_json::Value> = bfd_ip
         .iter()
         .flat_map(|ips| ips.split(','))
-        .map(|ip| json!({ "dst": ip, "gw": internal_gateway }))
+        .filter_map(|ip| via_internal(ip.trim()))
         .collect();
     // The internal subnet itself is on-link on eth0: a route through its own gateway would replace that.
     let on_link: Vec<&str> = inputs
@@ -197,10 +199,16 @@ fn pod_annotations(
         vpc_routes(inputs.gateway, vpc_cidrs)
             .iter()
             .filter(|cidr| !on_link.contains(&cidr.as_str()))
-            .map(|cidr| json!({ "dst": cidr, "gw": internal_gateway })),
+            .filter_map(|cidr| via_internal(cidr)),
     );
-    let external_routes =
-        json!([{ "dst": "0.0.0.0/0", "gw": inputs.external_subnet.spec.gateway }]);
+    // A default route per family the external subnet has a gateway for.
+    let external_routes: Vec<serde_json::Value> = ["0.0.0.0/0", "::/0"]
+        .into_iter()
+        .filter_map(|dst| {
+            gateway_for(dst, &inputs.external_subnet.spec.gateway)
+                .map(|gw| json!({ "dst": dst, "gw": gw }))
+        })
+        .collect();
     let mut annotations = BTreeMap::from([
         (
             "ovn.kubernetes.io/logical_switch".to_owned(),
@@ -213,7 +221,7 @@ fn pod_annotations(
         ),
         (
             format!("{provider}.kubernetes.io/routes"),
-            external_routes.to_string(),
+            serde_json::Value::from(external_routes).to_string(),
         ),
         (
             format!("{provider}.kubernetes.io/logical_switch"),
@@ -239,6 +247,21 @@ fn pod_annotations(
         );
     }
     Ok(annotations)
+}
+
+/// The gateway of `dst`'s family among a subnet's gateways ("v4", "v6" or "v4,v6", as Kube-OVN writes them): a
+/// route's destination and gateway must be of one family, as the reference splits them. None when the subnet has
+/// no gateway of that family (the route is then left out).
+fn gateway_for(dst: &str, gateways: &str) -> Option<String> {
+    let ipv6 = parse_source(dst).ok()?.addr().is_ipv6();
+    gateways
+        .split(',')
+        .map(str::trim)
+        .find(|gw| {
+            gw.parse::<std::net::IpAddr>()
+                .is_ok_and(|gw| gw.is_ipv6() == ipv6)
+        })
+        .map(str::to_owned)
 }
 
 /// `veg gateway`'s arguments in an instance.
@@ -491,19 +514,43 @@ mod tests {
 
     /// The Deployment of `gateway` on vpc1 (BFD port on, subnets 192.168.0.0/24 and 192.168.1.0/24).
     fn build_for(gateway: &VpcEgressGateway) -> Deployment {
+        build_on(
+            gateway,
+            &Network {
+                internal: ("192.168.0.0/24", "192.168.0.1"),
+                external: ("172.17.0.0/16", "172.17.0.1"),
+                bfd_ip: "10.255.255.255",
+                vpc_cidrs: &["192.168.0.0/24", "192.168.1.0/24"],
+            },
+        )
+    }
+
+    /// The subnets (CIDR blocks and gateways, as Kube-OVN writes them: "v4", "v6" or "v4,v6"), the VPC's BFD
+    /// port address and the VPC's subnets.
+    struct Network<'a> {
+        internal: (&'a str, &'a str),
+        external: (&'a str, &'a str),
+        bfd_ip: &'a str,
+        vpc_cidrs: &'a [&'a str],
+    }
+
+    fn build_on(gateway: &VpcEgressGateway, network: &Network) -> Deployment {
+        let (cidr, gw) = network.internal;
         let internal = subnet(
             "subnet1",
-            "cidrBlock: 192.168.0.0/24\ngateway: 192.168.0.1\nvpc: vpc1\n",
+            &format!("cidrBlock: \"{cidr}\"\ngateway: \"{gw}\"\nvpc: vpc1\n"),
         );
+        let (cidr, gw) = network.external;
         let external = subnet(
             "macvlan1",
-            "cidrBlock: 172.17.0.0/16\ngateway: 172.17.0.1\nprovider: eth1.default\n",
+            &format!("cidrBlock: \"{cidr}\"\ngateway: \"{gw}\"\nprovider: eth1.default\n"),
         );
-        let vpc: Vpc = serde_yaml::from_str(
-            "apiVersion: kubeovn.io/v1\nkind: Vpc\nmetadata: {name: vpc1}\nspec: {bfdPort: {enabled: true, ip: 10.255.255.255}}\n",
-        )
+        let vpc: Vpc = serde_yaml::from_str(&format!(
+            "apiVersion: kubeovn.io/v1\nkind: Vpc\nmetadata: {{name: vpc1}}\nspec: {{bfdPort: {{enabled: true, ip: \"{}\"}}}}\n",
+            network.bfd_ip
+        ))
         .unwrap();
-        let vpc_cidrs = ["192.168.0.0/24".to_owned(), "192.168.1.0/24".to_owned()];
+        let vpc_cidrs: Vec<String> = network.vpc_cidrs.iter().map(|c| c.to_string()).collect();
         let inputs = Inputs {
             gateway,
             internal_subnet: &internal,
@@ -571,17 +618,21 @@ mod tests {
         assert_eq!(terms[0].match_expressions.as_ref().unwrap()[0].key, "zone");
     }
 
-    #[test]
-    fn the_cni_annotations_place_both_interfaces() {
-        let d = build();
-        let annotations = d
-            .spec
+    /// The pod template's annotations.
+    fn annotations_of(d: Deployment) -> BTreeMap<String, String> {
+        d.spec
             .unwrap()
             .template
             .metadata
             .unwrap()
             .annotations
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn the_cni_annotations_place_both_interfaces() {
+        let d = build();
+        let annotations = annotations_of(d);
         assert_eq!(annotations["ovn.kubernetes.io/logical_switch"], "subnet1");
         assert_eq!(annotations["prometheus.io/scrape"], "true");
         assert_eq!(annotations["prometheus.io/port"], "8080");
@@ -611,6 +662,58 @@ mod tests {
             annotations["eth1.default.kubernetes.io/routes"],
             r#"[{"dst":"0.0.0.0/0","gw":"172.17.0.1"}]"#
         );
+    }
+
+    /// A dual-stack VPC: every route goes through the gateway of its own family, and net1 gets a default route
+    /// per family.
+    #[test]
+    fn routes_go_through_the_gateway_of_their_family() {
+        let d = build_on(
+            &gateway2(),
+            &Network {
+                internal: ("192.168.0.0/24,fd00:10::/64", "192.168.0.1,fd00:10::1"),
+                external: ("172.17.0.0/16,fd00:17::/64", "172.17.0.1,fd00:17::1"),
+                bfd_ip: "10.255.255.255,fd00:ff::ff",
+                vpc_cidrs: &[
+                    "192.168.0.0/24",
+                    "fd00:10::/64",
+                    "192.168.1.0/24",
+                    "fd00:11::/64",
+                ],
+            },
+        );
+        let annotations = annotations_of(d);
+        let routes: serde_json::Value =
+            serde_json::from_str(&annotations["ovn.kubernetes.io/routes"]).unwrap();
+        assert_eq!(
+            routes,
+            json!([
+                { "dst": "10.255.255.255", "gw": "192.168.0.1" },
+                { "dst": "fd00:ff::ff", "gw": "fd00:10::1" },
+                { "dst": "192.168.1.0/24", "gw": "192.168.0.1" },
+                { "dst": "fd00:11::/64", "gw": "fd00:10::1" },
+                { "dst": "192.168.9.0/24", "gw": "192.168.0.1" },
+            ])
+        );
+        let external: serde_json::Value =
+            serde_json::from_str(&annotations["eth1.default.kubernetes.io/routes"]).unwrap();
+        assert_eq!(
+            external,
+            json!([
+                { "dst": "0.0.0.0/0", "gw": "172.17.0.1" },
+                { "dst": "::/0", "gw": "fd00:17::1" },
+            ])
+        );
+    }
+
+    #[test]
+    fn a_route_without_a_gateway_of_its_family_is_left_out() {
+        assert_eq!(gateway_for("fd00::/64", "10.0.0.1"), None);
+        assert_eq!(
+            gateway_for("10.0.0.0/8", "fd00::1, 10.0.0.1").as_deref(),
+            Some("10.0.0.1")
+        );
+        assert_eq!(gateway_for("not an address", "10.0.0.1"), None);
     }
 
     #[test]
