@@ -117,7 +117,11 @@ pub fn render() -> String {
         "Reconciles that failed and were retried, by kind: kubernetes (an API request failed), ovn (removing a \
          deleted gateway's rows failed), finalizer.",
     );
-    for kind in ["kubernetes", "ovn", "finalizer"] {
+    // The kinds known today read 0 before their first failure; any other is shown once it happens.
+    let known = ["kubernetes", "ovn", "finalizer"];
+    let others = state.failures.keys().filter(|kind| !known.contains(kind));
+    let kinds: Vec<&str> = known.into_iter().chain(others.copied()).collect();
+    for kind in kinds {
         let count = state.failures.get(kind).copied().unwrap_or(0);
         let _ = writeln!(
             out,
