@@ -10,7 +10,7 @@ use std::{collections::BTreeSet, net::UdpSocket, path::PathBuf, process::Command
 use serde_json::Value;
 use veg_testbed::{
     netns::Netns,
-    prometheus::{Prometheus, eventually, exported_names, http_get, query},
+    prometheus::{Prometheus, assert_eventually, eventually, exported_names, http_get, query},
     servers::udp_round_trip,
     skip_unless_root,
     topology::{Topology, server},
@@ -47,65 +47,29 @@ fn prometheus_scrapes_the_agents_counters_after_known_traffic() {
         Some(1.0),
         "Prometheus could not scrape the agent"
     );
-    assert_eq!(
-        eventually(&topo.gateway, "veg_datapath_flows_created_total", 5.0),
-        Some(5.0)
-    );
-    assert_eq!(
-        eventually(&topo.gateway, "veg_datapath_dropped_no_policy_total", 3.0),
-        Some(3.0)
-    );
-    assert_eq!(
-        eventually(&topo.gateway, "veg_translations", 5.0),
-        Some(5.0)
-    );
-    assert_eq!(
-        eventually(&topo.gateway, "veg_translations_capacity", 262144.0),
-        Some(262144.0)
-    );
-    assert_eq!(
-        eventually(&topo.gateway, "count(veg_build_info)", 1.0),
-        Some(1.0)
-    );
+    assert_eventually(&topo.gateway, "veg_datapath_flows_created_total", 5.0);
+    assert_eventually(&topo.gateway, "veg_datapath_dropped_no_policy_total", 3.0);
+    assert_eventually(&topo.gateway, "veg_translations", 5.0);
+    assert_eventually(&topo.gateway, "veg_translations_capacity", 262144.0);
+    assert_eventually(&topo.gateway, "count(veg_build_info)", 1.0);
     // The five translations hold five ports toward one remote endpoint, out of the whole range.
-    assert_eq!(
-        eventually(
-            &topo.gateway,
-            "veg_ports_busiest_endpoint{external=\"172.17.0.11\",protocol=\"udp\"}",
-            5.0
-        ),
-        Some(5.0)
+    assert_eventually(
+        &topo.gateway,
+        "veg_ports_busiest_endpoint{external=\"172.17.0.11\",protocol=\"udp\"}",
+        5.0,
     );
-    assert_eq!(
-        eventually(&topo.gateway, "veg_ports_in_use{protocol=\"udp\"}", 5.0),
-        Some(5.0)
-    );
-    assert_eq!(
-        eventually(&topo.gateway, "veg_ports_in_use{protocol=\"tcp\"}", 0.0),
-        Some(0.0)
-    );
-    assert_eq!(
-        eventually(
-            &topo.gateway,
-            "veg_port_allocation_failures_total{external=\"172.17.0.11\"}",
-            0.0
-        ),
-        Some(0.0)
+    assert_eventually(&topo.gateway, "veg_ports_in_use{protocol=\"udp\"}", 5.0);
+    assert_eventually(&topo.gateway, "veg_ports_in_use{protocol=\"tcp\"}", 0.0);
+    assert_eventually(
+        &topo.gateway,
+        "veg_port_allocation_failures_total{external=\"172.17.0.11\"}",
+        0.0,
     );
     // The topology's policy: one translated prefix, one forwarded.
-    assert_eq!(
-        eventually(&topo.gateway, "veg_policy_entries{action=\"snat\"}", 1.0),
-        Some(1.0)
-    );
-    assert_eq!(
-        eventually(&topo.gateway, "veg_policy_entries{action=\"forward\"}", 1.0),
-        Some(1.0)
-    );
-    assert_eq!(eventually(&topo.gateway, "veg_ready", 1.0), Some(1.0));
-    assert_eq!(
-        eventually(&topo.gateway, "veg_flows_expired_total", 0.0),
-        Some(0.0)
-    );
+    assert_eventually(&topo.gateway, "veg_policy_entries{action=\"snat\"}", 1.0);
+    assert_eventually(&topo.gateway, "veg_policy_entries{action=\"forward\"}", 1.0);
+    assert_eventually(&topo.gateway, "veg_ready", 1.0);
+    assert_eventually(&topo.gateway, "veg_flows_expired_total", 0.0);
     // What Prometheus holds is what `veg stats` says.
     assert_eq!(gateway.counter("flows_created"), 5);
 }
@@ -199,25 +163,19 @@ fn the_alert_rules_load_and_fire_for_a_staged_port_exhaustion() {
             socket.send_to(b"no port left", server(9000)).unwrap();
         }
     });
-    assert_eq!(
-        eventually(
-            &topo.gateway,
-            "veg_port_allocation_failures_total{external=\"172.17.0.11\"}",
-            3.0
-        ),
-        Some(3.0)
+    assert_eventually(
+        &topo.gateway,
+        "veg_port_allocation_failures_total{external=\"172.17.0.11\"}",
+        3.0,
     );
     assert!(
         fires(&topo.gateway, "VegPortAllocationFailing"),
         "dropped flows did not fire VegPortAllocationFailing"
     );
-    assert_eq!(
-        eventually(
-            &topo.gateway,
-            "veg_ports_busiest_endpoint{protocol=\"udp\"}",
-            10.0
-        ),
-        Some(10.0)
+    assert_eventually(
+        &topo.gateway,
+        "veg_ports_busiest_endpoint{protocol=\"udp\"}",
+        10.0,
     );
 }
 

@@ -5,7 +5,7 @@
 //! full and is dropped there, never slowing the packets down more than that.
 
 use aya_log_ebpf::{debug, warn};
-use veg_common::{address::Address, flow::FlowKey};
+use veg_common::flow::FlowKey;
 
 /// Why a packet was dropped as malformed.
 #[derive(Clone, Copy)]
@@ -37,17 +37,6 @@ impl Malformed {
     }
 }
 
-/// An IPv4 address as aya-log prints one.
-#[inline(always)]
-fn ipv4(address: &Address) -> [u8; 4] {
-    [
-        address.bytes[0],
-        address.bytes[1],
-        address.bytes[2],
-        address.bytes[3],
-    ]
-}
-
 /// `ifindex`: the interface it arrived on.
 #[inline(always)]
 pub fn malformed(why: Malformed, ifindex: u32) {
@@ -64,9 +53,9 @@ pub fn pair_repaired(key: &FlowKey) {
     debug!(
         &(),
         "repaired the missing half of the translation {:i}:{} -> {:i}:{} (protocol {})",
-        ipv4(&key.src_addr),
+        key.src_addr.ipv4_be().to_ne_bytes(),
         u16::from_be(key.src_port),
-        ipv4(&key.dst_addr),
+        key.dst_addr.ipv4_be().to_ne_bytes(),
         u16::from_be(key.dst_port),
         key.protocol
     );
@@ -78,7 +67,7 @@ pub fn port_search_failed(endpoint: &FlowKey) {
     warn!(
         &(),
         "no free port toward {:i}:{} (protocol {}): new flows to it are dropped for 250 ms",
-        ipv4(&endpoint.src_addr),
+        endpoint.src_addr.ipv4_be().to_ne_bytes(),
         u16::from_be(endpoint.src_port),
         endpoint.protocol
     );

@@ -104,6 +104,11 @@ pub fn eventually(ns: &Netns, promql: &str, expected: f64) -> Option<f64> {
     }
 }
 
+/// Assert that the query comes to equal `expected` within 30 s (`eventually`).
+pub fn assert_eventually(ns: &Netns, promql: &str, expected: f64) {
+    assert_eq!(eventually(ns, promql, expected), Some(expected), "{promql}");
+}
+
 /// The metric names an exposition (a `/metrics` body) declares.
 pub fn exported_names(exposition: &str) -> Vec<String> {
     exposition

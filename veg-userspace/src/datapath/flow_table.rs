@@ -79,8 +79,7 @@ impl FlowTable {
     /// Delete every expired entry. Both halves of a pair carry the same timestamp and state, so they expire
     /// together. Returns how many entries were removed, how many translations stay live and how full the port
     /// range is: the sweep reads the whole table anyway, so it is where those come from cheaply (a metrics scrape
-    /// reads them). With
-    /// `keep_ended`, also the expired translations themselves, for their ended records.
+    /// reads them). With `keep_ended`, also the expired translations themselves, for their ended records.
     pub fn sweep(&self, keep_ended: bool) -> anyhow::Result<Swept> {
         let now = monotonic_now_ns();
         let entries = self.entries()?;

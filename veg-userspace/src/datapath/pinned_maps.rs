@@ -15,7 +15,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow, bail};
-use aya::maps::{MapData, MapInfo};
+use aya::maps::MapData;
 use tracing::{info, warn};
 use veg_common::flow::{FlowEntry, FlowKey};
 
@@ -78,20 +78,23 @@ fn declared_shapes(max_flow_entries: u32) -> anyhow::Result<Vec<(String, Shape)>
 }
 
 fn pinned_shape(path: &Path) -> anyhow::Result<Shape> {
-    let info = MapInfo::from_pin(path).with_context(|| format!("reading {}", path.display()))?;
+    let map = MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
+    let info = map
+        .info()
+        .with_context(|| format!("reading {}", path.display()))?;
     Ok(Shape {
         map_type: info.map_type().map_err(|e| anyhow!(e))? as u32,
         flags: info.map_flags(),
         key_size: info.key_size(),
         value_size: info.value_size(),
         max_entries: info.max_entries(),
-        btf: has_btf(path)?,
+        btf: has_btf(&map).with_context(|| format!("reading the BTF of {}", path.display()))?,
     })
 }
 
-/// Whether the pinned map at `path` was created with BTF key and value types. aya's MapInfo does not say, so
-/// this asks the kernel directly (BPF_OBJ_GET_INFO_BY_FD).
-fn has_btf(path: &Path) -> anyhow::Result<bool> {
+/// Whether `map` was created with BTF key and value types. aya's MapInfo does not say, so this asks the kernel
+/// directly (BPF_OBJ_GET_INFO_BY_FD).
+fn has_btf(map: &MapData) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd as _;
 
     use aya_obj::generated::{bpf_cmd, bpf_map_info};
@@ -102,7 +105,6 @@ fn has_btf(path: &Path) -> anyhow::Result<bool> {
         info_len: u32,
         info: u64,
     }
-    let map = MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
     // SAFETY: bpf_map_info is plain data; all zeroes is a valid value.
     let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
     let mut attr = InfoAttr {
@@ -120,8 +122,7 @@ fn has_btf(path: &Path) -> anyhow::Result<bool> {
         )
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("reading the BTF of {}", path.display()));
+        return Err(std::io::Error::last_os_error());
     }
     Ok(info.btf_key_type_id != 0 && info.btf_value_type_id != 0)
 }
@@ -185,8 +186,12 @@ fn gateway_name(pin_dir: &Path) -> String {
 pub fn carry_over(from: &Path, to: &Path, created_since: u64) -> anyhow::Result<usize> {
     let old = MapData::from_pin(from).with_context(|| format!("opening {}", from.display()))?;
     let new = MapData::from_pin(to).with_context(|| format!("opening {}", to.display()))?;
+    let old_value_size = old
+        .info()
+        .with_context(|| format!("reading {}", from.display()))?
+        .value_size();
     let mut entries: Vec<(FlowKey, FlowEntry)> =
-        if pinned_shape(from)?.value_size as usize == size_of::<FlowEntry>() {
+        if old_value_size as usize == size_of::<FlowEntry>() {
             batch::read_all(old.fd().as_fd())
         } else {
             batch::read_all::<FlowKey, FlowEntryBeforeCounts>(old.fd().as_fd())
@@ -196,7 +201,10 @@ pub fn carry_over(from: &Path, to: &Path, created_since: u64) -> anyhow::Result<
     entries.retain(|(_, entry)| entry.created_ns >= created_since);
     let copied = batch::insert_missing(new.fd().as_fd(), &entries)
         .context("copying flows into the new flow table")?;
-    let capacity = pinned_shape(to)?.max_entries as usize;
+    let capacity = new
+        .info()
+        .with_context(|| format!("reading {}", to.display()))?
+        .max_entries() as usize;
     if entries.len() > capacity {
         warn!(
             entries = entries.len(),

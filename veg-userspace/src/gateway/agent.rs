@@ -245,7 +245,7 @@ pub async fn run(
         agent: Arc::clone(&facts),
     };
     let health = health::bind(settings.health_listen).await?;
-    tokio::spawn(health::serve(health, Arc::clone(&bfd_status), metrics));
+    tokio::spawn(health::serve(health, metrics));
     let (bfd_stop, bfd_stopped) = tokio::sync::oneshot::channel::<()>();
     let bfd_task = bfd.map(|engine| {
         let name = settings.name.clone();

@@ -2,10 +2,7 @@
 //! the datapath is attached and every configured BFD session is Up (the reference reports Ready without its
 //! external attachment; we do not); `/metrics` is Prometheus' text format (metrics.rs).
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -32,11 +29,12 @@ pub async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("listening for health checks on {address} (--health-listen)"))
 }
 
-pub async fn serve(listener: TcpListener, bfd: Arc<Mutex<Snapshot>>, metrics: Metrics) {
+/// Answer health checks and scrapes; readiness comes from the BFD sessions the metrics read too.
+pub async fn serve(listener: TcpListener, metrics: Metrics) {
     let route = move |path: &str| match path {
         "/livez" => Response::ok("ok\n".into()),
         "/metrics" => Response::metrics(metrics.render()),
-        "/readyz" => match not_ready_reason(&bfd.lock().unwrap()) {
+        "/readyz" => match not_ready_reason(&metrics.bfd.lock().unwrap()) {
             None => Response::ok("ok\n".into()),
             Some(reason) => Response::with_status("503 Service Unavailable", format!("{reason}\n")),
         },

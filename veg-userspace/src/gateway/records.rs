@@ -181,10 +181,7 @@ impl Records {
                 _ = drain.tick() => self.drain_ring(),
                 Some(record) = self.swept.recv() => {
                     self.write(&record);
-                    while let Ok(record) = self.swept.try_recv() {
-                        self.write(&record);
-                    }
-                    self.flush();
+                    self.drain_swept();
                 }
                 accepted = self.listener.accept() => {
                     if let Ok((stream, _)) = accepted {
@@ -194,11 +191,16 @@ impl Records {
                 _ = &mut stop => break,
             }
         }
+        self.drain_swept();
+        let _ = std::fs::remove_file(&self.socket_path);
+    }
+
+    /// Write the ended records the sweep has sent so far.
+    fn drain_swept(&mut self) {
         while let Ok(record) = self.swept.try_recv() {
             self.write(&record);
         }
         self.flush();
-        let _ = std::fs::remove_file(&self.socket_path);
     }
 
     /// Write what the ring holds, up to DRAIN_BATCH records, so that a flood of them never keeps the agent's

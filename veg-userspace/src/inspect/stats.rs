@@ -13,6 +13,7 @@ struct CounterReport {
 
 /// Every counter with its value and what it counts: a table, or with `json` an object keyed by counter name.
 pub fn run(name: &str, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    // A gateway that never ran gets advice rather than an unreadable map.
     pins::existing_map(name, pins::STATS)?;
     let counters = read_counters(&pins::gateway_dir(name))?;
     if json {
