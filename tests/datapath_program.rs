@@ -3,6 +3,7 @@
 //!
 //! The programs run in a namespace whose routes and static neighbours make every route lookup deterministic:
 //!   vin 10.16.0.12/16 (internal), clients' MACs pinned; vex 172.17.0.11/16 (external), default via 172.17.0.1.
+//!   IPv6 alike (ipv6.rs): vin fd00:10:16::12/48, vex fd00:172:17::11/64, default via fd00:172:17::1.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -31,6 +32,9 @@ use veg_userspace::{
     },
     gateway::host::interface_index,
 };
+
+#[path = "datapath_program/ipv6.rs"]
+mod ipv6;
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -206,12 +210,29 @@ fn with_program_lab_sized(entries: u32, test: impl FnOnce(&mut ProgramLab) + Sen
         ns.ip(&["link", "set", peer, "up"]);
     }
     ns.ip(&["route", "add", "default", "via", "172.17.0.1", "dev", "vex"]);
+    for (dev, addr) in [("vin", "fd00:10:16::12/48"), ("vex", "fd00:172:17::11/64")] {
+        ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]);
+    }
+    ns.ip(&[
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        "fd00:172:17::1",
+        "dev",
+        "vex",
+    ]);
     ns.ip(&["addr", "add", "192.0.2.1/32", "dev", "lo"]);
     for (ip, mac, dev) in [
         ("172.17.0.1", NEXTHOP_MAC, "vex"),
         ("10.16.0.2", CLIENT_MAC, "vin"),
         ("10.16.0.3", CLIENT2_MAC, "vin"),
         ("10.16.1.2", FORWARD_CLIENT_MAC, "vin"),
+        ("fd00:172:17::1", NEXTHOP_MAC, "vex"),
+        ("fd00:10:16::2", CLIENT_MAC, "vin"),
+        ("fd00:10:16::3", CLIENT2_MAC, "vin"),
+        ("fd00:10:16:1::2", FORWARD_CLIENT_MAC, "vin"),
     ] {
         ns.ip(&[
             "neigh",
@@ -228,6 +249,8 @@ fn with_program_lab_sized(entries: u32, test: impl FnOnce(&mut ProgramLab) + Sen
     // As the agent leaves an instance: the kernel forwards on neither interface; the programs' route lookups use
     // the loopback interface's setting.
     ns.sysctl("net.ipv4.conf.lo.forwarding", "1");
+    ns.sysctl("net.ipv6.conf.all.forwarding", "0");
+    ns.sysctl("net.ipv6.conf.lo.forwarding", "1");
     let name = unique("vegprog");
     ns.run(move || {
         // The bench times the programs with their log lines off and on (xtask's program.rs).
@@ -240,6 +263,8 @@ fn with_program_lab_sized(entries: u32, test: impl FnOnce(&mut ProgramLab) + Sen
         let policy: DesiredPolicy = [
             ("10.16.0.0/24".parse().unwrap(), Action::Snat),
             ("10.16.1.0/24".parse().unwrap(), Action::Forward),
+            ("fd00:10:16::/64".parse().unwrap(), Action::Snat),
+            ("fd00:10:16:1::/64".parse().unwrap(), Action::Forward),
         ]
         .into();
         datapath.policy().unwrap().sync(&policy).unwrap();
@@ -252,6 +277,8 @@ fn with_program_lab_sized(entries: u32, test: impl FnOnce(&mut ProgramLab) + Sen
             port_max: PORT_MAX,
             ready: 1,
             flow_records: 0,
+            external_addr_v6: Address::from_ip(ipv6::EXTERNAL6.into()),
+            internal_addr_v6: Address::from_ip(ipv6::INSTANCE6.into()),
         };
         datapath.configure(&config).unwrap();
         let slow_path = datapath.take_slow_path_ring().unwrap();
@@ -1473,7 +1500,9 @@ fn program_cost_per_path() {
         let policy: DesiredPolicy = (0..100_000u32)
             .map(|i| {
                 (
-                    ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a40_0000 + i), 32).unwrap(),
+                    ipnet::Ipv4Net::new(Ipv4Addr::from(0x0a40_0000 + i), 32)
+                        .unwrap()
+                        .into(),
                     Action::Snat,
                 )
             })

@@ -1,6 +1,6 @@
 //! The gateway's settings as the datapath reads them: one entry in an array map, written by the agent.
 
-use crate::address::Address;
+use crate::address::{Address, FAMILY_IPV6};
 
 /// Index of the only entry of the CONFIG map.
 pub const CONFIG_KEY: u32 = 0;
@@ -8,7 +8,7 @@ pub const CONFIG_KEY: u32 = 0;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GatewayConfig {
-    /// The address every SNAT source is translated to; also the source of ICMP errors the instance sends outside.
+    /// The address every IPv4 SNAT source is translated to; also the source of ICMP errors the instance sends outside.
     pub external_addr_v4: Address,
     /// The instance's address in the VPC: the source of ICMP errors it sends to VPC clients (time exceeded,
     /// fragmentation needed), as a router answers from the interface facing the sender.
@@ -25,6 +25,23 @@ pub struct GatewayConfig {
     /// Non-zero while translation records are on: the programs count packets and bytes per flow and send a record
     /// when a translation is created or removed (record.rs). Off, they cost nothing.
     pub flow_records: u32,
+    /// The address IPv6 sources are translated to; unspecified when the instance serves IPv4 alone (the agent
+    /// then writes no IPv6 policy, so IPv6 from the VPC is dropped as having none).
+    pub external_addr_v6: Address,
+    /// The instance's IPv6 address in the VPC, the source of ICMPv6 errors toward VPC clients.
+    pub internal_addr_v6: Address,
+}
+
+impl GatewayConfig {
+    /// The external address of a family (FAMILY_IPV4 or FAMILY_IPV6).
+    #[inline(always)]
+    pub fn external_addr(&self, family: u8) -> Address {
+        if family == FAMILY_IPV6 {
+            self.external_addr_v6
+        } else {
+            self.external_addr_v4
+        }
+    }
 }
 
 #[cfg(feature = "user")]

@@ -8,6 +8,13 @@ use crate::address::Address;
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// ICMP or ICMPv6: an echo flow's identifier stands in for the client's port and the remote's port is 0.
+#[inline(always)]
+pub fn is_icmp(protocol: u8) -> bool {
+    protocol == PROTO_ICMP || protocol == PROTO_ICMPV6
+}
 
 /// A 5-tuple as seen on one side of the gateway. Ports are in network byte order. For ICMP echo the identifier
 /// stands in for the client-side port and the remote port is 0.

@@ -15,6 +15,9 @@ pub const ACTION_FORWARD: u32 = 2;
 /// Key data of the IPv4 policy trie (the prefix length comes from aya's LPM key wrapper).
 pub type PolicyKeyV4 = [u8; 4];
 
+/// Key data of the IPv6 policy trie.
+pub type PolicyKeyV6 = [u8; 16];
+
 /// Capacity of each policy trie.
 pub const POLICY_MAX_ENTRIES: u32 = 131_072;
 

@@ -67,7 +67,7 @@ counters! {
     ForwardedIn = 3, forwarded_in,
         "Packets from outside to forward (no-SNAT) sources routed in unchanged.";
     PassedToHost = 4, passed_to_host,
-        "Left to the instance's own stack: addressed to the instance, broadcast or multicast from outside, or not IPv4.";
+        "Left to the instance's own stack: addressed to the instance, broadcast or multicast from outside, IPv6 link-local or multicast (neighbour discovery), or not IP.";
     TtlExpired = 5, ttl_expired,
         "TTL would expire on forwarding: answered with ICMP time exceeded, as a router does.";
     DropNoPolicy = 6, dropped_no_policy,

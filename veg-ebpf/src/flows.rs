@@ -5,12 +5,12 @@ use core::intrinsics::{AtomicOrdering, atomic_or};
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use veg_common::{
-    address::{Address, FAMILY_IPV4},
+    address::Address,
     config::GatewayConfig,
     flow::{
-        DIRECTION_INBOUND, DIRECTION_OUTBOUND, FlowEntry, FlowKey, PROTO_ICMP, PROTO_TCP,
-        REFRESH_NS, STATE_FIN_IN, STATE_FIN_OUT, STATE_REPLY_SEEN, STATE_RST, STATE_SEQ_IN,
-        STATE_SEQ_OUT, STATE_SYN_OUT, is_closed, is_expired,
+        DIRECTION_INBOUND, DIRECTION_OUTBOUND, FlowEntry, FlowKey, PROTO_TCP, REFRESH_NS,
+        STATE_FIN_IN, STATE_FIN_OUT, STATE_REPLY_SEEN, STATE_RST, STATE_SEQ_IN, STATE_SEQ_OUT,
+        STATE_SYN_OUT, is_closed, is_expired, is_icmp,
     },
     record::end_reason,
     stats::Counter,
@@ -19,56 +19,56 @@ use veg_common::{
 use crate::{
     log,
     maps::{FLOWS, flow_scratch},
-    packet::{Ipv4Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
+    packet::{Packet, TCP_FLAG_ACK, TCP_FLAG_FIN, TCP_FLAG_RST, TCP_FLAG_SYN},
     pending, ports, records,
     stats::count,
 };
 
 /// The translation to apply to one packet: the new address and port for the end being rewritten.
 pub struct Translation {
-    pub addr: u32,
+    pub addr: Address,
     pub port: u16,
 }
 
 /// The key of a packet leaving the VPC. For ICMP echo the identifier is the client-side port, the remote port 0.
 #[inline(always)]
-pub fn outbound_key(pkt: &Ipv4Packet) -> FlowKey {
+pub fn outbound_key(pkt: &Packet) -> FlowKey {
     FlowKey {
-        src_addr: Address::from_ipv4_be(pkt.src),
-        dst_addr: Address::from_ipv4_be(pkt.dst),
+        src_addr: pkt.src,
+        dst_addr: pkt.dst,
         src_port: pkt.src_port,
-        dst_port: if pkt.protocol == PROTO_ICMP {
+        dst_port: if is_icmp(pkt.protocol) {
             0
         } else {
             pkt.dst_port
         },
         protocol: pkt.protocol,
-        family: FAMILY_IPV4,
+        family: pkt.family,
         _pad: [0; 2],
     }
 }
 
 /// The key of a packet arriving from outside.
 #[inline(always)]
-pub fn inbound_key(pkt: &Ipv4Packet) -> FlowKey {
+pub fn inbound_key(pkt: &Packet) -> FlowKey {
     FlowKey {
-        src_addr: Address::from_ipv4_be(pkt.src),
-        dst_addr: Address::from_ipv4_be(pkt.dst),
-        src_port: if pkt.protocol == PROTO_ICMP {
+        src_addr: pkt.src,
+        dst_addr: pkt.dst,
+        src_port: if is_icmp(pkt.protocol) {
             0
         } else {
             pkt.src_port
         },
         dst_port: pkt.dst_port,
         protocol: pkt.protocol,
-        family: FAMILY_IPV4,
+        family: pkt.family,
         _pad: [0; 2],
     }
 }
 
 /// State bits a packet sets, by direction.
 #[inline(always)]
-fn state_bits(pkt: &Ipv4Packet, direction: u8) -> u8 {
+fn state_bits(pkt: &Packet, direction: u8) -> u8 {
     let mut bits = if direction == DIRECTION_INBOUND {
         STATE_REPLY_SEEN
     } else {
@@ -97,7 +97,7 @@ fn state_bits(pkt: &Ipv4Packet, direction: u8) -> u8 {
 
 /// The sequence number that follows a TCP segment: its own, plus its payload, plus one each for SYN and FIN.
 #[inline(always)]
-fn next_seq(pkt: &Ipv4Packet) -> u32 {
+fn next_seq(pkt: &Packet) -> u32 {
     let flags =
         u32::from(pkt.tcp_flags & TCP_FLAG_SYN != 0) + u32::from(pkt.tcp_flags & TCP_FLAG_FIN != 0);
     pkt.tcp_seq
@@ -115,7 +115,7 @@ const RST_MAX_DISTANCE: u32 = 1 << 24;
 /// the remote has sent nothing, acknowledging the client's SYN (RFC 793's test in SYN-SENT). A flow whose numbers
 /// were never recorded (made by an older build) takes any RST, as before.
 #[inline(always)]
-fn rst_is_plausible(pkt: &Ipv4Packet, key: &FlowKey, inbound: &FlowEntry) -> bool {
+fn rst_is_plausible(pkt: &Packet, key: &FlowKey, inbound: &FlowEntry) -> bool {
     if inbound.state & STATE_SEQ_IN != 0 {
         let distance = pkt.tcp_seq.wrapping_sub(inbound.tcp_next_seq);
         return distance <= RST_MAX_DISTANCE || distance.wrapping_neg() <= RST_MAX_DISTANCE;
@@ -269,15 +269,15 @@ fn repair(key: &FlowKey, partner_key: &FlowKey, entry: &FlowEntry, state: u8, no
 
 /// The translation for a packet from a SNAT source: the existing one, or a new one with a freshly allocated port.
 #[inline(always)]
-pub fn translate_outbound(pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Result<Translation, Counter> {
+pub fn translate_outbound(pkt: &Packet, cfg: &GatewayConfig) -> Result<Translation, Counter> {
     let now = unsafe { bpf_ktime_get_ns() };
     let key = outbound_key(pkt);
+    let external = cfg.external_addr(pkt.family);
     let bits = state_bits(pkt, DIRECTION_OUTBOUND);
     if let Some(entry) = FLOWS.get_ptr_mut(&key) {
         let entry = unsafe { &mut *entry };
         // A mapping to an old external address, or one that timed out, is replaced rather than reused.
-        let current =
-            entry.nat_addr == cfg.external_addr_v4 && !is_expired(entry, key.protocol, now);
+        let current = entry.nat_addr == external && !is_expired(entry, key.protocol, now);
         if current && touch(&key, entry, bits, now) {
             if bits & STATE_SEQ_OUT != 0 {
                 // A SYN, first or again: the client's numbers the remote's RST must acknowledge.
@@ -285,13 +285,13 @@ pub fn translate_outbound(pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Result<Trans
             }
             records::account(entry, pkt, cfg);
             return Ok(Translation {
-                addr: entry.nat_addr.ipv4_be(),
+                addr: entry.nat_addr,
                 port: entry.nat_port,
             });
         }
         count(Counter::FlowsExpiredOnLookup);
         let reason = if !current {
-            if entry.nat_addr != cfg.external_addr_v4 {
+            if entry.nat_addr != external {
                 end_reason::READDRESSED
             } else {
                 records::reason_over(entry)
@@ -320,7 +320,7 @@ pub fn translate_outbound(pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Result<Trans
         }
     }
     Ok(Translation {
-        addr: cfg.external_addr_v4.ipv4_be(),
+        addr: external,
         port: allocated.port,
     })
 }
@@ -328,7 +328,7 @@ pub fn translate_outbound(pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Result<Trans
 /// The translation back for a packet from outside: Err(DropUnsolicited) when it belongs to no live flow,
 /// Err(DropRstImplausible) for a RST whose numbers do not fit the flow (left untouched).
 #[inline(always)]
-pub fn translate_inbound(pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Result<Translation, Counter> {
+pub fn translate_inbound(pkt: &Packet, cfg: &GatewayConfig) -> Result<Translation, Counter> {
     let now = unsafe { bpf_ktime_get_ns() };
     let key = inbound_key(pkt);
     let Some(entry) = FLOWS.get_ptr_mut(&key) else {
@@ -358,7 +358,7 @@ pub fn translate_inbound(pkt: &Ipv4Packet, cfg: &GatewayConfig) -> Result<Transl
     }
     records::account(entry, pkt, cfg);
     Ok(Translation {
-        addr: entry.nat_addr.ipv4_be(),
+        addr: entry.nat_addr,
         port: entry.nat_port,
     })
 }

@@ -10,14 +10,14 @@
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use veg_common::fragment::{DatagramKey, DatagramTranslation};
 
-use crate::{maps::FRAGMENTS, packet::Ipv4Packet, slow_path};
+use crate::{maps::FRAGMENTS, packet::Packet, slow_path};
 
 /// The identity of the datagram a packet is a fragment of.
 #[inline(always)]
-pub fn key(pkt: &Ipv4Packet) -> DatagramKey {
+pub fn key(pkt: &Packet) -> DatagramKey {
     DatagramKey {
-        src: pkt.src,
-        dst: pkt.dst,
+        src: pkt.src_v4(),
+        dst: pkt.dst_v4(),
         id: pkt.ip_id,
         protocol: pkt.protocol,
         _pad: 0,
@@ -27,7 +27,7 @@ pub fn key(pkt: &Ipv4Packet) -> DatagramKey {
 /// Remember that the datagram's first fragment `pkt` was rewritten to `addr` at `end` (fragment::END_*), and let
 /// its fragments waiting in the agent go.
 #[inline(always)]
-pub fn remember(pkt: &Ipv4Packet, end: u8, addr: u32) {
+pub fn remember(pkt: &Packet, end: u8, addr: u32) {
     let key = key(pkt);
     let translation = DatagramTranslation {
         addr,
@@ -41,7 +41,7 @@ pub fn remember(pkt: &Ipv4Packet, end: u8, addr: u32) {
 
 /// The address a later fragment is rewritten to, if its datagram's first fragment was seen lately.
 #[inline(always)]
-pub fn translation(pkt: &Ipv4Packet) -> Option<u32> {
+pub fn translation(pkt: &Packet) -> Option<u32> {
     let found = unsafe { FRAGMENTS.get(&key(pkt))? };
     let now = unsafe { bpf_ktime_get_ns() };
     found.is_fresh(now).then_some(found.addr)

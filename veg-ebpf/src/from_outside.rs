@@ -10,13 +10,13 @@ use veg_common::{
 };
 
 use crate::{
-    flows, fragments,
+    flows, fragments, from_outside_v6,
     from_vpc::forward,
     icmp::{self, IcmpError},
     icmp_errors,
     maps::POLICY_V4,
     packet::{
-        ICMP_ECHO_REPLY, Ipv4Packet, accept, is_broadcast_or_multicast, is_martian_destination,
+        ICMP_ECHO_REPLY, Packet, accept, is_broadcast_or_multicast, is_martian_destination,
         is_martian_source,
     },
     rewrite::{self, End},
@@ -31,18 +31,21 @@ pub fn handle(ctx: &TcContext) -> i32 {
         Ok(accepted) => accepted,
         Err(verdict) => return verdict,
     };
-    if is_martian_source(pkt.src) || is_martian_destination(pkt.dst) {
+    if pkt.is_ipv6() {
+        return from_outside_v6::handle(ctx, cfg, pkt);
+    }
+    if is_martian_source(pkt.src_v4()) || is_martian_destination(pkt.dst_v4()) {
         return drop_packet(Counter::DropMartian);
     }
-    if pkt.dst == cfg.external_addr_v4.ipv4_be() {
+    if pkt.dst_v4() == cfg.external_addr_v4.ipv4_be() {
         return to_external_address(ctx, pkt, cfg);
     }
-    if is_broadcast_or_multicast(pkt.dst) {
+    if is_broadcast_or_multicast(pkt.dst_v4()) {
         // The kernel delivers these on the link and never forwards them.
         return pass_to_host(Counter::PassedToHost);
     }
     match POLICY_V4
-        .get(&Key::new(32, pkt.dst.to_ne_bytes()))
+        .get(&Key::new(32, pkt.dst_v4().to_ne_bytes()))
         .map(|p| p.action)
     {
         // Replies to forward (no-SNAT) sources come back untranslated.
@@ -57,15 +60,15 @@ pub fn handle(ctx: &TcContext) -> i32 {
 /// anything the kernel would route onward (into the VPC, or back out) is dropped here, so that a host that routes
 /// a VPC subnet via the external address reaches nothing the policy does not name.
 #[inline(always)]
-fn not_ours(ctx: &TcContext, pkt: &Ipv4Packet) -> i32 {
-    match route::lookup(ctx, pkt.protocol, pkt.src, pkt.dst, 0) {
+fn not_ours(ctx: &TcContext, pkt: &Packet) -> i32 {
+    match route::lookup(ctx, pkt.protocol, pkt.src_v4(), pkt.dst_v4(), 0) {
         Route::NotForwarded => pass_to_host(Counter::PassedToHost),
         _ => drop_packet(Counter::DropInboundNoPolicy),
     }
 }
 
 #[inline(always)]
-fn to_external_address(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> i32 {
+fn to_external_address(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig) -> i32 {
     if pkt.later_fragment {
         // No ports: the client its first fragment was translated back to. If that has not come yet, the datagram
         // may be a client's or the instance's own: the agent holds a copy for the first case, the instance's
@@ -91,7 +94,7 @@ fn to_external_address(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -
         Ok(nat) => {
             if pkt.is_fragment {
                 // A first fragment: its datagram's later fragments follow its translation.
-                fragments::remember(pkt, END_DESTINATION, nat.addr);
+                fragments::remember(pkt, END_DESTINATION, nat.addr.ipv4_be());
             }
             return route_to_vpc(ctx, pkt, cfg, Some(nat));
         }
@@ -111,13 +114,19 @@ fn to_external_address(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -
 /// An ICMP error from outside: translated back to the client whose flow it is about, left to the instance when it
 /// is about the instance's own traffic.
 #[inline(always)]
-fn error_to_vpc(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> i32 {
+fn error_to_vpc(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig) -> i32 {
     let client = match icmp_errors::translate_from_outside(ctx, pkt, cfg) {
         Ok(client) => client,
         Err(Counter::PassedToHost) => return pass_to_host(Counter::PassedToHost),
         Err(reason) => return drop_packet(reason),
     };
-    let route = route::lookup(ctx, pkt.protocol, pkt.src, client.addr, pkt.wire_len(ctx));
+    let route = route::lookup(
+        ctx,
+        pkt.protocol,
+        pkt.src_v4(),
+        client.addr,
+        pkt.wire_len(ctx),
+    );
     if route.ifindex() != Some(cfg.internal_ifindex) {
         return drop_packet(Counter::DropNoRoute);
     }
@@ -130,8 +139,8 @@ fn error_to_vpc(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig) -> i32 {
 
 /// A later fragment of a reply, to the client its first fragment was translated back to.
 #[inline(always)]
-fn fragment_to_vpc(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, client: u32) -> i32 {
-    let route = route::lookup(ctx, pkt.protocol, pkt.src, client, pkt.wire_len(ctx));
+fn fragment_to_vpc(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, client: u32) -> i32 {
+    let route = route::lookup(ctx, pkt.protocol, pkt.src_v4(), client, pkt.wire_len(ctx));
     if route.ifindex() != Some(cfg.internal_ifindex) {
         return drop_packet(Counter::DropNoRoute);
     }
@@ -149,12 +158,15 @@ fn fragment_to_vpc(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, clien
 #[inline(always)]
 fn route_to_vpc(
     ctx: &TcContext,
-    pkt: &Ipv4Packet,
+    pkt: &Packet,
     cfg: &GatewayConfig,
     nat: Option<flows::Translation>,
 ) -> i32 {
-    let dst = nat.as_ref().map(|n| n.addr).unwrap_or(pkt.dst);
-    let route = route::lookup(ctx, pkt.protocol, pkt.src, dst, pkt.wire_len(ctx));
+    let dst = nat
+        .as_ref()
+        .map(|n| n.addr.ipv4_be())
+        .unwrap_or(pkt.dst_v4());
+    let route = route::lookup(ctx, pkt.protocol, pkt.src_v4(), dst, pkt.wire_len(ctx));
     // Errors go back from the external address, quoting the packet as it arrived (what the remote sent).
     let from = cfg.external_addr_v4.ipv4_be();
     match route {
@@ -174,7 +186,9 @@ fn route_to_vpc(
     }
     let counter = match nat {
         Some(nat) => {
-            if rewrite::rewrite_end(ctx, pkt, End::Destination, nat.addr, nat.port).is_err() {
+            if rewrite::rewrite_end(ctx, pkt, End::Destination, nat.addr.ipv4_be(), nat.port)
+                .is_err()
+            {
                 return drop_packet(Counter::DropMalformed);
             }
             Counter::TranslatedIn

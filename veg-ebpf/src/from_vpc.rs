@@ -10,12 +10,12 @@ use veg_common::{
 };
 
 use crate::{
-    flows, fragments,
+    flows, fragments, from_vpc_v6,
     icmp::{self, IcmpError},
     icmp_errors,
     maps::POLICY_V4,
     packet::{
-        ICMP_ECHO_REQUEST, Ipv4Packet, accept, is_broadcast_or_multicast, is_martian_destination,
+        ICMP_ECHO_REQUEST, Packet, accept, is_broadcast_or_multicast, is_martian_destination,
         is_martian_source,
     },
     rewrite::{self, End},
@@ -31,14 +31,23 @@ pub fn handle(ctx: &TcContext) -> i32 {
         Ok(accepted) => accepted,
         Err(verdict) => return verdict,
     };
-    if is_martian_source(pkt.src) || is_martian_destination(pkt.dst) {
+    if pkt.is_ipv6() {
+        return from_vpc_v6::handle(ctx, cfg, pkt);
+    }
+    if is_martian_source(pkt.src_v4()) || is_martian_destination(pkt.dst_v4()) {
         return drop_packet(Counter::DropMartian);
     }
-    if is_broadcast_or_multicast(pkt.dst) {
+    if is_broadcast_or_multicast(pkt.dst_v4()) {
         // mDNS, SSDP, 255.255.255.255: link-local by nature; a router neither forwards nor translates them.
         return drop_packet(Counter::DropBroadcastMulticast);
     }
-    let route = route::lookup(ctx, pkt.protocol, pkt.src, pkt.dst, pkt.wire_len(ctx));
+    let route = route::lookup(
+        ctx,
+        pkt.protocol,
+        pkt.src_v4(),
+        pkt.dst_v4(),
+        pkt.wire_len(ctx),
+    );
     match route {
         // For the instance itself (BFD, health checks), or unroutable: the kernel answers or delivers.
         Route::NotForwarded => return pass_to_host(Counter::PassedToHost),
@@ -49,7 +58,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         }
         _ => {}
     }
-    let Some(policy) = POLICY_V4.get(&Key::new(32, pkt.src.to_ne_bytes())) else {
+    let Some(policy) = POLICY_V4.get(&Key::new(32, pkt.src_v4().to_ne_bytes())) else {
         return drop_packet(Counter::DropNoPolicy);
     };
     let from = cfg.internal_addr_v4.ipv4_be();
@@ -73,7 +82,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn snat(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, route: &Route) -> i32 {
+fn snat(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, route: &Route) -> i32 {
     if pkt.later_fragment {
         // No ports: the address its first fragment was given; if that has not come yet, the agent holds it.
         let Some(external) = fragments::translation(pkt) else {
@@ -110,9 +119,9 @@ fn snat(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, route: &Route) -
     };
     if pkt.is_fragment {
         // A first fragment: its datagram's later fragments follow its translation.
-        fragments::remember(pkt, END_SOURCE, nat.addr);
+        fragments::remember(pkt, END_SOURCE, nat.addr.ipv4_be());
     }
-    if rewrite::rewrite_end(ctx, pkt, End::Source, nat.addr, nat.port).is_err() {
+    if rewrite::rewrite_end(ctx, pkt, End::Source, nat.addr.ipv4_be(), nat.port).is_err() {
         return drop_packet(Counter::DropMalformed);
     }
     forward(ctx, pkt, route, Counter::TranslatedOut)
@@ -120,7 +129,7 @@ fn snat(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, route: &Route) -
 
 /// A pod's ICMP error about a reply it got: translated for the remote.
 #[inline(always)]
-fn error_out(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, route: &Route) -> i32 {
+fn error_out(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, route: &Route) -> i32 {
     match icmp_errors::translate_from_vpc(ctx, pkt, cfg) {
         Ok(()) => forward(ctx, pkt, route, Counter::IcmpErrorsTranslatedOut),
         Err(reason) => drop_packet(reason),
@@ -130,7 +139,7 @@ fn error_out(ctx: &TcContext, pkt: &Ipv4Packet, cfg: &GatewayConfig, route: &Rou
 /// Decrement the TTL and send the packet out of its route's interface; one too big for it (DF clear: the callers
 /// answered DF with fragmentation needed) goes to the agent to be fragmented.
 #[inline(always)]
-pub fn forward(ctx: &TcContext, pkt: &Ipv4Packet, route: &Route, counter: Counter) -> i32 {
+pub fn forward(ctx: &TcContext, pkt: &Packet, route: &Route, counter: Counter) -> i32 {
     if rewrite::decrement_ttl(ctx, pkt).is_err() {
         return drop_packet(Counter::DropMalformed);
     }

@@ -17,7 +17,7 @@ use veg_common::{flow::PROTO_ICMP, stats::Counter};
 
 use crate::{
     maps::ICMP_RATE,
-    packet::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, Ipv4Packet, L3_OFF, write_at},
+    packet::{ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, L3_OFF, Packet, write_at},
     rate::{self, Rate},
     route,
     stats::drop_packet,
@@ -85,7 +85,7 @@ const ERROR_RATE: Rate = Rate {
 /// Whether a packet may be answered with an error at all (RFC 1812 4.3.2.7): never an ICMP error itself, never
 /// a fragment other than the first.
 #[inline(always)]
-fn answerable(pkt: &Ipv4Packet) -> bool {
+fn answerable(pkt: &Packet) -> bool {
     let query = pkt.protocol != PROTO_ICMP
         || pkt.icmp_type == ICMP_ECHO_REQUEST
         || pkt.icmp_type == ICMP_ECHO_REPLY;
@@ -133,14 +133,14 @@ fn word(bytes: [u8; 4]) -> u32 {
 /// why). The verdict is the redirect, or a drop when the packet may not be answered, the rate is exceeded, or the
 /// error cannot be built or routed.
 #[inline(always)]
-pub fn send_error(ctx: &TcContext, pkt: &Ipv4Packet, error: &IcmpError, from: u32) -> i32 {
+pub fn send_error(ctx: &TcContext, pkt: &Packet, error: &IcmpError, from: u32) -> i32 {
     if from == 0 || !answerable(pkt) {
         return drop_packet(Counter::IcmpErrorsNotSent);
     }
     if !rate::within(&ICMP_RATE, &ERROR_RATE) {
         return drop_packet(Counter::IcmpErrorsRateLimited);
     }
-    let to = pkt.src;
+    let to = pkt.src_v4();
     let quoted_ip_len = (pkt.l4() - L3_OFF) as u32;
     if build(ctx, quoted_ip_len, error, from, to).is_err() {
         return drop_packet(Counter::IcmpErrorsNotSent);

@@ -23,8 +23,7 @@ use veg_common::{
 use crate::{
     maps::{FLOWS, flow_scratch},
     packet::{
-        IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, Ipv4Packet, L3_OFF, ptr_at, pull_headers,
-        write_at,
+        IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, L3_OFF, Packet, ptr_at, pull_headers, write_at,
     },
 };
 
@@ -81,7 +80,7 @@ fn read32(ctx: &TcContext, offset: usize) -> Option<u32> {
 }
 
 #[inline(always)]
-fn parse_quote(ctx: &TcContext, pkt: &Ipv4Packet) -> Option<Quote> {
+fn parse_quote(ctx: &TcContext, pkt: &Packet) -> Option<Quote> {
     pull_headers(ctx, ERROR_SPAN);
     let ip_off = pkt.l4() + ICMP_HEADER;
     // Bytes are read in pairs: for a one-byte read LLVM turns the bounds check into a form the verifier does not
@@ -162,7 +161,7 @@ enum QuotedEnd {
 #[inline(always)]
 fn rewrite_quote(
     ctx: &TcContext,
-    pkt: &Ipv4Packet,
+    pkt: &Packet,
     quote: &Quote,
     end: QuotedEnd,
     addr: u32,
@@ -251,7 +250,7 @@ pub struct Client {
 #[inline(never)]
 pub fn translate_from_outside(
     ctx: &TcContext,
-    pkt: &Ipv4Packet,
+    pkt: &Packet,
     cfg: &GatewayConfig,
 ) -> Result<Client, Counter> {
     let now = unsafe { bpf_ktime_get_ns() };
@@ -277,7 +276,7 @@ pub fn translate_from_outside(
     }
     let (client, client_port) = (entry.nat_addr.ipv4_be(), entry.nat_port);
     rewrite_quote(ctx, pkt, &quote, QuotedEnd::Source, client, client_port)
-        .and_then(|()| rewrite_outer(ctx, IPV4_DST_OFF, pkt.dst, client))
+        .and_then(|()| rewrite_outer(ctx, IPV4_DST_OFF, pkt.dst_v4(), client))
         .map_err(|()| Counter::DropMalformed)?;
     Ok(Client { addr: client })
 }
@@ -287,7 +286,7 @@ pub fn translate_from_outside(
 #[inline(never)]
 pub fn translate_from_vpc(
     ctx: &TcContext,
-    pkt: &Ipv4Packet,
+    pkt: &Packet,
     cfg: &GatewayConfig,
 ) -> Result<(), Counter> {
     let now = unsafe { bpf_ktime_get_ns() };
@@ -319,6 +318,6 @@ pub fn translate_from_vpc(
         external,
         external_port,
     )
-    .and_then(|()| rewrite_outer(ctx, IPV4_SRC_OFF, pkt.src, external))
+    .and_then(|()| rewrite_outer(ctx, IPV4_SRC_OFF, pkt.src_v4(), external))
     .map_err(|()| Counter::DropMalformed)
 }

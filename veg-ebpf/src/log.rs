@@ -14,8 +14,12 @@ pub enum Malformed {
     Truncated,
     /// Not IPv4 version 4, or a header length under 20.
     Ipv4Header,
+    /// Not IPv6 version 6.
+    Ipv6Header,
     /// The IP total length does not cover the header or exceeds what arrived.
     IpLength,
+    /// IPv6 extension headers past the packet, or more of them than the datapath walks.
+    ExtensionHeaders,
     /// The TCP data offset is under 20 or beyond the segment.
     TcpHeader,
     /// The UDP length is under 8 or beyond the datagram.
@@ -29,7 +33,9 @@ impl Malformed {
         match self {
             Malformed::Truncated => "headers truncated",
             Malformed::Ipv4Header => "not an IPv4 header",
+            Malformed::Ipv6Header => "not an IPv6 header",
             Malformed::IpLength => "IP total length inconsistent",
+            Malformed::ExtensionHeaders => "IPv6 extension headers too long or too many",
             Malformed::TcpHeader => "TCP data offset inconsistent",
             Malformed::UdpLength => "UDP length inconsistent",
             Malformed::IcmpLength => "ICMP message too short",

@@ -20,7 +20,9 @@
 mod flows;
 mod fragments;
 mod from_outside;
+mod from_outside_v6;
 mod from_vpc;
+mod from_vpc_v6;
 mod icmp;
 mod icmp_errors;
 mod log;

@@ -4,7 +4,7 @@
 //! keys' and values' fields and `bpftool map dump pinned` prints them by name.
 
 use crate::{
-    packet::Ipv4Packet, pending::PendingRing, ports::PortSearch, rate::RateBucket,
+    packet::Packet, pending::PendingRing, ports::PortSearch, rate::RateBucket,
     slow_path::SlowPathRecord,
 };
 use aya_ebpf::{
@@ -17,7 +17,7 @@ use veg_common::{
     config::{CONFIG_KEY, GatewayConfig},
     flow::{FLOW_TABLE_DEFAULT_ENTRIES, FlowEntry, FlowKey},
     fragment::{DatagramKey, DatagramTranslation},
-    policy::{POLICY_MAX_ENTRIES, Policy, PolicyKeyV4},
+    policy::{POLICY_MAX_ENTRIES, Policy, PolicyKeyV4, PolicyKeyV6},
     record::FlowRecord,
     stats::Counters,
 };
@@ -27,6 +27,10 @@ pub static CONFIG: btf_maps::Array<GatewayConfig, 1> = btf_maps::Array::new();
 
 #[btf_map]
 pub static POLICY_V4: btf_maps::LpmTrie<PolicyKeyV4, Policy, { POLICY_MAX_ENTRIES as usize }> =
+    btf_maps::LpmTrie::new();
+
+#[btf_map]
+pub static POLICY_V6: btf_maps::LpmTrie<PolicyKeyV6, Policy, { POLICY_MAX_ENTRIES as usize }> =
     btf_maps::LpmTrie::new();
 
 /// One shared table for both directions: a reply may land on another CPU than its request, so per-CPU tables
@@ -100,7 +104,7 @@ const EXHAUSTED_ENDPOINTS: u32 = 4096;
 
 /// The packet being handled, as parsed (packet.rs). Not pinned: it holds nothing between packets.
 #[map]
-pub static PACKET: PerCpuArray<Ipv4Packet> = PerCpuArray::with_max_entries(1, 0);
+pub static PACKET: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 
 /// The translations of fragmented datagrams, for their later fragments (fragments.rs). Pinned, so that the agent
 /// (which sends held fragments with them) and `veg flows` can read it.

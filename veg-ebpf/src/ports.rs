@@ -301,7 +301,7 @@ pub fn allocate(
     };
     flow.key = *key;
     flow.entry = FlowEntry {
-        nat_addr: cfg.external_addr_v4,
+        nat_addr: cfg.external_addr(key.family),
         nat_port: 0,
         direction: DIRECTION_OUTBOUND,
         state: bits,

@@ -15,13 +15,13 @@ use veg_common::{
 
 use crate::{
     maps::{FLOW_RECORDS, RECORD_SCRATCH, config},
-    packet::Ipv4Packet,
+    packet::Packet,
     stats::count,
 };
 
 /// Count a packet on the entry of its direction. Atomic: two CPUs may carry packets of one direction at once.
 #[inline(always)]
-pub fn account(entry: *mut FlowEntry, pkt: &Ipv4Packet, cfg: &GatewayConfig) {
+pub fn account(entry: *mut FlowEntry, pkt: &Packet, cfg: &GatewayConfig) {
     if cfg.flow_records == 0 {
         return;
     }

@@ -1,5 +1,5 @@
 //! The one place that rewrites headers: an address and its port (or ICMP echo identifier), the L3 and L4
-//! checksums with them, and the TTL. Checksums are updated incrementally by the kernel's helpers, which also keep
+//! checksums with them, and the TTL (IPv6: the address, port, transport checksum and hop limit). Checksums are updated incrementally by the kernel's helpers, which also keep
 //! CHECKSUM_PARTIAL (offloaded) packets right; a UDP datagram without a checksum keeps having none. The fields
 //! themselves are written directly, after their checksums.
 
@@ -7,10 +7,14 @@ use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
-use veg_common::flow::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use veg_common::{
+    address::Address,
+    flow::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
+};
 
 use crate::packet::{
-    IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV4_TTL_OFF, Ipv4Packet, L3_OFF, write_at,
+    IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV4_TTL_OFF, IPV6_DST_OFF, IPV6_HOP_LIMIT_OFF,
+    IPV6_SRC_OFF, L3_OFF, Packet, write_at,
 };
 
 /// Which end of the packet is rewritten.
@@ -38,15 +42,15 @@ fn l4_layout(protocol: u8, end: End) -> Option<(usize, usize, u64)> {
 #[inline(always)]
 pub fn rewrite_end(
     ctx: &TcContext,
-    pkt: &Ipv4Packet,
+    pkt: &Packet,
     end: End,
     new_addr: u32,
     new_port: u16,
 ) -> Result<(), ()> {
     let (csum_off, port_off, pseudo_flags) = l4_layout(pkt.protocol, end).ok_or(())?;
     let (old_addr, addr_off) = match end {
-        End::Source => (pkt.src, IPV4_SRC_OFF),
-        End::Destination => (pkt.dst, IPV4_DST_OFF),
+        End::Source => (pkt.src_v4(), IPV4_SRC_OFF),
+        End::Destination => (pkt.dst_v4(), IPV4_DST_OFF),
     };
     let old_port = match end {
         End::Source => pkt.src_port,
@@ -72,15 +76,10 @@ pub fn rewrite_end(
 
 /// Rewrite one end's address alone, with the IP checksum: for a later fragment, which has no transport header.
 #[inline(always)]
-pub fn rewrite_address(
-    ctx: &TcContext,
-    pkt: &Ipv4Packet,
-    end: End,
-    new_addr: u32,
-) -> Result<(), ()> {
+pub fn rewrite_address(ctx: &TcContext, pkt: &Packet, end: End, new_addr: u32) -> Result<(), ()> {
     let (old_addr, addr_off) = match end {
-        End::Source => (pkt.src, IPV4_SRC_OFF),
-        End::Destination => (pkt.dst, IPV4_DST_OFF),
+        End::Source => (pkt.src_v4(), IPV4_SRC_OFF),
+        End::Destination => (pkt.dst_v4(), IPV4_DST_OFF),
     };
     ctx.l3_csum_replace(L3_OFF + IPV4_CSUM_OFF, old_addr as u64, new_addr as u64, 4)
         .map_err(|_| ())?;
@@ -89,7 +88,7 @@ pub fn rewrite_address(
 
 /// Decrement the TTL as any router does. The caller has checked that it stays above zero.
 #[inline(always)]
-pub fn decrement_ttl(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<(), ()> {
+pub fn decrement_ttl(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
     let off = L3_OFF + IPV4_TTL_OFF;
     // TTL and protocol form one 16-bit word of the header checksum.
     let old_word = u16::from_ne_bytes([pkt.ttl, pkt.protocol]);
@@ -97,4 +96,65 @@ pub fn decrement_ttl(ctx: &TcContext, pkt: &Ipv4Packet) -> Result<(), ()> {
     ctx.l3_csum_replace(L3_OFF + IPV4_CSUM_OFF, old_word as u64, new_word as u64, 2)
         .map_err(|_| ())?;
     write_at(ctx, off, pkt.ttl - 1)
+}
+
+/// IPv6: where the L4 checksum and the port (or identifier) of `end` are. All three checksums cover the
+/// pseudo-header, ICMPv6's included (unlike ICMP's).
+#[inline(always)]
+fn l4_layout_v6(protocol: u8, end: End) -> Option<(usize, usize, u64)> {
+    let port = if end == End::Source { 0 } else { 2 };
+    let pseudo = BPF_F_PSEUDO_HDR as u64;
+    match protocol {
+        PROTO_TCP => Some((16, port, pseudo)),
+        // A zero UDP checksum is refused at parsing: IPv6 requires one.
+        PROTO_UDP => Some((6, port, pseudo | BPF_F_MARK_MANGLED_0 as u64)),
+        PROTO_ICMPV6 => Some((2, 4, pseudo)),
+        _ => None,
+    }
+}
+
+/// The checksum difference of replacing `old` with `new`, as the kernel's helpers take it (size 0): the
+/// ones'-complement sum of the new 16-bit words and of the old ones negated, read in the machine's byte order as
+/// the kernel sums packet memory.
+#[inline(always)]
+fn address_diff(old: &Address, new: &Address) -> u32 {
+    let mut sum = 0u32;
+    for i in 0..8 {
+        let old_word = u16::from_ne_bytes([old.bytes[2 * i], old.bytes[2 * i + 1]]);
+        let new_word = u16::from_ne_bytes([new.bytes[2 * i], new.bytes[2 * i + 1]]);
+        sum += u32::from(!old_word) + u32::from(new_word);
+    }
+    sum
+}
+
+/// Rewrite one end's IPv6 address and port (or ICMPv6 echo identifier), fixing the transport checksum; IPv6 has
+/// no header checksum.
+#[inline(always)]
+pub fn rewrite_end_v6(
+    ctx: &TcContext,
+    pkt: &Packet,
+    end: End,
+    new_addr: &Address,
+    new_port: u16,
+) -> Result<(), ()> {
+    let (csum_off, port_off, pseudo_flags) = l4_layout_v6(pkt.protocol, end).ok_or(())?;
+    let (old_addr, addr_off, old_port) = match end {
+        End::Source => (&pkt.src, IPV6_SRC_OFF, pkt.src_port),
+        End::Destination => (&pkt.dst, IPV6_DST_OFF, pkt.dst_port),
+    };
+    let l4_csum = pkt.l4() + csum_off;
+    let diff = address_diff(old_addr, new_addr);
+    ctx.l4_csum_replace(l4_csum, 0, u64::from(diff), pseudo_flags)
+        .map_err(|_| ())?;
+    let port_flags = pseudo_flags & !(BPF_F_PSEUDO_HDR as u64);
+    ctx.l4_csum_replace(l4_csum, old_port as u64, new_port as u64, port_flags | 2)
+        .map_err(|_| ())?;
+    write_at(ctx, L3_OFF + addr_off, new_addr.bytes)?;
+    write_at(ctx, pkt.l4() + port_off, new_port)
+}
+
+/// Decrement the hop limit as any router does (no checksum covers it). The caller has checked it stays above 0.
+#[inline(always)]
+pub fn decrement_hop_limit(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
+    write_at(ctx, L3_OFF + IPV6_HOP_LIMIT_OFF, pkt.ttl - 1)
 }

@@ -6,7 +6,8 @@
 //! (and bpf_fib_lookup only answers) for an input interface whose IPv4 forwarding is on; the agent keeps it off on
 //! the instance's two interfaces and on for loopback alone, where nothing arrives from outside. So the kernel
 //! itself never forwards between the interfaces: only these programs do, translating as they go, and without
-//! them (not yet attached, or gone) nothing crosses untranslated.
+//! them (not yet attached, or gone) nothing crosses untranslated. IPv6 alike, except that the kernel forwards IPv6
+//! by its "all" switch alone, which the agent keeps off (docs/datapath.md).
 
 use aya_ebpf::{
     bindings::{
@@ -17,9 +18,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
+use veg_common::address::Address;
+
 use crate::{maps::FIB_PARAMS, packet::write_at};
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 /// The loopback interface's index, the same in every network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
 
@@ -30,7 +34,9 @@ pub enum Route {
         smac: [u8; 6],
         dmac: [u8; 6],
     },
-    /// Out of `ifindex` to `nexthop` (network byte order), MAC not resolved yet.
+    /// Out of `ifindex` to `nexthop` (IPv4, network byte order), MAC not resolved yet. For IPv6 `nexthop` is 0:
+    /// the kernel finds the next hop again from the packet's destination (carrying the IPv6 one would take
+    /// another 12 bytes of the verifier's scarce stack in every Route).
     Unresolved { ifindex: u32, nexthop: u32 },
     /// Out of `ifindex`, but bigger than the route's MTU, which is `mtu`.
     TooBig { mtu: u16, ifindex: u32 },
@@ -55,22 +61,65 @@ impl Route {
 /// fragmentation needed, else the device's); 0 checks the skb against its route's device instead.
 #[inline(always)]
 pub fn lookup(ctx: &TcContext, protocol: u8, src: u32, dst: u32, ip_len: u16) -> Route {
+    lookup_family(ctx, AF_INET, protocol, ip_len, |params| {
+        params.__bindgen_anon_3.ipv4_src = src;
+        params.__bindgen_anon_4.ipv4_dst = dst;
+    })
+}
+
+/// The same for IPv6 (`ip_len` counts the 40-byte header). The lookup needs IPv6 forwarding on the loopback
+/// interface, which the agent turns on while it runs, as it does IPv4's.
+#[inline(always)]
+pub fn lookup_v6(
+    ctx: &TcContext,
+    protocol: u8,
+    src: &Address,
+    dst: &Address,
+    ip_len: u16,
+) -> Route {
+    lookup_family(ctx, AF_INET6, protocol, ip_len, |params| {
+        params.__bindgen_anon_3.ipv6_src = words(src);
+        params.__bindgen_anon_4.ipv6_dst = words(dst);
+    })
+}
+
+/// An IPv6 address as the lookup's four 32-bit words (each in network byte order, as the address lies).
+#[inline(always)]
+fn words(addr: &Address) -> [u32; 4] {
+    let b = &addr.bytes;
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
+/// The lookup for one family; `set_addresses` writes the source and destination into the parameters (again
+/// before the second lookup of a packet too big, as the first overwrites them).
+#[inline(always)]
+fn lookup_family(
+    ctx: &TcContext,
+    family: u8,
+    protocol: u8,
+    ip_len: u16,
+    set_addresses: impl Fn(&mut bpf_fib_lookup),
+) -> Route {
     // The parameters live in per-CPU scratch memory: the program's 512-byte stack is needed elsewhere.
     let Some(params) = FIB_PARAMS.get_ptr_mut(0) else {
         return Route::NotForwarded;
     };
     let params = unsafe { &mut *params };
-    // Every input the IPv4 lookup reads (flag-gated ones aside), set one by one: zeroing the whole struct
-    // compiled to a call to a byte-by-byte memset subprogram, about 60 ns per packet (`cargo xtask bench profile`).
-    params.family = AF_INET;
+    // Every input the lookup reads (flag-gated ones aside), set one by one: zeroing the whole struct compiled to
+    // a call to a byte-by-byte memset subprogram, about 60 ns per packet (`cargo xtask bench profile`).
+    params.family = family;
     params.l4_protocol = protocol;
     params.sport = 0;
     params.dport = 0;
     params.__bindgen_anon_1.tot_len = ip_len;
     params.__bindgen_anon_2.flowinfo = 0;
     params.ifindex = LOOPBACK_IFINDEX;
-    params.__bindgen_anon_3.ipv4_src = src;
-    params.__bindgen_anon_4.ipv4_dst = dst;
+    set_addresses(params);
     let rc = fib(ctx, params);
     if rc < 0 {
         return Route::NotForwarded;
@@ -83,7 +132,12 @@ pub fn lookup(ctx: &TcContext, protocol: u8, src: u32, dst: u32, ip_len: u16) ->
         },
         BPF_FIB_LKUP_RET_NO_NEIGH => Route::Unresolved {
             ifindex: params.ifindex,
-            nexthop: unsafe { params.__bindgen_anon_4.ipv4_dst },
+            // IPv6's next hop is left to the kernel to find again (see `redirect`).
+            nexthop: if family == AF_INET {
+                unsafe { params.__bindgen_anon_4.ipv4_dst }
+            } else {
+                0
+            },
         },
         BPF_FIB_LKUP_RET_FRAG_NEEDED => {
             let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
@@ -91,8 +145,7 @@ pub fn lookup(ctx: &TcContext, protocol: u8, src: u32, dst: u32, ip_len: u16) ->
             // smallest packet, which fits any route, to learn it.
             params.__bindgen_anon_1.tot_len = 1;
             params.ifindex = LOOPBACK_IFINDEX;
-            params.__bindgen_anon_3.ipv4_src = src;
-            params.__bindgen_anon_4.ipv4_dst = dst;
+            set_addresses(params);
             match fib(ctx, params) as u32 {
                 BPF_FIB_LKUP_RET_SUCCESS | BPF_FIB_LKUP_RET_NO_NEIGH => Route::TooBig {
                     mtu,
@@ -134,14 +187,12 @@ pub fn redirect(ctx: &TcContext, route: &Route) -> Result<i32, ()> {
             let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };
             nh.nh_family = AF_INET as u32;
             nh.__bindgen_anon_1.ipv4_nh = *nexthop;
-            let rc = unsafe {
-                bpf_redirect_neigh(
-                    *ifindex,
-                    &mut nh,
-                    core::mem::size_of::<bpf_redir_neigh>() as i32,
-                    0,
-                )
+            let (params, len) = if *nexthop == 0 {
+                (core::ptr::null_mut(), 0)
+            } else {
+                (&raw mut nh, core::mem::size_of::<bpf_redir_neigh>() as i32)
             };
+            let rc = unsafe { bpf_redirect_neigh(*ifindex, params, len, 0) };
             if rc == TC_ACT_REDIRECT as i64 {
                 Ok(rc as i32)
             } else {

@@ -18,7 +18,7 @@ use veg_common::fragment::{
 use crate::{
     fragments,
     maps::{HELD, SLOW_PATH, SLOW_PATH_RATE, SLOW_PATH_SCRATCH},
-    packet::{Ipv4Packet, L3_OFF},
+    packet::{L3_OFF, Packet},
     rate::{self, Rate},
 };
 
@@ -41,7 +41,7 @@ const HAND_OVER_RATE: Rate = Rate {
 
 /// Copy the packet (from its IP header on) to the agent as a record of `kind`.
 #[inline(always)]
-fn hand_over(ctx: &TcContext, pkt: &Ipv4Packet, kind: u8, mtu: u16) -> Result<(), ()> {
+fn hand_over(ctx: &TcContext, pkt: &Packet, kind: u8, mtu: u16) -> Result<(), ()> {
     // A GSO super-packet is many packets; the agent would have to segment it first. None should come here
     // (they are TCP, with DF), so they are refused rather than handled.
     if unsafe { (*ctx.skb.skb).gso_size } != 0 {
@@ -95,7 +95,7 @@ fn output(record: &SlowPathRecord, len: usize) -> Result<(), ()> {
 
 /// Give a later fragment that came before its first fragment to the agent to hold (`kind::HOLD_*`).
 #[inline(always)]
-pub fn hold(ctx: &TcContext, pkt: &Ipv4Packet, kind: u8) -> Result<(), ()> {
+pub fn hold(ctx: &TcContext, pkt: &Packet, kind: u8) -> Result<(), ()> {
     // Marked before it is handed over, so that a first fragment translated meanwhile on another CPU either sees
     // the mark or is seen by the agent when it looks the datagram up.
     let _ = HELD.insert(&fragments::key(pkt), &0, 0);
@@ -104,7 +104,7 @@ pub fn hold(ctx: &TcContext, pkt: &Ipv4Packet, kind: u8) -> Result<(), ()> {
 
 /// Give a translated packet too big for its next hop (`mtu`), DF clear, to the agent to fragment and send.
 #[inline(always)]
-pub fn fragment(ctx: &TcContext, pkt: &Ipv4Packet, mtu: u16) -> Result<(), ()> {
+pub fn fragment(ctx: &TcContext, pkt: &Packet, mtu: u16) -> Result<(), ()> {
     hand_over(ctx, pkt, kind::FRAGMENT, mtu)
 }
 

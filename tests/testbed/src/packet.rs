@@ -1,7 +1,7 @@
-//! Building Ethernet/IPv4 frames with every checksum computed from scratch, so a test can compare the datapath's
-//! output byte for byte with the frame a netfilter router would have sent.
+//! Building Ethernet/IPv4 and Ethernet/IPv6 frames with every checksum computed from scratch, so a test can
+//! compare the datapath's output byte for byte with the frame a netfilter router would have sent.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 #[derive(Clone, Debug)]
 pub enum L4 {
@@ -20,7 +20,7 @@ pub enum L4 {
         payload: Vec<u8>,
         no_checksum: bool,
     },
-    /// Echo request (8) or reply (0).
+    /// Echo request (8) or reply (0); in an IPv6 frame ICMPv6's (128, 129).
     IcmpEcho {
         kind: u8,
         id: u16,
@@ -130,7 +130,16 @@ impl Frame {
     }
 
     fn l4_bytes(&self) -> Vec<u8> {
-        match &self.l4 {
+        // ICMP's checksum has no pseudo-header.
+        l4_bytes(&self.l4, |len| self.pseudo_header_sum(len), false)
+    }
+}
+
+/// The transport header and payload, checksummed with `pseudo(length)` as the pseudo-header's sum (for ICMP
+/// too when `icmp_pseudo`, as ICMPv6 has).
+fn l4_bytes(l4: &L4, pseudo: impl Fn(usize) -> u32, icmp_pseudo: bool) -> Vec<u8> {
+    {
+        match l4 {
             L4::Tcp {
                 sport,
                 dport,
@@ -149,7 +158,7 @@ impl Frame {
                 b.extend_from_slice(&64240u16.to_be_bytes());
                 b.extend_from_slice(&[0, 0, 0, 0]);
                 b.extend_from_slice(payload);
-                let csum = checksum(&b, self.pseudo_header_sum(b.len()));
+                let csum = checksum(&b, pseudo(b.len()));
                 b[16..18].copy_from_slice(&csum.to_be_bytes());
                 b
             }
@@ -166,7 +175,7 @@ impl Frame {
                 b.extend_from_slice(&[0, 0]);
                 b.extend_from_slice(payload);
                 if !no_checksum {
-                    let mut csum = checksum(&b, self.pseudo_header_sum(b.len()));
+                    let mut csum = checksum(&b, pseudo(b.len()));
                     if csum == 0 {
                         csum = 0xffff; // RFC 768: a computed 0 is sent as all ones
                     }
@@ -184,11 +193,93 @@ impl Frame {
                 b.extend_from_slice(&id.to_be_bytes());
                 b.extend_from_slice(&seq.to_be_bytes());
                 b.extend_from_slice(payload);
-                let csum = checksum(&b, 0);
+                let initial = if icmp_pseudo { pseudo(b.len()) } else { 0 };
+                let csum = checksum(&b, initial);
                 b[2..4].copy_from_slice(&csum.to_be_bytes());
                 b
             }
         }
+    }
+}
+
+/// An Ethernet/IPv6 frame: the fixed header, extension headers, and a transport header.
+#[derive(Clone, Debug)]
+pub struct Frame6 {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub hop_limit: u8,
+    /// Extension headers in order, as (their protocol number, their bytes); each one's next-header byte is
+    /// filled in by `bytes`.
+    pub extension: Vec<(u8, Vec<u8>)>,
+    pub l4: L4,
+}
+
+pub const IPPROTO_HOPOPTS: u8 = 0;
+pub const IPPROTO_DSTOPTS: u8 = 60;
+
+/// An empty options header (hop-by-hop or destination options): 8 bytes, a PadN option filling it.
+pub fn empty_options_header() -> Vec<u8> {
+    vec![0, 0, 1, 4, 0, 0, 0, 0]
+}
+
+impl Frame6 {
+    pub fn new(src: Ipv6Addr, dst: Ipv6Addr, l4: L4) -> Frame6 {
+        Frame6 {
+            dst_mac: [0x02, 0, 0, 0, 0xaa, 0x01],
+            src_mac: [0x02, 0, 0, 0, 0xaa, 0x02],
+            src,
+            dst,
+            hop_limit: 64,
+            extension: Vec::new(),
+            l4,
+        }
+    }
+
+    fn protocol(&self) -> u8 {
+        match self.l4 {
+            L4::Tcp { .. } => 6,
+            L4::Udp { .. } => 17,
+            L4::IcmpEcho { .. } => 58,
+        }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        let protocol = self.protocol();
+        let pseudo = |len: usize| {
+            let mut pseudo = Vec::new();
+            pseudo.extend_from_slice(&self.src.octets());
+            pseudo.extend_from_slice(&self.dst.octets());
+            pseudo.extend_from_slice(&(len as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, protocol]);
+            sum_words(&pseudo)
+        };
+        let l4 = l4_bytes(&self.l4, pseudo, true);
+        let mut extension = Vec::new();
+        let first = self.extension.first().map_or(protocol, |(kind, _)| *kind);
+        for (i, (_, header)) in self.extension.iter().enumerate() {
+            let mut header = header.clone();
+            header[0] = self
+                .extension
+                .get(i + 1)
+                .map_or(protocol, |(kind, _)| *kind);
+            extension.extend_from_slice(&header);
+        }
+        let payload_len = (extension.len() + l4.len()) as u16;
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&self.dst_mac);
+        frame.extend_from_slice(&self.src_mac);
+        frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+        frame.extend_from_slice(&[0x60, 0, 0, 0]);
+        frame.extend_from_slice(&payload_len.to_be_bytes());
+        frame.push(first);
+        frame.push(self.hop_limit);
+        frame.extend_from_slice(&self.src.octets());
+        frame.extend_from_slice(&self.dst.octets());
+        frame.extend_from_slice(&extension);
+        frame.extend_from_slice(&l4);
+        frame
     }
 }
 

@@ -59,8 +59,13 @@ fn record(
 
 /// A UDP server on `port` in `ns` that records each datagram's source and echoes it.
 pub fn udp_echo(ns: &Netns, port: u16) -> Recorder {
+    udp_echo_at(ns, SocketAddr::from(([0, 0, 0, 0], port)))
+}
+
+/// A UDP echo server bound to `address` (an IPv6 one to serve IPv6).
+pub fn udp_echo_at(ns: &Netns, address: SocketAddr) -> Recorder {
     record(ns, move |p, s, ready_tx| {
-        let socket = UdpSocket::bind(("0.0.0.0", port)).expect("binding UDP server");
+        let socket = UdpSocket::bind(address).expect("binding UDP server");
         socket
             .set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
@@ -77,8 +82,13 @@ pub fn udp_echo(ns: &Netns, port: u16) -> Recorder {
 
 /// A TCP server on `port` in `ns` that records each connection's source and echoes until the peer closes.
 pub fn tcp_echo(ns: &Netns, port: u16) -> Recorder {
+    tcp_echo_at(ns, SocketAddr::from(([0, 0, 0, 0], port)))
+}
+
+/// A TCP echo server bound to `address` (an IPv6 one to serve IPv6).
+pub fn tcp_echo_at(ns: &Netns, address: SocketAddr) -> Recorder {
     record(ns, move |p, s, ready_tx| {
-        let listener = TcpListener::bind(("0.0.0.0", port)).expect("binding TCP server");
+        let listener = TcpListener::bind(address).expect("binding TCP server");
         listener.set_nonblocking(true).unwrap();
         ready_tx.send(()).unwrap();
         let mut connections = Vec::new();
@@ -131,7 +141,7 @@ pub fn udp_round_trip(
 ) -> std::io::Result<Vec<u8>> {
     let payload = payload.to_vec();
     ns.run(move || {
-        let socket = UdpSocket::bind(("0.0.0.0", local_port))?;
+        let socket = UdpSocket::bind(any_address(server, local_port))?;
         socket.set_read_timeout(Some(Duration::from_secs(2)))?;
         socket.send_to(&payload, server)?;
         let mut buf = vec![0u8; 65536];
@@ -157,11 +167,24 @@ pub fn tcp_round_trip(
     })
 }
 
+/// The unspecified address of `server`'s family, at `port`: what a client binds to reach it.
+fn any_address(server: SocketAddr, port: u16) -> SocketAddr {
+    if server.is_ipv6() {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))
+    } else {
+        SocketAddr::from(([0, 0, 0, 0], port))
+    }
+}
+
 /// A TCP connection from a chosen local port (0: any), with a 2 s timeout on every step.
 pub fn connect_from(local_port: u16, server: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(server),
+        socket2::Type::STREAM,
+        None,
+    )?;
     socket.set_reuse_address(true)?;
-    socket.bind(&SocketAddr::from(([0, 0, 0, 0], local_port)).into())?;
+    socket.bind(&any_address(server, local_port).into())?;
     socket.connect_timeout(&server.into(), Duration::from_secs(2))?;
     let stream: TcpStream = socket.into();
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -290,5 +313,41 @@ pub fn answer_first_datagram(
             peer,
             socket.recv(&mut buf).err().and_then(|e| e.raw_os_error()),
         )
+    })
+}
+
+/// Records the source address and identifier of every ICMPv6 echo request arriving in `ns` (the kernel answers
+/// them itself). A raw ICMPv6 socket gets the message without its IP header, its source from recvfrom.
+pub fn icmpv6_echo_sources(ns: &Netns) -> Recorder {
+    record(ns, move |p, s, ready_tx| {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::RAW,
+            Some(socket2::Protocol::ICMPV6),
+        )
+        .expect("opening a raw ICMPv6 socket");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+        while !s.load(Ordering::Relaxed) {
+            let Ok((len, from)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            // SAFETY: recv_from initialised the first `len` bytes.
+            let message: Vec<u8> = buf[..len]
+                .iter()
+                .map(|b| unsafe { b.assume_init() })
+                .collect();
+            if let (Some(source), [128, _, _, _, id_hi, id_lo, ..]) =
+                (from.as_socket(), &message[..])
+            {
+                p.lock().unwrap().push(SocketAddr::new(
+                    source.ip(),
+                    u16::from_be_bytes([*id_hi, *id_lo]),
+                ));
+            }
+        }
     })
 }

@@ -4,6 +4,12 @@
 //!   VPC 10.16.0.0/16: gateway eth0 10.16.0.12; SNAT clients 10.16.0.x, forward clients 10.16.1.x,
 //!                     clients outside every policy 10.16.2.x
 //!   underlay 172.17.0.0/16: server 172.17.0.1 (also the external gateway), gateway net1 172.17.0.11
+//!
+//! and IPv6 alike, on every link (a gateway serves it when started with `start_dual_stack_gateway`):
+//!
+//!   VPC fd00:10:16::/48: gateway eth0 fd00:10:16::12; SNAT clients fd00:10:16::x, forward clients
+//!                        fd00:10:16:1::x, clients outside every policy fd00:10:16:2::x
+//!   underlay fd00:172:17::/64: server fd00:172:17::1, gateway net1 fd00:172:17::11
 
 use std::{
     io::{BufRead, BufReader},
@@ -19,6 +25,26 @@ pub const GATEWAY_EXTERNAL_IP: &str = "172.17.0.11";
 pub const SERVER_IP: &str = "172.17.0.1";
 pub const SNAT_SOURCES: &str = "10.16.0.0/24";
 pub const FORWARD_SOURCES: &str = "10.16.1.0/24";
+pub const GATEWAY_INTERNAL_IPV6: &str = "fd00:10:16::12";
+pub const GATEWAY_EXTERNAL_IPV6: &str = "fd00:172:17::11";
+pub const SERVER_IPV6: &str = "fd00:172:17::1";
+pub const SNAT_SOURCES_V6: &str = "fd00:10:16::/64";
+pub const FORWARD_SOURCES_V6: &str = "fd00:10:16:1::/64";
+
+/// The external server's IPv6 address at `port`.
+pub fn server6(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::new(
+        SERVER_IPV6.parse().expect("SERVER_IPV6 is an address"),
+        port,
+    )
+}
+
+/// The gateway's external IPv6 address.
+pub fn external_ipv6() -> std::net::IpAddr {
+    GATEWAY_EXTERNAL_IPV6
+        .parse()
+        .expect("GATEWAY_EXTERNAL_IPV6 is an address")
+}
 
 /// The external server's address at `port`.
 pub fn server(port: u16) -> std::net::SocketAddr {
@@ -86,6 +112,23 @@ impl Topology {
         server.ip(&["link", "set", "ul1", "up"]);
         // Forward (no-SNAT) clients are routed, not translated: the outside reaches them through the gateway.
         server.ip(&["route", "add", "10.16.0.0/16", "via", GATEWAY_EXTERNAL_IP]);
+        // IPv6 on the same links; without duplicate address detection, so that the addresses work at once.
+        for (ns, address, dev) in [
+            (&gateway, format!("{GATEWAY_INTERNAL_IPV6}/48"), "eth0"),
+            (&gateway, format!("{GATEWAY_EXTERNAL_IPV6}/64"), "net1"),
+            (&server, format!("{SERVER_IPV6}/64"), "ul1"),
+        ] {
+            ns.ip(&["-6", "addr", "add", &address, "dev", dev, "nodad"]);
+        }
+        gateway.ip(&["-6", "route", "add", "default", "via", SERVER_IPV6]);
+        server.ip(&[
+            "-6",
+            "route",
+            "add",
+            "fd00:10:16::/48",
+            "via",
+            GATEWAY_EXTERNAL_IPV6,
+        ]);
         Topology {
             prefix,
             veg: veg.to_owned(),
@@ -111,6 +154,30 @@ impl Topology {
         index
     }
 
+    /// A client with an IPv4 and an IPv6 address, routing both families through the gateway.
+    pub fn add_dual_stack_client(&mut self, address: &str, address6: &str) -> usize {
+        let index = self.add_client(address);
+        let client = &self.clients[index];
+        client.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{address6}/48"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        client.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            GATEWAY_INTERNAL_IPV6,
+        ]);
+        index
+    }
+
     pub fn client(&self, index: usize) -> &Netns {
         &self.clients[index]
     }
@@ -118,12 +185,23 @@ impl Topology {
     /// Start `veg gateway` in the instance with the topology's policies plus `extra` arguments.
     pub fn start_gateway(&self, extra: &[&str]) -> Gateway {
         let name = format!("{}-gw", self.prefix);
-        Gateway::start(&self.veg, &name, &self.gateway.name, extra)
+        Gateway::start(&self.veg, &name, &self.gateway.name, false, extra)
+    }
+
+    /// The same, translating IPv6 too: both external addresses and the IPv6 policies.
+    pub fn start_dual_stack_gateway(&self, extra: &[&str]) -> Gateway {
+        let name = format!("{}-gw", self.prefix);
+        Gateway::start(&self.veg, &name, &self.gateway.name, true, extra)
     }
 }
 
 /// `veg gateway NAME` in the topology's instance `netns`, with the topology's interfaces, external address and policies.
 pub fn gateway_command(veg: &str, name: &str, netns: &str) -> Command {
+    gateway_command_families(veg, name, netns, false)
+}
+
+/// `gateway_command`, with the IPv6 address and policies too when `dual_stack`.
+pub fn gateway_command_families(veg: &str, name: &str, netns: &str, dual_stack: bool) -> Command {
     let mut command = Command::new(veg);
     command
         .args(["gateway", "--name", name, "--netns", netns])
@@ -133,14 +211,18 @@ pub fn gateway_command(veg: &str, name: &str, netns: &str) -> Command {
             "--external-interface",
             "net1",
         ])
-        .args([
-            "--external-ip",
-            GATEWAY_EXTERNAL_IP,
+        .args(["--snat", SNAT_SOURCES, "--forward", FORWARD_SOURCES]);
+    if dual_stack {
+        let both = format!("{GATEWAY_EXTERNAL_IP},{GATEWAY_EXTERNAL_IPV6}");
+        command.args(["--external-ip", &both]).args([
             "--snat",
-            SNAT_SOURCES,
+            SNAT_SOURCES_V6,
             "--forward",
-            FORWARD_SOURCES,
+            FORWARD_SOURCES_V6,
         ]);
+    } else {
+        command.args(["--external-ip", GATEWAY_EXTERNAL_IP]);
+    }
     command
 }
 
@@ -149,17 +231,19 @@ pub struct Gateway {
     pub name: String,
     veg: String,
     netns: String,
+    dual_stack: bool,
     extra: Vec<String>,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
 }
 
 impl Gateway {
-    fn start(veg: &str, name: &str, netns: &str, extra: &[&str]) -> Gateway {
+    fn start(veg: &str, name: &str, netns: &str, dual_stack: bool, extra: &[&str]) -> Gateway {
         let mut gateway = Gateway {
             name: name.to_owned(),
             veg: veg.to_owned(),
             netns: netns.to_owned(),
+            dual_stack,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             log: Arc::new(Mutex::new(String::new())),
@@ -169,13 +253,14 @@ impl Gateway {
     }
 
     fn spawn(&mut self) {
-        let mut child = gateway_command(&self.veg, &self.name, &self.netns)
-            .args(&self.extra)
-            .env("NO_COLOR", "1")
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting veg gateway");
+        let mut child =
+            gateway_command_families(&self.veg, &self.name, &self.netns, self.dual_stack)
+                .args(&self.extra)
+                .env("NO_COLOR", "1")
+                .env("RUST_LOG", "info")
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("starting veg gateway");
         let stderr = child.stderr.take().unwrap();
         let log = self.log.clone();
         std::thread::spawn(move || {

@@ -11,8 +11,9 @@ use anyhow::Context as _;
 use aya::maps::MapData;
 use serde::Serialize;
 use veg_common::flow::{
-    DIRECTION_OUTBOUND, FlowEntry, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP, STATE_FIN_IN,
-    STATE_FIN_OUT, STATE_REPLY_SEEN, STATE_RST, STATE_SYN_OUT, idle_timeout_ns, is_expired,
+    DIRECTION_OUTBOUND, FlowEntry, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    STATE_FIN_IN, STATE_FIN_OUT, STATE_REPLY_SEEN, STATE_RST, STATE_SYN_OUT, idle_timeout_ns,
+    is_expired, is_icmp,
 };
 
 use super::{
@@ -152,7 +153,7 @@ fn is_live_outbound(key: &FlowKey, entry: &FlowEntry, now: u64) -> bool {
 
 fn describe(key: &FlowKey, entry: &FlowEntry, now: u64) -> Flow {
     let addr = |a: &veg_common::address::Address| -> IpAddr { a.to_ip(key.family) };
-    let remote_port = if key.protocol == PROTO_ICMP {
+    let remote_port = if is_icmp(key.protocol) {
         0
     } else {
         u16::from_be(key.dst_port)
@@ -173,6 +174,7 @@ pub fn protocol_name(protocol: u8) -> &'static str {
         PROTO_TCP => "tcp",
         PROTO_UDP => "udp",
         PROTO_ICMP => "icmp",
+        PROTO_ICMPV6 => "icmpv6",
         _ => "other",
     }
 }

@@ -173,11 +173,12 @@ impl Datapath {
     }
 
     pub fn policy(&mut self) -> anyhow::Result<PolicyTable<&mut MapData>> {
-        let map = self
+        let [v4, v6] = self
             .ebpf
-            .map_mut(pins::POLICY_V4)
-            .context("POLICY_V4 map missing")?;
-        Ok(PolicyTable::new(map.try_into()?))
+            .maps_disjoint_mut([pins::POLICY_V4, pins::POLICY_V6]);
+        let v4 = v4.context("POLICY_V4 map missing")?;
+        let v6 = v6.context("POLICY_V6 map missing")?;
+        Ok(PolicyTable::new(v4.try_into()?, v6.try_into()?))
     }
 
     /// The ring through which the programs hand packets to the agent (slow_path); it can be taken once.

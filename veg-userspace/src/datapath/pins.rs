@@ -9,10 +9,19 @@ pub const FLOWS: &str = "FLOWS";
 pub const STATS: &str = "STATS";
 pub const CONFIG: &str = "CONFIG";
 pub const POLICY_V4: &str = "POLICY_V4";
+pub const POLICY_V6: &str = "POLICY_V6";
 pub const FRAGMENTS: &str = "FRAGMENTS";
 pub const AGENT_STATS: &str = "AGENT_STATS";
 /// The maps the agent pins (the programs' other maps hold nothing between packets, or belong to one load).
-pub const PINNED_MAPS: [&str; 6] = [CONFIG, POLICY_V4, FLOWS, STATS, AGENT_STATS, FRAGMENTS];
+pub const PINNED_MAPS: [&str; 7] = [
+    CONFIG,
+    POLICY_V4,
+    POLICY_V6,
+    FLOWS,
+    STATS,
+    AGENT_STATS,
+    FRAGMENTS,
+];
 /// The programs' TCX links: pinned, so that the programs stay attached when the agent dies without detaching
 /// them (killed, crashed), and the kernel never forwards a client's packet untranslated in the meantime.
 pub const LINK_FROM_VPC: &str = "LINK_FROM_VPC";

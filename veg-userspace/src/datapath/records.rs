@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 use veg_common::{
-    flow::{FlowEntry, FlowKey, PROTO_ICMP, is_closed},
+    flow::{FlowEntry, FlowKey, is_closed, is_icmp},
     record::{FlowRecord, end_reason, event},
 };
 
@@ -119,7 +119,7 @@ impl TranslationRecord {
 
     fn new(key: &FlowKey, raw: &FlowRecord, origin: &Origin, time_ns: u64) -> TranslationRecord {
         let addr = |a: &veg_common::address::Address| -> IpAddr { a.to_ip(key.family) };
-        let remote_port = if key.protocol == PROTO_ICMP {
+        let remote_port = if is_icmp(key.protocol) {
             0
         } else {
             u16::from_be(key.dst_port)

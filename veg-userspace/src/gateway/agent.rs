@@ -24,7 +24,7 @@ use super::{
     health, host,
     metrics::{AgentFacts, Metrics},
     records::{self, Records},
-    settings::GatewaySettings,
+    settings::{ExternalAddresses, GatewaySettings},
 };
 use veg_bfd::{
     control,
@@ -49,6 +49,8 @@ pub struct Running {
     /// How many ports a remote endpoint can be given per protocol.
     range_ports: u32,
     _lock: host::InstanceLock,
+    /// The external addresses translated to: the settings', less IPv6 when its route lookups cannot be opened.
+    external: ExternalAddresses,
     bfd: Option<Engine>,
     bfd_status: Arc<Mutex<Snapshot>>,
 }
@@ -90,9 +92,14 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
     host::close_kernel_forwarding(&settings.internal_interface, &settings.external_interface)?;
     let internal_ifindex = host::interface_index(&settings.internal_interface, "internal")?;
     let external_ifindex = host::interface_index(&settings.external_interface, "external")?;
-    host::check_external_address(&settings.external_interface, settings.external_ip)?;
+    for address in settings.external_ip.all() {
+        host::check_external_address(&settings.external_interface, address)?;
+    }
     // The source of the ICMP errors the instance sends into the VPC; without one they are not sent (counted).
     let internal_ip = host::interface_ipv4_addresses(&settings.internal_interface)?
+        .first()
+        .copied();
+    let internal_ipv6 = host::interface_ipv6_addresses(&settings.internal_interface)?
         .first()
         .copied();
     if internal_ip.is_none() {
@@ -102,22 +109,26 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
         );
     }
     let port_range = host::translation_port_range(settings.port_range)?;
+    let external = open_families(&settings.external_ip)?;
 
     let pin_dir = pins::gateway_dir(&settings.name);
     let mut datapath =
         Datapath::load_logging(&pin_dir, settings.max_flow_entries, settings.datapath_log)?;
-    let changes = datapath.policy()?.sync(&settings.policy)?;
+    let changes = datapath
+        .policy()?
+        .sync(&served(&settings.policy, &external))?;
     info!(
         sources = settings.policy.len(),
         added = changes.added_or_changed,
         removed = changes.removed,
         "policy synced"
     );
+    let address = |ip: Option<IpAddr>| ip.map_or(Address::UNSPECIFIED, Address::from_ip);
     datapath.configure(&GatewayConfig {
-        external_addr_v4: Address::from_ip(settings.external_ip.into()),
-        internal_addr_v4: internal_ip
-            .map(|ip| Address::from_ip(ip.into()))
-            .unwrap_or(Address::UNSPECIFIED),
+        external_addr_v4: address(external.v4.map(IpAddr::V4)),
+        internal_addr_v4: address(internal_ip.map(IpAddr::V4)),
+        external_addr_v6: address(external.v6.map(IpAddr::V6)),
+        internal_addr_v6: address(internal_ipv6.map(IpAddr::V6)),
         internal_ifindex,
         external_ifindex,
         port_min: port_range.min,
@@ -132,7 +143,7 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
         name = %settings.name,
         internal = %settings.internal_interface,
         external = %settings.external_interface,
-        external_ip = %settings.external_ip,
+        external_ip = %external,
         %port_range,
         pins = %pin_dir.display(),
         live_flows = live,
@@ -144,6 +155,7 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
         datapath,
         range_ports: port_range.ports(),
         _lock: lock,
+        external,
         bfd,
         bfd_status,
     })
@@ -177,6 +189,43 @@ async fn next_policy(
         return std::future::pending().await;
     }
     Some(receiver.borrow_and_update().clone())
+}
+
+/// The families the instance translates: every one it has an external address for, but IPv6 only once its route
+/// lookups are open (net.ipv6.conf.lo.forwarding, which a pod may not be allowed to set). Without them IPv4 is
+/// still served, IPv6 sources are dropped as having no policy, and the log says why; an IPv6-only instance
+/// refuses to start.
+fn open_families(given: &ExternalAddresses) -> anyhow::Result<ExternalAddresses> {
+    let mut external = *given;
+    if given.v6.is_some()
+        && let Err(e) = host::open_ipv6_route_lookups()
+    {
+        if given.v4.is_none() {
+            return Err(
+                e.context("IPv6 cannot be translated, and there is no IPv4 external address")
+            );
+        }
+        warn!("IPv6 is not translated, IPv4 only: {e:#}");
+        external.v6 = None;
+    }
+    Ok(external)
+}
+
+/// The sources of the families the instance has an external address for: a resource may name sources of both
+/// families while the instance serves one (the flags are refused at validation instead). The others' packets are
+/// dropped as having no policy.
+fn served(policy: &DesiredPolicy, external: &ExternalAddresses) -> DesiredPolicy {
+    let (served, left_out): (DesiredPolicy, DesiredPolicy) =
+        policy.iter().partition(|(net, _)| external.serves(net));
+    if !left_out.is_empty() {
+        let left_out: Vec<String> = left_out.keys().map(ToString::to_string).collect();
+        warn!(
+            external_ip = %external,
+            sources = %left_out.join(", "),
+            "sources of a family without an external address are left out: their packets are dropped"
+        );
+    }
+    served
 }
 
 /// The policy the datapath now holds, for the metrics.
@@ -231,6 +280,7 @@ pub async fn run(
         mut datapath,
         range_ports,
         _lock,
+        external,
         bfd,
         bfd_status,
     } = running;
@@ -239,7 +289,7 @@ pub async fn run(
     let metrics = Metrics {
         pin_dir: datapath.pin_dir().to_owned(),
         capacity: u64::from(settings.max_flow_entries / 2),
-        external_ip: settings.external_ip.into(),
+        external_ip: external.primary(),
         range_ports,
         bfd: Arc::clone(&bfd_status),
         agent: Arc::clone(&facts),
@@ -316,6 +366,7 @@ pub async fn run(
                 }
             },
             Some(policy) = next_policy(&mut policy_updates) => {
+                let policy = served(&policy, &external);
                 match datapath.policy().and_then(|mut table| table.sync(&policy)) {
                     Ok(changes) => {
                         record_policy(&facts, &policy);
@@ -351,6 +402,9 @@ pub async fn run(
     let pin_dir = datapath.pin_dir().to_owned();
     drop(datapath);
     host::set_loopback_forwarding(false)?;
+    if external.v6.is_some() {
+        host::close_ipv6_route_lookups()?;
+    }
     info!(
         pins = %pin_dir.display(),
         "detached; flows, counters and policy stay pinned for the next start (`veg gateway --name {} --cleanup` removes them)",

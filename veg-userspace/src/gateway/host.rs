@@ -3,7 +3,7 @@
 use std::{
     ffi::{CStr, CString},
     fs::File,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
     path::Path,
 };
@@ -49,8 +49,8 @@ pub fn interface_index(name: &str, role: &str) -> anyhow::Result<u32> {
     Ok(index)
 }
 
-/// The IPv4 addresses configured on an interface.
-pub fn interface_ipv4_addresses(name: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
+/// The addresses configured on an interface, both families.
+pub fn interface_addresses(name: &str) -> anyhow::Result<Vec<IpAddr>> {
     let mut addresses = Vec::new();
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills a linked list that is freed below; every pointer is checked before use.
@@ -61,12 +61,21 @@ pub fn interface_ipv4_addresses(name: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
         let mut entry = list;
         while !entry.is_null() {
             let ifa = &*entry;
-            if !ifa.ifa_addr.is_null()
-                && (*ifa.ifa_addr).sa_family as i32 == libc::AF_INET
-                && CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes()
+            if !ifa.ifa_addr.is_null() && CStr::from_ptr(ifa.ifa_name).to_bytes() == name.as_bytes()
             {
-                let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                addresses.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+                match (*ifa.ifa_addr).sa_family as i32 {
+                    libc::AF_INET => {
+                        let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        addresses.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                            sin.sin_addr.s_addr,
+                        ))));
+                    }
+                    libc::AF_INET6 => {
+                        let sin6 = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        addresses.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                    }
+                    _ => {}
+                }
             }
             entry = ifa.ifa_next;
         }
@@ -75,15 +84,38 @@ pub fn interface_ipv4_addresses(name: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
     Ok(addresses)
 }
 
-pub fn check_external_address(interface: &str, address: Ipv4Addr) -> anyhow::Result<()> {
-    let present = interface_ipv4_addresses(interface)?;
+/// The IPv4 addresses configured on an interface.
+pub fn interface_ipv4_addresses(name: &str) -> anyhow::Result<Vec<Ipv4Addr>> {
+    Ok(interface_addresses(name)?
+        .into_iter()
+        .filter_map(|a| match a {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect())
+}
+
+/// The global IPv6 addresses configured on an interface (link-local ones left out: they are never a source the
+/// gateway answers from).
+pub fn interface_ipv6_addresses(name: &str) -> anyhow::Result<Vec<Ipv6Addr>> {
+    Ok(interface_addresses(name)?
+        .into_iter()
+        .filter_map(|a| match a {
+            IpAddr::V6(v6) if !v6.is_unicast_link_local() => Some(v6),
+            _ => None,
+        })
+        .collect())
+}
+
+pub fn check_external_address(interface: &str, address: IpAddr) -> anyhow::Result<()> {
+    let present = interface_addresses(interface)?;
     if !present.contains(&address) {
-        let list: Vec<String> = present.iter().map(|a| IpAddr::V4(*a).to_string()).collect();
+        let list: Vec<String> = present.iter().map(IpAddr::to_string).collect();
         bail!(
             "external address {address} is not configured on {interface} (it has: {}): add it with \
              `ip addr add {address}/PREFIX dev {interface}` or fix --external-ip",
             if list.is_empty() {
-                "no IPv4 address".to_owned()
+                "no address".to_owned()
             } else {
                 list.join(", ")
             }
@@ -152,6 +184,38 @@ pub fn set_loopback_forwarding(on: bool) -> anyhow::Result<()> {
             if on { "on" } else { "off" }
         )
     })
+}
+
+/// IPv6's forwarding switches. Unlike IPv4's, the kernel forwards IPv6 by the "all" switch alone, whatever an
+/// interface's own says, and netlink cannot set them: they are written under /proc/sys.
+const IPV6_FORWARDING_ALL: &str = "/proc/sys/net/ipv6/conf/all/forwarding";
+const IPV6_FORWARDING_LOOPBACK: &str = "/proc/sys/net/ipv6/conf/lo/forwarding";
+
+/// Own IPv6 forwarding as IPv4's: the kernel's own forwarding off ("all", so that nothing crosses untranslated
+/// without the programs), the loopback interface's on while the agent runs (the programs' IPv6 route lookups
+/// are answered only then). Writing "all" resets every interface's switch, so it goes first.
+pub fn open_ipv6_route_lookups() -> anyhow::Result<()> {
+    let all = std::fs::read_to_string(IPV6_FORWARDING_ALL)
+        .with_context(|| format!("reading {IPV6_FORWARDING_ALL} (is IPv6 disabled here?)"))?;
+    if all.trim() != "0" {
+        write_sysctl(IPV6_FORWARDING_ALL, false).context(
+            "IPv6 forwarding is on for every interface (net.ipv6.conf.all.forwarding=1), so the kernel would \
+             forward IPv6 untranslated between the instance's interfaces; it must be 0 in the instance",
+        )?;
+    }
+    write_sysctl(IPV6_FORWARDING_LOOPBACK, true).context(
+        "the datapath's IPv6 route lookups need net.ipv6.conf.lo.forwarding=1 in the instance (allow that sysctl \
+         for the pod, or run without an IPv6 --external-ip)",
+    )
+}
+
+/// Turn the loopback interface's IPv6 forwarding off again (the agent is stopping).
+pub fn close_ipv6_route_lookups() -> anyhow::Result<()> {
+    write_sysctl(IPV6_FORWARDING_LOOPBACK, false)
+}
+
+fn write_sysctl(path: &str, on: bool) -> anyhow::Result<()> {
+    std::fs::write(path, if on { "1" } else { "0" }).with_context(|| format!("writing {path}"))
 }
 
 /// An exclusive lock per gateway name, so that two agents never drive the same maps. The file goes away with

@@ -55,11 +55,12 @@ impl fmt::Display for GatewayRef {
     }
 }
 
-/// The datapath's policy for the gateway: each policy's ipBlocks and the IPv4 CIDRs of its subnets, translated
-/// (snat: true) or routed unchanged. IPv6 sources are for OVN only: the datapath is IPv4. A source given both
-/// ways is translated, as the reference's MASQUERADE would. Selectors pick pods anywhere in the VPC, always
-/// translated: then every source not forwarded is translated (0.0.0.0/0; the forward prefixes are more specific),
-/// as the reference's MASQUERADE of everything but forward sources; OVN sends only the selected pods here.
+/// The datapath's policy for the gateway: each policy's ipBlocks and the CIDRs of its subnets (both families: a
+/// dual-stack subnet's "v4,v6"), translated (snat: true) or routed unchanged. A source given both ways is
+/// translated, as the reference's MASQUERADE would. Selectors pick pods anywhere in the VPC, always translated:
+/// then every source not forwarded is translated (0.0.0.0/0 and ::/0; the forward prefixes are more specific), as
+/// the reference's MASQUERADE of everything but forward sources; OVN sends only the selected pods here. The agent
+/// keeps the families it has an external address for.
 pub fn policy_of(gateway: &VpcEgressGateway, subnets: &[Subnet]) -> Result<DesiredPolicy, String> {
     let mut policy = DesiredPolicy::new();
     for rule in &gateway.spec.policies {
@@ -84,7 +85,7 @@ pub fn policy_of(gateway: &VpcEgressGateway, subnets: &[Subnet]) -> Result<Desir
         } else {
             Action::Forward
         };
-        for source in sources.iter().filter(|s| !s.contains(':') && !s.is_empty()) {
+        for source in sources.iter().filter(|s| !s.is_empty()) {
             let net = parse_cidr(source).map_err(|e| format!("{e:#}"))?;
             let entry = policy.entry(net).or_insert(action);
             if action == Action::Snat {
@@ -93,7 +94,8 @@ pub fn policy_of(gateway: &VpcEgressGateway, subnets: &[Subnet]) -> Result<Desir
         }
     }
     if !gateway.spec.selectors.is_empty() {
-        policy.insert(ipnet::Ipv4Net::default(), Action::Snat);
+        policy.insert(ipnet::IpNet::V4(Default::default()), Action::Snat);
+        policy.insert(ipnet::IpNet::V6(Default::default()), Action::Snat);
     }
     Ok(policy)
 }
@@ -214,8 +216,10 @@ mod tests {
         .unwrap();
         let expected: DesiredPolicy = [
             ("10.16.0.0/16", Action::Snat),
+            ("fd00:10:16::/64", Action::Snat),
             ("10.18.0.5/32", Action::Snat),
             ("10.19.0.0/16", Action::Forward),
+            ("fd00::/8", Action::Forward),
         ]
         .into_iter()
         .map(|(net, action)| (net.parse().unwrap(), action))
@@ -230,6 +234,7 @@ mod tests {
             serde_yaml::from_str("[{podSelector: {matchLabels: {app: web}}}]").unwrap();
         let expected: DesiredPolicy = [
             ("0.0.0.0/0", Action::Snat),
+            ("::/0", Action::Snat),
             ("10.19.0.0/16", Action::Forward),
         ]
         .into_iter()

@@ -2,14 +2,14 @@
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     str::FromStr,
     time::Duration,
 };
 
 use anyhow::{Context as _, bail};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use serde::Deserialize;
 use veg_common::flow::FLOW_TABLE_DEFAULT_ENTRIES;
 
@@ -94,14 +94,14 @@ impl FromStr for PortRange {
     }
 }
 
-/// A source prefix: a CIDR, or a bare address meaning /32.
-pub fn parse_cidr(s: &str) -> anyhow::Result<Ipv4Net> {
-    let net = match s.parse::<Ipv4Net>() {
+/// A source prefix: an IPv4 or IPv6 CIDR, or a bare address meaning /32 or /128.
+pub fn parse_cidr(s: &str) -> anyhow::Result<IpNet> {
+    let net = match s.parse::<IpNet>() {
         Ok(net) => net,
-        Err(_) => match s.parse::<Ipv4Addr>() {
-            Ok(addr) => Ipv4Net::from(addr),
+        Err(_) => match s.parse::<IpAddr>() {
+            Ok(addr) => IpNet::from(addr),
             Err(_) => bail!(
-                "invalid CIDR {s:?}: expected an IPv4 prefix such as 10.16.0.0/16 or an address such as 10.16.0.5"
+                "invalid CIDR {s:?}: expected a prefix such as 10.16.0.0/16 or fd00:10:16::/64, or an address such                  as 10.16.0.5"
             ),
         },
     };
@@ -114,25 +114,67 @@ pub fn parse_cidr(s: &str) -> anyhow::Result<Ipv4Net> {
     Ok(net)
 }
 
-/// The external IPv4 address. Kube-OVN writes a dual-stack attachment's addresses as "v4,v6"; the datapath
-/// translates IPv4, so it takes the IPv4 one.
-fn external_ipv4(text: &str) -> anyhow::Result<Ipv4Addr> {
-    let addresses: Vec<IpAddr> = text
-        .split(',')
-        .map(|a| a.trim().parse::<IpAddr>())
-        .collect::<Result<_, _>>()
-        .with_context(|| {
-            format!("invalid --external-ip {text:?}: expected an IPv4 address (or \"v4,v6\")")
-        })?;
-    addresses
-        .into_iter()
-        .find_map(|a| match a {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        })
-        .with_context(|| {
-            format!("--external-ip {text:?} has no IPv4 address: the datapath translates IPv4")
-        })
+/// The instance's external addresses, one per family it translates: "v4", "v6" or "v4,v6" (as Kube-OVN writes a
+/// dual-stack attachment's addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExternalAddresses {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl ExternalAddresses {
+    /// Every address, IPv4 first.
+    pub fn all(&self) -> Vec<IpAddr> {
+        let v4 = self.v4.map(IpAddr::V4);
+        let v6 = self.v6.map(IpAddr::V6);
+        v4.into_iter().chain(v6).collect()
+    }
+
+    /// The IPv4 address, or the IPv6 one of an IPv6-only instance (validation makes sure there is one).
+    pub fn primary(&self) -> IpAddr {
+        self.all()
+            .first()
+            .copied()
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// Whether sources of the prefix's family have an address to be translated to.
+    pub fn serves(&self, net: &IpNet) -> bool {
+        match net {
+            IpNet::V4(_) => self.v4.is_some(),
+            IpNet::V6(_) => self.v6.is_some(),
+        }
+    }
+}
+
+impl fmt::Display for ExternalAddresses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let all: Vec<String> = self.all().iter().map(IpAddr::to_string).collect();
+        f.write_str(&all.join(","))
+    }
+}
+
+impl FromStr for ExternalAddresses {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> anyhow::Result<ExternalAddresses> {
+        let advice = "expected an IPv4 address, an IPv6 address, or both as \"v4,v6\"";
+        let mut addresses = ExternalAddresses { v4: None, v6: None };
+        for part in text.split(',') {
+            let address = part
+                .trim()
+                .parse::<IpAddr>()
+                .with_context(|| format!("invalid --external-ip {text:?}: {advice}"))?;
+            let duplicate = match address {
+                IpAddr::V4(v4) => addresses.v4.replace(v4).is_some(),
+                IpAddr::V6(v6) => addresses.v6.replace(v6).is_some(),
+            };
+            if duplicate {
+                bail!("invalid --external-ip {text:?}: two addresses of one family; {advice}");
+            }
+        }
+        Ok(addresses)
+    }
 }
 
 /// Everything `veg gateway` needs, validated.
@@ -142,7 +184,7 @@ pub struct GatewaySettings {
     pub netns: Option<String>,
     pub internal_interface: String,
     pub external_interface: String,
-    pub external_ip: Ipv4Addr,
+    pub external_ip: ExternalAddresses,
     pub policy: DesiredPolicy,
     /// Translations use this range; None: derived from the instance's ephemeral range when the agent starts.
     pub port_range: Option<PortRange>,
@@ -200,9 +242,10 @@ pub struct SettingsInput {
     /// Interface facing the outside (net1 in a gateway pod); must carry --external-ip.
     #[arg(long, value_name = "IF")]
     pub external_interface: Option<String>,
-    /// The address SNAT sources are translated to.
+    /// The address SNAT sources are translated to: IPv4, IPv6, or "v4,v6" for both families (each family's
+    /// sources are translated to that family's address).
     #[serde(rename = "externalIP")]
-    #[arg(long, value_name = "IP")]
+    #[arg(long, value_name = "IP[,IP]")]
     pub external_ip: Option<String>,
     /// Take the policy from this VpcEgressGateway (NAMESPACE/NAME) and the Subnets it names, and follow their
     /// changes live, instead of --snat/--forward. Needs read access to both through the Kubernetes API.
@@ -375,11 +418,22 @@ impl SettingsInput {
         let name = required(self.name, "--name")?;
         pins::validate_name(&name)?;
         let external_ip_text = required(self.external_ip, "--external-ip")?;
-        let external_ip = external_ipv4(&external_ip_text)?;
+        let external_ip: ExternalAddresses = external_ip_text.parse()?;
         let mut policy = DesiredPolicy::new();
         for (sources, action) in [(&self.snat, Action::Snat), (&self.forward, Action::Forward)] {
             for source in sources {
                 let net = parse_cidr(source)?;
+                if !external_ip.serves(&net) {
+                    bail!(
+                        "{net} is an {} source but --external-ip {external_ip} has no address of its family: add \
+                         one (\"v4,v6\" for both)",
+                        if matches!(net, IpNet::V4(_)) {
+                            "IPv4"
+                        } else {
+                            "IPv6"
+                        }
+                    );
+                }
                 if let Some(previous) = policy.insert(net, action)
                     && previous != action
                 {
@@ -603,30 +657,28 @@ mod tests {
     }
 
     #[test]
-    fn a_dual_stack_external_address_gives_its_ipv4() {
-        let with = |ip: &str| {
+    fn external_addresses_take_one_per_family() {
+        let with = |ip: &str, snat: &[&str]| {
             SettingsInput {
                 external_ip: Some(ip.into()),
+                snat: snat.iter().map(|s| s.to_string()).collect(),
                 ..input()
             }
             .validate()
         };
-        assert_eq!(
-            with("fd00::11,172.17.0.11").unwrap().external_ip,
-            Ipv4Addr::new(172, 17, 0, 11)
-        );
-        assert!(
-            with("fd00::11")
-                .unwrap_err()
-                .to_string()
-                .contains("no IPv4 address")
-        );
-        assert!(
-            with("172.17.0")
-                .unwrap_err()
-                .to_string()
-                .contains("invalid --external-ip")
-        );
+        let both = with("fd00::11,172.17.0.11", &["10.16.0.0/16", "fd00:10:16::/64"]).unwrap();
+        assert_eq!(both.external_ip.v4, Some(Ipv4Addr::new(172, 17, 0, 11)));
+        assert_eq!(both.external_ip.v6, Some("fd00::11".parse().unwrap()));
+        assert_eq!(both.external_ip.to_string(), "172.17.0.11,fd00::11");
+        assert_eq!(both.policy.len(), 2);
+        let v6_only = with("fd00::11", &["fd00:10:16::/64"]).unwrap();
+        assert_eq!(v6_only.external_ip.v4, None);
+        let err = |ip: &str, snat: &[&str]| with(ip, snat).unwrap_err().to_string();
+        assert!(err("fd00::11", &["10.16.0.0/16"]).contains("has no address of its family"));
+        assert!(err("172.17.0.11", &["fd00:10:16::/64"]).contains("IPv6 source"));
+        assert!(err("172.17.0", &[]).contains("invalid --external-ip"));
+        assert!(err("172.17.0.1,172.17.0.2", &[]).contains("two addresses of one family"));
+        assert!(err("172.17.0.11", &["fd00:10:16::1/64"]).contains("did you mean fd00:10:16::/64"));
     }
 
     #[test]
@@ -668,7 +720,7 @@ mod tests {
     fn bare_address_is_a_host_prefix() {
         assert_eq!(
             parse_cidr("10.0.0.5").unwrap(),
-            "10.0.0.5/32".parse::<Ipv4Net>().unwrap()
+            "10.0.0.5/32".parse::<IpNet>().unwrap()
         );
     }
 

@@ -1,0 +1,198 @@
+//! Real IPv6 traffic through a dual-stack `veg gateway` in network namespaces (veg-testbed's topology.rs): every
+//! assertion is about what the far side saw.
+//!
+//! Run serially (`--test-threads=1`), as the other traffic suites.
+
+use std::{net::SocketAddr, time::Duration};
+
+use veg_testbed::{
+    servers::{
+        icmpv6_echo_sources, tcp_echo, tcp_echo_at, tcp_round_trip, udp_echo_at, udp_round_trip,
+    },
+    skip_unless_root,
+    topology::{
+        GATEWAY_EXTERNAL_IPV6, SERVER_IPV6, Topology, external_ip, external_ipv6, server, server6,
+    },
+};
+
+const TCP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 9000;
+
+/// The gateway netns's IPv6 forwarding switch of the loopback interface, as the kernel reports it.
+fn loopback_ipv6_forwarding(topo: &Topology) -> String {
+    topo.gateway
+        .exec_ok("sysctl", &["-n", "net.ipv6.conf.lo.forwarding"])
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn tcp_udp_and_ping6_leave_with_the_external_ipv6_address() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_dual_stack_client("10.16.0.2", "fd00:10:16::2");
+    let mut gateway = topo.start_dual_stack_gateway(&[]);
+    assert_eq!(
+        loopback_ipv6_forwarding(&topo),
+        "1",
+        "the agent opens IPv6 route lookups"
+    );
+    let tcp = tcp_echo_at(&topo.server, server6(TCP_PORT));
+    let udp = udp_echo_at(&topo.server, server6(UDP_PORT));
+    let icmp = icmpv6_echo_sources(&topo.server);
+
+    let c = topo.client(client);
+    assert_eq!(
+        tcp_round_trip(c, 0, server6(TCP_PORT), b"over tcp6").unwrap(),
+        b"over tcp6"
+    );
+    assert_eq!(
+        udp_round_trip(c, 0, server6(UDP_PORT), b"over udp6").unwrap(),
+        b"over udp6"
+    );
+    let ping = c.exec(
+        "ping",
+        &["-6", "-c", "3", "-i", "0.2", "-W", "2", SERVER_IPV6],
+    );
+    assert!(
+        ping.status.success(),
+        "ping6 through the gateway failed:\n{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    for (what, peers) in [
+        ("tcp", tcp.peers()),
+        ("udp", udp.peers()),
+        ("icmpv6", icmp.peers()),
+    ] {
+        assert!(!peers.is_empty(), "the server saw no {what}");
+        assert!(
+            peers.iter().all(|p| p.ip() == external_ipv6()),
+            "{what} seen from {peers:?}, not {GATEWAY_EXTERNAL_IPV6}"
+        );
+    }
+    let flows = gateway.flows();
+    for protocol in ["tcp", "udp", "icmpv6"] {
+        assert!(
+            flows.iter().any(|f| f["protocol"] == protocol
+                && f["original_source"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("[fd00:10:16::2]:")
+                && f["translated_source"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("[{GATEWAY_EXTERNAL_IPV6}]:"))),
+            "veg flows lacks the {protocol} flow: {flows:?}"
+        );
+    }
+    gateway.stop();
+    assert_eq!(
+        loopback_ipv6_forwarding(&topo),
+        "0",
+        "the agent closes IPv6 route lookups"
+    );
+}
+
+#[test]
+fn two_clients_with_the_same_source_port_get_their_own_replies() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let first = topo.add_dual_stack_client("10.16.0.2", "fd00:10:16::2");
+    let second = topo.add_dual_stack_client("10.16.0.3", "fd00:10:16::3");
+    let _gateway = topo.start_dual_stack_gateway(&[]);
+    let udp = udp_echo_at(&topo.server, server6(UDP_PORT));
+    for (client, payload) in [(first, b"from the first"), (second, b"from the secnd")] {
+        let echoed = udp_round_trip(topo.client(client), 40000, server6(UDP_PORT), payload);
+        assert_eq!(echoed.unwrap(), payload);
+    }
+    let peers = udp.peers();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    assert!(peers.iter().all(|p| p.ip() == external_ipv6()), "{peers:?}");
+    assert_ne!(
+        peers[0].port(),
+        peers[1].port(),
+        "one external port for two clients: {peers:?}"
+    );
+}
+
+#[test]
+fn a_dual_stack_client_egresses_both_families_at_once() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_dual_stack_client("10.16.0.2", "fd00:10:16::2");
+    let _gateway = topo.start_dual_stack_gateway(&[]);
+    let v4 = tcp_echo(&topo.server, TCP_PORT);
+    let v6 = tcp_echo_at(&topo.server, server6(TCP_PORT + 1));
+    // Both connections open together, each on its own thread.
+    let c4 = topo
+        .client(client)
+        .spawn(move || tcp_round_trip_here(server(TCP_PORT), b"v4 at once"));
+    let c6 = topo
+        .client(client)
+        .spawn(move || tcp_round_trip_here(server6(TCP_PORT + 1), b"v6 at once"));
+    assert_eq!(c4.join().unwrap().unwrap(), b"v4 at once");
+    assert_eq!(c6.join().unwrap().unwrap(), b"v6 at once");
+    assert_eq!(
+        v4.peers().iter().map(SocketAddr::ip).collect::<Vec<_>>(),
+        [external_ip()]
+    );
+    assert_eq!(
+        v6.peers().iter().map(SocketAddr::ip).collect::<Vec<_>>(),
+        [external_ipv6()]
+    );
+}
+
+/// A TCP round trip from the calling thread's namespace, holding the connection open a moment so that the two
+/// families' connections overlap.
+fn tcp_round_trip_here(server: SocketAddr, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut stream = veg_testbed::servers::connect_from(0, server)?;
+    std::thread::sleep(Duration::from_millis(200));
+    stream.write_all(payload)?;
+    let mut buf = vec![0u8; payload.len()];
+    stream.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+#[test]
+fn an_ipv6_packet_from_a_no_policy_source_never_leaves() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let stranger = topo.add_dual_stack_client("10.16.2.2", "fd00:10:16:2::2");
+    let mut gateway = topo.start_dual_stack_gateway(&[]);
+    let udp = udp_echo_at(&topo.server, server6(UDP_PORT));
+    assert!(udp_round_trip(topo.client(stranger), 0, server6(UDP_PORT), b"let me out").is_err());
+    assert!(gateway.counter("dropped_no_policy") >= 1);
+    // Without the agent (killed: the programs stay attached) and without the programs (removed), the kernel
+    // forwards no IPv6 either.
+    gateway.kill();
+    assert!(udp_round_trip(topo.client(stranger), 0, server6(UDP_PORT), b"now?").is_err());
+    drop(gateway);
+    assert!(udp_round_trip(topo.client(stranger), 0, server6(UDP_PORT), b"and now?").is_err());
+    assert!(udp.peers().is_empty(), "the server heard {:?}", udp.peers());
+}
+
+#[test]
+fn forward_sources_are_routed_unchanged_in_ipv6() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_dual_stack_client("10.16.1.2", "fd00:10:16:1::2");
+    let _gateway = topo.start_dual_stack_gateway(&[]);
+    let tcp = tcp_echo_at(&topo.server, server6(TCP_PORT));
+    assert_eq!(
+        tcp_round_trip(topo.client(client), 0, server6(TCP_PORT), b"routed").unwrap(),
+        b"routed"
+    );
+    let seen: Vec<String> = tcp.peers().iter().map(|p| p.ip().to_string()).collect();
+    assert_eq!(seen, ["fd00:10:16:1::2"]);
+}

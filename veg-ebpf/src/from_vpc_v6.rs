@@ -1,0 +1,91 @@
+//! IPv6 packets arriving from the VPC: NAT66 with port translation for SNAT sources, routing for forward sources,
+//! the same no-policy drop as IPv4. Link-scope traffic (neighbour discovery, router solicitations, MLD) is the
+//! instance's own and goes to its stack.
+
+use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
+use veg_common::{
+    config::GatewayConfig,
+    flow::{PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
+    policy::{ACTION_FORWARD, ACTION_SNAT},
+    stats::Counter,
+};
+
+use crate::{
+    flows,
+    maps::POLICY_V6,
+    packet::{ICMPV6_ECHO_REQUEST, Packet, is_ipv6_link_scope, is_ipv6_martian},
+    rewrite::{self, End},
+    route::{self, Route},
+    stats::{count, drop_packet, pass_to_host},
+};
+
+#[inline(always)]
+pub fn handle(ctx: &TcContext, cfg: &GatewayConfig, pkt: &Packet) -> i32 {
+    if is_ipv6_link_scope(&pkt.src) || is_ipv6_link_scope(&pkt.dst) {
+        return pass_to_host(Counter::PassedToHost);
+    }
+    if is_ipv6_martian(&pkt.src) || is_ipv6_martian(&pkt.dst) {
+        return drop_packet(Counter::DropMartian);
+    }
+    let route = route::lookup_v6(ctx, pkt.protocol, &pkt.src, &pkt.dst, pkt.wire_len(ctx));
+    match route {
+        Route::NotForwarded => return pass_to_host(Counter::PassedToHost),
+        _ if route.ifindex() != Some(cfg.external_ifindex) => {
+            return drop_packet(Counter::DropNoRoute);
+        }
+        _ => {}
+    }
+    let Some(policy) = POLICY_V6.get(&Key::new(128, pkt.src.bytes)) else {
+        return drop_packet(Counter::DropNoPolicy);
+    };
+    if let Route::TooBig { .. } = route {
+        // Packet Too Big is still to come; until then the sender learns nothing.
+        return drop_packet(Counter::TooBig);
+    }
+    if pkt.ttl <= 1 {
+        return drop_packet(Counter::TtlExpired);
+    }
+    if pkt.is_fragment {
+        return drop_packet(Counter::DropFragment);
+    }
+    match policy.action {
+        ACTION_SNAT => snat(ctx, pkt, cfg, &route),
+        ACTION_FORWARD => forward(ctx, pkt, &route, Counter::ForwardedOut),
+        _ => drop_packet(Counter::DropNoPolicy),
+    }
+}
+
+#[inline(always)]
+fn snat(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, route: &Route) -> i32 {
+    let translatable = match pkt.protocol {
+        PROTO_TCP | PROTO_UDP => true,
+        PROTO_ICMPV6 => pkt.icmp_type == ICMPV6_ECHO_REQUEST,
+        _ => false,
+    };
+    if !translatable {
+        return drop_packet(Counter::DropUnsupported);
+    }
+    let nat = match flows::translate_outbound(pkt, cfg) {
+        Ok(nat) => nat,
+        Err(reason) => return drop_packet(reason),
+    };
+    if rewrite::rewrite_end_v6(ctx, pkt, End::Source, &nat.addr, nat.port).is_err() {
+        return drop_packet(Counter::DropMalformed);
+    }
+    forward(ctx, pkt, route, Counter::TranslatedOut)
+}
+
+/// Decrement the hop limit and send the packet out of its route's interface (which the callers checked it fits).
+#[inline(always)]
+pub fn forward(ctx: &TcContext, pkt: &Packet, route: &Route, counter: Counter) -> i32 {
+    if rewrite::decrement_hop_limit(ctx, pkt).is_err() {
+        return drop_packet(Counter::DropMalformed);
+    }
+    match route::redirect(ctx, route) {
+        Ok(verdict) => {
+            count(counter);
+            verdict
+        }
+        Err(()) => drop_packet(Counter::DropNoRoute),
+    }
+}
