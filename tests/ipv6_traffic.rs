@@ -6,15 +6,20 @@
 use std::{net::SocketAddr, time::Duration};
 
 use veg_testbed::{
+    netns::Netns,
     servers::{
-        icmpv6_echo_sources, tcp_echo, tcp_echo_at, tcp_round_trip, udp_echo_at, udp_round_trip,
+        echo_bulk, icmpv6_echo_sources, learned_mtu, tcp_echo, tcp_echo_at, tcp_round_trip,
+        udp_echo_at, udp_round_trip,
     },
     skip_unless_root,
     topology::{
-        GATEWAY_EXTERNAL_IPV6, SERVER_IPV6, Topology, external_ip, external_ipv6, server, server6,
+        GATEWAY_EXTERNAL_IPV6, GATEWAY_INTERNAL_IPV6, SERVER_IPV6, Topology, external_ip,
+        external_ipv6, server, server6,
     },
 };
 
+/// A host one router beyond the server, which routes for it.
+const FAR_IPV6: &str = "fd00:172:18::2";
 const TCP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 9000;
 
@@ -195,4 +200,125 @@ fn forward_sources_are_routed_unchanged_in_ipv6() {
     );
     let seen: Vec<String> = tcp.peers().iter().map(|p| p.ip().to_string()).collect();
     assert_eq!(seen, ["fd00:10:16:1::2"]);
+}
+
+/// A host beyond the server, which forwards IPv6 for it: client -> gateway -> server (a router) -> far.
+fn add_far_host(topo: &Topology) -> Netns {
+    let far = Netns::new(&format!("{}-far", topo.prefix));
+    topo.server.add_veth("far0", "far1", &far);
+    topo.server.ip(&[
+        "-6",
+        "addr",
+        "add",
+        "fd00:172:18::1/64",
+        "dev",
+        "far0",
+        "nodad",
+    ]);
+    topo.server.ip(&["link", "set", "far0", "up"]);
+    topo.server.sysctl("net.ipv6.conf.all.forwarding", "1");
+    // Its errors are the test's subject: none may be held back by the kernel's per-destination rate limit.
+    topo.server.sysctl("net.ipv6.icmp.ratelimit", "0");
+    far.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{FAR_IPV6}/64"),
+        "dev",
+        "far1",
+        "nodad",
+    ]);
+    far.ip(&["link", "set", "far1", "up"]);
+    far.ip(&["-6", "route", "add", "default", "via", "fd00:172:18::1"]);
+    // The gateway reaches fd00:172:18::/64 through its default route, the server.
+    far
+}
+
+#[test]
+fn packet_too_big_beyond_the_gateway_is_learned_by_the_client_and_a_large_write_completes() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_dual_stack_client("10.16.0.2", "fd00:10:16::2");
+    let far = add_far_host(&topo);
+    // The router's side of the link to the far host carries 1280 bytes at most (IPv6's minimum); the far host's
+    // side, 1500, so it announces a larger MSS, and only Packet Too Big through the gateway makes the client's
+    // segments fit: IPv6 routers never fragment.
+    topo.server.ip(&["link", "set", "far0", "mtu", "1280"]);
+    let gateway = topo.start_dual_stack_gateway(&[]);
+    let _echo = tcp_echo_at(&far, SocketAddr::new("::".parse().unwrap(), TCP_PORT));
+    let to = SocketAddr::new(FAR_IPV6.parse().unwrap(), TCP_PORT);
+    echo_bulk(topo.client(client), to, 256 * 1024).expect("the large write did not complete");
+    assert_eq!(
+        learned_mtu(topo.client(client), FAR_IPV6),
+        Some(1280),
+        "{}",
+        topo.client(client)
+            .exec_ok("ip", &["-6", "route", "get", FAR_IPV6]),
+    );
+    assert!(gateway.counter("icmp_errors_translated_in") > 0);
+}
+
+#[test]
+fn a_smaller_mtu_on_the_vpc_side_is_answered_with_packet_too_big_to_the_remote() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_dual_stack_client("10.16.0.2", "fd00:10:16::2");
+    // The gateway's VPC side carries 1280 bytes at most; the client announces a larger MSS but sends no more
+    // than 1280 itself (see icmp_traffic.rs for why).
+    topo.gateway.ip(&["link", "set", "eth0", "mtu", "1280"]);
+    topo.client(client).ip(&[
+        "-6",
+        "route",
+        "replace",
+        "default",
+        "via",
+        GATEWAY_INTERNAL_IPV6,
+        "mtu",
+        "1280",
+        "advmss",
+        "1440",
+    ]);
+    let gateway = topo.start_dual_stack_gateway(&[]);
+    let _echo = tcp_echo_at(&topo.server, server6(TCP_PORT));
+    echo_bulk(topo.client(client), server6(TCP_PORT), 256 * 1024)
+        .expect("the echo of a large write did not come back");
+    assert_eq!(learned_mtu(&topo.server, GATEWAY_EXTERNAL_IPV6), Some(1280));
+    assert!(gateway.counter("too_big") > 0);
+}
+
+#[test]
+fn traceroute6_from_a_pod_shows_every_hop_with_udp_and_icmp_probes() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_dual_stack_client("10.16.0.2", "fd00:10:16::2");
+    let _far = add_far_host(&topo);
+    let _gateway = topo.start_dual_stack_gateway(&[]);
+    // The gateway (its VPC address), the router beyond it, the far host: the router's time exceeded and the far
+    // host's answers reach the pod only through their translation back.
+    let hops = [GATEWAY_INTERNAL_IPV6, SERVER_IPV6, FAR_IPV6];
+    for probes in [&[][..], &["-I"][..]] {
+        let mut args = vec!["-6", "-n", "-q", "1", "-w", "2", "-m", "3"];
+        args.extend_from_slice(probes);
+        args.push(FAR_IPV6);
+        let out = topo.client(client).exec("traceroute", &args);
+        let said = String::from_utf8_lossy(&out.stdout);
+        for (n, hop) in hops.iter().enumerate() {
+            let number = (n + 1).to_string();
+            let line = said
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(number.as_str()))
+                .unwrap_or_default();
+            assert!(
+                line.split_whitespace().nth(1) == Some(hop),
+                "traceroute6 {probes:?}: hop {} should be {hop}:\n{said}",
+                n + 1
+            );
+        }
+    }
 }

@@ -5,6 +5,7 @@ use std::net::Ipv6Addr;
 
 use veg_testbed::packet::{
     Frame6, IPPROTO_DSTOPTS, IPPROTO_HOPOPTS, L4, TCP_ACK, TCP_SYN, empty_options_header,
+    icmp6_error_frame,
 };
 
 use super::{
@@ -27,7 +28,11 @@ impl ProgramLab {
     }
 
     fn send6_from_outside(&self, frame: &Frame6) -> (u32, Vec<u8>) {
-        self.run(super::PROGRAM_FROM_OUTSIDE, &frame.bytes())
+        self.send6_from_outside_bytes(&frame.bytes())
+    }
+
+    fn send6_from_outside_bytes(&self, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.run(super::PROGRAM_FROM_OUTSIDE, frame)
     }
 }
 
@@ -241,13 +246,173 @@ fn link_scope_traffic_is_the_instances_own() {
     });
 }
 
+/// Bytes of the offender the gateway quotes after its IPv6 header.
+const QUOTE_L4: usize = 20;
+const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 1);
+
+/// `ip ARGS` in the program lab's namespace (the calling thread's).
+fn ip(args: &[&str]) {
+    veg_testbed::netns::ip(args);
+}
+
+/// A 1,448-byte UDP datagram from CLIENT6: too big for a 1280-byte link.
+fn big_udp(sport: u16) -> Frame6 {
+    let l4 = L4::Udp {
+        sport,
+        dport: 443,
+        payload: vec![7; 1400],
+        no_checksum: false,
+    };
+    Frame6::new(CLIENT6, SERVER6, l4)
+}
+
 #[test]
-fn hop_limit_one_is_not_forwarded() {
+fn too_big_is_answered_with_packet_too_big_and_the_mtu() {
     with_program_lab(|lab| {
-        let mut last_hop = Frame6::new(CLIENT6, SERVER6, udp(4001, 53, false));
-        last_hop.hop_limit = 1;
-        assert_eq!(lab.send6_from_vpc(&last_hop).0, TC_ACT_SHOT);
-        assert_eq!(lab.counter("ttl_expired"), 1);
+        ip(&["link", "set", "vex", "mtu", "1280"]);
+        let big = big_udp(6006);
+        let (verdict, out) = lab.send6_from_vpc(&big);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let expected = icmp6_error_frame(
+            &big.bytes(),
+            CLIENT_MAC,
+            VIN_MAC,
+            INSTANCE6,
+            (2, 0, [0, 0, 0x05, 0x00]),
+            QUOTE_L4,
+        );
+        assert_eq!(out, expected);
+        assert_eq!(lab.counter("too_big"), 1);
         assert_eq!(lab.counter("flows_created"), 0);
+        // A packet with extension headers is not answered: its quote would lack them.
+        let mut with_options = big_udp(6007);
+        with_options.extension = vec![(IPPROTO_DSTOPTS, empty_options_header())];
+        assert_eq!(lab.send6_from_vpc(&with_options).0, TC_ACT_SHOT);
+        assert_eq!(lab.counter("icmp_errors_not_sent"), 1);
+    });
+}
+
+#[test]
+fn expiring_hop_limit_is_answered_with_time_exceeded() {
+    with_program_lab(|lab| {
+        for l4 in [
+            udp(6003, 33434, false),
+            tcp(6004, 80, TCP_SYN),
+            echo(128, 77),
+        ] {
+            let mut probe = Frame6::new(CLIENT6, SERVER6, l4);
+            probe.hop_limit = 1;
+            let (verdict, out) = lab.send6_from_vpc(&probe);
+            assert_eq!(verdict, TC_ACT_REDIRECT);
+            let expected = icmp6_error_frame(
+                &probe.bytes(),
+                CLIENT_MAC,
+                VIN_MAC,
+                INSTANCE6,
+                (3, 0, [0; 4]),
+                QUOTE_L4,
+            );
+            assert_eq!(out, expected, "{:?}", probe.l4);
+        }
+        assert_eq!(lab.counter("ttl_expired"), 3);
+        assert_eq!(lab.counter("flows_created"), 0);
+        // A reply whose hop limit expires: answered from the external address, quoting it as the remote sent it.
+        lab.send6_from_vpc(&Frame6::new(CLIENT6, SERVER6, tcp(6005, 80, TCP_SYN)));
+        let mut reply = Frame6::new(SERVER6, EXTERNAL6, tcp(80, 6005, TCP_SYN | TCP_ACK));
+        reply.hop_limit = 1;
+        reply.src_mac = NEXTHOP_MAC;
+        let (verdict, out) = lab.send6_from_outside(&reply);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let expected = icmp6_error_frame(
+            &reply.bytes(),
+            NEXTHOP_MAC,
+            VEX_MAC,
+            EXTERNAL6,
+            (3, 0, [0; 4]),
+            QUOTE_L4,
+        );
+        assert_eq!(out, expected);
+        assert_eq!(lab.counter("translated_in"), 0);
+    });
+}
+
+#[test]
+fn packet_too_big_from_a_router_outside_reaches_the_client_translated() {
+    with_program_lab(|lab| {
+        let sent = Frame6::new(CLIENT6, SERVER6, tcp(5005, 443, TCP_ACK));
+        let (_, translated) = lab.send6_from_vpc(&sent);
+        let port = source_port(&translated);
+        // A router past the gateway sends Packet Too Big to the external address, quoting the whole segment.
+        let segment_len = translated.len() - 54;
+        let router_error = icmp6_error_frame(
+            &translated,
+            VEX_MAC,
+            NEXTHOP_MAC,
+            ROUTER6,
+            (2, 0, [0, 0, 0x05, 0x00]),
+            segment_len,
+        );
+        let (verdict, out) = lab.send6_from_outside_bytes(&router_error);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        // The client gets it quoting what it sent (hop limit as the router saw it), one hop later.
+        let mut quoted = sent.clone();
+        quoted.hop_limit -= 1;
+        let mut expected = icmp6_error_frame(
+            &quoted.bytes(),
+            CLIENT_MAC,
+            VIN_MAC,
+            ROUTER6,
+            (2, 0, [0, 0, 0x05, 0x00]),
+            segment_len,
+        );
+        expected[21] -= 1;
+        assert_eq!(out, expected, "translated port was {port}");
+        assert_eq!(lab.counter("icmp_errors_translated_in"), 1);
+        // About no flow: dropped; about the instance's own traffic (outside the range): the instance's.
+        let mut stale = translated.clone();
+        stale[54..56].copy_from_slice(&3000u16.to_be_bytes());
+        let stale = icmp6_error_frame(&stale, VEX_MAC, NEXTHOP_MAC, ROUTER6, (1, 4, [0; 4]), 20);
+        assert_eq!(lab.send6_from_outside_bytes(&stale).0, TC_ACT_SHOT);
+        assert_eq!(lab.counter("dropped_icmp_error_no_flow"), 1);
+        let mut own = translated.clone();
+        own[54..56].copy_from_slice(&40000u16.to_be_bytes());
+        let own = icmp6_error_frame(&own, VEX_MAC, NEXTHOP_MAC, ROUTER6, (1, 4, [0; 4]), 20);
+        assert_eq!(lab.send6_from_outside_bytes(&own), (TC_ACT_OK, own.clone()));
+    });
+}
+
+#[test]
+fn a_pods_error_about_a_reply_reaches_the_remote_translated() {
+    with_program_lab(|lab| {
+        let request = Frame6::new(CLIENT6, SERVER6, udp(5006, 53, false));
+        let (_, out) = lab.send6_from_vpc(&request);
+        let port = source_port(&out);
+        let reply = Frame6::new(SERVER6, EXTERNAL6, udp(53, port, false));
+        let (_, delivered) = lab.send6_from_outside(&reply);
+        // The pod answers the reply with port unreachable, quoting it as it got it.
+        let pod_error = icmp6_error_frame(
+            &delivered,
+            VIN_MAC,
+            CLIENT_MAC,
+            CLIENT6,
+            (1, 4, [0; 4]),
+            QUOTE_L4,
+        );
+        let (verdict, out) = lab.run(super::PROGRAM_FROM_VPC, &pod_error);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        // The remote gets it from the external address, quoting its reply as translated for it.
+        let mut quoted = reply.clone();
+        quoted.hop_limit -= 1;
+        let mut expected = icmp6_error_frame(
+            &quoted.bytes(),
+            NEXTHOP_MAC,
+            VEX_MAC,
+            EXTERNAL6,
+            (1, 4, [0; 4]),
+            QUOTE_L4,
+        );
+        expected[21] -= 1;
+        assert_eq!(out, expected);
+        assert_eq!(lab.counter("icmp_errors_translated_out"), 1);
     });
 }

@@ -69,7 +69,7 @@ counters! {
     PassedToHost = 4, passed_to_host,
         "Left to the instance's own stack: addressed to the instance, broadcast or multicast from outside, IPv6 link-local or multicast (neighbour discovery), or not IP.";
     TtlExpired = 5, ttl_expired,
-        "TTL would expire on forwarding: answered with ICMP time exceeded, as a router does.";
+        "TTL (IPv6: hop limit) would expire on forwarding: answered with ICMP or ICMPv6 time exceeded, as a router does.";
     DropNoPolicy = 6, dropped_no_policy,
         "Dropped: from a VPC source that no policy names (the gateway is no open relay).";
     DropUnsolicited = 7, dropped_unsolicited,
@@ -99,7 +99,7 @@ counters! {
     DropBroadcastMulticast = 19, dropped_broadcast_multicast,
         "Dropped: broadcast or multicast from the VPC, which a router never forwards or translates.";
     TooBig = 20, too_big,
-        "Too big for the next hop with DF set: answered with ICMP fragmentation needed and the next hop's MTU.";
+        "Too big for the next hop with DF set (every IPv6 packet): answered with ICMP fragmentation needed or ICMPv6 Packet Too Big and the next hop's MTU.";
     IcmpErrorsRateLimited = 21, icmp_errors_rate_limited,
         "ICMP errors not sent because more than 1000 a second per CPU were due (the packet is dropped).";
     IcmpErrorsNotSent = 22, icmp_errors_not_sent,

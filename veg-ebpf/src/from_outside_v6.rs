@@ -13,11 +13,13 @@ use veg_common::{
 use crate::{
     flows,
     from_vpc_v6::forward,
-    maps::POLICY_V6,
+    icmp6::{self, Icmp6Error},
+    icmp6_errors,
+    maps::{POLICY_V6, flow_scratch},
     packet::{ICMPV6_ECHO_REPLY, Packet, is_ipv6_link_scope, is_ipv6_martian},
     rewrite::{self, End},
     route::{self, Route},
-    stats::{drop_packet, pass_to_host},
+    stats::{count, drop_packet, pass_to_host},
 };
 
 #[inline(always)]
@@ -54,7 +56,10 @@ fn to_external_address(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig) -> i3
     let port = match pkt.protocol {
         PROTO_TCP | PROTO_UDP => pkt.dst_port,
         PROTO_ICMPV6 if pkt.icmp_type == ICMPV6_ECHO_REPLY => pkt.dst_port,
-        // Echo requests, ICMPv6 errors and other protocols are for the instance itself.
+        PROTO_ICMPV6 if icmp6_errors::is_error(pkt.icmp_type) => {
+            return error_to_vpc(ctx, pkt, cfg);
+        }
+        // Echo requests, neighbour discovery and other protocols are for the instance itself.
         _ => return pass_to_host(Counter::PassedToHost),
     };
     let miss = match flows::translate_inbound(pkt, cfg) {
@@ -70,6 +75,30 @@ fn to_external_address(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig) -> i3
     }
 }
 
+/// An ICMPv6 error from outside: translated back to the client whose flow it is about (a Packet Too Big is how
+/// the client learns its path MTU), left to the instance when it is about the instance's own traffic.
+#[inline(always)]
+fn error_to_vpc(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig) -> i32 {
+    match icmp6_errors::translate_from_outside(ctx, pkt, cfg) {
+        Ok(()) => {}
+        Err(Counter::PassedToHost) => return pass_to_host(Counter::PassedToHost),
+        Err(reason) => return drop_packet(reason),
+    }
+    let Some(scratch) = flow_scratch() else {
+        return drop_packet(Counter::DropNoRoute);
+    };
+    let client = &scratch.error_client;
+    let route = route::lookup_v6(ctx, pkt.protocol, &pkt.src, client, pkt.wire_len(ctx));
+    if route.ifindex() != Some(cfg.internal_ifindex) {
+        return drop_packet(Counter::DropNoRoute);
+    }
+    if pkt.ttl <= 1 {
+        // An error is never answered with an error.
+        return drop_packet(Counter::TtlExpired);
+    }
+    forward(ctx, pkt, &route, Counter::IcmpErrorsTranslatedIn)
+}
+
 /// Send a packet from outside to a VPC client, translating its destination first when `nat` is given.
 #[inline(always)]
 fn route_to_vpc(
@@ -80,15 +109,21 @@ fn route_to_vpc(
 ) -> i32 {
     let dst = nat.as_ref().map(|n| &n.addr).unwrap_or(&pkt.dst);
     let route = route::lookup_v6(ctx, pkt.protocol, &pkt.src, dst, pkt.wire_len(ctx));
+    // Errors go back from the external address, quoting the packet as it arrived (what the remote sent).
+    let from = &cfg.external_addr_v6;
     match route {
-        Route::TooBig { .. } => return drop_packet(Counter::TooBig),
+        Route::TooBig { mtu, .. } => {
+            count(Counter::TooBig);
+            return icmp6::send_error(ctx, pkt, &Icmp6Error::packet_too_big(mtu), from);
+        }
         _ if route.ifindex() != Some(cfg.internal_ifindex) => {
             return drop_packet(Counter::DropNoRoute);
         }
         _ => {}
     }
     if pkt.ttl <= 1 {
-        return drop_packet(Counter::TtlExpired);
+        count(Counter::TtlExpired);
+        return icmp6::send_error(ctx, pkt, &Icmp6Error::TIME_EXCEEDED, from);
     }
     let counter = match nat {
         Some(nat) => {

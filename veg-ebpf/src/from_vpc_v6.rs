@@ -12,6 +12,8 @@ use veg_common::{
 
 use crate::{
     flows,
+    icmp6::{self, Icmp6Error},
+    icmp6_errors,
     maps::POLICY_V6,
     packet::{ICMPV6_ECHO_REQUEST, Packet, is_ipv6_link_scope, is_ipv6_martian},
     rewrite::{self, End},
@@ -38,12 +40,16 @@ pub fn handle(ctx: &TcContext, cfg: &GatewayConfig, pkt: &Packet) -> i32 {
     let Some(policy) = POLICY_V6.get(&Key::new(128, pkt.src.bytes)) else {
         return drop_packet(Counter::DropNoPolicy);
     };
-    if let Route::TooBig { .. } = route {
-        // Packet Too Big is still to come; until then the sender learns nothing.
-        return drop_packet(Counter::TooBig);
+    let from = &cfg.internal_addr_v6;
+    if let Route::TooBig { mtu, .. } = route {
+        // IPv6 routers never fragment: the sender learns the path's MTU from this.
+        count(Counter::TooBig);
+        return icmp6::send_error(ctx, pkt, &Icmp6Error::packet_too_big(mtu), from);
     }
     if pkt.ttl <= 1 {
-        return drop_packet(Counter::TtlExpired);
+        // traceroute6 through the gateway sees it as a hop.
+        count(Counter::TtlExpired);
+        return icmp6::send_error(ctx, pkt, &Icmp6Error::TIME_EXCEEDED, from);
     }
     if pkt.is_fragment {
         return drop_packet(Counter::DropFragment);
@@ -59,6 +65,12 @@ pub fn handle(ctx: &TcContext, cfg: &GatewayConfig, pkt: &Packet) -> i32 {
 fn snat(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, route: &Route) -> i32 {
     let translatable = match pkt.protocol {
         PROTO_TCP | PROTO_UDP => true,
+        PROTO_ICMPV6 if icmp6_errors::is_error(pkt.icmp_type) => {
+            return match icmp6_errors::translate_from_vpc(ctx, pkt, cfg) {
+                Ok(()) => forward(ctx, pkt, route, Counter::IcmpErrorsTranslatedOut),
+                Err(reason) => drop_packet(reason),
+            };
+        }
         PROTO_ICMPV6 => pkt.icmp_type == ICMPV6_ECHO_REQUEST,
         _ => false,
     };
@@ -67,6 +79,12 @@ fn snat(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, route: &Route) -> i3
     }
     let nat = match flows::translate_outbound(pkt, cfg) {
         Ok(nat) => nat,
+        Err(reason @ (Counter::DropPortExhausted | Counter::DropTableFull)) => {
+            // RFC 5508 REQ-8, as for IPv4: tell the client at once.
+            count(reason);
+            let error = Icmp6Error::ADMINISTRATIVELY_PROHIBITED;
+            return icmp6::send_error(ctx, pkt, &error, &cfg.internal_addr_v6);
+        }
         Err(reason) => return drop_packet(reason),
     };
     if rewrite::rewrite_end_v6(ctx, pkt, End::Source, &nat.addr, nat.port).is_err() {
@@ -75,7 +93,8 @@ fn snat(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, route: &Route) -> i3
     forward(ctx, pkt, route, Counter::TranslatedOut)
 }
 
-/// Decrement the hop limit and send the packet out of its route's interface (which the callers checked it fits).
+/// Decrement the hop limit and send the packet out of its route's interface (the callers answered a packet too
+/// big for it; an error too big, which never happens within 1280 bytes, is dropped).
 #[inline(always)]
 pub fn forward(ctx: &TcContext, pkt: &Packet, route: &Route, counter: Counter) -> i32 {
     if rewrite::decrement_hop_limit(ctx, pkt).is_err() {

@@ -82,6 +82,13 @@ const ERROR_RATE: Rate = Rate {
     burst: 50,
 };
 
+/// Whether this CPU may send one more error now (ICMP and ICMPv6 share the budget, as the kernel's do not need
+/// to: one instance, one flood to contain).
+#[inline(always)]
+pub fn within_error_rate() -> bool {
+    rate::within(&ICMP_RATE, &ERROR_RATE)
+}
+
 /// Whether a packet may be answered with an error at all (RFC 1812 4.3.2.7): never an ICMP error itself, never
 /// a fragment other than the first.
 #[inline(always)]
@@ -137,7 +144,7 @@ pub fn send_error(ctx: &TcContext, pkt: &Packet, error: &IcmpError, from: u32) -
     if from == 0 || !answerable(pkt) {
         return drop_packet(Counter::IcmpErrorsNotSent);
     }
-    if !rate::within(&ICMP_RATE, &ERROR_RATE) {
+    if !within_error_rate() {
         return drop_packet(Counter::IcmpErrorsRateLimited);
     }
     let to = pkt.src_v4();

@@ -67,7 +67,7 @@ const ERROR_SPAN: usize = 14 + 60 + ICMP_HEADER + 60 + 18;
 
 /// A 16-bit field as it lies in the packet (network byte order).
 #[inline(always)]
-fn read16(ctx: &TcContext, offset: usize) -> Option<u16> {
+pub fn read16(ctx: &TcContext, offset: usize) -> Option<u16> {
     let bytes = unsafe { *ptr_at::<[u8; 2]>(ctx, offset)? };
     Some(u16::from_ne_bytes(bytes))
 }
@@ -124,7 +124,7 @@ fn parse_quote(ctx: &TcContext, pkt: &Packet) -> Option<Quote> {
 /// The checksum `check` (network byte order) after a 16-bit word of what it covers went from `old` to `new`
 /// (RFC 1624: HC' = ~(~HC + ~m + m')).
 #[inline(always)]
-fn csum_replace2(check: u16, old: u16, new: u16) -> u16 {
+pub fn csum_replace2(check: u16, old: u16, new: u16) -> u16 {
     let mut sum = u32::from(!u16::from_be(check))
         + u32::from(!u16::from_be(old))
         + u32::from(u16::from_be(new));
@@ -152,7 +152,7 @@ fn csum_replace4(check: u16, old: u32, new: u32) -> u16 {
 
 /// Which end of the quoted packet is rewritten.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum QuotedEnd {
+pub enum QuotedEnd {
     Source,
     Destination,
 }

@@ -24,6 +24,8 @@ mod from_outside_v6;
 mod from_vpc;
 mod from_vpc_v6;
 mod icmp;
+mod icmp6;
+mod icmp6_errors;
 mod icmp_errors;
 mod log;
 mod maps;

@@ -14,6 +14,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray, RingBuf},
 };
 use veg_common::{
+    address::Address,
     config::{CONFIG_KEY, GatewayConfig},
     flow::{FLOW_TABLE_DEFAULT_ENTRIES, FlowEntry, FlowKey},
     fragment::{DatagramKey, DatagramTranslation},
@@ -79,8 +80,10 @@ pub struct FlowScratch {
     pub endpoint: FlowKey,
     /// The other half of a pair being repaired.
     pub partner: FlowEntry,
-    /// The flow an ICMP error's quoted packet belongs to (icmp_errors.rs).
+    /// The flow an ICMP error's quoted packet belongs to (icmp_errors.rs, icmp6_errors.rs).
     pub quoted_key: FlowKey,
+    /// The address an ICMPv6 error from outside was translated back to: its client (icmp6_errors.rs).
+    pub error_client: Address,
     /// The port search under way (ports.rs).
     pub search: PortSearch,
 }

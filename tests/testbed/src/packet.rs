@@ -346,6 +346,39 @@ pub fn icmp_error_frame(
     frame
 }
 
+/// The ICMPv6 error a router sends from `from` to the sender of the IPv6 frame `offending` (no extension headers):
+/// its IPv6 header and `quote_l4` bytes after it quoted (zero-padded), hop limit 64.
+pub fn icmp6_error_frame(
+    offending: &[u8],
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    from: Ipv6Addr,
+    (kind, code, rest): (u8, u8, [u8; 4]),
+    quote_l4: usize,
+) -> Vec<u8> {
+    let to: [u8; 16] = offending[22..38].try_into().unwrap();
+    let mut quote = offending[14..].to_vec();
+    quote.resize(40 + quote_l4, 0);
+    let mut icmp = vec![kind, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(&quote);
+    let mut pseudo = from.octets().to_vec();
+    pseudo.extend_from_slice(&to);
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    let csum = checksum(&icmp, sum_words(&pseudo)).to_be_bytes();
+    icmp[2..4].copy_from_slice(&csum);
+    let mut frame = dst_mac.to_vec();
+    frame.extend_from_slice(&src_mac);
+    frame.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    frame.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&[58, 64]);
+    frame.extend_from_slice(&from.octets());
+    frame.extend_from_slice(&to);
+    frame.extend_from_slice(&icmp);
+    frame
+}
+
 /// Send the IPv4 packet of `frame` (its Ethernet header skipped) exactly as built, through a raw socket of the
 /// calling thread's network namespace: for packets no socket would send, such as a spoofed RST.
 pub fn send_raw(frame: &[u8]) {

@@ -351,3 +351,36 @@ pub fn icmpv6_echo_sources(ns: &Netns) -> Recorder {
         }
     })
 }
+
+/// Write `size` bytes through a TCP echo from `ns` and read them all back, within 30 s.
+pub fn echo_bulk(ns: &Netns, to: SocketAddr, size: usize) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    ns.run(move || {
+        let mut stream = connect_from(0, to)?;
+        // Generous: path MTU discovery costs a retransmission or two, and a loaded 2-core machine stretches them.
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let mut writer = stream.try_clone()?;
+        let sent = data.clone();
+        let writing = std::thread::spawn(move || writer.write_all(&sent));
+        let mut back = vec![0u8; size];
+        stream.read_exact(&mut back)?;
+        writing.join().expect("writer panicked")?;
+        assert!(back == data, "the echo came back changed");
+        Ok(())
+    })
+}
+
+/// The path MTU `ip route get DST` reports in `ns` (a learned one shows as "mtu N").
+pub fn learned_mtu(ns: &Netns, dst: &str) -> Option<u32> {
+    let out = ns.exec("ip", &["route", "get", dst]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "mtu" {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
