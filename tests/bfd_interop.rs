@@ -86,18 +86,16 @@ impl Pair {
     }
 
     fn start_veg(&mut self, extra: &[&str]) {
+        self.start_veg_with(self.ours_ip, &[self.theirs_ip], extra);
+    }
+
+    /// `veg bfd` listening on `listen` (one address per family, comma-separated) with these peers.
+    fn start_veg_with(&mut self, listen: &str, peers: &[&str], extra: &[&str]) {
+        let peers = peers.iter().flat_map(|p| ["--peer", p]);
         let child = Command::new(VEG)
-            .args([
-                "bfd",
-                "--netns",
-                &self.ours.name,
-                "--listen",
-                self.ours_ip,
-                "--peer",
-                self.theirs_ip,
-                "--name",
-                &self.name,
-            ])
+            .args(["bfd", "--netns", &self.ours.name, "--listen", listen])
+            .args(peers)
+            .args(["--name", &self.name])
             .args(extra)
             .env("NO_COLOR", "1")
             .stderr(Stdio::null())
@@ -222,6 +220,70 @@ fn an_ipv6_session_comes_up_and_detects_silence() {
         killed.elapsed().as_millis()
     );
     assert!(killed.elapsed() < Duration::from_millis(450));
+}
+
+#[test]
+fn one_engine_runs_ipv4_and_ipv6_sessions_at_once() {
+    if skip_unless_root() {
+        return;
+    }
+    // Start over IPv4, then give both ends IPv6 addresses too and restart veg with both families.
+    let mut pair = Pair::start(100, &["--min-tx", "100", "--min-rx", "100"]);
+    pair.signal_veg(libc::SIGTERM);
+    for (ns, address) in [
+        (&pair.ours, "fd00:99::1/64"),
+        (&pair.theirs, "fd00:99::2/64"),
+    ] {
+        ns.ip(&["-6", "addr", "add", address, "dev", "eth0", "nodad"]);
+    }
+    pair.frr()
+        .add_peer("fd00:99::1", "fd00:99::2", "eth0", 100, 100, 3);
+    pair.start_veg_with(
+        &format!("{OURS},fd00:99::1"),
+        &[THEIRS, "fd00:99::2"],
+        &["--min-tx", "100", "--min-rx", "100"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let sessions = pair.try_status().expect("veg bfd status")["sessions"].clone();
+        let up = |peer: &str| {
+            sessions
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["remote"] == peer && s["state"] == "Up")
+        };
+        let frr_up = |peer: &str| pair.frr().status_with(peer) == "up";
+        if up(THEIRS) && up("fd00:99::2") && frr_up(OURS) && frr_up("fd00:99::1") {
+            // Each session runs from the local address of its family.
+            for session in sessions.as_array().unwrap() {
+                let local = session["local"].as_str().unwrap();
+                let peer = session["remote"].as_str().unwrap();
+                assert_eq!(local.contains(':'), peer.contains(':'), "{session}");
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "both sessions should be up: veg {sessions} / frr {:?} {:?}",
+            pair.frr().session_with(OURS),
+            pair.frr().session_with("fd00:99::1")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // FRR hears the stop on each family's session.
+    pair.signal_veg(libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while [OURS, "fd00:99::1"]
+        .iter()
+        .any(|peer| pair.frr().status_with(peer) == "up")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "FRR still sees a session up after veg stopped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

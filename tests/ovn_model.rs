@@ -224,6 +224,141 @@ async fn gateway2_on_a_custom_vpc_routes_with_ecmp_and_bfd() {
     assert_eq!(server.nbctl(&["--columns=_uuid", "list", "BFD"]).trim(), "");
 }
 
+/// Instances with one address of each family given ("v4,v6" as Kube-OVN writes them).
+fn dual_stack_instances(addresses: &[&str]) -> Vec<Instance> {
+    addresses
+        .iter()
+        .map(|a| Instance {
+            addresses: a.split(',').map(|a| a.parse().unwrap()).collect(),
+            node: "kube-ovn-worker".into(),
+        })
+        .collect()
+}
+
+/// The rows of `table`, each as its `columns` values joined with " | " (ovn-nbctl --bare: one value per line, a
+/// blank line between rows).
+fn bare_rows(server: &NbServer, table: &str, columns: &str) -> Vec<String> {
+    let text = server.nbctl(&["--bare", &format!("--columns={columns}"), "list", table]);
+    text.split("\n\n")
+        .map(|row| row.lines().map(str::trim).collect::<Vec<_>>().join(" | "))
+        .filter(|row| !row.is_empty())
+        .collect()
+}
+
+/// The Address_Set rows, as "name | addresses" lines.
+fn address_sets(server: &NbServer) -> Vec<String> {
+    bare_rows(server, "Address_Set", "name,addresses")
+}
+
+#[tokio::test]
+async fn a_dual_stack_gateway_gets_the_rows_of_both_families() {
+    let server = NbServer::start();
+    let monitor = monitored(&server, "ovn-cluster").await;
+    server.nbctl(&["lr-add", "vpc1"]);
+    let gateway1 = GatewaySpec {
+        sources: ["10.16.0.0/16", "fd00:10:16::/64"]
+            .map(|s| s.parse().unwrap())
+            .to_vec(),
+        instances: dual_stack_instances(&["10.16.0.12,fd00:10:16::12"]),
+        ..gateway1(&[])
+    };
+    apply(&monitor, &gateway1).await.unwrap();
+    let policies = lines(&server.nbctl(&["lr-policy-list", "ovn-cluster"]));
+    for expected in [
+        "29100 ip4.src == 10.16.0.0/16 reroute 10.16.0.12",
+        "29100 ip6.src == fd00:10:16::/64 reroute fd00:10:16::12",
+    ] {
+        assert!(
+            policies.iter().any(|p| p == expected),
+            "{expected:?} not in {policies:?}"
+        );
+    }
+    let sets = address_sets(&server);
+    assert!(
+        sets.iter().any(|s| s.ends_with(".ipv6 | fd00:10:16::/64")),
+        "{sets:?}"
+    );
+
+    // On a custom VPC with BFD: a route and a BFD session per family and instance.
+    let gateway2 = GatewaySpec {
+        sources: ["192.168.0.0/24", "fd00:1::/64"]
+            .map(|s| s.parse().unwrap())
+            .to_vec(),
+        instances: dual_stack_instances(&["192.168.0.2,fd00:1::2", "192.168.0.3,fd00:1::3"]),
+        ..gateway2(&[])
+    };
+    apply(&monitor, &gateway2).await.unwrap();
+    let routes = lines(&server.nbctl(&["lr-route-list", "vpc1"]));
+    for expected in [
+        "192.168.0.0/24 192.168.0.2 src-ip ecmp ecmp-symmetric-reply bfd",
+        "192.168.0.0/24 192.168.0.3 src-ip ecmp ecmp-symmetric-reply bfd",
+        "fd00:1::/64 fd00:1::2 src-ip ecmp ecmp-symmetric-reply bfd",
+        "fd00:1::/64 fd00:1::3 src-ip ecmp ecmp-symmetric-reply bfd",
+    ] {
+        assert!(
+            routes.iter().any(|r| r == expected),
+            "{expected:?} not in {routes:?}"
+        );
+    }
+    let bfd = bare_rows(&server, "BFD", "dst_ip,external_ids");
+    for (ip, af) in [
+        ("192.168.0.2", 4),
+        ("192.168.0.3", 4),
+        ("fd00:1::2", 6),
+        ("fd00:1::3", 6),
+    ] {
+        assert!(
+            bfd.iter()
+                .any(|row| row.starts_with(&format!("{ip} | af={af} "))),
+            "no BFD row for {ip} (af {af}): {bfd:?}"
+        );
+    }
+    assert!(
+        apply(&monitor, &gateway2)
+            .await
+            .unwrap()
+            .operations
+            .is_empty()
+    );
+    delete(&monitor, &gateway2).await.unwrap();
+    delete(&monitor, &gateway1).await.unwrap();
+    assert_eq!(
+        lines(&server.nbctl(&["lr-route-list", "vpc1"])),
+        Vec::<String>::new()
+    );
+    assert_eq!(server.nbctl(&["--columns=_uuid", "list", "BFD"]).trim(), "");
+}
+
+#[tokio::test]
+async fn an_ipv6_only_gateway_writes_no_ipv4_rows() {
+    let server = NbServer::start();
+    let monitor = monitored(&server, "vpc1").await;
+    let gateway2 = GatewaySpec {
+        sources: vec!["fd00:1::/64".parse().unwrap()],
+        instances: instances(&["fd00:1::2"]),
+        ..gateway2(&[])
+    };
+    apply(&monitor, &gateway2).await.unwrap();
+    assert_eq!(
+        lines(&server.nbctl(&["lr-route-list", "vpc1"])),
+        [
+            "IPv6 Routes",
+            "Route Table <main>:",
+            "fd00:1::/64 fd00:1::2 src-ip ecmp-symmetric-reply bfd",
+        ]
+    );
+    assert_eq!(bare_rows(&server, "BFD", "dst_ip"), ["fd00:1::2"]);
+    let sets = address_sets(&server);
+    assert!(
+        sets.iter().any(|s| s.ends_with(".ipv4")),
+        "an IPv4 address set with addresses: {sets:?}"
+    );
+    assert!(
+        sets.iter().any(|s| s.ends_with(".ipv6 | fd00:1::/64")),
+        "{sets:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_rejected_transaction_leaves_nothing_behind() {
     let server = NbServer::start();

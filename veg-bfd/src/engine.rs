@@ -1,5 +1,5 @@
-//! The BFD engine: UDP sockets (RFC 5881 single hop, IPv4 or IPv6), one session per configured peer, timers, and
-//! a status snapshot for the control socket.
+//! The BFD engine: UDP sockets (RFC 5881 single hop, IPv4, IPv6 or both at once: a listening socket per family),
+//! one session per configured peer, timers, and a status snapshot for the control socket.
 //!
 //! Received packets must come from a configured peer with a TTL of at least `min_ttl` (254 by default: OVN's
 //! packets cross a logical router; 255 is strict RFC 5881); anything else is dropped and counted, and never
@@ -30,7 +30,9 @@ const SOURCE_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    pub listen: IpAddr,
+    /// The local addresses of the sessions, at most one per family: each peer's sessions run from the one of its
+    /// family (a dual-stack VPC BFD port has both).
+    pub listen: Vec<IpAddr>,
     pub peers: Vec<IpAddr>,
     pub timers: Timers,
     pub min_ttl: u8,
@@ -46,6 +48,8 @@ pub struct Snapshot {
 
 struct Peer {
     address: IpAddr,
+    /// The local address of the session: the listening address of the peer's family.
+    local: IpAddr,
     session: Session,
     socket: UdpSocket,
 }
@@ -53,7 +57,9 @@ struct Peer {
 pub struct Engine {
     config: EngineConfig,
     peers: Vec<Peer>,
-    receiver: AsyncFd<UdpSocket>,
+    /// One receiving socket per listening address, IPv4's and IPv6's.
+    receiver_v4: Option<AsyncFd<UdpSocket>>,
+    receiver_v6: Option<AsyncFd<UdpSocket>>,
     discarded: BTreeMap<&'static str, u64>,
     snapshot: Arc<Mutex<Snapshot>>,
 }
@@ -111,48 +117,89 @@ fn random_u32() -> u32 {
     u32::from_ne_bytes(bytes)
 }
 
+/// The socket control packets arrive on, at `listen`, reporting each packet's TTL (hop limit).
+fn receiving_socket(listen: IpAddr) -> anyhow::Result<AsyncFd<UdpSocket>> {
+    let receiver = UdpSocket::bind((listen, CONTROL_PORT)).with_context(|| {
+        format!(
+            "listening on {}: is the address on an interface here, and no other BFD daemon running?",
+            SocketAddr::new(listen, CONTROL_PORT)
+        )
+    })?;
+    match listen {
+        IpAddr::V4(_) => set_int_option(&receiver, libc::IPPROTO_IP, libc::IP_RECVTTL, 1)?,
+        IpAddr::V6(_) => set_int_option(&receiver, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)?,
+    }
+    receiver.set_nonblocking(true)?;
+    // SAFETY: the engine owns the socket for as long as the registration lives.
+    Ok(unsafe { AsyncFd::register(receiver)? })
+}
+
+/// Wait until the socket has something to read; never, without a socket.
+async fn readable(
+    receiver: &Option<AsyncFd<UdpSocket>>,
+) -> io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, UdpSocket>> {
+    match receiver {
+        Some(receiver) => receiver.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Everything waiting on a ready socket.
+fn drain(
+    mut guard: tokio::io::unix::AsyncFdReadyGuard<'_, UdpSocket>,
+) -> io::Result<Vec<(Vec<u8>, IpAddr, u8)>> {
+    let mut datagrams = Vec::new();
+    while let Some(datagram) = receive(guard.get_inner())? {
+        datagrams.push(datagram);
+    }
+    guard.clear_ready();
+    Ok(datagrams)
+}
+
 impl Engine {
     pub fn new(config: EngineConfig, snapshot: Arc<Mutex<Snapshot>>) -> anyhow::Result<Engine> {
-        if config
-            .peers
-            .iter()
-            .any(|p| p.is_ipv4() != config.listen.is_ipv4())
+        let listen_v4 = config.listen.iter().copied().find(IpAddr::is_ipv4);
+        let listen_v6 = config.listen.iter().copied().find(IpAddr::is_ipv6);
+        if config.listen.is_empty()
+            || config.listen.len()
+                != usize::from(listen_v4.is_some()) + usize::from(listen_v6.is_some())
         {
             bail!(
-                "BFD peers must be of the listening address's family ({})",
+                "BFD listens on one address per family, IPv4, IPv6 or both (\"v4,v6\"); got {:?}",
                 config.listen
             );
         }
         if config.peers.is_empty() {
             bail!("no BFD peer: give at least one --peer");
         }
-        let receiver = UdpSocket::bind((config.listen, CONTROL_PORT)).with_context(|| {
-            format!("listening on {}:{CONTROL_PORT}: is the address on an interface here, and no other BFD daemon running?", config.listen)
-        })?;
-        match config.listen {
-            IpAddr::V4(_) => set_int_option(&receiver, libc::IPPROTO_IP, libc::IP_RECVTTL, 1)?,
-            IpAddr::V6(_) => {
-                set_int_option(&receiver, libc::IPPROTO_IPV6, libc::IPV6_RECVHOPLIMIT, 1)?
-            }
+        let local_of = |peer: &IpAddr| if peer.is_ipv4() { listen_v4 } else { listen_v6 };
+        if let Some(peer) = config.peers.iter().find(|p| local_of(p).is_none()) {
+            bail!(
+                "BFD peer {peer} has no listening address of its family (listening on {:?}): add one to the \
+                 listen addresses",
+                config.listen
+            );
         }
-        receiver.set_nonblocking(true)?;
+        let receiver_v4 = listen_v4.map(receiving_socket).transpose()?;
+        let receiver_v6 = listen_v6.map(receiving_socket).transpose()?;
         let now = Instant::now();
         let mut peers = Vec::new();
         for (i, &address) in config.peers.iter().enumerate() {
+            let local = local_of(&address).expect("checked above");
             // Random discriminators, so a restarted engine is not mistaken for its previous life.
             let discriminator = random_u32().max(1).wrapping_add(i as u32).max(1);
             peers.push(Peer {
                 address,
+                local,
                 session: Session::new(discriminator, config.role, config.timers, now),
-                socket: sending_socket(config.listen, random_u32())?,
+                socket: sending_socket(local, random_u32())?,
             });
         }
-        // SAFETY: the engine owns the socket for as long as the registration lives.
-        let receiver = unsafe { AsyncFd::register(receiver)? };
         let engine = Engine {
             config,
             peers,
-            receiver,
+            receiver_v4,
+            receiver_v6,
             discarded: BTreeMap::new(),
             snapshot,
         };
@@ -183,14 +230,13 @@ impl Engine {
                 _ = &mut stop => break,
                 _ = sleep => self.on_timers(),
                 Some(new) = timers.recv() => self.set_timers(new),
-                ready = self.receiver.readable() => {
-                    let mut guard = ready?;
-                    let mut datagrams = Vec::new();
-                    while let Some(datagram) = receive(guard.get_inner())? {
-                        datagrams.push(datagram);
+                ready = readable(&self.receiver_v4) => {
+                    for (payload, from, ttl) in drain(ready?)? {
+                        self.on_packet(&payload, from, ttl);
                     }
-                    guard.clear_ready();
-                    for (payload, from, ttl) in datagrams {
+                }
+                ready = readable(&self.receiver_v6) => {
+                    for (payload, from, ttl) in drain(ready?)? {
                         self.on_packet(&payload, from, ttl);
                     }
                 }
@@ -252,7 +298,7 @@ impl Engine {
         snapshot.sessions = self
             .peers
             .iter()
-            .map(|p| (self.config.listen, p.address, p.session.status()))
+            .map(|p| (p.local, p.address, p.session.status()))
             .collect();
         snapshot.discarded = self.discarded.clone();
     }

@@ -136,9 +136,10 @@ struct BfdArgs {
     /// Named network namespace (from /var/run/netns) to run in.
     #[arg(long)]
     netns: Option<String>,
-    /// Local address to listen on (UDP 3784) and send from.
-    #[arg(long, value_name = "IP")]
-    listen: Option<std::net::IpAddr>,
+    /// Local address to listen on (UDP 3784) and send from; one per family, "v4,v6", for peers of both
+    /// families (each peer's session runs from the address of its family).
+    #[arg(long, value_name = "IP[,IP]", value_delimiter = ',')]
+    listen: Vec<std::net::IpAddr>,
     /// A peer to run a session with (repeatable); packets from anyone else are dropped and counted.
     #[arg(long = "peer", value_name = "IP")]
     peers: Vec<std::net::IpAddr>,
@@ -348,11 +349,11 @@ fn bfd(args: BfdArgs) -> anyhow::Result<()> {
         }
         return Ok(control::print_status(&status, &mut out)?);
     }
-    let listen = args
-        .listen
-        .context("--listen is required: the local address of the sessions")?;
+    if args.listen.is_empty() {
+        anyhow::bail!("--listen is required: the local address of the sessions (one per family)");
+    }
     let config = engine::EngineConfig {
-        listen,
+        listen: args.listen,
         peers: args.peers,
         timers: session::Timers {
             desired_min_tx: std::time::Duration::from_millis(args.min_tx),

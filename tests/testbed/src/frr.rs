@@ -106,18 +106,48 @@ impl Bfdd {
         String::from_utf8_lossy(&cmd.output().expect("vtysh").stdout).into_owned()
     }
 
+    /// Configure one more peer at run time, with the same kind of timers as `start`.
+    pub fn add_peer(
+        &self,
+        peer: &str,
+        local: &str,
+        interface: &str,
+        tx_ms: u32,
+        rx_ms: u32,
+        mult: u8,
+    ) {
+        self.vtysh(&[
+            "configure terminal",
+            "bfd",
+            &format!("peer {peer} local-address {local} interface {interface}"),
+            &format!("transmit-interval {tx_ms}"),
+            &format!("receive-interval {rx_ms}"),
+            &format!("detect-multiplier {mult}"),
+        ]);
+    }
+
     /// bfdd's view of our session (`show bfd peers json`), if it has one.
     pub fn session(&self) -> Option<Value> {
+        self.session_with(&self.peer)
+    }
+
+    /// bfdd's view of its session with `peer`.
+    pub fn session_with(&self, peer: &str) -> Option<Value> {
         let peers: Value = serde_json::from_str(&self.vtysh(&["show bfd peers json"])).ok()?;
         peers
             .as_array()?
             .iter()
-            .find(|p| p["peer"] == self.peer.as_str())
+            .find(|p| p["peer"] == peer)
             .cloned()
     }
 
     pub fn status(&self) -> String {
-        self.session()
+        self.status_with(&self.peer)
+    }
+
+    /// The status (up, down, init) of bfdd's session with `peer`.
+    pub fn status_with(&self, peer: &str) -> String {
+        self.session_with(peer)
             .and_then(|s| s["status"].as_str().map(str::to_owned))
             .unwrap_or_default()
     }

@@ -3,6 +3,8 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
+use ipnet::IpNet;
+
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 
@@ -33,6 +35,18 @@ pub(super) fn addresses(joined: &str) -> Result<Vec<IpAddr>, String> {
                 .map_err(|_| format!("invalid IP address {a:?}"))
         })
         .collect()
+}
+
+/// The families of a subnet's CIDR block ("v4", "v6" or "v4,v6"), as "is IPv4" flags.
+fn served_families(cidr_block: &str) -> Vec<bool> {
+    let mut families: Vec<bool> = cidr_block
+        .split(',')
+        .filter_map(|c| c.trim().parse::<IpNet>().ok())
+        .map(|net| net.addr().is_ipv4())
+        .collect();
+    families.sort();
+    families.dedup();
+    families
 }
 
 /// The gateway as OVN must see it. Which instances carry traffic: with BFD, every instance with an internal
@@ -66,6 +80,11 @@ pub fn gateway_spec(
     // A subnet named by a policy may also be one of its ipBlocks (the contract's gateway2 does this): one source.
     sources.sort();
     sources.dedup();
+    // The families the instances translate: those their external subnet has addresses of. A dual-stack VPC whose
+    // external network is IPv4 alone keeps its IPv6 egress out of the gateway (no IPv6 rows), rather than have it
+    // sent to instances that would drop it.
+    let served = served_families(&resolved.external_subnet.spec.cidr_block);
+    sources.retain(|s| served.contains(&s.addr().is_ipv4()));
     let bfd = spec.bfd.enabled.then(|| Bfd {
         port: format!("bfd@{}", resolved.vpc_name),
         min_rx: spec.bfd.min_rx as u32,
@@ -83,9 +102,11 @@ pub fn gateway_spec(
         .iter()
         .filter(carrying)
         .map(|i| {
+            let mut addresses = addresses(i.internal_ip.as_deref().unwrap_or_default())
+                .map_err(|e| format!("instance {}: {e}", i.pod))?;
+            addresses.retain(|a| served.contains(&a.is_ipv4()));
             Ok(Instance {
-                addresses: addresses(i.internal_ip.as_deref().unwrap_or_default())
-                    .map_err(|e| format!("instance {}: {e}", i.pod))?,
+                addresses,
                 node: i.node.clone().unwrap_or_default(),
             })
         })
@@ -208,7 +229,13 @@ mod tests {
         .unwrap();
         let subnets = [
             subnet("subnet1", "vpc1", "192.168.0.0/24,fd00:1::/64", ""),
-            subnet("macvlan1", "", "172.17.0.0/16", "macvlan.default"),
+            subnet(
+                "macvlan1",
+                "",
+                "172.17.0.0/16,fd00:172:17::/64",
+                "macvlan.default",
+            ),
+            subnet("macvlan4", "", "172.18.0.0/16", "macvlan.default"),
         ];
         let mut gateway: VpcEgressGateway = serde_yaml::from_str(
             "metadata: {name: gateway2, namespace: ns1}\nspec:\n  vpc: vpc1\n  internalSubnet: subnet1\n  \
@@ -269,8 +296,24 @@ mod tests {
                 bfd: None,
                 selected_ports: Vec::new(),
                 instances: vec![expected.instances[1].clone()],
-                ..expected
+                ..expected.clone()
             }
+        );
+
+        // An IPv4-only external network: the instances translate IPv4 alone, so IPv6 stays out of the gateway.
+        gateway.spec.bfd.enabled = true;
+        gateway.spec.external_subnet = "macvlan4".into();
+        let resolved = validate(&gateway, &vpcs, &subnets).unwrap();
+        let spec = gateway_spec(&gateway, &resolved, &instances, Vec::new()).unwrap();
+        assert_eq!(spec.sources, expected.sources[..3]);
+        let addresses: Vec<Vec<IpAddr>> =
+            spec.instances.iter().map(|i| i.addresses.clone()).collect();
+        assert_eq!(
+            addresses,
+            [
+                vec!["192.168.0.4".parse::<IpAddr>().unwrap()],
+                vec!["192.168.0.5".parse().unwrap()]
+            ]
         );
     }
 

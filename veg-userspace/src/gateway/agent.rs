@@ -55,6 +55,24 @@ pub struct Running {
     bfd_status: Arc<Mutex<Snapshot>>,
 }
 
+/// The internal interface's address of each family the BFD peers have (IPv4, IPv6, or both on a dual-stack VPC).
+fn bfd_listen_addresses(interface: &str, peers: &[IpAddr]) -> anyhow::Result<Vec<IpAddr>> {
+    let mut listen = Vec::new();
+    if peers.iter().any(IpAddr::is_ipv4) {
+        let v4 = host::interface_ipv4_addresses(interface)?.first().copied();
+        listen.push(IpAddr::V4(v4.with_context(|| {
+            format!("{interface} has no IPv4 address for BFD toward IPv4 peers: give --bfd-listen")
+        })?));
+    }
+    if peers.iter().any(IpAddr::is_ipv6) {
+        let v6 = host::interface_ipv6_addresses(interface)?.first().copied();
+        listen.push(IpAddr::V6(v6.with_context(|| {
+            format!("{interface} has no global IPv6 address for BFD toward IPv6 peers: give --bfd-listen")
+        })?));
+    }
+    Ok(listen)
+}
+
 /// The BFD engine of the instance: passive, as the reference's instances wait for OVN to start the session.
 fn bfd_engine(
     settings: &GatewaySettings,
@@ -63,18 +81,10 @@ fn bfd_engine(
     let Some(bfd) = &settings.bfd else {
         return Ok(None);
     };
-    let listen = match bfd.listen {
-        Some(listen) => listen,
-        None => host::interface_ipv4_addresses(&settings.internal_interface)?
-            .first()
-            .copied()
-            .map(IpAddr::V4)
-            .with_context(|| {
-                format!(
-                    "{} has no IPv4 address for BFD: give --bfd-listen",
-                    settings.internal_interface
-                )
-            })?,
+    let listen = if bfd.listen.is_empty() {
+        bfd_listen_addresses(&settings.internal_interface, &bfd.peers)?
+    } else {
+        bfd.listen.clone()
     };
     let config = EngineConfig {
         listen,

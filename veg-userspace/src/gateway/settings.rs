@@ -217,8 +217,9 @@ pub enum RecordsDestination {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BfdSettings {
     pub peers: Vec<IpAddr>,
-    /// The local address of the sessions; the internal interface's address when not given.
-    pub listen: Option<IpAddr>,
+    /// The local addresses of the sessions, one per family; when empty, the internal interface's address of each
+    /// family a peer has.
+    pub listen: Vec<IpAddr>,
     pub timers: Timers,
     pub min_ttl: u8,
 }
@@ -276,8 +277,9 @@ pub struct SettingsInput {
     #[serde(default)]
     #[arg(long = "bfd-peer", value_name = "IP")]
     pub bfd_peers: Vec<String>,
-    /// Local address of the BFD sessions. [default: the internal interface's address]
-    #[arg(long, value_name = "IP")]
+    /// Local address of the BFD sessions, or one per family as "v4,v6" for peers of both families. [default: the
+    /// internal interface's address of each family a peer has]
+    #[arg(long, value_name = "IP[,IP]")]
     pub bfd_listen: Option<String>,
     /// BFD required minimum receive interval. [default: 1000]
     #[arg(long, value_name = "MS")]
@@ -386,11 +388,11 @@ impl SettingsInput {
                 .iter()
                 .map(|p| address(p, "--bfd-peer"))
                 .collect::<anyhow::Result<_>>()?,
-            listen: self
-                .bfd_listen
-                .as_deref()
-                .map(|l| address(l, "--bfd-listen"))
-                .transpose()?,
+            listen: self.bfd_listen.as_deref().map_or(Ok(Vec::new()), |list| {
+                list.split(',')
+                    .map(|l| address(l.trim(), "--bfd-listen"))
+                    .collect::<anyhow::Result<Vec<_>>>()
+            })?,
             timers: Timers {
                 desired_min_tx: interval(self.bfd_min_tx, "--bfd-min-tx")?,
                 required_min_rx: interval(self.bfd_min_rx, "--bfd-min-rx")?,
@@ -695,7 +697,21 @@ mod tests {
         assert_eq!(bfd.timers.required_min_rx, Duration::from_millis(1000));
         assert_eq!(
             (bfd.timers.detect_mult, bfd.min_ttl, bfd.listen),
-            (3, 254, None)
+            (3, 254, vec![])
+        );
+        let dual = SettingsInput {
+            bfd_peers: vec!["10.255.255.255".into(), "fd00::ff".into()],
+            bfd_listen: Some("10.16.0.12, fd00:10:16::12".into()),
+            ..input()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(
+            dual.bfd.unwrap().listen,
+            [
+                "10.16.0.12".parse::<IpAddr>().unwrap(),
+                "fd00:10:16::12".parse().unwrap()
+            ]
         );
         assert!(input().validate().unwrap().bfd.is_none());
         let err = SettingsInput {
