@@ -26,6 +26,11 @@ fn server() -> SocketAddr {
     SocketAddr::from(([172, 17, 0, 1], PORT))
 }
 
+/// The external server's IPv6 address (the lab's underlay is dual-stack).
+fn server6() -> SocketAddr {
+    SocketAddr::new("fd00:172:17::1".parse().unwrap(), PORT)
+}
+
 /// A lab of this test's own; `veg lab down` when dropped, also on failure.
 struct TestLab {
     dir: String,
@@ -192,12 +197,13 @@ fn forward_client_is_seen_as_itself(
     address: &str,
     via: &str,
 ) {
-    let route = format!("{address}/32");
+    let ipv6 = address.contains(':');
+    let route = format!("{address}/{}", if ipv6 { 128 } else { 32 });
     let via = via.to_owned();
     in_netns(&lab.netns("external"), move || {
         veg_testbed::netns::ip(&["route", "add", &route, "via", &via]);
     });
-    eventually_round_trip(lab, client);
+    eventually_round_trip_to(lab, client, if ipv6 { server6() } else { server() });
     assert!(
         echo.sources().contains(&address.parse().unwrap()),
         "{:?}",
@@ -216,8 +222,12 @@ fn outside_client_is_not_routed(lab: &TestLab, echo: &Echo, client: &str, addres
 }
 
 fn eventually_round_trip(lab: &TestLab, client: &str) {
+    eventually_round_trip_to(lab, client, server());
+}
+
+fn eventually_round_trip_to(lab: &TestLab, client: &str, server: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !round_trip(&lab.netns(client), server()) {
+    while !round_trip(&lab.netns(client), server) {
         assert!(
             Instant::now() < deadline,
             "{client} never got through\n{}",
@@ -262,7 +272,8 @@ fn default_vpc_gateway_translates_its_sources_scales_and_goes_away() {
         ]
     );
     assert_eq!(row[7], r#"["10.16.0.10"]"#);
-    assert_eq!(row[8], r#"["172.17.0.10"]"#);
+    // The external network is dual-stack: both addresses, as Kube-OVN writes them.
+    assert_eq!(row[8], r#"["172.17.0.10,fd00:172:17::a"]"#);
     assert_eq!(row[9], r#"["kube-ovn-worker"]"#);
     assert_eq!(
         lab.nbctl(&["lr-policy-list", "ovn-cluster"])
@@ -452,8 +463,15 @@ fn bfd_gateway_on_vpc1_fails_over_in_under_a_second_and_the_instance_returns() {
             "{instance} flapped: {session}"
         );
     }
-    assert_eq!(row[7], r#"["192.168.0.10","192.168.0.11"]"#);
-    assert_eq!(row[8], r#"["172.17.0.10","172.17.0.11"]"#);
+    // subnet1 and the external network are dual-stack: both addresses, as Kube-OVN writes them.
+    assert_eq!(
+        row[7],
+        r#"["192.168.0.10,fd00:192:168::a","192.168.0.11,fd00:192:168::b"]"#
+    );
+    assert_eq!(
+        row[8],
+        r#"["172.17.0.10,fd00:172:17::a","172.17.0.11,fd00:172:17::b"]"#
+    );
     assert_eq!(row[9], r#"["kube-ovn-worker","kube-ovn-worker"]"#);
 
     // The SNAT client leaves as one of the external addresses; the forward client as itself; a client in no
@@ -526,4 +544,134 @@ fn bfd_gateway_on_vpc1_fails_over_in_under_a_second_and_the_instance_returns() {
         std::thread::sleep(Duration::from_millis(200));
     }
     lab.wait_ready("gateway2", Duration::from_secs(20));
+}
+
+const DUAL_STACK_GATEWAY: &str = "apiVersion: kubeovn.io/v1
+kind: Vpc
+metadata: {name: vpc1}
+spec:
+  bfdPort: {enabled: true, ip: '10.255.255.255,fd00:255::ff'}
+status: {defaultLogicalSwitch: subnet1}
+---
+apiVersion: kubeovn.io/v1
+kind: VpcEgressGateway
+metadata: {name: dual, namespace: default}
+spec:
+  vpc: vpc1
+  replicas: 2
+  internalSubnet: subnet1
+  externalSubnet: macvlan1
+  bfd: {enabled: true, minRX: 100, minTX: 100, multiplier: 3}
+  policies:
+    - {snat: true, ipBlocks: [192.168.0.2, 'fd00:192:168::2']}
+    - {snat: false, ipBlocks: ['fd00:192:168::4']}
+";
+
+/// The instances' records (<lab>/instances/*.json).
+fn instance_records(lab: &TestLab) -> Vec<serde_json::Value> {
+    std::fs::read_dir(format!("{}/instances", lab.dir))
+        .unwrap()
+        .map(|e| {
+            serde_json::from_str(&std::fs::read_to_string(e.unwrap().path()).unwrap()).unwrap()
+        })
+        .collect()
+}
+
+// Long: one scenario on the lab, step by step, asserting what each step changed.
+#[test]
+fn dual_stack_gateway_on_vpc1_translates_both_families_and_fails_over_in_ipv6() {
+    if skip_unless_root() {
+        return;
+    }
+    let lab = TestLab::up();
+    let echo = Echo::start(&lab.netns("external"), PORT);
+    let echo6 = Echo::start_at(&lab.netns("external"), server6());
+    lab.apply(DUAL_STACK_GATEWAY);
+    lab.wait_ready("dual", Duration::from_secs(40));
+    // A route per source and instance in each family (the IPv4 source, the IPv6 SNAT and forward sources), each
+    // with its own family's BFD session; all four sessions up in OVN.
+    let routes = lab.nbctl(&["lr-route-list", "vpc1"]);
+    assert_eq!(
+        routes
+            .matches("src-ip ecmp ecmp-symmetric-reply bfd")
+            .count(),
+        6,
+        "{routes}"
+    );
+    let from_client6 = routes
+        .lines()
+        .filter(|l| l.split_whitespace().next() == Some("fd00:192:168::2"))
+        .count();
+    assert_eq!(from_client6, 2, "{routes}");
+    assert_eq!(lab.vpc1_bfd_status(), ["up", "up", "up", "up"]);
+    let records = instance_records(&lab);
+    let external = |family: &str| -> Vec<IpAddr> {
+        records
+            .iter()
+            .filter_map(|r| r[family].as_str()?.parse().ok())
+            .collect()
+    };
+    let (external4, external6) = (external("external_ip"), external("external_ipv6"));
+    assert_eq!(external6.len(), 2, "{records:?}");
+
+    // The SNAT client leaves in each family as one of that family's external addresses.
+    eventually_round_trip_to(&lab, "vpc1-client1", server());
+    eventually_round_trip_to(&lab, "vpc1-client1", server6());
+    assert!(
+        external4.contains(&echo.sources()[0]),
+        "{:?}",
+        echo.sources()
+    );
+    assert!(
+        external6.contains(&echo6.sources()[0]),
+        "{:?}",
+        echo6.sources()
+    );
+    // The IPv6 forward client as itself.
+    let via = external6[0].to_string();
+    forward_client_is_seen_as_itself(&lab, &echo6, "vpc1-client3", "fd00:192:168::4", &via);
+
+    // Kill the instance carrying an IPv6 stream: it resumes through the other one within BFD's detection time.
+    let stream = Stream::start(&lab.netns("vpc1-client1"), server6());
+    std::thread::sleep(Duration::from_millis(500));
+    let carrier = *echo6.sources().last().unwrap();
+    let victim = records
+        .iter()
+        .find(|r| r["external_ipv6"] == carrier.to_string())
+        .expect("the carrier's record");
+    let survivor = *external6.iter().find(|a| **a != carrier).unwrap();
+    let heard = echo6.heard();
+    let killed = Instant::now();
+    lab.veg(&["kill", victim["pod"].as_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let gap = stream.longest_gap_after(killed);
+    drop(stream);
+    println!(
+        "IPv6 failover: traffic flowed again through the survivor after {} ms",
+        gap.as_millis()
+    );
+    assert!(
+        gap < Duration::from_secs(1),
+        "the stream stopped for {gap:?}"
+    );
+    let since_kill = echo6.sources_since(heard);
+    assert!(
+        since_kill.contains(&survivor),
+        "the stream did not move to the other instance: {since_kill:?}"
+    );
+    assert!(
+        !since_kill.contains(&"fd00:192:168::2".parse().unwrap()),
+        "a packet left with the client's own address: {since_kill:?}"
+    );
+    // Restarted, the instance brings both of its sessions back up.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while lab.vpc1_bfd_status() != ["up", "up", "up", "up"] {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted instance's sessions never came back: {:?}\n{}",
+            lab.vpc1_bfd_status(),
+            lab.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -11,7 +11,7 @@
 use std::{
     collections::BTreeMap,
     fs,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
@@ -48,6 +48,11 @@ pub struct Instance {
     pub netns: String,
     pub internal_ip: Ipv4Addr,
     pub external_ip: Ipv4Addr,
+    /// Its IPv6 addresses, on a dual-stack switch and external network.
+    #[serde(default)]
+    pub internal_ipv6: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub external_ipv6: Option<Ipv6Addr>,
     pub switch: String,
     /// The pid of its `veg gateway`, and when it was started (seconds since the epoch).
     pub pid: i32,
@@ -61,6 +66,16 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Its internal addresses as Kube-OVN writes them: "v4" or "v4,v6".
+    pub fn internal_ips(&self) -> String {
+        joined(self.internal_ip, self.internal_ipv6)
+    }
+
+    /// Its external addresses, likewise.
+    pub fn external_ips(&self) -> String {
+        joined(self.external_ip, self.external_ipv6)
+    }
+
     pub fn port(&self) -> String {
         format!("{}.{}", self.pod, self.namespace)
     }
@@ -213,6 +228,17 @@ impl Lab {
             })?,
         };
         let namespace = gateway.namespace().unwrap_or_default();
+        // IPv6 where the switch and the external subnet have it, by the lab's IPAM rule (network.rs).
+        let internal_ipv6 = switch
+            .cidr6
+            .map(|cidr| network::ipv6_in(cidr, internal_ip))
+            .transpose()?;
+        let external_ipv6 = external_subnet(gateway, subnets)?
+            .spec
+            .cidr_block
+            .contains(':')
+            .then(|| network::ipv6_in(network::EXTERNAL_CIDR6, external_ip))
+            .transpose()?;
         let mut instance = Instance {
             started: 0,
             died: 0,
@@ -222,6 +248,8 @@ impl Lab {
             netns: self.netns(&format!("{namespace}-{pod}")),
             internal_ip,
             external_ip,
+            internal_ipv6,
+            external_ipv6,
             switch: switch.name.into(),
             pid: 0,
             template: template.into(),
@@ -229,6 +257,13 @@ impl Lab {
         // Recorded before anything is built, so that a failure half-way is still cleaned up.
         self.record(&instance)?;
         self.add_netns(&instance.netns)?;
+        // A pod's addresses outlive its container's restarts; the kernel drops IPv6 addresses with a link that goes
+        // down (as `veg lab kill` takes them) unless told to keep them.
+        crate::command::run_in(
+            &instance.netns,
+            "sysctl",
+            &["-qw", "net.ipv6.conf.all.keep_addr_on_down=1"],
+        )?;
         self.attach(
             &instance.netns,
             switch,
@@ -236,7 +271,7 @@ impl Lab {
             internal_ip,
             false,
         )?;
-        self.attach_underlay(&instance.netns, external_ip)?;
+        self.attach_underlay(&instance.netns, external_ip, external_ipv6)?;
         self.bring_up(&instance, deployment)?;
         instance.pid = self.start_agent(&instance, deployment, gateway, subnets)?;
         instance.started = now();
@@ -272,6 +307,18 @@ impl Lab {
             "dev",
             "net1",
         ])?;
+        if instance.external_ipv6.is_some() {
+            in_ns(&[
+                "-6",
+                "route",
+                "replace",
+                "default",
+                "via",
+                network::EXTERNAL_GATEWAY6,
+                "dev",
+                "net1",
+            ])?;
+        }
         Ok(())
     }
 
@@ -328,7 +375,7 @@ impl Lab {
                     given.next();
                     args.extend(["--name".into(), instance.agent_name()]);
                 }
-                _ => args.push(arg.replace("$(EXTERNAL_IP)", &instance.external_ip.to_string())),
+                _ => args.push(arg.replace("$(EXTERNAL_IP)", &instance.external_ips())),
             }
         }
         args.extend(["--netns".into(), instance.netns.clone()]);
@@ -394,15 +441,23 @@ impl Lab {
                 "name": instance.pod, "namespace": instance.namespace, "labels": labels,
                 "annotations": {
                     "ovn.kubernetes.io/allocated": "true",
-                    "ovn.kubernetes.io/ip_address": instance.internal_ip.to_string(),
+                    "ovn.kubernetes.io/ip_address": instance.internal_ips(),
                     format!("{provider}.kubernetes.io/allocated"): "true",
-                    format!("{provider}.kubernetes.io/ip_address"): instance.external_ip.to_string(),
+                    format!("{provider}.kubernetes.io/ip_address"): instance.external_ips(),
                 },
             },
             "spec": { "nodeName": CHASSIS, "containers": [] },
             "status": { "conditions": [{ "type": "Ready", "status": ready }] },
         }))
         .expect("a valid Pod")
+    }
+}
+
+/// "v4" or "v4,v6", as Kube-OVN joins a dual-stack pod's addresses.
+fn joined(v4: Ipv4Addr, v6: Option<Ipv6Addr>) -> String {
+    match v6 {
+        Some(v6) => format!("{v4},{v6}"),
+        None => v4.to_string(),
     }
 }
 
@@ -433,13 +488,19 @@ fn pod_annotations(deployment: &Deployment) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-fn external_provider(gateway: &VpcEgressGateway, subnets: &[Subnet]) -> anyhow::Result<String> {
+fn external_subnet<'a>(
+    gateway: &VpcEgressGateway,
+    subnets: &'a [Subnet],
+) -> anyhow::Result<&'a Subnet> {
     let external = &gateway.spec.external_subnet;
-    let subnet = subnets
+    subnets
         .iter()
         .find(|s| s.name_any() == *external)
-        .with_context(|| format!("no subnet {external:?}"))?;
-    Ok(subnet.spec.provider.clone())
+        .with_context(|| format!("no subnet {external:?}"))
+}
+
+fn external_provider(gateway: &VpcEgressGateway, subnets: &[Subnet]) -> anyhow::Result<String> {
+    Ok(external_subnet(gateway, subnets)?.spec.provider.clone())
 }
 
 /// The IPv4 address at `index` of an IP pool annotation ("a;b;c", each entry "v4" or "v4,v6").
@@ -448,7 +509,7 @@ fn pool_entry(pool: Option<&String>, index: usize) -> Option<Ipv4Addr> {
     entry.split(',').find_map(|a| a.trim().parse().ok())
 }
 
-/// The IPv4 routes of a routes annotation: (destination, gateway).
+/// The routes of a routes annotation, both families: (destination, gateway).
 fn routes(annotation: Option<&String>) -> Vec<(String, String)> {
     let parsed: Vec<serde_json::Value> = annotation
         .and_then(|a| serde_json::from_str(a).ok())
@@ -456,13 +517,13 @@ fn routes(annotation: Option<&String>) -> Vec<(String, String)> {
     parsed
         .iter()
         .filter_map(|r| Some((r["dst"].as_str()?.to_owned(), r["gw"].as_str()?.to_owned())))
-        .filter(|(dst, gw)| !dst.contains(':') && !gw.contains(':'))
         .map(|(dst, gw)| {
+            let host = if dst.contains(':') { "/128" } else { "/32" };
             (
                 if dst.contains('/') {
                     dst
                 } else {
-                    format!("{dst}/32")
+                    format!("{dst}{host}")
                 },
                 gw,
             )
@@ -474,7 +535,7 @@ fn routes(annotation: Option<&String>) -> Vec<(String, String)> {
 fn policy_args(gateway: &VpcEgressGateway, subnets: &[Subnet]) -> anyhow::Result<Vec<String>> {
     let policy = policy_of(gateway, subnets).map_err(|e| anyhow::anyhow!(e))?;
     if policy.is_empty() {
-        bail!("the gateway gives no IPv4 source");
+        bail!("the gateway gives no source");
     }
     Ok(policy
         .iter()
@@ -527,7 +588,11 @@ mod tests {
         assert_eq!(pool_entry(Some(&"10.16.0.5".into()), 1), None);
         assert_eq!(
             routes(Some(&r#"[{"dst":"10.255.255.255","gw":"192.168.0.1"},{"dst":"fd00::/64","gw":"fd00::1"},{"dst":"10.16.0.0/16","gw":"10.16.0.1"}]"#.into())),
-            [("10.255.255.255/32".to_owned(), "192.168.0.1".to_owned()), ("10.16.0.0/16".to_owned(), "10.16.0.1".to_owned())]
+            [
+                ("10.255.255.255/32".to_owned(), "192.168.0.1".to_owned()),
+                ("fd00::/64".to_owned(), "fd00::1".to_owned()),
+                ("10.16.0.0/16".to_owned(), "10.16.0.1".to_owned())
+            ]
         );
         assert_eq!(index_of("gateway1-3", "gateway1"), Some(3));
         assert_eq!(index_of("gateway10-3", "gateway1"), None);

@@ -166,7 +166,7 @@ impl Lab {
             .context("waiting for ovn-controller to install the flows")?;
         writeln!(
             out,
-            "lab: the cluster's resources: Subnets ovn-default, subnet1, macvlan1; Vpc vpc1"
+            "lab: the cluster's resources: Subnets ovn-default, subnet1 and macvlan1 (both dual-stack); Vpc vpc1"
         )?;
         self.put_builtin_resources()?;
         writeln!(
@@ -209,16 +209,20 @@ impl Lab {
             "apiVersion: kubeovn.io/v1\nkind: Subnet\nmetadata: {{name: ovn-default}}\n\
              spec: {{cidrBlock: {}, gateway: {}, protocol: IPv4, provider: ovn, vpc: ovn-cluster}}\n---\n\
              apiVersion: kubeovn.io/v1\nkind: Subnet\nmetadata: {{name: subnet1}}\n\
-             spec: {{cidrBlock: {}, gateway: {}, protocol: IPv4, provider: ovn, vpc: vpc1}}\n---\n\
+             spec: {{cidrBlock: '{},{}', gateway: '{},{}', protocol: Dual, provider: ovn, vpc: vpc1}}\n---\n\
              apiVersion: kubeovn.io/v1\nkind: Subnet\nmetadata: {{name: macvlan1}}\n\
-             spec: {{cidrBlock: {}, gateway: {}, protocol: IPv4, provider: macvlan1.default}}\n---\n\
+             spec: {{cidrBlock: '{},{}', gateway: '{},{}', protocol: Dual, provider: macvlan1.default}}\n---\n\
              apiVersion: kubeovn.io/v1\nkind: Vpc\nmetadata: {{name: vpc1}}\nspec: {{}}\nstatus: {{defaultLogicalSwitch: subnet1}}\n",
             network::DEFAULT_SWITCH.cidr,
             network::DEFAULT_SWITCH.gateway,
             network::VPC1_SWITCH.cidr,
+            network::VPC1_SWITCH.cidr6.unwrap_or_default(),
             network::VPC1_SWITCH.gateway,
+            network::VPC1_SWITCH.gateway6.unwrap_or_default(),
             network::EXTERNAL_CIDR,
+            network::EXTERNAL_CIDR6,
             network::EXTERNAL_GATEWAY,
+            network::EXTERNAL_GATEWAY6,
         );
         for (name, value) in store::parse_manifest(&builtin)? {
             store.put(&name, value)?;

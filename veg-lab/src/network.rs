@@ -3,15 +3,19 @@
 //!   default VPC: router ovn-cluster, switch ovn-default 10.16.0.0/16 (gateway 10.16.0.1); its default route
 //!                points nowhere (10.16.0.254), so only what a gateway reroutes leaves the VPC
 //!   vpc1:        router vpc1 bound to the chassis (OVN 23.03 runs BFD and ecmp-symmetric-reply only on such
-//!                gateway routers), switch subnet1 192.168.0.0/24 (gateway 192.168.0.1)
-//!   pods:        network namespaces on those switches (a veth into br-int with the pod's logical switch port)
-//!   underlay:    the node's link, with the external server 172.17.0.1 (also the external subnet's gateway)
-//!                on its far end; instances get a macvlan on it, as Multus gives them net1
+//!                gateway routers), switch subnet1 192.168.0.0/24 and fd00:192:168::/64, dual-stack (gateways
+//!                192.168.0.1 and fd00:192:168::1)
+//!   pods:        network namespaces on those switches (a veth into br-int with the pod's logical switch port);
+//!                on a dual-stack switch a pod's IPv6 address ends as its IPv4 one does (192.168.0.2 ->
+//!                fd00:192:168::2)
+//!   underlay:    the node's link, dual-stack, with the external server 172.17.0.1 and fd00:172:17::1 (also the
+//!                external subnet's gateways) on its far end; instances get a macvlan on it, as Multus gives them
+//!                net1
 //!
 //! Pods and instances join a switch the same way; checksum offload is off on both ends of their veth, as OVS's
 //! userspace datapath needs.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::Context as _;
 
@@ -22,6 +26,9 @@ pub struct Switch {
     pub router: &'static str,
     pub cidr: &'static str,
     pub gateway: &'static str,
+    /// The IPv6 prefix (a /64) and gateway of a dual-stack switch.
+    pub cidr6: Option<&'static str>,
+    pub gateway6: Option<&'static str>,
 }
 
 pub const DEFAULT_SWITCH: Switch = Switch {
@@ -29,6 +36,8 @@ pub const DEFAULT_SWITCH: Switch = Switch {
     router: "ovn-cluster",
     cidr: "10.16.0.0/16",
     gateway: "10.16.0.1",
+    cidr6: None,
+    gateway6: None,
 };
 
 pub const VPC1_SWITCH: Switch = Switch {
@@ -36,6 +45,8 @@ pub const VPC1_SWITCH: Switch = Switch {
     router: "vpc1",
     cidr: "192.168.0.0/24",
     gateway: "192.168.0.1",
+    cidr6: Some("fd00:192:168::/64"),
+    gateway6: Some("fd00:192:168::1"),
 };
 
 pub const SWITCHES: [&Switch; 2] = [&DEFAULT_SWITCH, &VPC1_SWITCH];
@@ -43,6 +54,18 @@ pub const SWITCHES: [&Switch; 2] = [&DEFAULT_SWITCH, &VPC1_SWITCH];
 /// The external network: the underlay, its gateway and the external server (one namespace).
 pub const EXTERNAL_CIDR: &str = "172.17.0.0/16";
 pub const EXTERNAL_GATEWAY: &str = "172.17.0.1";
+pub const EXTERNAL_CIDR6: &str = "fd00:172:17::/64";
+pub const EXTERNAL_GATEWAY6: &str = "fd00:172:17::1";
+
+/// The IPv6 address in `cidr6` (a /64) that ends as `v4` does: its last two octets as the last 16 bits, the lab's
+/// IPAM rule for dual-stack pods.
+pub fn ipv6_in(cidr6: &str, v4: Ipv4Addr) -> anyhow::Result<Ipv6Addr> {
+    let net: ipnet::Ipv6Net = cidr6.parse()?;
+    let [_, _, c, d] = v4.octets();
+    Ok(Ipv6Addr::from(
+        u128::from(net.network()) | u128::from(u16::from_be_bytes([c, d])),
+    ))
+}
 
 /// The client pods, all in Kubernetes namespace "default": (name, switch, address).
 pub const CLIENTS: [(&str, &Switch, &str); 6] = [
@@ -72,16 +95,23 @@ impl Lab {
             let router_port = format!("{}-{}", switch.router, switch.name);
             let switch_port = format!("{}-{}", switch.name, switch.router);
             let network = format!("{}/{}", switch.gateway, prefix_len(switch.cidr));
+            let network6 = switch
+                .cidr6
+                .zip(switch.gateway6)
+                .map(|(cidr, gateway)| format!("{gateway}/{}", prefix_len(cidr)));
             self.nbctl(&["--may-exist", "lr-add", switch.router])?;
             self.nbctl(&["--may-exist", "ls-add", switch.name])?;
-            self.nbctl(&[
+            let mac = mac_of(gateway);
+            let mut lrp = vec![
                 "--may-exist",
                 "lrp-add",
                 switch.router,
                 &router_port,
-                &mac_of(gateway),
+                &mac,
                 &network,
-            ])?;
+            ];
+            lrp.extend(network6.as_deref());
+            self.nbctl(&lrp)?;
             self.nbctl(&[
                 "--may-exist",
                 "lsp-add",
@@ -128,6 +158,11 @@ impl Lab {
         default_route: bool,
     ) -> anyhow::Result<()> {
         let mac = mac_of(address);
+        let address6 = switch.cidr6.map(|c| ipv6_in(c, address)).transpose()?;
+        let addresses = match address6 {
+            Some(v6) => format!("{mac} {address} {v6}"),
+            None => format!("{mac} {address}"),
+        };
         self.nbctl(&[
             "--may-exist",
             "lsp-add",
@@ -136,7 +171,7 @@ impl Lab {
             "--",
             "lsp-set-addresses",
             port,
-            &format!("{mac} {address}"),
+            &addresses,
         ])?;
         let host = self.host_netns();
         // The host end is named after the namespace (at most 15 characters), inside the lab's host namespace.
@@ -164,6 +199,14 @@ impl Lab {
         ])?;
         if default_route {
             in_ns(&["ip", "route", "add", "default", "via", switch.gateway])?;
+        }
+        if let (Some(v6), Some(cidr6)) = (address6, switch.cidr6) {
+            // Without duplicate address detection: usable at once.
+            let v6 = format!("{v6}/{}", prefix_len(cidr6));
+            in_ns(&["ip", "-6", "addr", "add", &v6, "dev", "eth0", "nodad"])?;
+            if let (true, Some(gateway6)) = (default_route, switch.gateway6) {
+                in_ns(&["ip", "-6", "route", "add", "default", "via", gateway6])?;
+            }
         }
         self.vsctl(&[
             "--may-exist",
@@ -256,12 +299,32 @@ impl Lab {
                 "eth0",
             ],
         )?;
+        let prefix6 = prefix_len(EXTERNAL_CIDR6);
+        crate::command::run_in(
+            &external,
+            "ip",
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{EXTERNAL_GATEWAY6}/{prefix6}"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )?;
         crate::command::run_in(&external, "ip", &["link", "set", "eth0", "up"])?;
         Ok(())
     }
 
-    /// Give `netns` a macvlan on the underlay named net1 with `address`, and its default route to the outside.
-    pub fn attach_underlay(&self, netns: &str, address: Ipv4Addr) -> anyhow::Result<()> {
+    /// Give `netns` a macvlan on the underlay named net1 with `address` (and `address6`), and its default route
+    /// to the outside.
+    pub fn attach_underlay(
+        &self,
+        netns: &str,
+        address: Ipv4Addr,
+        address6: Option<Ipv6Addr>,
+    ) -> anyhow::Result<()> {
         let underlay = self.underlay_netns();
         let link = format!("m{}", self.host_end(netns));
         crate::command::run_in(
@@ -282,8 +345,23 @@ impl Lab {
             "dev",
             "net1",
         ])?;
+        if let Some(v6) = address6 {
+            let v6 = format!("{v6}/{}", prefix_len(EXTERNAL_CIDR6));
+            in_ns(&["ip", "-6", "addr", "add", &v6, "dev", "net1", "nodad"])?;
+        }
         in_ns(&["ip", "link", "set", "net1", "up"])?;
         in_ns(&["ip", "route", "add", "default", "via", EXTERNAL_GATEWAY])?;
+        if address6.is_some() {
+            in_ns(&[
+                "ip",
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                EXTERNAL_GATEWAY6,
+            ])?;
+        }
         Ok(())
     }
 }

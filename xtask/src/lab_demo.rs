@@ -45,7 +45,7 @@ metadata:
 spec:
   bfdPort:
     enabled: true
-    ip: 10.255.255.255
+    ip: 10.255.255.255,fd00:255::ff
 status:
   defaultLogicalSwitch: subnet1
 ---
@@ -68,6 +68,7 @@ spec:
     - snat: true
       ipBlocks:
         - 192.168.0.0/24
+        - fd00:192:168::/64
 ";
 
 /// A lab driven through `veg lab` (the demo's, or the failover bench's), narrated unless quiet.
@@ -80,6 +81,14 @@ pub struct Demo<'a> {
 
 fn server() -> SocketAddr {
     SocketAddr::from(([172, 17, 0, 1], PORT))
+}
+
+/// The external server's IPv6 address: the lab's vpc1 and underlay are dual-stack.
+fn server6() -> SocketAddr {
+    SocketAddr::new(
+        IpAddr::V6("fd00:172:17::1".parse().expect("an address")),
+        PORT,
+    )
 }
 
 impl Demo<'_> {
@@ -162,15 +171,29 @@ impl Demo<'_> {
 
     /// A client sends through the gateway; say which address the external server saw.
     fn send(&self, echo: &Echo, client: &str, address: &str) -> anyhow::Result<IpAddr> {
+        self.send_to(echo, client, address, server())
+    }
+
+    /// The same to the server's address `to` (its IPv4 or IPv6 one).
+    fn send_to(
+        &self,
+        echo: &Echo,
+        client: &str,
+        address: &str,
+        to: SocketAddr,
+    ) -> anyhow::Result<IpAddr> {
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !round_trip(&self.netns(client), server()) {
+        while !round_trip(&self.netns(client), to) {
             ensure!(
                 Instant::now() < deadline,
                 "{client} got no answer from the external server"
             );
         }
         let seen = *echo.sources().last().context("the server heard nothing")?;
-        println!("  {client} ({address}) -> external server 172.17.0.1: the server saw {seen}");
+        println!(
+            "  {client} ({address}) -> external server {}: the server saw {seen}",
+            to.ip()
+        );
         Ok(seen)
     }
 
@@ -180,6 +203,7 @@ impl Demo<'_> {
         let out = self.lab(&["up"])?;
         self.show("veg lab up", &out);
         let echo = Echo::start(&self.netns("external"), PORT);
+        let echo6 = Echo::start_at(&self.netns("external"), server6());
 
         step("gateway1 on the default VPC (ovn-cluster), one instance");
         self.apply(GATEWAY1)?;
@@ -200,11 +224,11 @@ impl Demo<'_> {
         self.get_wide()?;
         self.show_nbctl(&["lr-policy-list", "ovn-cluster"])?;
 
-        step("gateway2 on vpc1 with BFD (100 ms x 3), two instances");
+        step("gateway2 on dual-stack vpc1 with BFD (100 ms x 3) in both families, two instances");
         self.apply(GATEWAY2)?;
         let took = self.wait_ready("gateway2", 2)?;
         println!(
-            "  ready in {:.1} s (both BFD sessions up)",
+            "  ready in {:.1} s (every BFD session up, IPv4 and IPv6)",
             took.as_secs_f64()
         );
         self.get_wide()?;
@@ -222,6 +246,12 @@ impl Demo<'_> {
             &String::from_utf8_lossy(&status.stdout),
         );
         let seen = self.send(&echo, "vpc1-client1", "192.168.0.2")?;
+        // NAT66: the same client's IPv6 egress leaves as an instance's external IPv6 address.
+        let seen6 = self.send_to(&echo6, "vpc1-client1", "fd00:192:168::2", server6())?;
+        ensure!(
+            seen6.to_string().starts_with("fd00:172:17::"),
+            "vpc1-client1's IPv6 was not translated: the server saw {seen6}"
+        );
 
         step("failover: kill the instance carrying a steady stream (a datagram every 5 ms)");
         let stream = Stream::start(&self.netns("vpc1-client1"), server());

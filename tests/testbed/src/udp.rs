@@ -35,6 +35,11 @@ pub struct Echo {
 
 impl Echo {
     pub fn start(netns: &str, port: u16) -> Echo {
+        Echo::start_at(netns, SocketAddr::from(([0, 0, 0, 0], port)))
+    }
+
+    /// An echo server bound to `address` (an IPv6 one to hear IPv6).
+    pub fn start_at(netns: &str, address: SocketAddr) -> Echo {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (record, stopped) = (seen.clone(), stop.clone());
@@ -42,7 +47,7 @@ impl Echo {
         let (ready_tx, ready) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             enter(&path);
-            let socket = UdpSocket::bind(("0.0.0.0", port)).expect("binding the echo server");
+            let socket = UdpSocket::bind(address).expect("binding the echo server");
             socket
                 .set_read_timeout(Some(Duration::from_millis(50)))
                 .unwrap();
@@ -95,10 +100,19 @@ impl Drop for Echo {
     }
 }
 
+/// Any address and port of `server`'s family: what a client socket binds.
+fn any_port_of_family(server: SocketAddr) -> SocketAddr {
+    if server.is_ipv6() {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    }
+}
+
 /// From inside `netns`: send one datagram to `server` and wait up to a second for its echo.
 pub fn round_trip(netns: &str, server: SocketAddr) -> bool {
     in_netns(netns, move || {
-        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let socket = UdpSocket::bind(any_port_of_family(server)).unwrap();
         socket
             .set_read_timeout(Some(Duration::from_secs(1)))
             .unwrap();
@@ -122,7 +136,7 @@ impl Stream {
         let path = path(netns);
         std::thread::spawn(move || {
             enter(&path);
-            let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+            let socket = UdpSocket::bind(any_port_of_family(server)).unwrap();
             socket
                 .set_read_timeout(Some(Duration::from_millis(5)))
                 .unwrap();

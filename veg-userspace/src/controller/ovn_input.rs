@@ -49,6 +49,18 @@ fn served_families(cidr_block: &str) -> Vec<bool> {
     families
 }
 
+/// The families of a list of addresses ("v4", "v6" or "v4,v6"), as "is IPv4" flags.
+fn served_families_of_addresses(addresses: &str) -> Vec<bool> {
+    let mut families: Vec<bool> = addresses
+        .split(',')
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .map(|a| a.is_ipv4())
+        .collect();
+    families.sort();
+    families.dedup();
+    families
+}
+
 /// The gateway as OVN must see it. Which instances carry traffic: with BFD, every instance with an internal
 /// address (OVN itself withdraws those whose session is down, and a session cannot come up before its BFD row
 /// exists); without BFD, only instances that are Ready with both attachments.
@@ -82,8 +94,14 @@ pub fn gateway_spec(
     sources.dedup();
     // The families the instances translate: those their external subnet has addresses of. A dual-stack VPC whose
     // external network is IPv4 alone keeps its IPv6 egress out of the gateway (no IPv6 rows), rather than have it
-    // sent to instances that would drop it.
-    let served = served_families(&resolved.external_subnet.spec.cidr_block);
+    // sent to instances that would drop it. With BFD, also only the families the VPC's BFD port has an address
+    // of: a family's routes are withdrawn by its own sessions, which need the port to speak that family.
+    let mut served = served_families(&resolved.external_subnet.spec.cidr_block);
+    if spec.bfd.enabled {
+        let port = resolved.vpc.and_then(|v| v.spec.bfd_port.as_ref());
+        let port_families = served_families_of_addresses(port.map_or("", |p| p.ip.as_str()));
+        served.retain(|family| port_families.contains(family));
+    }
     sources.retain(|s| served.contains(&s.addr().is_ipv4()));
     let bfd = spec.bfd.enabled.then(|| Bfd {
         port: format!("bfd@{}", resolved.vpc_name),
@@ -224,7 +242,7 @@ mod tests {
     #[test]
     fn the_model_input_follows_the_resource() {
         let vpcs: Vec<Vpc> = serde_yaml::from_str(
-            "- metadata: {name: vpc1}\n  spec: {bfdPort: {enabled: true, ip: 10.255.255.255}}\n",
+            "- metadata: {name: vpc1}\n  spec: {bfdPort: {enabled: true, ip: '10.255.255.255,fd00::ff'}}\n",
         )
         .unwrap();
         let subnets = [
