@@ -150,7 +150,13 @@ pub fn deployment(inputs: &Inputs, vpc_cidrs: &[String]) -> Result<Deployment, S
                     annotations: Some(annotations),
                     ..Default::default()
                 }),
-                spec: Some(pod_spec(gateway, labels, init, container)),
+                spec: Some(pod_spec(
+                    gateway,
+                    labels,
+                    init,
+                    container,
+                    serves_ipv6(inputs),
+                )),
             },
             ..Default::default()
         }),
@@ -399,22 +405,43 @@ fn forwarding_off_container(image: Option<String>) -> Container {
     }
 }
 
-/// The pod: its service account, the instances' ephemeral port range, one instance per node, the gateway's node
-/// selector, bpffs from the host.
+/// Whether the instances translate IPv6: both their subnets have IPv6 addresses.
+fn serves_ipv6(inputs: &Inputs) -> bool {
+    [inputs.internal_subnet, inputs.external_subnet]
+        .iter()
+        .all(|subnet| subnet.spec.cidr_block.contains(':'))
+}
+
+/// The sysctl the agent's IPv6 route lookups need (the loopback interface's IPv6 forwarding; the kernel's own
+/// IPv6 forwarding stays off). A pod cannot write /proc/sys, and Kubernetes does not count this one as safe: the
+/// kubelets of the gateway's nodes must allow it (`--allowed-unsafe-sysctls=net.ipv6.conf.lo.forwarding`), or the
+/// pod is refused with SysctlForbidden, which says so.
+pub const IPV6_LOOKUP_SYSCTL: &str = "net.ipv6.conf.lo.forwarding";
+
+/// The pod: its service account, the instances' ephemeral port range (and IPv6 route lookups when it translates
+/// IPv6), one instance per node, the gateway's node selector, bpffs from the host.
 fn pod_spec(
     gateway: &VpcEgressGateway,
     labels: BTreeMap<String, String>,
     init: Container,
     container: Container,
+    ipv6: bool,
 ) -> PodSpec {
+    let mut sysctls = vec![Sysctl {
+        name: "net.ipv4.ip_local_port_range".into(),
+        value: INSTANCE_EPHEMERAL_PORTS.into(),
+    }];
+    if ipv6 {
+        sysctls.push(Sysctl {
+            name: IPV6_LOOKUP_SYSCTL.into(),
+            value: "1".into(),
+        });
+    }
     PodSpec {
         // May read its gateway and the subnets (deploy/gateway/rbac.yaml; the controller binds it).
         service_account_name: Some(GATEWAY_SERVICE_ACCOUNT.into()),
         security_context: Some(PodSecurityContext {
-            sysctls: Some(vec![Sysctl {
-                name: "net.ipv4.ip_local_port_range".into(),
-                value: INSTANCE_EPHEMERAL_PORTS.into(),
-            }]),
+            sysctls: Some(sysctls),
             ..Default::default()
         }),
         init_containers: Some(vec![init]),
@@ -682,6 +709,19 @@ mod tests {
                 ],
             },
         );
+        // The instances translate IPv6: the pod asks for the sysctl their IPv6 route lookups need.
+        let sysctls = |d: &Deployment| -> Vec<String> {
+            let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+            let context = pod.security_context.as_ref().unwrap();
+            context
+                .sysctls
+                .iter()
+                .flatten()
+                .map(|s| s.name.clone())
+                .collect()
+        };
+        assert!(sysctls(&d).contains(&IPV6_LOOKUP_SYSCTL.to_owned()));
+        assert!(!sysctls(&build()).contains(&IPV6_LOOKUP_SYSCTL.to_owned()));
         let annotations = annotations_of(d);
         let routes: serde_json::Value =
             serde_json::from_str(&annotations["ovn.kubernetes.io/routes"]).unwrap();

@@ -51,6 +51,8 @@ pub struct Running {
     _lock: host::InstanceLock,
     /// The external addresses translated to: the settings', less IPv6 when its route lookups cannot be opened.
     external: ExternalAddresses,
+    /// Whether the agent turned IPv6 route lookups on itself (rather than the pod's sysctls).
+    opened_ipv6_lookups: bool,
     bfd: Option<Engine>,
     bfd_status: Arc<Mutex<Snapshot>>,
 }
@@ -119,7 +121,7 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
         );
     }
     let port_range = host::translation_port_range(settings.port_range)?;
-    let external = open_families(&settings.external_ip)?;
+    let (external, opened_ipv6_lookups) = open_families(&settings.external_ip)?;
 
     let pin_dir = pins::gateway_dir(&settings.name);
     let mut datapath =
@@ -166,6 +168,7 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
         range_ports: port_range.ports(),
         _lock: lock,
         external,
+        opened_ipv6_lookups,
         bfd,
         bfd_status,
     })
@@ -204,21 +207,23 @@ async fn next_policy(
 /// The families the instance translates: every one it has an external address for, but IPv6 only once its route
 /// lookups are open (net.ipv6.conf.lo.forwarding, which a pod may not be allowed to set). Without them IPv4 is
 /// still served, IPv6 sources are dropped as having no policy, and the log says why; an IPv6-only instance
-/// refuses to start.
-fn open_families(given: &ExternalAddresses) -> anyhow::Result<ExternalAddresses> {
+/// refuses to start. Also says whether the agent opened the lookups itself (and closes them when it stops).
+fn open_families(given: &ExternalAddresses) -> anyhow::Result<(ExternalAddresses, bool)> {
     let mut external = *given;
-    if given.v6.is_some()
-        && let Err(e) = host::open_ipv6_route_lookups()
-    {
-        if given.v4.is_none() {
-            return Err(
-                e.context("IPv6 cannot be translated, and there is no IPv4 external address")
-            );
-        }
-        warn!("IPv6 is not translated, IPv4 only: {e:#}");
-        external.v6 = None;
+    if given.v6.is_none() {
+        return Ok((external, false));
     }
-    Ok(external)
+    match host::open_ipv6_route_lookups() {
+        Ok(opened) => Ok((external, opened)),
+        Err(e) if given.v4.is_none() => {
+            Err(e.context("IPv6 cannot be translated, and there is no IPv4 external address"))
+        }
+        Err(e) => {
+            warn!("IPv6 is not translated, IPv4 only: {e:#}");
+            external.v6 = None;
+            Ok((external, false))
+        }
+    }
 }
 
 /// The sources of the families the instance has an external address for: a resource may name sources of both
@@ -291,6 +296,7 @@ pub async fn run(
         range_ports,
         _lock,
         external,
+        opened_ipv6_lookups,
         bfd,
         bfd_status,
     } = running;
@@ -412,7 +418,7 @@ pub async fn run(
     let pin_dir = datapath.pin_dir().to_owned();
     drop(datapath);
     host::set_loopback_forwarding(false)?;
-    if external.v6.is_some() {
+    if opened_ipv6_lookups {
         host::close_ipv6_route_lookups()?;
     }
     info!(

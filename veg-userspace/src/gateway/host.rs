@@ -193,25 +193,35 @@ const IPV6_FORWARDING_LOOPBACK: &str = "/proc/sys/net/ipv6/conf/lo/forwarding";
 
 /// Own IPv6 forwarding as IPv4's: the kernel's own forwarding off ("all", so that nothing crosses untranslated
 /// without the programs), the loopback interface's on while the agent runs (the programs' IPv6 route lookups
-/// are answered only then). Writing "all" resets every interface's switch, so it goes first.
-pub fn open_ipv6_route_lookups() -> anyhow::Result<()> {
-    let all = std::fs::read_to_string(IPV6_FORWARDING_ALL)
-        .with_context(|| format!("reading {IPV6_FORWARDING_ALL} (is IPv6 disabled here?)"))?;
-    if all.trim() != "0" {
+/// are answered only then). Writing "all" resets every interface's switch, so it goes first. Nothing is written
+/// that is already so: in a pod /proc/sys is read-only and the pod's sysctls (which the controller sets) have done
+/// it. Returns whether the agent turned the loopback's on itself, and so must turn it off when it stops.
+pub fn open_ipv6_route_lookups() -> anyhow::Result<bool> {
+    if read_sysctl(IPV6_FORWARDING_ALL)? {
         write_sysctl(IPV6_FORWARDING_ALL, false).context(
             "IPv6 forwarding is on for every interface (net.ipv6.conf.all.forwarding=1), so the kernel would \
              forward IPv6 untranslated between the instance's interfaces; it must be 0 in the instance",
         )?;
     }
+    if read_sysctl(IPV6_FORWARDING_LOOPBACK)? {
+        return Ok(false);
+    }
     write_sysctl(IPV6_FORWARDING_LOOPBACK, true).context(
         "the datapath's IPv6 route lookups need net.ipv6.conf.lo.forwarding=1 in the instance (allow that sysctl \
          for the pod, or run without an IPv6 --external-ip)",
-    )
+    )?;
+    Ok(true)
 }
 
-/// Turn the loopback interface's IPv6 forwarding off again (the agent is stopping).
+/// Turn the loopback interface's IPv6 forwarding off again (the agent is stopping, and turned it on).
 pub fn close_ipv6_route_lookups() -> anyhow::Result<()> {
     write_sysctl(IPV6_FORWARDING_LOOPBACK, false)
+}
+
+fn read_sysctl(path: &str) -> anyhow::Result<bool> {
+    let value = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {path} (is IPv6 disabled here?)"))?;
+    Ok(value.trim() != "0")
 }
 
 fn write_sysctl(path: &str, on: bool) -> anyhow::Result<()> {
