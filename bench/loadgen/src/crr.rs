@@ -19,7 +19,8 @@ use std::{
 use serde_json::{Value, json};
 
 pub fn serve(port: u16) -> anyhow::Result<Value> {
-    let listener = TcpListener::bind(("0.0.0.0", port))?;
+    // "::" takes IPv4 too (as IPv4-mapped addresses): one server for both families' scenarios.
+    let listener = TcpListener::bind(("::", port))?;
     for stream in listener.incoming() {
         let Ok(mut stream) = stream else { continue };
         std::thread::spawn(move || {

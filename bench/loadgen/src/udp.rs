@@ -1,9 +1,9 @@
-//! UDP packet rate: a flooder that writes prebuilt Ethernet frames straight to the client's interface
-//! (AF_PACKET, qdisc bypassed, sendmmsg), spread over many source ports. It skips the client's own IP stack so that
+//! UDP packet rate: a flooder that writes prebuilt Ethernet frames (IPv4 or IPv6) straight to the client's
+//! interface (AF_PACKET, qdisc bypassed, sendmmsg), spread over many source ports. It skips the client's own IP stack so that
 //! the gateway, not the sender, is what limits the rate. The bench counts arrivals at the server's interface.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd,
     time::{Duration, Instant},
 };
@@ -27,40 +27,70 @@ fn checksum(data: &[u8], initial: u32) -> u16 {
     !(sum as u16)
 }
 
-/// An IPv4/UDP packet with correct checksums.
-fn packet(src: Ipv4Addr, dst: SocketAddrV4, sport: u16, payload: usize) -> Vec<u8> {
+/// An IPv4/UDP or IPv6/UDP packet with correct checksums (the families of `src` and `dst` agree: checked when the
+/// path is read).
+fn packet(src: IpAddr, dst: SocketAddr, sport: u16, payload: usize) -> Vec<u8> {
+    match (src, dst.ip()) {
+        (IpAddr::V6(src), IpAddr::V6(dst_ip)) => packet6(src, dst_ip, sport, dst.port(), payload),
+        (IpAddr::V4(src), IpAddr::V4(dst_ip)) => packet4(src, dst_ip, sport, dst.port(), payload),
+        _ => unreachable!("FramePath::check refuses mixed families"),
+    }
+}
+
+/// The UDP header and payload after the IP header, its checksum over `pseudo` (the pseudo-header's sum).
+fn udp_segment(sport: u16, dport: u16, payload: usize, pseudo: impl Fn(usize) -> u32) -> Vec<u8> {
     let udp_len = 8 + payload;
-    let total = 20 + udp_len;
-    let mut p = vec![0u8; total];
+    let mut u = vec![0u8; udp_len];
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&dport.to_be_bytes());
+    u[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    for (i, b) in u[8..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let mut csum = checksum(&u, pseudo(udp_len));
+    if csum == 0 {
+        csum = 0xffff;
+    }
+    u[6..8].copy_from_slice(&csum.to_be_bytes());
+    u
+}
+
+fn sum_words(bytes: &[u8]) -> u32 {
+    bytes
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
+        .sum()
+}
+
+fn packet6(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16, payload: usize) -> Vec<u8> {
+    let udp = udp_segment(sport, dport, payload, |len| {
+        sum_words(&src.octets()) + sum_words(&dst.octets()) + len as u32 + 17
+    });
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&(udp.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[17, 64]);
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&udp);
+    p
+}
+
+fn packet4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: usize) -> Vec<u8> {
+    let udp = udp_segment(sport, dport, payload, |len| {
+        sum_words(&src.octets()) + sum_words(&dst.octets()) + 17 + len as u32
+    });
+    let total = 20 + udp.len();
+    let mut p = vec![0u8; 20];
     p[0] = 0x45;
     p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
     p[6] = 0x40; // don't fragment
     p[8] = 64;
     p[9] = 17;
     p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.ip().octets());
-    let ip_csum = checksum(&p[..20], 0);
+    p[16..20].copy_from_slice(&dst.octets());
+    let ip_csum = checksum(&p, 0);
     p[10..12].copy_from_slice(&ip_csum.to_be_bytes());
-    p[20..22].copy_from_slice(&sport.to_be_bytes());
-    p[22..24].copy_from_slice(&dst.port().to_be_bytes());
-    p[24..26].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    for (i, b) in p[28..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.ip().octets());
-    pseudo.extend_from_slice(&[0, 17]);
-    pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    let initial = pseudo
-        .chunks(2)
-        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
-        .sum();
-    let mut csum = checksum(&p[20..], initial);
-    if csum == 0 {
-        csum = 0xffff;
-    }
-    p[26..28].copy_from_slice(&csum.to_be_bytes());
+    p.extend_from_slice(&udp);
     p
 }
 
@@ -75,7 +105,7 @@ fn parse_mac(text: &str) -> anyhow::Result<[u8; 6]> {
         .map_err(|_| anyhow::anyhow!("invalid MAC address {text:?}"))
 }
 
-/// Where the frames go: out of INTERFACE to the gateway's MAC address, from SRC to DST.
+/// Where the frames go: out of INTERFACE to the gateway's MAC address, from SRC to DST (both IPv4 or both IPv6).
 #[derive(clap::Args)]
 pub struct FramePath {
     #[arg(long)]
@@ -83,28 +113,39 @@ pub struct FramePath {
     #[arg(long)]
     gateway_mac: String,
     #[arg(long)]
-    src: Ipv4Addr,
+    src: IpAddr,
     #[arg(long)]
     dst: SocketAddr,
 }
 
 impl FramePath {
-    fn dst_v4(&self) -> anyhow::Result<SocketAddrV4> {
-        match self.dst {
-            SocketAddr::V4(dst) => Ok(dst),
-            SocketAddr::V6(_) => bail!("IPv4 only"),
+    fn check(&self) -> anyhow::Result<()> {
+        if self.src.is_ipv4() != self.dst.is_ipv4() {
+            bail!(
+                "--src {} and --dst {} are of different families",
+                self.src,
+                self.dst
+            );
         }
+        Ok(())
+    }
+
+    /// The EtherType of the frames.
+    fn ether_type(&self) -> u16 {
+        if self.src.is_ipv4() { 0x0800 } else { 0x86dd }
     }
 }
 
-/// An AF_PACKET socket bound to the client's interface that sends prebuilt IPv4 packets to the gateway's MAC.
+/// An AF_PACKET socket bound to the client's interface that sends prebuilt IP packets to the gateway's MAC.
 struct FrameSender {
     socket: socket2::Socket,
     ethernet: Vec<u8>,
 }
 
 impl FrameSender {
-    fn open(interface: &str, gateway_mac: &str) -> anyhow::Result<FrameSender> {
+    fn open(path: &FramePath) -> anyhow::Result<FrameSender> {
+        path.check()?;
+        let (interface, gateway_mac) = (path.interface.as_str(), path.gateway_mac.as_str());
         // `ip netns exec` mounts the namespace's own /sys.
         let own_mac = parse_mac(&std::fs::read_to_string(format!(
             "/sys/class/net/{interface}/address"
@@ -112,7 +153,7 @@ impl FrameSender {
         let mut ethernet = Vec::with_capacity(14);
         ethernet.extend_from_slice(&parse_mac(gateway_mac)?);
         ethernet.extend_from_slice(&own_mac);
-        ethernet.extend_from_slice(&0x0800u16.to_be_bytes());
+        ethernet.extend_from_slice(&path.ether_type().to_be_bytes());
 
         let socket = socket2::Socket::new(socket2::Domain::PACKET, socket2::Type::RAW, None)
             .context("AF_PACKET socket (needs root)")?;
@@ -126,7 +167,7 @@ impl FrameSender {
         unsafe {
             let mut addr: libc::sockaddr_ll = std::mem::zeroed();
             addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+            addr.sll_protocol = path.ether_type().to_be();
             addr.sll_ifindex = ifindex as i32;
             if libc::bind(
                 socket.as_raw_fd(),
@@ -192,11 +233,11 @@ pub fn flood(
     payload: usize,
     duration: Duration,
 ) -> anyhow::Result<Value> {
-    let dst = path.dst_v4()?;
+    let dst = path.dst;
     if flows == 0 {
         bail!("--flows must be at least 1");
     }
-    let sender = FrameSender::open(&path.interface, &path.gateway_mac)?;
+    let sender = FrameSender::open(path)?;
     let frames: Vec<Vec<u8>> = (0..flows)
         .map(|i| sender.frame(&packet(path.src, dst, FIRST_SOURCE_PORT + i, payload)))
         .collect();
@@ -219,7 +260,7 @@ pub fn flood(
 /// FIRST_SOURCE_PORT + i / DST_PORTS to destination port FIRST_DST_PORT + i % DST_PORTS, so that no remote
 /// endpoint holds more flows than a NAT's port range can translate.
 pub fn open_flows(path: &FramePath, flows: u32, dst_ports: u16) -> anyhow::Result<Value> {
-    let dst = path.dst_v4()?;
+    let dst = path.dst;
     let per_port = flows.div_ceil(u32::from(dst_ports.max(1)));
     if dst_ports == 0
         || u32::from(dst.port()) + u32::from(dst_ports) > 65536
@@ -231,7 +272,7 @@ pub fn open_flows(path: &FramePath, flows: u32, dst_ports: u16) -> anyhow::Resul
             dst.port()
         );
     }
-    let sender = FrameSender::open(&path.interface, &path.gateway_mac)?;
+    let sender = FrameSender::open(path)?;
     let mut sent = 0u64;
     let start = Instant::now();
     let mut i = 0u32;
@@ -240,7 +281,7 @@ pub fn open_flows(path: &FramePath, flows: u32, dst_ports: u16) -> anyhow::Resul
             .map(|f| {
                 let sport = FIRST_SOURCE_PORT + (f / u32::from(dst_ports)) as u16;
                 let dport = dst.port() + (f % u32::from(dst_ports)) as u16;
-                let to = SocketAddrV4::new(*dst.ip(), dport);
+                let to = SocketAddr::new(dst.ip(), dport);
                 sender.frame(&packet(path.src, to, sport, 18))
             })
             .collect();

@@ -21,11 +21,12 @@ use veg_testbed::topology::Topology;
 use crate::workspace::{build_veg, build_veg_release, root, setup, step};
 use modes::{ALL, enable};
 use report::Record;
-use scenarios::{CLIENT_IP, SCENARIOS, Tools, measure, start_tcp_server};
+use scenarios::{CLIENT_IP, CLIENT_IPV6, SCENARIOS, Tools, measure, start_tcp_server};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Scenarios to run (default: all): udp-many, udp-one, tcp-stream-1, tcp-stream-8, tcp-crr, tcp-rr,
+    /// Scenarios to run (default: all): udp-many, udp-one, tcp-stream-1, tcp-stream-8, tcp-crr, tcp-rr, the same
+    /// over IPv6 (udp-many-ipv6, udp-one-ipv6, tcp-stream-1-ipv6, tcp-crr-ipv6, tcp-rr-ipv6),
     /// flow-table (1,000,000 concurrent UDP translations: insertion rate and memory; raises the host's
     /// nf_conntrack_max and nf_conntrack_buckets for the run and restores them); or
     /// `ovn` alone for the OVN programming benchmark (1,000 gateways, a 10,000-port selector); `failover` alone
@@ -91,7 +92,7 @@ fn topology(smoke: bool) -> anyhow::Result<(Topology, Tools)> {
     };
     step("building the topology: client -> gateway instance -> server");
     let mut topo = Topology::new(veg.to_str().context("non-UTF-8 path")?);
-    topo.add_client(CLIENT_IP);
+    topo.add_dual_stack_client(CLIENT_IP, CLIENT_IPV6);
     Ok((topo, tools))
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use veg_testbed::topology::{Gateway, SNAT_SOURCES, Topology};
+use veg_testbed::topology::{Gateway, SNAT_SOURCES, SNAT_SOURCES_V6, Topology};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -11,9 +11,10 @@ pub enum Mode {
     /// veg writing a translation record for every translation created and ended (`--flow-records FILE`): what
     /// the records cost, beside veg without them.
     VegRecords,
-    /// `iptables -t nat -A POSTROUTING -s SRC -j MASQUERADE --random-fully`, as the reference's instance.
+    /// `iptables -t nat -A POSTROUTING -s SRC -j MASQUERADE --random-fully`, as the reference's instance, and
+    /// ip6tables' alike for IPv6.
     Iptables,
-    /// nftables `masquerade fully-random`.
+    /// nftables `masquerade fully-random`, in an ip and an ip6 table.
     Nftables,
 }
 
@@ -79,55 +80,64 @@ pub fn enable_translating<'a>(
             if let Some(path) = &records_flag {
                 flags.extend(["--flow-records", path]);
             }
+            // Both families, as a dual-stack instance: the IPv4 scenarios take the same path as with IPv4 alone.
             Active::Veg {
-                agent: Some(topo.start_gateway(&flags)),
+                agent: Some(topo.start_dual_stack_gateway(&flags)),
                 records,
             }
         }
         Mode::Iptables => {
             gw.sysctl("net.ipv4.conf.all.forwarding", "1");
-            let mut rule = vec![
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-s",
-                SNAT_SOURCES,
-                "-j",
-                "MASQUERADE",
-                "--random-fully",
-            ];
-            if let Some(range) = range {
-                rule.extend(["-p", "udp", "--to-ports", range]);
+            gw.sysctl("net.ipv6.conf.all.forwarding", "1");
+            for (tool, sources) in [("iptables", SNAT_SOURCES), ("ip6tables", SNAT_SOURCES_V6)] {
+                let mut rule = vec![
+                    "-t",
+                    "nat",
+                    "-A",
+                    "POSTROUTING",
+                    "-s",
+                    sources,
+                    "-j",
+                    "MASQUERADE",
+                    "--random-fully",
+                ];
+                if let Some(range) = range {
+                    rule.extend(["-p", "udp", "--to-ports", range]);
+                }
+                gw.exec_ok(tool, &rule);
             }
-            gw.exec_ok("iptables", &rule);
             Active::Netfilter { topo, mode }
         }
         Mode::Nftables => {
             gw.sysctl("net.ipv4.conf.all.forwarding", "1");
-            gw.exec_ok("nft", &["add", "table", "ip", "veg_bench"]);
-            gw.exec_ok(
-                "nft",
-                &["add chain ip veg_bench postrouting { type nat hook postrouting priority 100 ; }"],
-            );
-            let to_ports = range.map(|r| format!("to :{r}"));
-            let mut rule = vec![
-                "add",
-                "rule",
-                "ip",
-                "veg_bench",
-                "postrouting",
-                "ip",
-                "saddr",
-                SNAT_SOURCES,
-            ];
-            if let Some(to_ports) = &to_ports {
-                rule.extend(["meta", "l4proto", "udp", "masquerade", to_ports]);
-            } else {
-                rule.push("masquerade");
+            gw.sysctl("net.ipv6.conf.all.forwarding", "1");
+            for (family, match_source, sources) in
+                [("ip", "ip", SNAT_SOURCES), ("ip6", "ip6", SNAT_SOURCES_V6)]
+            {
+                gw.exec_ok("nft", &["add", "table", family, "veg_bench"]);
+                let chain = format!(
+                    "add chain {family} veg_bench postrouting {{ type nat hook postrouting priority 100 ; }}"
+                );
+                gw.exec_ok("nft", &[&chain]);
+                let to_ports = range.map(|r| format!("to :{r}"));
+                let mut rule = vec![
+                    "add",
+                    "rule",
+                    family,
+                    "veg_bench",
+                    "postrouting",
+                    match_source,
+                    "saddr",
+                    sources,
+                ];
+                if let Some(to_ports) = &to_ports {
+                    rule.extend(["meta", "l4proto", "udp", "masquerade", to_ports]);
+                } else {
+                    rule.push("masquerade");
+                }
+                rule.push("fully-random");
+                gw.exec_ok("nft", &rule);
             }
-            rule.push("fully-random");
-            gw.exec_ok("nft", &rule);
             Active::Netfilter { topo, mode }
         }
     }
@@ -155,11 +165,19 @@ impl Drop for Active<'_> {
         if let Active::Netfilter { topo, mode } = self {
             let gw = &topo.gateway;
             match mode {
-                Mode::Iptables => drop(gw.exec("iptables", &["-t", "nat", "-F", "POSTROUTING"])),
-                _ => drop(gw.exec("nft", &["delete", "table", "ip", "veg_bench"])),
+                Mode::Iptables => {
+                    drop(gw.exec("iptables", &["-t", "nat", "-F", "POSTROUTING"]));
+                    drop(gw.exec("ip6tables", &["-t", "nat", "-F", "POSTROUTING"]));
+                }
+                _ => {
+                    drop(gw.exec("nft", &["delete", "table", "ip", "veg_bench"]));
+                    drop(gw.exec("nft", &["delete", "table", "ip6", "veg_bench"]));
+                }
             }
             drop(gw.exec("conntrack", &["-F"]));
+            drop(gw.exec("conntrack", &["-F", "-f", "ipv6"]));
             gw.sysctl("net.ipv4.conf.all.forwarding", "0");
+            gw.sysctl("net.ipv6.conf.all.forwarding", "0");
         }
     }
 }

@@ -10,9 +10,10 @@ use serde_json::Value;
 use veg_testbed::{
     command::output_of,
     netns::Netns,
-    topology::{SERVER_IP, Topology},
+    topology::{SERVER_IP, SERVER_IPV6, Topology},
 };
 
+/// Each over IPv4, then the same over IPv6 (the "-ipv6" ones: veg's NAT66 against ip6tables and nftables).
 pub const SCENARIOS: &[&str] = &[
     "udp-many",
     "udp-one",
@@ -20,8 +21,27 @@ pub const SCENARIOS: &[&str] = &[
     "tcp-stream-8",
     "tcp-crr",
     "tcp-rr",
+    "udp-many-ipv6",
+    "udp-one-ipv6",
+    "tcp-stream-1-ipv6",
+    "tcp-crr-ipv6",
+    "tcp-rr-ipv6",
 ];
 pub const CLIENT_IP: &str = "10.16.0.2";
+pub const CLIENT_IPV6: &str = "fd00:10:16::2";
+
+/// The client's and the server's addresses for a scenario, and the scenario's name without its family.
+fn family_of(scenario: &str) -> (&'static str, &'static str, &str) {
+    match scenario.strip_suffix("-ipv6") {
+        Some(base) => (CLIENT_IPV6, SERVER_IPV6, base),
+        None => (CLIENT_IP, SERVER_IP, scenario),
+    }
+}
+
+/// "ADDRESS:PORT", bracketed for IPv6.
+fn endpoint(address: &str, port: u16) -> String {
+    std::net::SocketAddr::new(address.parse().expect("a constant address"), port).to_string()
+}
 const UDP_PORT: u16 = 9000;
 pub const TCP_PORT: u16 = 8080;
 const IPERF_PORT: u16 = 5201;
@@ -79,9 +99,9 @@ pub(super) struct Flood {
     pub kernel_cpu_ns: f64,
 }
 
-/// Flood the server's `port` from the client with UDP over `flows` source ports for `seconds`. The server drops
-/// IPv4 at its interface's ingress: arrivals are counted, and no socket or ICMP answer costs anything, so the
-/// gateway is what limits the rate. ARP still passes.
+/// Flood the server's `port` from the client with UDP over `flows` source ports for `seconds`, over IPv4 or (with
+/// `ipv6`) IPv6. The server drops UDP at its interface's ingress: arrivals are counted, and no socket or ICMP
+/// answer costs anything, so the gateway is what limits the rate. ARP and neighbour discovery still pass.
 pub(super) fn flood(
     topo: &Topology,
     tools: &Tools,
@@ -89,14 +109,25 @@ pub(super) fn flood(
     flows: u16,
     seconds: f64,
 ) -> anyhow::Result<Flood> {
+    flood_family(topo, tools, (CLIENT_IP, SERVER_IP), port, flows, seconds)
+}
+
+fn flood_family(
+    topo: &Topology,
+    tools: &Tools,
+    (src, dst): (&str, &str),
+    port: u16,
+    flows: u16,
+    seconds: f64,
+) -> anyhow::Result<Flood> {
     let _drop = ServerDrop::install(&topo.server)?;
     let rx_before = rx_packets(&topo.server)?;
     let cpu_before = kernel_cpu_ns();
-    let run = spawn_frames(
+    let run = spawn_frames_between(
         topo,
         tools,
         "udp-flood",
-        port,
+        (src, &endpoint(dst, port)),
         &[
             "--flows",
             &flows.to_string(),
@@ -123,14 +154,18 @@ pub fn measure(
 ) -> anyhow::Result<Sample> {
     let client = &topo.clients[0];
     let secs = format!("{seconds}");
-    match scenario {
+    let (client_ip, server_ip, base) = family_of(scenario);
+    match base {
         "udp-many" | "udp-one" => {
-            let flows = if scenario == "udp-many" {
-                MANY_FLOWS
-            } else {
-                1
-            };
-            let flood = flood(topo, tools, UDP_PORT, flows, seconds)?;
+            let flows = if base == "udp-many" { MANY_FLOWS } else { 1 };
+            let flood = flood_family(
+                topo,
+                tools,
+                (client_ip, server_ip),
+                UDP_PORT,
+                flows,
+                seconds,
+            )?;
             Ok(vec![
                 ("kpps", flood.delivered / flood.seconds / 1000.0),
                 (
@@ -152,7 +187,7 @@ pub fn measure(
             ])
         }
         "tcp-stream-1" | "tcp-stream-8" => {
-            let streams = if scenario == "tcp-stream-1" { "1" } else { "8" };
+            let streams = if base == "tcp-stream-1" { "1" } else { "8" };
             let server = spawn_in(
                 &topo.server,
                 "iperf3",
@@ -164,7 +199,7 @@ pub fn measure(
                 "iperf3",
                 &[
                     "-c",
-                    SERVER_IP,
+                    server_ip,
                     "-p",
                     &IPERF_PORT.to_string(),
                     "-P",
@@ -182,7 +217,7 @@ pub fn measure(
             Ok(vec![("gbit_per_s", bps / 1e9)])
         }
         "tcp-crr" => {
-            let dst = format!("{SERVER_IP}:{TCP_PORT}");
+            let dst = endpoint(server_ip, TCP_PORT);
             let run = spawn_in(
                 client,
                 &tools.loadgen,
@@ -199,7 +234,7 @@ pub fn measure(
             ])
         }
         "tcp-rr" => {
-            let dst = format!("{SERVER_IP}:{TCP_PORT}");
+            let dst = endpoint(server_ip, TCP_PORT);
             let run = spawn_in(
                 client,
                 &tools.loadgen,
@@ -227,11 +262,22 @@ pub(super) fn spawn_frames(
     port: u16,
     extra: &[&str],
 ) -> anyhow::Result<Child> {
+    let dst = endpoint(SERVER_IP, port);
+    spawn_frames_between(topo, tools, subcommand, (CLIENT_IP, &dst), extra)
+}
+
+/// `spawn_frames` from the client's address `src` to `dst` ("ADDRESS:PORT"), either family.
+fn spawn_frames_between(
+    topo: &Topology,
+    tools: &Tools,
+    subcommand: &str,
+    (src, dst): (&str, &str),
+    extra: &[&str],
+) -> anyhow::Result<Child> {
     let gateway_mac = link(&topo.gateway, "eth0")?["address"]
         .as_str()
         .context("no MAC on the gateway's eth0")?
         .to_owned();
-    let dst = format!("{SERVER_IP}:{port}");
     let mut args = vec![
         subcommand,
         "--interface",
@@ -239,9 +285,9 @@ pub(super) fn spawn_frames(
         "--gateway-mac",
         &gateway_mac,
         "--src",
-        CLIENT_IP,
+        src,
         "--dst",
-        &dst,
+        dst,
     ];
     args.extend_from_slice(extra);
     spawn_in(&topo.clients[0], &tools.loadgen, &args)
@@ -274,7 +320,8 @@ impl<'a> ServerDrop<'a> {
         let rule = format!(
             "add table netdev veg_bench_sink\n\
              add chain netdev veg_bench_sink ingress {{ type filter hook ingress device \"{SERVER_INTERFACE}\" priority 0; }}\n\
-             add rule netdev veg_bench_sink ingress ip protocol udp drop\n"
+             add rule netdev veg_bench_sink ingress ip protocol udp drop\n\
+             add rule netdev veg_bench_sink ingress ip6 nexthdr udp drop\n"
         );
         output_of(&mut server.command("nft", &[&rule]))
             .map_err(|e| anyhow::anyhow!("installing the server's drop rule: {e}"))?;
