@@ -13,7 +13,7 @@ use veg_testbed::{
     },
     skip_unless_root,
     topology::{
-        GATEWAY_EXTERNAL_IPV6, GATEWAY_INTERNAL_IPV6, SERVER_IPV6, Topology, external_ip,
+        GATEWAY_EXTERNAL_IPV6, GATEWAY_INTERNAL_IPV6, SERVER_IPV6, Stack, Topology, external_ip,
         external_ipv6, server, server6,
     },
 };
@@ -98,6 +98,34 @@ fn tcp_udp_and_ping6_leave_with_the_external_ipv6_address() {
         "0",
         "the agent closes IPv6 route lookups"
     );
+}
+
+#[test]
+fn an_ipv6_only_gateway_translates_ipv6_and_lets_no_ipv4_through() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_dual_stack_client("10.16.0.2", "fd00:10:16::2");
+    let gateway = topo.start_gateway_for(Stack::Ipv6, &[]);
+    let udp6 = udp_echo_at(&topo.server, server6(UDP_PORT));
+    let udp4 = udp_echo_at(&topo.server, server(UDP_PORT));
+    let c = topo.client(client);
+    assert_eq!(
+        udp_round_trip(c, 0, server6(UDP_PORT), b"v6").unwrap(),
+        b"v6"
+    );
+    assert!(udp_round_trip(c, 0, server(UDP_PORT), b"v4").is_err());
+    assert_eq!(
+        udp6.peers().iter().map(SocketAddr::ip).collect::<Vec<_>>(),
+        [external_ipv6()]
+    );
+    assert!(
+        udp4.peers().is_empty(),
+        "IPv4 got through: {:?}",
+        udp4.peers()
+    );
+    assert!(gateway.counter("dropped_no_policy") >= 1);
 }
 
 #[test]
@@ -242,10 +270,23 @@ fn packet_too_big_beyond_the_gateway_is_learned_by_the_client_and_a_large_write_
     let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
     let client = topo.add_dual_stack_client("10.16.0.2", "fd00:10:16::2");
     let far = add_far_host(&topo);
-    // The router's side of the link to the far host carries 1280 bytes at most (IPv6's minimum); the far host's
-    // side, 1500, so it announces a larger MSS, and only Packet Too Big through the gateway makes the client's
-    // segments fit: IPv6 routers never fragment.
-    topo.server.ip(&["link", "set", "far0", "mtu", "1280"]);
+    // The router's route to the far host carries 1280 bytes at most (IPv6's minimum); the far host, on a
+    // 1500-byte link, announces a larger MSS, so only Packet Too Big through the gateway makes the client's
+    // segments fit: IPv6 routers never fragment. (The route replaces the link's own, metric 256: one with
+    // another metric would sit beside it unused. A smaller link MTU instead would drop the far host's larger
+    // replies at the link, unanswered.)
+    topo.server.ip(&[
+        "-6",
+        "route",
+        "replace",
+        "fd00:172:18::/64",
+        "dev",
+        "far0",
+        "metric",
+        "256",
+        "mtu",
+        "1280",
+    ]);
     let gateway = topo.start_dual_stack_gateway(&[]);
     let _echo = tcp_echo_at(&far, SocketAddr::new("::".parse().unwrap(), TCP_PORT));
     let to = SocketAddr::new(FAR_IPV6.parse().unwrap(), TCP_PORT);

@@ -109,7 +109,7 @@ pub struct Packet {
     /// IPv4's TTL or IPv6's hop limit.
     pub ttl: u8,
     pub dont_fragment: bool,
-    /// More-fragments set or a non-zero offset: the gateway does not translate fragments yet.
+    /// More-fragments set or a non-zero offset (IPv6: a fragment header).
     pub is_fragment: bool,
     /// A fragment other than the first: it carries no transport header.
     pub later_fragment: bool,
@@ -169,8 +169,9 @@ impl Packet {
         headers.saturating_add(segment as u16)
     }
 
-    /// Where the transport header starts. Kept as a u8 (at most 14 + 60, or 14 + 40 + EXT_HEADERS_MAX): the packet lives in map memory, where
-    /// the verifier knows nothing of a value but its type's range, and an offset into the packet must be bounded.
+    /// Where the transport header starts. Kept as a u8 (at most 14 + 60, or 14 + 40 + EXT_HEADERS_MAX): the packet
+    /// lives in map memory, where the verifier knows nothing of a value but its type's range, and an offset into
+    /// the packet must be bounded.
     #[inline(always)]
     pub fn l4(&self) -> usize {
         usize::from(self.l4_off)

@@ -13,6 +13,12 @@ impl Netns {
             name: name.to_owned(),
         };
         ns.ip(&["link", "set", "lo", "up"]);
+        // No duplicate address detection on the interfaces to come: until a link's link-local address has passed
+        // it (one to two seconds), the kernel sends no neighbour solicitation for packets it forwards or the
+        // datapath redirects, and the first IPv6 packets of a test would be lost.
+        for scope in ["all", "default"] {
+            ns.sysctl(&format!("net.ipv6.conf.{scope}.accept_dad"), "0");
+        }
         ns
     }
 

@@ -184,24 +184,36 @@ impl Topology {
 
     /// Start `veg gateway` in the instance with the topology's policies plus `extra` arguments.
     pub fn start_gateway(&self, extra: &[&str]) -> Gateway {
-        let name = format!("{}-gw", self.prefix);
-        Gateway::start(&self.veg, &name, &self.gateway.name, false, extra)
+        self.start_gateway_for(Stack::Ipv4, extra)
     }
 
     /// The same, translating IPv6 too: both external addresses and the IPv6 policies.
     pub fn start_dual_stack_gateway(&self, extra: &[&str]) -> Gateway {
-        let name = format!("{}-gw", self.prefix);
-        Gateway::start(&self.veg, &name, &self.gateway.name, true, extra)
+        self.start_gateway_for(Stack::Dual, extra)
     }
+
+    /// The same, for the families of `stack`.
+    pub fn start_gateway_for(&self, stack: Stack, extra: &[&str]) -> Gateway {
+        let name = format!("{}-gw", self.prefix);
+        Gateway::start(&self.veg, &name, &self.gateway.name, stack, extra)
+    }
+}
+
+/// The families a gateway translates: its external addresses and the policies of their families.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stack {
+    Ipv4,
+    Dual,
+    Ipv6,
 }
 
 /// `veg gateway NAME` in the topology's instance `netns`, with the topology's interfaces, external address and policies.
 pub fn gateway_command(veg: &str, name: &str, netns: &str) -> Command {
-    gateway_command_families(veg, name, netns, false)
+    gateway_command_families(veg, name, netns, Stack::Ipv4)
 }
 
-/// `gateway_command`, with the IPv6 address and policies too when `dual_stack`.
-pub fn gateway_command_families(veg: &str, name: &str, netns: &str, dual_stack: bool) -> Command {
+/// `gateway_command`, with the external addresses and policies of `stack`'s families.
+pub fn gateway_command_families(veg: &str, name: &str, netns: &str, stack: Stack) -> Command {
     let mut command = Command::new(veg);
     command
         .args(["gateway", "--name", name, "--netns", netns])
@@ -210,18 +222,18 @@ pub fn gateway_command_families(veg: &str, name: &str, netns: &str, dual_stack: 
             "eth0",
             "--external-interface",
             "net1",
-        ])
-        .args(["--snat", SNAT_SOURCES, "--forward", FORWARD_SOURCES]);
-    if dual_stack {
-        let both = format!("{GATEWAY_EXTERNAL_IP},{GATEWAY_EXTERNAL_IPV6}");
-        command.args(["--external-ip", &both]).args([
-            "--snat",
-            SNAT_SOURCES_V6,
-            "--forward",
-            FORWARD_SOURCES_V6,
         ]);
-    } else {
-        command.args(["--external-ip", GATEWAY_EXTERNAL_IP]);
+    let external = match stack {
+        Stack::Ipv4 => GATEWAY_EXTERNAL_IP.to_owned(),
+        Stack::Dual => format!("{GATEWAY_EXTERNAL_IP},{GATEWAY_EXTERNAL_IPV6}"),
+        Stack::Ipv6 => GATEWAY_EXTERNAL_IPV6.to_owned(),
+    };
+    command.args(["--external-ip", &external]);
+    if stack != Stack::Ipv6 {
+        command.args(["--snat", SNAT_SOURCES, "--forward", FORWARD_SOURCES]);
+    }
+    if stack != Stack::Ipv4 {
+        command.args(["--snat", SNAT_SOURCES_V6, "--forward", FORWARD_SOURCES_V6]);
     }
     command
 }
@@ -231,19 +243,19 @@ pub struct Gateway {
     pub name: String,
     veg: String,
     netns: String,
-    dual_stack: bool,
+    stack: Stack,
     extra: Vec<String>,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
 }
 
 impl Gateway {
-    fn start(veg: &str, name: &str, netns: &str, dual_stack: bool, extra: &[&str]) -> Gateway {
+    fn start(veg: &str, name: &str, netns: &str, stack: Stack, extra: &[&str]) -> Gateway {
         let mut gateway = Gateway {
             name: name.to_owned(),
             veg: veg.to_owned(),
             netns: netns.to_owned(),
-            dual_stack,
+            stack,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             log: Arc::new(Mutex::new(String::new())),
@@ -253,14 +265,13 @@ impl Gateway {
     }
 
     fn spawn(&mut self) {
-        let mut child =
-            gateway_command_families(&self.veg, &self.name, &self.netns, self.dual_stack)
-                .args(&self.extra)
-                .env("NO_COLOR", "1")
-                .env("RUST_LOG", "info")
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("starting veg gateway");
+        let mut child = gateway_command_families(&self.veg, &self.name, &self.netns, self.stack)
+            .args(&self.extra)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting veg gateway");
         let stderr = child.stderr.take().unwrap();
         let log = self.log.clone();
         std::thread::spawn(move || {
