@@ -363,3 +363,27 @@ fn traceroute6_from_a_pod_shows_every_hop_with_udp_and_icmp_probes() {
         }
     }
 }
+
+#[test]
+fn a_4000_byte_datagram_arrives_whole_each_way_from_a_snat_and_a_forward_source() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let snat = topo.add_dual_stack_client("10.16.0.2", "fd00:10:16::2");
+    let forward = topo.add_dual_stack_client("10.16.1.2", "fd00:10:16:1::2");
+    let gateway = topo.start_dual_stack_gateway(&[]);
+    let echo = udp_echo_at(&topo.server, server6(UDP_PORT));
+    // 4000 bytes leave a client in three fragments (the sender's own, first first), and the echo comes back in
+    // three.
+    let datagram: Vec<u8> = (0..4000).map(|i| (i % 253) as u8).collect();
+    for client in [snat, forward] {
+        let echoed = udp_round_trip(topo.client(client), 0, server6(UDP_PORT), &datagram)
+            .expect("the fragmented datagram or its echo was lost");
+        assert!(echoed == datagram, "the echo came back changed");
+    }
+    let sources: Vec<String> = echo.peers().iter().map(|p| p.ip().to_string()).collect();
+    assert_eq!(sources, [GATEWAY_EXTERNAL_IPV6, "fd00:10:16:1::2"]);
+    assert_eq!(gateway.counter("fragments_translated_out"), 2);
+    assert_eq!(gateway.counter("fragments_translated_in"), 2);
+}

@@ -416,3 +416,74 @@ fn a_pods_error_about_a_reply_reaches_the_remote_translated() {
         assert_eq!(lab.counter("icmp_errors_translated_out"), 1);
     });
 }
+
+/// A UDP datagram of 3,000 bytes: three fragments of at most 1,232 bytes of it.
+fn big_datagram(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16) -> Frame6 {
+    let l4 = L4::Udp {
+        sport,
+        dport,
+        payload: (0..3000).map(|i| (i % 251) as u8).collect(),
+        no_checksum: false,
+    };
+    Frame6::new(src, dst, l4)
+}
+
+/// `frame` one hop later out of `(src_mac, dst_mac)`: hop limit decremented (byte 21), no checksum involved.
+fn one_hop_later(mut frame: Vec<u8>, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<u8> {
+    frame[0..6].copy_from_slice(&dst_mac);
+    frame[6..12].copy_from_slice(&src_mac);
+    frame[21] -= 1;
+    frame
+}
+
+#[test]
+fn fragments_follow_their_first_fragments_translation_both_ways() {
+    with_program_lab(|lab| {
+        let datagram = big_datagram(CLIENT6, SERVER6, 5100, 53);
+        let sent = datagram.fragments(0x1234_5678, 1232);
+        assert_eq!(sent.len(), 3);
+        // Out: the first fragment carries the ports and is translated; the others get its address.
+        let outs: Vec<(u32, Vec<u8>)> = sent
+            .iter()
+            .map(|f| lab.run(super::PROGRAM_FROM_VPC, f))
+            .collect();
+        assert!(
+            outs.iter().all(|(verdict, _)| *verdict == TC_ACT_REDIRECT),
+            "{:?}",
+            outs.iter().map(|o| o.0).collect::<Vec<_>>()
+        );
+        let port = u16::from_be_bytes([outs[0].1[62], outs[0].1[63]]);
+        let mut translated = datagram.clone();
+        translated.src = EXTERNAL6;
+        super::set_port(&mut translated.l4, true, port);
+        for (out, expected) in outs.iter().zip(translated.fragments(0x1234_5678, 1232)) {
+            assert_eq!(out.1, one_hop_later(expected, VEX_MAC, NEXTHOP_MAC));
+        }
+        assert_eq!(lab.counter("fragments_translated_out"), 2);
+        // Back: the reply's fragments, first first, to the external address and port.
+        let reply = big_datagram(SERVER6, EXTERNAL6, 53, port);
+        let ins: Vec<(u32, Vec<u8>)> = reply
+            .fragments(0x0abc_def0, 1232)
+            .iter()
+            .map(|f| lab.send6_from_outside_bytes(f))
+            .collect();
+        let mut back = reply.clone();
+        back.dst = CLIENT6;
+        super::set_port(&mut back.l4, false, 5100);
+        for (inn, expected) in ins.iter().zip(back.fragments(0x0abc_def0, 1232)) {
+            assert_eq!(inn.0, TC_ACT_REDIRECT);
+            assert_eq!(inn.1, one_hop_later(expected, VIN_MAC, CLIENT_MAC));
+        }
+        assert_eq!(lab.counter("fragments_translated_in"), 2);
+        // A later fragment whose first was not seen: not sent untranslated (dropped from the VPC; left to the
+        // instance from outside, as its own datagram might be).
+        let orphan = big_datagram(CLIENT6, SERVER6, 5101, 53).fragments(0x99, 1232);
+        assert_eq!(lab.run(super::PROGRAM_FROM_VPC, &orphan[1]).0, TC_ACT_SHOT);
+        assert_eq!(lab.counter("dropped_fragment"), 1);
+        let orphan = big_datagram(SERVER6, EXTERNAL6, 53, port).fragments(0x98, 1232);
+        assert_eq!(
+            lab.send6_from_outside_bytes(&orphan[1]),
+            (TC_ACT_OK, orphan[1].clone())
+        );
+    });
+}

@@ -1,6 +1,8 @@
 //! Fragmented datagrams, and the datapath's slow path: the few packets the programs hand to the agent because a
 //! TC program cannot do what they need (hold a packet for later, or split one in several).
 
+use crate::address::Address;
+
 /// A datagram's identity (RFC 791): addresses in network byte order, the IP identification as on the wire.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -35,13 +37,49 @@ impl DatagramTranslation {
     /// once it has expired. (A translation written just after `now_ns` was read counts as new.)
     #[inline(always)]
     pub fn remaining_ns(&self, now_ns: u64) -> u64 {
-        FRAGMENT_TIMEOUT_NS.saturating_sub(now_ns.saturating_sub(self.seen_ns))
+        remaining_ns(self.seen_ns, now_ns)
     }
 
     /// Whether the datagram's later fragments are still given this translation at `now_ns`.
     #[inline(always)]
     pub fn is_fresh(&self, now_ns: u64) -> bool {
         self.remaining_ns(now_ns) > 0
+    }
+}
+
+/// Nanoseconds left at `now_ns` of a translation seen at `seen_ns`.
+#[inline(always)]
+fn remaining_ns(seen_ns: u64, now_ns: u64) -> u64 {
+    FRAGMENT_TIMEOUT_NS.saturating_sub(now_ns.saturating_sub(seen_ns))
+}
+
+/// An IPv6 datagram's identity (RFC 8200 4.5): its addresses, the fragment header's 32-bit identification (as on
+/// the wire) and the transport protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DatagramKeyV6 {
+    pub src: Address,
+    pub dst: Address,
+    pub id: u32,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// How an IPv6 datagram's first fragment was translated: the address written at `end`, and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatagramTranslationV6 {
+    pub addr: Address,
+    pub end: u8,
+    pub _pad: [u8; 7],
+    pub seen_ns: u64,
+}
+
+impl DatagramTranslationV6 {
+    /// Whether the datagram's later fragments are still given this translation at `now_ns`.
+    #[inline(always)]
+    pub fn is_fresh(&self, now_ns: u64) -> bool {
+        remaining_ns(self.seen_ns, now_ns) > 0
     }
 }
 

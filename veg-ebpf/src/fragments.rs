@@ -8,9 +8,16 @@
 //! sends it translated. Remembering a translation tells the agent when fragments of that datagram wait.
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
-use veg_common::fragment::{DatagramKey, DatagramTranslation};
+use veg_common::{
+    address::Address,
+    fragment::{DatagramKey, DatagramKeyV6, DatagramTranslation, DatagramTranslationV6},
+};
 
-use crate::{maps::FRAGMENTS, packet::Packet, slow_path};
+use crate::{
+    maps::{FRAGMENTS, FRAGMENTS_V6, flow_scratch},
+    packet::Packet,
+    slow_path,
+};
 
 /// The identity of the datagram a packet is a fragment of.
 #[inline(always)]
@@ -45,4 +52,40 @@ pub fn translation(pkt: &Packet) -> Option<u32> {
     let found = unsafe { FRAGMENTS.get(&key(pkt))? };
     let now = unsafe { bpf_ktime_get_ns() };
     found.is_fresh(now).then_some(found.addr)
+}
+
+/// IPv6: the datagram's identity, built in the per-CPU scratch (40 bytes the program's stack cannot spare).
+#[inline(always)]
+fn key_v6(pkt: &Packet) -> Option<&'static DatagramKeyV6> {
+    let key = &mut flow_scratch()?.datagram_v6;
+    key.src = pkt.src;
+    key.dst = pkt.dst;
+    key.id = pkt.ipv6_id;
+    key.protocol = pkt.protocol;
+    key._pad = [0; 3];
+    Some(key)
+}
+
+/// IPv6: remember that the datagram's first fragment `pkt` was rewritten to `addr` at `end`. IPv6 fragments are
+/// not held by the agent yet: a later fragment that comes before its first is dropped (counted).
+#[inline(always)]
+pub fn remember_v6(pkt: &Packet, end: u8, addr: &Address) {
+    let Some(key) = key_v6(pkt) else {
+        return;
+    };
+    let translation = DatagramTranslationV6 {
+        addr: *addr,
+        end,
+        _pad: [0; 7],
+        seen_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    let _ = FRAGMENTS_V6.insert(key, &translation, 0);
+}
+
+/// IPv6: the address a later fragment is rewritten to, if its datagram's first fragment was seen lately.
+#[inline(always)]
+pub fn translation_v6(pkt: &Packet) -> Option<&'static Address> {
+    let found = unsafe { FRAGMENTS_V6.get(key_v6(pkt)?)? };
+    let now = unsafe { bpf_ktime_get_ns() };
+    found.is_fresh(now).then_some(&found.addr)
 }

@@ -4,14 +4,16 @@
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use veg_common::{
+    address::Address,
     config::GatewayConfig,
     flow::{PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
+    fragment::END_DESTINATION,
     policy::{ACTION_FORWARD, ACTION_SNAT},
     stats::Counter,
 };
 
 use crate::{
-    flows,
+    flows, fragments,
     from_vpc_v6::forward,
     icmp6::{self, Icmp6Error},
     icmp6_errors,
@@ -48,9 +50,12 @@ pub fn handle(ctx: &TcContext, cfg: &GatewayConfig, pkt: &Packet) -> i32 {
 
 #[inline(always)]
 fn to_external_address(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig) -> i32 {
-    if pkt.is_fragment {
-        // Fragments of replies are not translated yet: the instance's stack gets them (and completes only its
-        // own datagrams).
+    if pkt.later_fragment {
+        // No ports: the client its first fragment was translated back to. If that has not come yet, the datagram
+        // may be the instance's own: its stack gets it (IPv6 fragments are not held by the agent yet).
+        if let Some(client) = fragments::translation_v6(pkt) {
+            return fragment_to_vpc(ctx, pkt, cfg, client);
+        }
         return pass_to_host(Counter::PassedToHost);
     }
     let port = match pkt.protocol {
@@ -63,7 +68,13 @@ fn to_external_address(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig) -> i3
         _ => return pass_to_host(Counter::PassedToHost),
     };
     let miss = match flows::translate_inbound(pkt, cfg) {
-        Ok(nat) => return route_to_vpc(ctx, pkt, cfg, Some(nat)),
+        Ok(nat) => {
+            if pkt.is_fragment {
+                // A first fragment: its datagram's later fragments follow its translation.
+                fragments::remember_v6(pkt, END_DESTINATION, &nat.addr);
+            }
+            return route_to_vpc(ctx, pkt, cfg, Some(nat));
+        }
         Err(miss) => miss,
     };
     let port = u16::from_be(port);
@@ -97,6 +108,23 @@ fn error_to_vpc(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig) -> i32 {
         return drop_packet(Counter::TtlExpired);
     }
     forward(ctx, pkt, &route, Counter::IcmpErrorsTranslatedIn)
+}
+
+/// A later fragment of a reply, to the client its first fragment was translated back to.
+#[inline(always)]
+fn fragment_to_vpc(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, client: &Address) -> i32 {
+    let route = route::lookup_v6(ctx, pkt.protocol, &pkt.src, client, pkt.wire_len(ctx));
+    if route.ifindex() != Some(cfg.internal_ifindex) {
+        return drop_packet(Counter::DropNoRoute);
+    }
+    if pkt.ttl <= 1 {
+        // Time exceeded answers a first fragment only, which got it.
+        return drop_packet(Counter::TtlExpired);
+    }
+    if rewrite::rewrite_address_v6(ctx, End::Destination, client).is_err() {
+        return drop_packet(Counter::DropMalformed);
+    }
+    forward(ctx, pkt, &route, Counter::FragmentsTranslatedIn)
 }
 
 /// Send a packet from outside to a VPC client, translating its destination first when `nat` is given.

@@ -6,12 +6,13 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use veg_common::{
     config::GatewayConfig,
     flow::{PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
+    fragment::END_SOURCE,
     policy::{ACTION_FORWARD, ACTION_SNAT},
     stats::Counter,
 };
 
 use crate::{
-    flows,
+    flows, fragments,
     icmp6::{self, Icmp6Error},
     icmp6_errors,
     maps::POLICY_V6,
@@ -51,9 +52,6 @@ pub fn handle(ctx: &TcContext, cfg: &GatewayConfig, pkt: &Packet) -> i32 {
         count(Counter::TtlExpired);
         return icmp6::send_error(ctx, pkt, &Icmp6Error::TIME_EXCEEDED, from);
     }
-    if pkt.is_fragment {
-        return drop_packet(Counter::DropFragment);
-    }
     match policy.action {
         ACTION_SNAT => snat(ctx, pkt, cfg, &route),
         ACTION_FORWARD => forward(ctx, pkt, &route, Counter::ForwardedOut),
@@ -63,6 +61,17 @@ pub fn handle(ctx: &TcContext, cfg: &GatewayConfig, pkt: &Packet) -> i32 {
 
 #[inline(always)]
 fn snat(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, route: &Route) -> i32 {
+    if pkt.later_fragment {
+        // No ports: the address its first fragment was given; if that has not come yet, it is dropped (IPv6
+        // fragments are not held by the agent yet).
+        let Some(external) = fragments::translation_v6(pkt) else {
+            return drop_packet(Counter::DropFragment);
+        };
+        if rewrite::rewrite_address_v6(ctx, End::Source, external).is_err() {
+            return drop_packet(Counter::DropMalformed);
+        }
+        return forward(ctx, pkt, route, Counter::FragmentsTranslatedOut);
+    }
     let translatable = match pkt.protocol {
         PROTO_TCP | PROTO_UDP => true,
         PROTO_ICMPV6 if icmp6_errors::is_error(pkt.icmp_type) => {
@@ -87,6 +96,10 @@ fn snat(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, route: &Route) -> i3
         }
         Err(reason) => return drop_packet(reason),
     };
+    if pkt.is_fragment {
+        // A first fragment: its datagram's later fragments follow its translation.
+        fragments::remember_v6(pkt, END_SOURCE, &nat.addr);
+    }
     if rewrite::rewrite_end_v6(ctx, pkt, End::Source, &nat.addr, nat.port).is_err() {
         return drop_packet(Counter::DropMalformed);
     }

@@ -17,7 +17,7 @@ use veg_common::{
     address::Address,
     config::{CONFIG_KEY, GatewayConfig},
     flow::{FLOW_TABLE_DEFAULT_ENTRIES, FlowEntry, FlowKey},
-    fragment::{DatagramKey, DatagramTranslation},
+    fragment::{DatagramKey, DatagramKeyV6, DatagramTranslation, DatagramTranslationV6},
     policy::{POLICY_MAX_ENTRIES, Policy, PolicyKeyV4, PolicyKeyV6},
     record::FlowRecord,
     stats::Counters,
@@ -84,6 +84,8 @@ pub struct FlowScratch {
     pub quoted_key: FlowKey,
     /// The address an ICMPv6 error from outside was translated back to: its client (icmp6_errors.rs).
     pub error_client: Address,
+    /// The IPv6 datagram a fragment belongs to (fragments.rs).
+    pub datagram_v6: DatagramKeyV6,
     /// The port search under way (ports.rs).
     pub search: PortSearch,
 }
@@ -117,6 +119,12 @@ pub static FRAGMENTS: btf_maps::LruHashMap<DatagramKey, DatagramTranslation, FRA
 
 /// Fragmented datagrams followed at once (the least recently seen are forgotten first).
 const FRAGMENTED_DATAGRAMS: usize = 16384;
+
+/// The translations of fragmented IPv6 datagrams, for their later fragments (fragments.rs). Not pinned: no agent
+/// holds IPv6 fragments yet, and a restart only loses the datagrams in flight.
+#[map]
+pub static FRAGMENTS_V6: LruHashMap<DatagramKeyV6, DatagramTranslationV6> =
+    LruHashMap::with_max_entries(FRAGMENTED_DATAGRAMS as u32, 0);
 
 /// Datagrams some of whose fragments the agent holds, waiting for their first fragment (slow_path.rs). Not
 /// pinned; a mark lost only delays those fragments until the agent's next look.

@@ -115,6 +115,8 @@ pub struct Packet {
     pub later_fragment: bool,
     /// The IP identification (network byte order): with the addresses and protocol, a datagram's identity.
     pub ip_id: u16,
+    /// IPv6: the fragment header's identification, as on the wire (0 without one).
+    pub ipv6_id: u32,
     pub src: Address,
     pub dst: Address,
     /// TCP/UDP ports; for ICMP echo the identifier is in both (the side that owns it is chosen by the caller).
@@ -293,6 +295,7 @@ fn parse_ipv4(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Malformed> {
     pkt.is_fragment = frags & 0x3fff != 0;
     pkt.later_fragment = frags & 0x1fff != 0;
     pkt.ip_id = u16::from_ne_bytes(ip.id);
+    pkt.ipv6_id = 0;
     pkt.src = Address::from_ipv4_be(u32::from_ne_bytes(ip.src_addr));
     pkt.dst = Address::from_ipv4_be(u32::from_ne_bytes(ip.dst_addr));
     clear_transport(ctx, pkt);
@@ -376,6 +379,7 @@ fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Malformed> {
     pkt.is_fragment = false;
     pkt.later_fragment = false;
     pkt.ip_id = 0;
+    pkt.ipv6_id = 0;
     pkt.src = Address { bytes: src };
     pkt.dst = Address { bytes: dst };
     clear_transport(ctx, pkt);
@@ -393,7 +397,7 @@ fn parse_ipv6(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Malformed> {
 }
 
 /// Follow the extension headers to the transport header: `pkt.protocol` and the transport offset end up past
-/// them. A fragment header marks the packet as a fragment (its identification goes to `ip_id`, folded to 16 bits).
+/// them. A fragment header marks the packet as a fragment (its identification goes to `ipv6_id`).
 #[inline(always)]
 fn walk_extension_headers(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Malformed> {
     let end = L3_OFF + usize::from(pkt.tot_len);
@@ -412,8 +416,7 @@ fn walk_extension_headers(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Malfo
             let offset_flags = u16::from_be_bytes([header[2], header[3]]);
             pkt.is_fragment = true;
             pkt.later_fragment = offset_flags & 0xfff8 != 0;
-            let id = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-            pkt.ip_id = ((id >> 16) as u16 ^ id as u16).to_be();
+            pkt.ipv6_id = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
             FRAGMENT_HEADER_LEN
         } else {
             (usize::from(header[1]) + 1) * 8

@@ -158,3 +158,14 @@ pub fn rewrite_end_v6(
 pub fn decrement_hop_limit(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
     write_at(ctx, L3_OFF + IPV6_HOP_LIMIT_OFF, pkt.ttl - 1)
 }
+
+/// Rewrite one end's IPv6 address alone, for a later fragment: it has no transport header, and IPv6 no header
+/// checksum (the first fragment's transport checksum, which covers the whole datagram, was updated with it).
+#[inline(always)]
+pub fn rewrite_address_v6(ctx: &TcContext, end: End, new_addr: &Address) -> Result<(), ()> {
+    let offset = match end {
+        End::Source => IPV6_SRC_OFF,
+        End::Destination => IPV6_DST_OFF,
+    };
+    write_at(ctx, L3_OFF + offset, new_addr.bytes)
+}

@@ -225,6 +225,32 @@ pub fn empty_options_header() -> Vec<u8> {
 }
 
 impl Frame6 {
+    /// The frames a sender makes of this datagram (no extension headers of its own) with fragment headers of
+    /// identification `id`: its transport header and payload (checksummed whole) cut into pieces of `chunk` bytes,
+    /// a multiple of 8, first first.
+    pub fn fragments(&self, id: u32, chunk: usize) -> Vec<Vec<u8>> {
+        assert!(chunk % 8 == 0 && self.extension.is_empty());
+        let whole = self.bytes();
+        let (headers, l4) = whole.split_at(14 + 40);
+        let pieces: Vec<&[u8]> = l4.chunks(chunk).collect();
+        pieces
+            .iter()
+            .enumerate()
+            .map(|(i, piece)| {
+                let more = u16::from(i + 1 < pieces.len());
+                let offset_flags = ((i * chunk) as u16) | more;
+                let mut frame = headers.to_vec();
+                frame[14 + 6] = 44; // next header: fragment
+                frame[18..20].copy_from_slice(&((8 + piece.len()) as u16).to_be_bytes());
+                frame.extend_from_slice(&[self.protocol(), 0]);
+                frame.extend_from_slice(&offset_flags.to_be_bytes());
+                frame.extend_from_slice(&id.to_be_bytes());
+                frame.extend_from_slice(piece);
+                frame
+            })
+            .collect()
+    }
+
     pub fn new(src: Ipv6Addr, dst: Ipv6Addr, l4: L4) -> Frame6 {
         Frame6 {
             dst_mac: [0x02, 0, 0, 0, 0xaa, 0x01],
