@@ -3,13 +3,17 @@
 //!
 //! Run serially (`--test-threads=1`), as the other traffic suites.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{SocketAddr, UdpSocket},
+    time::Duration,
+};
 
 use veg_testbed::{
     netns::Netns,
+    packet::{Frame6, L4, send_raw6},
     servers::{
-        echo_bulk, icmpv6_echo_sources, learned_mtu, tcp_echo, tcp_echo_at, tcp_round_trip,
-        udp_echo_at, udp_round_trip,
+        echo_bulk, icmpv6_echo_sources, learned_mtu, receive_datagram, tcp_echo, tcp_echo_at,
+        tcp_round_trip, udp_echo_at, udp_round_trip,
     },
     skip_unless_root,
     topology::{
@@ -386,4 +390,90 @@ fn a_4000_byte_datagram_arrives_whole_each_way_from_a_snat_and_a_forward_source(
     assert_eq!(sources, [GATEWAY_EXTERNAL_IPV6, "fd00:10:16:1::2"]);
     assert_eq!(gateway.counter("fragments_translated_out"), 2);
     assert_eq!(gateway.counter("fragments_translated_in"), 2);
+}
+
+/// A 4000-byte UDP datagram from `src`:`sport` to `dst`:`dport`, as the fragments a sender makes of it (1232 bytes
+/// of it each: four), last first.
+fn fragments_last_first(src: &str, sport: u16, dst: &str, dport: u16, id: u32) -> Vec<Vec<u8>> {
+    let l4 = L4::Udp {
+        sport,
+        dport,
+        payload: big_payload(),
+        no_checksum: false,
+    };
+    let frame = Frame6::new(src.parse().unwrap(), dst.parse().unwrap(), l4);
+    let mut pieces = frame.fragments(id, 1232);
+    pieces.reverse();
+    pieces
+}
+
+fn big_payload() -> Vec<u8> {
+    (0..4000).map(|i| (i % 253) as u8).collect()
+}
+
+#[test]
+fn a_4000_byte_datagram_whose_first_fragment_comes_last_arrives_whole_each_way() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let snat = topo.add_dual_stack_client("10.16.0.2", "fd00:10:16::2");
+    let forward = topo.add_dual_stack_client("10.16.1.2", "fd00:10:16:1::2");
+    let gateway = topo.start_dual_stack_gateway(&[]);
+    let server_socket = topo
+        .server
+        .run(|| UdpSocket::bind(server6(UDP_PORT)).unwrap());
+    for (client, address, id) in [
+        (snat, "fd00:10:16::2", 0x4101),
+        (forward, "fd00:10:16:1::2", 0x4201),
+    ] {
+        let client_socket = topo
+            .client(client)
+            .run(|| UdpSocket::bind("[::]:7500").unwrap());
+        // Out: a sender's stack would send the first fragment first, so the fragments are crafted and sent last
+        // first; the server's stack reassembles what came through.
+        let pieces = fragments_last_first(address, 7500, SERVER_IPV6, UDP_PORT, id);
+        topo.client(client)
+            .run(move || pieces.iter().for_each(|p| send_raw6(p)));
+        let (datagram, peer) = receive_datagram(&server_socket);
+        assert!(datagram == big_payload(), "the datagram arrived changed");
+        let expected_source = if client == snat {
+            GATEWAY_EXTERNAL_IPV6
+        } else {
+            address
+        };
+        assert_eq!(peer.ip().to_string(), expected_source);
+        // Back: the server's answer, last fragment first, to the address and port it saw.
+        let pieces = fragments_last_first(
+            SERVER_IPV6,
+            UDP_PORT,
+            &peer.ip().to_string(),
+            peer.port(),
+            id + 1,
+        );
+        topo.server
+            .run(move || pieces.iter().for_each(|p| send_raw6(p)));
+        let (answer, from) = receive_datagram(&client_socket);
+        assert!(answer == big_payload(), "the answer arrived changed");
+        assert_eq!(from, server6(UDP_PORT));
+    }
+    // The SNAT client's datagrams are followed, one each way, each with its translated end.
+    let followed = gateway.followed_datagrams();
+    let expected = [
+        (
+            0x4101,
+            "source".to_owned(),
+            GATEWAY_EXTERNAL_IPV6.to_owned(),
+        ),
+        (0x4102, "destination".to_owned(), "fd00:10:16::2".to_owned()),
+    ];
+    assert!(
+        expected.iter().all(|d| followed.contains(d)),
+        "{followed:?}"
+    );
+    // The SNAT client's three later fragments waited for their first fragment, each way; the forward client's
+    // needed no translation.
+    assert_eq!(gateway.counter("fragments_held"), 6);
+    assert_eq!(gateway.agent_counter("fragments_released", 6), 6);
+    assert_eq!(gateway.counter("fragments_expired"), 0);
 }

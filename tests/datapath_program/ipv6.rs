@@ -8,6 +8,8 @@ use veg_testbed::packet::{
     icmp6_error_frame,
 };
 
+use veg_common::fragment::kind;
+
 use super::{
     CLIENT_MAC, CLIENT2_MAC, FORWARD_CLIENT_MAC, NEXTHOP_MAC, PORT_MAX, PORT_MIN, ProgramLab,
     TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, VEX_MAC, VIN_MAC, tcp, udp, with_program_lab,
@@ -475,15 +477,27 @@ fn fragments_follow_their_first_fragments_translation_both_ways() {
             assert_eq!(inn.1, one_hop_later(expected, VIN_MAC, CLIENT_MAC));
         }
         assert_eq!(lab.counter("fragments_translated_in"), 2);
-        // A later fragment whose first was not seen: not sent untranslated (dropped from the VPC; left to the
-        // instance from outside, as its own datagram might be).
+        // A later fragment whose first was not seen: never sent untranslated, but handed to the agent to hold
+        // (from outside also left to the instance, as its own datagram might be).
         let orphan = big_datagram(CLIENT6, SERVER6, 5101, 53).fragments(0x99, 1232);
         assert_eq!(lab.run(super::PROGRAM_FROM_VPC, &orphan[1]).0, TC_ACT_SHOT);
-        assert_eq!(lab.counter("dropped_fragment"), 1);
-        let orphan = big_datagram(SERVER6, EXTERNAL6, 53, port).fragments(0x98, 1232);
+        let reply_orphan = big_datagram(SERVER6, EXTERNAL6, 53, port).fragments(0x98, 1232);
         assert_eq!(
-            lab.send6_from_outside_bytes(&orphan[1]),
-            (TC_ACT_OK, orphan[1].clone())
+            lab.send6_from_outside_bytes(&reply_orphan[1]),
+            (TC_ACT_OK, reply_orphan[1].clone())
+        );
+        assert_eq!(lab.counter("fragments_held"), 2);
+        let held: Vec<(u8, Vec<u8>)> = lab
+            .slow_path_records()
+            .into_iter()
+            .map(|r| (r.kind, r.data))
+            .collect();
+        assert_eq!(
+            held,
+            [
+                (kind::HOLD_FROM_VPC, orphan[1][14..].to_vec()),
+                (kind::HOLD_FROM_OUTSIDE, reply_orphan[1][14..].to_vec())
+            ]
         );
     });
 }

@@ -76,17 +76,24 @@ pub struct DatagramTranslationV6 {
 }
 
 impl DatagramTranslationV6 {
+    /// As DatagramTranslation's.
+    #[inline(always)]
+    pub fn remaining_ns(&self, now_ns: u64) -> u64 {
+        remaining_ns(self.seen_ns, now_ns)
+    }
+
     /// Whether the datagram's later fragments are still given this translation at `now_ns`.
     #[inline(always)]
     pub fn is_fresh(&self, now_ns: u64) -> bool {
-        remaining_ns(self.seen_ns, now_ns) > 0
+        self.remaining_ns(now_ns) > 0
     }
 }
 
 /// What a slow-path record asks of the agent.
 pub mod kind {
     /// A later fragment from a SNAT source that came before its first fragment, as it arrived (dropped by the
-    /// program): to be given its first fragment's source address, once that comes, and sent.
+    /// program): to be given its first fragment's source address, once that comes, and sent. IPv4 or IPv6 (the
+    /// packet's version says which).
     pub const HOLD_FROM_VPC: u8 = 1;
     /// A later fragment to the external address that came before its first fragment, as it arrived (also left to
     /// the instance's stack, in case the datagram is the instance's own): to be given its first fragment's
@@ -121,4 +128,6 @@ pub const SLOW_PATH_MAX_PACKET: usize = 16384;
 mod user {
     unsafe impl aya::Pod for super::DatagramKey {}
     unsafe impl aya::Pod for super::DatagramTranslation {}
+    unsafe impl aya::Pod for super::DatagramKeyV6 {}
+    unsafe impl aya::Pod for super::DatagramTranslationV6 {}
 }

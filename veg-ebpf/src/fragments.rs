@@ -66,8 +66,8 @@ fn key_v6(pkt: &Packet) -> Option<&'static DatagramKeyV6> {
     Some(key)
 }
 
-/// IPv6: remember that the datagram's first fragment `pkt` was rewritten to `addr` at `end`. IPv6 fragments are
-/// not held by the agent yet: a later fragment that comes before its first is dropped (counted).
+/// IPv6: remember that the datagram's first fragment `pkt` was rewritten to `addr` at `end`. The agent finds it
+/// here for the datagram's fragments it holds.
 #[inline(always)]
 pub fn remember_v6(pkt: &Packet, end: u8, addr: &Address) {
     let Some(key) = key_v6(pkt) else {

@@ -7,7 +7,7 @@ use veg_common::{
     address::Address,
     config::GatewayConfig,
     flow::{PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
-    fragment::END_DESTINATION,
+    fragment::{END_DESTINATION, kind},
     policy::{ACTION_FORWARD, ACTION_SNAT},
     stats::Counter,
 };
@@ -21,6 +21,7 @@ use crate::{
     packet::{ICMPV6_ECHO_REPLY, Packet, is_ipv6_link_scope, is_ipv6_martian},
     rewrite::{self, End},
     route::{self, Route},
+    slow_path,
     stats::{count, drop_packet, pass_to_host},
 };
 
@@ -52,9 +53,14 @@ pub fn handle(ctx: &TcContext, cfg: &GatewayConfig, pkt: &Packet) -> i32 {
 fn to_external_address(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig) -> i32 {
     if pkt.later_fragment {
         // No ports: the client its first fragment was translated back to. If that has not come yet, the datagram
-        // may be the instance's own: its stack gets it (IPv6 fragments are not held by the agent yet).
+        // may be a client's or the instance's own: the agent holds a copy for the first case, the instance's
+        // stack gets it for the second (as for IPv4).
         if let Some(client) = fragments::translation_v6(pkt) {
             return fragment_to_vpc(ctx, pkt, cfg, client);
+        }
+        match slow_path::hold_v6(ctx, pkt, kind::HOLD_FROM_OUTSIDE) {
+            Ok(()) => count(Counter::FragmentsHeld),
+            Err(()) => count(Counter::SlowPathDropped),
         }
         return pass_to_host(Counter::PassedToHost);
     }

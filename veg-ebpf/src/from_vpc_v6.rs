@@ -6,7 +6,7 @@ use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use veg_common::{
     config::GatewayConfig,
     flow::{PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
-    fragment::END_SOURCE,
+    fragment::{END_SOURCE, kind},
     policy::{ACTION_FORWARD, ACTION_SNAT},
     stats::Counter,
 };
@@ -19,6 +19,7 @@ use crate::{
     packet::{ICMPV6_ECHO_REQUEST, Packet, is_ipv6_link_scope, is_ipv6_martian},
     rewrite::{self, End},
     route::{self, Route},
+    slow_path,
     stats::{count, drop_packet, pass_to_host},
 };
 
@@ -62,10 +63,12 @@ pub fn handle(ctx: &TcContext, cfg: &GatewayConfig, pkt: &Packet) -> i32 {
 #[inline(always)]
 fn snat(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, route: &Route) -> i32 {
     if pkt.later_fragment {
-        // No ports: the address its first fragment was given; if that has not come yet, it is dropped (IPv6
-        // fragments are not held by the agent yet).
+        // No ports: the address its first fragment was given; if that has not come yet, the agent holds it.
         let Some(external) = fragments::translation_v6(pkt) else {
-            return drop_packet(Counter::DropFragment);
+            return match slow_path::hold_v6(ctx, pkt, kind::HOLD_FROM_VPC) {
+                Ok(()) => drop_packet(Counter::FragmentsHeld),
+                Err(()) => drop_packet(Counter::SlowPathDropped),
+            };
         };
         if rewrite::rewrite_address_v6(ctx, End::Source, external).is_err() {
             return drop_packet(Counter::DropMalformed);

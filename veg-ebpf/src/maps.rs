@@ -120,11 +120,14 @@ pub static FRAGMENTS: btf_maps::LruHashMap<DatagramKey, DatagramTranslation, FRA
 /// Fragmented datagrams followed at once (the least recently seen are forgotten first).
 const FRAGMENTED_DATAGRAMS: usize = 16384;
 
-/// The translations of fragmented IPv6 datagrams, for their later fragments (fragments.rs). Not pinned: no agent
-/// holds IPv6 fragments yet, and a restart only loses the datagrams in flight.
-#[map]
-pub static FRAGMENTS_V6: LruHashMap<DatagramKeyV6, DatagramTranslationV6> =
-    LruHashMap::with_max_entries(FRAGMENTED_DATAGRAMS as u32, 0);
+/// The translations of fragmented IPv6 datagrams, for their later fragments (fragments.rs). Pinned, so that the
+/// agent (which sends held fragments with them) can read it.
+#[btf_map]
+pub static FRAGMENTS_V6: btf_maps::LruHashMap<
+    DatagramKeyV6,
+    DatagramTranslationV6,
+    FRAGMENTED_DATAGRAMS,
+> = btf_maps::LruHashMap::new();
 
 /// Datagrams some of whose fragments the agent holds, waiting for their first fragment (slow_path.rs). Not
 /// pinned; a mark lost only delays those fragments until the agent's next look.

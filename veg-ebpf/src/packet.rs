@@ -417,6 +417,16 @@ fn walk_extension_headers(ctx: &TcContext, pkt: &mut Packet) -> Result<(), Malfo
             pkt.is_fragment = true;
             pkt.later_fragment = offset_flags & 0xfff8 != 0;
             pkt.ipv6_id = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]);
+            if pkt.later_fragment {
+                // What follows is the middle of the datagram, not a header: the walk ends here.
+                let new_off = off + FRAGMENT_HEADER_LEN;
+                if new_off > end {
+                    return Err(Malformed::ExtensionHeaders);
+                }
+                pkt.protocol = header[0];
+                pkt.l4_off = new_off as u8;
+                return Ok(());
+            }
             FRAGMENT_HEADER_LEN
         } else {
             (usize::from(header[1]) + 1) * 8

@@ -102,6 +102,13 @@ pub fn hold(ctx: &TcContext, pkt: &Packet, kind: u8) -> Result<(), ()> {
     hand_over(ctx, pkt, kind, 0)
 }
 
+/// Give an IPv6 later fragment that came before its first fragment to the agent to hold. No mark and no notice
+/// for IPv6: the agent looks the datagram up in FRAGMENTS_V6 every 100 ms, which is when it is released.
+#[inline(always)]
+pub fn hold_v6(ctx: &TcContext, pkt: &Packet, kind: u8) -> Result<(), ()> {
+    hand_over(ctx, pkt, kind, 0)
+}
+
 /// Give a translated packet too big for its next hop (`mtu`), DF clear, to the agent to fragment and send.
 #[inline(always)]
 pub fn fragment(ctx: &TcContext, pkt: &Packet, mtu: u16) -> Result<(), ()> {

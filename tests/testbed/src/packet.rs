@@ -229,7 +229,7 @@ impl Frame6 {
     /// identification `id`: its transport header and payload (checksummed whole) cut into pieces of `chunk` bytes,
     /// a multiple of 8, first first.
     pub fn fragments(&self, id: u32, chunk: usize) -> Vec<Vec<u8>> {
-        assert!(chunk % 8 == 0 && self.extension.is_empty());
+        assert!(chunk.is_multiple_of(8) && self.extension.is_empty());
         let whole = self.bytes();
         let (headers, l4) = whole.split_at(14 + 40);
         let pieces: Vec<&[u8]> = l4.chunks(chunk).collect();
@@ -419,6 +419,22 @@ pub fn send_raw(frame: &[u8]) {
     socket
         .send_to(&frame[14..], &to.into())
         .expect("sending a raw packet");
+}
+
+/// Send the IPv6 packet of `frame` (its Ethernet header skipped) exactly as built, through a raw IPv6 socket of the
+/// calling thread's namespace (IPPROTO_RAW: the header is the caller's).
+pub fn send_raw6(frame: &[u8]) {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::from(libc::IPPROTO_RAW)),
+    )
+    .expect("raw IPv6 socket");
+    let dst: [u8; 16] = frame[38..54].try_into().unwrap();
+    let to = std::net::SocketAddr::from((Ipv6Addr::from(dst), 0));
+    socket
+        .send_to(&frame[14..], &to.into())
+        .expect("sending a raw IPv6 packet");
 }
 
 /// The IPv4 fragments of `frame` (Ethernet + IPv4 without options), each carrying `chunk` bytes of its IP payload

@@ -374,6 +374,22 @@ impl Gateway {
             .clone()
     }
 
+    /// The fragmented datagrams followed, as (identification, translated end, the address it is translated to).
+    pub fn followed_datagrams(&self) -> Vec<(u64, String, String)> {
+        let text =
+            |d: &serde_json::Value, field: &str| d[field].as_str().unwrap_or_default().to_owned();
+        self.fragmented_datagrams()
+            .iter()
+            .map(|d| {
+                (
+                    d["id"].as_u64().unwrap_or_default(),
+                    text(d, "translated"),
+                    text(d, "to"),
+                )
+            })
+            .collect()
+    }
+
     /// `veg flows --count`: how many translations are live.
     pub fn flow_count(&self) -> u64 {
         self.veg_with("flows", &["--count"])["flows"]

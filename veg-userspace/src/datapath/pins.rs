@@ -11,9 +11,10 @@ pub const CONFIG: &str = "CONFIG";
 pub const POLICY_V4: &str = "POLICY_V4";
 pub const POLICY_V6: &str = "POLICY_V6";
 pub const FRAGMENTS: &str = "FRAGMENTS";
+pub const FRAGMENTS_V6: &str = "FRAGMENTS_V6";
 pub const AGENT_STATS: &str = "AGENT_STATS";
 /// The maps the agent pins (the programs' other maps hold nothing between packets, or belong to one load).
-pub const PINNED_MAPS: [&str; 7] = [
+pub const PINNED_MAPS: [&str; 8] = [
     CONFIG,
     POLICY_V4,
     POLICY_V6,
@@ -21,6 +22,7 @@ pub const PINNED_MAPS: [&str; 7] = [
     STATS,
     AGENT_STATS,
     FRAGMENTS,
+    FRAGMENTS_V6,
 ];
 /// The programs' TCX links: pinned, so that the programs stay attached when the agent dies without detaching
 /// them (killed, crashed), and the kernel never forwards a client's packet untranslated in the meantime.

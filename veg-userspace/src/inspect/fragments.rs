@@ -1,11 +1,19 @@
 //! `veg flows --fragments`: the fragmented datagrams the datapath follows, each with the address its first
 //! fragment was translated to (which its later fragments get).
 
-use std::{io::Write, net::Ipv4Addr};
+use std::{
+    io::Write,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::{
+    Pod,
+    maps::{HashMap, Map, MapData},
+};
 use serde::Serialize;
-use veg_common::fragment::{DatagramKey, DatagramTranslation, END_SOURCE};
+use veg_common::fragment::{
+    DatagramKey, DatagramKeyV6, DatagramTranslation, DatagramTranslationV6, END_SOURCE,
+};
 
 use crate::datapath::{monotonic_now_ns, pins};
 
@@ -13,43 +21,73 @@ use crate::datapath::{monotonic_now_ns, pins};
 #[derive(Debug, Serialize)]
 pub struct FollowedDatagram {
     pub protocol: u8,
-    pub source: Ipv4Addr,
-    pub destination: Ipv4Addr,
-    /// The IP identification.
-    pub id: u16,
+    pub source: IpAddr,
+    pub destination: IpAddr,
+    /// The IP identification (IPv6: the fragment header's).
+    pub id: u32,
     /// "source" or "destination": the end whose address is rewritten.
     pub translated: &'static str,
-    pub to: Ipv4Addr,
+    pub to: IpAddr,
     /// Seconds left until the datapath stops following it.
     pub expires_in_seconds: u64,
 }
 
-pub fn run(name: &str, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
-    let data = MapData::from_pin(pins::existing_map(name, pins::FRAGMENTS)?)?;
-    let map: HashMap<MapData, DatagramKey, DatagramTranslation> =
-        HashMap::try_from(Map::from_map_data(data)?)?;
-    let now = monotonic_now_ns();
+/// The entries of the pinned map `map` of gateway `name` that are still followed at `now`, each described.
+fn followed<K: Pod, V: Pod>(
+    name: &str,
+    map: &str,
+    now: u64,
+    describe: impl Fn(K, V, u64) -> Option<FollowedDatagram>,
+) -> anyhow::Result<Vec<FollowedDatagram>> {
+    let data = MapData::from_pin(pins::existing_map(name, map)?)?;
+    let map: HashMap<MapData, K, V> = HashMap::try_from(Map::from_map_data(data)?)?;
     let mut datagrams = Vec::new();
     for entry in map.iter() {
         let (key, translation) = entry?;
-        let remaining = translation.remaining_ns(now);
-        if remaining == 0 {
-            continue;
-        }
-        datagrams.push(FollowedDatagram {
-            protocol: key.protocol,
-            source: Ipv4Addr::from(key.src.to_ne_bytes()),
-            destination: Ipv4Addr::from(key.dst.to_ne_bytes()),
-            id: u16::from_be(key.id),
-            translated: if translation.end == END_SOURCE {
-                "source"
-            } else {
-                "destination"
-            },
-            to: Ipv4Addr::from(translation.addr.to_ne_bytes()),
-            expires_in_seconds: remaining.div_ceil(1_000_000_000),
-        });
+        datagrams.extend(describe(key, translation, now));
     }
+    Ok(datagrams)
+}
+
+fn end_name(end: u8) -> &'static str {
+    if end == END_SOURCE {
+        "source"
+    } else {
+        "destination"
+    }
+}
+
+pub fn run(name: &str, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
+    let now = monotonic_now_ns();
+    let v4 = |key: DatagramKey, translation: DatagramTranslation, now| {
+        let remaining = translation.remaining_ns(now);
+        let v4 = |addr: u32| IpAddr::V4(Ipv4Addr::from(addr.to_ne_bytes()));
+        (remaining > 0).then(|| FollowedDatagram {
+            protocol: key.protocol,
+            source: v4(key.src),
+            destination: v4(key.dst),
+            id: u32::from(u16::from_be(key.id)),
+            translated: end_name(translation.end),
+            to: v4(translation.addr),
+            expires_in_seconds: remaining.div_ceil(1_000_000_000),
+        })
+    };
+    let v6 = |key: DatagramKeyV6, translation: DatagramTranslationV6, now| {
+        let remaining = translation.remaining_ns(now);
+        let v6 = |addr: veg_common::address::Address| IpAddr::V6(Ipv6Addr::from(addr.bytes));
+        (remaining > 0).then(|| FollowedDatagram {
+            protocol: key.protocol,
+            source: v6(key.src),
+            destination: v6(key.dst),
+            id: u32::from_be(key.id),
+            translated: end_name(translation.end),
+            to: v6(translation.addr),
+            expires_in_seconds: remaining.div_ceil(1_000_000_000),
+        })
+    };
+    let mut datagrams = followed(name, pins::FRAGMENTS, now, v4)?;
+    // Pins made before IPv6 have no FRAGMENTS_V6: nothing to show there.
+    datagrams.extend(followed(name, pins::FRAGMENTS_V6, now, v6).unwrap_or_default());
     if json {
         serde_json::to_writer_pretty(&mut *out, &datagrams)?;
         writeln!(out)?;
@@ -57,13 +95,13 @@ pub fn run(name: &str, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
     }
     writeln!(
         out,
-        "{:<5} {:<15} {:<15} {:>5} {:<11} {:<15} {:>8}",
+        "{:<5} {:<24} {:<24} {:>10} {:<11} {:<24} {:>8}",
         "PROTO", "SOURCE", "DESTINATION", "ID", "TRANSLATED", "TO", "EXPIRES"
     )?;
     for d in &datagrams {
         writeln!(
             out,
-            "{:<5} {:<15} {:<15} {:>5} {:<11} {:<15} {:>7}s",
+            "{:<5} {:<24} {:<24} {:>10} {:<11} {:<24} {:>7}s",
             d.protocol,
             d.source.to_string(),
             d.destination.to_string(),

@@ -7,7 +7,25 @@ use std::{
     time::{Duration, Instant},
 };
 
-use veg_common::fragment::DatagramKey;
+use veg_common::fragment::{DatagramKey, DatagramKeyV6};
+
+use super::ipv6;
+
+/// The datagram a held fragment belongs to, in the family it is of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Datagram {
+    V4(DatagramKey),
+    V6(DatagramKeyV6),
+}
+
+/// The datagram of a fragment, IPv4 (a whole header) or IPv6 (a fragment header): None for anything else.
+pub fn datagram_of(packet: &[u8]) -> Option<Datagram> {
+    match packet.first().map(|b| b >> 4) {
+        Some(4) if packet.len() >= 20 => Some(Datagram::V4(datagram_key(packet))),
+        Some(6) => ipv6::datagram_key(packet).map(Datagram::V6),
+        _ => None,
+    }
+}
 
 /// How long a fragment waits for its first fragment. Out-of-order arrival on a multipath network is a matter of
 /// microseconds to milliseconds; a first fragment later than this is taken as lost.
@@ -44,14 +62,16 @@ struct Waiting {
 /// Held fragments by datagram.
 #[derive(Default)]
 pub struct Held {
-    datagrams: HashMap<DatagramKey, Waiting>,
+    datagrams: HashMap<Datagram, Waiting>,
     bytes: usize,
 }
 
 impl Held {
-    /// Hold a fragment (at least an IPv4 header long). Returns false when a limit refuses it.
+    /// Hold a fragment. Returns false when it is no fragment `datagram_of` knows, or a limit refuses it.
     pub fn hold(&mut self, source: bool, packet: Vec<u8>, now: Instant) -> bool {
-        let key = datagram_key(&packet);
+        let Some(key) = datagram_of(&packet) else {
+            return false;
+        };
         if self.bytes + packet.len() > MAX_BYTES
             || (self.datagrams.len() >= MAX_DATAGRAMS && !self.datagrams.contains_key(&key))
         {
@@ -71,20 +91,20 @@ impl Held {
     }
 
     /// The held fragments of a datagram, and whether its source is translated; they are no longer held.
-    pub fn take(&mut self, key: &DatagramKey) -> Option<(bool, Vec<Vec<u8>>)> {
+    pub fn take(&mut self, key: &Datagram) -> Option<(bool, Vec<Vec<u8>>)> {
         let waiting = self.datagrams.remove(key)?;
         self.bytes -= waiting.packets.iter().map(Vec::len).sum::<usize>();
         Some((waiting.source, waiting.packets))
     }
 
     /// The datagrams waiting.
-    pub fn keys(&self) -> Vec<DatagramKey> {
+    pub fn keys(&self) -> Vec<Datagram> {
         self.datagrams.keys().copied().collect()
     }
 
     /// Drop the datagrams that waited longer than HOLD_TIME; returns how many fragments went.
     pub fn expire(&mut self, now: Instant) -> usize {
-        let old: Vec<DatagramKey> = self
+        let old: Vec<Datagram> = self
             .datagrams
             .iter()
             .filter(|(_, w)| now.duration_since(w.since) >= HOLD_TIME)
@@ -122,7 +142,7 @@ mod tests {
         assert!(held.hold(true, fragment(1, 100), start));
         assert!(held.hold(true, fragment(1, 100), start));
         assert!(held.hold(false, fragment(2, 100), start));
-        let (source, packets) = held.take(&datagram_key(&fragment(1, 20))).unwrap();
+        let (source, packets) = held.take(&datagram_of(&fragment(1, 20)).unwrap()).unwrap();
         assert!(source);
         assert_eq!(packets.len(), 2);
         assert_eq!(held.expire(start + HOLD_TIME / 2), 0);

@@ -14,9 +14,9 @@ const PROTO_UDP: u8 = 17;
 /// Why a packet could not be sent.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Unsendable {
-    /// Shorter than its headers say, or a header that is no IPv4 header.
+    /// Shorter than its headers say, or a header that is not of its IP version.
     Malformed,
-    /// Its TTL would expire on forwarding.
+    /// Its TTL (hop limit) would expire on forwarding.
     TtlExpired,
     /// IP identification 0 on a fragment: the kernel's raw socket replaces an identification of 0, which would
     /// split the datagram's fragments apart.
@@ -28,7 +28,7 @@ pub enum Unsendable {
 impl fmt::Display for Unsendable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Unsendable::Malformed => "malformed IPv4 packet",
+            Unsendable::Malformed => "malformed IP packet",
             Unsendable::TtlExpired => "TTL expired",
             Unsendable::ZeroIdentification => "fragment with IP identification 0",
             Unsendable::CannotFragment => "cannot be fragmented (DF set or MTU too small)",

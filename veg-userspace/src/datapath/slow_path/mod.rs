@@ -3,7 +3,8 @@
 //!
 //! - later fragments that came before their datagram's first fragment: held here (held.rs) until the programs
 //!   translate the first fragment and say so (or the FRAGMENTS map, looked at every 100 ms, shows it), then given
-//!   that translation and sent; dropped after 2 s;
+//!   that translation and sent; dropped after 2 s. IPv6 fragments alike (ipv6.rs), found in FRAGMENTS_V6 at the
+//!   next look (the programs send no notice for them);
 //! - packets too big for their next hop with DF clear, already translated: fragmented here (ipv4.rs) and sent.
 //!
 //! Packets leave through a raw socket (raw_socket.rs), routed by the kernel. The counters this side keeps go to the
@@ -11,10 +12,11 @@
 
 pub mod held;
 pub mod ipv4;
+pub mod ipv6;
 mod raw_socket;
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
     time::{Duration, Instant},
 };
@@ -24,12 +26,15 @@ use aya::maps::{HashMap, Map, MapData, RingBuf};
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{debug, warn};
 use veg_common::{
-    fragment::{DatagramKey, DatagramTranslation, SlowPathHeader, kind},
+    fragment::{
+        DatagramKey, DatagramKeyV6, DatagramTranslation, DatagramTranslationV6, SlowPathHeader,
+        kind,
+    },
     stats::Counter,
 };
 
 use super::{monotonic_now_ns, pins, stats::AgentCounters};
-use held::Held;
+use held::{Datagram, Held};
 use raw_socket::RawSocket;
 
 /// How often held fragments are looked up again in FRAGMENTS (a missed notice costs at most this), expired, and
@@ -49,8 +54,11 @@ struct Counts {
 pub struct SlowPath {
     ring: AsyncFd<RingBuf<MapData>>,
     fragments: HashMap<MapData, DatagramKey, DatagramTranslation>,
+    fragments_v6: HashMap<MapData, DatagramKeyV6, DatagramTranslationV6>,
     counters: AgentCounters,
     socket: RawSocket,
+    /// None where IPv6 is disabled: IPv6 fragments are then dropped when released.
+    socket_v6: Option<RawSocket>,
     held: Held,
     counts: Counts,
 }
@@ -58,9 +66,12 @@ pub struct SlowPath {
 impl SlowPath {
     /// The slow path of the datapath whose ring is `ring` and whose maps are pinned in `pin_dir`.
     pub fn new(ring: RingBuf<MapData>, pin_dir: &Path) -> anyhow::Result<SlowPath> {
-        let pin = pin_dir.join(pins::FRAGMENTS);
-        let fragments =
-            MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+        let open = |name: &str| {
+            let pin = pin_dir.join(name);
+            MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))
+        };
+        let fragments = open(pins::FRAGMENTS)?;
+        let fragments_v6 = open(pins::FRAGMENTS_V6)?;
         Ok(SlowPath {
             // SAFETY: the ring owns its map's descriptor, which stays open and the same while the AsyncFd owns
             // the ring.
@@ -68,10 +79,16 @@ impl SlowPath {
                 .map_err(|e| e.into_parts().1)
                 .context("watching the slow-path ring")?,
             fragments: HashMap::try_from(Map::from_map_data(fragments)?)?,
+            fragments_v6: HashMap::try_from(Map::from_map_data(fragments_v6)?)?,
             counters: AgentCounters::open(pin_dir)?,
             socket: RawSocket::open().context(
                 "opening a raw IPv4 socket for the slow path (the agent needs CAP_NET_RAW)",
             )?,
+            socket_v6: RawSocket::open_v6()
+                .inspect_err(|e| {
+                    warn!("no raw IPv6 socket ({e}): held IPv6 fragments will be dropped")
+                })
+                .ok(),
             held: Held::default(),
             counts: Counts::default(),
         })
@@ -122,7 +139,8 @@ impl SlowPath {
             }
             kind::FIRST_ARRIVED => {
                 if let Some((key, translation)) = parse_first_arrived(data) {
-                    self.release(&key, translation.addr);
+                    let addr = Ipv4Addr::from(translation.addr.to_ne_bytes());
+                    self.release(&Datagram::V4(key), IpAddr::V4(addr));
                 }
             }
             kind::FRAGMENT => self.fragment(data, usize::from(header.mtu)),
@@ -132,11 +150,10 @@ impl SlowPath {
 
     /// A fragment before its first: sent at once if the first came meanwhile, else held.
     fn hold(&mut self, source: bool, packet: Vec<u8>) {
-        if packet.len() < 20 {
+        let Some(key) = held::datagram_of(&packet) else {
             self.counts.expired += 1;
             return;
-        }
-        let key = held::datagram_key(&packet);
+        };
         if !self.held.hold(source, packet, Instant::now()) {
             self.counts.expired += 1;
             return;
@@ -146,19 +163,34 @@ impl SlowPath {
         }
     }
 
-    /// The first fragment's translated address (network byte order), if it was seen lately.
-    fn translation(&self, key: &DatagramKey) -> Option<u32> {
-        let found = self.fragments.get(key, 0).ok()?;
-        found.is_fresh(monotonic_now_ns()).then_some(found.addr)
+    /// The first fragment's translated address, if it was seen lately.
+    fn translation(&self, key: &Datagram) -> Option<IpAddr> {
+        let now = monotonic_now_ns();
+        match key {
+            Datagram::V4(key) => {
+                let found = self.fragments.get(key, 0).ok()?;
+                let addr = Ipv4Addr::from(found.addr.to_ne_bytes());
+                found.is_fresh(now).then_some(IpAddr::V4(addr))
+            }
+            Datagram::V6(key) => {
+                let found = self.fragments_v6.get(key, 0).ok()?;
+                let addr = Ipv6Addr::from(found.addr.bytes);
+                found.is_fresh(now).then_some(IpAddr::V6(addr))
+            }
+        }
     }
 
     /// Send a datagram's held fragments with its first fragment's translated address.
-    fn release(&mut self, key: &DatagramKey, addr: u32) {
+    fn release(&mut self, key: &Datagram, addr: IpAddr) {
         let Some((source, packets)) = self.held.take(key) else {
             return;
         };
         for mut packet in packets {
-            let sent = ipv4::translate_fragment(&mut packet, source, addr.to_ne_bytes())
+            let translated = match addr {
+                IpAddr::V4(addr) => ipv4::translate_fragment(&mut packet, source, addr.octets()),
+                IpAddr::V6(addr) => ipv6::translate_fragment(&mut packet, source, addr),
+            };
+            let sent = translated
                 .map_err(|e| e.to_string())
                 .and_then(|()| self.send(&packet));
             match sent {
@@ -195,9 +227,18 @@ impl SlowPath {
         }
     }
 
+    /// Send a checked packet of either family to its destination.
     fn send(&self, packet: &[u8]) -> Result<(), String> {
-        let to = Ipv4Addr::from(ipv4::destination(packet));
-        self.socket
+        let (socket, to) = if packet[0] >> 4 == 6 {
+            let socket = self.socket_v6.as_ref().ok_or("no raw IPv6 socket")?;
+            (socket, IpAddr::V6(ipv6::destination(packet)))
+        } else {
+            (
+                &self.socket,
+                IpAddr::V4(Ipv4Addr::from(ipv4::destination(packet))),
+            )
+        };
+        socket
             .send(packet, to)
             .map_err(|e| format!("sending to {to}: {e}"))
     }

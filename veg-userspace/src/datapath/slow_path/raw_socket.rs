@@ -1,12 +1,12 @@
-//! Sending whole IPv4 packets, headers included, through the kernel's routing: a raw socket with IP_HDRINCL
-//! (IPPROTO_RAW). The kernel routes each by its destination, resolves the next hop and keeps every header field
+//! Sending whole IPv4 or IPv6 packets, headers included, through the kernel's routing: a raw socket of the
+//! family with IPPROTO_RAW, which implies the header is the caller's (IP_HDRINCL; for IPv6 since Linux 4.5). The kernel routes each by its destination, resolves the next hop and keeps every header field
 //! but the checksum and total length it fills in (and an identification of 0, which it replaces: the callers
 //! refuse those). Such a socket may send any source address, which is what lets translated packets leave with
 //! the external address and replies reach pods with the remote's.
 
 use std::{
     io,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
@@ -15,11 +15,21 @@ pub struct RawSocket {
 }
 
 impl RawSocket {
+    /// An IPv4 socket.
     pub fn open() -> io::Result<RawSocket> {
+        RawSocket::open_family(libc::AF_INET)
+    }
+
+    /// An IPv6 socket.
+    pub fn open_v6() -> io::Result<RawSocket> {
+        RawSocket::open_family(libc::AF_INET6)
+    }
+
+    fn open_family(family: libc::c_int) -> io::Result<RawSocket> {
         // SAFETY: plain socket(2); the descriptor is owned at once.
         let fd = unsafe {
             libc::socket(
-                libc::AF_INET,
+                family,
                 libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
                 libc::IPPROTO_RAW,
             )
@@ -33,30 +43,52 @@ impl RawSocket {
         })
     }
 
-    /// Send one packet to `to` (its destination address).
-    pub fn send(&self, packet: &[u8], to: Ipv4Addr) -> io::Result<()> {
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(to.octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: the buffer and address are valid for the call.
+    /// Send one packet to `to` (its destination address), on a socket of `to`'s family.
+    pub fn send(&self, packet: &[u8], to: IpAddr) -> io::Result<()> {
+        match to {
+            IpAddr::V4(to) => self.send_to(packet, &sockaddr_v4(to)),
+            IpAddr::V6(to) => self.send_to(packet, &sockaddr_v6(to)),
+        }
+    }
+
+    fn send_to<A>(&self, packet: &[u8], addr: &A) -> io::Result<()> {
+        // SAFETY: the buffer and address are valid for the call; A is a sockaddr of the socket's family.
         let sent = unsafe {
             libc::sendto(
                 self.fd.as_raw_fd(),
                 packet.as_ptr().cast(),
                 packet.len(),
                 0,
-                (&addr as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                (addr as *const A).cast(),
+                std::mem::size_of::<A>() as libc::socklen_t,
             )
         };
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+}
+
+fn sockaddr_v4(to: Ipv4Addr) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(to.octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn sockaddr_v6(to: Ipv6Addr) -> libc::sockaddr_in6 {
+    libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: 0,
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr {
+            s6_addr: to.octets(),
+        },
+        sin6_scope_id: 0,
     }
 }
