@@ -486,63 +486,16 @@ fn bfd_gateway_on_vpc1_fails_over_in_under_a_second_and_the_instance_returns() {
     outside_client_is_not_routed(&lab, &echo, "vpc1-client2", "192.168.0.3");
 
     // Kill the instance carrying the stream: the stream resumes through the other one.
-    let stream = Stream::start(&lab.netns("vpc1-client1"), server());
-    std::thread::sleep(Duration::from_millis(500));
-    let carrier = *echo.sources().last().unwrap();
-    let records: Vec<serde_json::Value> = std::fs::read_dir(format!("{}/instances", lab.dir))
-        .unwrap()
-        .map(|e| {
-            serde_json::from_str(&std::fs::read_to_string(e.unwrap().path()).unwrap()).unwrap()
-        })
-        .collect();
-    let victim = records
-        .iter()
-        .find(|r| r["external_ip"] == carrier.to_string())
-        .expect("the carrier's record");
-    let survivor: IpAddr = records
-        .iter()
-        .find(|r| r["external_ip"] != carrier.to_string())
-        .and_then(|r| r["external_ip"].as_str()?.parse().ok())
-        .expect("the other instance's record");
-    let heard = echo.heard();
-    let killed = Instant::now();
-    lab.veg(&["kill", victim["pod"].as_str().unwrap()]);
-    std::thread::sleep(Duration::from_millis(1500));
-    let gap = stream.longest_gap_after(killed);
-    drop(stream);
-    println!(
-        "failover: traffic flowed again through the survivor after {} ms",
-        gap.as_millis()
-    );
-    assert!(
-        gap < Duration::from_secs(1),
-        "the stream stopped for {gap:?}"
-    );
-    let since_kill = echo.sources_since(heard);
-    assert!(
-        since_kill.contains(&survivor),
-        "the stream did not move to the other instance: {since_kill:?}"
-    );
-    // Nothing left untranslated meanwhile.
-    assert!(
-        !since_kill.contains(&"192.168.0.2".parse().unwrap()),
-        "a packet left with the client's own address: {since_kill:?}"
+    kill_the_carrier(
+        &lab,
+        &echo,
+        ("vpc1-client1", "192.168.0.2"),
+        server(),
+        "external_ip",
     );
 
     // The lab's kubelet restarts the agent; its session comes back up and the gateway is ready again.
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let bfd = lab.vpc1_bfd_status();
-        if bfd == ["up", "up"] {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the restarted instance's session never came back: {bfd:?}\n{}",
-            lab.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_vpc1_sessions_up(&lab, 2);
     lab.wait_ready("gateway2", Duration::from_secs(20));
 }
 
@@ -566,6 +519,73 @@ spec:
     - {snat: true, ipBlocks: [192.168.0.2, 'fd00:192:168::2']}
     - {snat: false, ipBlocks: ['fd00:192:168::4']}
 ";
+
+/// Kill the instance of vpc1's gateway that carries a steady stream from `client` (whose own address is given) to
+/// `server`, telling instances apart by the `field` of their records that holds the stream's family's external
+/// address: within a second the stream flows again through the other instance, and nothing left with the client's
+/// own address meanwhile.
+fn kill_the_carrier(
+    lab: &TestLab,
+    echo: &Echo,
+    (client, own): (&str, &str),
+    server: SocketAddr,
+    field: &str,
+) {
+    let stream = Stream::start(&lab.netns(client), server);
+    std::thread::sleep(Duration::from_millis(500));
+    let carrier = *echo.sources().last().unwrap();
+    let records = instance_records(lab);
+    let victim = records
+        .iter()
+        .find(|r| r[field] == carrier.to_string())
+        .expect("the carrier's record");
+    let survivor: IpAddr = records
+        .iter()
+        .find(|r| r[field] != carrier.to_string())
+        .and_then(|r| r[field].as_str()?.parse().ok())
+        .expect("the other instance's record");
+    let heard = echo.heard();
+    let killed = Instant::now();
+    lab.veg(&["kill", victim["pod"].as_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let gap = stream.longest_gap_after(killed);
+    drop(stream);
+    println!(
+        "failover ({}): traffic flowed again through the survivor after {} ms",
+        if server.is_ipv6() { "IPv6" } else { "IPv4" },
+        gap.as_millis()
+    );
+    assert!(
+        gap < Duration::from_secs(1),
+        "the stream stopped for {gap:?}"
+    );
+    let since_kill = echo.sources_since(heard);
+    assert!(
+        since_kill.contains(&survivor),
+        "the stream did not move to the other instance: {since_kill:?}"
+    );
+    assert!(
+        !since_kill.contains(&own.parse().unwrap()),
+        "a packet left with the client's own address: {since_kill:?}"
+    );
+}
+
+/// Wait (40 s at most) until OVN reports all `sessions` of vpc1's BFD port up.
+fn wait_for_vpc1_sessions_up(lab: &TestLab, sessions: usize) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let bfd = lab.vpc1_bfd_status();
+        if bfd.len() == sessions && bfd.iter().all(|s| s == "up") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted instance's sessions never came back: {bfd:?}\n{}",
+            lab.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
 
 /// The instances' records (<lab>/instances/*.json).
 fn instance_records(lab: &TestLab) -> Vec<serde_json::Value> {
@@ -632,46 +652,13 @@ fn dual_stack_gateway_on_vpc1_translates_both_families_and_fails_over_in_ipv6() 
     forward_client_is_seen_as_itself(&lab, &echo6, "vpc1-client3", "fd00:192:168::4", &via);
 
     // Kill the instance carrying an IPv6 stream: it resumes through the other one within BFD's detection time.
-    let stream = Stream::start(&lab.netns("vpc1-client1"), server6());
-    std::thread::sleep(Duration::from_millis(500));
-    let carrier = *echo6.sources().last().unwrap();
-    let victim = records
-        .iter()
-        .find(|r| r["external_ipv6"] == carrier.to_string())
-        .expect("the carrier's record");
-    let survivor = *external6.iter().find(|a| **a != carrier).unwrap();
-    let heard = echo6.heard();
-    let killed = Instant::now();
-    lab.veg(&["kill", victim["pod"].as_str().unwrap()]);
-    std::thread::sleep(Duration::from_millis(1500));
-    let gap = stream.longest_gap_after(killed);
-    drop(stream);
-    println!(
-        "IPv6 failover: traffic flowed again through the survivor after {} ms",
-        gap.as_millis()
-    );
-    assert!(
-        gap < Duration::from_secs(1),
-        "the stream stopped for {gap:?}"
-    );
-    let since_kill = echo6.sources_since(heard);
-    assert!(
-        since_kill.contains(&survivor),
-        "the stream did not move to the other instance: {since_kill:?}"
-    );
-    assert!(
-        !since_kill.contains(&"fd00:192:168::2".parse().unwrap()),
-        "a packet left with the client's own address: {since_kill:?}"
+    kill_the_carrier(
+        &lab,
+        &echo6,
+        ("vpc1-client1", "fd00:192:168::2"),
+        server6(),
+        "external_ipv6",
     );
     // Restarted, the instance brings both of its sessions back up.
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while lab.vpc1_bfd_status() != ["up", "up", "up", "up"] {
-        assert!(
-            Instant::now() < deadline,
-            "the restarted instance's sessions never came back: {:?}\n{}",
-            lab.vpc1_bfd_status(),
-            lab.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_vpc1_sessions_up(&lab, 4);
 }

@@ -77,10 +77,11 @@ fn to_external_address(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig) -> i3
         if let Some(client) = fragments::translation(pkt) {
             return fragment_to_vpc(ctx, pkt, cfg, client);
         }
-        match slow_path::hold(ctx, pkt, kind::HOLD_FROM_OUTSIDE) {
-            Ok(()) => count(Counter::FragmentsHeld),
-            Err(()) => count(Counter::SlowPathDropped),
-        }
+        count(slow_path::held(slow_path::hold(
+            ctx,
+            pkt,
+            kind::HOLD_FROM_OUTSIDE,
+        )));
         return pass_to_host(Counter::PassedToHost);
     }
     let port = match pkt.protocol {
@@ -100,6 +101,13 @@ fn to_external_address(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig) -> i3
         }
         Err(miss) => miss,
     };
+    unmatched(port, cfg, miss)
+}
+
+/// A packet to the external address, of either family, that matched no translation (`miss`: why) at its
+/// destination `port` (network byte order).
+#[inline(always)]
+pub fn unmatched(port: u16, cfg: &GatewayConfig, miss: Counter) -> i32 {
     let port = u16::from_be(port);
     if port >= cfg.port_min && port <= cfg.port_max {
         // In the NAT range but matching no flow (or a RST that does not fit its flow): never let it through to a

@@ -14,6 +14,7 @@ use veg_common::{
 
 use crate::{
     flows, fragments,
+    from_outside::unmatched,
     from_vpc_v6::forward,
     icmp6::{self, Icmp6Error},
     icmp6_errors,
@@ -58,10 +59,11 @@ fn to_external_address(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig) -> i3
         if let Some(client) = fragments::translation_v6(pkt) {
             return fragment_to_vpc(ctx, pkt, cfg, client);
         }
-        match slow_path::hold_v6(ctx, pkt, kind::HOLD_FROM_OUTSIDE) {
-            Ok(()) => count(Counter::FragmentsHeld),
-            Err(()) => count(Counter::SlowPathDropped),
-        }
+        count(slow_path::held(slow_path::hold_v6(
+            ctx,
+            pkt,
+            kind::HOLD_FROM_OUTSIDE,
+        )));
         return pass_to_host(Counter::PassedToHost);
     }
     let port = match pkt.protocol {
@@ -83,13 +85,7 @@ fn to_external_address(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig) -> i3
         }
         Err(miss) => miss,
     };
-    let port = u16::from_be(port);
-    if port >= cfg.port_min && port <= cfg.port_max {
-        drop_packet(miss)
-    } else {
-        // Outside the NAT range: the instance's own sockets.
-        pass_to_host(Counter::PassedToHost)
-    }
+    unmatched(port, cfg, miss)
 }
 
 /// An ICMPv6 error from outside: translated back to the client whose flow it is about (a Packet Too Big is how

@@ -86,10 +86,11 @@ fn snat(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, route: &Route) -> i3
     if pkt.later_fragment {
         // No ports: the address its first fragment was given; if that has not come yet, the agent holds it.
         let Some(external) = fragments::translation(pkt) else {
-            return match slow_path::hold(ctx, pkt, kind::HOLD_FROM_VPC) {
-                Ok(()) => drop_packet(Counter::FragmentsHeld),
-                Err(()) => drop_packet(Counter::SlowPathDropped),
-            };
+            return drop_packet(slow_path::held(slow_path::hold(
+                ctx,
+                pkt,
+                kind::HOLD_FROM_VPC,
+            )));
         };
         if rewrite::rewrite_address(ctx, pkt, End::Source, external).is_err() {
             return drop_packet(Counter::DropMalformed);

@@ -65,10 +65,11 @@ fn snat(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, route: &Route) -> i3
     if pkt.later_fragment {
         // No ports: the address its first fragment was given; if that has not come yet, the agent holds it.
         let Some(external) = fragments::translation_v6(pkt) else {
-            return match slow_path::hold_v6(ctx, pkt, kind::HOLD_FROM_VPC) {
-                Ok(()) => drop_packet(Counter::FragmentsHeld),
-                Err(()) => drop_packet(Counter::SlowPathDropped),
-            };
+            return drop_packet(slow_path::held(slow_path::hold_v6(
+                ctx,
+                pkt,
+                kind::HOLD_FROM_VPC,
+            )));
         };
         if rewrite::rewrite_address_v6(ctx, End::Source, external).is_err() {
             return drop_packet(Counter::DropMalformed);

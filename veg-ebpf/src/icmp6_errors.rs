@@ -18,7 +18,7 @@ use veg_common::{
 };
 
 use crate::{
-    icmp_errors::{QuotedEnd, csum_replace2, read16},
+    icmp_errors::{QuotedEnd, csum_replace2, quoted_ports, read16},
     maps::{FLOWS, FlowScratch, flow_scratch},
     packet::{
         ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPV6_DST_OFF, IPV6_LEN, IPV6_SRC_OFF, L3_OFF,
@@ -73,18 +73,8 @@ fn parse_quote(ctx: &TcContext, pkt: &Packet) -> Option<Quote> {
     if l4_off + QUOTED_L4_MIN > total {
         return None;
     }
-    let (src_port, dst_port) = match protocol {
-        PROTO_TCP | PROTO_UDP => (read16(ctx, l4_off)?, read16(ctx, l4_off + 2)?),
-        PROTO_ICMPV6 => {
-            let [kind, _] = read16(ctx, l4_off)?.to_ne_bytes();
-            if kind != ICMPV6_ECHO_REQUEST && kind != ICMPV6_ECHO_REPLY {
-                return None;
-            }
-            let id = read16(ctx, l4_off + 4)?;
-            (id, id)
-        }
-        _ => return None,
-    };
+    let echo = (PROTO_ICMPV6, ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY);
+    let (src_port, dst_port) = quoted_ports(ctx, protocol, l4_off, echo)?;
     Some(Quote {
         ip_off: ip_off as u16,
         l4_off: l4_off as u16,
@@ -116,28 +106,21 @@ fn quoted_key(
     Some(())
 }
 
-/// The checksum difference of an address going from `old` to `new`: the sum of the new 16-bit words and of the
-/// old ones complemented (RFC 1624), big-endian words, not folded. Computed once, applied to every checksum the
-/// address counts in. A function of its own in the object: its sixteen loads, inlined, made the translating
+/// rewrite::address_diff, as a function of its own in the object: its sixteen loads, inlined, made the translating
 /// functions spill registers past the verifier's stack budget.
 #[inline(never)]
 fn address_diff(old: &Address, new: &Address) -> u32 {
-    let mut sum = 0u32;
-    for i in 0..8 {
-        let old_word = u16::from_be_bytes([old.bytes[2 * i], old.bytes[2 * i + 1]]);
-        let new_word = u16::from_be_bytes([new.bytes[2 * i], new.bytes[2 * i + 1]]);
-        sum += u32::from(!old_word) + u32::from(new_word);
-    }
-    sum
+    crate::rewrite::address_diff(old, new)
 }
 
-/// The checksum `check` (as it lies in the packet) after adding `diff` (`address_diff`) to what it covers.
+/// The checksum `check`, as it lies in the packet, after adding `diff` (an `address_diff`, in the machine's byte
+/// order, as the field is read) to what it covers (RFC 1624).
 #[inline(always)]
 fn csum_add(check: u16, diff: u32) -> u16 {
-    let mut sum = u32::from(!u16::from_be(check)) + diff;
+    let mut sum = u32::from(!check) + diff;
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_be()
+    !(sum as u16)
 }
 
 /// The changes one translation makes: in the quote, `end`'s address (changing by `quoted_diff`) and its port

@@ -79,6 +79,31 @@ fn read32(ctx: &TcContext, offset: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(bytes))
 }
 
+/// The ports of a quoted packet whose transport header is at `l4_off`: TCP's and UDP's, or for an echo of the
+/// family's ICMP (`echo`: its protocol and echo request and reply types) the identifier in both. None for what is
+/// not translated.
+#[inline(always)]
+pub fn quoted_ports(
+    ctx: &TcContext,
+    protocol: u8,
+    l4_off: usize,
+    (icmp, echo_request, echo_reply): (u8, u8, u8),
+) -> Option<(u16, u16)> {
+    match protocol {
+        PROTO_TCP | PROTO_UDP => Some((read16(ctx, l4_off)?, read16(ctx, l4_off + 2)?)),
+        // Only echo is translated; the error quotes an echo request or reply.
+        _ if protocol == icmp => {
+            let [kind, _] = read16(ctx, l4_off)?.to_ne_bytes();
+            if kind != echo_request && kind != echo_reply {
+                return None;
+            }
+            let id = read16(ctx, l4_off + 4)?;
+            Some((id, id))
+        }
+        _ => None,
+    }
+}
+
 #[inline(always)]
 fn parse_quote(ctx: &TcContext, pkt: &Packet) -> Option<Quote> {
     pull_headers(ctx, ERROR_SPAN);
@@ -96,19 +121,8 @@ fn parse_quote(ctx: &TcContext, pkt: &Packet) -> Option<Quote> {
         return None;
     }
     let [_, protocol] = read16(ctx, ip_off + 8)?.to_ne_bytes();
-    let (src_port, dst_port) = match protocol {
-        PROTO_TCP | PROTO_UDP => (read16(ctx, l4_off)?, read16(ctx, l4_off + 2)?),
-        // Only echo is translated; the error quotes an echo request or reply.
-        PROTO_ICMP => {
-            let [kind, _] = read16(ctx, l4_off)?.to_ne_bytes();
-            if kind != ICMP_ECHO_REQUEST && kind != ICMP_ECHO_REPLY {
-                return None;
-            }
-            let id = read16(ctx, l4_off + 4)?;
-            (id, id)
-        }
-        _ => return None,
-    };
+    let echo = (PROTO_ICMP, ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY);
+    let (src_port, dst_port) = quoted_ports(ctx, protocol, l4_off, echo)?;
     Some(Quote {
         ip_off: ip_off as u16,
         l4_off: l4_off as u16,

@@ -117,7 +117,7 @@ fn l4_layout_v6(protocol: u8, end: End) -> Option<(usize, usize, u64)> {
 /// ones'-complement sum of the new 16-bit words and of the old ones negated, read in the machine's byte order as
 /// the kernel sums packet memory.
 #[inline(always)]
-fn address_diff(old: &Address, new: &Address) -> u32 {
+pub fn address_diff(old: &Address, new: &Address) -> u32 {
     let mut sum = 0u32;
     for i in 0..8 {
         let old_word = u16::from_ne_bytes([old.bytes[2 * i], old.bytes[2 * i + 1]]);

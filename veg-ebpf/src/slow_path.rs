@@ -14,6 +14,7 @@ use aya_ebpf::programs::TcContext;
 use veg_common::fragment::{
     DatagramKey, DatagramTranslation, SLOW_PATH_MAX_PACKET, SlowPathHeader, kind,
 };
+use veg_common::stats::Counter;
 
 use crate::{
     fragments,
@@ -100,6 +101,15 @@ pub fn hold(ctx: &TcContext, pkt: &Packet, kind: u8) -> Result<(), ()> {
     // the mark or is seen by the agent when it looks the datagram up.
     let _ = HELD.insert(&fragments::key(pkt), &0, 0);
     hand_over(ctx, pkt, kind, 0)
+}
+
+/// The counter for a hand-over to be held: held, or refused (`hold`, `hold_v6`).
+#[inline(always)]
+pub fn held(handed_over: Result<(), ()>) -> Counter {
+    match handed_over {
+        Ok(()) => Counter::FragmentsHeld,
+        Err(()) => Counter::SlowPathDropped,
+    }
 }
 
 /// Give an IPv6 later fragment that came before its first fragment to the agent to hold. No mark and no notice
