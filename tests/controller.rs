@@ -794,18 +794,11 @@ async fn a_cluster_without_the_instances_binding_gets_a_condition_that_says_what
 }
 
 /// On a server with bfd_sessions (OVN >= 23.09), trafficPolicy Local keeps each node's pods on the instance of
-/// their node (29150, matched by the node's port group from its port_name annotation), as the reference does.
+/// their node (29150, matched by the node's port group from its port_name annotation), as the reference does;
+/// the LocalTrafficPolicy condition says so, and says why not while the instance's node has no port annotation.
 #[tokio::test]
 async fn traffic_policy_local_on_a_newer_ovn_adds_a_policy_per_node() {
     let w = world_on(NbServer::start_with_bfd_sessions()).await;
-    Api::<Node>::all(w.client.clone())
-        .patch(
-            "node1",
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "metadata": { "annotations": { "ovn.kubernetes.io/port_name": "node-node1" } } })),
-        )
-        .await
-        .unwrap();
     w.gateway(&GATEWAY1.replace("  replicas: 1\n", "  replicas: 1\n  trafficPolicy: Local\n"))
         .await;
     w.reconcile("gateway1").await;
@@ -819,6 +812,19 @@ async fn traffic_policy_local_on_a_newer_ovn_adds_a_policy_per_node() {
     .await;
     w.reconcile("gateway1").await;
     assert_eq!(
+        w.condition("gateway1", "LocalTrafficPolicy"),
+        ("False".into(), "NodePortUnknown".into())
+    );
+    Api::<Node>::all(w.client.clone())
+        .patch(
+            "node1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": { "annotations": { "ovn.kubernetes.io/port_name": "node-node1" } } })),
+        )
+        .await
+        .unwrap();
+    w.reconcile("gateway1").await;
+    assert_eq!(
         w.rows(
             "Logical_Router_Policy",
             "gateway1",
@@ -830,6 +836,47 @@ async fn traffic_policy_local_on_a_newer_ovn_adds_a_policy_per_node() {
         ]
     );
     assert_eq!(w.status("gateway1")["ready"], true);
+    assert_eq!(
+        w.condition("gateway1", "LocalTrafficPolicy"),
+        ("True".into(), "Honoured".into())
+    );
+}
+
+/// Where Local cannot be honoured (OVN before 23.09 here), the gateway still works, spread over every instance,
+/// and a condition says why; a Cluster gateway has no such condition.
+#[tokio::test]
+async fn traffic_policy_local_on_an_older_ovn_is_a_condition_that_says_why() {
+    let w = world().await;
+    w.gateway(&GATEWAY1.replace("  replicas: 1\n", "  replicas: 1\n  trafficPolicy: Local\n"))
+        .await;
+    // The first reconcile adds the finalizer, the second does the work.
+    w.reconcile("gateway1").await;
+    w.reconcile("gateway1").await;
+    assert_eq!(
+        w.condition("gateway1", "LocalTrafficPolicy"),
+        ("False".into(), "OvnTooOld".into())
+    );
+    let conditions = w.status("gateway1")["conditions"].clone();
+    let local = conditions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "LocalTrafficPolicy")
+        .unwrap();
+    assert!(
+        local["message"].as_str().unwrap().contains("OVN 23.09"),
+        "{local}"
+    );
+    w.gateway(&GATEWAY1.replace("gateway1", "cluster1")).await;
+    w.reconcile("cluster1").await;
+    w.reconcile("cluster1").await;
+    let types: Vec<Value> = w.status("cluster1")["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].clone())
+        .collect();
+    assert_eq!(types, [json!("Validated"), json!("Ready")]);
 }
 
 /// Every row of `table` in `nb` tagged `tag`=`value`, as JSON without its identity: `_uuid`, `_version`, and each

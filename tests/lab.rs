@@ -62,6 +62,21 @@ impl TestLab {
         self.veg(&["apply", "-f", &file]);
     }
 
+    /// Apply the manifest as `kubectl apply -f DIR` would take it from a directory: as a JSON `kind: List`
+    /// beside an empty YAML file.
+    fn apply_directory_with_a_list(&self, yaml: &str) {
+        let directory = format!("{}/manifests-{}", self.dir, unique("d"));
+        std::fs::create_dir(&directory).unwrap();
+        let items: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(yaml)
+            .map(|document| serde::Deserialize::deserialize(document).unwrap())
+            .collect();
+        let list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": items });
+        std::fs::write(format!("{directory}/a-list.json"), list.to_string()).unwrap();
+        std::fs::write(format!("{directory}/b-empty.yaml"), "---\n").unwrap();
+        let said = self.veg(&["apply", "-f", &directory]);
+        assert!(said.contains("VpcEgressGateway default/"), "{said}");
+    }
+
     fn delete(&self, yaml: &str) {
         let file = format!("{}/manifest-{}.yaml", self.dir, unique("m"));
         std::fs::write(&file, yaml).unwrap();
@@ -366,7 +381,7 @@ fn the_controller_and_the_northbound_database_restart_without_harm() {
     }
     let lab = TestLab::up();
     let _echo = Echo::start(&lab.netns("external"), PORT);
-    lab.apply(GATEWAY1);
+    lab.apply_directory_with_a_list(GATEWAY1);
     lab.wait_ready("gateway1", Duration::from_secs(30));
     eventually_round_trip(&lab, "client1");
 

@@ -19,6 +19,7 @@ use veg_userspace::{
         instances::observe,
         reconcile::program_ovn,
         status::{self, Outcome},
+        traffic_policy,
         validation::validate,
         workload,
     },
@@ -152,7 +153,7 @@ async fn reconcile(
                 reason: problem.reason,
                 message: problem.message,
             };
-            status::compute(gateway, &outcome, &now)
+            status::compute(gateway, &outcome, None, &now)
         }
         Ok(resolved) => {
             let run = workload::resolved_deployment(gateway, &resolved, IMAGE)
@@ -165,16 +166,19 @@ async fn reconcile(
                         message: format!("{e:#}"),
                         instances: &[],
                     };
-                    status::compute(gateway, &outcome, &now)
+                    status::compute(gateway, &outcome, None, &now)
                 }
                 Ok(pods) => {
                     let instances = observe(&pods, &resolved.external_subnet.spec.provider);
                     // Selectors pick cluster pods; the lab's clients are not Kubernetes pods, so none here.
+                    let nodes = nodes();
                     let programmed =
-                        program_ovn(gateway, &resolved, &instances, Vec::new(), &nodes(), ovn)
-                            .await;
+                        program_ovn(gateway, &resolved, &instances, Vec::new(), &nodes, ovn).await;
                     let outcome = Outcome::of_ovn(programmed, &instances);
-                    status::compute(gateway, &outcome, &now)
+                    let local = traffic_policy::observed_verdict(
+                        gateway, &resolved, ovn, &nodes, &instances,
+                    );
+                    status::compute(gateway, &outcome, local.as_ref(), &now)
                 }
             }
         }

@@ -34,15 +34,19 @@ enum LabCommand {
     Down,
     /// Say what runs; exits 1 when the lab is not (fully) up.
     Status,
-    /// Create or update the resources in FILE (VpcEgressGateway, Vpc, Subnet YAML, as for `kubectl apply`).
+    /// Create or update the resources in FILE (VpcEgressGateway, Vpc, Subnet YAML or JSON, as for `kubectl
+    /// apply`): any number of documents per file, `kind: List` too. Every resource is checked before any is
+    /// applied.
     Apply {
-        #[arg(short = 'f', long = "filename", value_name = "FILE")]
-        file: PathBuf,
+        /// A file, a directory (its .yaml, .yml and .json files), or - for standard input; repeat for more.
+        #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
     },
     /// Delete the resources in FILE; the controller removes a deleted gateway's instances and OVN rows.
     Delete {
-        #[arg(short = 'f', long = "filename", value_name = "FILE")]
-        file: PathBuf,
+        /// A file, a directory (its .yaml, .yml and .json files), or - for standard input; repeat for more.
+        #[arg(short = 'f', long = "filename", value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
     },
     /// List gateways with the columns of `kubectl get veg`.
     Get {
@@ -124,20 +128,20 @@ fn run(args: LabArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        LabCommand::Apply { file } | LabCommand::Delete { file }
+        LabCommand::Apply { files } | LabCommand::Delete { files }
             if !args.dir.join("nb.sock").exists() =>
         {
-            require_up(&args.dir).with_context(|| format!("cannot use {}", file.display()))
+            require_up(&args.dir).with_context(|| format!("cannot use {}", shown(&files)))
         }
-        LabCommand::Apply { file } => {
-            for (name, value) in read_manifest(&file)? {
+        LabCommand::Apply { files } => {
+            for (name, value) in read_manifests(&files)? {
                 store.put(&name, value)?;
                 writeln!(out, "{name} configured")?;
             }
             Ok(())
         }
-        LabCommand::Delete { file } => {
-            for (name, _) in read_manifest(&file)? {
+        LabCommand::Delete { files } => {
+            for (name, _) in read_manifests(&files)? {
                 let said = if store.remove(&name)? {
                     "deleted"
                 } else {
@@ -197,11 +201,55 @@ fn run(args: LabArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The documents of a manifest file, each checked.
-fn read_manifest(file: &std::path::Path) -> anyhow::Result<Vec<(store::Name, serde_json::Value)>> {
-    let yaml =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    store::parse_manifest(&yaml).with_context(|| format!("in {}", file.display()))
+/// The resources of every file, directory and `-` (standard input) given, each checked, in the order given
+/// (a directory's files by name). Nothing is returned unless all of them are valid.
+fn read_manifests(files: &[PathBuf]) -> anyhow::Result<Vec<(store::Name, serde_json::Value)>> {
+    let mut resources = Vec::new();
+    for file in files {
+        for file in expand(file)? {
+            let yaml = if file.as_os_str() == "-" {
+                io::read_to_string(io::stdin()).context("reading standard input")?
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            resources.extend(
+                store::parse_manifest(&yaml).with_context(|| format!("in {}", file.display()))?,
+            );
+        }
+    }
+    if resources.is_empty() {
+        anyhow::bail!("{} hold(s) no resource", shown(files));
+    }
+    Ok(resources)
+}
+
+/// A directory's manifest files sorted by name, or the file itself.
+fn expand(path: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("reading the directory {}", path.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        anyhow::bail!("{} holds no .yaml, .yml or .json file", path.display());
+    }
+    Ok(files)
+}
+
+fn shown(files: &[PathBuf]) -> String {
+    files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `veg lab get veg [NAME] [-n NAMESPACE] [-o wide]`, as kubectl prints it.

@@ -53,54 +53,65 @@ fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))
 }
 
-/// The documents of a manifest, each checked: a kind the lab knows, a name, and content that parses as that kind.
+/// The resources of a manifest, each checked: a kind the lab knows, a name, and content that parses as that kind.
+/// A manifest holds any number of YAML documents (or JSON), and a document may be a `kind: List` of resources,
+/// as `kubectl apply -f` takes them; an empty file holds none.
 pub fn parse_manifest(yaml: &str) -> anyhow::Result<Vec<(Name, Value)>> {
-    let mut documents = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(yaml) {
+    let mut resources = Vec::new();
+    for (index, document) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
         let value = Value::deserialize(document).context("the file is not valid YAML")?;
         if value.is_null() {
             continue;
         }
-        let kind = value["kind"].as_str().unwrap_or_default().to_owned();
-        if !KINDS.contains(&kind.as_str()) {
-            bail!(
-                "kind {kind:?} is not served by the lab: it knows {}",
-                KINDS.join(", ")
-            );
-        }
-        let name = value["metadata"]["name"]
-            .as_str()
-            .filter(|n| !n.is_empty())
-            .with_context(|| format!("a {kind} without metadata.name"))?
-            .to_owned();
-        let namespace = match kind.as_str() {
-            "VpcEgressGateway" => value["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or("default")
-                .to_owned(),
-            _ => String::new(),
-        };
-        let checked = match kind.as_str() {
-            "VpcEgressGateway" => {
-                serde_json::from_value::<VpcEgressGateway>(value.clone()).map(drop)
+        if value["kind"] == "List" {
+            let items = value["items"]
+                .as_array()
+                .with_context(|| format!("document {} is a List without items", index + 1))?;
+            for item in items {
+                resources.push(checked(item.clone())?);
             }
-            "Vpc" => serde_json::from_value::<Vpc>(value.clone()).map(drop),
-            _ => serde_json::from_value::<Subnet>(value.clone()).map(drop),
-        };
-        checked.with_context(|| format!("{kind} {name:?} is not valid"))?;
-        documents.push((
-            Name {
-                kind,
-                namespace,
-                name,
-            },
-            value,
-        ));
+        } else {
+            resources.push(checked(value)?);
+        }
     }
-    if documents.is_empty() {
-        bail!("the file holds no resource");
+    Ok(resources)
+}
+
+/// One resource, named and checked.
+fn checked(value: Value) -> anyhow::Result<(Name, Value)> {
+    let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+    if !KINDS.contains(&kind.as_str()) {
+        bail!(
+            "kind {kind:?} is not served by the lab: it knows {} (and List)",
+            KINDS.join(", ")
+        );
     }
-    Ok(documents)
+    let name = value["metadata"]["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .with_context(|| format!("a {kind} without metadata.name"))?
+        .to_owned();
+    let namespace = match kind.as_str() {
+        "VpcEgressGateway" => value["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_owned(),
+        _ => String::new(),
+    };
+    let parsed = match kind.as_str() {
+        "VpcEgressGateway" => serde_json::from_value::<VpcEgressGateway>(value.clone()).map(drop),
+        "Vpc" => serde_json::from_value::<Vpc>(value.clone()).map(drop),
+        _ => serde_json::from_value::<Subnet>(value.clone()).map(drop),
+    };
+    parsed.with_context(|| format!("{kind} {name:?} is not valid"))?;
+    Ok((
+        Name {
+            kind,
+            namespace,
+            name,
+        },
+        value,
+    ))
 }
 
 impl Store {
@@ -264,4 +275,56 @@ impl Store {
 /// Serialize a resource for the store (tests and the lab's built-in objects).
 pub fn to_value<K: Serialize>(object: &K) -> anyhow::Result<Value> {
     Ok(serde_json::to_value(object)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GATEWAY: &str = "{kind: VpcEgressGateway, metadata: {name: g1}, spec: {externalSubnet: ext, policies: [{snat: true, ipBlocks: [10.0.0.1]}]}}";
+    const VPC: &str = "{kind: Vpc, metadata: {name: vpc1}, spec: {}}";
+
+    fn names(yaml: &str) -> Vec<String> {
+        parse_manifest(yaml)
+            .unwrap()
+            .iter()
+            .map(|(name, _)| name.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_manifest_holds_documents_and_lists_of_any_number() {
+        assert_eq!(
+            names(&format!("{VPC}\n---\n{GATEWAY}\n")),
+            ["Vpc vpc1", "VpcEgressGateway default/g1"]
+        );
+        assert_eq!(
+            names(&format!(
+                "apiVersion: v1\nkind: List\nitems: [{VPC}, {GATEWAY}]\n---\n{}\n",
+                GATEWAY.replace("g1", "g2")
+            )),
+            [
+                "Vpc vpc1",
+                "VpcEgressGateway default/g1",
+                "VpcEgressGateway default/g2"
+            ]
+        );
+        assert!(names("---\n# nothing\n").is_empty());
+    }
+
+    #[test]
+    fn one_bad_resource_refuses_the_whole_manifest() {
+        let error = |yaml: &str| format!("{:#}", parse_manifest(yaml).unwrap_err());
+        assert!(
+            error(&format!(
+                "kind: List\nitems: [{VPC}, {{kind: Pod, metadata: {{name: p}}}}]\n"
+            ))
+            .contains("kind \"Pod\" is not served by the lab"),
+        );
+        assert!(error("kind: List\n").contains("List without items"));
+        assert!(
+            error(&GATEWAY.replace("externalSubnet: ext, ", ""))
+                .contains("VpcEgressGateway \"g1\" is not valid")
+        );
+    }
 }

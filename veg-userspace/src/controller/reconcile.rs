@@ -34,6 +34,7 @@ use super::{
     ovn_input::{gateway_spec, local_port_groups, vpc_bfd_port},
     selection::selected_ports,
     status::{self, Outcome, READY},
+    traffic_policy,
     validation::{Problem, Resolved, validate},
     workload,
 };
@@ -213,7 +214,7 @@ async fn apply(gateway: &VpcEgressGateway, ctx: &Context) -> Result<Action, Erro
     let resolved = match validate(gateway, &vpcs.items, &subnets.items) {
         Ok(resolved) => resolved,
         Err(Problem { reason, message }) => {
-            report(gateway, ctx, &Outcome::Invalid { reason, message }).await?;
+            report(gateway, ctx, &Outcome::Invalid { reason, message }, None).await?;
             return Ok(Action::requeue(RESYNC));
         }
     };
@@ -232,7 +233,7 @@ async fn apply(gateway: &VpcEgressGateway, ctx: &Context) -> Result<Action, Erro
             message,
             instances: &instances,
         };
-        report(gateway, ctx, &outcome).await?;
+        report(gateway, ctx, &outcome, None).await?;
         return Ok(Action::requeue(RETRY));
     }
 
@@ -240,7 +241,8 @@ async fn apply(gateway: &VpcEgressGateway, ctx: &Context) -> Result<Action, Erro
     let nodes = needed_nodes(gateway, &resolved, client).await?;
     let programmed = program_ovn(gateway, &resolved, &instances, ports, &nodes, &ctx.ovn).await;
     let outcome = Outcome::of_ovn(programmed, &instances);
-    let ready = report(gateway, ctx, &outcome).await?;
+    let local = traffic_policy::observed_verdict(gateway, &resolved, &ctx.ovn, &nodes, &instances);
+    let ready = report(gateway, ctx, &outcome, local.as_ref()).await?;
     Ok(Action::requeue(if ready { RESYNC } else { RETRY }))
 }
 
@@ -382,8 +384,9 @@ async fn report(
     gateway: &VpcEgressGateway,
     ctx: &Context,
     outcome: &Outcome<'_>,
+    local: Option<&traffic_policy::Verdict>,
 ) -> Result<bool, Error> {
-    let new = status::compute(gateway, outcome, &Time(Timestamp::now()));
+    let new = status::compute(gateway, outcome, local, &Time(Timestamp::now()));
     let ready_reason = new
         .conditions
         .iter()

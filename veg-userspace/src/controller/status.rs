@@ -5,7 +5,12 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use super::{instances::Observed, reconcile::ProgramError, workload};
+use super::{
+    instances::Observed,
+    reconcile::ProgramError,
+    traffic_policy::{LOCAL_TRAFFIC_POLICY, Verdict},
+    workload,
+};
 use crate::crd::gateway::{Phase, VpcEgressGateway, VpcEgressGatewayStatus, Workload};
 
 pub const VALIDATED: &str = "Validated";
@@ -92,6 +97,7 @@ pub fn label_selector(gateway: &VpcEgressGateway) -> String {
 pub fn compute(
     gateway: &VpcEgressGateway,
     outcome: &Outcome,
+    local: Option<&Verdict>,
     now: &Time,
 ) -> VpcEgressGatewayStatus {
     let previous = gateway
@@ -166,7 +172,7 @@ pub fn compute(
             name: workload::deployment_name(gateway),
             nodes: attached.iter().filter_map(|i| i.node.clone()).collect(),
         }),
-        conditions: vec![
+        conditions: [
             condition(
                 previous,
                 VALIDATED,
@@ -177,7 +183,20 @@ pub fn compute(
                 now,
             ),
             condition(previous, READY, ready.0, ready.1, ready.2, generation, now),
-        ],
+        ]
+        .into_iter()
+        .chain(local.map(|v| {
+            condition(
+                previous,
+                LOCAL_TRAFFIC_POLICY,
+                v.honoured,
+                v.reason,
+                v.message.clone(),
+                generation,
+                now,
+            )
+        }))
+        .collect(),
         replicas: instances.len() as i32,
         label_selector: Some(label_selector(gateway)),
     }
@@ -244,6 +263,7 @@ mod tests {
             &Outcome::Applied {
                 instances: &instances,
             },
+            None,
             &at(100),
         );
         assert_eq!(
@@ -283,6 +303,7 @@ mod tests {
             &Outcome::Applied {
                 instances: &instances,
             },
+            None,
             &at(100),
         );
         assert!(!status.ready);
@@ -305,6 +326,7 @@ mod tests {
             &Outcome::Applied {
                 instances: &instances[..1],
             },
+            None,
             &at(100),
         );
         assert_eq!(
@@ -320,7 +342,7 @@ mod tests {
             reason: "VpcBfdPortNotEnabled",
             message: "no BFD port".into(),
         };
-        let status = compute(&g, &invalid, &at(100));
+        let status = compute(&g, &invalid, None, &at(100));
         assert_eq!(
             status.conditions,
             [
@@ -341,7 +363,7 @@ mod tests {
             message: "denied".into(),
             instances: &instances,
         };
-        let status = compute(&g, &failed, &at(200));
+        let status = compute(&g, &failed, None, &at(200));
         assert_eq!(
             status.conditions,
             [

@@ -11,22 +11,22 @@ use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
-            Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-            HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement,
-            NodeSelectorTerm, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity,
-            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecurityContext, Sysctl, Volume,
+            Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+            HostPathVolumeSource, ObjectFieldSelector, PodSecurityContext, PodSpec,
+            PodTemplateSpec, Probe, ResourceRequirements, SecurityContext, Sysctl, Volume,
             VolumeMount,
         },
     },
     apimachinery::pkg::{
-        apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta},
+        api::resource::Quantity,
+        apis::meta::v1::{LabelSelector, ObjectMeta},
         util::intstr::IntOrString,
     },
 };
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::validation::Resolved;
+use super::{scheduling, validation::Resolved};
 use crate::crd::{
     gateway::{VpcEgressGateway, parse_source},
     network::{Subnet, Vpc},
@@ -40,6 +40,11 @@ pub const HEALTH_PORT: i32 = 8080;
 /// namespaced sysctl Kubernetes counts as safe), so the agent translates into every port below it: 1024-60999,
 /// 59,976 ports toward each remote endpoint.
 pub const INSTANCE_EPHEMERAL_PORTS: &str = "61000 65535";
+/// What an instance requests when the gateway does not say (spec.resources): a fifth of a CPU, and memory for
+/// the default flow table (262,144 translations, about 80 MiB, charged to the pod that creates it) with the
+/// agent beside it. Requests without limits make the pods Burstable: evicted after BestEffort pods, never
+/// throttled or OOM-killed for a burst of traffic.
+pub const DEFAULT_REQUESTS: [(&str, &str); 2] = [("cpu", "200m"), ("memory", "256Mi")];
 /// The instances' service account in each gateway's namespace.
 pub const GATEWAY_SERVICE_ACCOUNT: &str = "veg-gateway";
 
@@ -372,6 +377,7 @@ fn gateway_container(inputs: &Inputs, args: Vec<String>) -> Container {
             mount_path: "/sys/fs/bpf".into(),
             ..Default::default()
         }]),
+        resources: Some(resources(inputs.gateway)),
         readiness_probe: Some(probe("/readyz")),
         liveness_probe: Some(Probe {
             initial_delay_seconds: Some(5),
@@ -379,6 +385,23 @@ fn gateway_container(inputs: &Inputs, args: Vec<String>) -> Container {
         }),
         ..Default::default()
     }
+}
+
+/// The gateway's resources as given, or DEFAULT_REQUESTS.
+fn resources(gateway: &VpcEgressGateway) -> ResourceRequirements {
+    gateway
+        .spec
+        .resources
+        .clone()
+        .unwrap_or_else(|| ResourceRequirements {
+            requests: Some(
+                DEFAULT_REQUESTS
+                    .iter()
+                    .map(|(name, amount)| (name.to_string(), Quantity(amount.to_string())))
+                    .collect(),
+            ),
+            ..Default::default()
+        })
 }
 
 /// Before the agent: the pod's namespace inherits IPv4 forwarding on from the node, and nothing may cross between
@@ -446,21 +469,9 @@ fn pod_spec(
         }),
         init_containers: Some(vec![init]),
         containers: vec![container],
-        affinity: Some(Affinity {
-            pod_anti_affinity: Some(PodAntiAffinity {
-                required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
-                    label_selector: Some(LabelSelector {
-                        match_labels: Some(labels),
-                        ..Default::default()
-                    }),
-                    topology_key: "kubernetes.io/hostname".into(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            node_affinity: node_affinity(&gateway.spec.node_selector),
-            ..Default::default()
-        }),
+        affinity: Some(scheduling::affinity(gateway, labels)),
+        tolerations: (!gateway.spec.tolerations.is_empty())
+            .then(|| gateway.spec.tolerations.clone()),
         volumes: Some(vec![Volume {
             name: "bpffs".into(),
             host_path: Some(HostPathVolumeSource {
@@ -471,46 +482,6 @@ fn pod_spec(
         }]),
         ..Default::default()
     }
-}
-
-/// The gateway's nodeSelector terms as required node affinity (terms OR-ed, as the reference does); none without.
-fn node_affinity(terms: &[crate::crd::gateway::NodeSelectorTerm]) -> Option<NodeAffinity> {
-    if terms.is_empty() {
-        return None;
-    }
-    let requirement = |e: &LabelSelectorRequirement| NodeSelectorRequirement {
-        key: e.key.clone(),
-        operator: e.operator.clone(),
-        values: e.values.clone(),
-    };
-    let node_selector_terms = terms
-        .iter()
-        .map(|term| {
-            let mut expressions: Vec<NodeSelectorRequirement> = term
-                .match_labels
-                .iter()
-                .flatten()
-                .map(|(k, v)| NodeSelectorRequirement {
-                    key: k.clone(),
-                    operator: "In".into(),
-                    values: Some(vec![v.clone()]),
-                })
-                .collect();
-            expressions.extend(term.match_expressions.iter().map(requirement));
-            let fields: Vec<NodeSelectorRequirement> =
-                term.match_fields.iter().map(requirement).collect();
-            NodeSelectorTerm {
-                match_expressions: (!expressions.is_empty()).then_some(expressions),
-                match_fields: (!fields.is_empty()).then_some(fields),
-            }
-        })
-        .collect();
-    Some(NodeAffinity {
-        required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-            node_selector_terms,
-        }),
-        ..Default::default()
-    })
 }
 
 #[cfg(test)]
@@ -838,6 +809,53 @@ mod tests {
                 .unwrap()
                 .field_path,
             "metadata.annotations['eth1.default.kubernetes.io/ip_address']"
+        );
+    }
+
+    /// The gateway container and its pod's spec.
+    fn container_and_pod(d: Deployment) -> (Container, PodSpec) {
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        (pod.containers[0].clone(), pod)
+    }
+
+    #[test]
+    fn resources_and_tolerations_come_from_the_gateway_or_the_defaults() {
+        let (container, pod) = container_and_pod(build());
+        let resources = container.resources.unwrap();
+        let requests = resources.requests.unwrap();
+        assert_eq!(
+            (requests["cpu"].0.as_str(), requests["memory"].0.as_str()),
+            ("200m", "256Mi"),
+            "requests without limits: Burstable"
+        );
+        assert!(resources.limits.is_none());
+        assert!(pod.tolerations.is_none());
+
+        let mut gateway = gateway2();
+        gateway.spec.resources = Some(
+            serde_yaml::from_str(
+                "requests: {cpu: '1', memory: 1Gi}\nlimits: {cpu: '1', memory: 1Gi}\n",
+            )
+            .unwrap(),
+        );
+        gateway.spec.tolerations = vec![
+            serde_yaml::from_str(
+                "{key: dedicated, operator: Equal, value: egress, effect: NoSchedule}",
+            )
+            .unwrap(),
+        ];
+        let (container, pod) = container_and_pod(build_for(&gateway));
+        assert_eq!(
+            container.resources, gateway.spec.resources,
+            "given resources are used as given (Guaranteed here)"
+        );
+        let tolerations = pod.tolerations.unwrap();
+        assert_eq!(
+            (
+                tolerations[0].key.as_deref(),
+                tolerations[0].effect.as_deref()
+            ),
+            (Some("dedicated"), Some("NoSchedule"))
         );
     }
 

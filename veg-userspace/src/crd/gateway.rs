@@ -4,8 +4,9 @@
 //! VpcEgressGateway (kubeovn.io/v1): every field of the contract (docs/contract.md), the reference's validation,
 //! and the immutability the reference documents but does not enforce.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    Condition, LabelSelector, LabelSelectorRequirement,
+use k8s_openapi::{
+    api::core::v1::{Affinity, ResourceRequirements, Toleration},
+    apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, LabelSelectorRequirement},
 };
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -113,6 +114,20 @@ pub struct VpcEgressGatewaySpec {
     pub node_selector: Vec<NodeSelectorTerm>,
     #[serde(default)]
     pub traffic_policy: TrafficPolicy,
+    /// Taints the instances tolerate (core/v1 Toleration), e.g. of nodes set aside for egress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(t, !has(t.operator) || t.operator in ['Exists', 'Equal'])").message("a toleration's operator is Exists or Equal"))]
+    #[x_kube(validation = Rule::new("self.all(t, !has(t.operator) || t.operator != 'Exists' || !has(t.value) || t.value == '')").message("a toleration with operator Exists takes no value"))]
+    #[x_kube(validation = Rule::new("self.all(t, !has(t.effect) || t.effect in ['', 'NoSchedule', 'PreferNoSchedule', 'NoExecute'])").message("a toleration's effect is NoSchedule, PreferNoSchedule or NoExecute"))]
+    pub tolerations: Vec<Toleration>,
+    /// The gateway container's requests and limits (core/v1 ResourceRequirements), used as given; without it
+    /// the instances request what a default instance needs (controller/workload.rs: DEFAULT_REQUESTS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Scheduling constraints (core/v1 Affinity), added to the gateway's own: its instances stay one per node and
+    /// on the nodes nodeSelector picks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
 }
 
 /// Each entry an IPv4 address, an IPv6 address, or a dual-stack pair "v4,v6" / "v6,v4".
@@ -304,6 +319,29 @@ mod tests {
         assert!(gateway(spec).validate_cel().is_ok());
     }
 
+    fn toleration(yaml: &str) -> Toleration {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn scheduling_and_resources_are_accepted_as_kubernetes_writes_them() {
+        let spec: VpcEgressGatewaySpec = serde_yaml::from_str(
+            "externalSubnet: ext\nselectors: [{podSelector: {matchLabels: {a: b}}}]\n\
+             tolerations: [{key: dedicated, operator: Equal, value: egress, effect: NoSchedule}, {operator: Exists}]\n\
+             resources: {requests: {cpu: 500m, memory: 512Mi}, limits: {memory: 1Gi}}\n\
+             affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: egress, operator: Exists}]}]}}}\n",
+        )
+        .unwrap();
+        assert_eq!(spec.tolerations.len(), 2);
+        assert_eq!(
+            spec.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0,
+            "1Gi"
+        );
+        assert!(spec.affinity.is_some());
+        let message = errors(gateway(spec).validate_cel());
+        assert!(message.is_empty(), "{message}");
+    }
+
     #[test]
     fn cel_rules_accept_the_documents_example() {
         assert!(
@@ -379,6 +417,27 @@ mod tests {
                     ..valid()
                 },
                 "podSelector needs matchLabels or matchExpressions",
+            ),
+            (
+                VpcEgressGatewaySpec {
+                    tolerations: vec![toleration("{key: a, operator: Exists, value: b}")],
+                    ..valid()
+                },
+                "operator Exists takes no value",
+            ),
+            (
+                VpcEgressGatewaySpec {
+                    tolerations: vec![toleration("{key: a, operator: Same}")],
+                    ..valid()
+                },
+                "operator is Exists or Equal",
+            ),
+            (
+                VpcEgressGatewaySpec {
+                    tolerations: vec![toleration("{key: a, effect: NoRun}")],
+                    ..valid()
+                },
+                "NoSchedule, PreferNoSchedule or NoExecute",
             ),
         ];
         for (spec, expected) in cases {
