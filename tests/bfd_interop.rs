@@ -4,7 +4,7 @@
 //! Topology: namespace "veg" 10.99.0.1/24 <-> veth <-> namespace "frr" 10.99.0.2/24 (+ 10.99.0.3, a stranger).
 
 use std::{
-    net::UdpSocket,
+    net::{IpAddr, UdpSocket},
     os::fd::AsRawFd,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -12,7 +12,14 @@ use std::{
 
 use serde_json::Value;
 use veg_bfd::packet::{ControlPacket, Diagnostic, State};
-use veg_testbed::{frr::Bfdd, netns::Netns, skip_unless_root, topology::Topology, unique};
+use veg_testbed::{
+    frr::Bfdd,
+    netns::Netns,
+    servers::{udp_echo, udp_round_trip},
+    skip_unless_root,
+    topology::{Topology, external_ip, server},
+    unique,
+};
 
 const VEG: &str = env!("CARGO_BIN_EXE_veg");
 const OURS: &str = "10.99.0.1";
@@ -533,13 +540,8 @@ fn http_status(ns: &Netns, path: &'static str) -> u16 {
     })
 }
 
-#[test]
-fn the_gateway_is_ready_only_while_its_bfd_sessions_are_up() {
-    if skip_unless_root() {
-        return;
-    }
-    let mut topo = Topology::new(VEG);
-    // FRR plays the VPC's BFD port, on the VPC switch.
+/// FRR playing the VPC's BFD port on the VPC switch (10.16.0.9, at 100 ms x 3), and the index of its namespace.
+fn frr_as_the_vpc_bfd_port(topo: &mut Topology) -> (usize, Bfdd) {
     let port = topo.add_client("10.16.0.9");
     let frr = Bfdd::start(
         topo.client(port),
@@ -550,17 +552,27 @@ fn the_gateway_is_ready_only_while_its_bfd_sessions_are_up() {
         100,
         3,
     );
-    let gateway = topo.start_gateway(&[
+    (port, frr)
+}
+
+/// The BFD flags of a gateway whose peer is `frr_as_the_vpc_bfd_port`, then `extra`.
+fn with_bfd_to_frr<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
         "--bfd-peer",
         "10.16.0.9",
         "--bfd-min-tx",
         "100",
         "--bfd-min-rx",
         "100",
-    ]);
-    assert_eq!(http_status(topo.client(port), "/livez"), 200);
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Wait (15 s at most) until the gateway's /readyz answers 200, as seen from `ns`.
+fn wait_ready(ns: &Netns, frr: &Bfdd) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while http_status(topo.client(port), "/readyz") != 200 {
+    while http_status(ns, "/readyz") != 200 {
         assert!(
             Instant::now() < deadline,
             "never ready; FRR says {:?}",
@@ -568,6 +580,18 @@ fn the_gateway_is_ready_only_while_its_bfd_sessions_are_up() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn the_gateway_is_ready_only_while_its_bfd_sessions_are_up() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut topo = Topology::new(VEG);
+    let (port, frr) = frr_as_the_vpc_bfd_port(&mut topo);
+    let gateway = topo.start_gateway(&with_bfd_to_frr(&[]));
+    assert_eq!(http_status(topo.client(port), "/livez"), 200);
+    wait_ready(topo.client(port), &frr);
     assert_eq!(frr.status(), "up");
     let status = Command::new(VEG)
         .args(["bfd", "status", "--name", &gateway.name])
@@ -593,4 +617,66 @@ fn the_gateway_is_ready_only_while_its_bfd_sessions_are_up() {
         killed.elapsed().as_millis()
     );
     assert_eq!(http_status(topo.client(port), "/livez"), 200);
+}
+
+/// A stop is planned, not a crash: on SIGTERM the instance withdraws at once (FRR, playing OVN, hears AdminDown;
+/// /readyz fails) and keeps translating, flows it had and new ones, for its drain period, then exits.
+#[test]
+fn a_stopping_gateway_withdraws_then_drains_then_exits() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut topo = Topology::new(VEG);
+    let (port, frr) = frr_as_the_vpc_bfd_port(&mut topo);
+    let client = topo.add_client("10.16.0.2");
+    let echo = udp_echo(&topo.server, 9000);
+    let mut gateway = topo.start_gateway(&with_bfd_to_frr(&["--drain-seconds", "4"]));
+    wait_ready(topo.client(port), &frr);
+    let round_trip = |local_port: u16| {
+        udp_round_trip(topo.client(client), local_port, server(9000), b"drain")
+            .map(|echoed| echoed == b"drain")
+            .unwrap_or(false)
+    };
+    assert!(round_trip(40001), "no round trip before the stop");
+
+    gateway.begin_stop();
+    let withdrawn = frr
+        .wait_for("down", Duration::from_secs(2))
+        .expect("FRR never heard the withdrawal");
+    let session = frr.session().unwrap();
+    assert_eq!(
+        session["remote-diagnostic"], "administratively down",
+        "{session}"
+    );
+    println!(
+        "FRR heard the withdrawal {} ms after SIGTERM",
+        withdrawn.as_millis()
+    );
+    assert_eq!(http_status(topo.client(port), "/readyz"), 503);
+    assert_eq!(http_status(topo.client(port), "/livez"), 200);
+    // Draining: the flow it had and a new one are both still translated.
+    assert!(
+        round_trip(40001),
+        "the existing flow stopped during the drain"
+    );
+    assert!(round_trip(40002), "a new flow was refused during the drain");
+    assert!(!gateway.exited(), "exited before its drain period was over");
+    let sources: Vec<IpAddr> = echo.peers().iter().map(|p| p.ip()).collect();
+    assert_eq!(sources.len(), 3);
+    assert!(sources.iter().all(|ip| *ip == external_ip()), "{sources:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gateway.exited() {
+        assert!(
+            Instant::now() < deadline,
+            "still running long after its drain period"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        gateway.log().contains("drain period over"),
+        "{}",
+        gateway.log()
+    );
+    assert_eq!(frr.status(), "down", "the session came back after the stop");
 }

@@ -194,6 +194,18 @@ impl World {
         )
     }
 
+    /// The status of a pod's condition (the readiness gate's, veg.kubeovn.io/routed), or "" without it.
+    fn pod_condition(&self, pod: &str, type_: &str) -> String {
+        let pod = self.api.get("", "pods", NS, pod).unwrap();
+        pod["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == type_)
+            .map(|c| c["status"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+
     /// What the Deployment would bring: a pod of the gateway on `node`, with both addresses, Ready.
     async fn instance(&self, gateway: &str, pod: &str, node: &str, internal: &str, external: &str) {
         create_in::<Pod>(
@@ -246,10 +258,16 @@ async fn a_gateway_gets_its_deployment_its_ovn_rows_and_an_honest_status() {
     let w = world().await;
     w.gateway(GATEWAY1).await;
 
-    // The first pass only adds the finalizer.
+    // The first pass says the gateway was seen (Pending, Init Unknown, as the reference does) and adds the
+    // finalizer.
     w.reconcile("gateway1").await;
     let stored = w.gateways().get("gateway1").await.unwrap();
     assert_eq!(stored.finalizers(), [FINALIZER]);
+    assert_eq!(w.status("gateway1")["phase"], "Pending");
+    assert_eq!(
+        w.condition("gateway1", "Init"),
+        ("Unknown".into(), "Processing".into())
+    );
 
     // The next creates the Deployment; no instance yet, so Processing.
     w.reconcile("gateway1").await;
@@ -293,6 +311,10 @@ async fn a_gateway_gets_its_deployment_its_ovn_rows_and_an_honest_status() {
         ("False".into(), "Processing".into())
     );
     assert_eq!(
+        w.condition("gateway1", "Init"),
+        ("True".into(), "ReconcileSuccess".into())
+    );
+    assert_eq!(
         w.rows("Logical_Router_Policy", "gateway1", "priority"),
         Vec::<String>::new()
     );
@@ -318,6 +340,11 @@ async fn a_gateway_gets_its_deployment_its_ovn_rows_and_an_honest_status() {
     assert_eq!(
         w.rows("Address_Set", "gateway1", "addresses"),
         ["", "10.16.0.0/16"]
+    );
+    // OVN now routes to it: its readiness gate is set.
+    assert_eq!(
+        w.pod_condition("gateway1-0", "veg.kubeovn.io/routed"),
+        "True"
     );
     let status = w.status("gateway1");
     assert_eq!(status["phase"], "Completed");
@@ -408,6 +435,17 @@ async fn scaling_a_bfd_gateway_adds_one_nexthop_and_one_bfd_row() {
         ),
         ["bfd@vpc1,192.168.0.4,100,100,3"]
     );
+    // The route is there, but OVN has not seen the session up: the readiness gate stays False until it does.
+    assert_eq!(
+        w.pod_condition("gateway2-0", "veg.kubeovn.io/routed"),
+        "False"
+    );
+    w.nb.nbctl(&["set", "BFD", ".", "status=up"]);
+    w.reconcile("gateway2").await;
+    assert_eq!(
+        w.pod_condition("gateway2-0", "veg.kubeovn.io/routed"),
+        "True"
+    );
 
     w.gateways()
         .patch(
@@ -469,7 +507,7 @@ async fn bfd_on_a_vpc_without_a_bfd_port_is_a_condition_not_a_crash() {
         ("False".into(), "VpcBfdPortNotEnabled".into())
     );
     assert_eq!(w.status("gateway3")["phase"], "Processing");
-    let message = w.status("gateway3")["conditions"][0]["message"]
+    let message = w.status("gateway3")["conditions"][1]["message"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -782,7 +820,7 @@ async fn a_cluster_without_the_instances_binding_gets_a_condition_that_says_what
         w.condition("gateway1", "Ready"),
         ("False".into(), "ReconcileWorkloadFailed".into())
     );
-    let message = w.status("gateway1")["conditions"][1]["message"]
+    let message = w.status("gateway1")["conditions"][2]["message"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -876,7 +914,7 @@ async fn traffic_policy_local_on_an_older_ovn_is_a_condition_that_says_why() {
         .iter()
         .map(|c| c["type"].clone())
         .collect();
-    assert_eq!(types, [json!("Validated"), json!("Ready")]);
+    assert_eq!(types, [json!("Init"), json!("Validated"), json!("Ready")]);
 }
 
 /// Every row of `table` in `nb` tagged `tag`=`value`, as JSON without its identity: `_uuid`, `_version`, and each

@@ -69,7 +69,7 @@ impl Agent {
                 agent::run(
                     settings,
                     running,
-                    async { drop(stopped.await) },
+                    agent::StopRequests::once(async { drop(stopped.await) }),
                     Some(updates),
                 )
                 .await

@@ -207,14 +207,19 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Run until `stop` completes. Sessions are brought AdminDown first, so the peers hear the stop
-    /// (diagnostic 7) instead of waiting out their detection time.
+    /// Run until `stop` completes. Once `withdraw` completes, and at the latest when stopping, sessions are
+    /// brought AdminDown, so the peers hear it (diagnostic 7) instead of waiting out their detection time and
+    /// stop sending traffic here. Withdrawn sessions keep telling the peers at their transmit interval until
+    /// `stop`, so that one lost packet does not leave a peer waiting.
     pub async fn run(
         mut self,
+        withdraw: impl std::future::Future<Output = ()>,
         stop: impl std::future::Future<Output = ()>,
         mut timers: tokio::sync::mpsc::Receiver<Timers>,
     ) -> anyhow::Result<()> {
         tokio::pin!(stop);
+        tokio::pin!(withdraw);
+        let mut withdrawn = false;
         loop {
             let deadline = self
                 .peers
@@ -228,6 +233,11 @@ impl Engine {
             );
             tokio::select! {
                 _ = &mut stop => break,
+                _ = &mut withdraw, if !withdrawn => {
+                    withdrawn = true;
+                    info!("BFD sessions withdrawn (AdminDown)");
+                    self.admin_down();
+                }
                 _ = sleep => self.on_timers(),
                 Some(new) = timers.recv() => self.set_timers(new),
                 ready = readable(&self.receiver_v4) => {
@@ -242,12 +252,18 @@ impl Engine {
                 }
             }
         }
+        self.admin_down();
+        Ok(())
+    }
+
+    /// Every session AdminDown, each telling its peer at once (a session already AdminDown stays as it is).
+    fn admin_down(&mut self) {
         let now = Instant::now();
         for peer in &mut self.peers {
             let out = peer.session.set_admin_down(true, now);
             carry_out(peer, out);
         }
-        Ok(())
+        self.publish();
     }
 
     /// New timers for every session, negotiated with the peers by Poll Sequences.

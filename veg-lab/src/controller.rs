@@ -17,6 +17,7 @@ use veg_ovsdb::{monitor::Monitor, replica::column};
 use veg_userspace::{
     controller::{
         instances::observe,
+        readiness_gate,
         reconcile::program_ovn,
         status::{self, Outcome},
         traffic_policy,
@@ -25,7 +26,7 @@ use veg_userspace::{
     },
     crd::{gateway::VpcEgressGateway, network::DEFAULT_VPC},
     ovn::{
-        apply::{DB, delete as delete_ovn, monitored_tables},
+        apply::{DB, delete as delete_ovn, monitored_tables, routed_nexthops},
         model::GatewaySpec,
     },
 };
@@ -162,7 +163,7 @@ async fn reconcile(
             match run {
                 Err(e) => {
                     let outcome = Outcome::Failed {
-                        reason: "ReconcileWorkloadFailed",
+                        reason: status::WORKLOAD_FAILED,
                         message: format!("{e:#}"),
                         instances: &[],
                     };
@@ -174,7 +175,17 @@ async fn reconcile(
                     let nodes = nodes();
                     let programmed =
                         program_ovn(gateway, &resolved, &instances, Vec::new(), &nodes, ovn).await;
-                    let outcome = Outcome::of_ovn(programmed, &instances);
+                    // The readiness gate, which the lab's kubelet reads from the instance's record.
+                    if let Ok(spec) = &programmed {
+                        let routed = ovn.read(|r| routed_nexthops(r, spec));
+                        let namespace = gateway.namespace().unwrap_or_default();
+                        for (pod, is_routed) in
+                            readiness_gate::routed_instances(&instances, spec, &routed)
+                        {
+                            lab.set_routed(&namespace, &pod, is_routed)?;
+                        }
+                    }
+                    let outcome = Outcome::of_ovn(programmed.map(drop), &instances);
                     let local = traffic_policy::observed_verdict(
                         gateway, &resolved, ovn, &nodes, &instances,
                     );

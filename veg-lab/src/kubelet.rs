@@ -2,11 +2,15 @@
 //! namespaces. Each instance gets eth0 on the internal subnet's switch and net1 a macvlan on the underlay, the
 //! addresses Kube-OVN's IPAM would give (the IP pools when the resource names them), the routes of the pod's
 //! annotations, and runs the container's `veg gateway` command. It reports each instance as the Pod Kubernetes
-//! would show, so the controller reads lab instances exactly as it reads a cluster's.
+//! would show, so the controller reads lab instances exactly as it reads a cluster's. As a kubelet and the
+//! Deployment controller do, it stops a pod with SIGTERM and SIGKILLs it after its grace period, rolls a new
+//! template out one instance at a time (maxUnavailable 1, maxSurge 0) and only while the others are Ready, and
+//! counts a pod Ready when its readiness probe (/readyz) passes and its readiness gate is True.
 //!
-//! Two things differ from a cluster, both because the lab has no API server: `--gateway NS/NAME` becomes the
-//! policy flags computed the way the agent computes them from the resource, and each instance's pins are named
-//! after its pod, since all instances share this host's bpffs.
+//! Three things differ from a cluster. A replacement keeps the name of the pod it replaces (gateway1-0) and so
+//! waits for it to stop, where a Deployment would create it at once under a new name. And, because the lab has no
+//! API server, `--gateway NS/NAME` becomes the policy flags computed the way the agent computes them from the
+//! resource, and each instance's pins are named after its pod, since all instances share this host's bpffs.
 
 use std::{
     collections::BTreeMap,
@@ -33,6 +37,7 @@ use crate::{
     network::{self, CLIENTS, Switch},
 };
 use veg_userspace::{
+    controller::workload,
     crd::{gateway::VpcEgressGateway, network::Subnet},
     datapath::{pins, policy::Action},
     gateway::resource::policy_of,
@@ -61,6 +66,16 @@ pub struct Instance {
     /// When the kubelet found its agent dead (0 while it runs).
     #[serde(default)]
     pub died: u64,
+    /// When the kubelet sent SIGTERM (0: not stopping), and the seconds it then leaves the agent before SIGKILL
+    /// (the pod's terminationGracePeriodSeconds). A stopping instance keeps its name, network and pins until its
+    /// agent has exited; its replacement waits for the name.
+    #[serde(default)]
+    pub terminating: u64,
+    #[serde(default)]
+    pub grace: u64,
+    /// The readiness gate's condition as the controller last set it (OVN routes to the instance).
+    #[serde(default)]
+    pub routed: bool,
     /// A digest of what it was started from: a different one means the template changed.
     pub template: String,
 }
@@ -149,24 +164,46 @@ impl Lab {
                 serde_json::to_string(&policy_args(gateway, subnets)?)?
             ))
         );
-        let mut current: Vec<Instance> = self
+        // Stopping instances whose agent exited, or whose grace period ran out, go.
+        let (gone, mut current): (Vec<Instance>, Vec<Instance>) = self
             .instances()
             .into_iter()
             .filter(|i| i.gateway == owner)
-            .collect();
-
-        // Scale down, and replace instances started from another template (the Deployment's rollout).
-        for instance in current.iter().filter(|i| {
-            index_of(&i.pod, &name).is_none_or(|n| n >= replicas) || i.template != template
-        }) {
+            .partition(|i| {
+                i.terminating > 0 && (!alive(i.pid) || now() >= i.terminating + i.grace)
+            });
+        for instance in &gone {
             self.remove_instance(instance)?;
         }
-        current.retain(|i| {
-            index_of(&i.pod, &name).is_some_and(|n| n < replicas) && i.template == template
-        });
+
+        // Scale down at once; replace instances started from another template one at a time, and only while
+        // every other instance is Ready (maxUnavailable 1, maxSurge 0, as the Deployment asks).
+        let wanted = |i: &Instance| index_of(&i.pod, &name).is_some_and(|n| n < replicas);
+        for instance in current
+            .iter_mut()
+            .filter(|i| i.terminating == 0 && !wanted(i))
+        {
+            self.begin_termination(instance, deployment)?;
+        }
+        let available = current
+            .iter()
+            .filter(|i| i.terminating == 0 && wanted(i) && self.pod_ready(i, deployment))
+            .count();
+        let stopping = current
+            .iter()
+            .filter(|i| i.terminating > 0 && wanted(i))
+            .count();
+        let outdated = current
+            .iter_mut()
+            .find(|i| i.terminating == 0 && i.template != template);
+        if let Some(outdated) = outdated.filter(|_| available >= replicas && stopping == 0) {
+            self.begin_termination(outdated, deployment)?;
+        }
         for index in 0..replicas {
             let pod = format!("{name}-{index}");
             match current.iter_mut().find(|i| i.pod == pod) {
+                // Its name is still taken by the instance it replaces, which is stopping.
+                Some(instance) if instance.terminating > 0 => {}
                 // restartPolicy Always: a dead agent is started again, RESTART_BACKOFF after it was found dead.
                 Some(instance) if !alive(instance.pid) => {
                     if instance.died == 0 {
@@ -190,8 +227,53 @@ impl Lab {
         current.sort_by(|a, b| a.pod.cmp(&b.pod));
         Ok(current
             .iter()
+            .filter(|i| i.terminating == 0)
             .map(|i| self.as_pod(i, deployment, gateway, subnets))
             .collect())
+    }
+
+    /// Delete the pod as Kubernetes does: SIGTERM now, SIGKILL once the grace period is over (run_deployment).
+    fn begin_termination(
+        &self,
+        instance: &mut Instance,
+        deployment: &Deployment,
+    ) -> anyhow::Result<()> {
+        if alive(instance.pid) {
+            // SAFETY: signalling the lab's own agent.
+            unsafe { libc::kill(instance.pid, libc::SIGTERM) };
+        }
+        instance.terminating = now().max(1);
+        instance.grace = pod_spec(deployment)
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30)
+            .max(0) as u64;
+        self.record(instance)
+    }
+
+    /// The pod's Ready condition as a kubelet computes it: the container's readiness probe (/readyz) passes and
+    /// every readiness gate's condition is True.
+    fn pod_ready(&self, instance: &Instance, deployment: &Deployment) -> bool {
+        self.containers_ready(instance) && (!gated(deployment) || instance.routed)
+    }
+
+    /// The container runs and its readiness probe passes.
+    fn containers_ready(&self, instance: &Instance) -> bool {
+        alive(instance.pid) && ready(&instance.netns)
+    }
+
+    /// Record the readiness gate's condition the controller set on an instance's pod.
+    pub fn set_routed(&self, namespace: &str, pod: &str, routed: bool) -> anyhow::Result<()> {
+        let found = self
+            .instances()
+            .into_iter()
+            .find(|i| i.namespace == namespace && i.pod == pod && i.terminating == 0);
+        match found {
+            Some(mut instance) if instance.routed != routed => {
+                instance.routed = routed;
+                self.record(&instance)
+            }
+            _ => Ok(()),
+        }
     }
 
     fn create_instance(
@@ -242,6 +324,9 @@ impl Lab {
         let mut instance = Instance {
             started: 0,
             died: 0,
+            terminating: 0,
+            grace: 0,
+            routed: false,
             namespace: namespace.clone(),
             pod: pod.into(),
             gateway: format!("{namespace}/{}", gateway.name_any()),
@@ -402,9 +487,15 @@ impl Lab {
         Ok(instance)
     }
 
-    /// Stop the agent (it detaches and keeps its pins), take the instance off the network, remove its pins.
+    /// Stop the agent now (a second SIGTERM cuts its drain short; it detaches and keeps its pins), take the
+    /// instance off the network, remove its pins.
     pub fn remove_instance(&self, instance: &Instance) -> anyhow::Result<()> {
         if instance.pid > 0 && alive(instance.pid) {
+            if instance.terminating == 0 {
+                // SAFETY: signalling the lab's own agent.
+                unsafe { libc::kill(instance.pid, libc::SIGTERM) };
+                std::thread::sleep(Duration::from_millis(100));
+            }
             stop_pid(instance.pid, Duration::from_secs(5));
         }
         let _ = self.detach(&instance.netns, &instance.port());
@@ -431,11 +522,18 @@ impl Lab {
             .and_then(|s| s.template.metadata.as_ref())
             .and_then(|m| m.labels.clone())
             .unwrap_or_default();
-        let ready = if alive(instance.pid) && ready(&instance.netns) {
-            "True"
-        } else {
-            "False"
-        };
+        let status = |yes: bool| if yes { "True" } else { "False" };
+        let containers_ready = self.containers_ready(instance);
+        let ready = containers_ready && (!gated(deployment) || instance.routed);
+        let mut conditions = vec![
+            json!({ "type": "ContainersReady", "status": status(containers_ready) }),
+            json!({ "type": "Ready", "status": status(ready) }),
+        ];
+        if gated(deployment) {
+            conditions.push(
+                json!({ "type": workload::ROUTED_CONDITION, "status": status(instance.routed) }),
+            );
+        }
         serde_json::from_value(json!({
             "metadata": {
                 "name": instance.pod, "namespace": instance.namespace, "labels": labels,
@@ -447,7 +545,7 @@ impl Lab {
                 },
             },
             "spec": { "nodeName": CHASSIS, "containers": [] },
-            "status": { "conditions": [{ "type": "Ready", "status": ready }] },
+            "status": { "conditions": conditions },
         }))
         .expect("a valid Pod")
     }
@@ -473,6 +571,17 @@ fn now() -> u64 {
 /// The position of `pod` among the Deployment `name`'s instances (<name>-<n>).
 fn index_of(pod: &str, name: &str) -> Option<usize> {
     pod.strip_prefix(name)?.strip_prefix('-')?.parse().ok()
+}
+
+/// Whether the pods have the readiness gate the controller sets (the only one it knows).
+fn gated(deployment: &Deployment) -> bool {
+    pod_spec(deployment)
+        .and_then(|s| s.readiness_gates.as_ref())
+        .is_some_and(|gates| {
+            gates
+                .iter()
+                .any(|g| g.condition_type == workload::ROUTED_CONDITION)
+        })
 }
 
 fn pod_spec(deployment: &Deployment) -> Option<&PodSpec> {

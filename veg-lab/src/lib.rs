@@ -289,10 +289,10 @@ impl Lab {
             healthy &= running;
         }
         for instance in self.instances() {
-            let state = if daemons::alive(instance.pid) {
-                "running"
-            } else {
-                "NOT RUNNING"
+            let state = match (daemons::alive(instance.pid), instance.terminating > 0) {
+                (true, true) => "stopping: draining",
+                (true, false) => "running",
+                (false, _) => "NOT RUNNING",
             };
             writeln!(
                 out,

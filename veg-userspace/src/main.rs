@@ -191,8 +191,9 @@ struct GatewayArgs {
     #[command(flatten)]
     settings: SettingsInput,
     /// Read the settings from a YAML or JSON file (camelCase keys: name, netns, internalInterface,
-    /// externalInterface, externalIP, snat, forward, portRange, maxFlows, sweepIntervalSeconds, bfdPeers, bfdListen,
-    /// bfdMinRx, bfdMinTx, bfdMultiplier, bfdMinTtl, healthListen); flags override it.
+    /// externalInterface, externalIP, snat, forward, portRange, maxFlows, sweepIntervalSeconds, drainSeconds,
+    /// bfdPeers, bfdListen, bfdMinRx, bfdMinTx, bfdMultiplier, bfdMinTtl, healthListen, flowRecords,
+    /// flowRecordsMaxSize, datapathLog); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Remove the gateway's pinned state (flows, counters, policy) and exit.
@@ -321,7 +322,13 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             None => None,
         };
         let running = agent::start(&settings)?;
-        agent::run(settings, running, stop.wait(), policy_updates).await
+        agent::run(
+            settings,
+            running,
+            agent::StopRequests::Signals(stop),
+            policy_updates,
+        )
+        .await
     })
 }
 
@@ -371,7 +378,14 @@ fn bfd(args: BfdArgs) -> anyhow::Result<()> {
         let stop = agent::StopSignals::install()?;
         let snapshot = Default::default();
         let engine = engine::Engine::new(config, std::sync::Arc::clone(&snapshot))?;
-        control::run_engine(engine, &args.name, snapshot, stop.wait()).await
+        control::run_engine(
+            engine,
+            &args.name,
+            snapshot,
+            std::future::pending(),
+            stop.wait(),
+        )
+        .await
     })
 }
 

@@ -294,10 +294,42 @@ impl Demo<'_> {
             &String::from_utf8_lossy(&flows.stdout),
         );
 
-        step("the killed instance is restarted and returns to service");
+        step("the killed instance is restarted, and returns to service once OVN routes to it");
+        // Its pod is Ready only once OVN has its BFD session up (the readiness gate), and so is the gateway.
+        self.wait_restarted(&victim)?;
         self.wait_ready("gateway2", 2)?;
+        println!(
+            "  {} restarted and gateway2 Ready again {} ms after the kill",
+            victim.pod,
+            killed.elapsed().as_millis()
+        );
+        let bfd = self.nbctl(&["--bare", "--columns=status", "list", "BFD"])?;
         self.show_nbctl(&["--columns=dst_ip,status", "list", "BFD"])?;
+        ensure!(
+            bfd.split_whitespace().all(|s| s == "up"),
+            "gateway2 reported Ready while OVN had a session down:\n{bfd}"
+        );
         Ok(())
+    }
+
+    /// Wait until the lab's kubelet has started `instance` again (its record's start time moved on).
+    fn wait_restarted(&self, instance: &Instance) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let path = format!("{}/instances/{}.{}.json", self.dir, "default", instance.pod);
+            let now: Option<Instance> = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|text| serde_json::from_str(&text).ok());
+            if now.is_some_and(|now| now.started > instance.started) {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{} was not restarted within 30 s",
+                instance.pod
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
@@ -307,6 +339,9 @@ pub struct Instance {
     pub pod: String,
     gateway: String,
     pub external_ip: IpAddr,
+    /// When the lab's kubelet last started its agent (seconds since the epoch).
+    #[serde(default)]
+    started: u64,
 }
 
 /// gateway2's instance leaving as `carrier`, and the other one.

@@ -6,6 +6,7 @@ pub mod command;
 pub mod frr;
 pub mod kube_api;
 pub mod netns;
+pub mod new_flows;
 pub mod ovsdb;
 pub mod packet;
 pub mod prometheus;

@@ -324,6 +324,31 @@ impl Gateway {
         }
     }
 
+    /// Send SIGTERM without waiting: a drain (`--drain-seconds`) begins.
+    pub fn begin_stop(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+    }
+
+    /// Whether the agent has exited (successfully, or the test fails).
+    pub fn exited(&mut self) -> bool {
+        let Some(child) = self.child.as_mut() else {
+            return true;
+        };
+        let Some(status) = child.try_wait().expect("waiting for veg gateway") else {
+            return false;
+        };
+        assert!(
+            status.success(),
+            "veg gateway exited with {status}:\n{}",
+            self.log()
+        );
+        self.child = None;
+        true
+    }
+
     /// SIGKILL and wait: the agent dies without detaching anything, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

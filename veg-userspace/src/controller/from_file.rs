@@ -126,6 +126,7 @@ fn instances_in_status(gateway: &VpcEgressGateway) -> Vec<Observed> {
             internal_ip: Some(internal_ip.clone()),
             external_ip: Some(status.external_ips.get(i).cloned().unwrap_or_default()),
             ready: true,
+            containers_ready: true,
         })
         .collect()
 }

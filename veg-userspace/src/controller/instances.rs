@@ -14,8 +14,12 @@ pub struct Observed {
     /// Internal addresses, one per family, joined with ',' as Kube-OVN writes them.
     pub internal_ip: Option<String>,
     pub external_ip: Option<String>,
-    /// The pod's Ready condition (the agent's /readyz: attached, and every BFD session Up).
+    /// The pod's Ready condition: its container's (the agent's /readyz: attached, every BFD session Up, not
+    /// withdrawn) and the readiness gate's (OVN routes to it).
     pub ready: bool,
+    /// The container's readiness alone (ContainersReady): the agent can carry traffic, whether or not OVN sends
+    /// it any yet.
+    pub containers_ready: bool,
 }
 
 impl Observed {
@@ -27,6 +31,11 @@ impl Observed {
     /// Carries traffic: Ready, with both attachments.
     pub fn serving(&self) -> bool {
         self.ready && self.attached()
+    }
+
+    /// Can carry traffic (its agent is ready, with both attachments), so OVN may be told to send it some.
+    pub fn can_serve(&self) -> bool {
+        self.containers_ready && self.attached()
     }
 }
 
@@ -40,12 +49,18 @@ fn address(pod: &Pod, provider: &str) -> Option<String> {
         .cloned()
 }
 
-fn is_ready(pod: &Pod) -> bool {
+/// Whether the pod's condition `type_` is True.
+pub fn condition_true(pod: &Pod, type_: &str) -> bool {
     let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
     conditions
         .into_iter()
         .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
+        .any(|c| c.type_ == type_ && c.status == "True")
+}
+
+fn has_condition(pod: &Pod, type_: &str) -> bool {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.into_iter().flatten().any(|c| c.type_ == type_)
 }
 
 /// The instances among `pods` (the Deployment's), sorted by pod name; pods being deleted are gone already.
@@ -58,7 +73,13 @@ pub fn observe(pods: &[Pod], external_provider: &str) -> Vec<Observed> {
             node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
             internal_ip: address(pod, INTERNAL_PROVIDER),
             external_ip: address(pod, external_provider),
-            ready: is_ready(pod),
+            ready: condition_true(pod, "Ready"),
+            // A pod without the condition (written before it was introduced) goes by Ready.
+            containers_ready: if has_condition(pod, "ContainersReady") {
+                condition_true(pod, "ContainersReady")
+            } else {
+                condition_true(pod, "Ready")
+            },
         })
         .collect();
     instances.sort_by(|a, b| a.pod.cmp(&b.pod));
@@ -105,6 +126,7 @@ mod tests {
                     // Written, but not yet marked allocated: not there yet.
                     external_ip: None,
                     ready: false,
+                    containers_ready: false,
                 },
                 Observed {
                     pod: "gw-b".into(),
@@ -112,6 +134,7 @@ mod tests {
                     internal_ip: Some("10.16.0.5,fd00::5".into()),
                     external_ip: Some("172.17.0.11".into()),
                     ready: true,
+                    containers_ready: true,
                 },
             ]
         );

@@ -194,6 +194,7 @@ mod tests {
             internal_ip: None,
             external_ip: None,
             ready,
+            containers_ready: ready,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod leader;
 pub mod metrics;
 pub mod ovn_command;
 pub mod ovn_input;
+pub mod readiness_gate;
 pub mod reconcile;
 pub mod run;
 pub mod scheduling;

@@ -109,11 +109,13 @@ pub fn gateway_spec(
         min_tx: spec.bfd.min_tx as u32,
         multiplier: spec.bfd.multiplier as u32,
     });
+    // With BFD, OVN itself leaves out an instance whose session is down; without, only instances whose agent is
+    // ready are sent traffic. Not their pods' Ready: that waits for OVN to route to them (the readiness gate).
     let carrying = |i: &&Observed| {
         if bfd.is_some() {
             i.internal_ip.is_some()
         } else {
-            i.serving()
+            i.can_serve()
         }
     };
     let instances = instances
@@ -232,6 +234,7 @@ mod tests {
             internal_ip: internal.map(str::to_owned),
             external_ip: Some("172.17.0.10".into()),
             ready,
+            containers_ready: ready,
         }
     }
 

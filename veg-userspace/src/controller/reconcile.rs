@@ -32,6 +32,7 @@ use super::{
     instances::{Observed, observe},
     metrics,
     ovn_input::{gateway_spec, local_port_groups, vpc_bfd_port},
+    readiness_gate,
     selection::selected_ports,
     status::{self, Outcome, READY},
     traffic_policy,
@@ -48,7 +49,7 @@ use crate::{
     ovn::{
         apply::{
             Plan, apply as apply_ovn, converge, delete as delete_ovn, down_nexthops,
-            supports_bfd_sessions,
+            routed_nexthops, supports_bfd_sessions,
         },
         model::GatewaySpec,
         vpc_port::{VpcBfdPort, on_gateway_router, vpc_port_rows},
@@ -168,6 +169,17 @@ async fn reconcile_once(
 ) -> Result<Action, Error> {
     let api: Api<VpcEgressGateway> =
         Api::namespaced(ctx.client.clone(), &gateway.namespace().unwrap_or_default());
+    // A gateway seen for the first time says so before anything else happens: phase Pending, Init Unknown.
+    if gateway.status.is_none() && gateway.metadata.deletion_timestamp.is_none() {
+        let pending = status::pending(&gateway, &Time(Timestamp::now()));
+        api.patch_status(
+            &gateway.name_any(),
+            &PatchParams::default(),
+            &json_patch_add_status(&pending),
+        )
+        .await
+        .map_err(failed("writing the status"))?;
+    }
     finalizer(&api, FINALIZER, gateway, |event| async {
         match event {
             Finalizing::Apply(gateway) => apply(&gateway, &ctx).await,
@@ -229,7 +241,7 @@ async fn apply(gateway: &VpcEgressGateway, ctx: &Context) -> Result<Action, Erro
     let instances = observe(&owned.items, &resolved.external_subnet.spec.provider);
     if let Err(message) = applied {
         let outcome = Outcome::Failed {
-            reason: "ReconcileWorkloadFailed",
+            reason: status::WORKLOAD_FAILED,
             message,
             instances: &instances,
         };
@@ -240,7 +252,14 @@ async fn apply(gateway: &VpcEgressGateway, ctx: &Context) -> Result<Action, Erro
     let ports = selected_pod_ports(gateway, &resolved, client).await?;
     let nodes = needed_nodes(gateway, &resolved, client).await?;
     let programmed = program_ovn(gateway, &resolved, &instances, ports, &nodes, &ctx.ovn).await;
-    let outcome = Outcome::of_ovn(programmed, &instances);
+    if let Ok(spec) = &programmed {
+        let routed = ctx.ovn.read(|r| routed_nexthops(r, spec));
+        let verdicts = readiness_gate::routed_instances(&instances, spec, &routed);
+        if let Err(message) = readiness_gate::publish(client, &owned.items, &verdicts).await {
+            warn!(gateway = %status::id(gateway), "{message}");
+        }
+    }
+    let outcome = Outcome::of_ovn(programmed.map(drop), &instances);
     let local = traffic_policy::observed_verdict(gateway, &resolved, &ctx.ovn, &nodes, &instances);
     let ready = report(gateway, ctx, &outcome, local.as_ref()).await?;
     Ok(Action::requeue(if ready { RESYNC } else { RETRY }))
@@ -311,7 +330,7 @@ async fn apply_workload(
     Ok(())
 }
 
-/// Bring OVN to the gateway (and its VPC's BFD port when BFD is on).
+/// Bring OVN to the gateway (and its VPC's BFD port when BFD is on). Returns the model applied.
 pub async fn program_ovn(
     gateway: &VpcEgressGateway,
     resolved: &Resolved<'_>,
@@ -319,7 +338,7 @@ pub async fn program_ovn(
     ports: Vec<String>,
     nodes: &[Node],
     ovn: &Monitor,
-) -> Result<(), ProgramError> {
+) -> Result<GatewaySpec, ProgramError> {
     let mut spec =
         gateway_spec(gateway, resolved, instances, ports).map_err(ProgramError::Invalid)?;
     let port = match resolved.vpc.filter(|_| spec.bfd.is_some()) {
@@ -340,7 +359,7 @@ pub async fn program_ovn(
     if !plan.changes.is_empty() {
         info!(gateway = %spec.id(), changes = ?plan.changes, "OVN updated");
     }
-    Ok(())
+    Ok(spec)
 }
 
 /// Bring OVN to a gateway's model, and its VPC's BFD port when given (the callers give it only for a gateway with

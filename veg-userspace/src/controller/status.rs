@@ -13,9 +13,12 @@ use super::{
 };
 use crate::crd::gateway::{Phase, VpcEgressGateway, VpcEgressGatewayStatus, Workload};
 
+pub const INIT: &str = "Init";
 pub const VALIDATED: &str = "Validated";
 pub const READY: &str = "Ready";
 pub const SUCCESS: &str = "ReconcileSuccess";
+/// The reason of a failure to create or update the instances' Deployment.
+pub const WORKLOAD_FAILED: &str = "ReconcileWorkloadFailed";
 
 /// How far reconciling got.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +156,25 @@ pub fn compute(
         }
     };
     let is_ready = ready.0;
+    // Initialized once the instances' Deployment exists, and so for good, whatever fails later.
+    let was_initialized = previous
+        .iter()
+        .any(|c| c.type_ == INIT && c.status == "True");
+    let initialized = was_initialized
+        || match outcome {
+            Outcome::Invalid { .. } => false,
+            Outcome::Failed { reason, .. } => *reason != WORKLOAD_FAILED,
+            Outcome::Applied { .. } => true,
+        };
+    let init = if initialized {
+        (
+            true,
+            SUCCESS,
+            "the instances' Deployment has been created".to_owned(),
+        )
+    } else {
+        (false, ready.1, ready.2.clone())
+    };
     let attached: Vec<&Observed> = instances.iter().filter(|i| i.attached()).collect();
     let ips = |pick: fn(&Observed) -> &Option<String>| -> Vec<String> {
         attached.iter().filter_map(|i| pick(i).clone()).collect()
@@ -173,6 +195,7 @@ pub fn compute(
             nodes: attached.iter().filter_map(|i| i.node.clone()).collect(),
         }),
         conditions: [
+            condition(previous, INIT, init.0, init.1, init.2, generation, now),
             condition(
                 previous,
                 VALIDATED,
@@ -199,6 +222,24 @@ pub fn compute(
         .collect(),
         replicas: instances.len() as i32,
         label_selector: Some(label_selector(gateway)),
+    }
+}
+
+/// The status of a gateway the controller has just seen, as the reference writes it before processing it: phase
+/// Pending, condition Init Unknown.
+pub fn pending(gateway: &VpcEgressGateway, now: &Time) -> VpcEgressGatewayStatus {
+    VpcEgressGatewayStatus {
+        phase: Some(Phase::Pending),
+        conditions: vec![Condition {
+            type_: INIT.into(),
+            status: "Unknown".into(),
+            reason: "Processing".into(),
+            message: "the controller has seen the gateway and is processing it".into(),
+            observed_generation: gateway.metadata.generation,
+            last_transition_time: now.clone(),
+        }],
+        label_selector: Some(label_selector(gateway)),
+        ..Default::default()
     }
 }
 
@@ -236,6 +277,7 @@ mod tests {
             internal_ip: Some(format!("10.16.0.{}", pod.len())),
             external_ip: external.map(str::to_owned),
             ready,
+            containers_ready: ready,
         }
     }
 
@@ -251,6 +293,7 @@ mod tests {
     }
 
     const VALID: &str = "the gateway and the resources it names are valid";
+    const CREATED: &str = "the instances' Deployment has been created";
 
     #[test]
     fn ready_when_every_instance_serves() {
@@ -280,6 +323,7 @@ mod tests {
                     nodes: vec!["node-a".into(), "node-bb".into()],
                 }),
                 conditions: vec![
+                    cond(INIT, true, SUCCESS, CREATED, 100),
                     cond(VALIDATED, true, SUCCESS, VALID, 100),
                     cond(READY, true, SUCCESS, "2 of 2 instance(s) ready", 100),
                 ],
@@ -312,7 +356,7 @@ mod tests {
         assert_eq!(status.external_ips, ["172.17.0.10"]);
         assert_eq!(status.replicas, 2);
         assert_eq!(
-            status.conditions[1],
+            status.conditions[2],
             cond(
                 READY,
                 false,
@@ -330,9 +374,23 @@ mod tests {
             &at(100),
         );
         assert_eq!(
-            scaling.conditions[1],
+            scaling.conditions[2],
             cond(READY, false, "Processing", "1 of 3 instance(s) ready", 100)
         );
+    }
+
+    #[test]
+    fn a_gateway_just_seen_is_pending() {
+        let status = pending(&gateway(1), &at(50));
+        assert_eq!(status.phase, Some(Phase::Pending));
+        assert_eq!(
+            (
+                status.conditions[0].type_.as_str(),
+                status.conditions[0].status.as_str()
+            ),
+            (INIT, "Unknown")
+        );
+        assert!(!status.ready);
     }
 
     #[test]
@@ -346,20 +404,22 @@ mod tests {
         assert_eq!(
             status.conditions,
             [
+                cond(INIT, false, "VpcBfdPortNotEnabled", "no BFD port", 100),
                 cond(VALIDATED, false, "VpcBfdPortNotEnabled", "no BFD port", 100),
                 cond(READY, false, "VpcBfdPortNotEnabled", "no BFD port", 100),
             ]
         );
         assert_eq!(
             (status.ready, status.phase, status.replicas),
-            (false, Some(Phase::Processing), 0)
+            (false, Some(Phase::Processing), 0),
+            "no failed phase: a problem shows as conditions while the phase stays Processing"
         );
 
         // Fixed, then a step fails: Validated turns True now, Ready stays False since 100.
         g.status = Some(status);
         let instances = [instance("a", None, false)];
         let failed = Outcome::Failed {
-            reason: "ReconcileWorkloadFailed",
+            reason: WORKLOAD_FAILED,
             message: "denied".into(),
             instances: &instances,
         };
@@ -367,9 +427,25 @@ mod tests {
         assert_eq!(
             status.conditions,
             [
+                cond(INIT, false, WORKLOAD_FAILED, "denied", 100),
                 cond(VALIDATED, true, SUCCESS, VALID, 200),
-                cond(READY, false, "ReconcileWorkloadFailed", "denied", 100),
+                cond(READY, false, WORKLOAD_FAILED, "denied", 100),
             ]
+        );
+
+        // Once the Deployment exists, Init stays True whatever fails later.
+        g.status = Some(compute(
+            &g,
+            &Outcome::Applied {
+                instances: &instances,
+            },
+            None,
+            &at(300),
+        ));
+        let status = compute(&g, &invalid, None, &at(400));
+        assert_eq!(
+            status.conditions[0],
+            cond(INIT, true, SUCCESS, CREATED, 300)
         );
     }
 }

@@ -135,6 +135,7 @@ mod tests {
             internal_ip: None,
             external_ip: None,
             ready: true,
+            containers_ready: true,
         }
     }
 

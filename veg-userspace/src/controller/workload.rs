@@ -12,8 +12,8 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
         core::v1::{
             Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-            HostPathVolumeSource, ObjectFieldSelector, PodSecurityContext, PodSpec,
-            PodTemplateSpec, Probe, ResourceRequirements, SecurityContext, Sysctl, Volume,
+            HostPathVolumeSource, ObjectFieldSelector, PodReadinessGate, PodSecurityContext,
+            PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecurityContext, Sysctl, Volume,
             VolumeMount,
         },
     },
@@ -45,6 +45,10 @@ pub const INSTANCE_EPHEMERAL_PORTS: &str = "61000 65535";
 /// agent beside it. Requests without limits make the pods Burstable: evicted after BestEffort pods, never
 /// throttled or OOM-killed for a burst of traffic.
 pub const DEFAULT_REQUESTS: [(&str, &str); 2] = [("cpu", "200m"), ("memory", "256Mi")];
+/// Seconds the kubelet leaves a stopping instance after its drain: the agent detaches in well under one.
+pub const DETACH_SECONDS: i64 = 10;
+/// The pods' readiness gate: the controller sets it True once OVN routes to the instance (readiness_gate.rs).
+pub const ROUTED_CONDITION: &str = "veg.kubeovn.io/routed";
 /// The instances' service account in each gateway's namespace.
 pub const GATEWAY_SERVICE_ACCOUNT: &str = "veg-gateway";
 
@@ -295,6 +299,8 @@ fn agent_args(gateway: &VpcEgressGateway, bfd_ip: Option<&str>) -> Vec<String> {
         // The policy comes from the resource and follows it live.
         "--gateway",
         &format!("{namespace}/{name}"),
+        "--drain-seconds",
+        &gateway.spec.drain_seconds.max(0).to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -461,6 +467,10 @@ fn pod_spec(
         });
     }
     PodSpec {
+        // The drain, and time for the agent to detach after it before the kubelet kills it.
+        termination_grace_period_seconds: Some(
+            i64::from(gateway.spec.drain_seconds.max(0)) + DETACH_SECONDS,
+        ),
         // May read its gateway and the subnets (deploy/gateway/rbac.yaml; the controller binds it).
         service_account_name: Some(GATEWAY_SERVICE_ACCOUNT.into()),
         security_context: Some(PodSecurityContext {
@@ -469,6 +479,9 @@ fn pod_spec(
         }),
         init_containers: Some(vec![init]),
         containers: vec![container],
+        readiness_gates: Some(vec![PodReadinessGate {
+            condition_type: ROUTED_CONDITION.into(),
+        }]),
         affinity: Some(scheduling::affinity(gateway, labels)),
         tolerations: (!gateway.spec.tolerations.is_empty())
             .then(|| gateway.spec.tolerations.clone()),

@@ -128,6 +128,15 @@ pub struct VpcEgressGatewaySpec {
     /// on the nodes nodeSelector picks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// Seconds a stopping instance keeps translating after it withdrew from OVN (BFD AdminDown, not Ready), so
+    /// that a rolling update or a scale-down loses no flow OVN still sends it. Not in upstream's resource.
+    #[serde(default = "default_drain_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub drain_seconds: i32,
+}
+
+fn default_drain_seconds() -> i32 {
+    30
 }
 
 /// Each entry an IPv4 address, an IPv6 address, or a dual-stack pair "v4,v6" / "v6,v4".
@@ -316,6 +325,7 @@ mod tests {
             (false, 1000, 1000, 3)
         );
         assert_eq!(spec.traffic_policy, TrafficPolicy::Cluster);
+        assert_eq!(spec.drain_seconds, 30);
         assert!(gateway(spec).validate_cel().is_ok());
     }
 

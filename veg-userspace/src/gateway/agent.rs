@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context as _;
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
-    sync::watch,
+    sync::{oneshot, watch},
 };
 use tracing::{info, warn};
 use veg_common::{address::Address, config::GatewayConfig};
@@ -254,6 +254,41 @@ fn record_policy(facts: &Mutex<AgentFacts>, policy: &DesiredPolicy) {
     facts.policy_forward = (policy.len() - snat) as u64;
 }
 
+/// What stops the agent: SIGTERM and SIGINT (the first withdraws and drains, a second stops at once), or in a
+/// test one future.
+pub enum StopRequests {
+    Signals(StopSignals),
+    Once(Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>>),
+}
+
+impl StopRequests {
+    pub fn once(stop: impl std::future::Future<Output = ()> + 'static) -> StopRequests {
+        StopRequests::Once(Some(Box::pin(stop)))
+    }
+
+    /// The next request; never, once a single future has completed.
+    async fn next(&mut self) {
+        match self {
+            StopRequests::Signals(signals) => signals.next().await,
+            StopRequests::Once(stop) => match stop {
+                Some(future) => {
+                    future.as_mut().await;
+                    *stop = None;
+                }
+                None => std::future::pending().await,
+            },
+        }
+    }
+}
+
+/// Take the instance out of service: fail /readyz with `why`, and bring the BFD sessions AdminDown (once).
+fn withdraw(facts: &Mutex<AgentFacts>, bfd: &mut Option<oneshot::Sender<()>>, why: &str) {
+    facts.lock().unwrap().withdrawn = Some(why.to_owned());
+    if let Some(bfd) = bfd.take() {
+        let _ = bfd.send(());
+    }
+}
+
 /// SIGTERM and SIGINT, caught from before the datapath starts, so that a stop during start-up still detaches
 /// cleanly.
 pub struct StopSignals {
@@ -272,10 +307,11 @@ impl StopSignals {
 
     /// Wait for SIGTERM or SIGINT.
     pub async fn wait(mut self) {
-        self.recv().await
+        self.next().await
     }
 
-    async fn recv(&mut self) {
+    /// Wait for the next SIGTERM or SIGINT.
+    pub async fn next(&mut self) {
         tokio::select! {
             _ = self.sigterm.recv() => {}
             _ = self.sigint.recv() => {}
@@ -284,11 +320,13 @@ impl StopSignals {
 }
 
 /// Serve health checks and BFD, sweep, apply policy updates (from `--gateway`'s resource) as they come, until
-/// `stop` (SIGTERM or SIGINT); then tell the BFD peers (AdminDown), and detach.
+/// SIGTERM or SIGINT. Then withdraw: tell the BFD peers (AdminDown) and fail /readyz, so that OVN sends new flows
+/// to the other instances; keep translating for the drain period (`--drain-seconds`; a second signal cuts it
+/// short), and detach.
 pub async fn run(
     settings: GatewaySettings,
     running: Running,
-    stop: impl std::future::Future<Output = ()>,
+    mut stop: StopRequests,
     mut policy_updates: Option<watch::Receiver<DesiredPolicy>>,
 ) -> anyhow::Result<()> {
     let Running {
@@ -313,15 +351,28 @@ pub async fn run(
     let health = health::bind(settings.health_listen).await?;
     tokio::spawn(health::serve(health, metrics));
     let (bfd_stop, bfd_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bfd_withdraw, bfd_withdrawn) = tokio::sync::oneshot::channel::<()>();
     let bfd_task = bfd.map(|engine| {
         let name = settings.name.clone();
         tokio::spawn(async move {
-            control::run_engine(engine, &name, bfd_status, async {
-                let _ = bfd_stopped.await;
-            })
+            control::run_engine(
+                engine,
+                &name,
+                bfd_status,
+                async {
+                    let _ = bfd_withdrawn.await;
+                },
+                async {
+                    let _ = bfd_stopped.await;
+                },
+            )
             .await
         })
     });
+    let mut bfd_withdraw = Some(bfd_withdraw);
+    // Never fires until a stop signal starts the drain.
+    let drain = tokio::time::sleep(std::time::Duration::MAX / 4);
+    let mut draining = false;
     let (slow_path_stop, slow_path_stopped) = tokio::sync::oneshot::channel::<()>();
     let slow_path = SlowPath::new(datapath.take_slow_path_ring()?, datapath.pin_dir())?;
     let slow_path_task = tokio::spawn(slow_path.run(async {
@@ -350,7 +401,7 @@ pub async fn run(
         .map(|logger| tokio::spawn(crate::datapath::log::forward(logger)));
     let flows = datapath.flow_table()?;
     let mut sweep = tokio::time::interval(settings.sweep_interval);
-    tokio::pin!(stop);
+    tokio::pin!(drain);
     loop {
         tokio::select! {
             _ = sweep.tick() => match flows.sweep(ended_records.is_some()) {
@@ -399,7 +450,27 @@ pub async fn run(
                     }
                 }
             }
-            _ = &mut stop => break,
+            _ = stop.next() => {
+                if draining {
+                    info!("a second stop signal: stopping now, before the drain period is over");
+                    break;
+                }
+                draining = true;
+                withdraw(&facts, &mut bfd_withdraw, "stopping");
+                if settings.drain.is_zero() {
+                    break;
+                }
+                drain.as_mut().reset(tokio::time::Instant::now() + settings.drain);
+                info!(
+                    drain_seconds = settings.drain.as_secs(),
+                    "stop signal: withdrawn from OVN (BFD AdminDown, /readyz 503); translating for the drain \
+                     period before stopping (signal again to stop now)"
+                );
+            }
+            _ = &mut drain => {
+                info!("drain period over: stopping");
+                break;
+            }
         }
     }
     let _ = bfd_stop.send(());

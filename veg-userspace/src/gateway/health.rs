@@ -1,6 +1,7 @@
 //! Liveness, readiness and metrics over HTTP: `/livez` is 200 while the agent runs; `/readyz` is 200 only while
-//! the datapath is attached and every configured BFD session is Up (the reference reports Ready without its
-//! external attachment; we do not); `/metrics` is Prometheus' text format (metrics.rs).
+//! the datapath is attached, every configured BFD session is Up and the agent has not withdrawn the instance
+//! (draining before a stop); the reference reports Ready without its external attachment, we do not. `/metrics`
+//! is Prometheus' text format (metrics.rs).
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -12,8 +13,8 @@ use veg_bfd::{engine::Snapshot, packet::State};
 use super::metrics::Metrics;
 use crate::http::{self, Response};
 
-/// Why the instance is not ready, or None when it is.
-pub fn not_ready_reason(bfd: &Snapshot) -> Option<String> {
+/// Which BFD sessions keep the instance from being ready, or None when none does.
+pub fn bfd_not_ready(bfd: &Snapshot) -> Option<String> {
     let down: Vec<String> = bfd
         .sessions
         .iter()
@@ -34,7 +35,7 @@ pub async fn serve(listener: TcpListener, metrics: Metrics) {
     let route = move |path: &str| match path {
         "/livez" => Response::ok("ok\n".into()),
         "/metrics" => Response::metrics(metrics.render()),
-        "/readyz" => match not_ready_reason(&metrics.bfd.lock().unwrap()) {
+        "/readyz" => match metrics.not_ready_reason() {
             None => Response::ok("ok\n".into()),
             Some(reason) => Response::with_status("503 Service Unavailable", format!("{reason}\n")),
         },

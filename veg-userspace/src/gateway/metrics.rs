@@ -15,7 +15,7 @@ use std::{
 use veg_bfd::{engine::Snapshot, packet::State, session::Status};
 use veg_common::stats::Counter;
 
-use super::health::not_ready_reason;
+use super::health::bfd_not_ready;
 use crate::{
     datapath::{port_usage::PortUsage, stats::read_counters},
     metrics_text::{build_info, family, label, single},
@@ -49,12 +49,22 @@ pub struct AgentFacts {
     pub policy_snat: u64,
     pub policy_forward: u64,
     pub policy_sync_errors: u64,
+    /// Why the agent withdrew the instance from OVN (it is draining before a stop), if it did.
+    pub withdrawn: Option<String>,
 }
 
 /// The protocols whose ports are always reported, so that a dashboard shows 0 rather than nothing.
 const PORT_PROTOCOLS: [&str; 3] = ["icmp", "tcp", "udp"];
 
 impl Metrics {
+    /// Why the instance is not ready (/readyz), or None when it is.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if let Some(why) = &self.agent.lock().unwrap().withdrawn {
+            return Some(format!("withdrawn: {why}"));
+        }
+        bfd_not_ready(&self.bfd.lock().unwrap())
+    }
+
     /// The text of one scrape. A counters map that cannot be read leaves its metrics out (and says so in
     /// `veg_scrape_errors`), so that the rest is still served.
     pub fn render(&self) -> String {
@@ -215,14 +225,23 @@ impl Metrics {
     }
 
     fn render_bfd(&self, out: &mut String) {
-        let snapshot = self.bfd.lock().unwrap();
         single(
             out,
             "veg_ready",
             "gauge",
-            "1 while the instance reports Ready (/readyz: the datapath attached and every BFD session Up), else 0.",
-            u64::from(not_ready_reason(&snapshot).is_none()),
+            "1 while the instance reports Ready (/readyz: the datapath attached, every BFD session Up, not \
+             withdrawn), else 0.",
+            u64::from(self.not_ready_reason().is_none()),
         );
+        single(
+            out,
+            "veg_withdrawn",
+            "gauge",
+            "1 while the agent has withdrawn the instance from OVN (BFD AdminDown) and drains before stopping, \
+             else 0.",
+            u64::from(self.agent.lock().unwrap().withdrawn.is_some()),
+        );
+        let snapshot = self.bfd.lock().unwrap();
         let sessions = &snapshot.sessions;
         let per_session = |out: &mut String, name: &str, value: &dyn Fn(&Status) -> u64| {
             for (local, peer, status) in sessions {
@@ -309,5 +328,13 @@ mod tests {
         // Protocols without a translation read 0, not nothing.
         assert!(text.contains("veg_ports_in_use{external=\"172.30.0.10\",protocol=\"tcp\"} 0\n"));
         assert!(text.contains("veg_ready 1\n"));
+        assert!(text.contains("veg_withdrawn 0\n"));
+        metrics.agent.lock().unwrap().withdrawn = Some("stopping".into());
+        let text = metrics.render();
+        assert!(text.contains("veg_ready 0\n") && text.contains("veg_withdrawn 1\n"));
+        assert_eq!(
+            metrics.not_ready_reason().as_deref(),
+            Some("withdrawn: stopping")
+        );
     }
 }

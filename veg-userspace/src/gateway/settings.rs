@@ -191,6 +191,8 @@ pub struct GatewaySettings {
     /// Flow table capacity in entries (two per flow).
     pub max_flow_entries: u32,
     pub sweep_interval: Duration,
+    /// How long the agent keeps translating after SIGTERM, withdrawn from OVN (zero: it detaches at once).
+    pub drain: Duration,
     /// BFD toward the VPC's BFD port, when peers are given.
     pub bfd: Option<BfdSettings>,
     /// Where /livez and /readyz are served.
@@ -272,6 +274,11 @@ pub struct SettingsInput {
     /// Seconds between sweeps of expired flows. [default: 10]
     #[arg(long = "sweep-interval", value_name = "SECONDS")]
     pub sweep_interval_seconds: Option<u64>,
+    /// On SIGTERM, first withdraw the instance (BFD AdminDown toward OVN, /readyz 503) and keep translating for
+    /// this long, so that OVN moves new flows to the other instances before this one stops; a second SIGTERM or
+    /// SIGINT stops at once. The instances the controller runs use the gateway's spec.drainSeconds. [default: 0]
+    #[arg(long = "drain-seconds", value_name = "SECONDS")]
+    pub drain_seconds: Option<u64>,
     /// Run a BFD session with this peer (the VPC's BFD port; repeatable). The instance is ready only while every
     /// session is Up. `veg bfd status --name NAME` lists them.
     #[serde(default)]
@@ -334,6 +341,7 @@ impl SettingsInput {
         self.port_range = self.port_range.or(file.port_range);
         self.max_flows = self.max_flows.or(file.max_flows);
         self.sweep_interval_seconds = self.sweep_interval_seconds.or(file.sweep_interval_seconds);
+        self.drain_seconds = self.drain_seconds.or(file.drain_seconds);
         self.bfd_peers.extend(file.bfd_peers);
         self.bfd_listen = self.bfd_listen.or(file.bfd_listen);
         self.bfd_min_rx = self.bfd_min_rx.or(file.bfd_min_rx);
@@ -492,6 +500,7 @@ impl SettingsInput {
                 .sweep_interval_seconds
                 .map(Duration::from_secs)
                 .unwrap_or(DEFAULT_SWEEP_INTERVAL),
+            drain: Duration::from_secs(self.drain_seconds.unwrap_or(0)),
         })
     }
 }

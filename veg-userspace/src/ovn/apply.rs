@@ -264,6 +264,45 @@ pub fn down_nexthops(replica: &Replica, spec: &GatewaySpec) -> BTreeSet<IpAddr> 
         .collect()
 }
 
+/// The instance addresses OVN sends the gateway's traffic to: a nexthop of one of its routes or reroute
+/// policies and, with BFD, one whose session OVN reports up (northd skips the others). What "routed" means for
+/// the instances' readiness gate.
+pub fn routed_nexthops(replica: &Replica, spec: &GatewaySpec) -> BTreeSet<IpAddr> {
+    let id = spec.id();
+    let mine = |row: &&veg_ovsdb::replica::Row| {
+        external_id(row, "vpc-egress-gateway").as_deref() == Some(id.as_str())
+    };
+    let routes = replica
+        .rows("Logical_Router_Static_Route")
+        .map(|(_, row)| row)
+        .filter(mine)
+        .filter_map(|row| column(row, "nexthop").as_str().map(str::to_owned));
+    let policies = replica
+        .rows("Logical_Router_Policy")
+        .map(|(_, row)| row)
+        .filter(mine)
+        .filter(|row| column(row, "action").as_str() == Some("reroute"))
+        .flat_map(|row| {
+            let nexthops =
+                replica.normalized("Logical_Router_Policy", "nexthops", column(row, "nexthops"));
+            nexthops[1]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str().map(str::to_owned))
+                .collect::<Vec<_>>()
+        });
+    let mut routed: BTreeSet<IpAddr> = routes
+        .chain(policies)
+        .filter_map(|nexthop| nexthop.parse().ok())
+        .collect();
+    if spec.bfd.is_some() {
+        let down = down_nexthops(replica, spec);
+        routed.retain(|address| !down.contains(address));
+    }
+    routed
+}
+
 /// Keep the gateway applied until `stop`: on the default VPC with BFD, whose policies cannot watch BFD on OVN
 /// 23.03, follow every BFD status change and rewrite the policy's nexthops.
 pub async fn keep_applied(
