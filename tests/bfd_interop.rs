@@ -680,3 +680,99 @@ fn a_stopping_gateway_withdraws_then_drains_then_exits() {
     );
     assert_eq!(frr.status(), "down", "the session came back after the stop");
 }
+
+/// Wait (`within` at most) until FRR reports the session `status`; how long that took.
+fn wait_for_frr(frr: &Bfdd, status: &str, within: Duration) -> Duration {
+    frr.wait_for(status, within)
+        .unwrap_or_else(|| panic!("FRR never saw the session {status}: {:?}", frr.session()))
+}
+
+/// An instance whose uplink dies withdraws itself and returns with it: when its next hop stops answering ARP
+/// (after 3 probes at 200 ms) and when its external interface loses its carrier (within 100 ms), FRR (playing
+/// OVN) hears AdminDown and /readyz fails; once the uplink is back, the session comes Up again and the instance is
+/// ready, and it translates as before.
+#[test]
+fn an_instance_whose_uplink_dies_withdraws_and_returns_with_it() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut topo = Topology::new(VEG);
+    let (port, frr) = frr_as_the_vpc_bfd_port(&mut topo);
+    let client = topo.add_client("10.16.0.2");
+    let _echo = udp_echo(&topo.server, 9000);
+    let gateway = topo.start_gateway(&with_bfd_to_frr(&[
+        "--uplink-interval-ms",
+        "200",
+        "--uplink-failures",
+        "3",
+    ]));
+    wait_ready(topo.client(port), &frr);
+    let translates = || {
+        udp_round_trip(topo.client(client), 0, server(9000), b"uplink")
+            .is_ok_and(|echo| echo == b"uplink")
+    };
+    assert!(translates());
+
+    // The next hop stops answering ARP (IPv6's neighbour discovery still answers).
+    let nft = |rules: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &topo.server.name, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .and_then(|mut nft| {
+                use std::io::Write;
+                nft.stdin.take().unwrap().write_all(rules.as_bytes())?;
+                nft.wait()
+            })
+            .unwrap();
+        assert!(out.success(), "nft {rules}");
+    };
+    nft(
+        "table arp silence {\n chain input {\n type filter hook input priority 0; policy drop;\n }\n}\n",
+    );
+    let silent = wait_for_frr(&frr, "down", Duration::from_secs(5));
+    assert_eq!(
+        frr.session().unwrap()["remote-diagnostic"],
+        "administratively down"
+    );
+    println!(
+        "withdrawn {} ms after the next hop went silent",
+        silent.as_millis()
+    );
+    assert_eq!(http_status(topo.client(port), "/readyz"), 503);
+    assert!(
+        gateway
+            .log()
+            .contains("next hop 172.17.0.1 does not answer"),
+        "{}",
+        gateway.log()
+    );
+    assert!(
+        !gateway.log().contains("next hop fd00:172:17::1"),
+        "the IPv6 next hop answers: {}",
+        gateway.log()
+    );
+    nft("delete table arp silence");
+    wait_for_frr(&frr, "up", Duration::from_secs(10));
+    wait_ready(topo.client(port), &frr);
+
+    // The external interface loses its carrier (the node's link under the macvlan goes down).
+    topo.underlay.ip(&["link", "set", "ul0", "down"]);
+    let cut = wait_for_frr(&frr, "down", Duration::from_secs(3));
+    println!(
+        "withdrawn {} ms after the carrier was lost",
+        cut.as_millis()
+    );
+    assert!(cut < Duration::from_secs(1), "took {cut:?}");
+    assert_eq!(http_status(topo.client(port), "/readyz"), 503);
+    topo.underlay.ip(&["link", "set", "ul0", "up"]);
+    wait_for_frr(&frr, "up", Duration::from_secs(10));
+    wait_ready(topo.client(port), &frr);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !translates() {
+        assert!(
+            Instant::now() < deadline,
+            "no translation after the uplink came back"
+        );
+    }
+}

@@ -40,12 +40,17 @@ struct TestLab {
 
 impl TestLab {
     fn up() -> TestLab {
+        TestLab::up_with(&[])
+    }
+
+    /// A lab brought up with more `veg lab up` flags.
+    fn up_with(flags: &[&str]) -> TestLab {
         let prefix = unique("vlt");
         let lab = TestLab {
             dir: format!("/run/{prefix}"),
             prefix,
         };
-        lab.veg(&["up"]);
+        lab.veg(&[&["up"][..], flags].concat());
         lab
     }
 
@@ -186,6 +191,18 @@ impl TestLab {
                 Instant::now() < deadline,
                 "{gateway} not ready within {within:?}: {row:?}\n{}",
                 self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Wait until `veg lab get veg` shows the gateway not ready.
+    fn wait_not_ready(&self, gateway: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.row(gateway).get(6).map(String::as_str) == Some("true") {
+            assert!(
+                Instant::now() < deadline,
+                "{gateway} still ready after {within:?}"
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -513,6 +530,49 @@ fn bfd_gateway_on_vpc1_fails_over_in_under_a_second_and_the_instance_returns() {
     // The lab's kubelet restarts the agent; its session comes back up and the gateway is ready again.
     wait_for_vpc1_sessions_up(&lab, 2);
     lab.wait_ready("gateway2", Duration::from_secs(20));
+
+    // Cut the uplink of the instance carrying the stream (its external interface down; BFD toward the VPC is
+    // fine): it withdraws itself, and the stream moves to the other instance within a second. Once its sessions
+    // have settled: in its first seconds Up, OVN 23.03 takes over a second to act on an AdminDown.
+    std::thread::sleep(Duration::from_secs(10));
+    let cut = fail_the_carrier(
+        &lab,
+        &echo,
+        ("vpc1-client1", "192.168.0.2"),
+        server(),
+        "external_ip",
+        |victim| {
+            let netns = victim["netns"].as_str().unwrap();
+            in_instance(netns, &["link", "set", "net1", "down"]);
+        },
+    );
+    let netns = cut["netns"].as_str().unwrap();
+    lab.wait_not_ready("gateway2", Duration::from_secs(10));
+    // Repaired (the interface up, and the default route it took with it back): the instance returns.
+    in_instance(netns, &["link", "set", "net1", "up"]);
+    in_instance(
+        netns,
+        &[
+            "route",
+            "replace",
+            "default",
+            "via",
+            "172.17.0.1",
+            "dev",
+            "net1",
+        ],
+    );
+    wait_for_vpc1_sessions_up(&lab, 2);
+    lab.wait_ready("gateway2", Duration::from_secs(20));
+}
+
+/// `ip ARGS` in an instance's namespace.
+fn in_instance(netns: &str, args: &[&str]) {
+    command::run(
+        Command::new("ip")
+            .args(["netns", "exec", netns, "ip"])
+            .args(args),
+    );
 }
 
 const DUAL_STACK_GATEWAY: &str = "apiVersion: kubeovn.io/v1
@@ -543,10 +603,24 @@ spec:
 fn kill_the_carrier(
     lab: &TestLab,
     echo: &Echo,
-    (client, own): (&str, &str),
+    client: (&str, &str),
     server: SocketAddr,
     field: &str,
 ) {
+    fail_the_carrier(lab, echo, client, server, field, |victim| {
+        lab.veg(&["kill", victim["pod"].as_str().unwrap()]);
+    });
+}
+
+/// As `kill_the_carrier`, with `fail` doing to the carrier's record what fails it; returns that record.
+fn fail_the_carrier(
+    lab: &TestLab,
+    echo: &Echo,
+    (client, own): (&str, &str),
+    server: SocketAddr,
+    field: &str,
+    fail: impl FnOnce(&serde_json::Value),
+) -> serde_json::Value {
     let stream = Stream::start(&lab.netns(client), server);
     std::thread::sleep(Duration::from_millis(500));
     let carrier = *echo.sources().last().unwrap();
@@ -562,7 +636,7 @@ fn kill_the_carrier(
         .expect("the other instance's record");
     let heard = echo.heard();
     let killed = Instant::now();
-    lab.veg(&["kill", victim["pod"].as_str().unwrap()]);
+    fail(victim);
     std::thread::sleep(Duration::from_millis(1500));
     let gap = stream.longest_gap_after(killed);
     drop(stream);
@@ -571,9 +645,15 @@ fn kill_the_carrier(
         if server.is_ipv6() { "IPv6" } else { "IPv4" },
         gap.as_millis()
     );
+    let victim_log = || {
+        let pod = victim["pod"].as_str().unwrap_or_default();
+        std::fs::read_to_string(format!("{}/instance-default.{pod}.log", lab.dir))
+            .unwrap_or_default()
+    };
     assert!(
         gap < Duration::from_secs(1),
-        "the stream stopped for {gap:?}"
+        "the stream stopped for {gap:?}; the instance's log:\n{}",
+        victim_log()
     );
     let since_kill = echo.sources_since(heard);
     assert!(
@@ -584,6 +664,7 @@ fn kill_the_carrier(
         !since_kill.contains(&own.parse().unwrap()),
         "a packet left with the client's own address: {since_kill:?}"
     );
+    victim.clone()
 }
 
 /// Wait (40 s at most) until OVN reports all `sessions` of vpc1's BFD port up.
@@ -801,4 +882,105 @@ fn a_rolling_update_and_a_scale_down_lose_no_new_flow() {
         "more resets than instances joined: {:?}",
         describe(&reset)
     );
+}
+
+/// The image `cargo xtask test` builds (from the debug build, see xtask/src/image.rs) before these tests run.
+const TEST_IMAGE: &str = "localhost/veg:test";
+
+fn podman(args: &[&str]) -> String {
+    command::run(Command::new("podman").args(args))
+}
+
+/// The image as built runs the instances: `veg gateway` and its init container in containers with the capabilities,
+/// no-new-privileges and bpffs mount of the Deployment and nothing more (not privileged); traffic is translated
+/// to the instance's address, and bpftool and veg inside the instance read its pinned maps.
+#[test]
+fn the_image_runs_the_instances_with_only_the_deployments_capabilities() {
+    if skip_unless_root() {
+        return;
+    }
+    let lab = TestLab::up_with(&["--image", TEST_IMAGE]);
+    let echo = Echo::start(&lab.netns("external"), PORT);
+    lab.apply(GATEWAY1);
+    lab.wait_ready("gateway1", Duration::from_secs(60));
+    eventually_round_trip(&lab, "client1");
+    let record = &instance_records(&lab)[0];
+    let external: IpAddr = record["external_ip"].as_str().unwrap().parse().unwrap();
+    assert!(
+        echo.sources().contains(&external),
+        "the server saw {:?}, not the instance's {external}",
+        echo.sources()
+    );
+
+    let container = record["container"]
+        .as_str()
+        .expect("the instance runs in a container");
+    let inspected = podman(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.Privileged}} {{.HostConfig.SecurityOpt}} {{.EffectiveCaps}}",
+        container,
+    ]);
+    let (privileged_and_options, caps) = inspected.trim().split_once("] [").unwrap();
+    assert_eq!(
+        privileged_and_options, "false [no-new-privileges seccomp=unconfined",
+        "{inspected}"
+    );
+    // The Deployment's capabilities, less any this machine's own bounding set lacks (SYS_RESOURCE in some).
+    let caps: Vec<&str> = caps.trim_end_matches(']').split_whitespace().collect();
+    let granted = [
+        "CAP_BPF",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_PERFMON",
+        "CAP_SYS_RESOURCE",
+    ];
+    assert!(caps.iter().all(|c| granted.contains(c)), "{inspected}");
+    assert!(caps.len() >= 4, "{inspected}");
+    let pins = format!(
+        "/sys/fs/bpf/veg/{}",
+        record["pod"]
+            .as_str()
+            .map(|p| format!("default_{p}"))
+            .unwrap()
+    );
+    let maps = podman(&[
+        "exec",
+        container,
+        "bpftool",
+        "map",
+        "show",
+        "pinned",
+        &format!("{pins}/FLOWS"),
+    ]);
+    assert!(maps.contains("name FLOWS"), "{maps}");
+    let flows = podman(&[
+        "exec",
+        container,
+        "veg",
+        "flows",
+        "--name",
+        &format!("default_{}", record["pod"].as_str().unwrap()),
+    ]);
+    assert!(flows.contains(&external.to_string()), "{flows}");
+
+    // Deleting the gateway removes its container too.
+    lab.delete(GATEWAY1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !podman(&[
+        "ps",
+        "--all",
+        "--quiet",
+        "--filter",
+        &format!("name={container}"),
+    ])
+    .trim()
+    .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the container outlived its gateway"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

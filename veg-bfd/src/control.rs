@@ -126,19 +126,19 @@ pub async fn serve(
     }
 }
 
-/// Run an engine with its control socket until `stop` completes, then remove the socket. Its sessions go
-/// AdminDown when `withdraw` completes (Engine::run).
+/// Run an engine with its control socket until `stop` completes, then remove the socket. Its sessions are
+/// AdminDown while `withdrawn` says so (Engine::run).
 pub async fn run_engine(
     engine: Engine,
     name: &str,
     snapshot: Arc<Mutex<Snapshot>>,
-    withdraw: impl std::future::Future<Output = ()>,
+    withdrawn: tokio::sync::watch::Receiver<bool>,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let (listener, path) = bind(name).await?;
     let (timers_tx, timers_rx) = mpsc::channel(4);
     let server = tokio::spawn(serve(listener, snapshot, timers_tx));
-    let result = engine.run(withdraw, stop, timers_rx).await;
+    let result = engine.run(withdrawn, stop, timers_rx).await;
     server.abort();
     let _ = std::fs::remove_file(path);
     result

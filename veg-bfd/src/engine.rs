@@ -207,19 +207,21 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Run until `stop` completes. Once `withdraw` completes, and at the latest when stopping, sessions are
-    /// brought AdminDown, so the peers hear it (diagnostic 7) instead of waiting out their detection time and
-    /// stop sending traffic here. Withdrawn sessions keep telling the peers at their transmit interval until
-    /// `stop`, so that one lost packet does not leave a peer waiting.
+    /// Run until `stop` completes. While `withdrawn` says so, and when stopping, the sessions are AdminDown: the
+    /// peers hear it (diagnostic 7) instead of waiting out their detection time, and stop sending traffic here;
+    /// withdrawn sessions keep telling them at their transmit interval, so that one lost packet does not leave a
+    /// peer waiting. When `withdrawn` turns false again, the sessions come back (Down, then Up with the peers).
     pub async fn run(
         mut self,
-        withdraw: impl std::future::Future<Output = ()>,
+        mut withdrawn: tokio::sync::watch::Receiver<bool>,
         stop: impl std::future::Future<Output = ()>,
         mut timers: tokio::sync::mpsc::Receiver<Timers>,
     ) -> anyhow::Result<()> {
         tokio::pin!(stop);
-        tokio::pin!(withdraw);
-        let mut withdrawn = false;
+        let mut follow_withdrawn = true;
+        if *withdrawn.borrow_and_update() {
+            self.admin_down(true);
+        }
         loop {
             let deadline = self
                 .peers
@@ -233,11 +235,15 @@ impl Engine {
             );
             tokio::select! {
                 _ = &mut stop => break,
-                _ = &mut withdraw, if !withdrawn => {
-                    withdrawn = true;
-                    info!("BFD sessions withdrawn (AdminDown)");
-                    self.admin_down();
-                }
+                changed = withdrawn.changed(), if follow_withdrawn => match changed {
+                    Ok(()) => {
+                        let down = *withdrawn.borrow_and_update();
+                        info!(withdrawn = down, "BFD sessions {}", if down { "withdrawn (AdminDown)" } else { "back in service" });
+                        self.admin_down(down);
+                    }
+                    // Nobody can change it any more: it stays as it is.
+                    Err(_) => follow_withdrawn = false,
+                },
                 _ = sleep => self.on_timers(),
                 Some(new) = timers.recv() => self.set_timers(new),
                 ready = readable(&self.receiver_v4) => {
@@ -252,15 +258,15 @@ impl Engine {
                 }
             }
         }
-        self.admin_down();
+        self.admin_down(true);
         Ok(())
     }
 
-    /// Every session AdminDown, each telling its peer at once (a session already AdminDown stays as it is).
-    fn admin_down(&mut self) {
+    /// Every session AdminDown (or back from it), each telling its peer at once; a session already so stays.
+    fn admin_down(&mut self, down: bool) {
         let now = Instant::now();
         for peer in &mut self.peers {
-            let out = peer.session.set_admin_down(true, now);
+            let out = peer.session.set_admin_down(down, now);
             carry_out(peer, out);
         }
         self.publish();

@@ -16,7 +16,7 @@ use std::{
     collections::BTreeMap,
     fs,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -32,7 +32,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::{
-    CHASSIS, Lab,
+    CHASSIS, Lab, container,
     daemons::{alive, stop_pid},
     network::{self, CLIENTS, Switch},
 };
@@ -76,6 +76,9 @@ pub struct Instance {
     /// The readiness gate's condition as the controller last set it (OVN routes to the instance).
     #[serde(default)]
     pub routed: bool,
+    /// The podman container its agent runs in, when the lab runs instances from the image.
+    #[serde(default)]
+    pub container: Option<String>,
     /// A digest of what it was started from: a different one means the template changed.
     pub template: String,
 }
@@ -211,7 +214,8 @@ impl Lab {
                         self.record(instance)?;
                     } else if now() >= instance.died + RESTART_BACKOFF {
                         self.bring_up(instance, deployment)?;
-                        instance.pid = self.start_agent(instance, deployment, gateway, subnets)?;
+                        (instance.pid, instance.container) =
+                            self.start_agent(instance, deployment, gateway, subnets)?;
                         (instance.started, instance.died) = (now(), 0);
                         self.record(instance)?;
                     }
@@ -327,6 +331,7 @@ impl Lab {
             terminating: 0,
             grace: 0,
             routed: false,
+            container: None,
             namespace: namespace.clone(),
             pod: pod.into(),
             gateway: format!("{namespace}/{}", gateway.name_any()),
@@ -358,7 +363,8 @@ impl Lab {
         )?;
         self.attach_underlay(&instance.netns, external_ip, external_ipv6)?;
         self.bring_up(&instance, deployment)?;
-        instance.pid = self.start_agent(&instance, deployment, gateway, subnets)?;
+        (instance.pid, instance.container) =
+            self.start_agent(&instance, deployment, gateway, subnets)?;
         instance.started = now();
         self.record(&instance)?;
         Ok(instance)
@@ -424,32 +430,53 @@ impl Lab {
             .with_context(|| format!("no free address left in {cidr}"))
     }
 
-    /// Start the container's command in the instance: `veg gateway` with the lab's two substitutions.
+    /// Start the container's command in the instance: `veg gateway` with the lab's two substitutions, run as the
+    /// veg binary itself or, when the lab runs the image, in a container. Returns the pid to watch, and the
+    /// container's name.
     fn start_agent(
         &self,
         instance: &Instance,
         deployment: &Deployment,
         gateway: &VpcEgressGateway,
         subnets: &[Subnet],
-    ) -> anyhow::Result<i32> {
-        // The init containers first, each to completion, as a kubelet runs them.
+    ) -> anyhow::Result<(i32, Option<String>)> {
+        let pod = pod_spec(deployment).context("the Deployment has no pod spec")?;
+        let image = container::image(&self.dir);
         let veg_path = crate::command::veg_binary()?;
         let veg = veg_path.to_string_lossy();
-        for init in pod_spec(deployment)
-            .and_then(|s| s.init_containers.as_ref())
-            .into_iter()
-            .flatten()
-        {
-            let mut args: Vec<&str> = init.args.iter().flatten().map(String::as_str).collect();
-            args.extend(["--netns", &instance.netns]);
-            crate::command::run(&veg, &args)
-                .with_context(|| format!("init container {} of {}", init.name, instance.pod))?;
+        // The init containers first, each to completion, as a kubelet runs them.
+        for init in pod.init_containers.iter().flatten() {
+            let args = init.args.clone().unwrap_or_default();
+            let ran = match &image {
+                Some(image) => {
+                    let name = format!("{}-{}", instance.netns, init.name);
+                    let at = container::Placement {
+                        image,
+                        lab_prefix: &self.prefix,
+                        name: &name,
+                        hostname: &instance.pod,
+                        netns: &instance.netns,
+                    };
+                    let run = container::run_args(&at, pod, init, &args);
+                    crate::command::run(
+                        "podman",
+                        &run.iter().map(String::as_str).collect::<Vec<_>>(),
+                    )
+                }
+                None => {
+                    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    args.extend(["--netns", &instance.netns]);
+                    crate::command::run(&veg, &args)
+                }
+            };
+            ran.with_context(|| format!("init container {} of {}", init.name, instance.pod))?;
         }
-        let container = pod_spec(deployment)
-            .and_then(|s| s.containers.first())
+        let main = pod
+            .containers
+            .first()
             .context("the Deployment has no container")?;
         let mut args: Vec<String> = Vec::new();
-        let mut given = container.args.clone().unwrap_or_default().into_iter();
+        let mut given = main.args.clone().unwrap_or_default().into_iter();
         while let Some(arg) = given.next() {
             match arg.as_str() {
                 "--gateway" => {
@@ -463,9 +490,32 @@ impl Lab {
                 _ => args.push(arg.replace("$(EXTERNAL_IP)", &instance.external_ips())),
             }
         }
-        args.extend(["--netns".into(), instance.netns.clone()]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        crate::command::spawn_detached(&veg_path, &args, &self.log_path(instance), "veg gateway")
+        let log = self.log_path(instance);
+        match image {
+            Some(image) => {
+                let name = instance.netns.clone();
+                // A container of that name left by a lab that went down uncleanly would refuse the name.
+                container::remove(&name);
+                let at = container::Placement {
+                    image: &image,
+                    lab_prefix: &self.prefix,
+                    name: &name,
+                    hostname: &instance.pod,
+                    netns: &instance.netns,
+                };
+                let run = container::run_args(&at, pod, main, &args);
+                let run: Vec<&str> = run.iter().map(String::as_str).collect();
+                let pid =
+                    crate::command::spawn_detached(Path::new("podman"), &run, &log, "veg gateway")?;
+                Ok((pid, Some(name)))
+            }
+            None => {
+                args.extend(["--netns".into(), instance.netns.clone()]);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let pid = crate::command::spawn_detached(&veg_path, &args, &log, "veg gateway")?;
+                Ok((pid, None))
+            }
+        }
     }
 
     /// The instance dies, as a pod whose node fails: its agent is killed (its programs stay attached, pinned) and
@@ -482,8 +532,11 @@ impl Lab {
         for interface in ["eth0", "net1"] {
             crate::command::run_in(&instance.netns, "ip", &["link", "set", interface, "down"])?;
         }
-        // SAFETY: killing the lab's own agent.
+        // SAFETY: killing the lab's own agent (or its container's podman, which does not pass SIGKILL on).
         unsafe { libc::kill(instance.pid, libc::SIGKILL) };
+        if let Some(name) = &instance.container {
+            container::kill(name);
+        }
         Ok(instance)
     }
 
@@ -497,6 +550,9 @@ impl Lab {
                 std::thread::sleep(Duration::from_millis(100));
             }
             stop_pid(instance.pid, Duration::from_secs(5));
+        }
+        if let Some(name) = &instance.container {
+            container::remove(name);
         }
         let _ = self.detach(&instance.netns, &instance.port());
         if self.namespaces().contains(&instance.netns) {

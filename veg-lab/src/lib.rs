@@ -4,6 +4,7 @@
 //! lives in its directory (databases, sockets, pidfiles, logs), so that `down` finds it all.
 
 pub mod command;
+pub mod container;
 pub mod controller;
 pub mod daemons;
 pub mod kubelet;
@@ -115,14 +116,21 @@ impl Lab {
 
     /// Start everything. A lab that is already (partly) there is taken down first, so `up` always ends in a
     /// fresh lab.
-    pub fn up(&self, out: &mut impl Write) -> anyhow::Result<()> {
+    /// Build the lab; its instances run from `image` when given (see container.rs).
+    pub fn up(&self, image: Option<&str>, out: &mut impl Write) -> anyhow::Result<()> {
         let started = Instant::now();
+        if let Some(image) = image {
+            run("podman", &["image", "exists", image]).with_context(|| {
+                format!("no image {image}: build it with `cargo xtask image --tag {image}`")
+            })?;
+        }
         if self.dir.exists() || !self.namespaces().is_empty() {
             writeln!(out, "lab: removing the previous lab first")?;
             self.down(&mut std::io::sink())?;
         }
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating {}", self.dir.display()))?;
+        container::set_image(&self.dir, image)?;
         let result = self.build(out);
         if result.is_err() {
             // Leave nothing half-built behind.
@@ -187,6 +195,9 @@ impl Lab {
         for instance in self.instances() {
             self.remove_instance(&instance)
                 .with_context(|| format!("removing instance {}", instance.pod))?;
+        }
+        if container::image(&self.dir).is_some() {
+            container::remove_all(&self.prefix);
         }
         daemons::stop(&self.dir);
         let namespaces = self.namespaces();

@@ -29,7 +29,12 @@ struct LabArgs {
 #[derive(Subcommand)]
 enum LabCommand {
     /// Start OVN and Open vSwitch and build the network (a lab already there is replaced).
-    Up,
+    Up {
+        /// Run the gateways' instances from this image (podman, with the capabilities and mounts their
+        /// Deployment grants) instead of the veg binary; `cargo xtask image` builds it.
+        #[arg(long, value_name = "IMAGE")]
+        image: Option<String>,
+    },
     /// Stop everything and remove every namespace and file of the lab.
     Down,
     /// Say what runs; exits 1 when the lab is not (fully) up.
@@ -120,7 +125,7 @@ fn run(args: LabArgs) -> anyhow::Result<()> {
         }
     };
     match args.command {
-        LabCommand::Up => lab.up(&mut out),
+        LabCommand::Up { image } => lab.up(image.as_deref(), &mut out),
         LabCommand::Down => lab.down(&mut out),
         LabCommand::Status => {
             if !lab.status(&mut out)? {

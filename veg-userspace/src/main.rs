@@ -193,7 +193,7 @@ struct GatewayArgs {
     /// Read the settings from a YAML or JSON file (camelCase keys: name, netns, internalInterface,
     /// externalInterface, externalIP, snat, forward, portRange, maxFlows, sweepIntervalSeconds, drainSeconds,
     /// bfdPeers, bfdListen, bfdMinRx, bfdMinTx, bfdMultiplier, bfdMinTtl, healthListen, flowRecords,
-    /// flowRecordsMaxSize, datapathLog); flags override it.
+    /// flowRecordsMaxSize, datapathLog, uplinkProbe, uplinkIntervalMs, uplinkFailures); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Remove the gateway's pinned state (flows, counters, policy) and exit.
@@ -382,7 +382,8 @@ fn bfd(args: BfdArgs) -> anyhow::Result<()> {
             engine,
             &args.name,
             snapshot,
-            std::future::pending(),
+            // A standalone engine is never withdrawn but by its stop.
+            tokio::sync::watch::channel(false).1,
             stop.wait(),
         )
         .await

@@ -1,8 +1,9 @@
-//! Developer tasks: `cargo xtask setup | build-ebpf | test | demo | bench | lab`.
+//! Developer tasks: `cargo xtask setup | build-ebpf | test | demo | bench | image | lab`.
 
 mod bench;
 mod cited_paths;
 mod demo;
+mod image;
 mod lab;
 mod lab_demo;
 mod workspace;
@@ -28,6 +29,8 @@ enum Task {
     Demo,
     /// Measure veg against iptables MASQUERADE and nftables masquerade on the same topology.
     Bench(bench::BenchArgs),
+    /// Build the image (veg, bpftool and their libraries on an empty base) with podman.
+    Image(image::ImageArgs),
     /// The whole gateway on this machine with real OVN: `up`, `down`, `status`, `demo`.
     Lab {
         #[command(subcommand)]
@@ -44,6 +47,7 @@ fn main() {
         Task::Test => workspace::test(),
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(args),
+        Task::Image(args) => image::build(&args),
         Task::Lab { task } => lab::run(task),
     };
     if let Err(err) = result {

@@ -19,7 +19,7 @@ pub fn step(what: &str) {
     eprintln!("\x1b[1m==> {what}\x1b[0m");
 }
 
-fn run(command: &mut Command) -> anyhow::Result<()> {
+pub fn run(command: &mut Command) -> anyhow::Result<()> {
     let status = command
         .current_dir(root())
         .status()
@@ -179,6 +179,12 @@ pub fn test() -> anyhow::Result<()> {
         "--package",
         "veg-bfd",
     ]))?;
+    // The lab's image test runs its instances from it; built from the debug build already there.
+    crate::image::build(&crate::image::ImageArgs {
+        tag: crate::image::TEST_TAG.into(),
+        profile: crate::image::Profile::Debug,
+        save: None,
+    })?;
     step(
         "the demos, as smoke tests: the lab with real OVN (the README's main command), then the datapath alone",
     );

@@ -292,14 +292,17 @@ pub fn report_icmp_errors(socket: &UdpSocket) {
 /// The remote end of a UDP flow in `ns`: it waits on `port` for the first datagram, connects to its sender (the
 /// flow's external tuple, when it came through the gateway), lets `prepare` set up the socket (a TTL, a pause),
 /// sends `reply` and reads. Joins to the sender and the error its kernel reported instead of an answer, if any.
+/// Returns once the socket is bound, so that a datagram sent right after cannot arrive before it.
 pub fn answer_first_datagram(
     ns: &Netns,
     port: u16,
     prepare: impl FnOnce(&UdpSocket) + Send + 'static,
     reply: &'static [u8],
 ) -> JoinHandle<(SocketAddr, Option<i32>)> {
-    ns.spawn(move || {
+    let (bound_tx, bound) = mpsc::channel();
+    let remote = ns.spawn(move || {
         let socket = UdpSocket::bind(("0.0.0.0", port)).expect("binding the remote's socket");
+        let _ = bound_tx.send(());
         socket
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
@@ -313,7 +316,10 @@ pub fn answer_first_datagram(
             peer,
             socket.recv(&mut buf).err().and_then(|e| e.raw_os_error()),
         )
-    })
+    });
+    // A bind that failed panics the thread instead: its join says so.
+    let _ = bound.recv();
+    remote
 }
 
 /// Records the source address and identifier of every ICMPv6 echo request arriving in `ns` (the kernel answers

@@ -13,8 +13,8 @@ use k8s_openapi::{
         core::v1::{
             Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
             HostPathVolumeSource, ObjectFieldSelector, PodReadinessGate, PodSecurityContext,
-            PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecurityContext, Sysctl, Volume,
-            VolumeMount,
+            PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+            Sysctl, Volume, VolumeMount,
         },
     },
     apimachinery::pkg::{
@@ -370,14 +370,15 @@ fn gateway_container(inputs: &Inputs, args: Vec<String>) -> Container {
             ..Default::default()
         }]),
         // Loading and attaching BPF programs, owning forwarding, and sending the slow path's packets through a
-        // raw socket: these capabilities and no more.
-        security_context: Some(only_capabilities(&[
-            "BPF",
-            "NET_ADMIN",
-            "NET_RAW",
-            "PERFMON",
-            "SYS_RESOURCE",
-        ])),
+        // raw socket: these capabilities and no more. Without a seccomp profile: the runtimes' default ones allow
+        // bpf(2) only with CAP_SYS_ADMIN (podman's and older containerd's), which would be a far larger grant.
+        security_context: Some(SecurityContext {
+            seccomp_profile: Some(SeccompProfile {
+                type_: "Unconfined".into(),
+                ..Default::default()
+            }),
+            ..only_capabilities(&["BPF", "NET_ADMIN", "NET_RAW", "PERFMON", "SYS_RESOURCE"])
+        }),
         volume_mounts: Some(vec![VolumeMount {
             name: "bpffs".into(),
             mount_path: "/sys/fs/bpf".into(),

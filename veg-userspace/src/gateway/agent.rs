@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context as _;
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
-    sync::{oneshot, watch},
+    sync::watch,
 };
 use tracing::{info, warn};
 use veg_common::{address::Address, config::GatewayConfig};
@@ -25,6 +25,7 @@ use super::{
     metrics::{AgentFacts, Metrics},
     records::{self, Records},
     settings::{ExternalAddresses, GatewaySettings},
+    uplink,
 };
 use veg_bfd::{
     control,
@@ -281,11 +282,33 @@ impl StopRequests {
     }
 }
 
-/// Take the instance out of service: fail /readyz with `why`, and bring the BFD sessions AdminDown (once).
-fn withdraw(facts: &Mutex<AgentFacts>, bfd: &mut Option<oneshot::Sender<()>>, why: &str) {
-    facts.lock().unwrap().withdrawn = Some(why.to_owned());
-    if let Some(bfd) = bfd.take() {
-        let _ = bfd.send(());
+/// Why the instance is out of service, if it is: it is stopping (for good), or a part of its uplink is down
+/// (until it is back).
+#[derive(Default)]
+struct Withdrawal {
+    stopping: bool,
+    uplink_down: std::collections::BTreeMap<uplink::Part, Option<String>>,
+}
+
+impl Withdrawal {
+    fn reason(&self) -> Option<String> {
+        if self.stopping {
+            return Some("stopping".into());
+        }
+        let down: Vec<&str> = self
+            .uplink_down
+            .values()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        (!down.is_empty()).then(|| format!("uplink down: {}", down.join("; ")))
+    }
+
+    /// Tell /readyz (and the metrics) and the BFD sessions, which go AdminDown while withdrawn.
+    fn publish(&self, facts: &Mutex<AgentFacts>, bfd: &watch::Sender<bool>) {
+        let reason = self.reason();
+        bfd.send_replace(reason.is_some());
+        facts.lock().unwrap().withdrawn = reason;
     }
 }
 
@@ -351,28 +374,25 @@ pub async fn run(
     let health = health::bind(settings.health_listen).await?;
     tokio::spawn(health::serve(health, metrics));
     let (bfd_stop, bfd_stopped) = tokio::sync::oneshot::channel::<()>();
-    let (bfd_withdraw, bfd_withdrawn) = tokio::sync::oneshot::channel::<()>();
+    let (bfd_withdrawn, withdrawn) = watch::channel(false);
     let bfd_task = bfd.map(|engine| {
         let name = settings.name.clone();
         tokio::spawn(async move {
-            control::run_engine(
-                engine,
-                &name,
-                bfd_status,
-                async {
-                    let _ = bfd_withdrawn.await;
-                },
-                async {
-                    let _ = bfd_stopped.await;
-                },
-            )
+            control::run_engine(engine, &name, bfd_status, withdrawn, async {
+                let _ = bfd_stopped.await;
+            })
             .await
         })
     });
-    let mut bfd_withdraw = Some(bfd_withdraw);
+    let mut withdrawal = Withdrawal::default();
     // Never fires until a stop signal starts the drain.
     let drain = tokio::time::sleep(std::time::Duration::MAX / 4);
-    let mut draining = false;
+    let (uplink_changes, mut uplink) = tokio::sync::mpsc::channel(4);
+    uplink::watch(
+        &settings.external_interface,
+        settings.uplink.clone(),
+        uplink_changes,
+    );
     let (slow_path_stop, slow_path_stopped) = tokio::sync::oneshot::channel::<()>();
     let slow_path = SlowPath::new(datapath.take_slow_path_ring()?, datapath.pin_dir())?;
     let slow_path_task = tokio::spawn(slow_path.run(async {
@@ -450,13 +470,17 @@ pub async fn run(
                     }
                 }
             }
+            Some((part, down)) = uplink.recv() => {
+                withdrawal.uplink_down.insert(part, down);
+                withdrawal.publish(&facts, &bfd_withdrawn);
+            }
             _ = stop.next() => {
-                if draining {
+                if withdrawal.stopping {
                     info!("a second stop signal: stopping now, before the drain period is over");
                     break;
                 }
-                draining = true;
-                withdraw(&facts, &mut bfd_withdraw, "stopping");
+                withdrawal.stopping = true;
+                withdrawal.publish(&facts, &bfd_withdrawn);
                 if settings.drain.is_zero() {
                     break;
                 }

@@ -8,3 +8,4 @@ pub mod netconf;
 pub mod records;
 pub mod resource;
 pub mod settings;
+pub mod uplink;

@@ -22,7 +22,10 @@ use crate::{
         pins,
         policy::{Action, DesiredPolicy},
     },
-    gateway::resource::GatewayRef,
+    gateway::{
+        resource::GatewayRef,
+        uplink::{ProbeTargets, UplinkSettings},
+    },
 };
 
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
@@ -193,6 +196,8 @@ pub struct GatewaySettings {
     pub sweep_interval: Duration,
     /// How long the agent keeps translating after SIGTERM, withdrawn from OVN (zero: it detaches at once).
     pub drain: Duration,
+    /// What makes the uplink down, and how often it is checked.
+    pub uplink: UplinkSettings,
     /// BFD toward the VPC's BFD port, when peers are given.
     pub bfd: Option<BfdSettings>,
     /// Where /livez and /readyz are served.
@@ -317,6 +322,17 @@ pub struct SettingsInput {
     /// Set when the programs load; lines below it cost nothing. [default: off]
     #[arg(long, value_name = "off|error|warn|info|debug|trace")]
     pub datapath_log: Option<String>,
+    /// Watch the uplink and withdraw the instance (BFD AdminDown, /readyz 503) while it is down: the external
+    /// interface without a carrier, or these next hops not answering ARP (IPv4) or neighbour solicitations (IPv6).
+    /// "auto": the external interface's default gateways; "off": the carrier only. [default: auto]
+    #[arg(long, value_name = "auto|off|IP[,IP]")]
+    pub uplink_probe: Option<String>,
+    /// Milliseconds between uplink checks, each probe waiting as long for its answer. [default: 1000]
+    #[arg(long, value_name = "MS")]
+    pub uplink_interval_ms: Option<u64>,
+    /// Unanswered probes in a row that make the uplink down (a carrier lost counts at once). [default: 3]
+    #[arg(long, value_name = "N")]
+    pub uplink_failures: Option<u32>,
 }
 
 impl SettingsInput {
@@ -342,6 +358,9 @@ impl SettingsInput {
         self.max_flows = self.max_flows.or(file.max_flows);
         self.sweep_interval_seconds = self.sweep_interval_seconds.or(file.sweep_interval_seconds);
         self.drain_seconds = self.drain_seconds.or(file.drain_seconds);
+        self.uplink_probe = self.uplink_probe.take().or(file.uplink_probe);
+        self.uplink_interval_ms = self.uplink_interval_ms.or(file.uplink_interval_ms);
+        self.uplink_failures = self.uplink_failures.or(file.uplink_failures);
         self.bfd_peers.extend(file.bfd_peers);
         self.bfd_listen = self.bfd_listen.or(file.bfd_listen);
         self.bfd_min_rx = self.bfd_min_rx.or(file.bfd_min_rx);
@@ -482,7 +501,13 @@ impl SettingsInput {
             .map(str::parse)
             .transpose()?
             .unwrap_or_default();
+        let uplink = uplink_settings(
+            self.uplink_probe.as_deref(),
+            self.uplink_interval_ms,
+            self.uplink_failures,
+        )?;
         Ok(GatewaySettings {
+            uplink,
             resource,
             bfd,
             flow_records,
@@ -505,9 +530,80 @@ impl SettingsInput {
     }
 }
 
+/// `--uplink-probe`, `--uplink-interval-ms` and `--uplink-failures`, checked.
+fn uplink_settings(
+    probe: Option<&str>,
+    interval_ms: Option<u64>,
+    failures: Option<u32>,
+) -> anyhow::Result<UplinkSettings> {
+    let targets = match probe.unwrap_or("auto") {
+        "auto" => ProbeTargets::Auto,
+        "off" => ProbeTargets::Off,
+        list => ProbeTargets::Given(
+            list.split(',')
+                .map(|ip| {
+                    ip.trim().parse::<IpAddr>().map_err(|_| {
+                        anyhow::anyhow!(
+                            "invalid --uplink-probe {list:?}: expected auto, off or next hop addresses (IP[,IP])"
+                        )
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?,
+        ),
+    };
+    let interval_ms = interval_ms.unwrap_or(1000);
+    if !(50..=60_000).contains(&interval_ms) {
+        bail!("invalid --uplink-interval-ms {interval_ms}: expected 50 to 60000");
+    }
+    let failures = failures.unwrap_or(3);
+    if failures == 0 {
+        bail!("invalid --uplink-failures 0: at least one probe must go unanswered");
+    }
+    Ok(UplinkSettings {
+        targets,
+        interval: Duration::from_millis(interval_ms),
+        failures,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uplink_settings_are_checked() {
+        assert_eq!(
+            uplink_settings(None, None, None).unwrap(),
+            UplinkSettings {
+                targets: ProbeTargets::Auto,
+                interval: Duration::from_secs(1),
+                failures: 3
+            }
+        );
+        assert_eq!(
+            uplink_settings(Some("172.17.0.1,fd00::1"), Some(200), Some(2))
+                .unwrap()
+                .targets,
+            ProbeTargets::Given(vec![
+                "172.17.0.1".parse().unwrap(),
+                "fd00::1".parse().unwrap()
+            ])
+        );
+        assert_eq!(
+            uplink_settings(Some("off"), None, None).unwrap().targets,
+            ProbeTargets::Off
+        );
+        for (probe, interval, failures, expected) in [
+            (Some("router"), None, None, "expected auto, off"),
+            (None, Some(10), None, "50 to 60000"),
+            (None, None, Some(0), "at least one probe"),
+        ] {
+            let error = uplink_settings(probe, interval, failures)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+    }
 
     fn input() -> SettingsInput {
         SettingsInput {
