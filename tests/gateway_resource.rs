@@ -25,7 +25,7 @@ use veg_testbed::{
 use veg_userspace::{
     crd::{gateway::VpcEgressGateway, network::Subnet},
     datapath::pins,
-    gateway::{agent, resource, settings::SettingsInput},
+    gateway::{agent, node_pins, resource, settings::SettingsInput},
 };
 
 const PORT: u16 = 8080;
@@ -220,4 +220,121 @@ fn the_policy_follows_the_resource_live_without_breaking_flows() {
     assert!(agent.is_running(), "the agent restarted or died");
     drop(held);
     drop(agent);
+}
+
+/// Pin a small map at ROOT/DIR/FLOWS, as an instance named DIR leaves its state on the node.
+fn pin_state(root: &std::path::Path, dir: &str) -> std::path::PathBuf {
+    let path = root.join(dir);
+    std::fs::create_dir_all(&path).unwrap();
+    let status = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(path.join("FLOWS"))
+        .args([
+            "type", "hash", "key", "4", "value", "4", "entries", "1", "name", "FLOWS",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "bpftool map create");
+    path
+}
+
+/// Nothing is left on a node: pinned state whose gateway is gone or has no instance on the node any more is
+/// removed when an instance starts there; an instance's own state goes when its pod is deleted, and stays when
+/// the pod stays (a container restart keeps its flows). Judged by what is pinned in bpffs, against the API's pods.
+#[test]
+fn pinned_state_goes_with_its_pod_and_stays_with_a_restarting_container() {
+    if skip_unless_root() {
+        return;
+    }
+    let tag = veg_testbed::unique("gc");
+    // A bpffs directory of the test's own, in place of /sys/fs/bpf/veg, which other tests' gateways share.
+    let root = std::path::Path::new(pins::BPFFS_ROOT).join(format!("veg-test-{tag}"));
+    let (own, gone, elsewhere, here, by_hand) = (
+        format!("{tag}_gateway1"),
+        format!("{tag}_deleted"),
+        format!("{tag}_moved"),
+        format!("{tag}_neighbour"),
+        format!("{tag}-by-hand"),
+    );
+    let dirs: Vec<std::path::PathBuf> = [&own, &gone, &elsewhere, &here, &by_hand]
+        .iter()
+        .map(|d| pin_state(&root, d))
+        .collect();
+    let cleanup = scopeguard(dirs.clone());
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (client, _api) = runtime.block_on(async { FakeApi::start() });
+    runtime.block_on(async {
+        let gateways: Api<VpcEgressGateway> = Api::namespaced(client.clone(), &tag);
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &tag);
+        for name in ["gateway1", "moved", "neighbour"] {
+            let gateway: VpcEgressGateway = serde_yaml::from_str(&format!(
+                "metadata: {{name: {name}, namespace: {tag}}}\nspec: {{externalSubnet: ext, policies: [{{snat: true, ipBlocks: [10.0.0.1]}}]}}"
+            ))
+            .unwrap();
+            gateways.create(&PostParams::default(), &gateway).await.unwrap();
+        }
+        // Instances: gateway1's and neighbour's on this node, moved's on another one.
+        for (pod, gateway, node) in [
+            ("gateway1-a", "gateway1", "node1"),
+            ("neighbour-a", "neighbour", "node1"),
+            ("moved-a", "moved", "node2"),
+        ] {
+            let pod: k8s_openapi::api::core::v1::Pod = serde_yaml::from_str(&format!(
+                "metadata: {{name: {pod}, namespace: {tag}, labels: {{ovn.kubernetes.io/vpc-egress-gateway: {gateway}}}}}\n\
+                 spec: {{nodeName: {node}, containers: []}}"
+            ))
+            .unwrap();
+            pods.create(&PostParams::default(), &pod).await.unwrap();
+        }
+    });
+    let pod = node_pins::OwnPod {
+        namespace: tag.clone(),
+        name: "gateway1-a".into(),
+        node: "node1".into(),
+    };
+
+    // An instance starts on node1: the deleted gateway's and the moved one's state go, the rest stays.
+    let removed = runtime.block_on(node_pins::remove_orphans(&client, &root, &own, &pod.node));
+    let mut removed: Vec<String> = removed
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    removed.sort();
+    assert_eq!(removed, [gone.clone(), elsewhere.clone()]);
+    for (dir, kept) in dirs.iter().zip([true, false, false, true, true]) {
+        assert_eq!(dir.join("FLOWS").exists(), kept, "{}", dir.display());
+    }
+
+    // The instance stops while its pod stays (its container restarts): its state stays.
+    runtime
+        .block_on(node_pins::remove_own_if_leaving(&client, &pod, &root, &own))
+        .unwrap();
+    assert!(dirs[0].join("FLOWS").exists());
+    // Its pod is deleted: its state goes when it stops.
+    runtime
+        .block_on(async {
+            let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &tag);
+            pods.delete("gateway1-a", &Default::default()).await
+        })
+        .unwrap();
+    runtime
+        .block_on(node_pins::remove_own_if_leaving(&client, &pod, &root, &own))
+        .unwrap();
+    assert!(!dirs[0].exists(), "{} is still there", dirs[0].display());
+    drop(cleanup);
+    let _ = std::fs::remove_dir(&root);
+}
+
+/// Removes the directories' pins when dropped, also when the test fails.
+fn scopeguard(dirs: Vec<std::path::PathBuf>) -> impl Drop {
+    struct Remove(Vec<std::path::PathBuf>);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            for dir in &self.0 {
+                let _ = pins::remove_dir_of_pins(dir);
+            }
+        }
+    }
+    Remove(dirs)
 }

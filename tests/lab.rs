@@ -432,6 +432,26 @@ fn the_controller_and_the_northbound_database_restart_without_harm() {
     }
     lab.wait_ready("gateway1", Duration::from_secs(30));
     eventually_round_trip(&lab, "client1");
+
+    // A hung agent (stopped with SIGSTOP) fails its liveness probe, and the kubelet restarts its container; the
+    // pinned programs kept translating meanwhile, and traffic flows on.
+    let hung = &instance_records(&lab)[0];
+    let pid = hung["pid"].as_i64().unwrap() as i32;
+    // SAFETY: stopping the lab's own agent.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while instance_records(&lab)[0]["restarts"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the hung agent was not restarted: {:?}",
+            instance_records(&lab)
+        );
+        eventually_round_trip(&lab, "client1");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    lab.wait_ready("gateway1", Duration::from_secs(30));
+    assert_ne!(instance_records(&lab)[0]["pid"], hung["pid"]);
+    eventually_round_trip(&lab, "client1");
 }
 
 const GATEWAY2: &str = "apiVersion: kubeovn.io/v1

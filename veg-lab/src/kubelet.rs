@@ -22,9 +22,12 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use ipnet::Ipv4Net;
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    core::v1::{Pod, PodSpec},
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{Container, Pod, PodSpec, Probe},
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
 };
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
@@ -79,6 +82,14 @@ pub struct Instance {
     /// The podman container its agent runs in, when the lab runs instances from the image.
     #[serde(default)]
     pub container: Option<String>,
+    /// Liveness probes failed in a row, and the container restarts that made.
+    #[serde(default)]
+    pub liveness_failures: u32,
+    /// When its liveness was last probed (seconds since the epoch).
+    #[serde(default)]
+    pub liveness_probed: u64,
+    #[serde(default)]
+    pub restarts: u32,
     /// A digest of what it was started from: a different one means the template changed.
     pub template: String,
 }
@@ -220,7 +231,7 @@ impl Lab {
                         self.record(instance)?;
                     }
                 }
-                Some(_) => {}
+                Some(instance) => self.check_liveness(instance, deployment)?,
                 None => {
                     let instance =
                         self.create_instance(&pod, index, &template, deployment, gateway, subnets)?;
@@ -257,12 +268,50 @@ impl Lab {
     /// The pod's Ready condition as a kubelet computes it: the container's readiness probe (/readyz) passes and
     /// every readiness gate's condition is True.
     fn pod_ready(&self, instance: &Instance, deployment: &Deployment) -> bool {
-        self.containers_ready(instance) && (!gated(deployment) || instance.routed)
+        self.containers_ready(instance, deployment) && (!gated(deployment) || instance.routed)
     }
 
     /// The container runs and its readiness probe passes.
-    fn containers_ready(&self, instance: &Instance) -> bool {
-        alive(instance.pid) && ready(&instance.netns)
+    fn containers_ready(&self, instance: &Instance, deployment: &Deployment) -> bool {
+        let probe = main_container(deployment).and_then(|c| c.readiness_probe.as_ref());
+        alive(instance.pid) && probe_passes(&instance.netns, probe)
+    }
+
+    /// The liveness probe, as a kubelet runs it: after its initial delay, `failureThreshold` (default 3) failures
+    /// in a row restart the container. Here the restart is a SIGKILL (a container failing its liveness probe is
+    /// presumed hung), and the restart policy brings the agent back after RESTART_BACKOFF. Probed every
+    /// periodSeconds (default 10).
+    fn check_liveness(
+        &self,
+        instance: &mut Instance,
+        deployment: &Deployment,
+    ) -> anyhow::Result<()> {
+        let Some(probe) = main_container(deployment).and_then(|c| c.liveness_probe.as_ref()) else {
+            return Ok(());
+        };
+        let delay = probe.initial_delay_seconds.unwrap_or(0).max(0) as u64;
+        let period = probe.period_seconds.unwrap_or(10).max(1) as u64;
+        if now() < instance.started + delay || now() < instance.liveness_probed + period {
+            return Ok(());
+        }
+        instance.liveness_probed = now();
+        if probe_passes(&instance.netns, Some(probe)) {
+            instance.liveness_failures = 0;
+            return self.record(instance);
+        }
+        instance.liveness_failures += 1;
+        let threshold = probe.failure_threshold.unwrap_or(3).max(1) as u32;
+        if instance.liveness_failures >= threshold {
+            tracing::warn!(pod = %instance.pod, "liveness probe failed {threshold} times: restarting the container");
+            // SAFETY: killing the lab's own agent.
+            unsafe { libc::kill(instance.pid, libc::SIGKILL) };
+            if let Some(name) = &instance.container {
+                container::kill(name);
+            }
+            instance.liveness_failures = 0;
+            instance.restarts += 1;
+        }
+        self.record(instance)
     }
 
     /// Record the readiness gate's condition the controller set on an instance's pod.
@@ -332,6 +381,9 @@ impl Lab {
             grace: 0,
             routed: false,
             container: None,
+            liveness_failures: 0,
+            liveness_probed: 0,
+            restarts: 0,
             namespace: namespace.clone(),
             pod: pod.into(),
             gateway: format!("{namespace}/{}", gateway.name_any()),
@@ -579,7 +631,7 @@ impl Lab {
             .and_then(|m| m.labels.clone())
             .unwrap_or_default();
         let status = |yes: bool| if yes { "True" } else { "False" };
-        let containers_ready = self.containers_ready(instance);
+        let containers_ready = self.containers_ready(instance, deployment);
         let ready = containers_ready && (!gated(deployment) || instance.routed);
         let mut conditions = vec![
             json!({ "type": "ContainersReady", "status": status(containers_ready) }),
@@ -638,6 +690,10 @@ fn gated(deployment: &Deployment) -> bool {
                 .iter()
                 .any(|g| g.condition_type == workload::ROUTED_CONDITION)
         })
+}
+
+fn main_container(deployment: &Deployment) -> Option<&Container> {
+    pod_spec(deployment)?.containers.first()
 }
 
 fn pod_spec(deployment: &Deployment) -> Option<&PodSpec> {
@@ -714,22 +770,30 @@ fn policy_args(gateway: &VpcEgressGateway, subnets: &[Subnet]) -> anyhow::Result
         .collect())
 }
 
-/// Whether the agent in `netns` answers /readyz with 200 (the pod's readiness probe).
-pub fn ready(netns: &str) -> bool {
+/// Whether a probe of the pod's container passes: its HTTP GET (path and port) answered 200 from inside `netns`
+/// within a second, as a kubelet's probe with the default timeout. A container without the probe passes.
+fn probe_passes(netns: &str, probe: Option<&Probe>) -> bool {
+    let Some(get) = probe.and_then(|p| p.http_get.as_ref()) else {
+        return true;
+    };
+    let port = match &get.port {
+        IntOrString::Int(port) => *port as u16,
+        IntOrString::String(_) => return false,
+    };
+    let path = get.path.clone().unwrap_or_else(|| "/".into());
     let netns = netns.to_owned();
     std::thread::spawn(move || -> Option<bool> {
         veg_userspace::netns::enter(&netns).ok()?;
-        let address = SocketAddr::from((
-            [127, 0, 0, 1],
-            veg_userspace::controller::workload::HEALTH_PORT as u16,
-        ));
+        let address = SocketAddr::from(([127, 0, 0, 1], port));
         let mut stream =
             std::net::TcpStream::connect_timeout(&address, Duration::from_millis(300)).ok()?;
         stream
-            .set_read_timeout(Some(Duration::from_millis(500)))
+            .set_read_timeout(Some(Duration::from_millis(700)))
             .ok()?;
         use std::io::{Read, Write};
-        stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").ok()?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .ok()?;
         let mut answer = String::new();
         stream.read_to_string(&mut answer).ok()?;
         Some(answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"))

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use veg_userspace::{
     datapath::pins,
-    gateway::{agent, host, resource, settings::SettingsInput},
+    gateway::{agent, host, node_pins, resource, settings::SettingsInput},
     inspect, netns,
 };
 
@@ -310,17 +310,25 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         // Before anything that may take a while (the Kubernetes API): the kernel must not forward meanwhile.
         host::close_kernel_forwarding(&settings.internal_interface, &settings.external_interface)?;
         let stop = agent::StopSignals::install()?;
-        let policy_updates = match settings.resource.clone() {
+        let (policy_updates, client) = match settings.resource.clone() {
             Some(gateway) => {
                 let client = kube::Client::try_default().await.context(
                     "--gateway needs the Kubernetes API: run in a pod, or set KUBECONFIG",
                 )?;
-                let (policy, updates) = resource::follow(client, gateway).await?;
+                let (policy, updates) = resource::follow(client.clone(), gateway).await?;
                 settings.policy = policy;
-                Some(updates)
+                (Some(updates), Some(client))
             }
-            None => None,
+            None => (None, None),
         };
+        // In a pod: what other instances left on this node goes first, and the instance's own state goes with
+        // its pod (node_pins.rs).
+        let own_pod = client.clone().zip(node_pins::OwnPod::from_env());
+        if let Some((client, pod)) = &own_pod {
+            node_pins::remove_orphans(client, &node_pins::pins_root(), &settings.name, &pod.node)
+                .await;
+        }
+        let name = settings.name.clone();
         let running = agent::start(&settings)?;
         agent::run(
             settings,
@@ -328,7 +336,11 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             agent::StopRequests::Signals(stop),
             policy_updates,
         )
-        .await
+        .await?;
+        if let Some((client, pod)) = &own_pod {
+            node_pins::remove_own_if_leaving(client, pod, &node_pins::pins_root(), &name).await?;
+        }
+        Ok(())
     })
 }
 

@@ -355,20 +355,18 @@ fn gateway_container(inputs: &Inputs, args: Vec<String>) -> Container {
             container_port: HEALTH_PORT,
             ..Default::default()
         }]),
-        // The external address Kube-OVN's IPAM gave net1, read from the pod's own annotation.
-        env: Some(vec![EnvVar {
-            name: "EXTERNAL_IP".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: format!(
-                        "metadata.annotations['{provider}.kubernetes.io/ip_address']"
-                    ),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
+        // The external address Kube-OVN's IPAM gave net1, read from the pod's own annotation; and the pod's
+        // name, namespace and node, by which the agent tells when its pinned state may go (node_pins.rs) and
+        // names itself in translation records.
+        env: Some(vec![
+            downward_api(
+                "EXTERNAL_IP",
+                &format!("metadata.annotations['{provider}.kubernetes.io/ip_address']"),
+            ),
+            downward_api("POD_NAME", "metadata.name"),
+            downward_api("POD_NAMESPACE", "metadata.namespace"),
+            downward_api("NODE_NAME", "spec.nodeName"),
+        ]),
         // Loading and attaching BPF programs, owning forwarding, and sending the slow path's packets through a
         // raw socket: these capabilities and no more. Without a seccomp profile: the runtimes' default ones allow
         // bpf(2) only with CAP_SYS_ADMIN (podman's and older containerd's), which would be a far larger grant.
@@ -389,6 +387,21 @@ fn gateway_container(inputs: &Inputs, args: Vec<String>) -> Container {
         liveness_probe: Some(Probe {
             initial_delay_seconds: Some(5),
             ..probe("/livez")
+        }),
+        ..Default::default()
+    }
+}
+
+/// An environment variable set from a field of the pod (the downward API).
+fn downward_api(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
         }),
         ..Default::default()
     }

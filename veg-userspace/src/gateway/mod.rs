@@ -5,6 +5,7 @@ pub mod health;
 pub mod host;
 pub mod metrics;
 pub mod netconf;
+pub mod node_pins;
 pub mod records;
 pub mod resource;
 pub mod settings;
