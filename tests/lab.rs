@@ -855,10 +855,11 @@ fn a_rolling_update_and_a_scale_down_lose_no_new_flow() {
 
     let attempts = flows.stop();
     let after: Vec<_> = attempts.iter().filter(|a| a.started >= update).collect();
-    // A new instance joining the ECMP group takes a share of the flows (OVN's ECMP keeps no affinity for
-    // connections from the VPC): a TCP connection in its first round trip at that instant can be reset by the
-    // far end. Two instances join during the update; anything else lost is a packet dropped by a stopping
-    // instance, which the drain exists to prevent.
+    // Each change of the ECMP group moves a share of the flows (OVN's ECMP keeps no affinity for connections
+    // from the VPC): a TCP connection in its first round trip at that instant can be reset by the far end. The
+    // group changes five times here (two instances withdrawn and two joining in the update, one withdrawn in the
+    // scale-down), about one reset a run at 200 connections a second. Anything else lost is a packet dropped
+    // by a stopping instance, which the drain exists to prevent.
     let (reset, lost): (Vec<&&Attempt>, Vec<&&Attempt>) =
         after.iter().filter(|a| a.lost_a_packet()).partition(|a| {
             a.protocol == "tcp"
@@ -882,7 +883,7 @@ fn a_rolling_update_and_a_scale_down_lose_no_new_flow() {
     };
     println!(
         "rolling update in {} ms, scale-down in {} ms: {} new UDP flows and {} new TCP connections, {} lost, {} \
-         reset as an instance joined: {:?}",
+         reset as the ECMP group changed: {:?}",
         rolled.as_millis(),
         scaled.as_millis(),
         after.iter().filter(|a| a.protocol == "udp").count(),
@@ -898,8 +899,8 @@ fn a_rolling_update_and_a_scale_down_lose_no_new_flow() {
     );
     assert!(lost.is_empty(), "lost: {:?}", describe(&lost));
     assert!(
-        reset.len() <= 2,
-        "more resets than instances joined: {:?}",
+        reset.len() <= 5,
+        "more resets than changes of the ECMP group: {:?}",
         describe(&reset)
     );
 }
