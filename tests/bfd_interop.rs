@@ -632,17 +632,11 @@ fn a_stopping_gateway_withdraws_then_drains_then_exits() {
     let echo = udp_echo(&topo.server, 9000);
     let mut gateway = topo.start_gateway(&with_bfd_to_frr(&["--drain-seconds", "4"]));
     wait_ready(topo.client(port), &frr);
-    let round_trip = |local_port: u16| {
-        udp_round_trip(topo.client(client), local_port, server(9000), b"drain")
-            .map(|echoed| echoed == b"drain")
-            .unwrap_or(false)
-    };
+    let round_trip = |local_port| echoed_through(&topo, client, local_port);
     assert!(round_trip(40001), "no round trip before the stop");
 
     gateway.begin_stop();
-    let withdrawn = frr
-        .wait_for("down", Duration::from_secs(2))
-        .expect("FRR never heard the withdrawal");
+    let withdrawn = wait_for_frr(&frr, "down", Duration::from_secs(2));
     let session = frr.session().unwrap();
     assert_eq!(
         session["remote-diagnostic"], "administratively down",
@@ -681,6 +675,13 @@ fn a_stopping_gateway_withdraws_then_drains_then_exits() {
     assert_eq!(frr.status(), "down", "the session came back after the stop");
 }
 
+/// Whether a datagram from the topology's `client` (from `local_port`, 0: any) reached the UDP echo on the
+/// server's port 9000 and came back.
+fn echoed_through(topo: &Topology, client: usize, local_port: u16) -> bool {
+    udp_round_trip(topo.client(client), local_port, server(9000), b"echo")
+        .is_ok_and(|echoed| echoed == b"echo")
+}
+
 /// Wait (`within` at most) until FRR reports the session `status`; how long that took.
 fn wait_for_frr(frr: &Bfdd, status: &str, within: Duration) -> Duration {
     frr.wait_for(status, within)
@@ -707,10 +708,7 @@ fn an_instance_whose_uplink_dies_withdraws_and_returns_with_it() {
         "3",
     ]));
     wait_ready(topo.client(port), &frr);
-    let translates = || {
-        udp_round_trip(topo.client(client), 0, server(9000), b"uplink")
-            .is_ok_and(|echo| echo == b"uplink")
-    };
+    let translates = || echoed_through(&topo, client, 0);
     assert!(translates());
 
     // The next hop stops answering ARP (IPv6's neighbour discovery still answers).

@@ -179,33 +179,26 @@ impl TestLab {
         within: Duration,
         also: impl Fn(&[String]) -> bool,
     ) -> Vec<String> {
-        let deadline = Instant::now() + within;
-        loop {
+        wait_for(within, || {
             let row = self.row(gateway);
             let ready = row.get(5).map(String::as_str) == Some("Completed")
                 && row.get(6).map(String::as_str) == Some("true");
             if ready && also(&row) {
-                return row;
+                Ok(row)
+            } else {
+                Err(format!("{gateway} not ready: {row:?}\n{}", self.log()))
             }
-            assert!(
-                Instant::now() < deadline,
-                "{gateway} not ready within {within:?}: {row:?}\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        })
     }
 
     /// Wait until `veg lab get veg` shows the gateway not ready.
     fn wait_not_ready(&self, gateway: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while self.row(gateway).get(6).map(String::as_str) == Some("true") {
-            assert!(
-                Instant::now() < deadline,
-                "{gateway} still ready after {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for(within, || {
+            match self.row(gateway).get(6).map(String::as_str) {
+                Some("true") => Err(format!("{gateway} still ready")),
+                _ => Ok(()),
+            }
+        })
     }
 
     fn log(&self) -> String {
@@ -259,14 +252,11 @@ fn eventually_round_trip(lab: &TestLab, client: &str) {
 }
 
 fn eventually_round_trip_to(lab: &TestLab, client: &str, server: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !round_trip(&lab.netns(client), server) {
-        assert!(
-            Instant::now() < deadline,
-            "{client} never got through\n{}",
-            lab.log()
-        );
-    }
+    wait_for(Duration::from_secs(15), || {
+        round_trip(&lab.netns(client), server)
+            .then_some(())
+            .ok_or_else(|| format!("{client} never got through\n{}", lab.log()))
+    });
 }
 
 const GATEWAY1: &str = "apiVersion: kubeovn.io/v1
@@ -365,15 +355,12 @@ fn default_vpc_gateway_translates_its_sources_scales_and_goes_away() {
     // Delete: every row of the gateway goes, its instances go, and traffic is no longer translated.
     assert!(!lab.gateway_rows("gateway1").is_empty());
     lab.delete(GATEWAY1);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !lab.gateway_rows("gateway1").is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "rows left: {:?}",
-            lab.gateway_rows("gateway1")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(Duration::from_secs(15), || {
+        match lab.gateway_rows("gateway1") {
+            rows if rows.is_empty() => Ok(()),
+            rows => Err(format!("rows left: {rows:?}")),
+        }
+    });
     let namespaces = String::from_utf8(
         Command::new("ip")
             .args(["netns", "list"])
@@ -418,18 +405,17 @@ fn the_controller_and_the_northbound_database_restart_without_harm() {
     // that (scaling to two) reaches OVN.
     lab.veg(&["restart", "nb"]);
     lab.veg(&["scale", "veg", "gateway1", "--replicas", "2"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !lab
-        .nbctl(&["lr-policy-list", "ovn-cluster"])
-        .contains("10.16.0.10, 10.16.0.11")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "OVN never converged after the database restart\n{}",
-            lab.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for(Duration::from_secs(30), || {
+        lab.nbctl(&["lr-policy-list", "ovn-cluster"])
+            .contains("10.16.0.10, 10.16.0.11")
+            .then_some(())
+            .ok_or_else(|| {
+                format!(
+                    "OVN never converged after the database restart\n{}",
+                    lab.log()
+                )
+            })
+    });
     lab.wait_ready("gateway1", Duration::from_secs(30));
     eventually_round_trip(&lab, "client1");
 
@@ -439,16 +425,14 @@ fn the_controller_and_the_northbound_database_restart_without_harm() {
     let pid = hung["pid"].as_i64().unwrap() as i32;
     // SAFETY: stopping the lab's own agent.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while instance_records(&lab)[0]["restarts"] != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the hung agent was not restarted: {:?}",
-            instance_records(&lab)
-        );
+    wait_for(Duration::from_secs(30), || {
+        // The pinned programs translate while the agent hangs.
         eventually_round_trip(&lab, "client1");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+        match instance_records(&lab) {
+            records if records[0]["restarts"] == 1 => Ok(()),
+            records => Err(format!("the hung agent was not restarted: {records:?}")),
+        }
+    });
     lab.wait_ready("gateway1", Duration::from_secs(30));
     assert_ne!(instance_records(&lab)[0]["pid"], hung["pid"]);
     eventually_round_trip(&lab, "client1");
@@ -689,17 +673,24 @@ fn fail_the_carrier(
 
 /// Wait (40 s at most) until OVN reports all `sessions` of vpc1's BFD port up.
 fn wait_for_vpc1_sessions_up(lab: &TestLab, sessions: usize) {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    loop {
-        let bfd = lab.vpc1_bfd_status();
-        if bfd.len() == sessions && bfd.iter().all(|s| s == "up") {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
+    wait_for(Duration::from_secs(40), || match lab.vpc1_bfd_status() {
+        bfd if bfd.len() == sessions && bfd.iter().all(|s| s == "up") => Ok(()),
+        bfd => Err(format!(
             "the restarted instance's sessions never came back: {bfd:?}\n{}",
             lab.log()
-        );
+        )),
+    });
+}
+
+/// Ask `check` every 200 ms until it answers Ok; fail with its last Err (what it is waiting for, and what it
+/// sees) once `within` has passed.
+fn wait_for<T>(within: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(done) => return done,
+            Err(why) => assert!(Instant::now() < deadline, "after {within:?}: {why}"),
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -787,23 +778,21 @@ fn wait_for_instances(
     within: Duration,
     also: impl Fn(&serde_json::Value) -> bool,
 ) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + within;
-    loop {
+    wait_for(within, || {
         let records = instance_records(lab);
         let settled = records.len() == count
             && records
                 .iter()
                 .all(|r| r["terminating"].as_u64().unwrap_or(0) == 0 && also(r));
         if settled {
-            return records;
+            Ok(records)
+        } else {
+            Err(format!(
+                "the instances did not settle: {records:?}\n{}",
+                lab.log()
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "the instances did not settle: {records:?}\n{}",
-            lab.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    })
 }
 
 // Long: one scenario on the lab, step by step.
@@ -987,21 +976,12 @@ fn the_image_runs_the_instances_with_only_the_deployments_capabilities() {
 
     // Deleting the gateway removes its container too.
     lab.delete(GATEWAY1);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !podman(&[
-        "ps",
-        "--all",
-        "--quiet",
-        "--filter",
-        &format!("name={container}"),
-    ])
-    .trim()
-    .is_empty()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the container outlived its gateway"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let filter = format!("name={container}");
+    wait_for(Duration::from_secs(30), || {
+        podman(&["ps", "--all", "--quiet", "--filter", &filter])
+            .trim()
+            .is_empty()
+            .then_some(())
+            .ok_or_else(|| "the container outlived its gateway".to_owned())
+    });
 }

@@ -199,9 +199,16 @@ impl Lab {
         {
             self.begin_termination(instance, deployment)?;
         }
+        // Each running instance's readiness probe, once a pass: for the rollout here and for its pod below.
+        let probed: BTreeMap<String, bool> = current
+            .iter()
+            .filter(|i| i.terminating == 0)
+            .map(|i| (i.pod.clone(), self.containers_ready(i, deployment)))
+            .collect();
+        let pod_ready = |i: &Instance| probed[&i.pod] && (!gated(deployment) || i.routed);
         let available = current
             .iter()
-            .filter(|i| i.terminating == 0 && wanted(i) && self.pod_ready(i, deployment))
+            .filter(|i| i.terminating == 0 && wanted(i) && pod_ready(i))
             .count();
         let stopping = current
             .iter()
@@ -243,7 +250,14 @@ impl Lab {
         Ok(current
             .iter()
             .filter(|i| i.terminating == 0)
-            .map(|i| self.as_pod(i, deployment, gateway, subnets))
+            .map(|i| {
+                // Instances created in this pass were not probed yet.
+                let containers_ready = probed
+                    .get(&i.pod)
+                    .copied()
+                    .unwrap_or_else(|| self.containers_ready(i, deployment));
+                self.as_pod(i, containers_ready, deployment, gateway, subnets)
+            })
             .collect())
     }
 
@@ -263,12 +277,6 @@ impl Lab {
             .unwrap_or(30)
             .max(0) as u64;
         self.record(instance)
-    }
-
-    /// The pod's Ready condition as a kubelet computes it: the container's readiness probe (/readyz) passes and
-    /// every readiness gate's condition is True.
-    fn pod_ready(&self, instance: &Instance, deployment: &Deployment) -> bool {
-        self.containers_ready(instance, deployment) && (!gated(deployment) || instance.routed)
     }
 
     /// The container runs and its readiness probe passes.
@@ -615,10 +623,12 @@ impl Lab {
         Ok(())
     }
 
-    /// The instance as the Pod Kubernetes would show: Kube-OVN's address annotations, its node, its readiness.
+    /// The instance as the Pod Kubernetes would show: Kube-OVN's address annotations, its node, its readiness
+    /// (Ready as a kubelet computes it: the container's readiness probe passes and the readiness gate is True).
     fn as_pod(
         &self,
         instance: &Instance,
+        containers_ready: bool,
         deployment: &Deployment,
         gateway: &VpcEgressGateway,
         subnets: &[Subnet],
@@ -631,7 +641,6 @@ impl Lab {
             .and_then(|m| m.labels.clone())
             .unwrap_or_default();
         let status = |yes: bool| if yes { "True" } else { "False" };
-        let containers_ready = self.containers_ready(instance, deployment);
         let ready = containers_ready && (!gated(deployment) || instance.routed);
         let mut conditions = vec![
             json!({ "type": "ContainersReady", "status": status(containers_ready) }),

@@ -13,6 +13,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Args, ValueEnum};
 
+use veg_testbed::command::output_of;
+
 use crate::workspace::{build_veg, build_veg_release, root, run, setup, step};
 
 /// The tag tests run the lab's instances from (`cargo xtask test` builds it).
@@ -76,19 +78,19 @@ pub fn build(args: &ImageArgs) -> anyhow::Result<()> {
         ".",
     ]))?;
     // The image runs: veg and bpftool start and load their libraries.
-    let version = output(
+    let version = output_in_root(
         Command::new("podman")
             .args(["run", "--rm", "--network", "none"])
             .args(RUNTIME_OPTIONS)
             .args([&args.tag, "--version"]),
     )?;
-    output(
+    output_in_root(
         Command::new("podman")
             .args(["run", "--rm", "--network", "none"])
             .args(RUNTIME_OPTIONS)
             .args(["--entrypoint", "bpftool", &args.tag, "version"]),
     )?;
-    let size = output(Command::new("podman").args([
+    let size = output_in_root(Command::new("podman").args([
         "image",
         "inspect",
         "--format",
@@ -157,7 +159,7 @@ fn assemble(rootfs: &Path, veg: &Path) -> anyhow::Result<()> {
 
 /// The shared libraries `binary` loads, the dynamic loader included, as ldd resolves them on this machine.
 fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let listing = output(Command::new("ldd").arg(binary))?;
+    let listing = output_in_root(Command::new("ldd").arg(binary))?;
     Ok(listing
         .lines()
         .filter_map(|line| {
@@ -182,17 +184,7 @@ fn copy_into(rootfs: &Path, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn output(command: &mut Command) -> anyhow::Result<String> {
-    let out = command
-        .current_dir(root())
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{command:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// `output_of`, run from the repository root (the build context).
+fn output_in_root(command: &mut Command) -> anyhow::Result<String> {
+    output_of(command.current_dir(root())).map_err(anyhow::Error::msg)
 }

@@ -17,6 +17,8 @@ use std::{
 
 use anyhow::Context as _;
 use tokio::sync::mpsc;
+
+use crate::datapath::slow_path::raw_socket::send_to;
 use tracing::{info, warn};
 
 /// What to probe beyond the external interface.
@@ -185,20 +187,7 @@ fn arp_probe(interface: &str, target: Ipv4Addr, timeout: Duration) -> anyhow::Re
     request.extend_from_slice(&source.octets());
     request.extend_from_slice(&[0; 6]);
     request.extend_from_slice(&target.octets());
-    // SAFETY: request and address are valid for their lengths.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            request.as_ptr().cast(),
-            request.len(),
-            0,
-            (&raw const address).cast(),
-            size,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error()).context("sending an ARP request");
-    }
+    send_to(&fd, &request, &address).context("sending an ARP request")?;
     let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 64];
     while let Some(n) = receive_until(&fd, &mut buf, deadline)? {
@@ -261,21 +250,8 @@ fn nd_probe(interface: &str, target: Ipv6Addr, timeout: Duration) -> anyhow::Res
     address.sin6_family = libc::AF_INET6 as u16;
     address.sin6_addr.s6_addr = group.octets();
     address.sin6_scope_id = ifindex;
-    let size = std::mem::size_of::<libc::sockaddr_in6>() as u32;
-    // SAFETY: the message and the address are valid for their lengths; the kernel fills the checksum.
-    let sent = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            solicitation.as_ptr().cast(),
-            solicitation.len(),
-            0,
-            (&raw const address).cast(),
-            size,
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error()).context("sending a neighbour solicitation");
-    }
+    // The kernel fills the ICMPv6 checksum.
+    send_to(&fd, &solicitation, &address).context("sending a neighbour solicitation")?;
     let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 256];
     while let Some(n) = receive_until(&fd, &mut buf, deadline)? {

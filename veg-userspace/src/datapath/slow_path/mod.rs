@@ -13,7 +13,7 @@
 pub mod held;
 pub mod ipv4;
 pub mod ipv6;
-mod raw_socket;
+pub mod raw_socket;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},

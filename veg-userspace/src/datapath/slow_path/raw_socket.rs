@@ -52,22 +52,27 @@ impl RawSocket {
     }
 
     fn send_to<A>(&self, packet: &[u8], addr: &A) -> io::Result<()> {
-        // SAFETY: the buffer and address are valid for the call; A is a sockaddr of the socket's family.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                packet.as_ptr().cast(),
-                packet.len(),
-                0,
-                (addr as *const A).cast(),
-                std::mem::size_of::<A>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        send_to(&self.fd, packet, addr)
     }
+}
+
+/// sendto(2) of `packet` to `addr`, a sockaddr of the socket's family (sockaddr_in, sockaddr_in6, sockaddr_ll).
+pub fn send_to<A>(fd: &OwnedFd, packet: &[u8], addr: &A) -> io::Result<()> {
+    // SAFETY: the buffer and address are valid for the call; A is a sockaddr of the socket's family.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (addr as *const A).cast(),
+            std::mem::size_of::<A>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn sockaddr_v4(to: Ipv4Addr) -> libc::sockaddr_in {
