@@ -279,6 +279,7 @@ fn with_program_lab_sized(entries: u32, test: impl FnOnce(&mut ProgramLab) + Sen
             flow_records: 0,
             external_addr_v6: Address::from_ip(ipv6::EXTERNAL6.into()),
             internal_addr_v6: Address::from_ip(ipv6::INSTANCE6.into()),
+            ..GatewayConfig::default()
         };
         datapath.configure(&config).unwrap();
         let slow_path = datapath.take_slow_path_ring().unwrap();

@@ -12,11 +12,14 @@ use std::{
 };
 
 use veg_testbed::{
+    iperf::{self, Iperf3Server},
     servers::{
         connect_from, icmp_echo_sources, tcp_echo, tcp_round_trip, udp_echo, udp_round_trip,
     },
     skip_unless_root,
-    topology::{GATEWAY_EXTERNAL_IP, SERVER_IP, Topology, external_ip, server},
+    topology::{
+        GATEWAY_EXTERNAL_IP, GATEWAY_INTERNAL_IP, SERVER_IP, Topology, external_ip, server,
+    },
 };
 
 const TCP_PORT: u16 = 8080;
@@ -556,4 +559,98 @@ fn a_killed_agent_leaves_its_programs_translating_until_the_next_takes_over() {
         (0, 0),
         "programs still attached after an orderly stop"
     );
+}
+
+/// spec.bandwidth: each direction held to its limit by departure-time pacing, as iperf3 on the far side measures
+/// it, TCP and UDP, while without limits the same path carries far more.
+#[test]
+fn bandwidth_limits_hold_each_way() {
+    if skip_unless_root() {
+        return;
+    }
+    const EGRESS_MBIT: f64 = 40.0;
+    const INGRESS_MBIT: f64 = 20.0;
+    const UDP_FLOOD: [&str; 5] = ["-u", "-b", "100M", "-l", "1400"];
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    let iperf = Iperf3Server::start(&topo.server, 5201);
+    let mbit = |bits: f64| bits / 1e6;
+
+    let unlimited = topo.start_gateway(&[]);
+    let free = mbit(iperf.measure(topo.client(client), SERVER_IP, 2, &[]));
+    drop(unlimited);
+    assert!(
+        free > 4.0 * EGRESS_MBIT,
+        "without a limit the path carries only {free:.1} Mbit/s: too little to show a limit"
+    );
+
+    let limits = ["--egress-rate", "40", "--ingress-rate", "20M"];
+    let gateway = topo.start_gateway(&limits);
+    let within = |what: &str, measured: f64, limit: f64| {
+        assert!(
+            (measured - limit).abs() <= 0.1 * limit,
+            "{what}: {measured:.1} Mbit/s, not within 10% of the {limit} Mbit/s limit"
+        );
+    };
+    let c = topo.client(client);
+    let measured = [
+        ("tcp out", iperf.measure(c, SERVER_IP, 4, &[]), EGRESS_MBIT),
+        (
+            "tcp in",
+            iperf.measure(c, SERVER_IP, 4, &["-R"]),
+            INGRESS_MBIT,
+        ),
+        (
+            "udp out",
+            iperf.measure(c, SERVER_IP, 3, &UDP_FLOOD),
+            EGRESS_MBIT,
+        ),
+    ];
+    for (what, bits, limit) in measured {
+        eprintln!("{what}: {:.1} Mbit/s (limit {limit})", mbit(bits));
+        within(what, mbit(bits), limit);
+    }
+
+    // While a flood fills the inward queue, the instance's own packets toward the VPC (here ping replies, as BFD
+    // would be) pass the shaper by: none lost, none waiting behind the queue (over 100 ms when full).
+    let client_ns = topo.client(client).name.clone();
+    let iperf_port = iperf.port();
+    let flood = std::thread::spawn(move || {
+        let mut reverse_flood = vec!["-R"];
+        reverse_flood.extend(UDP_FLOOD);
+        iperf::measure(&client_ns, SERVER_IP, iperf_port, 4, &reverse_flood)
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let ping = topo.client(client).exec(
+        "ping",
+        &["-c", "20", "-i", "0.1", "-W", "1", GATEWAY_INTERNAL_IP],
+    );
+    let ping = String::from_utf8_lossy(&ping.stdout).into_owned();
+    let inward = flood.join().unwrap();
+    eprintln!(
+        "udp in: {:.1} Mbit/s (limit {INGRESS_MBIT}); ping to the instance meanwhile: {ping}",
+        mbit(inward)
+    );
+    assert!(
+        ping.contains(" 0% packet loss"),
+        "the instance's own packets were lost behind the shaper:\n{ping}"
+    );
+    let average_ms: f64 = ping
+        .split("rtt min/avg/max/mdev = ")
+        .nth(1)
+        .and_then(|rtt| rtt.split('/').nth(1))
+        .and_then(|avg| avg.parse().ok())
+        .unwrap_or_else(|| panic!("no round-trip times in {ping}"));
+    assert!(
+        average_ms < 50.0,
+        "the instance's own packets waited behind the shaper: {average_ms} ms on average"
+    );
+    drop(gateway);
+    for dev in ["net1", "eth0"] {
+        let qdisc = topo.gateway.exec_ok("tc", &["qdisc", "show", "dev", dev]);
+        assert!(
+            !qdisc.contains("htb"),
+            "the shaper stayed on {dev}: {qdisc}"
+        );
+    }
 }

@@ -30,6 +30,12 @@ pub struct GatewayConfig {
     pub external_addr_v6: Address,
     /// The instance's IPv6 address in the VPC, the source of ICMPv6 errors toward VPC clients.
     pub internal_addr_v6: Address,
+    /// Non-zero when what the instance sends toward the outside has a bandwidth limit (the gateway's
+    /// spec.bandwidth.egress): the skb priority that steers a forwarded packet into the external interface's shaper
+    /// (its HTB class; shaping.rs).
+    pub egress_priority: u32,
+    /// The same toward the VPC (spec.bandwidth.ingress), on the internal interface.
+    pub ingress_priority: u32,
 }
 
 impl GatewayConfig {

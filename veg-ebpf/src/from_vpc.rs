@@ -20,7 +20,7 @@ use crate::{
     },
     rewrite::{self, End},
     route::{self, Route},
-    slow_path,
+    shaping, slow_path,
     stats::{count, drop_packet, pass_to_host},
 };
 use aya_ebpf::maps::lpm_trie::Key;
@@ -150,6 +150,9 @@ pub fn forward(ctx: &TcContext, pkt: &Packet, route: &Route, counter: Counter) -
         }
         count(counter);
         return drop_packet(Counter::TooBigFragmented);
+    }
+    if let Some(ifindex) = route.ifindex() {
+        shaping::steer(ctx, ifindex);
     }
     match route::redirect(ctx, route) {
         Ok(verdict) => {

@@ -19,7 +19,7 @@ use crate::{
     packet::{ICMPV6_ECHO_REQUEST, Packet, is_ipv6_link_scope, is_ipv6_martian},
     rewrite::{self, End},
     route::{self, Route},
-    slow_path,
+    shaping, slow_path,
     stats::{count, drop_packet, pass_to_host},
 };
 
@@ -116,6 +116,9 @@ fn snat(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, route: &Route) -> i3
 pub fn forward(ctx: &TcContext, pkt: &Packet, route: &Route, counter: Counter) -> i32 {
     if rewrite::decrement_hop_limit(ctx, pkt).is_err() {
         return drop_packet(Counter::DropMalformed);
+    }
+    if let Some(ifindex) = route.ifindex() {
+        shaping::steer(ctx, ifindex);
     }
     match route::redirect(ctx, route) {
         Ok(verdict) => {

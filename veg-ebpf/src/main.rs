@@ -36,6 +36,7 @@ mod rate;
 mod records;
 mod rewrite;
 mod route;
+mod shaping;
 mod slow_path;
 mod stats;
 

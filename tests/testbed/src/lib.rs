@@ -4,6 +4,7 @@
 pub mod capture;
 pub mod command;
 pub mod frr;
+pub mod iperf;
 pub mod kube_api;
 pub mod netns;
 pub mod new_flows;

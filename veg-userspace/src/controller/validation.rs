@@ -1,4 +1,5 @@
-//! What CEL cannot check, because it needs other resources: the Vpc, the subnets and their VPC, the BFD port.
+//! What CEL cannot check, because it needs other resources: the Vpc, the subnets and their VPC, the BFD port (and
+//! the bandwidth rates, which CEL checks too).
 //! A problem becomes the condition Validated=False with its reason and message (the reference's reasons where it
 //! has them); it never stops the controller.
 
@@ -6,9 +7,12 @@ use std::collections::BTreeMap;
 
 use kube::ResourceExt;
 
-use crate::crd::{
-    gateway::VpcEgressGateway,
-    network::{DEFAULT_VPC, Subnet, Vpc},
+use crate::{
+    crd::{
+        gateway::{Bandwidth, VpcEgressGateway},
+        network::{DEFAULT_VPC, Subnet, Vpc},
+    },
+    gateway::bandwidth::BitRate,
 };
 
 /// The default VPC's default subnet.
@@ -139,6 +143,24 @@ pub fn validate<'a>(
                     spec.replicas
                 ),
             ));
+        }
+    }
+    // The CRD's rules check the rates too; checked here as well because an instance given a rate it cannot read
+    // would not start (a CRD of an older veg, without the rules, lets any string through).
+    if let Some(bandwidth) = &spec.bandwidth {
+        for (way, rate) in [
+            ("egress", &bandwidth.egress),
+            ("ingress", &bandwidth.ingress),
+        ] {
+            if let Some(Err(e)) = rate
+                .as_ref()
+                .map(|r| BitRate::parse(&Bandwidth::argument(r)))
+            {
+                return Err(problem(
+                    "InvalidBandwidth",
+                    format!("bandwidth.{way}: {e:#}"),
+                ));
+            }
         }
     }
     let bfd_port_enabled = vpc
@@ -292,6 +314,10 @@ mod tests {
             (
                 "vpc: vpc1\ninternalSubnet: subnet1\nexternalSubnet: macvlan1\nreplicas: 2\ninternalIPs: [192.168.0.5]\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n",
                 "NotEnoughIPs",
+            ),
+            (
+                "vpc: vpc1\ninternalSubnet: subnet1\nexternalSubnet: macvlan1\nbandwidth: {egress: 10K}\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n",
+                "InvalidBandwidth",
             ),
             (
                 "vpc: vpc2\ninternalSubnet: subnet2\nexternalSubnet: macvlan1\nbfd: {enabled: true}\npolicies: [{ipBlocks: [10.0.0.0/8]}]\n",

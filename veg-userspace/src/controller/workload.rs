@@ -28,7 +28,7 @@ use serde_json::json;
 
 use super::{scheduling, validation::Resolved};
 use crate::crd::{
-    gateway::{VpcEgressGateway, parse_source},
+    gateway::{Bandwidth, VpcEgressGateway, parse_source},
     network::{Subnet, Vpc},
 };
 
@@ -305,6 +305,16 @@ fn agent_args(gateway: &VpcEgressGateway, bfd_ip: Option<&str>) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if let Some(bandwidth) = &gateway.spec.bandwidth {
+        for (flag, rate) in [
+            ("--egress-rate", &bandwidth.egress),
+            ("--ingress-rate", &bandwidth.ingress),
+        ] {
+            if let Some(rate) = rate {
+                args.extend([flag.to_owned(), Bandwidth::argument(rate)]);
+            }
+        }
+    }
     if let Some(ips) = bfd_ip {
         let bfd = &gateway.spec.bfd;
         for ip in ips.split(',') {
@@ -524,7 +534,8 @@ mod tests {
         let spec: VpcEgressGatewaySpec = serde_yaml::from_str(
             "vpc: vpc1\nreplicas: 2\nprefix: veg-\ninternalSubnet: subnet1\nexternalSubnet: macvlan1\nbfd: {enabled: true, minRX: 300}\n\
              internalIPs: [192.168.0.2, 192.168.0.3]\npolicies: [{snat: true, subnets: [subnet1]}, {ipBlocks: [192.168.9.0/24]}]\n\
-             nodeSelector: [{matchLabels: {zone: a}}, {matchExpressions: [{key: pool, operator: In, values: [egress]}]}]\n",
+             nodeSelector: [{matchLabels: {zone: a}}, {matchExpressions: [{key: pool, operator: In, values: [egress]}]}]\n\
+             bandwidth: {egress: 100, ingress: 1Gi}\n",
         )
         .unwrap();
         let mut gateway = VpcEgressGateway::new("gateway2", spec);

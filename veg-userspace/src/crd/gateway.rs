@@ -6,7 +6,10 @@
 
 use k8s_openapi::{
     api::core::v1::{Affinity, ResourceRequirements, Toleration},
-    apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, LabelSelectorRequirement},
+    apimachinery::pkg::{
+        apis::meta::v1::{Condition, LabelSelector, LabelSelectorRequirement},
+        util::intstr::IntOrString,
+    },
 };
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -133,6 +136,39 @@ pub struct VpcEgressGatewaySpec {
     #[serde(default = "default_drain_seconds")]
     #[schemars(range(min = 0, max = 3600))]
     pub drain_seconds: i32,
+    /// Bandwidth limits of each instance, each way (as upstream has them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<Bandwidth>,
+}
+
+/// A rate: an integer in Mbit/s, or a quantity of bits per second with unit M, Mi, G or Gi ("100M", "1.5G",
+/// "512Mi"); 0 or absent: no limit. Under 1 Mbit/s counts as 1 Mbit/s. string() turns an integer into its
+/// digits, so that one pattern checks both forms, and a negative integer ("-1") fails it.
+const RATE_RULE: &str =
+    "string(self).matches('^([0-9]+|([0-9]+([.][0-9]+)?|[.][0-9]+)(M|Mi|G|Gi))$')";
+const RATE_MESSAGE: &str = "a rate is Mbit/s as a non-negative integer, or bits per second with unit M, Mi, G or Gi (e.g. 100M, 1.5G, 512Mi)";
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+pub struct Bandwidth {
+    /// What each instance sends toward the outside. Packets over it queue (about 20 ms' worth) and are then
+    /// dropped; the instance's own packets (BFD) are not limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(RATE_RULE).message(RATE_MESSAGE))]
+    pub egress: Option<IntOrString>,
+    /// What each instance sends into the VPC (the replies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(RATE_RULE).message(RATE_MESSAGE))]
+    pub ingress: Option<IntOrString>,
+}
+
+impl Bandwidth {
+    /// A limit as `veg gateway --egress-rate/--ingress-rate` takes it.
+    pub fn argument(rate: &IntOrString) -> String {
+        match rate {
+            IntOrString::Int(mbit) => mbit.to_string(),
+            IntOrString::String(text) => text.clone(),
+        }
+    }
 }
 
 fn default_drain_seconds() -> i32 {
@@ -350,6 +386,44 @@ mod tests {
         assert!(spec.affinity.is_some());
         let message = errors(gateway(spec).validate_cel());
         assert!(message.is_empty(), "{message}");
+    }
+
+    #[test]
+    fn bandwidth_takes_upstreams_rates() {
+        let spec = |bandwidth: &str| -> VpcEgressGatewaySpec {
+            serde_yaml::from_str(&format!(
+                "externalSubnet: ext\nselectors: [{{podSelector: {{matchLabels: {{a: b}}}}}}]\nbandwidth: {bandwidth}\n"
+            ))
+            .unwrap()
+        };
+        for good in [
+            "{egress: 100, ingress: 1.5G}",
+            "{egress: 512Mi}",
+            "{ingress: .5G}",
+            "{egress: 0}",
+            "{}",
+        ] {
+            let message = errors(gateway(spec(good)).validate_cel());
+            assert!(message.is_empty(), "{good}: {message}");
+        }
+        for bad in [
+            "{egress: -1}",
+            "{ingress: 100K}",
+            "{egress: 1.2.3M}",
+            "{egress: fast}",
+        ] {
+            let message = errors(gateway(spec(bad)).validate_cel());
+            assert!(
+                message.contains("unit M, Mi, G or Gi"),
+                "{bad}: {message:?}"
+            );
+        }
+        let limits = spec("{egress: 100, ingress: 1.5G}").bandwidth.unwrap();
+        assert_eq!(Bandwidth::argument(limits.egress.as_ref().unwrap()), "100");
+        assert_eq!(
+            Bandwidth::argument(limits.ingress.as_ref().unwrap()),
+            "1.5G"
+        );
     }
 
     #[test]

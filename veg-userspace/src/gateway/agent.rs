@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use veg_common::{address::Address, config::GatewayConfig};
 
 use super::{
+    bandwidth::{self, BitRate, Shapers},
     health, host,
     metrics::{AgentFacts, Metrics},
     records::{self, Records},
@@ -56,6 +57,8 @@ pub struct Running {
     opened_ipv6_lookups: bool,
     bfd: Option<Engine>,
     bfd_status: Arc<Mutex<Snapshot>>,
+    /// The shapers of the bandwidth limits, removed when the agent stops.
+    shapers: Shapers,
 }
 
 /// The internal interface's address of each family the BFD peers have (IPv4, IPv6, or both on a dual-stack VPC).
@@ -137,6 +140,27 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
         "policy synced"
     );
     let address = |ip: Option<IpAddr>| ip.map_or(Address::UNSPECIFIED, Address::from_ip);
+    let limits = settings.bandwidth;
+    let limited = [
+        (
+            limits.egress,
+            external_ifindex,
+            &settings.external_interface,
+        ),
+        (
+            limits.ingress,
+            internal_ifindex,
+            &settings.internal_interface,
+        ),
+    ];
+    let shapers = Shapers::install(
+        limited
+            .into_iter()
+            .filter_map(|(limit, ifindex, name)| Some((ifindex, name.clone(), limit?)))
+            .collect(),
+    )?;
+    // The skb priority that steers a direction's forwarded packets into its shaper's class.
+    let steer = |limit: Option<BitRate>| limit.map_or(0, |_| bandwidth::SHAPED_CLASS);
     datapath.configure(&GatewayConfig {
         external_addr_v4: address(external.v4.map(IpAddr::V4)),
         internal_addr_v4: address(internal_ip.map(IpAddr::V4)),
@@ -148,6 +172,8 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
         port_max: port_range.max,
         ready: 1,
         flow_records: u32::from(settings.flow_records.is_some()),
+        egress_priority: steer(limits.egress),
+        ingress_priority: steer(limits.ingress),
     })?;
     host::set_loopback_forwarding(true)?;
     datapath.attach(&settings.internal_interface, &settings.external_interface)?;
@@ -172,6 +198,7 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
         opened_ipv6_lookups,
         bfd,
         bfd_status,
+        shapers,
     })
 }
 
@@ -360,6 +387,7 @@ pub async fn run(
         opened_ipv6_lookups,
         bfd,
         bfd_status,
+        shapers,
     } = running;
     let facts = Arc::new(Mutex::new(AgentFacts::default()));
     record_policy(&facts, &settings.policy);
@@ -512,6 +540,7 @@ pub async fn run(
     }
     let pin_dir = datapath.pin_dir().to_owned();
     drop(datapath);
+    drop(shapers);
     host::set_loopback_forwarding(false)?;
     if opened_ipv6_lookups {
         host::close_ipv6_route_lookups()?;

@@ -23,6 +23,7 @@ use crate::{
         policy::{Action, DesiredPolicy},
     },
     gateway::{
+        bandwidth::BitRate,
         resource::GatewayRef,
         uplink::{ProbeTargets, UplinkSettings},
     },
@@ -198,6 +199,8 @@ pub struct GatewaySettings {
     pub drain: Duration,
     /// What makes the uplink down, and how often it is checked.
     pub uplink: UplinkSettings,
+    /// The bandwidth limits, each way.
+    pub bandwidth: BandwidthLimits,
     /// BFD toward the VPC's BFD port, when peers are given.
     pub bfd: Option<BfdSettings>,
     /// Where /livez and /readyz are served.
@@ -229,6 +232,29 @@ pub struct BfdSettings {
     pub listen: Vec<IpAddr>,
     pub timers: Timers,
     pub min_ttl: u8,
+}
+
+/// The instance's bandwidth limits: what it sends toward the outside (out of the external interface) and into the
+/// VPC (out of the internal one). None: no limit that way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BandwidthLimits {
+    pub egress: Option<BitRate>,
+    pub ingress: Option<BitRate>,
+}
+
+impl BandwidthLimits {
+    fn parse(egress: Option<&str>, ingress: Option<&str>) -> anyhow::Result<BandwidthLimits> {
+        let rate = |text: Option<&str>, flag: &str| {
+            text.map(BitRate::parse)
+                .transpose()
+                .map(Option::flatten)
+                .with_context(|| format!("invalid {flag}"))
+        };
+        Ok(BandwidthLimits {
+            egress: rate(egress, "--egress-rate")?,
+            ingress: rate(ingress, "--ingress-rate")?,
+        })
+    }
 }
 
 pub const DEFAULT_HEALTH_LISTEN: &str = "0.0.0.0:8080";
@@ -284,6 +310,19 @@ pub struct SettingsInput {
     /// SIGINT stops at once. The instances the controller runs use the gateway's spec.drainSeconds. [default: 0]
     #[arg(long = "drain-seconds", value_name = "SECONDS")]
     pub drain_seconds: Option<u64>,
+    /// Limit what the instance sends toward the outside to this rate, paced by departure time (the programs stamp
+    /// each packet; an fq qdisc the agent installs on the external interface holds it until then); beyond a short
+    /// queue, packets are dropped. Mbit/s as an integer ("100"), or bits per second with unit M, Mi, G or Gi
+    /// ("100M", "1.5G", "512Mi"); 0: no limit. The instances the controller runs take the gateway's
+    /// spec.bandwidth.egress. [default: no limit]
+    #[serde(default, deserialize_with = "number_or_text")]
+    #[arg(long, value_name = "RATE")]
+    pub egress_rate: Option<String>,
+    /// The same for what the instance sends into the VPC (the replies): spec.bandwidth.ingress, paced on the
+    /// internal interface. [default: no limit]
+    #[serde(default, deserialize_with = "number_or_text")]
+    #[arg(long, value_name = "RATE")]
+    pub ingress_rate: Option<String>,
     /// Run a BFD session with this peer (the VPC's BFD port; repeatable). The instance is ready only while every
     /// session is Up. `veg bfd status --name NAME` lists them.
     #[serde(default)]
@@ -335,6 +374,24 @@ pub struct SettingsInput {
     pub uplink_failures: Option<u32>,
 }
 
+/// A settings file's rate as text, whether written as a number (`egressRate: 100`) or a string (`"1.5G"`).
+fn number_or_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumberOrText {
+        Number(i64),
+        Text(String),
+    }
+    Ok(
+        Option::<NumberOrText>::deserialize(deserializer)?.map(|value| match value {
+            NumberOrText::Number(n) => n.to_string(),
+            NumberOrText::Text(text) => text,
+        }),
+    )
+}
+
 impl SettingsInput {
     pub fn read(path: &PathBuf) -> anyhow::Result<SettingsInput> {
         let text =
@@ -358,6 +415,8 @@ impl SettingsInput {
         self.max_flows = self.max_flows.or(file.max_flows);
         self.sweep_interval_seconds = self.sweep_interval_seconds.or(file.sweep_interval_seconds);
         self.drain_seconds = self.drain_seconds.or(file.drain_seconds);
+        self.egress_rate = self.egress_rate.or(file.egress_rate);
+        self.ingress_rate = self.ingress_rate.or(file.ingress_rate);
         self.uplink_probe = self.uplink_probe.take().or(file.uplink_probe);
         self.uplink_interval_ms = self.uplink_interval_ms.or(file.uplink_interval_ms);
         self.uplink_failures = self.uplink_failures.or(file.uplink_failures);
@@ -506,8 +565,11 @@ impl SettingsInput {
             self.uplink_interval_ms,
             self.uplink_failures,
         )?;
+        let bandwidth =
+            BandwidthLimits::parse(self.egress_rate.as_deref(), self.ingress_rate.as_deref())?;
         Ok(GatewaySettings {
             uplink,
+            bandwidth,
             resource,
             bfd,
             flow_records,
@@ -631,6 +693,42 @@ mod tests {
             s.max_flow_entries,
             flow_table_entries(FLOW_TABLE_DEFAULT_ENTRIES / 2)
         );
+    }
+
+    #[test]
+    fn bandwidth_limits_are_read_each_way() {
+        let s = SettingsInput {
+            egress_rate: Some("100".into()),
+            ingress_rate: Some("1.5G".into()),
+            ..input()
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(s.bandwidth.egress.unwrap().bits_per_second(), 100_000_000);
+        assert_eq!(
+            s.bandwidth.ingress.unwrap().bits_per_second(),
+            1_500_000_000
+        );
+        assert_eq!(
+            input().validate().unwrap().bandwidth,
+            BandwidthLimits::default()
+        );
+        let zero = SettingsInput {
+            egress_rate: Some("0".into()),
+            ..input()
+        };
+        assert_eq!(
+            zero.validate().unwrap().bandwidth.egress,
+            None,
+            "0: no limit"
+        );
+        let error = SettingsInput {
+            ingress_rate: Some("10K".into()),
+            ..input()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(format!("{error:#}").contains("--ingress-rate"), "{error:#}");
     }
 
     #[test]
