@@ -8,7 +8,7 @@
 //! through it keeps to the rate. A policer (dropping at once) held TCP to a quarter of it in our measurements, and
 //! earliest-departure-time pacing needs the fq qdisc, which kernels built without CONFIG_NET_SCH_FQ lack.
 
-use std::{fmt, str::FromStr};
+use std::fmt;
 
 use anyhow::{Context as _, bail};
 
@@ -84,16 +84,6 @@ impl fmt::Display for BitRate {
         } else {
             write!(f, "{:.3} Mbit/s", self.0 as f64 / MBIT as f64)
         }
-    }
-}
-
-impl FromStr for BitRate {
-    type Err = anyhow::Error;
-
-    /// A limit: 0 is refused here (where a limit must be given, "no limit" is its absence).
-    fn from_str(text: &str) -> anyhow::Result<BitRate> {
-        BitRate::parse(text)?
-            .with_context(|| format!("invalid bandwidth {text:?}: 0 sets no limit; leave it out"))
     }
 }
 
@@ -295,7 +285,6 @@ mod tests {
                 "{bad:?}: {err:#}"
             );
         }
-        assert!("0".parse::<BitRate>().is_err());
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! CAP_NET_ADMIN still lets the pod set its own interfaces' configuration over netlink. The datapath's route
 //! lookups (bpf_fib_lookup) and the kernel's forwarding both look at the receiving interface's setting.
 
-use super::rtnetlink::{NLA_F_NESTED, attribute, message, request_doing};
+use anyhow::Context as _;
+
+use super::rtnetlink::{NLA_F_NESTED, attribute, message};
 
 const RTM_SETLINK: u16 = 19;
 const IFLA_AF_SPEC: u16 = 26;
@@ -26,7 +28,7 @@ fn request(ifindex: u32, on: bool) -> Vec<u8> {
 
 /// Turn IPv4 forwarding of the interface with index `ifindex` on or off.
 pub fn set_forwarding(ifindex: u32, on: bool) -> anyhow::Result<()> {
-    request_doing(&request(ifindex, on), || {
+    super::rtnetlink::request(&request(ifindex, on)).with_context(|| {
         format!("setting IPv4 forwarding of interface {ifindex} (needs CAP_NET_ADMIN)")
     })
 }

@@ -3,15 +3,13 @@
 
 use std::{io, mem::size_of};
 
-use anyhow::Context as _;
-
 pub const NLM_F_REQUEST: u16 = 1;
 pub const NLM_F_ACK: u16 = 4;
 pub const NLM_F_REPLACE: u16 = 0x100;
 pub const NLM_F_CREATE: u16 = 0x400;
 pub const NLA_F_NESTED: u16 = 1 << 15;
 const NLMSG_ERROR: u16 = 2;
-pub const NLMSG_HEADER: usize = 16;
+const NLMSG_HEADER: usize = 16;
 
 /// One netlink attribute: header and payload, padded to 4 bytes.
 pub fn attribute(kind: u16, payload: &[u8]) -> Vec<u8> {
@@ -103,13 +101,5 @@ fn acknowledgement(reply: &[u8]) -> io::Result<()> {
     match error {
         0 => Ok(()),
         e => Err(io::Error::from_raw_os_error(-e)),
-    }
-}
-
-/// `request`, failing with what was being done.
-pub fn request_doing(message: &[u8], doing: impl FnOnce() -> String) -> anyhow::Result<()> {
-    match request(message) {
-        Ok(()) => Ok(()),
-        Err(e) => Err(e).with_context(doing),
     }
 }
