@@ -5,7 +5,10 @@
 //!   vin 10.16.0.12/16 (internal), clients' MACs pinned; vex 172.17.0.11/16 (external), default via 172.17.0.1.
 //!   IPv6 alike (ipv6.rs): vin fd00:10:16::12/48, vex fd00:172:17::11/64, default via fd00:172:17::1.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::{Duration, Instant},
+};
 
 use aya::maps::{HashMap, Map, MapData, RingBuf};
 use aya::programs::{TestRun, TestRunOptions};
@@ -748,6 +751,80 @@ fn too_big_with_df_is_answered_with_fragmentation_needed_and_the_mtu() {
     });
 }
 
+/// The destination MAC of the frame an established flow's next packet leaves with.
+fn next_hop_mac(lab: &ProgramLab, frame: &Frame) -> [u8; 6] {
+    let (verdict, out) = lab.send_from_vpc(frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    out[..6].try_into().unwrap()
+}
+
+/// How long after a route or neighbour change the programs may still use what they cached before it. Well under
+/// the cache's one-second age limit, so that only the agent's announcement of the change can meet it.
+const NEXT_HOP_CHANGE_BOUND: Duration = Duration::from_millis(500);
+
+/// Send `frame` again and again until it leaves for `mac`; how long that took from the change.
+fn until_sent_to(lab: &ProgramLab, frame: &Frame, mac: [u8; 6], changed: Instant) -> Duration {
+    while next_hop_mac(lab, frame) != mac {
+        assert!(
+            changed.elapsed() < NEXT_HOP_CHANGE_BOUND,
+            "still sent to the old next hop {:?} after the change",
+            changed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    changed.elapsed()
+}
+
+#[test]
+fn an_established_flow_follows_a_new_neighbour_mac_and_a_new_route_at_once() {
+    with_program_lab(|lab| {
+        let frame = Frame::new(CLIENT, SERVER, udp(6100, 53, false));
+        assert_eq!(next_hop_mac(lab, &frame), NEXTHOP_MAC);
+        // The route is cached: the flow's next packets ask the kernel for none.
+        let lookups = lab.counter("route_lookups");
+        for _ in 0..10 {
+            assert_eq!(next_hop_mac(lab, &frame), NEXTHOP_MAC);
+        }
+        assert_eq!(lab.counter("route_lookups"), lookups, "route not cached");
+        // The next hop answers from a new MAC (a replaced router, a failed-over VRRP address).
+        let moved = [0x02, 0, 0, 0, 0x02, 0x03];
+        ip(&[
+            "neigh",
+            "replace",
+            "172.17.0.1",
+            "lladdr",
+            &mac_text(moved),
+            "dev",
+            "vex",
+        ]);
+        let took = until_sent_to(lab, &frame, moved, Instant::now());
+        eprintln!("new neighbour MAC used {took:?} after the change");
+        // Another next hop altogether.
+        let other = [0x02, 0, 0, 0, 0x02, 0x04];
+        ip(&[
+            "neigh",
+            "replace",
+            "172.17.0.2",
+            "lladdr",
+            &mac_text(other),
+            "dev",
+            "vex",
+        ]);
+        assert_eq!(next_hop_mac(lab, &frame), moved);
+        ip(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            "172.17.0.2",
+            "dev",
+            "vex",
+        ]);
+        let took = until_sent_to(lab, &frame, other, Instant::now());
+        eprintln!("new route used {took:?} after the change");
+    });
+}
+
 #[test]
 fn the_routes_mtu_counts_not_only_the_devices() {
     with_program_lab(|lab| {
@@ -1193,6 +1270,20 @@ fn assert_refused(lab: &ProgramLab, frame: &Frame) {
     );
 }
 
+/// Keep the calling thread on the CPU it runs on now.
+fn stay_on_one_cpu() {
+    // SAFETY: plain system calls on a zeroed cpu_set_t that this function owns.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(libc::sched_getcpu() as usize, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}
+
 /// Establish `count` UDP flows from CLIENT (a request and a reply each); returns their external ports.
 fn establish(lab: &ProgramLab, count: u16) -> Vec<u16> {
     (0..count)
@@ -1222,6 +1313,9 @@ fn still_established(lab: &ProgramLab, ports: &[u16]) -> usize {
 fn a_full_table_gives_up_unanswered_flows_never_established_ones() {
     // Room for 4,000 translations; 1,500 established.
     with_program_lab_sized(8000, |lab| {
+        // Every packet on one CPU, as from one queue: each CPU gives up only the flows it created itself (its
+        // ring of new flows), and a test thread the scheduler moves midway would find the other CPU's ring empty.
+        stay_on_one_cpu();
         let established = establish(lab, 1500);
         // Five times the table in new flows, one packet each, never answered: each finds room by giving up the
         // oldest unanswered one.

@@ -136,6 +136,8 @@ counters! {
         "Dropped by the agent: a released fragment or a made one could not be sent (no route, TTL expired, IP identification 0, or the kernel refused it).";
     FlowRecordsLost = 38, flow_records_lost,
         "Translation records the datapath could not hand to the agent (its ring was full): the translation itself went on.";
+    RouteLookups = 39, route_lookups,
+        "Route lookups asked of the kernel (bpf_fib_lookup): packets whose route was not cached, or no longer current (a route, rule, neighbour, address or link changed, or a second passed).";
 }
 
 /// Slots in a CPU's `Counters` (room to grow without changing the map's size).

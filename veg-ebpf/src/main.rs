@@ -36,6 +36,7 @@ mod rate;
 mod records;
 mod rewrite;
 mod route;
+mod route_cache;
 mod shaping;
 mod slow_path;
 mod stats;

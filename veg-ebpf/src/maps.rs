@@ -4,14 +4,18 @@
 //! keys' and values' fields and `bpftool map dump pinned` prints them by name.
 
 use crate::{
-    packet::Packet, pending::PendingRing, ports::PortSearch, rate::RateBucket,
+    packet::Packet,
+    pending::PendingRing,
+    ports::PortSearch,
+    rate::RateBucket,
+    route_cache::{CachedRoute, ROUTE_CACHE_SLOTS},
     slow_path::SlowPathRecord,
 };
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     btf_maps,
     macros::{btf_map, map},
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
 };
 use veg_common::{
     address::Address,
@@ -164,6 +168,16 @@ pub static ICMP_RATE: PerCpuArray<RateBucket> = PerCpuArray::with_max_entries(1,
 /// Scratch space for route lookups (see route.rs).
 #[map]
 pub static FIB_PARAMS: PerCpuArray<bpf_fib_lookup> = PerCpuArray::with_max_entries(1, 0);
+
+/// Routes looked up lately, per CPU (route_cache.rs). Not pinned: a new load starts empty.
+#[map]
+pub static ROUTE_CACHE: PerCpuArray<CachedRoute> =
+    PerCpuArray::with_max_entries(ROUTE_CACHE_SLOTS, 0);
+
+/// A count of the route, rule, neighbour, address and link changes the agent heard of: a cached route looked up
+/// under another count is stale (route_cache.rs). Not pinned: it belongs to the agent that loaded the programs.
+#[map]
+pub static ROUTE_GENERATION: Array<u32> = Array::with_max_entries(1, 0);
 
 /// The gateway's settings, or None until the agent has written them.
 #[inline(always)]

@@ -237,6 +237,17 @@ pub fn write_at<T: Copy>(ctx: &TcContext, offset: usize, value: T) -> Result<(),
     Ok(())
 }
 
+/// Read a value at `offset` in the packet, directly.
+#[inline(always)]
+pub fn read_at<T: Copy>(ctx: &TcContext, offset: usize) -> Result<T, ()> {
+    let start = ctx.data();
+    if start + offset + core::mem::size_of::<T>() > ctx.data_end() {
+        return Err(());
+    }
+    // SAFETY: inside the packet, as just checked; the packet has no alignment guarantee.
+    Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const T) })
+}
+
 /// Make sure the headers are in the linear part of the skb, so direct packet access can reach them.
 #[inline(always)]
 pub fn pull_headers(ctx: &TcContext, len: usize) {

@@ -2,8 +2,10 @@
 //! address, remote address, remote port, protocol), and the reverse entry, inserted with BPF_NOEXIST, is the lock
 //! that proves it is.
 //!
-//! The search is bounded, so a packet that finds no port costs a few microseconds at most: the client's own
-//! port, then random ports, then a short sequential run from a random start (which covers a small range whole).
+//! A new flow first tries one port, outside any loop: the client's own if the range has it, else a random one,
+//! inserted at once. Only when that port is taken (or the table is full) does the search run. It is bounded, so a
+//! packet that finds no port costs a few microseconds at most: the client's own port, then random ports, then a
+//! short sequential run from a random start (which covers a small range whole).
 //! When that fails the remote endpoint is remembered as full for a moment (EXHAUSTED), and until then a new flow
 //! toward it costs one lookup: a client offering more flows than the range holds cannot stall the instance.
 
@@ -77,6 +79,14 @@ fn claim(flow: &mut FlowScratch, port: u16) -> Claim {
             Claim::Taken
         };
     }
+    lock_and_insert(flow, port)
+}
+
+/// The two inserts of a claim: the reverse entry under the reverse key in the scratch (the lock: refused if the
+/// port is taken), then the forward entry.
+#[inline(always)]
+fn lock_and_insert(flow: &mut FlowScratch, port: u16) -> Claim {
+    let port_be = port.to_be();
     flow.reverse = FlowEntry {
         nat_addr: flow.key.src_addr,
         nat_port: flow.key.src_port,
@@ -311,6 +321,40 @@ pub fn allocate(
         packets: 0,
         bytes: 0,
     };
+    let min = cfg.port_min as u32;
+    let range = (cfg.port_max as u32).saturating_sub(min) + 1;
+    let original = u16::from_be(key.src_port) as u32;
+    let random = unsafe { bpf_get_prandom_u32() };
+    // The first try, before any search: the client's own port if the range has it, else a random one. In a range
+    // and table with room it is free, and a new flow costs its two inserts and nothing more (no lookup of the
+    // port first, no remembered-full check, no loop).
+    let original = if original >= min && original <= cfg.port_max as u32 {
+        original
+    } else {
+        0
+    };
+    let first = if original != 0 {
+        original
+    } else {
+        min + random.checked_rem(range).unwrap_or(0)
+    };
+    flow.reverse_key = reverse_key(&flow.key, &flow.entry, (first as u16).to_be());
+    match lock_and_insert(flow, first as u16) {
+        Claim::Won => {
+            return Ok(Allocated {
+                port: (first as u16).to_be(),
+                created: true,
+            });
+        }
+        Claim::LostRace(port) => {
+            return Ok(Allocated {
+                port,
+                created: false,
+            });
+        }
+        // Taken, or the table is full: the search finds out which, and what to do.
+        _ => {}
+    }
     // The endpoint, remembered as full without the translated port.
     flow.endpoint = reverse_key(&flow.key, &flow.entry, 0);
     if let Some(until) = unsafe { EXHAUSTED.get(&flow.endpoint) }
@@ -318,18 +362,12 @@ pub fn allocate(
     {
         return Err(Counter::DropPortExhausted);
     }
-    let min = cfg.port_min as u32;
-    let range = (cfg.port_max as u32).saturating_sub(min) + 1;
-    let original = u16::from_be(key.src_port) as u32;
     flow.search = PortSearch {
         port_min: min,
         range,
-        original: if original >= min && original <= cfg.port_max as u32 {
-            original
-        } else {
-            0
-        },
-        start: unsafe { bpf_get_prandom_u32() },
+        // Tried first again, with a lookup: a flow that is over may hold it, and the port is taken over.
+        original,
+        start: random,
         result: 0,
         found: false,
         created: false,

@@ -1,7 +1,9 @@
 //! The one place that rewrites headers: an address and its port (or ICMP echo identifier), the L3 and L4
-//! checksums with them, and the TTL (IPv6: the address, port, transport checksum and hop limit). Checksums are updated incrementally by the kernel's helpers, which also keep
-//! CHECKSUM_PARTIAL (offloaded) packets right; a UDP datagram without a checksum keeps having none. The fields
-//! themselves are written directly, after their checksums.
+//! checksums with them, and the TTL (IPv6: the address, port, transport checksum and hop limit). Transport
+//! checksums are updated incrementally by the kernel's helpers, which also keep CHECKSUM_PARTIAL (offloaded)
+//! packets and CHECKSUM_COMPLETE sums right; a UDP datagram without a checksum keeps having none. The IPv4 header
+//! checksum, which no offload and no skb sum involves, is updated here directly (RFC 1624), without a helper call.
+//! The fields themselves are written directly, after their checksums.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -14,7 +16,7 @@ use veg_common::{
 
 use crate::packet::{
     IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, IPV4_TTL_OFF, IPV6_DST_OFF, IPV6_HOP_LIMIT_OFF,
-    IPV6_SRC_OFF, L3_OFF, Packet, write_at,
+    IPV6_SRC_OFF, L3_OFF, Packet, read_at, write_at,
 };
 
 /// Which end of the packet is rewritten.
@@ -68,8 +70,7 @@ pub fn rewrite_end(
         ctx.l4_csum_replace(l4_csum, old_port as u64, new_port as u64, port_flags | 2)
             .map_err(|_| ())?;
     }
-    ctx.l3_csum_replace(L3_OFF + IPV4_CSUM_OFF, old_addr as u64, new_addr as u64, 4)
-        .map_err(|_| ())?;
+    update_ip_checksum(ctx, word_diff(old_addr, new_addr))?;
     write_at(ctx, L3_OFF + addr_off, new_addr)?;
     write_at(ctx, pkt.l4() + port_off, new_port)
 }
@@ -81,9 +82,27 @@ pub fn rewrite_address(ctx: &TcContext, pkt: &Packet, end: End, new_addr: u32) -
         End::Source => (pkt.src_v4(), IPV4_SRC_OFF),
         End::Destination => (pkt.dst_v4(), IPV4_DST_OFF),
     };
-    ctx.l3_csum_replace(L3_OFF + IPV4_CSUM_OFF, old_addr as u64, new_addr as u64, 4)
-        .map_err(|_| ())?;
+    update_ip_checksum(ctx, word_diff(old_addr, new_addr))?;
     write_at(ctx, L3_OFF + addr_off, new_addr)
+}
+
+/// The checksum difference of replacing the 32-bit field `old` with `new`: the sum of the new 16-bit words and
+/// of the old ones complemented (as the words lie in memory; a ones'-complement sum is the same in either byte
+/// order as long as every word is read alike).
+#[inline(always)]
+fn word_diff(old: u32, new: u32) -> u32 {
+    u32::from(!(old as u16)) + u32::from(!((old >> 16) as u16)) + (new & 0xffff) + (new >> 16)
+}
+
+/// Update the IPv4 header checksum by `diff` (RFC 1624: HC' = ~(~HC + ~m + m')).
+#[inline(always)]
+fn update_ip_checksum(ctx: &TcContext, diff: u32) -> Result<(), ()> {
+    let offset = L3_OFF + IPV4_CSUM_OFF;
+    let old: u16 = read_at(ctx, offset)?;
+    let mut sum = u32::from(!old) + diff;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    write_at(ctx, offset, !(sum as u16))
 }
 
 /// Decrement the TTL as any router does. The caller has checked that it stays above zero.
@@ -93,8 +112,7 @@ pub fn decrement_ttl(ctx: &TcContext, pkt: &Packet) -> Result<(), ()> {
     // TTL and protocol form one 16-bit word of the header checksum.
     let old_word = u16::from_ne_bytes([pkt.ttl, pkt.protocol]);
     let new_word = u16::from_ne_bytes([pkt.ttl - 1, pkt.protocol]);
-    ctx.l3_csum_replace(L3_OFF + IPV4_CSUM_OFF, old_word as u64, new_word as u64, 2)
-        .map_err(|_| ())?;
+    update_ip_checksum(ctx, u32::from(!old_word) + u32::from(new_word))?;
     write_at(ctx, off, pkt.ttl - 1)
 }
 

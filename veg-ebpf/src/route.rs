@@ -1,6 +1,6 @@
-//! Routing a packet the datapath has accepted: a FIB lookup in the instance's own routing table, then a redirect
-//! straight to the egress interface with the next hop's MAC address (or through the kernel's neighbour code when it
-//! has none yet). Nothing goes through netfilter.
+//! Routing a packet the datapath has accepted: a FIB lookup in the instance's own routing table (or its answer
+//! cached moments ago: route_cache.rs), then a redirect straight to the egress interface with the next hop's MAC
+//! address (or through the kernel's neighbour code when it has none yet). Nothing goes through netfilter.
 //!
 //! The lookups are made as if the packet had arrived on the loopback interface. The kernel only routes a packet
 //! (and bpf_fib_lookup only answers) for an input interface whose IPv4 forwarding is on; the agent keeps it off on
@@ -20,7 +20,14 @@ use aya_ebpf::{
 
 use veg_common::address::Address;
 
-use crate::{maps::FIB_PARAMS, packet::write_at};
+use veg_common::stats::Counter;
+
+use crate::{
+    maps::FIB_PARAMS,
+    packet::write_at,
+    route_cache::{self, Consulted},
+    stats::count,
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -120,16 +127,37 @@ fn lookup_family(
     params.__bindgen_anon_2.flowinfo = 0;
     params.ifindex = LOOPBACK_IFINDEX;
     set_addresses(params);
+    // The cache serves lookups that give the packet's length (0 leaves the MTU check to the kernel, on the skb).
+    let cached = if ip_len == 0 {
+        None
+    } else {
+        match route_cache::consult(params, family == AF_INET6, ip_len) {
+            Consulted::Hit(slot) => {
+                return Route::Resolved {
+                    ifindex: slot.ifindex(),
+                    smac: slot.smac,
+                    dmac: slot.dmac,
+                };
+            }
+            Consulted::Miss(slot) => slot,
+        }
+    };
+    count(Counter::RouteLookups);
     let rc = fib(ctx, params);
     if rc < 0 {
         return Route::NotForwarded;
     }
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Route::Resolved {
-            ifindex: params.ifindex,
-            smac: params.smac,
-            dmac: params.dmac,
-        },
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            if let Some(slot) = cached {
+                route_cache::fill(slot, params);
+            }
+            Route::Resolved {
+                ifindex: params.ifindex,
+                smac: params.smac,
+                dmac: params.dmac,
+            }
+        }
         BPF_FIB_LKUP_RET_NO_NEIGH => Route::Unresolved {
             ifindex: params.ifindex,
             // IPv6's next hop is left to the kernel to find again (see `redirect`).

@@ -18,7 +18,7 @@ use veg_common::config::{CONFIG_KEY, GatewayConfig};
 
 use super::{
     EBPF_OBJECT, flow_table::FlowTable, log::DatapathLog, monotonic_now_ns, pinned_maps, pins,
-    policy::PolicyTable,
+    policy::PolicyTable, route_watch::RouteWatch,
 };
 
 pub const PROGRAM_FROM_VPC: &str = "veg_from_vpc";
@@ -26,6 +26,8 @@ pub const PROGRAM_FROM_OUTSIDE: &str = "veg_from_outside";
 /// The programs' ring buffers toward the agent; not pinned, each loaded datapath has its own.
 const SLOW_PATH: &str = "SLOW_PATH";
 const FLOW_RECORDS: &str = "FLOW_RECORDS";
+/// The programs' count of route changes (route_watch.rs); not pinned.
+const ROUTE_GENERATION: &str = "ROUTE_GENERATION";
 
 /// The loaded datapath of one gateway. Dropping it detaches the programs; the pinned maps stay. Only when the
 /// process dies without dropping it (killed) do the programs stay attached, through their pinned links, and keep
@@ -39,6 +41,8 @@ pub struct Datapath {
     /// A flow table of another size or build whose flows are being carried over into the new one, and when the
     /// first copy began.
     migrating: Option<(PathBuf, u64)>,
+    /// Tells the programs' route cache of route and neighbour changes while the programs are loaded.
+    _route_watch: RouteWatch,
 }
 
 impl Drop for Datapath {
@@ -101,6 +105,10 @@ impl Datapath {
                 kernel_error(anyhow!(e)).context(format!("verifying program {name}"))
             })?;
         }
+        let generation = ebpf
+            .take_map(ROUTE_GENERATION)
+            .context("ROUTE_GENERATION map missing")?;
+        let route_watch = RouteWatch::start(Array::try_from(generation)?)?;
         let logger = match log {
             DatapathLog::Off => None,
             _ => Some(EbpfLogger::init(&mut ebpf).context("reading the datapath's log lines")?),
@@ -120,6 +128,7 @@ impl Datapath {
             logger,
             links: Vec::new(),
             migrating,
+            _route_watch: route_watch,
         })
     }
 

@@ -9,6 +9,7 @@ pub mod pins;
 pub mod policy;
 pub mod port_usage;
 pub mod records;
+pub mod route_watch;
 pub mod slow_path;
 pub mod stats;
 

@@ -25,13 +25,16 @@ use scenarios::{CLIENT_IP, CLIENT_IPV6, SCENARIOS, Tools, measure, start_tcp_ser
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Scenarios to run (default: all): udp-many, udp-one, tcp-stream-1, tcp-stream-8, tcp-crr, tcp-rr, the same
+    /// Scenarios to run (default: all): udp-many, udp-many-2cpu (the same flows from two senders pinned to two
+    /// CPUs, so that both CPUs use the one flow table at once), udp-one, tcp-stream-1, tcp-stream-8, tcp-crr,
+    /// tcp-rr, the same
     /// over IPv6 (udp-many-ipv6, udp-one-ipv6, tcp-stream-1-ipv6, tcp-crr-ipv6, tcp-rr-ipv6),
     /// flow-table (1,000,000 concurrent UDP translations: insertion rate and memory; raises the host's
     /// nf_conntrack_max and nf_conntrack_buckets for the run and restores them); or
     /// `ovn` alone for the OVN programming benchmark (1,000 gateways, a 10,000-port selector); `failover` alone
     /// for 20 failovers on the lab with real OVN (p50 / p99 of the traffic gap); `profile` alone for where the CPU
-    /// goes in each mode (udp-many under perf, by what does the work).
+    /// goes in each mode (udp-many, tcp-stream-1 and tcp-crr under perf, by what does the work, with veg's own work
+    /// against MASQUERADE's round by round).
     scenarios: Vec<String>,
     /// Rounds; each runs every mode once, in turn.
     #[arg(long, default_value_t = 3)]

@@ -1,8 +1,10 @@
-//! `cargo xtask bench profile`: where the CPU goes in each mode. The udp-many scenario runs under
-//! `perf record -a -g -e cpu-clock` (this VM has no hardware counters; the software clock samples every CPU 999
-//! times a second, with call chains), and the samples are grouped by what does the work, in ns per delivered
-//! packet. It shows how much of the path is the gateway's own work (veg's program and the BPF helpers it calls, or
-//! netfilter and the kernel's forwarding) and how much is the same in every mode (veth, bridge, macvlan, sender).
+//! `cargo xtask bench profile`: where the CPU goes in each mode. Established UDP (udp-many), an established TCP
+//! stream (tcp-stream-1) and new TCP connections (tcp-crr) run under `perf record -a -g -e cpu-clock` (this VM
+//! has no hardware counters; the software clock samples every CPU 999 times a second, with call chains), and the
+//! samples are grouped by what does the work, in ns per delivered packet, per MiB carried or per connection. It
+//! shows how much of the path is the gateway's own work (veg's program and the BPF helpers it calls, or netfilter
+//! and the kernel's forwarding) and how much is the same in every mode (veth, bridge, macvlan, the endpoints), and
+//! veg's own work against MASQUERADE's round by round, with its spread.
 
 use std::{
     collections::BTreeMap,
@@ -69,7 +71,7 @@ const CATEGORIES: &[Category] = &[
         ],
     },
     Category {
-        name: "IP routing and forwarding",
+        name: IP_FORWARDING,
         gateway_work: true,
         prefixes: &[
             "ip_", "__ip_", "ip4_", "fib_", "fib4_", "neigh_", "__neigh", "dst_", "rt_", "ipv4_",
@@ -81,7 +83,10 @@ const CATEGORIES: &[Category] = &[
         prefixes: &["veth_", "br_", "__br_", "macvlan_"],
     },
 ];
-const REST: &str = "rest of the kernel (skb, netdev core, AF_PACKET send)";
+const REST: &str = "rest of the kernel (skb, netdev core, AF_PACKET send, TCP)";
+const IP_FORWARDING: &str = "IP routing and forwarding";
+/// The endpoints' IP stacks (TCP scenarios): the same in every mode.
+const ENDPOINT_IP: &str = "the endpoints' IP stacks";
 const USER: &str = "user space (the load generator)";
 
 fn is_gateway_work(name: &str) -> bool {
@@ -95,18 +100,25 @@ const SERVER_DROP: &str = "the server's drop rule";
 /// One sample's category and the frame that decided it: the server's drop rule if it is on the stack, else the
 /// innermost frame that belongs to a category (a memcpy called by a BPF helper is the helper's work), else the
 /// rest of the kernel, or user space when the sample is there.
-fn category(stack: &[(String, bool)]) -> (&'static str, Option<&str>) {
+fn category(stack: &[(String, bool)], endpoints_use_ip: bool) -> (&'static str, Option<&str>) {
     if stack
         .iter()
         .any(|(symbol, _)| symbol == "nft_do_chain_netdev")
     {
         return (SERVER_DROP, None);
     }
+    // With TCP the endpoints' own IP stacks run the same functions as the gateway's forwarding, and a sample
+    // does not say in which namespace it ran: their IP work is the gateway's only under ip_forward. (This leaves
+    // the kernel's input route lookup, before ip_forward, out of MASQUERADE's work: against veg, if anything.)
+    let forwarding = stack.iter().any(|(symbol, _)| symbol == "ip_forward");
     for (symbol, _) in stack {
         if let Some(c) = CATEGORIES
             .iter()
             .find(|c| c.prefixes.iter().any(|p| symbol.starts_with(p)))
         {
+            if c.name == IP_FORWARDING && endpoints_use_ip && !forwarding {
+                return (ENDPOINT_IP, None);
+            }
             return (c.name, Some(symbol));
         }
     }
@@ -133,7 +145,7 @@ fn is_idle(stack: &[(String, bool)]) -> bool {
 
 /// Busy samples, from the call chains `perf script` prints (one frame per line: address, symbol, (object); a
 /// blank line between samples).
-fn read_samples(data: &str) -> anyhow::Result<Samples> {
+fn read_samples(data: &str, endpoints_use_ip: bool) -> anyhow::Result<Samples> {
     let text = output_of(Command::new("perf").args(["script", "-i", data, "-F", "ip,sym,dso"]))
         .map_err(anyhow::Error::msg)?;
     let mut samples = Samples::default();
@@ -151,7 +163,7 @@ fn read_samples(data: &str) -> anyhow::Result<Samples> {
         if stack.is_empty() || is_idle(&stack) {
             continue;
         }
-        let (category, frame) = category(&stack);
+        let (category, frame) = category(&stack, endpoints_use_ip);
         *samples.by_category.entry(category).or_insert(0) += 1;
         if let Some(frame) = frame.filter(|_| is_gateway_work(category)) {
             *samples.gateway_frames.entry(frame.to_owned()).or_insert(0) += 1;
@@ -171,7 +183,7 @@ impl Samples {
     }
 }
 
-/// One mode's profile, in CPU ns per delivered packet.
+/// One mode's profile, in CPU ns per unit of work.
 struct ModeProfile {
     mode: &'static str,
     by_category: BTreeMap<&'static str, f64>,
@@ -180,14 +192,14 @@ struct ModeProfile {
 }
 
 impl ModeProfile {
-    /// Samples summed over rounds, over the packets delivered meanwhile. Each sample stands for 1/FREQUENCY s of
-    /// one CPU.
-    fn new(mode: &'static str, samples: Samples, packets: f64) -> ModeProfile {
-        let ns_per_packet = |n: u64| n as f64 * 1e9 / f64::from(FREQUENCY) / packets;
+    /// Samples over the units of work done meanwhile (packets, MiB, connections). Each sample stands for
+    /// 1/FREQUENCY s of one CPU.
+    fn new(mode: &'static str, samples: &Samples, units: f64) -> ModeProfile {
+        let ns_per_unit = |n: u64| n as f64 * 1e9 / f64::from(FREQUENCY) / units;
         let mut top_frames: Vec<(String, f64)> = samples
             .gateway_frames
-            .into_iter()
-            .map(|(frame, n)| (frame, ns_per_packet(n)))
+            .iter()
+            .map(|(frame, n)| (frame.clone(), ns_per_unit(*n)))
             .collect();
         top_frames.sort_by(|a, b| b.1.total_cmp(&a.1));
         top_frames.truncate(TOP_FRAMES);
@@ -195,11 +207,22 @@ impl ModeProfile {
             mode,
             by_category: samples
                 .by_category
-                .into_iter()
-                .map(|(c, n)| (c, ns_per_packet(n)))
+                .iter()
+                .map(|(c, n)| (*c, ns_per_unit(*n)))
                 .collect(),
             top_frames,
         }
+    }
+
+    /// Every round's samples summed, over all their units.
+    fn summed(mode: &'static str, rounds: Vec<Round>) -> ModeProfile {
+        let mut samples = Samples::default();
+        let mut units = 0.0;
+        for round in rounds {
+            samples.add(round.samples);
+            units += round.units;
+        }
+        ModeProfile::new(mode, &samples, units)
     }
 
     /// ns per packet of the gateway's own work (`gateway`) or of the rest.
@@ -215,6 +238,48 @@ impl ModeProfile {
 /// Frames listed per mode.
 const TOP_FRAMES: usize = 8;
 
+/// A scenario the profile runs, and what its work is counted per.
+struct Profiled {
+    scenario: &'static str,
+    /// The scenario's metric that measures what was done, and how many units one of it is per second.
+    metric: &'static str,
+    units_per_metric_second: f64,
+    unit: &'static str,
+    /// Whether the endpoints' IP stacks are on the path (TCP), so that IP frames are the gateway's only under
+    /// ip_forward.
+    endpoints_use_ip: bool,
+}
+
+const PROFILED: &[Profiled] = &[
+    Profiled {
+        scenario: "udp-many",
+        metric: "kpps",
+        units_per_metric_second: 1000.0,
+        unit: "delivered packet",
+        endpoints_use_ip: false,
+    },
+    Profiled {
+        scenario: "tcp-stream-1",
+        metric: "gbit_per_s",
+        units_per_metric_second: 1e9 / 8.0 / 1_048_576.0,
+        unit: "MiB carried",
+        endpoints_use_ip: true,
+    },
+    Profiled {
+        scenario: "tcp-crr",
+        metric: "connections_per_s",
+        units_per_metric_second: 1.0,
+        unit: "connection (connect, request, close)",
+        endpoints_use_ip: true,
+    },
+];
+
+/// One round of one scenario in one mode: its samples and the units of work done meanwhile.
+struct Round {
+    samples: Samples,
+    units: f64,
+}
+
 pub fn run(rounds: usize, seconds: f64) -> anyhow::Result<()> {
     // The set-up in topology() installs perf (Debian's linux-perf).
     let (topo, tools) = topology(false)?;
@@ -225,69 +290,93 @@ pub fn run(rounds: usize, seconds: f64) -> anyhow::Result<()> {
             .is_ok_and(|o| o.status.success()),
         "perf is missing: `cargo xtask setup` installs it (Debian's linux-perf)"
     );
+    let _tcp_server = super::KillOnDrop(super::scenarios::start_tcp_server(&topo, &tools)?);
     let scratch = std::env::temp_dir()
         .join("veg-bench-profile.data")
         .to_string_lossy()
         .into_owned();
-    let mut totals: Vec<(Samples, f64)> = ALL.iter().map(|_| Default::default()).collect();
-    let mut recorded = || -> anyhow::Result<()> {
+    // [scenario][mode][round]
+    let mut recorded: Vec<Vec<Vec<Round>>> = PROFILED
+        .iter()
+        .map(|_| ALL.iter().map(|_| Vec::new()).collect())
+        .collect();
+    let mut record = || -> anyhow::Result<()> {
         for round in 0..rounds {
-            for (mode, (samples, packets)) in ALL.iter().zip(totals.iter_mut()) {
-                step(&format!(
-                    "round {}/{rounds}: udp-many with {} under perf record",
-                    round + 1,
-                    mode.name()
-                ));
-                let _active = enable(&topo, *mode);
-                let (more, delivered) = record_mode(&topo, &tools, seconds, &scratch)
-                    .with_context(|| format!("profiling {}", mode.name()))?;
-                samples.add(more);
-                *packets += delivered;
+            for (profiled, by_mode) in PROFILED.iter().zip(recorded.iter_mut()) {
+                for (mode, rounds_of_mode) in ALL.iter().zip(by_mode.iter_mut()) {
+                    step(&format!(
+                        "round {}/{rounds}: {} with {} under perf record",
+                        round + 1,
+                        profiled.scenario,
+                        mode.name()
+                    ));
+                    let _active = enable(&topo, *mode);
+                    let done = record_mode(profiled, &topo, &tools, seconds, &scratch)
+                        .with_context(|| {
+                            format!("profiling {} with {}", profiled.scenario, mode.name())
+                        })?;
+                    rounds_of_mode.push(done);
+                }
             }
         }
         Ok(())
     };
-    let result = recorded();
+    let result = record();
     let _ = std::fs::remove_file(&scratch);
     let _ = std::fs::remove_file(format!("{scratch}.old"));
     result?;
-    let profiles: Vec<ModeProfile> = ALL
-        .iter()
-        .zip(totals)
-        .map(|(mode, (samples, packets))| ModeProfile::new(mode.name(), samples, packets))
-        .collect();
 
-    let table = markdown(&profiles, rounds, seconds);
+    let mut table = String::new();
+    let mut json_scenarios = BTreeMap::new();
+    for (profiled, by_mode) in PROFILED.iter().zip(recorded) {
+        let ratios = RoundRatios::of(&by_mode);
+        let profiles: Vec<ModeProfile> = ALL
+            .iter()
+            .zip(by_mode)
+            .map(|(mode, rounds)| ModeProfile::summed(mode.name(), rounds))
+            .collect();
+        table.push_str(&markdown(profiled, &profiles, &ratios, rounds, seconds));
+        table.push('\n');
+        let modes: BTreeMap<&str, serde_json::Value> = profiles
+            .iter()
+            .map(|p| {
+                (
+                    p.mode,
+                    json!({ "ns_per_unit": p.by_category, "top_gateway_frames": p.top_frames }),
+                )
+            })
+            .collect();
+        json_scenarios.insert(
+            profiled.scenario,
+            json!({
+                "unit": profiled.unit, "modes": modes,
+                "veg_over_iptables_gateway_work_by_round": ratios.raw,
+                "veg_over_iptables_gateway_work_per_same_path_by_round": ratios.normalized,
+            }),
+        );
+    }
     println!("\n{table}");
     let dir = root().join("bench/results");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("profile.md"), &table)?;
-    let modes: BTreeMap<&str, serde_json::Value> = profiles
-        .iter()
-        .map(|p| {
-            (
-                p.mode,
-                json!({ "ns_per_packet": p.by_category, "top_gateway_frames": p.top_frames }),
-            )
-        })
-        .collect();
     std::fs::write(
         dir.join("profile.json"),
         serde_json::to_string_pretty(&json!({
-            "rounds": rounds, "seconds": seconds, "frequency_hz": FREQUENCY, "modes": modes
+            "rounds": rounds, "seconds": seconds, "frequency_hz": FREQUENCY, "scenarios": json_scenarios
         }))?,
     )?;
     println!("results: {}", dir.display());
     Ok(())
 }
 
-/// udp-many in the mode the topology's gateway is in, under perf record: the samples and the packets delivered.
+/// A scenario in the mode the topology's gateway is in, under perf record: the samples and the units of work.
 fn record_mode(
+    profiled: &Profiled,
     topo: &Topology,
     tools: &Tools,
     seconds: f64,
     scratch: &str,
-) -> anyhow::Result<(Samples, f64)> {
+) -> anyhow::Result<Round> {
     let mut perf = Command::new("perf")
         .args(["record", "-a", "-g", "-e", "cpu-clock", "-F"])
         .arg(FREQUENCY.to_string())
@@ -298,23 +387,80 @@ fn record_mode(
         .spawn()
         .context("starting perf record")?;
     std::thread::sleep(Duration::from_millis(500));
-    let sample = measure("udp-many", topo, tools, seconds);
+    let sample = measure(profiled.scenario, topo, tools, seconds);
     let recorded = perf.wait()?;
     let sample = sample?;
     ensure!(recorded.success(), "perf record failed");
-    let kpps = sample
+    let metric = sample
         .iter()
-        .find(|(m, _)| *m == "kpps")
+        .find(|(m, _)| *m == profiled.metric)
         .map(|(_, v)| *v)
-        .context("no kpps")?;
-    Ok((read_samples(scratch)?, kpps * 1000.0 * seconds))
+        .with_context(|| format!("no {}", profiled.metric))?;
+    Ok(Round {
+        samples: read_samples(scratch, profiled.endpoints_use_ip)?,
+        units: metric * profiled.units_per_metric_second * seconds,
+    })
 }
 
-fn markdown(profiles: &[ModeProfile], rounds: usize, seconds: f64) -> String {
+/// veg's own work against iptables MASQUERADE's, round by round (each round's two modes ran minutes apart at
+/// most): as measured, and each divided by its round's same path first, which takes out how fast the machine
+/// happened to be while each mode ran.
+struct RoundRatios {
+    raw: Vec<f64>,
+    normalized: Vec<f64>,
+}
+
+impl RoundRatios {
+    fn of(by_mode: &[Vec<Round>]) -> RoundRatios {
+        let index = |name| ALL.iter().position(|m| m.name() == name).expect("a mode");
+        let (veg, iptables) = (&by_mode[index("veg")], &by_mode[index("iptables")]);
+        let mut ratios = RoundRatios {
+            raw: Vec::new(),
+            normalized: Vec::new(),
+        };
+        for (v, i) in veg.iter().zip(iptables) {
+            let (v, i) = (
+                ModeProfile::new("", &v.samples, v.units),
+                ModeProfile::new("", &i.samples, i.units),
+            );
+            ratios.raw.push(v.work(true) / i.work(true));
+            ratios
+                .normalized
+                .push((v.work(true) / v.work(false)) / (i.work(true) / i.work(false)));
+        }
+        ratios
+    }
+}
+
+/// "median (min-max)" of ratios.
+fn spread(values: &[f64]) -> String {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.as_slice() {
+        [] => "-".into(),
+        [one] => format!("{one:.2}x"),
+        _ => format!(
+            "{:.2}x ({:.2}-{:.2})",
+            sorted[sorted.len() / 2],
+            sorted[0],
+            sorted[sorted.len() - 1]
+        ),
+    }
+}
+
+fn markdown(
+    profiled: &Profiled,
+    profiles: &[ModeProfile],
+    ratios: &RoundRatios,
+    rounds: usize,
+    seconds: f64,
+) -> String {
+    let unit = profiled.unit;
     let mut out = format!(
-        "udp-many ({rounds} round(s) of {seconds} s per mode, interleaved, samples summed) under \
-         `perf record -a -g -e cpu-clock -F {FREQUENCY}`: CPU ns per delivered packet, by what does the work \
-         (each sample goes to the innermost frame with a category; idle excluded).\n\n| work |"
+        "{} ({rounds} round(s) of {seconds} s per mode, interleaved, samples summed) under \
+         `perf record -a -g -e cpu-clock -F {FREQUENCY}`: CPU ns per {unit}, by what does the work \
+         (each sample goes to the innermost frame with a category; idle excluded).\n\n| work |",
+        profiled.scenario
     );
     for p in profiles {
         let _ = write!(out, " {} |", p.mode);
@@ -325,7 +471,7 @@ fn markdown(profiles: &[ModeProfile], rounds: usize, seconds: f64) -> String {
     let names = CATEGORIES
         .iter()
         .map(|c| c.name)
-        .chain([SERVER_DROP, REST, USER]);
+        .chain([SERVER_DROP, ENDPOINT_IP, REST, USER]);
     for name in names {
         let _ = write!(out, "| {name} |");
         for p in profiles {
@@ -355,7 +501,15 @@ fn markdown(profiles: &[ModeProfile], rounds: usize, seconds: f64) -> String {
     out.push('\n');
     let _ = writeln!(
         out,
-        "\n| mode | heaviest frames of the gateway's own work, ns per packet |\n|---|---|"
+        "\nveg's own work / MASQUERADE's, per round: {} as measured, {} per ns of the same path \
+         (median, min-max over {} rounds).",
+        spread(&ratios.raw),
+        spread(&ratios.normalized),
+        ratios.raw.len()
+    );
+    let _ = writeln!(
+        out,
+        "\n| mode | heaviest frames of the gateway's own work, ns per {unit} |\n|---|---|"
     );
     for p in profiles {
         let frames: Vec<String> = p

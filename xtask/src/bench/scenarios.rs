@@ -16,6 +16,7 @@ use veg_testbed::{
 /// Each over IPv4, then the same over IPv6 (the "-ipv6" ones: veg's NAT66 against ip6tables and nftables).
 pub const SCENARIOS: &[&str] = &[
     "udp-many",
+    "udp-many-2cpu",
     "udp-one",
     "tcp-stream-1",
     "tcp-stream-8",
@@ -115,32 +116,62 @@ pub(super) fn flood(
 fn flood_family(
     topo: &Topology,
     tools: &Tools,
-    (src, dst): (&str, &str),
+    addresses: (&str, &str),
     port: u16,
+    flows: u16,
+    seconds: f64,
+) -> anyhow::Result<Flood> {
+    flood_from(topo, tools, addresses, &[(None, port)], flows, seconds)
+}
+
+/// The CPUs the two-CPU scenario's senders run on. On veth a frame is carried through the whole path (client,
+/// bridge, gateway, macvlan, server) in the softirq of the CPU that sent it, so each sender's share of the
+/// gateway's work runs on its own CPU, and both CPUs create and use flows in the one table at once.
+const TWO_CPUS: [usize; 2] = [0, 1];
+
+/// `flood_family`, from one sender per `(cpu, port)` (pinned to the CPU when given, toward the server's port), all
+/// at once, each over its own `flows` source ports; their packets summed.
+fn flood_from(
+    topo: &Topology,
+    tools: &Tools,
+    (src, dst): (&str, &str),
+    senders: &[(Option<usize>, u16)],
     flows: u16,
     seconds: f64,
 ) -> anyhow::Result<Flood> {
     let _drop = ServerDrop::install(&topo.server)?;
     let rx_before = rx_packets(&topo.server)?;
     let cpu_before = kernel_cpu_ns();
-    let run = spawn_frames_between(
-        topo,
-        tools,
-        "udp-flood",
-        (src, &endpoint(dst, port)),
-        &[
-            "--flows",
-            &flows.to_string(),
-            "--seconds",
-            &seconds.to_string(),
-        ],
-    )?;
-    let report = finish(run, "udp-flood")?;
+    let runs = senders
+        .iter()
+        .map(|(cpu, port)| {
+            spawn_frames_on(
+                topo,
+                tools,
+                *cpu,
+                "udp-flood",
+                (src, &endpoint(dst, *port)),
+                &[
+                    "--flows",
+                    &flows.to_string(),
+                    "--seconds",
+                    &seconds.to_string(),
+                ],
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut sent = 0.0;
+    let mut elapsed: f64 = 1e-9;
+    for run in runs {
+        let report = finish(run, "udp-flood")?;
+        sent += report["sent"].as_f64().unwrap_or(0.0);
+        elapsed = elapsed.max(report["seconds"].as_f64().unwrap_or(0.0));
+    }
     Ok(Flood {
         kernel_cpu_ns: kernel_cpu_ns() - cpu_before,
         delivered: (rx_packets(&topo.server)? - rx_before) as f64,
-        sent: report["sent"].as_f64().unwrap_or(0.0),
-        seconds: report["seconds"].as_f64().unwrap_or(0.0).max(1e-9),
+        sent,
+        seconds: elapsed,
     })
 }
 
@@ -156,16 +187,20 @@ pub fn measure(
     let secs = format!("{seconds}");
     let (client_ip, server_ip, base) = family_of(scenario);
     match base {
-        "udp-many" | "udp-one" => {
-            let flows = if base == "udp-many" { MANY_FLOWS } else { 1 };
-            let flood = flood_family(
-                topo,
-                tools,
-                (client_ip, server_ip),
-                UDP_PORT,
-                flows,
-                seconds,
-            )?;
+        "udp-many" | "udp-one" | "udp-many-2cpu" => {
+            let flood = match base {
+                // The same 1,024 flows as udp-many, half from each CPU (to two server ports).
+                "udp-many-2cpu" => {
+                    let senders = TWO_CPUS.map(|cpu| (Some(cpu), UDP_PORT + cpu as u16));
+                    let addresses = (client_ip, server_ip);
+                    flood_from(topo, tools, addresses, &senders, MANY_FLOWS / 2, seconds)?
+                }
+                _ => {
+                    let flows = if base == "udp-many" { MANY_FLOWS } else { 1 };
+                    let addresses = (client_ip, server_ip);
+                    flood_family(topo, tools, addresses, UDP_PORT, flows, seconds)?
+                }
+            };
             Ok(vec![
                 ("kpps", flood.delivered / flood.seconds / 1000.0),
                 (
@@ -271,6 +306,18 @@ fn spawn_frames_between(
     topo: &Topology,
     tools: &Tools,
     subcommand: &str,
+    addresses: (&str, &str),
+    extra: &[&str],
+) -> anyhow::Result<Child> {
+    spawn_frames_on(topo, tools, None, subcommand, addresses, extra)
+}
+
+/// `spawn_frames_between`, pinned to `cpu` when given.
+fn spawn_frames_on(
+    topo: &Topology,
+    tools: &Tools,
+    cpu: Option<usize>,
+    subcommand: &str,
     (src, dst): (&str, &str),
     extra: &[&str],
 ) -> anyhow::Result<Child> {
@@ -290,7 +337,18 @@ fn spawn_frames_between(
         dst,
     ];
     args.extend_from_slice(extra);
-    spawn_in(&topo.clients[0], &tools.loadgen, &args)
+    match cpu {
+        Some(cpu) => {
+            let cpu = cpu.to_string();
+            let pinned = [
+                ["-c", cpu.as_str(), tools.loadgen.as_str()].as_slice(),
+                &args,
+            ]
+            .concat();
+            spawn_in(&topo.clients[0], "taskset", &pinned)
+        }
+        None => spawn_in(&topo.clients[0], &tools.loadgen, &args),
+    }
 }
 
 /// `ip -j link show DEV` of the topology's server or gateway.
