@@ -78,13 +78,14 @@ const CATEGORIES: &[Category] = &[
         ],
     },
     Category {
-        name: "veth, bridge, macvlan",
+        name: BRIDGE,
         gateway_work: false,
         prefixes: &["veth_", "br_", "__br_", "macvlan_"],
     },
 ];
 const REST: &str = "rest of the kernel (skb, netdev core, AF_PACKET send, TCP)";
 const IP_FORWARDING: &str = "IP routing and forwarding";
+const BRIDGE: &str = "veth, bridge, macvlan";
 /// The endpoints' IP stacks (TCP scenarios): the same in every mode.
 const ENDPOINT_IP: &str = "the endpoints' IP stacks";
 const USER: &str = "user space (the load generator)";
@@ -106,6 +107,15 @@ fn category(stack: &[(String, bool)], endpoints_use_ip: bool) -> (&'static str, 
         .any(|(symbol, _)| symbol == "nft_do_chain_netdev")
     {
         return (SERVER_DROP, None);
+    }
+    // The bridge between the client and the gateway runs its own netfilter hooks (br_netfilter) and IP helpers
+    // (ip_sabotage_in) in every mode: its work, not the gateway's, whatever the frame. The gateway's own receive
+    // path never runs under br_handle_frame (the bridge hands frames to the gateway's veth through a backlog).
+    if stack
+        .iter()
+        .any(|(symbol, _)| symbol.starts_with("br_handle_frame"))
+    {
+        return (BRIDGE, None);
     }
     // With TCP the endpoints' own IP stacks run the same functions as the gateway's forwarding, and a sample
     // does not say in which namespace it ran: their IP work is the gateway's only under ip_forward. (This leaves
