@@ -27,7 +27,7 @@ use scenarios::{CLIENT_IP, CLIENT_IPV6, SCENARIOS, Tools, measure, start_tcp_ser
 pub struct BenchArgs {
     /// Scenarios to run (default: all): udp-many, udp-many-2cpu (the same flows from two senders pinned to two
     /// CPUs, so that both CPUs use the one flow table at once), udp-one, tcp-stream-1, tcp-stream-8, tcp-crr,
-    /// tcp-rr, the same
+    /// tcp-crr-1cpu and tcp-crr-2cpu (new connections from one CPU, or from both at once), tcp-rr, the same
     /// over IPv6 (udp-many-ipv6, udp-one-ipv6, tcp-stream-1-ipv6, tcp-crr-ipv6, tcp-rr-ipv6),
     /// flow-table (1,000,000 concurrent UDP translations: insertion rate and memory; raises the host's
     /// nf_conntrack_max and nf_conntrack_buckets for the run and restores them); or

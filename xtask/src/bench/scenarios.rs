@@ -21,6 +21,8 @@ pub const SCENARIOS: &[&str] = &[
     "tcp-stream-1",
     "tcp-stream-8",
     "tcp-crr",
+    "tcp-crr-1cpu",
+    "tcp-crr-2cpu",
     "tcp-rr",
     "udp-many-ipv6",
     "udp-one-ipv6",
@@ -57,6 +59,16 @@ pub struct Tools {
 }
 
 fn spawn_in(ns: &Netns, program: &str, args: &[&str]) -> anyhow::Result<Child> {
+    spawn_on(ns, None, program, args)
+}
+
+/// `spawn_in`, pinned to `cpu` when given (taskset).
+fn spawn_on(ns: &Netns, cpu: Option<usize>, program: &str, args: &[&str]) -> anyhow::Result<Child> {
+    if let Some(cpu) = cpu {
+        let cpu = cpu.to_string();
+        let pinned = [["-c", cpu.as_str(), program].as_slice(), args].concat();
+        return spawn_on(ns, None, "taskset", &pinned);
+    }
     Command::new("ip")
         .args(["netns", "exec", &ns.name, program])
         .args(args)
@@ -251,21 +263,50 @@ pub fn measure(
                 .unwrap_or(0.0);
             Ok(vec![("gbit_per_s", bps / 1e9)])
         }
-        "tcp-crr" => {
+        "tcp-crr" | "tcp-crr-1cpu" | "tcp-crr-2cpu" => {
             let dst = endpoint(server_ip, TCP_PORT);
-            let run = spawn_in(
-                client,
-                &tools.loadgen,
-                &["tcp-crr", "--dst", &dst, "--seconds", &secs],
-            )?;
-            let r = finish(run, "tcp-crr")?;
-            let seconds = r["seconds"].as_f64().unwrap_or(1.0);
+            // Connecting clients: (CPU, threads). A connection's packets are carried in the softirq of the CPU
+            // that sent them, so pinned clients make new flows in the one table from one CPU or from both at once.
+            let clients: Vec<(Option<usize>, &str)> = match base {
+                "tcp-crr-1cpu" => vec![(Some(0), "2")],
+                "tcp-crr-2cpu" => TWO_CPUS.iter().map(|cpu| (Some(*cpu), "1")).collect(),
+                _ => vec![(None, "2")],
+            };
+            let cpu_before = kernel_cpu_ns();
+            let runs = clients
+                .iter()
+                .map(|(cpu, threads)| {
+                    let args = [
+                        "tcp-crr",
+                        "--dst",
+                        &dst,
+                        "--threads",
+                        threads,
+                        "--seconds",
+                        &secs,
+                    ];
+                    spawn_on(client, *cpu, &tools.loadgen, &args)
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let (mut connections, mut failed, mut elapsed) = (0.0, 0.0, 1e-9_f64);
+            for run in runs {
+                let r = finish(run, "tcp-crr")?;
+                connections += r["connections"].as_f64().unwrap_or(0.0);
+                failed += r["failed"].as_f64().unwrap_or(0.0);
+                elapsed = elapsed.max(r["seconds"].as_f64().unwrap_or(0.0));
+            }
+            let kernel_ns = kernel_cpu_ns() - cpu_before;
             Ok(vec![
+                ("connections_per_s", connections / elapsed),
+                ("failed", failed),
                 (
-                    "connections_per_s",
-                    r["connections"].as_f64().unwrap_or(0.0) / seconds,
+                    "kernel_ns_per_connection",
+                    if connections > 0.0 {
+                        kernel_ns / connections
+                    } else {
+                        0.0
+                    },
                 ),
-                ("failed", r["failed"].as_f64().unwrap_or(0.0)),
             ])
         }
         "tcp-rr" => {
@@ -337,18 +378,7 @@ fn spawn_frames_on(
         dst,
     ];
     args.extend_from_slice(extra);
-    match cpu {
-        Some(cpu) => {
-            let cpu = cpu.to_string();
-            let pinned = [
-                ["-c", cpu.as_str(), tools.loadgen.as_str()].as_slice(),
-                &args,
-            ]
-            .concat();
-            spawn_in(&topo.clients[0], "taskset", &pinned)
-        }
-        None => spawn_in(&topo.clients[0], &tools.loadgen, &args),
-    }
+    spawn_on(&topo.clients[0], cpu, &tools.loadgen, &args)
 }
 
 /// `ip -j link show DEV` of the topology's server or gateway.
