@@ -22,9 +22,9 @@ use veg_common::{
 
 use crate::{
     maps::{FLOWS, flow_scratch},
-    packet::{
-        IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, L3_OFF, Packet, ptr_at, pull_headers, write_at,
-    },
+    packet::{IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, Packet, ptr_at, pull_headers, write_at},
+    // The outer address changes with the IP checksum alone: ICMPv4's checksum has no pseudo-header.
+    rewrite::replace_ipv4_address,
 };
 
 const ICMP_DEST_UNREACHABLE: u8 = 3;
@@ -244,14 +244,6 @@ fn quoted_key(key: &mut FlowKey, quote: &Quote, src_port: u16, dst_port: u16) {
     key._pad = [0; 2];
 }
 
-/// Rewrite the outer header's address at `addr_off` (ICMPv4's checksum has no pseudo-header: only the IP one).
-#[inline(always)]
-fn rewrite_outer(ctx: &TcContext, addr_off: usize, old: u32, new: u32) -> Result<(), ()> {
-    ctx.l3_csum_replace(L3_OFF + IPV4_CSUM_OFF, old as u64, new as u64, 4)
-        .map_err(|_| ())?;
-    write_at(ctx, L3_OFF + addr_off, new)
-}
-
 /// The client an error from outside was translated back for.
 pub struct Client {
     /// Network byte order.
@@ -290,7 +282,7 @@ pub fn translate_from_outside(
     }
     let (client, client_port) = (entry.nat_addr.ipv4_be(), entry.nat_port);
     rewrite_quote(ctx, pkt, &quote, QuotedEnd::Source, client, client_port)
-        .and_then(|()| rewrite_outer(ctx, IPV4_DST_OFF, pkt.dst_v4(), client))
+        .and_then(|()| replace_ipv4_address(ctx, IPV4_DST_OFF, pkt.dst_v4(), client))
         .map_err(|()| Counter::DropMalformed)?;
     Ok(Client { addr: client })
 }
@@ -332,6 +324,6 @@ pub fn translate_from_vpc(
         external,
         external_port,
     )
-    .and_then(|()| rewrite_outer(ctx, IPV4_SRC_OFF, pkt.src_v4(), external))
+    .and_then(|()| replace_ipv4_address(ctx, IPV4_SRC_OFF, pkt.src_v4(), external))
     .map_err(|()| Counter::DropMalformed)
 }

@@ -70,8 +70,7 @@ pub fn rewrite_end(
         ctx.l4_csum_replace(l4_csum, old_port as u64, new_port as u64, port_flags | 2)
             .map_err(|_| ())?;
     }
-    update_ip_checksum(ctx, word_diff(old_addr, new_addr))?;
-    write_at(ctx, L3_OFF + addr_off, new_addr)?;
+    replace_ipv4_address(ctx, addr_off, old_addr, new_addr)?;
     write_at(ctx, pkt.l4() + port_off, new_port)
 }
 
@@ -82,8 +81,20 @@ pub fn rewrite_address(ctx: &TcContext, pkt: &Packet, end: End, new_addr: u32) -
         End::Source => (pkt.src_v4(), IPV4_SRC_OFF),
         End::Destination => (pkt.dst_v4(), IPV4_DST_OFF),
     };
-    update_ip_checksum(ctx, word_diff(old_addr, new_addr))?;
-    write_at(ctx, L3_OFF + addr_off, new_addr)
+    replace_ipv4_address(ctx, addr_off, old_addr, new_addr)
+}
+
+/// Replace the IPv4 address at `addr_off` in the header (`old` with `new`, network byte order) and update the
+/// header checksum with it.
+#[inline(always)]
+pub fn replace_ipv4_address(
+    ctx: &TcContext,
+    addr_off: usize,
+    old: u32,
+    new: u32,
+) -> Result<(), ()> {
+    update_ip_checksum(ctx, word_diff(old, new))?;
+    write_at(ctx, L3_OFF + addr_off, new)
 }
 
 /// The checksum difference of replacing the 32-bit field `old` with `new`: the sum of the new 16-bit words and

@@ -18,9 +18,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use veg_common::address::Address;
-
-use veg_common::stats::Counter;
+use veg_common::{address::Address, stats::Counter};
 
 use crate::{
     maps::FIB_PARAMS,
@@ -134,7 +132,7 @@ fn lookup_family(
         match route_cache::consult(params, family == AF_INET6, ip_len) {
             Consulted::Hit(slot) => {
                 return Route::Resolved {
-                    ifindex: slot.ifindex(),
+                    ifindex: slot.ifindex,
                     smac: slot.smac,
                     dmac: slot.dmac,
                 };

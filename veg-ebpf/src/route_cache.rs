@@ -37,7 +37,7 @@ pub struct CachedRoute {
     expires_ns: u64,
     /// ROUTE_GENERATION when it was looked up.
     generation: u32,
-    ifindex: u32,
+    pub ifindex: u32,
     /// The inputs: family, protocol and the two addresses as the lookup's words (IPv4: the first alone).
     family: u8,
     protocol: u8,
@@ -161,11 +161,4 @@ pub fn fill(slot: &mut CachedRoute, params: &bpf_fib_lookup) {
     slot.smac = params.smac;
     slot.dmac = params.dmac;
     slot.expires_ns = now_ns() + ROUTE_CACHE_MAX_AGE_NS;
-}
-
-impl CachedRoute {
-    #[inline(always)]
-    pub fn ifindex(&self) -> u32 {
-        self.ifindex
-    }
 }
