@@ -699,9 +699,10 @@ fn wait_for<T>(within: Duration, mut check: impl FnMut() -> Result<T, String>) -
 fn instance_records(lab: &TestLab) -> Vec<serde_json::Value> {
     std::fs::read_dir(format!("{}/instances", lab.dir))
         .unwrap()
-        .map(|e| {
-            serde_json::from_str(&std::fs::read_to_string(e.unwrap().path()).unwrap()).unwrap()
-        })
+        .map(|e| e.unwrap().path())
+        // Not a record being written (written whole to a temporary, then renamed).
+        .filter(|path| path.extension().is_some_and(|x| x == "json"))
+        .map(|path| serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap())
         .collect()
 }
 

@@ -125,7 +125,10 @@ impl Lab {
             return Vec::new();
         };
         let mut all: Vec<Instance> = entries
-            .filter_map(|e| fs::read_to_string(e.ok()?.path()).ok())
+            .filter_map(|e| Some(e.ok()?.path()))
+            // Not a record being written (store::write_atomically's temporary).
+            .filter(|path| path.extension().is_some_and(|x| x == "json"))
+            .filter_map(|path| fs::read_to_string(path).ok())
             .filter_map(|text| serde_json::from_str(&text).ok())
             .collect();
         all.sort_by(|a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)));
@@ -137,8 +140,8 @@ impl Lab {
         let path = self
             .instances_dir()
             .join(format!("{}.{}.json", instance.namespace, instance.pod));
-        fs::write(path, serde_json::to_string_pretty(instance)?)?;
-        Ok(())
+        // Readers (the lab's commands, tests) read the records while instances come and go.
+        crate::store::write_atomically(&path, &serde_json::to_string_pretty(instance)?)
     }
 
     fn forget(&self, instance: &Instance) {

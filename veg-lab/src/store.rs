@@ -47,7 +47,9 @@ impl std::fmt::Display for Name {
     }
 }
 
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+/// Write `text` to `path` through a temporary file beside it (`path` with the extension `tmp`) and a rename, so
+/// that a reader never sees a half-written file.
+pub fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     let temporary = path.with_extension("tmp");
     fs::write(&temporary, text).with_context(|| format!("writing {}", temporary.display()))?;
     fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))

@@ -347,7 +347,9 @@ pub struct Instance {
 /// gateway2's instance leaving as `carrier`, and the other one.
 pub fn instances_of_gateway2(dir: &str, carrier: IpAddr) -> anyhow::Result<(Instance, Instance)> {
     let mut instances: Vec<Instance> = std::fs::read_dir(format!("{dir}/instances"))?
-        .filter_map(|e| serde_json::from_str(&std::fs::read_to_string(e.ok()?.path()).ok()?).ok())
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|path| path.extension().is_some_and(|x| x == "json"))
+        .filter_map(|path| serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok())
         .filter(|i: &Instance| i.gateway == "default/gateway2")
         .collect();
     let at = instances
