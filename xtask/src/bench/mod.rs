@@ -11,6 +11,7 @@ mod program;
 mod report;
 mod scale;
 mod scenarios;
+mod xdp;
 
 use std::process::Command;
 
@@ -34,7 +35,8 @@ pub struct BenchArgs {
     /// `ovn` alone for the OVN programming benchmark (1,000 gateways, a 10,000-port selector); `failover` alone
     /// for 20 failovers on the lab with real OVN (p50 / p99 of the traffic gap); `profile` alone for where the CPU
     /// goes in each mode (udp-many, tcp-stream-1 and tcp-crr under perf, by what does the work, with veg's own work
-    /// against MASQUERADE's round by round).
+    /// against MASQUERADE's round by round); `xdp` alone for the XDP lever (udp-many and tcp-stream-1 with veg, with
+    /// and without a pass-everything XDP program on the instance's internal veth: the least XDP would add).
     scenarios: Vec<String>,
     /// Rounds; each runs every mode once, in turn.
     #[arg(long, default_value_t = 3)]
@@ -114,6 +116,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.scenarios == ["profile"] {
         return profile::run(args.rounds.max(1), args.seconds);
+    }
+    if args.scenarios == ["xdp"] {
+        return xdp::run(args.rounds.max(1), args.seconds);
     }
     let (rounds, seconds) = if args.smoke {
         (1, 1.0)

@@ -87,7 +87,7 @@ pub(super) fn finish(child: Child, what: &str) -> anyhow::Result<Value> {
 }
 
 /// Whole-machine kernel time (system + irq + softirq) in ns, from /proc/stat.
-fn kernel_cpu_ns() -> f64 {
+pub(super) fn kernel_cpu_ns() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let fields: Vec<f64> = stat
         .lines()
