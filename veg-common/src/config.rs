@@ -38,6 +38,11 @@ pub struct GatewayConfig {
     pub ingress_priority: u32,
 }
 
+// The agent writes the entry the programs read, and a pinned map keeps it across an upgrade: its layout is fixed.
+const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 92);
+const _: () = assert!(core::mem::offset_of!(GatewayConfig, external_addr_v6) == 52);
+const _: () = assert!(core::mem::offset_of!(GatewayConfig, internal_addr_v6) == 68);
+
 impl GatewayConfig {
     /// The external address of a family (FAMILY_IPV4 or FAMILY_IPV6).
     #[inline(always)]

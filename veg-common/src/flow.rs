@@ -68,6 +68,10 @@ pub struct FlowEntry {
     pub bytes: u64,
 }
 
+// Pinned tables outlive an agent's upgrade and the agent reads them: these layouts must not move.
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 56);
+
 /// How stale last_seen may get before a packet refreshes it (and repairs the pair). Refreshing rarely keeps the
 /// hot path free of writes to shared cache lines.
 pub const REFRESH_NS: u64 = 1_000_000_000;

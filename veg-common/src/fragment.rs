@@ -75,6 +75,10 @@ pub struct DatagramTranslationV6 {
     pub seen_ns: u64,
 }
 
+// Pinned tables keep these across an upgrade: their layouts are fixed.
+const _: () = assert!(core::mem::size_of::<DatagramKeyV6>() == 40);
+const _: () = assert!(core::mem::size_of::<DatagramTranslationV6>() == 32);
+
 impl DatagramTranslationV6 {
     /// As DatagramTranslation's.
     #[inline(always)]

@@ -49,5 +49,9 @@ pub struct FlowRecord {
     pub bytes_in: u64,
 }
 
+// The agent decodes records as the programs wrote them: the layout is fixed.
+const _: () = assert!(core::mem::size_of::<FlowRecord>() == 120);
+const _: () = assert!(core::mem::offset_of!(FlowRecord, nat_addr) == 64);
+
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FlowRecord {}
