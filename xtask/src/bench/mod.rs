@@ -1,9 +1,11 @@
 //! `cargo xtask bench [SCENARIO...]`: veg against iptables MASQUERADE and nftables masquerade on one topology,
 //! modes interleaved round by round, medians and ratios against iptables.
 
+mod bpf_sys;
 mod chart;
 mod exhaustion;
 mod failover;
+mod lines;
 mod modes;
 mod ovn;
 mod profile;
@@ -35,7 +37,8 @@ pub struct BenchArgs {
     /// `ovn` alone for the OVN programming benchmark (1,000 gateways, a 10,000-port selector); `failover` alone
     /// for 20 failovers on the lab with real OVN (p50 / p99 of the traffic gap); `profile` alone for where the CPU
     /// goes in each mode (udp-many, tcp-stream-1 and tcp-crr under perf, by what does the work, with veg's own work
-    /// against MASQUERADE's round by round); `xdp` alone for the XDP lever (udp-many and tcp-stream-1 with veg, with
+    /// against MASQUERADE's round by round); `lines` alone for where the time goes inside veg's programs, by
+    /// source line (the same scenarios with veg, perf samples matched to the programs' BTF line info); `xdp` alone for the XDP lever (udp-many and tcp-stream-1 with veg, with
     /// and without a pass-everything XDP program on the instance's internal veth: the least XDP would add).
     scenarios: Vec<String>,
     /// Rounds; each runs every mode once, in turn.
@@ -116,6 +119,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.scenarios == ["profile"] {
         return profile::run(args.rounds.max(1), args.seconds);
+    }
+    if args.scenarios == ["lines"] {
+        return lines::run(args.seconds);
     }
     if args.scenarios == ["xdp"] {
         return xdp::run(args.rounds.max(1), args.seconds);

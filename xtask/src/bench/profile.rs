@@ -249,18 +249,18 @@ impl ModeProfile {
 const TOP_FRAMES: usize = 8;
 
 /// A scenario the profile runs, and what its work is counted per.
-struct Profiled {
-    scenario: &'static str,
+pub(super) struct Profiled {
+    pub(super) scenario: &'static str,
     /// The scenario's metric that measures what was done, and how many units one of it is per second.
-    metric: &'static str,
-    units_per_metric_second: f64,
-    unit: &'static str,
+    pub(super) metric: &'static str,
+    pub(super) units_per_metric_second: f64,
+    pub(super) unit: &'static str,
     /// Whether the endpoints' IP stacks are on the path (TCP), so that IP frames are the gateway's only under
     /// ip_forward.
     endpoints_use_ip: bool,
 }
 
-const PROFILED: &[Profiled] = &[
+pub(super) const PROFILED: &[Profiled] = &[
     Profiled {
         scenario: "udp-many",
         metric: "kpps",
@@ -387,16 +387,7 @@ fn record_mode(
     seconds: f64,
     scratch: &str,
 ) -> anyhow::Result<Round> {
-    let mut perf = Command::new("perf")
-        .args(["record", "-a", "-g", "-e", "cpu-clock", "-F"])
-        .arg(FREQUENCY.to_string())
-        .args(["-o", scratch, "--", "sleep"])
-        .arg(format!("{}", seconds + 1.0))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting perf record")?;
-    std::thread::sleep(Duration::from_millis(500));
+    let mut perf = start_perf_record(&["-g"], FREQUENCY, scratch, seconds)?;
     let sample = measure(profiled.scenario, topo, tools, seconds);
     let recorded = perf.wait()?;
     let sample = sample?;
@@ -410,6 +401,27 @@ fn record_mode(
         samples: read_samples(scratch, profiled.endpoints_use_ip)?,
         units: metric * profiled.units_per_metric_second * seconds,
     })
+}
+
+/// `perf record -a -e cpu-clock` of the whole machine at `frequency` samples a second per CPU (with `extra`
+/// arguments), into `output`, for `seconds` and a margin, once it has had half a second to start.
+pub(super) fn start_perf_record(
+    extra: &[&str],
+    frequency: u32,
+    output: &str,
+    seconds: f64,
+) -> anyhow::Result<std::process::Child> {
+    let perf = Command::new("perf")
+        .args(["record", "-a", "-e", "cpu-clock"])
+        .args(extra)
+        .args(["-F", &frequency.to_string(), "-o", output, "--", "sleep"])
+        .arg(format!("{}", seconds + 1.0))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting perf record")?;
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(perf)
 }
 
 /// veg's own work against iptables MASQUERADE's, round by round (each round's two modes ran minutes apart at

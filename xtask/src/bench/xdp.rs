@@ -4,13 +4,17 @@
 //! has no XDP transmit, so an XDP redirect there has no native path and the TC program still has to hand the
 //! packet over. The pass program's cost is therefore the least that moving any of veg's work to XDP would add.
 
-use std::{ffi::CString, os::fd::FromRawFd as _, os::fd::OwnedFd};
+use std::{
+    ffi::CString,
+    os::fd::{AsRawFd as _, OwnedFd},
+};
 
 use anyhow::{Context as _, ensure};
 use serde_json::json;
 use veg_testbed::netns::Netns;
 
 use super::{
+    bpf_sys::{ATTR_SIZE, BPF_LINK_CREATE, BPF_PROG_LOAD, call_for_fd, put_u32, put_u64},
     modes::{Mode, enable},
     report::median,
     scenarios::{kernel_cpu_ns, measure},
@@ -158,14 +162,10 @@ struct XdpPass {
     _link: OwnedFd,
 }
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 const XDP_PASS: i32 = 2;
-/// union bpf_attr's size in the kernel's UAPI; the kernel takes a shorter one, with everything past it zero.
-const BPF_ATTR_SIZE: usize = 144;
 
 impl XdpPass {
     fn attach(ns: &Netns, interface: &str) -> anyhow::Result<XdpPass> {
@@ -183,25 +183,6 @@ impl XdpPass {
     }
 }
 
-/// The bpf(2) system call with `attr`; the new file descriptor it returns.
-fn bpf(command: libc::c_long, attr: &[u8; BPF_ATTR_SIZE]) -> std::io::Result<OwnedFd> {
-    // SAFETY: attr is a whole, initialised union bpf_attr; the pointers in it outlive the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, command, attr.as_ptr(), BPF_ATTR_SIZE) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-fn put_u32(attr: &mut [u8; BPF_ATTR_SIZE], offset: usize, value: u32) {
-    attr[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
-}
-
-fn put_u64(attr: &mut [u8; BPF_ATTR_SIZE], offset: usize, value: u64) {
-    attr[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
-}
-
 fn load_pass_program() -> anyhow::Result<OwnedFd> {
     // mov r0, XDP_PASS (opcode 0xb7, dst r0, imm); exit (0x95).
     let mut instructions = [0u8; 16];
@@ -209,21 +190,20 @@ fn load_pass_program() -> anyhow::Result<OwnedFd> {
     instructions[4..8].copy_from_slice(&XDP_PASS.to_ne_bytes());
     instructions[8] = 0x95;
     let license = c"GPL";
-    let mut attr = [0u8; BPF_ATTR_SIZE];
+    let mut attr = [0u8; ATTR_SIZE];
     put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP); // prog_type
     put_u32(&mut attr, 4, 2); // insn_cnt
     put_u64(&mut attr, 8, instructions.as_ptr() as u64); // insns
     put_u64(&mut attr, 16, license.as_ptr() as u64); // license
     put_u32(&mut attr, 68, BPF_XDP); // expected_attach_type
-    bpf(BPF_PROG_LOAD, &attr).context("loading an XDP pass program")
+    call_for_fd(BPF_PROG_LOAD, &attr).context("loading an XDP pass program")
 }
 
 fn link_xdp(program: &OwnedFd, ifindex: u32) -> std::io::Result<OwnedFd> {
-    use std::os::fd::AsRawFd as _;
-    let mut attr = [0u8; BPF_ATTR_SIZE];
+    let mut attr = [0u8; ATTR_SIZE];
     put_u32(&mut attr, 0, program.as_raw_fd() as u32); // link_create.prog_fd
     put_u32(&mut attr, 4, ifindex); // link_create.target_ifindex
     put_u32(&mut attr, 8, BPF_XDP); // link_create.attach_type
     put_u32(&mut attr, 12, XDP_FLAGS_DRV_MODE); // link_create.flags
-    bpf(BPF_LINK_CREATE, &attr)
+    call_for_fd(BPF_LINK_CREATE, &attr)
 }
