@@ -16,14 +16,20 @@ use veg_testbed::netns::Netns;
 use super::{
     bpf_sys::{ATTR_SIZE, BPF_LINK_CREATE, BPF_PROG_LOAD, call_for_fd, put_u32, put_u64},
     modes::{Mode, enable},
+    profile::{PROFILED, Profiled},
     report::median,
     scenarios::{kernel_cpu_ns, measure},
     topology,
 };
 use crate::workspace::{root, step};
 
-/// The scenarios measured: established UDP (per packet) and one TCP stream (per MiB).
-const SCENARIOS: [&str; 2] = ["udp-many", "tcp-stream-1"];
+/// The scenarios measured, counted as the profile counts them: established UDP (per packet) and one TCP stream
+/// (per MiB).
+fn scenarios() -> impl Iterator<Item = &'static Profiled> {
+    PROFILED
+        .iter()
+        .filter(|p| matches!(p.scenario, "udp-many" | "tcp-stream-1"))
+}
 
 #[derive(Clone, Copy, PartialEq)]
 enum Variant {
@@ -42,9 +48,9 @@ impl Variant {
 
 /// One scenario's run in one variant: its rate and the machine's kernel CPU per unit of work.
 struct Measured {
-    scenario: &'static str,
+    scenario: &'static Profiled,
     variant: Variant,
-    /// kpps for UDP, Gbit/s for TCP.
+    /// The scenario's metric: kpps for UDP, Gbit/s for TCP.
     rate: f64,
     /// ns per packet for UDP, per MiB for TCP.
     kernel_ns_per_unit: f64,
@@ -61,26 +67,26 @@ pub fn run(rounds: usize, seconds: f64) -> anyhow::Result<()> {
                 Variant::Tc => None,
                 Variant::TcBehindXdpPass => Some(XdpPass::attach(&topo.gateway, "eth0")?),
             };
-            for scenario in SCENARIOS {
+            for scenario in scenarios() {
+                let name = scenario.scenario;
                 let before = kernel_cpu_ns();
-                let sample = measure(scenario, &topo, &tools, seconds)
-                    .with_context(|| format!("{scenario} with {}", variant.name()))?;
+                let sample = measure(name, &topo, &tools, seconds)
+                    .with_context(|| format!("{name} with {}", variant.name()))?;
                 let kernel_ns = kernel_cpu_ns() - before;
-                let metric = |name| sample.iter().find(|(m, _)| *m == name).map(|(_, v)| *v);
-                let (rate, units) = if scenario == "udp-many" {
-                    let kpps = metric("kpps").context("no kpps")?;
-                    (kpps, kpps * 1000.0 * seconds)
-                } else {
-                    let gbit = metric("gbit_per_s").context("no gbit_per_s")?;
-                    (gbit, gbit * 1e9 / 8.0 / 1_048_576.0 * seconds)
-                };
+                let rate = sample
+                    .iter()
+                    .find(|(m, _)| *m == scenario.metric)
+                    .map(|(_, v)| *v)
+                    .with_context(|| format!("{name} reported no {}", scenario.metric))?;
+                let units = rate * scenario.units_per_metric_second * seconds;
                 ensure!(
                     units > 0.0,
-                    "{scenario} carried nothing with {}",
+                    "{name} carried nothing with {}",
                     variant.name()
                 );
                 println!(
-                    "  {scenario:<13} rate={rate:.2}  kernel_ns_per_unit={:.0}",
+                    "  {name:<13} {}={rate:.2}  kernel_ns_per_unit={:.0}",
+                    scenario.metric,
                     kernel_ns / units
                 );
                 measured.push(Measured {
@@ -102,7 +108,7 @@ pub fn run(rounds: usize, seconds: f64) -> anyhow::Result<()> {
     let rows: Vec<_> = measured
         .iter()
         .map(|m| {
-            json!({ "scenario": m.scenario, "variant": m.variant.name(), "rate": m.rate,
+            json!({ "scenario": m.scenario.scenario, "variant": m.variant.name(), "rate": m.rate,
                     "kernel_ns_per_unit": m.kernel_ns_per_unit })
         })
         .collect();
@@ -125,30 +131,27 @@ fn markdown(measured: &[Measured], rounds: usize, seconds: f64) -> String {
          whole machine's (system, irq, softirq).\n\n\
          | scenario | unit | veg (TC) | veg + XDP pass on eth0 | XDP pass / TC |\n|---|---|---:|---:|---:|\n"
     );
-    let of = |scenario, variant, value: Value| {
+    let of = |scenario: &Profiled, variant, value: Value| {
         median(
             measured
                 .iter()
-                .filter(|m| m.scenario == scenario && m.variant == variant)
+                .filter(|m| std::ptr::eq(m.scenario, scenario) && m.variant == variant)
                 .map(value)
                 .collect(),
         )
     };
-    for scenario in SCENARIOS {
-        let (rate_unit, cpu_unit) = if scenario == "udp-many" {
-            ("kpps", "kernel ns per packet")
-        } else {
-            ("Gbit/s", "kernel ns per MiB")
-        };
+    for scenario in scenarios() {
+        let cpu_unit = format!("kernel ns per {}", scenario.unit);
         let rows: [(&str, Value); 2] = [
-            (rate_unit, |m| m.rate),
-            (cpu_unit, |m| m.kernel_ns_per_unit),
+            (scenario.metric, |m| m.rate),
+            (&cpu_unit, |m| m.kernel_ns_per_unit),
         ];
         for (unit, value) in rows {
             let tc = of(scenario, Variant::Tc, value);
             let xdp = of(scenario, Variant::TcBehindXdpPass, value);
             out.push_str(&format!(
-                "| {scenario} | {unit} | {tc:.1} | {xdp:.1} | {:.2}x |\n",
+                "| {} | {unit} | {tc:.1} | {xdp:.1} | {:.2}x |\n",
+                scenario.scenario,
                 xdp / tc
             ));
         }
