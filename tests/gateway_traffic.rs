@@ -128,6 +128,59 @@ fn forward_policy_client_is_seen_with_its_own_address() {
     );
 }
 
+/// Packets an interface has sent and received, as its own counters say (`ip -s link`).
+fn packet_counters(ns: &veg_testbed::netns::Netns, interface: &str) -> (u64, u64) {
+    let out = ns.exec_ok("ip", &["-j", "-s", "link", "show", "dev", interface]);
+    let link: serde_json::Value = serde_json::from_str(&out).expect("ip -j prints JSON");
+    let stats = &link[0]["stats64"];
+    let count = |way: &str| stats[way]["packets"].as_u64().expect("packet counter");
+    (count("tx"), count("rx"))
+}
+
+#[test]
+fn replies_go_straight_into_the_internal_veth_peer_unless_shaped() {
+    if skip_unless_root() {
+        return;
+    }
+    const ROUND_TRIPS: u64 = 50;
+    let mut topo = Topology::new(env!("CARGO_BIN_EXE_veg"));
+    let client = topo.add_client("10.16.0.2");
+    let gateway = topo.start_gateway(&[]);
+    let _udp = udp_echo(&topo.server, UDP_PORT);
+    let round_trips = |topo: &Topology| {
+        let (sent_before, _) = packet_counters(&topo.gateway, "eth0");
+        let (_, received_before) = packet_counters(&topo.vpc, "gw");
+        for i in 0..ROUND_TRIPS {
+            let payload = format!("reply {i}");
+            assert_eq!(
+                udp_round_trip(topo.client(client), 0, server(UDP_PORT), payload.as_bytes())
+                    .unwrap(),
+                payload.as_bytes()
+            );
+        }
+        let (sent_after, _) = packet_counters(&topo.gateway, "eth0");
+        let (_, received_after) = packet_counters(&topo.vpc, "gw");
+        (sent_after - sent_before, received_after - received_before)
+    };
+
+    // The replies reach the client through the peer's receive path: eth0 itself transmits none of them (a
+    // handful of its own packets at most, such as ARP), while its peer on the VPC switch receives every one.
+    let (sent, received) = round_trips(&topo);
+    assert!(
+        received >= ROUND_TRIPS && sent < ROUND_TRIPS / 5,
+        "eth0 sent {sent} and its peer received {received} packets for {ROUND_TRIPS} replies"
+    );
+
+    // With a limit toward the VPC the replies must pass eth0's shaper, so they go through its transmit.
+    drop(gateway);
+    let _shaped = topo.start_gateway(&["--ingress-rate", "1000M"]);
+    let (sent, received) = round_trips(&topo);
+    assert!(
+        sent >= ROUND_TRIPS && received >= ROUND_TRIPS,
+        "with a shaper, eth0 sent {sent} and its peer received {received} packets for {ROUND_TRIPS} replies"
+    );
+}
+
 #[test]
 fn two_clients_with_the_same_source_port_both_work() {
     if skip_unless_root() {

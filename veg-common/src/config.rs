@@ -36,10 +36,16 @@ pub struct GatewayConfig {
     pub egress_priority: u32,
     /// The same toward the VPC (spec.bandwidth.ingress), on the internal interface.
     pub ingress_priority: u32,
+    /// Non-zero when the internal interface is a veth whose peer is in another network namespace (a pod's eth0):
+    /// a packet toward the VPC then goes straight into the peer's receive path (bpf_redirect_peer), skipping the
+    /// veth's transmit and the backlog queue between the two. The programs skip it while a shaper on the internal
+    /// interface has to see the packets (ingress_priority), since the peer redirect passes its qdisc by.
+    pub internal_peer: u32,
 }
 
 // The agent writes the entry the programs read, and a pinned map keeps it across an upgrade: its layout is fixed.
-const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 92);
+// (A pinned config map of another size, from an earlier build, is replaced at start: pinned_maps.rs.)
+const _: () = assert!(core::mem::size_of::<GatewayConfig>() == 96);
 const _: () = assert!(core::mem::offset_of!(GatewayConfig, external_addr_v6) == 52);
 const _: () = assert!(core::mem::offset_of!(GatewayConfig, internal_addr_v6) == 68);
 

@@ -14,14 +14,16 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         TC_ACT_REDIRECT, bpf_fib_lookup, bpf_redir_neigh,
     },
-    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    helpers::generated::{
+        bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer,
+    },
     programs::TcContext,
 };
 
 use veg_common::{address::Address, stats::Counter};
 
 use crate::{
-    maps::FIB_PARAMS,
+    maps::{FIB_PARAMS, config},
     packet::write_at,
     route_cache::{self, Consulted},
     stats::count,
@@ -196,6 +198,16 @@ fn fib(ctx: &TcContext, params: &mut bpf_fib_lookup) -> i64 {
     }
 }
 
+/// Whether a packet leaving by `ifindex` may go straight into the receive path of the internal veth's peer, in
+/// the VPC's namespace, rather than through the veth's transmit (GatewayConfig::internal_peer). Both programs run
+/// at TC ingress, where the kernel allows it. Not while a shaper on the internal interface must see the packets.
+#[inline(always)]
+fn into_peer(ifindex: u32) -> bool {
+    config().is_some_and(|cfg| {
+        cfg.internal_peer != 0 && ifindex == cfg.internal_ifindex && cfg.ingress_priority == 0
+    })
+}
+
 /// Send the packet out of its route's interface. Returns the TC verdict.
 #[inline(always)]
 pub fn redirect(ctx: &TcContext, route: &Route) -> Result<i32, ()> {
@@ -207,7 +219,12 @@ pub fn redirect(ctx: &TcContext, route: &Route) -> Result<i32, ()> {
         } => {
             write_at(ctx, 0, *dmac)?;
             write_at(ctx, 6, *smac)?;
-            Ok(unsafe { bpf_redirect(*ifindex, 0) } as i32)
+            let verdict = if into_peer(*ifindex) {
+                unsafe { bpf_redirect_peer(*ifindex, 0) }
+            } else {
+                unsafe { bpf_redirect(*ifindex, 0) }
+            };
+            Ok(verdict as i32)
         }
         Route::Unresolved { ifindex, nexthop } => {
             let mut nh: bpf_redir_neigh = unsafe { core::mem::zeroed() };

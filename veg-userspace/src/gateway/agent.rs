@@ -124,6 +124,14 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
             "no IPv4 address on the internal interface: ICMP errors toward VPC clients will not be sent"
         );
     }
+    let internal_peer = host::is_veth_to_another_namespace(internal_ifindex).unwrap_or_else(|e| {
+        warn!(
+            interface = %settings.internal_interface,
+            error = %e,
+            "could not tell what kind of link the internal interface is: packets toward the VPC go through its transmit"
+        );
+        false
+    });
     let port_range = host::translation_port_range(settings.port_range)?;
     let (external, opened_ipv6_lookups) = open_families(&settings.external_ip)?;
 
@@ -174,6 +182,7 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
         flow_records: u32::from(settings.flow_records.is_some()),
         egress_priority: steer(limits.egress),
         ingress_priority: steer(limits.ingress),
+        internal_peer: u32::from(internal_peer),
     })?;
     host::set_loopback_forwarding(true)?;
     datapath.attach(&settings.internal_interface, &settings.external_interface)?;
@@ -184,6 +193,8 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
         external = %settings.external_interface,
         external_ip = %external,
         %port_range,
+        // Whether packets toward the VPC go straight into the internal veth's peer.
+        internal_peer,
         pins = %pin_dir.display(),
         live_flows = live,
         "gateway datapath attached"

@@ -49,6 +49,13 @@ pub fn interface_index(name: &str, role: &str) -> anyhow::Result<u32> {
     Ok(index)
 }
 
+/// Whether the interface is a veth whose peer is in another network namespace (a pod's eth0), into whose receive
+/// path the programs may then hand packets directly (GatewayConfig::internal_peer).
+pub fn is_veth_to_another_namespace(ifindex: u32) -> std::io::Result<bool> {
+    let link = super::rtnetlink::link(ifindex)?;
+    Ok(link.kind == "veth" && link.link_in_other_namespace)
+}
+
 /// The addresses configured on an interface, both families.
 pub fn interface_addresses(name: &str) -> anyhow::Result<Vec<IpAddr>> {
     let mut addresses = Vec::new();
