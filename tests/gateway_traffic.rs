@@ -173,11 +173,23 @@ fn replies_go_straight_into_the_internal_veth_peer_unless_shaped() {
 
     // With a limit toward the VPC the replies must pass eth0's shaper, so they go through its transmit.
     drop(gateway);
-    let _shaped = topo.start_gateway(&["--ingress-rate", "1000M"]);
+    let shaped = topo.start_gateway(&["--ingress-rate", "1000M"]);
     let (sent, received) = round_trips(&topo);
     assert!(
         sent >= ROUND_TRIPS && received >= ROUND_TRIPS,
         "with a shaper, eth0 sent {sent} and its peer received {received} packets for {ROUND_TRIPS} replies"
+    );
+
+    // So they must when eth0's transmit has work to do: with tx checksumming off (as OVS's userspace datapath
+    // wants it), the kernel finishes checksums there.
+    drop(shaped);
+    topo.gateway
+        .exec_ok("ethtool", &["-K", "eth0", "tx", "off"]);
+    let _unoffloaded = topo.start_gateway(&[]);
+    let (sent, received) = round_trips(&topo);
+    assert!(
+        sent >= ROUND_TRIPS && received >= ROUND_TRIPS,
+        "with tx checksumming off, eth0 sent {sent} and its peer received {received} packets for {ROUND_TRIPS} replies"
     );
 }
 

@@ -124,7 +124,7 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
             "no IPv4 address on the internal interface: ICMP errors toward VPC clients will not be sent"
         );
     }
-    let internal_peer = host::is_veth_to_another_namespace(internal_ifindex).unwrap_or_else(|e| {
+    let internal_peer = host::peer_redirect_allowed(&settings.internal_interface, internal_ifindex).unwrap_or_else(|e| {
         warn!(
             interface = %settings.internal_interface,
             error = %e,

@@ -4,7 +4,7 @@ use std::{
     ffi::{CStr, CString},
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsRawFd,
+    os::fd::{AsRawFd, FromRawFd as _},
     path::Path,
 };
 
@@ -49,11 +49,72 @@ pub fn interface_index(name: &str, role: &str) -> anyhow::Result<u32> {
     Ok(index)
 }
 
-/// Whether the interface is a veth whose peer is in another network namespace (a pod's eth0), into whose receive
-/// path the programs may then hand packets directly (GatewayConfig::internal_peer).
-pub fn is_veth_to_another_namespace(ifindex: u32) -> std::io::Result<bool> {
+/// Whether the programs may hand packets for the interface straight to its peer's receive path
+/// (GatewayConfig::internal_peer): it is a veth whose peer is in another network namespace (a pod's eth0), and
+/// its transmit would leave a packet as it is. A veth transmits checksums unfinished and segments unsplit by
+/// default; with any of those offloads off (OVS's userspace datapath needs tx checksumming off) the kernel finishes
+/// them on transmit, which a packet handed to the peer would miss.
+pub fn peer_redirect_allowed(name: &str, ifindex: u32) -> std::io::Result<bool> {
     let link = super::rtnetlink::link(ifindex)?;
-    Ok(link.kind == "veth" && link.link_in_other_namespace)
+    if link.kind != "veth" || !link.link_in_other_namespace {
+        return Ok(false);
+    }
+    for offload in [ETHTOOL_GTXCSUM, ETHTOOL_GSG, ETHTOOL_GTSO, ETHTOOL_GGSO] {
+        if !ethtool_flag(name, offload)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The legacy ethtool queries of a transmit offload (tx checksumming, scatter-gather, TSO, GSO).
+const ETHTOOL_GTXCSUM: u32 = 0x16;
+const ETHTOOL_GSG: u32 = 0x18;
+const ETHTOOL_GTSO: u32 = 0x1e;
+const ETHTOOL_GGSO: u32 = 0x23;
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+
+/// One ethtool flag of an interface (SIOCETHTOOL with a struct ethtool_value).
+fn ethtool_flag(name: &str, command: u32) -> std::io::Result<bool> {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    /// struct ifreq with its union as a data pointer.
+    #[repr(C)]
+    struct IfreqData {
+        name: [u8; libc::IFNAMSIZ],
+        data: *mut EthtoolValue,
+        _rest: [u8; 16],
+    }
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(std::io::Error::other(format!(
+            "interface name {name:?} is too long"
+        )));
+    }
+    let mut value = EthtoolValue {
+        cmd: command,
+        data: 0,
+    };
+    let mut request = IfreqData {
+        name: [0; libc::IFNAMSIZ],
+        data: &raw mut value,
+        _rest: [0; 16],
+    };
+    request.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: plain socket creation; closed by OwnedFd.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just opened and is owned here alone.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: the request and the value it points to outlive the call.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, &raw mut request) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(value.data != 0)
 }
 
 /// The addresses configured on an interface, both families.
