@@ -138,7 +138,7 @@ fn packet_counters(ns: &veg_testbed::netns::Netns, interface: &str) -> (u64, u64
 }
 
 #[test]
-fn replies_go_straight_into_the_internal_veth_peer_unless_shaped() {
+fn replies_go_straight_into_the_internal_veth_peer_unless_its_transmit_has_work() {
     if skip_unless_root() {
         return;
     }
@@ -180,8 +180,8 @@ fn replies_go_straight_into_the_internal_veth_peer_unless_shaped() {
         "with a shaper, eth0 sent {sent} and its peer received {received} packets for {ROUND_TRIPS} replies"
     );
 
-    // So they must when eth0's transmit has work to do: with tx checksumming off (as OVS's userspace datapath
-    // wants it), the kernel finishes checksums there.
+    // And whenever eth0's transmit has work to do: with tx checksumming off (as OVS's userspace datapath wants
+    // it), the kernel finishes checksums there.
     drop(shaped);
     topo.gateway
         .exec_ok("ethtool", &["-K", "eth0", "tx", "off"]);
