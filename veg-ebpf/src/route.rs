@@ -199,12 +199,18 @@ fn fib(ctx: &TcContext, params: &mut bpf_fib_lookup) -> i64 {
 }
 
 /// Whether a packet leaving by `ifindex` may go straight into the receive path of the internal veth's peer, in
-/// the VPC's namespace, rather than through the veth's transmit (GatewayConfig::internal_peer). Both programs run
-/// at TC ingress, where the kernel allows it. Not while a shaper on the internal interface must see the packets.
+/// the VPC's namespace, rather than through the veth's transmit (GatewayConfig::internal_peer): only what arrived
+/// from outside (veg_from_outside runs at TC ingress, where the kernel allows it). Not what the instance sends
+/// back into the VPC where it came from (ICMP errors made of a VPC packet: handed back to the peer it arrived
+/// from, the VPC's switch did not deliver them), and not while a shaper on the internal interface must see the
+/// packets.
 #[inline(always)]
-fn into_peer(ifindex: u32) -> bool {
+fn into_peer(ctx: &TcContext, ifindex: u32) -> bool {
     config().is_some_and(|cfg| {
-        cfg.internal_peer != 0 && ifindex == cfg.internal_ifindex && cfg.ingress_priority == 0
+        cfg.internal_peer != 0
+            && ifindex == cfg.internal_ifindex
+            && cfg.ingress_priority == 0
+            && unsafe { (*ctx.skb.skb).ifindex } == cfg.external_ifindex
     })
 }
 
@@ -219,7 +225,7 @@ pub fn redirect(ctx: &TcContext, route: &Route) -> Result<i32, ()> {
         } => {
             write_at(ctx, 0, *dmac)?;
             write_at(ctx, 6, *smac)?;
-            let verdict = if into_peer(*ifindex) {
+            let verdict = if into_peer(ctx, *ifindex) {
                 unsafe { bpf_redirect_peer(*ifindex, 0) }
             } else {
                 unsafe { bpf_redirect(*ifindex, 0) }
