@@ -36,10 +36,11 @@ pub struct GatewayConfig {
     pub egress_priority: u32,
     /// The same toward the VPC (spec.bandwidth.ingress), on the internal interface.
     pub ingress_priority: u32,
-    /// Non-zero when the internal interface is a veth whose peer is in another network namespace (a pod's eth0):
-    /// a packet toward the VPC then goes straight into the peer's receive path (bpf_redirect_peer), skipping the
-    /// veth's transmit and the backlog queue between the two. The programs skip it while a shaper on the internal
-    /// interface has to see the packets (ingress_priority), since the peer redirect passes its qdisc by.
+    /// Non-zero when the internal interface is a veth whose peer is in another network namespace (a pod's eth0)
+    /// and whose transmit would leave a packet as it is (its offloads on): a packet from outside toward the VPC
+    /// then goes straight into the peer's receive path (bpf_redirect_peer), skipping the veth's transmit and the
+    /// backlog queue between the two. The programs skip it while a shaper on the internal interface has to see
+    /// the packets (ingress_priority), since the peer redirect passes its qdisc by.
     pub internal_peer: u32,
 }
 

@@ -4,7 +4,7 @@ use std::{
     ffi::{CStr, CString},
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd, FromRawFd as _},
+    os::fd::{AsRawFd, FromRawFd as _, OwnedFd},
     path::Path,
 };
 
@@ -81,40 +81,51 @@ fn ethtool_flag(name: &str, command: u32) -> std::io::Result<bool> {
         cmd: u32,
         data: u32,
     }
-    /// struct ifreq with its union as a data pointer.
-    #[repr(C)]
-    struct IfreqData {
-        name: [u8; libc::IFNAMSIZ],
-        data: *mut EthtoolValue,
-        _rest: [u8; 16],
-    }
-    if name.len() >= libc::IFNAMSIZ {
-        return Err(std::io::Error::other(format!(
-            "interface name {name:?} is too long"
-        )));
-    }
     let mut value = EthtoolValue {
         cmd: command,
         data: 0,
     };
-    let mut request = IfreqData {
-        name: [0; libc::IFNAMSIZ],
-        data: &raw mut value,
-        _rest: [0; 16],
-    };
-    request.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: plain socket creation; closed by OwnedFd.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    interface_request(name, SIOCETHTOOL, |ifreq| {
+        ifreq.ifr_ifru.ifru_data = (&raw mut value).cast();
+    })?;
+    Ok(value.data != 0)
+}
+
+/// An interface request (struct ifreq) for `interface`, filled in by `fill` and answered by `request` on a
+/// socket of this namespace. (Not /sys/class/net: with `--netns` the agent keeps the host's mounts, whose sysfs
+/// shows the host's interfaces.)
+pub fn interface_request(
+    interface: &str,
+    request: libc::c_ulong,
+    fill: impl FnOnce(&mut libc::ifreq),
+) -> std::io::Result<libc::ifreq> {
+    let fd = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+    // SAFETY: ifreq is plain data; zeroes are a valid start.
+    let mut ifreq: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in ifreq
+        .ifr_name
+        .iter_mut()
+        .zip(interface.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *slot = byte as libc::c_char;
+    }
+    fill(&mut ifreq);
+    // SAFETY: a valid ifreq for these requests; whatever `fill` points it at outlives the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), request, &mut ifreq) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(ifreq)
+}
+
+/// A socket of this namespace, closed on exec and when dropped.
+pub fn socket(domain: i32, kind: i32, protocol: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the descriptor is owned at once.
+    let fd = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: fd was just opened and is owned here alone.
-    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    // SAFETY: the request and the value it points to outlive the call.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, &raw mut request) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(value.data != 0)
+    // SAFETY: a descriptor just returned by socket(2).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The addresses configured on an interface, both families.

@@ -11,7 +11,7 @@ use std::{
     collections::BTreeMap,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     time::{Duration, Instant},
 };
 
@@ -78,29 +78,9 @@ pub fn default_gateways(interface: &str) -> Vec<IpAddr> {
         .collect()
 }
 
-/// An interface request (struct ifreq) for `interface`, answered by `request` on a socket of this namespace.
-/// (Not /sys/class/net: with `--netns` the agent keeps the host's mounts, whose sysfs shows the host's interfaces.)
-fn interface_request(interface: &str, request: libc::c_ulong) -> io::Result<libc::ifreq> {
-    let fd = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
-    // SAFETY: ifreq is plain data; zeroes are a valid start.
-    let mut ifreq: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (slot, byte) in ifreq
-        .ifr_name
-        .iter_mut()
-        .zip(interface.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *slot = byte as libc::c_char;
-    }
-    // SAFETY: a valid ifreq for these requests.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), request, &mut ifreq) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(ifreq)
-}
-
 /// Whether the interface is up with a carrier (IFF_UP and IFF_RUNNING).
 fn carrier(interface: &str) -> bool {
-    interface_request(interface, libc::SIOCGIFFLAGS).is_ok_and(|ifreq| {
+    super::host::interface_request(interface, libc::SIOCGIFFLAGS, |_| {}).is_ok_and(|ifreq| {
         // SAFETY: SIOCGIFFLAGS fills the flags member.
         let flags = i32::from(unsafe { ifreq.ifr_ifru.ifru_flags });
         flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0
@@ -108,7 +88,7 @@ fn carrier(interface: &str) -> bool {
 }
 
 fn mac_of(interface: &str) -> anyhow::Result<[u8; 6]> {
-    let ifreq = interface_request(interface, libc::SIOCGIFHWADDR)
+    let ifreq = super::host::interface_request(interface, libc::SIOCGIFHWADDR, |_| {})
         .with_context(|| format!("reading {interface}'s MAC address"))?;
     // SAFETY: SIOCGIFHWADDR fills the hardware address member.
     let data = unsafe { ifreq.ifr_ifru.ifru_hwaddr.sa_data };
@@ -117,16 +97,6 @@ fn mac_of(interface: &str) -> anyhow::Result<[u8; 6]> {
         *byte = value as u8;
     }
     Ok(mac)
-}
-
-fn socket(domain: i32, kind: i32, protocol: i32) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the descriptor is owned at once.
-    let fd = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor just returned by socket(2).
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Receive into `buf` until `deadline`; Ok(None) once it passes.
@@ -164,7 +134,7 @@ fn arp_probe(interface: &str, target: Ipv4Addr, timeout: Duration) -> anyhow::Re
         .first()
         .copied()
         .unwrap_or(Ipv4Addr::UNSPECIFIED);
-    let fd = socket(
+    let fd = super::host::socket(
         libc::AF_PACKET,
         libc::SOCK_DGRAM,
         i32::from((libc::ETH_P_ARP as u16).to_be()),
@@ -203,7 +173,7 @@ fn arp_probe(interface: &str, target: Ipv4Addr, timeout: Duration) -> anyhow::Re
 fn nd_probe(interface: &str, target: Ipv6Addr, timeout: Duration) -> anyhow::Result<bool> {
     let ifindex = super::host::interface_index(interface, "external")?;
     let mac = mac_of(interface)?;
-    let fd = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6)
+    let fd = super::host::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6)
         .context("opening an ICMPv6 socket for neighbour discovery (needs CAP_NET_RAW)")?;
     let hops: i32 = 255;
     for option in [libc::IPV6_MULTICAST_HOPS, libc::IPV6_UNICAST_HOPS] {
