@@ -142,7 +142,7 @@ fn error_to_vpc(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig) -> i32 {
         // An error is never answered with an error.
         return drop_packet(Counter::TtlExpired);
     }
-    forward(ctx, pkt, &route, Counter::IcmpErrorsTranslatedIn)
+    forward(ctx, pkt, cfg, &route, Counter::IcmpErrorsTranslatedIn)
 }
 
 /// A later fragment of a reply, to the client its first fragment was translated back to.
@@ -159,7 +159,7 @@ fn fragment_to_vpc(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, client: u
     if rewrite::rewrite_address(ctx, pkt, End::Destination, client).is_err() {
         return drop_packet(Counter::DropMalformed);
     }
-    forward(ctx, pkt, &route, Counter::FragmentsTranslatedIn)
+    forward(ctx, pkt, cfg, &route, Counter::FragmentsTranslatedIn)
 }
 
 /// Send a packet from outside to a VPC client, translating its destination first when `nat` is given.
@@ -203,5 +203,5 @@ fn route_to_vpc(
         }
         None => Counter::ForwardedIn,
     };
-    forward(ctx, pkt, &route, counter)
+    forward(ctx, pkt, cfg, &route, counter)
 }

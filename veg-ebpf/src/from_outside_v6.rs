@@ -15,7 +15,7 @@ use veg_common::{
 use crate::{
     flows, fragments,
     from_outside::unmatched,
-    from_vpc_v6::forward,
+    from_vpc::forward,
     icmp6::{self, Icmp6Error},
     icmp6_errors,
     maps::{POLICY_V6, flow_scratch},
@@ -109,7 +109,7 @@ fn error_to_vpc(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig) -> i32 {
         // An error is never answered with an error.
         return drop_packet(Counter::TtlExpired);
     }
-    forward(ctx, pkt, &route, Counter::IcmpErrorsTranslatedIn)
+    forward(ctx, pkt, cfg, &route, Counter::IcmpErrorsTranslatedIn)
 }
 
 /// A later fragment of a reply, to the client its first fragment was translated back to.
@@ -126,7 +126,7 @@ fn fragment_to_vpc(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, client: &
     if rewrite::rewrite_address_v6(ctx, End::Destination, client).is_err() {
         return drop_packet(Counter::DropMalformed);
     }
-    forward(ctx, pkt, &route, Counter::FragmentsTranslatedIn)
+    forward(ctx, pkt, cfg, &route, Counter::FragmentsTranslatedIn)
 }
 
 /// Send a packet from outside to a VPC client, translating its destination first when `nat` is given.
@@ -164,5 +164,5 @@ fn route_to_vpc(
         }
         None => Counter::ForwardedIn,
     };
-    forward(ctx, pkt, &route, counter)
+    forward(ctx, pkt, cfg, &route, counter)
 }

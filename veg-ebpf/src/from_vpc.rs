@@ -20,7 +20,7 @@ use crate::{
     },
     rewrite::{self, End},
     route::{self, Route},
-    shaping, slow_path,
+    slow_path,
     stats::{count, drop_packet, pass_to_host},
 };
 use aya_ebpf::maps::lpm_trie::Key;
@@ -76,7 +76,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
     }
     match policy.action {
         ACTION_SNAT => snat(ctx, pkt, cfg, &route),
-        ACTION_FORWARD => forward(ctx, pkt, &route, Counter::ForwardedOut),
+        ACTION_FORWARD => forward(ctx, pkt, cfg, &route, Counter::ForwardedOut),
         _ => drop_packet(Counter::DropNoPolicy),
     }
 }
@@ -95,7 +95,7 @@ fn snat(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, route: &Route) -> i3
         if rewrite::rewrite_address(ctx, pkt, End::Source, external).is_err() {
             return drop_packet(Counter::DropMalformed);
         }
-        return forward(ctx, pkt, route, Counter::FragmentsTranslatedOut);
+        return forward(ctx, pkt, cfg, route, Counter::FragmentsTranslatedOut);
     }
     let translatable = match pkt.protocol {
         PROTO_TCP | PROTO_UDP => true,
@@ -125,36 +125,48 @@ fn snat(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, route: &Route) -> i3
     if rewrite::rewrite_end(ctx, pkt, End::Source, nat.addr.ipv4_be(), nat.port).is_err() {
         return drop_packet(Counter::DropMalformed);
     }
-    forward(ctx, pkt, route, Counter::TranslatedOut)
+    forward(ctx, pkt, cfg, route, Counter::TranslatedOut)
 }
 
 /// A pod's ICMP error about a reply it got: translated for the remote.
 #[inline(always)]
 fn error_out(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, route: &Route) -> i32 {
     match icmp_errors::translate_from_vpc(ctx, pkt, cfg) {
-        Ok(()) => forward(ctx, pkt, route, Counter::IcmpErrorsTranslatedOut),
+        Ok(()) => forward(ctx, pkt, cfg, route, Counter::IcmpErrorsTranslatedOut),
         Err(reason) => drop_packet(reason),
     }
 }
 
-/// Decrement the TTL and send the packet out of its route's interface; one too big for it (DF clear: the callers
-/// answered DF with fragmentation needed) goes to the agent to be fragmented.
+/// Decrement the TTL (IPv6: the hop limit) and send the packet out of its route's interface, counted under
+/// `counter`. One too big for it (the callers answered DF and IPv6 with fragmentation needed or packet too big):
+/// IPv4 with DF clear goes to the agent to be fragmented; IPv6 (a translated ICMPv6 error, never more than 1280
+/// bytes, so not in practice) is dropped as unroutable.
 #[inline(always)]
-pub fn forward(ctx: &TcContext, pkt: &Packet, route: &Route, counter: Counter) -> i32 {
-    if rewrite::decrement_ttl(ctx, pkt).is_err() {
+pub fn forward(
+    ctx: &TcContext,
+    pkt: &Packet,
+    cfg: &GatewayConfig,
+    route: &Route,
+    counter: Counter,
+) -> i32 {
+    let aged = if pkt.is_ipv6() {
+        rewrite::decrement_hop_limit(ctx, pkt)
+    } else {
+        rewrite::decrement_ttl(ctx, pkt)
+    };
+    if aged.is_err() {
         return drop_packet(Counter::DropMalformed);
     }
-    if let Route::TooBig { mtu, .. } = route {
+    if let Route::TooBig { mtu, .. } = route
+        && !pkt.is_ipv6()
+    {
         if pkt.dont_fragment || slow_path::fragment(ctx, pkt, *mtu).is_err() {
             return drop_packet(Counter::SlowPathDropped);
         }
         count(counter);
         return drop_packet(Counter::TooBigFragmented);
     }
-    if let Some(ifindex) = route.ifindex() {
-        shaping::steer(ctx, ifindex);
-    }
-    match route::redirect(ctx, route) {
+    match route::send_forwarded(ctx, cfg, route) {
         Ok(verdict) => {
             count(counter);
             verdict

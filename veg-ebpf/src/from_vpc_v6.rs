@@ -13,13 +13,14 @@ use veg_common::{
 
 use crate::{
     flows, fragments,
+    from_vpc::forward,
     icmp6::{self, Icmp6Error},
     icmp6_errors,
     maps::POLICY_V6,
     packet::{ICMPV6_ECHO_REQUEST, Packet, is_ipv6_link_scope, is_ipv6_martian},
     rewrite::{self, End},
     route::{self, Route},
-    shaping, slow_path,
+    slow_path,
     stats::{count, drop_packet, pass_to_host},
 };
 
@@ -55,7 +56,7 @@ pub fn handle(ctx: &TcContext, cfg: &GatewayConfig, pkt: &Packet) -> i32 {
     }
     match policy.action {
         ACTION_SNAT => snat(ctx, pkt, cfg, &route),
-        ACTION_FORWARD => forward(ctx, pkt, &route, Counter::ForwardedOut),
+        ACTION_FORWARD => forward(ctx, pkt, cfg, &route, Counter::ForwardedOut),
         _ => drop_packet(Counter::DropNoPolicy),
     }
 }
@@ -74,13 +75,13 @@ fn snat(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, route: &Route) -> i3
         if rewrite::rewrite_address_v6(ctx, End::Source, external).is_err() {
             return drop_packet(Counter::DropMalformed);
         }
-        return forward(ctx, pkt, route, Counter::FragmentsTranslatedOut);
+        return forward(ctx, pkt, cfg, route, Counter::FragmentsTranslatedOut);
     }
     let translatable = match pkt.protocol {
         PROTO_TCP | PROTO_UDP => true,
         PROTO_ICMPV6 if icmp6_errors::is_error(pkt.icmp_type) => {
             return match icmp6_errors::translate_from_vpc(ctx, pkt, cfg) {
-                Ok(()) => forward(ctx, pkt, route, Counter::IcmpErrorsTranslatedOut),
+                Ok(()) => forward(ctx, pkt, cfg, route, Counter::IcmpErrorsTranslatedOut),
                 Err(reason) => drop_packet(reason),
             };
         }
@@ -107,24 +108,5 @@ fn snat(ctx: &TcContext, pkt: &Packet, cfg: &GatewayConfig, route: &Route) -> i3
     if rewrite::rewrite_end_v6(ctx, pkt, End::Source, &nat.addr, nat.port).is_err() {
         return drop_packet(Counter::DropMalformed);
     }
-    forward(ctx, pkt, route, Counter::TranslatedOut)
-}
-
-/// Decrement the hop limit and send the packet out of its route's interface (the callers answered a packet too
-/// big for it; an error too big, which never happens within 1280 bytes, is dropped).
-#[inline(always)]
-pub fn forward(ctx: &TcContext, pkt: &Packet, route: &Route, counter: Counter) -> i32 {
-    if rewrite::decrement_hop_limit(ctx, pkt).is_err() {
-        return drop_packet(Counter::DropMalformed);
-    }
-    if let Some(ifindex) = route.ifindex() {
-        shaping::steer(ctx, ifindex);
-    }
-    match route::redirect(ctx, route) {
-        Ok(verdict) => {
-            count(counter);
-            verdict
-        }
-        Err(()) => drop_packet(Counter::DropNoRoute),
-    }
+    forward(ctx, pkt, cfg, route, Counter::TranslatedOut)
 }

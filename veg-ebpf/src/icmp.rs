@@ -154,7 +154,9 @@ pub fn send_error(ctx: &TcContext, pkt: &Packet, error: &IcmpError, from: u32) -
     }
     // Small enough for any link: checked against the device only.
     let route = route::lookup(ctx, PROTO_ICMP, from, to, 0);
-    match route::redirect(ctx, &route) {
+    // Back where the packet came from, through the interface's transmit (never into the VPC's veth peer:
+    // route::into_peer).
+    match route::redirect(ctx, &route, false) {
         Ok(verdict) => verdict,
         Err(()) => drop_packet(Counter::IcmpErrorsNotSent),
     }

@@ -89,7 +89,9 @@ pub fn send_error(ctx: &TcContext, pkt: &Packet, error: &Icmp6Error, from: &Addr
         return drop_packet(Counter::IcmpErrorsNotSent);
     }
     let route = route::lookup_v6(ctx, PROTO_ICMPV6, from, &pkt.src, 0);
-    match route::redirect(ctx, &route) {
+    // Back where the packet came from, through the interface's transmit (never into the VPC's veth peer:
+    // route::into_peer).
+    match route::redirect(ctx, &route, false) {
         Ok(verdict) => verdict,
         Err(()) => drop_packet(Counter::IcmpErrorsNotSent),
     }

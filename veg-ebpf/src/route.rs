@@ -20,12 +20,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 
-use veg_common::{address::Address, stats::Counter};
+use veg_common::{address::Address, config::GatewayConfig, stats::Counter};
 
 use crate::{
-    maps::{FIB_PARAMS, config},
+    maps::FIB_PARAMS,
     packet::write_at,
     route_cache::{self, Consulted},
+    shaping,
     stats::count,
 };
 
@@ -198,25 +199,37 @@ fn fib(ctx: &TcContext, params: &mut bpf_fib_lookup) -> i64 {
     }
 }
 
-/// Whether a packet leaving by `ifindex` may go straight into the receive path of the internal veth's peer, in
-/// the VPC's namespace, rather than through the veth's transmit (GatewayConfig::internal_peer): only what arrived
-/// from outside (veg_from_outside runs at TC ingress, where the kernel allows it). Not what the instance sends
-/// back into the VPC where it came from (ICMP errors made of a VPC packet: handed back to the peer it arrived
-/// from, the VPC's switch did not deliver them), and not while a shaper on the internal interface must see the
-/// packets.
+/// Whether a packet forwarded out of `ifindex` may go straight into the receive path of the internal veth's peer,
+/// in the VPC's namespace, rather than through the veth's transmit (GatewayConfig::internal_peer): only what
+/// arrived from outside (veg_from_outside runs at TC ingress, where the kernel allows it), and not while a shaper
+/// on the internal interface must see the packets. ICMP errors the instance sends never take it (they pass false
+/// to `redirect`): one made of a VPC packet and handed back to the peer it arrived from never reached the client.
 #[inline(always)]
-fn into_peer(ctx: &TcContext, ifindex: u32) -> bool {
-    config().is_some_and(|cfg| {
-        cfg.internal_peer != 0
-            && ifindex == cfg.internal_ifindex
-            && cfg.ingress_priority == 0
-            && unsafe { (*ctx.skb.skb).ifindex } == cfg.external_ifindex
-    })
+fn into_peer(ctx: &TcContext, cfg: &GatewayConfig, ifindex: u32) -> bool {
+    cfg.internal_peer != 0
+        && ifindex == cfg.internal_ifindex
+        && cfg.ingress_priority == 0
+        && unsafe { (*ctx.skb.skb).ifindex } == cfg.external_ifindex
 }
 
-/// Send the packet out of its route's interface. Returns the TC verdict.
+/// Send a forwarded packet out of its route's interface: steered into the interface's shaper when its direction
+/// has a limit, and into the internal veth's peer where it may be. Returns the TC verdict.
 #[inline(always)]
-pub fn redirect(ctx: &TcContext, route: &Route) -> Result<i32, ()> {
+pub fn send_forwarded(ctx: &TcContext, cfg: &GatewayConfig, route: &Route) -> Result<i32, ()> {
+    let into_peer = match route.ifindex() {
+        Some(ifindex) => {
+            shaping::steer(ctx, cfg, ifindex);
+            into_peer(ctx, cfg, ifindex)
+        }
+        None => false,
+    };
+    redirect(ctx, route, into_peer)
+}
+
+/// Send the packet out of its route's interface, or straight into the internal veth's peer when `into_peer` (the
+/// function of that name decides it for forwarded packets). Returns the TC verdict.
+#[inline(always)]
+pub fn redirect(ctx: &TcContext, route: &Route, into_peer: bool) -> Result<i32, ()> {
     match route {
         Route::Resolved {
             ifindex,
@@ -225,7 +238,7 @@ pub fn redirect(ctx: &TcContext, route: &Route) -> Result<i32, ()> {
         } => {
             write_at(ctx, 0, *dmac)?;
             write_at(ctx, 6, *smac)?;
-            let verdict = if into_peer(ctx, *ifindex) {
+            let verdict = if into_peer {
                 unsafe { bpf_redirect_peer(*ifindex, 0) }
             } else {
                 unsafe { bpf_redirect(*ifindex, 0) }

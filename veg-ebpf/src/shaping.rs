@@ -5,14 +5,11 @@
 
 use aya_ebpf::programs::TcContext;
 
-use crate::maps::config;
+use veg_common::config::GatewayConfig;
 
 /// Steer a packet about to leave through `ifindex` into that interface's shaper, when its direction has a limit.
 #[inline(always)]
-pub fn steer(ctx: &TcContext, ifindex: u32) {
-    let Some(cfg) = config() else {
-        return;
-    };
+pub fn steer(ctx: &TcContext, cfg: &GatewayConfig, ifindex: u32) {
     let priority = if ifindex == cfg.external_ifindex {
         cfg.egress_priority
     } else {
