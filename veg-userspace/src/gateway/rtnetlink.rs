@@ -1,7 +1,7 @@
 //! The little of rtnetlink the agent speaks itself (interface settings, queueing disciplines, what kind of link
 //! an interface is): build a request of attributes, send it, and read the kernel's acknowledgement or answer.
 
-use std::{io, mem::size_of};
+use std::{io, mem::size_of, os::fd::AsRawFd};
 
 pub const NLM_F_REQUEST: u16 = 1;
 pub const NLM_F_ACK: u16 = 4;
@@ -36,16 +36,6 @@ pub fn message(kind: u16, flags: u16, fixed: &[u8], attributes: &[u8]) -> Vec<u8
     message
 }
 
-/// A netlink route socket that closes itself.
-struct Socket(libc::c_int);
-
-impl Drop for Socket {
-    fn drop(&mut self) {
-        // SAFETY: we own the descriptor.
-        unsafe { libc::close(self.0) };
-    }
-}
-
 /// Send one request and wait for its acknowledgement; the kernel's refusal comes back as its errno.
 pub fn request(message: &[u8]) -> io::Result<()> {
     let mut reply = [0u8; 4096];
@@ -55,24 +45,13 @@ pub fn request(message: &[u8]) -> io::Result<()> {
 
 /// Send one request and read the kernel's first answer into `reply`; returns its length.
 fn exchange(message: &[u8], reply: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: plain socket creation; the descriptor is owned by Socket.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let socket = Socket(fd);
+    let socket = super::host::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)?;
     // SAFETY: the buffer is valid for its length; a zeroed sockaddr_nl addresses the kernel.
     let sent = unsafe {
         let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
         kernel.nl_family = libc::AF_NETLINK as u16;
         libc::sendto(
-            socket.0,
+            socket.as_raw_fd(),
             message.as_ptr().cast(),
             message.len(),
             0,
@@ -84,7 +63,14 @@ fn exchange(message: &[u8], reply: &mut [u8]) -> io::Result<usize> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: the buffer is valid for its length.
-    let received = unsafe { libc::recv(socket.0, reply.as_mut_ptr().cast(), reply.len(), 0) };
+    let received = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            reply.as_mut_ptr().cast(),
+            reply.len(),
+            0,
+        )
+    };
     if received < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -117,12 +103,10 @@ pub fn link(ifindex: u32) -> io::Result<Link> {
     let mut reply = vec![0u8; 32 * 1024];
     let received = exchange(&message(RTM_GETLINK, 0, &fixed, &[]), &mut reply)?;
     let reply = &reply[..received];
-    if reply.len() >= NLMSG_HEADER && u16::from_ne_bytes([reply[4], reply[5]]) == NLMSG_ERROR {
+    if message_type(reply) == Some(NLMSG_ERROR) {
         acknowledgement(reply)?;
     }
-    if reply.len() < NLMSG_HEADER + IFINFOMSG
-        || u16::from_ne_bytes([reply[4], reply[5]]) != RTM_NEWLINK
-    {
+    if reply.len() < NLMSG_HEADER + IFINFOMSG || message_type(reply) != Some(RTM_NEWLINK) {
         return Err(io::Error::other(format!(
             "unexpected netlink answer to a link query ({} bytes)",
             reply.len()
@@ -164,9 +148,14 @@ fn attributes(mut bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
+/// The type of the netlink message at the start of `reply`, if a whole header is there.
+fn message_type(reply: &[u8]) -> Option<u16> {
+    (reply.len() >= NLMSG_HEADER).then(|| u16::from_ne_bytes([reply[4], reply[5]]))
+}
+
 /// The kernel's answer to a request with NLM_F_ACK: an NLMSG_ERROR whose error is 0 on success.
 fn acknowledgement(reply: &[u8]) -> io::Result<()> {
-    if reply.len() < NLMSG_HEADER + 4 || u16::from_ne_bytes([reply[4], reply[5]]) != NLMSG_ERROR {
+    if reply.len() < NLMSG_HEADER + 4 || message_type(reply) != Some(NLMSG_ERROR) {
         return Err(io::Error::other(format!(
             "unexpected netlink answer ({} bytes)",
             reply.len()
