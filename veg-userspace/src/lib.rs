@@ -9,3 +9,4 @@ pub mod inspect;
 pub mod metrics_text;
 pub mod netns;
 pub mod ovn;
+pub mod sys;

@@ -5,7 +5,7 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -67,19 +67,11 @@ impl Drop for RouteWatch {
 
 /// An rtnetlink socket that receives the announcements of GROUPS.
 fn subscribe() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket creation; the descriptor is owned from here on.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor nothing else owns.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = crate::sys::socket(
+        libc::AF_NETLINK,
+        libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+        libc::NETLINK_ROUTE,
+    )?;
     // Bound (to a port the kernel picks) before joining: an unbound socket is sent no announcements.
     // SAFETY: a zeroed sockaddr_nl with its family set addresses "any port".
     let rc = unsafe {

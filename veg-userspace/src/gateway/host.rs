@@ -4,7 +4,7 @@ use std::{
     ffi::{CStr, CString},
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd, FromRawFd as _, OwnedFd},
+    os::fd::AsRawFd,
     path::Path,
 };
 
@@ -99,7 +99,7 @@ pub fn interface_request(
     request: libc::c_ulong,
     fill: impl FnOnce(&mut libc::ifreq),
 ) -> std::io::Result<libc::ifreq> {
-    let fd = socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+    let fd = crate::sys::socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
     // SAFETY: ifreq is plain data; zeroes are a valid start.
     let mut ifreq: libc::ifreq = unsafe { std::mem::zeroed() };
     for (slot, byte) in ifreq
@@ -115,17 +115,6 @@ pub fn interface_request(
         return Err(std::io::Error::last_os_error());
     }
     Ok(ifreq)
-}
-
-/// A socket of this namespace, closed on exec and when dropped.
-pub fn socket(domain: i32, kind: i32, protocol: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the descriptor is owned at once.
-    let fd = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor just returned by socket(2).
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The addresses configured on an interface, both families.

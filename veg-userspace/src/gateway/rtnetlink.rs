@@ -45,7 +45,7 @@ pub fn request(message: &[u8]) -> io::Result<()> {
 
 /// Send one request and read the kernel's first answer into `reply`; returns its length.
 fn exchange(message: &[u8], reply: &mut [u8]) -> io::Result<usize> {
-    let socket = super::host::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)?;
+    let socket = crate::sys::socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE)?;
     // SAFETY: the buffer is valid for its length; a zeroed sockaddr_nl addresses the kernel.
     let sent = unsafe {
         let mut kernel: libc::sockaddr_nl = std::mem::zeroed();

@@ -134,7 +134,7 @@ fn arp_probe(interface: &str, target: Ipv4Addr, timeout: Duration) -> anyhow::Re
         .first()
         .copied()
         .unwrap_or(Ipv4Addr::UNSPECIFIED);
-    let fd = super::host::socket(
+    let fd = crate::sys::socket(
         libc::AF_PACKET,
         libc::SOCK_DGRAM,
         i32::from((libc::ETH_P_ARP as u16).to_be()),
@@ -173,7 +173,7 @@ fn arp_probe(interface: &str, target: Ipv4Addr, timeout: Duration) -> anyhow::Re
 fn nd_probe(interface: &str, target: Ipv6Addr, timeout: Duration) -> anyhow::Result<bool> {
     let ifindex = super::host::interface_index(interface, "external")?;
     let mac = mac_of(interface)?;
-    let fd = super::host::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6)
+    let fd = crate::sys::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6)
         .context("opening an ICMPv6 socket for neighbour discovery (needs CAP_NET_RAW)")?;
     let hops: i32 = 255;
     for option in [libc::IPV6_MULTICAST_HOPS, libc::IPV6_UNICAST_HOPS] {

@@ -7,7 +7,7 @@
 use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
 };
 
 pub struct RawSocket {
@@ -26,21 +26,12 @@ impl RawSocket {
     }
 
     fn open_family(family: libc::c_int) -> io::Result<RawSocket> {
-        // SAFETY: plain socket(2); the descriptor is owned at once.
-        let fd = unsafe {
-            libc::socket(
-                family,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                libc::IPPROTO_RAW,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a new descriptor nothing else owns.
-        Ok(RawSocket {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = crate::sys::socket(
+            family,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+            libc::IPPROTO_RAW,
+        )?;
+        Ok(RawSocket { fd })
     }
 
     /// Send one packet to `to` (its destination address), on a socket of `to`'s family.
