@@ -14,7 +14,7 @@ use veg_testbed::udp::{Echo, Stream};
 
 use crate::{
     lab_demo::{Demo, GATEWAY2, instances_of_gateway2},
-    workspace::{build_veg, root, setup, step},
+    workspace::{build_veg, setup, step},
 };
 
 const ROUNDS: usize = 20;
@@ -57,21 +57,12 @@ pub fn run() -> anyhow::Result<()> {
         ms(p99),
         ms(max)
     );
-    println!("\n{table}");
-    let dir = root().join("bench/results");
-    std::fs::create_dir_all(&dir)?;
     let json = json!({
         "rounds": ROUNDS,
         "gaps_ms": gaps.iter().map(|g| ms(*g).round()).collect::<Vec<_>>(),
         "p50_ms": ms(p50).round(), "p99_ms": ms(p99).round(), "max_ms": ms(max).round(),
     });
-    std::fs::write(
-        dir.join("failover.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
-    std::fs::write(dir.join("failover.md"), &table)?;
-    println!("results: {}", dir.display());
-    Ok(())
+    super::publish("failover", &table, Some(&json))
 }
 
 fn measure(lab: &Demo) -> anyhow::Result<Vec<Duration>> {

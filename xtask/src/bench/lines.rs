@@ -17,11 +17,11 @@ use anyhow::{Context as _, ensure};
 use super::{
     bpf_sys::{JitLines, SourceLine, programs_named},
     modes::{Mode, enable},
-    profile::{PROFILED, start_perf_record},
+    profile::{PROFILED, PerfData, start_perf_record},
     scenarios::measure,
     topology,
 };
-use crate::workspace::{root, step};
+use crate::workspace::step;
 
 /// perf's sampling frequency per CPU: high, for enough samples inside programs that take a few hundred ns.
 const FREQUENCY: u32 = 9999;
@@ -36,60 +36,46 @@ const MIN_SAMPLES: u64 = 100;
 pub fn run(seconds: f64) -> anyhow::Result<()> {
     let (topo, tools) = topology(false)?;
     let _tcp_server = super::KillOnDrop(super::scenarios::start_tcp_server(&topo, &tools)?);
-    let scratch = std::env::temp_dir()
-        .join("veg-bench-lines.data")
-        .to_string_lossy()
-        .into_owned();
+    let scratch = PerfData::new("lines");
     let mut report = format!(
         "Samples inside veg's programs by source line (`perf record -a -e cpu-clock -F {FREQUENCY}`, {seconds} s \
          per scenario): ns per unit of work, and the line's share of its program's samples.\n"
     );
-    let result = (|| -> anyhow::Result<()> {
-        for profiled in PROFILED {
-            step(&format!("{} with veg under perf record", profiled.scenario));
-            let _active = enable(&topo, Mode::Veg);
-            // The programs' line info is read while they are loaded; samples are matched to it afterwards.
-            let programs = PROGRAMS
-                .iter()
-                .map(|name| {
-                    let ids = programs_named(name)?;
-                    ensure!(ids.len() == 1, "expected one loaded {name}, found {ids:?}");
-                    Ok((*name, JitLines::of_program(ids[0])?))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let mut perf = start_perf_record(&[], FREQUENCY, &scratch, seconds)?;
-            let sample = measure(profiled.scenario, &topo, &tools, seconds);
-            ensure!(perf.wait()?.success(), "perf record failed");
-            let metric = sample?
-                .iter()
-                .find(|(m, _)| *m == profiled.metric)
-                .map(|(_, v)| *v)
-                .with_context(|| format!("no {}", profiled.metric))?;
-            let units = metric * profiled.units_per_metric_second * seconds;
-            ensure!(units > 0.0, "{} did no work", profiled.scenario);
-            let addresses = sample_addresses(&scratch)?;
-            for (name, lines) in &programs {
-                let counted = count_by_line(lines, &addresses);
-                report.push_str(&markdown(
-                    profiled.scenario,
-                    profiled.unit,
-                    name,
-                    &counted,
-                    units,
-                ));
-            }
+    for profiled in PROFILED {
+        step(&format!("{} with veg under perf record", profiled.scenario));
+        let _active = enable(&topo, Mode::Veg);
+        // The programs' line info is read while they are loaded; samples are matched to it afterwards.
+        let programs = PROGRAMS
+            .iter()
+            .map(|name| {
+                let ids = programs_named(name)?;
+                ensure!(ids.len() == 1, "expected one loaded {name}, found {ids:?}");
+                Ok((*name, JitLines::of_program(ids[0])?))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut perf = start_perf_record(&[], FREQUENCY, scratch.path(), seconds)?;
+        let sample = measure(profiled.scenario, &topo, &tools, seconds);
+        ensure!(perf.wait()?.success(), "perf record failed");
+        let metric = sample?
+            .iter()
+            .find(|(m, _)| *m == profiled.metric)
+            .map(|(_, v)| *v)
+            .with_context(|| format!("no {}", profiled.metric))?;
+        let units = metric * profiled.units_per_metric_second * seconds;
+        ensure!(units > 0.0, "{} did no work", profiled.scenario);
+        let addresses = sample_addresses(scratch.path())?;
+        for (name, lines) in &programs {
+            let counted = count_by_line(lines, &addresses);
+            report.push_str(&markdown(
+                profiled.scenario,
+                profiled.unit,
+                name,
+                &counted,
+                units,
+            ));
         }
-        Ok(())
-    })();
-    let _ = std::fs::remove_file(&scratch);
-    let _ = std::fs::remove_file(format!("{scratch}.old"));
-    result?;
-    println!("\n{report}");
-    let dir = root().join("bench/results");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("lines.md"), &report)?;
-    println!("results: {}", dir.display());
-    Ok(())
+    }
+    super::publish("lines", &report, None)
 }
 
 /// Every sample's instruction address.

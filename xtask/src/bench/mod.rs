@@ -13,6 +13,7 @@ mod program;
 mod report;
 mod scale;
 mod scenarios;
+mod table_size;
 mod xdp;
 
 use std::process::Command;
@@ -39,7 +40,9 @@ pub struct BenchArgs {
     /// goes in each mode (udp-many, tcp-stream-1 and tcp-crr under perf, by what does the work, with veg's own work
     /// against MASQUERADE's round by round); `lines` alone for where the time goes inside veg's programs, by
     /// source line (the same scenarios with veg, perf samples matched to the programs' BTF line info); `xdp` alone for the XDP lever (udp-many and tcp-stream-1 with veg, with
-    /// and without a pass-everything XDP program on the instance's internal veth: the least XDP would add).
+    /// and without a pass-everything XDP program on the instance's internal veth: the least XDP would add);
+    /// `table-size` alone for what the flow table's capacity costs per packet (udp-many under perf with veg at
+    /// --max-flows 8,192 to 1,048,576, against MASQUERADE).
     scenarios: Vec<String>,
     /// Rounds; each runs every mode once, in turn.
     #[arg(long, default_value_t = 3)]
@@ -61,6 +64,23 @@ impl BenchArgs {
             smoke: true,
         }
     }
+}
+
+/// Print a result's table and write it to NAME.md in the results directory, with its numbers in NAME.json when
+/// there are any.
+fn publish(name: &str, table: &str, numbers: Option<&serde_json::Value>) -> anyhow::Result<()> {
+    println!("\n{table}");
+    let dir = root().join("bench/results");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(format!("{name}.md")), table)?;
+    if let Some(numbers) = numbers {
+        std::fs::write(
+            dir.join(format!("{name}.json")),
+            serde_json::to_string_pretty(numbers)?,
+        )?;
+    }
+    println!("results: {}", dir.display());
+    Ok(())
 }
 
 struct KillOnDrop(std::process::Child);
@@ -125,6 +145,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.scenarios == ["xdp"] {
         return xdp::run(args.rounds.max(1), args.seconds);
+    }
+    if args.scenarios == ["table-size"] {
+        return table_size::run(args.rounds.max(1), args.seconds);
     }
     let (rounds, seconds) = if args.smoke {
         (1, 1.0)

@@ -42,13 +42,7 @@ pub fn run() -> anyhow::Result<()> {
         .context("no OVN_BENCH line")?;
     let result: Value = serde_json::from_str(line)?;
     let table = markdown(&result);
-    println!("\n{table}");
-    let dir = root().join("bench/results");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("ovn.json"), serde_json::to_string_pretty(&result)?)?;
-    std::fs::write(dir.join("ovn.md"), &table)?;
-    println!("results: {}", dir.display());
-    Ok(())
+    super::publish("ovn", &table, Some(&result))
 }
 
 fn markdown(result: &Value) -> String {

@@ -22,7 +22,7 @@ use super::{
     scenarios::{Tools, measure},
     topology,
 };
-use crate::workspace::{root, step};
+use crate::workspace::step;
 
 /// perf's sampling frequency per CPU.
 const FREQUENCY: u32 = 999;
@@ -140,7 +140,7 @@ fn category(stack: &[(String, bool)], endpoints_use_ip: bool) -> (&'static str, 
 
 /// Busy samples of one mode: per category, and per deciding frame of the gateway's own work.
 #[derive(Default)]
-struct Samples {
+pub(super) struct Samples {
     by_category: BTreeMap<&'static str, u64>,
     gateway_frames: BTreeMap<String, u64>,
 }
@@ -194,7 +194,7 @@ impl Samples {
 }
 
 /// One mode's profile, in CPU ns per unit of work.
-struct ModeProfile {
+pub(super) struct ModeProfile {
     mode: &'static str,
     by_category: BTreeMap<&'static str, f64>,
     /// The heaviest frames of the gateway's own work.
@@ -204,7 +204,7 @@ struct ModeProfile {
 impl ModeProfile {
     /// Samples over the units of work done meanwhile (packets, MiB, connections). Each sample stands for
     /// 1/FREQUENCY s of one CPU.
-    fn new(mode: &'static str, samples: &Samples, units: f64) -> ModeProfile {
+    pub(super) fn new(mode: &'static str, samples: &Samples, units: f64) -> ModeProfile {
         let ns_per_unit = |n: u64| n as f64 * 1e9 / f64::from(FREQUENCY) / units;
         let mut top_frames: Vec<(String, f64)> = samples
             .gateway_frames
@@ -235,8 +235,16 @@ impl ModeProfile {
         ModeProfile::new(mode, &samples, units)
     }
 
+    /// ns per unit of one of the heaviest frames of the gateway's own work (0 when it is not among them).
+    pub(super) fn frame(&self, name: &str) -> f64 {
+        self.top_frames
+            .iter()
+            .find(|(frame, _)| frame == name)
+            .map_or(0.0, |(_, ns)| *ns)
+    }
+
     /// ns per packet of the gateway's own work (`gateway`) or of the rest.
-    fn work(&self, gateway: bool) -> f64 {
+    pub(super) fn work(&self, gateway: bool) -> f64 {
         self.by_category
             .iter()
             .filter(|(name, _)| is_gateway_work(name) == gateway)
@@ -285,9 +293,9 @@ pub(super) const PROFILED: &[Profiled] = &[
 ];
 
 /// One round of one scenario in one mode: its samples and the units of work done meanwhile.
-struct Round {
-    samples: Samples,
-    units: f64,
+pub(super) struct Round {
+    pub(super) samples: Samples,
+    pub(super) units: f64,
 }
 
 pub fn run(rounds: usize, seconds: f64) -> anyhow::Result<()> {
@@ -301,40 +309,30 @@ pub fn run(rounds: usize, seconds: f64) -> anyhow::Result<()> {
         "perf is missing: `cargo xtask setup` installs it (Debian's linux-perf)"
     );
     let _tcp_server = super::KillOnDrop(super::scenarios::start_tcp_server(&topo, &tools)?);
-    let scratch = std::env::temp_dir()
-        .join("veg-bench-profile.data")
-        .to_string_lossy()
-        .into_owned();
+    let scratch = PerfData::new("profile");
     // [scenario][mode][round]
     let mut recorded: Vec<Vec<Vec<Round>>> = PROFILED
         .iter()
         .map(|_| ALL.iter().map(|_| Vec::new()).collect())
         .collect();
-    let mut record = || -> anyhow::Result<()> {
-        for round in 0..rounds {
-            for (profiled, by_mode) in PROFILED.iter().zip(recorded.iter_mut()) {
-                for (mode, rounds_of_mode) in ALL.iter().zip(by_mode.iter_mut()) {
-                    step(&format!(
-                        "round {}/{rounds}: {} with {} under perf record",
-                        round + 1,
-                        profiled.scenario,
-                        mode.name()
-                    ));
-                    let _active = enable(&topo, *mode);
-                    let done = record_mode(profiled, &topo, &tools, seconds, &scratch)
-                        .with_context(|| {
-                            format!("profiling {} with {}", profiled.scenario, mode.name())
-                        })?;
-                    rounds_of_mode.push(done);
-                }
+    for round in 0..rounds {
+        for (profiled, by_mode) in PROFILED.iter().zip(recorded.iter_mut()) {
+            for (mode, rounds_of_mode) in ALL.iter().zip(by_mode.iter_mut()) {
+                step(&format!(
+                    "round {}/{rounds}: {} with {} under perf record",
+                    round + 1,
+                    profiled.scenario,
+                    mode.name()
+                ));
+                let _active = enable(&topo, *mode);
+                let done =
+                    record_mode(profiled, &topo, &tools, seconds, &scratch).with_context(|| {
+                        format!("profiling {} with {}", profiled.scenario, mode.name())
+                    })?;
+                rounds_of_mode.push(done);
             }
         }
-        Ok(())
-    };
-    let result = record();
-    let _ = std::fs::remove_file(&scratch);
-    let _ = std::fs::remove_file(format!("{scratch}.old"));
-    result?;
+    }
 
     let mut table = String::new();
     let mut json_scenarios = BTreeMap::new();
@@ -365,29 +363,24 @@ pub fn run(rounds: usize, seconds: f64) -> anyhow::Result<()> {
             }),
         );
     }
-    println!("\n{table}");
-    let dir = root().join("bench/results");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("profile.md"), &table)?;
-    std::fs::write(
-        dir.join("profile.json"),
-        serde_json::to_string_pretty(&json!({
+    super::publish(
+        "profile",
+        &table,
+        Some(&json!({
             "rounds": rounds, "seconds": seconds, "frequency_hz": FREQUENCY, "scenarios": json_scenarios
-        }))?,
-    )?;
-    println!("results: {}", dir.display());
-    Ok(())
+        })),
+    )
 }
 
 /// A scenario in the mode the topology's gateway is in, under perf record: the samples and the units of work.
-fn record_mode(
+pub(super) fn record_mode(
     profiled: &Profiled,
     topo: &Topology,
     tools: &Tools,
     seconds: f64,
-    scratch: &str,
+    scratch: &PerfData,
 ) -> anyhow::Result<Round> {
-    let mut perf = start_perf_record(&["-g"], FREQUENCY, scratch, seconds)?;
+    let mut perf = start_perf_record(&["-g"], FREQUENCY, scratch.path(), seconds)?;
     let sample = measure(profiled.scenario, topo, tools, seconds);
     let recorded = perf.wait()?;
     let sample = sample?;
@@ -398,9 +391,31 @@ fn record_mode(
         .map(|(_, v)| *v)
         .with_context(|| format!("no {}", profiled.metric))?;
     Ok(Round {
-        samples: read_samples(scratch, profiled.endpoints_use_ip)?,
+        samples: read_samples(scratch.path(), profiled.endpoints_use_ip)?,
         units: metric * profiled.units_per_metric_second * seconds,
     })
+}
+
+/// Where `perf record` writes, in the temporary directory: removed, with the `.old` copy perf rotates to, when
+/// dropped, so that a failed run leaves nothing behind either.
+pub(super) struct PerfData(String);
+
+impl PerfData {
+    pub(super) fn new(name: &str) -> PerfData {
+        let path = std::env::temp_dir().join(format!("veg-bench-{name}.data"));
+        PerfData(path.to_string_lossy().into_owned())
+    }
+
+    pub(super) fn path(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for PerfData {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(format!("{}.old", self.0));
+    }
 }
 
 /// `perf record -a -e cpu-clock` of the whole machine at `frequency` samples a second per CPU (with `extra`
@@ -455,7 +470,7 @@ impl RoundRatios {
 }
 
 /// "median (min-max)" of ratios.
-fn spread(values: &[f64]) -> String {
+pub(super) fn spread(values: &[f64]) -> String {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     match sorted.as_slice() {

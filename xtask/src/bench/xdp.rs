@@ -21,7 +21,7 @@ use super::{
     scenarios::{kernel_cpu_ns, measure},
     topology,
 };
-use crate::workspace::{root, step};
+use crate::workspace::step;
 
 /// The scenarios measured, counted as the profile counts them: established UDP (per packet) and one TCP stream
 /// (per MiB).
@@ -101,10 +101,6 @@ pub fn run(rounds: usize, seconds: f64) -> anyhow::Result<()> {
         }
     }
     let table = markdown(&measured, rounds, seconds);
-    println!("\n{table}");
-    let dir = root().join("bench/results");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("xdp.md"), &table)?;
     let rows: Vec<_> = measured
         .iter()
         .map(|m| {
@@ -112,14 +108,11 @@ pub fn run(rounds: usize, seconds: f64) -> anyhow::Result<()> {
                     "kernel_ns_per_unit": m.kernel_ns_per_unit })
         })
         .collect();
-    std::fs::write(
-        dir.join("xdp.json"),
-        serde_json::to_string_pretty(
-            &json!({ "rounds": rounds, "seconds": seconds, "runs": rows }),
-        )?,
-    )?;
-    println!("results: {}", dir.display());
-    Ok(())
+    super::publish(
+        "xdp",
+        &table,
+        Some(&json!({ "rounds": rounds, "seconds": seconds, "runs": rows })),
+    )
 }
 
 /// Which of a run's numbers a table row shows.
