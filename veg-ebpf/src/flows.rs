@@ -163,16 +163,21 @@ pub fn points_back(key: &FlowKey, entry: &FlowEntry, partner: &FlowEntry) -> boo
 
 /// Remove the translation whose half `entry` is found under `key`, with its ended record (for `reason`,
 /// record::end_reason): both halves, its other half only if that still belongs to it. A function of its own in
-/// the object, so that its partner key takes stack only while it runs; never called inside a bpf_loop step.
+/// the object, never called inside a bpf_loop step, that keeps its partner's key in the scratch space rather
+/// than on the stack: it is the deepest call on the new-flow path (the program, ports.rs's search, then this),
+/// and the verifier allows 512 bytes of stack for the whole chain.
 #[inline(never)]
 pub fn remove_translation(key: &FlowKey, entry: &FlowEntry, reason: u8, now: u64) {
-    let partner_key = key.partner(entry);
     let mut partner_counts = (0, 0);
-    if let Some(partner) = FLOWS.get_ptr(&partner_key) {
-        let partner = unsafe { &*partner };
-        if points_back(key, entry, partner) {
-            partner_counts = (partner.packets, partner.bytes);
-            let _ = FLOWS.remove(&partner_key);
+    if let Some(scratch) = flow_scratch() {
+        scratch.removed_partner = key.partner(entry);
+        let partner_key = &scratch.removed_partner;
+        if let Some(partner) = FLOWS.get_ptr(partner_key) {
+            let partner = unsafe { &*partner };
+            if points_back(key, entry, partner) {
+                partner_counts = (partner.packets, partner.bytes);
+                let _ = FLOWS.remove(partner_key);
+            }
         }
     }
     // Before the removal: the map reuses a removed entry's memory at once.

@@ -84,6 +84,8 @@ pub struct FlowScratch {
     pub endpoint: FlowKey,
     /// The other half of a pair being repaired.
     pub partner: FlowEntry,
+    /// The other half's key of a translation being removed (flows.rs's remove_translation).
+    pub removed_partner: FlowKey,
     /// The flow an ICMP error's quoted packet belongs to (icmp_errors.rs, icmp6_errors.rs).
     pub quoted_key: FlowKey,
     /// The address an ICMPv6 error from outside was translated back to: its client (icmp6_errors.rs).

@@ -51,18 +51,18 @@ enum Claim {
     Full,
 }
 
-/// The reverse key `port` (network byte order) would have: the tuple replies arrive with.
+/// Write into `out` the reverse key `port` (network byte order) would have: the tuple replies arrive with.
+/// Field by field, in place: a key built whole goes through a copy on the stack first, and every byte of the
+/// frame counts toward the 512 the verifier allows along the deepest chain of calls.
 #[inline(always)]
-fn reverse_key(key: &FlowKey, entry: &FlowEntry, port_be: u16) -> FlowKey {
-    FlowKey {
-        src_addr: key.dst_addr,
-        dst_addr: entry.nat_addr,
-        src_port: key.dst_port,
-        dst_port: port_be,
-        protocol: key.protocol,
-        family: key.family,
-        _pad: [0; 2],
-    }
+fn set_reverse_key(out: &mut FlowKey, key: &FlowKey, entry: &FlowEntry, port_be: u16) {
+    out.src_addr = key.dst_addr;
+    out.dst_addr = entry.nat_addr;
+    out.src_port = key.dst_port;
+    out.dst_port = port_be;
+    out.protocol = key.protocol;
+    out.family = key.family;
+    out._pad = [0; 2];
 }
 
 /// Claim `port` (host byte order) for the flow: reverse entry first (the lock), then the forward entry. A port in
@@ -71,7 +71,7 @@ fn reverse_key(key: &FlowKey, entry: &FlowEntry, port_be: u16) -> FlowKey {
 #[inline(always)]
 fn claim(flow: &mut FlowScratch, port: u16) -> Claim {
     let port_be = port.to_be();
-    flow.reverse_key = reverse_key(&flow.key, &flow.entry, port_be);
+    set_reverse_key(&mut flow.reverse_key, &flow.key, &flow.entry, port_be);
     if let Some(old) = FLOWS.get_ptr(&flow.reverse_key) {
         return if is_over(&flow.reverse_key, unsafe { &*old }, &flow.entry) {
             Claim::Over
@@ -87,23 +87,20 @@ fn claim(flow: &mut FlowScratch, port: u16) -> Claim {
 #[inline(always)]
 fn lock_and_insert(flow: &mut FlowScratch, port: u16) -> Claim {
     let port_be = port.to_be();
-    flow.reverse = FlowEntry {
-        nat_addr: flow.key.src_addr,
-        nat_port: flow.key.src_port,
-        direction: DIRECTION_INBOUND,
-        // The remote's numbers, once it sends.
-        tcp_next_seq: 0,
-        ..flow.entry
-    };
+    // Both entries are the flow's with their own fields set, in place (see set_reverse_key).
+    flow.reverse = flow.entry;
+    flow.reverse.nat_addr = flow.key.src_addr;
+    flow.reverse.nat_port = flow.key.src_port;
+    flow.reverse.direction = DIRECTION_INBOUND;
+    // The remote's numbers, once it sends.
+    flow.reverse.tcp_next_seq = 0;
     match insert(&flow.reverse_key, &flow.reverse) {
         Ok(()) => {}
         Err(Refused::Full) => return Claim::Full,
         Err(Refused::Exists) => return Claim::Taken, // another CPU took the port meanwhile
     }
-    flow.forward = FlowEntry {
-        nat_port: port_be,
-        ..flow.entry
-    };
+    flow.forward = flow.entry;
+    flow.forward.nat_port = port_be;
     if let Err(refused) = insert(&flow.key, &flow.forward) {
         // Roll back our lock; follow the winner, if another CPU created the flow first.
         let _ = FLOWS.remove(&flow.reverse_key);
@@ -338,7 +335,12 @@ pub fn allocate(
     } else {
         min + random.checked_rem(range).unwrap_or(0)
     };
-    flow.reverse_key = reverse_key(&flow.key, &flow.entry, (first as u16).to_be());
+    set_reverse_key(
+        &mut flow.reverse_key,
+        &flow.key,
+        &flow.entry,
+        (first as u16).to_be(),
+    );
     match lock_and_insert(flow, first as u16) {
         Claim::Won => {
             return Ok(Allocated {
@@ -355,13 +357,6 @@ pub fn allocate(
         // Taken, or the table is full: the search finds out which, and what to do.
         _ => {}
     }
-    // The endpoint, remembered as full without the translated port.
-    flow.endpoint = reverse_key(&flow.key, &flow.entry, 0);
-    if let Some(until) = unsafe { EXHAUSTED.get(&flow.endpoint) }
-        && now < *until
-    {
-        return Err(Counter::DropPortExhausted);
-    }
     flow.search = PortSearch {
         port_min: min,
         range,
@@ -374,6 +369,38 @@ pub fn allocate(
         stopped: 0,
         stopped_at: 0,
     };
+    search()?;
+    // The search leaves the port it found or made room for in the scratch.
+    let flow = flow_scratch().ok_or(Counter::DropPortExhausted)?;
+    Ok(Allocated {
+        port: flow.search.result,
+        created: flow.search.created,
+    })
+}
+
+/// The search after a first try that failed, for the flow in the scratch space (its `search` set up). Out of
+/// line, one copy for both families: most new flows never come here, and established packets never do, so
+/// their path stays close together in the instruction cache. Its frame must stay small: it adds to the
+/// program's main frame on the deepest call chain (this, then the loop's step or a flow's removal), and the
+/// verifier allows 512 bytes for the whole chain. Its port is left in the scratch (`search.result` and
+/// `search.created`): a result of a single register, since the verifier refuses the parts of a larger one that
+/// the compiler leaves unset on the error paths.
+#[inline(never)]
+fn search() -> Result<(), Counter> {
+    let Some(flow) = flow_scratch() else {
+        return Err(Counter::DropPortExhausted);
+    };
+    // The flow's first packet's time, where allocate put it: not passed down, which would keep one more value on
+    // the frame.
+    let now = flow.entry.last_seen_ns;
+    // The endpoint, remembered as full without the translated port.
+    set_reverse_key(&mut flow.endpoint, &flow.key, &flow.entry, 0);
+    if let Some(until) = unsafe { EXHAUSTED.get(&flow.endpoint) }
+        && now < *until
+    {
+        return Err(Counter::DropPortExhausted);
+    }
+    let range = flow.search.range;
     let no_ctx = core::ptr::null_mut();
     unsafe { bpf_loop(RANDOM_TRIES, random_step as *mut _, no_ctx, 0) };
     // The loop's steps wrote the search's outcome into the scratch.
@@ -389,13 +416,13 @@ pub fn allocate(
         unsafe { bpf_loop(steps, scan_step as *mut _, no_ctx, 0) };
     }
     if flow.search.found {
-        return Ok(Allocated {
-            port: flow.search.result,
-            created: flow.search.created,
-        });
+        return Ok(());
     }
     if flow.search.stopped != 0 {
-        return make_room(flow, now);
+        let made = make_room(flow, now)?;
+        flow.search.result = made.port;
+        flow.search.created = made.created;
+        return Ok(());
     }
     count(Counter::PortSearchesFailed);
     log::port_search_failed(&flow.endpoint);
