@@ -197,8 +197,8 @@ impl Samples {
 pub(super) struct ModeProfile {
     mode: &'static str,
     by_category: BTreeMap<&'static str, f64>,
-    /// The heaviest frames of the gateway's own work.
-    top_frames: Vec<(String, f64)>,
+    /// Every frame of the gateway's own work, heaviest first (reports show the first TOP_FRAMES).
+    frames: Vec<(String, f64)>,
 }
 
 impl ModeProfile {
@@ -206,13 +206,12 @@ impl ModeProfile {
     /// 1/FREQUENCY s of one CPU.
     pub(super) fn new(mode: &'static str, samples: &Samples, units: f64) -> ModeProfile {
         let ns_per_unit = |n: u64| n as f64 * 1e9 / f64::from(FREQUENCY) / units;
-        let mut top_frames: Vec<(String, f64)> = samples
+        let mut frames: Vec<(String, f64)> = samples
             .gateway_frames
             .iter()
             .map(|(frame, n)| (frame.clone(), ns_per_unit(*n)))
             .collect();
-        top_frames.sort_by(|a, b| b.1.total_cmp(&a.1));
-        top_frames.truncate(TOP_FRAMES);
+        frames.sort_by(|a, b| b.1.total_cmp(&a.1));
         ModeProfile {
             mode,
             by_category: samples
@@ -220,7 +219,7 @@ impl ModeProfile {
                 .iter()
                 .map(|(c, n)| (*c, ns_per_unit(*n)))
                 .collect(),
-            top_frames,
+            frames,
         }
     }
 
@@ -235,9 +234,14 @@ impl ModeProfile {
         ModeProfile::new(mode, &samples, units)
     }
 
-    /// ns per unit of one of the heaviest frames of the gateway's own work (0 when it is not among them).
+    /// The heaviest frames of the gateway's own work.
+    fn top_frames(&self) -> &[(String, f64)] {
+        &self.frames[..self.frames.len().min(TOP_FRAMES)]
+    }
+
+    /// ns per unit of one frame of the gateway's own work (0 when no sample landed in it).
     pub(super) fn frame(&self, name: &str) -> f64 {
-        self.top_frames
+        self.frames
             .iter()
             .find(|(frame, _)| frame == name)
             .map_or(0.0, |(_, ns)| *ns)
@@ -350,7 +354,7 @@ pub fn run(rounds: usize, seconds: f64) -> anyhow::Result<()> {
             .map(|p| {
                 (
                     p.mode,
-                    json!({ "ns_per_unit": p.by_category, "top_gateway_frames": p.top_frames }),
+                    json!({ "ns_per_unit": p.by_category, "top_gateway_frames": p.top_frames() }),
                 )
             })
             .collect();
@@ -550,7 +554,7 @@ fn markdown(
     );
     for p in profiles {
         let frames: Vec<String> = p
-            .top_frames
+            .top_frames()
             .iter()
             .map(|(frame, ns)| format!("{frame} {ns:.0}"))
             .collect();
