@@ -11,7 +11,7 @@
 
 use aya_ebpf::{helpers::generated::bpf_ktime_get_ns, programs::TcContext};
 use veg_common::{
-    address::{Address, FAMILY_IPV4},
+    address::FAMILY_IPV4,
     config::GatewayConfig,
     flow::{
         DIRECTION_INBOUND, DIRECTION_OUTBOUND, FlowKey, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
@@ -22,7 +22,9 @@ use veg_common::{
 
 use crate::{
     maps::{FLOWS, flow_scratch},
-    packet::{IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, Packet, ptr_at, pull_headers, write_at},
+    packet::{
+        IPV4_CSUM_OFF, IPV4_DST_OFF, IPV4_SRC_OFF, Packet, ptr_at, pull_headers, set_ipv4, write_at,
+    },
     // The outer address changes with the IP checksum alone: ICMPv4's checksum has no pseudo-header.
     rewrite::replace_ipv4_address,
 };
@@ -233,10 +235,8 @@ fn rewrite_quote(
 /// with these ports, field by field in the scratch space: a key built on the stack costs 40 bytes of it.
 #[inline(always)]
 fn quoted_key(key: &mut FlowKey, quote: &Quote, src_port: u16, dst_port: u16) {
-    key.src_addr = Address::UNSPECIFIED;
-    key.dst_addr = Address::UNSPECIFIED;
-    key.src_addr.bytes[..4].copy_from_slice(&quote.dst.to_ne_bytes());
-    key.dst_addr.bytes[..4].copy_from_slice(&quote.src.to_ne_bytes());
+    set_ipv4(&mut key.src_addr, quote.dst);
+    set_ipv4(&mut key.dst_addr, quote.src);
     key.src_port = src_port;
     key.dst_port = dst_port;
     key.protocol = quote.protocol;

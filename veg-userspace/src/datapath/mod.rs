@@ -11,6 +11,8 @@ pub mod port_usage;
 pub mod records;
 pub mod route_watch;
 pub mod slow_path;
+#[cfg(test)]
+mod stack_budget;
 pub mod stats;
 
 /// The eBPF object built from veg-ebpf by build.rs.
