@@ -15,7 +15,9 @@ use aya::programs::{TestRun, TestRunOptions};
 use veg_common::{
     address::Address,
     config::GatewayConfig,
-    flow::{DIRECTION_OUTBOUND, FlowEntry, FlowKey, PROTO_UDP, UDP_TIMEOUT_NS, is_closed},
+    flow::{
+        DIRECTION_OUTBOUND, FlowCounts, FlowEntry, FlowKey, PROTO_UDP, UDP_TIMEOUT_NS, is_closed,
+    },
     fragment::{DatagramKey, END_DESTINATION, END_SOURCE, kind},
     record::{FlowRecord, end_reason, event},
 };
@@ -26,6 +28,7 @@ use veg_testbed::{
 };
 use veg_userspace::{
     datapath::{
+        TableSizes,
         loader::{Datapath, PROGRAM_FROM_OUTSIDE, PROGRAM_FROM_VPC},
         log::DatapathLog,
         monotonic_now_ns, pins,
@@ -141,6 +144,15 @@ impl ProgramLab {
     fn flow_map(&self) -> HashMap<MapData, FlowKey, FlowEntry> {
         let data = MapData::from_pin(pins::gateway_dir(&self.name).join(pins::FLOWS)).unwrap();
         HashMap::try_from(Map::HashMap(data)).unwrap()
+    }
+
+    /// The counts of the translation whose outbound key is `key`, if the counts table holds them.
+    fn counts(&self, key: &FlowKey) -> Option<FlowCounts> {
+        let data =
+            MapData::from_pin(pins::gateway_dir(&self.name).join(pins::FLOW_COUNTS)).unwrap();
+        let map: HashMap<MapData, FlowKey, FlowCounts> =
+            HashMap::try_from(Map::HashMap(data)).unwrap();
+        map.get(key, 0).ok()
     }
 
     /// Both entries of the flow from client:port (the only one from there in the test).
@@ -260,7 +272,9 @@ fn with_program_lab_sized(entries: u32, test: impl FnOnce(&mut ProgramLab) + Sen
         let log: DatapathLog = std::env::var("VEG_DATAPATH_LOG")
             .map(|level| level.parse().expect("VEG_DATAPATH_LOG"))
             .unwrap_or_default();
-        let mut datapath = Datapath::load_logging(&pins::gateway_dir(&name), entries, log)
+        // Sized for records' counts: tests turn records on.
+        let sizes = TableSizes::new(entries, true);
+        let mut datapath = Datapath::load_logging(&pins::gateway_dir(&name), sizes, log)
             .expect("loading the datapath");
         let lab_name = name.clone();
         let policy: DesiredPolicy = [
@@ -1715,20 +1729,22 @@ fn a_flow_table_of_another_layout_is_refused_with_what_to_run() {
 }
 
 #[test]
-fn a_flow_table_from_before_translation_records_is_migrated_with_its_flows() {
-    // As the builds before records left it: 40-byte entries, without the packet and byte counts.
+fn maps_from_before_btf_are_migrated_or_replaced_and_gain_their_fields() {
+    // As the builds before BTF and before translation records left them: today's 40-byte entries, and the
+    // counters as an array of 64 numbers, both without BTF types.
     an_older_builds_flow_table_is_migrated_with_its_flows::<40>();
 }
 
 #[test]
-fn maps_from_before_btf_are_migrated_or_replaced_and_gain_their_fields() {
-    // As the builds before BTF left them: today's entries, and the counters as an array of 64 numbers, both
-    // without BTF types.
+fn a_flow_table_with_records_counts_in_its_entries_is_migrated_with_its_flows_and_counts() {
+    // As the builds that kept translation records' counts in the flow table left it: 56-byte entries, the
+    // packets and bytes of the entry's direction after today's fields.
     an_older_builds_flow_table_is_migrated_with_its_flows::<56>();
 }
 
 /// A flow table an older build pinned (entries of `VALUE` bytes, no BTF), one flow in it, beside that build's
-/// counters: loading keeps the flow, replaces the counters, and every map the agent pins has BTF types after.
+/// counters: loading (with records on) keeps the flow and the counts its entry carried, if any, replaces the
+/// counters, and every map the agent pins has BTF types after.
 fn an_older_builds_flow_table_is_migrated_with_its_flows<const VALUE: usize>() {
     if skip_unless_root() {
         return;
@@ -1771,22 +1787,32 @@ fn an_older_builds_flow_table_is_migrated_with_its_flows<const VALUE: usize>() {
         tcp_next_seq: 7,
         last_seen_ns: 123_456,
         created_ns: 100_000,
-        packets: 0,
-        bytes: 0,
     };
+    // The older layout: today's fields first, then (56 bytes) the 3 packets and 180 bytes the flow carried out.
+    let mut bytes = [0u8; VALUE];
+    // SAFETY: FlowEntry is plain data without padding.
+    let fields: [u8; size_of::<FlowEntry>()] = unsafe { std::mem::transmute(entry) };
+    bytes[..fields.len()].copy_from_slice(&fields);
+    let counted = VALUE > fields.len();
+    if counted {
+        bytes[40..48].copy_from_slice(&3u64.to_ne_bytes());
+        bytes[48..56].copy_from_slice(&180u64.to_ne_bytes());
+    }
     {
         let data = MapData::from_pin(dir.join(pins::FLOWS)).unwrap();
         let mut old: HashMap<MapData, FlowKey, [u8; VALUE]> =
             HashMap::try_from(Map::HashMap(data)).unwrap();
-        // SAFETY: FlowEntry is plain data of at least VALUE bytes; the older layout is its first VALUE.
-        let bytes: [u8; VALUE] =
-            unsafe { std::ptr::read(&entry as *const FlowEntry as *const [u8; VALUE]) };
         old.insert(key, bytes, 0).unwrap();
     }
-    let loaded = Datapath::load(&dir, 65536).map(|datapath| {
+    let sizes = TableSizes::new(65536, true);
+    let loaded = Datapath::load_logging(&dir, sizes, DatapathLog::Off).map(|datapath| {
         let data = MapData::from_pin(dir.join(pins::FLOWS)).unwrap();
         let new: HashMap<MapData, FlowKey, FlowEntry> =
             HashMap::try_from(Map::HashMap(data)).unwrap();
+        let data = MapData::from_pin(dir.join(pins::FLOW_COUNTS)).unwrap();
+        let counts: HashMap<MapData, FlowKey, FlowCounts> =
+            HashMap::try_from(Map::HashMap(data)).unwrap();
+        let counts = counts.get(&key, 0).ok();
         let counters = read_counters(&dir).map(|counters| counters.len());
         let without_btf: Vec<&str> = pins::PINNED_MAPS
             .into_iter()
@@ -1801,11 +1827,17 @@ fn an_older_builds_flow_table_is_migrated_with_its_flows<const VALUE: usize>() {
             })
             .collect();
         drop(datapath);
-        (new.get(&key, 0), counters, without_btf)
+        (new.get(&key, 0), counts, counters, without_btf)
     });
     let _ = pins::remove_gateway_pins(&name);
-    let (migrated, counters, without_btf) = loaded.unwrap_or_else(|e| panic!("{e:#}"));
+    let (migrated, counts, counters, without_btf) = loaded.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(migrated.expect("the flow was not carried over"), entry);
+    let carried = counted.then_some(FlowCounts {
+        packets_out: 3,
+        bytes_out: 180,
+        ..FlowCounts::default()
+    });
+    assert_eq!(counts, carried);
     assert_eq!(counters.unwrap(), veg_common::stats::Counter::ALL.len());
     assert!(without_btf.is_empty(), "{without_btf:?} have no BTF");
 }
@@ -1939,7 +1971,8 @@ fn translation_records_say_when_a_flow_is_created_and_why_the_datapath_ended_it(
         let quiet = Frame::new(CLIENT, SERVER, udp(6500, 53, false));
         lab.send_from_vpc(&quiet);
         assert!(lab.flow_records().is_empty());
-        assert_eq!(lab.pair(CLIENT, 6500)[0].1.packets, 0);
+        let [(quiet_key, _), _] = lab.pair(CLIENT, 6500);
+        assert_eq!(lab.counts(&quiet_key), None);
 
         lab.reconfigure(|c| c.flow_records = 1);
         // Created: one record for the first packet, none for the next; both directions counted with the IP length.
@@ -1959,9 +1992,14 @@ fn translation_records_say_when_a_flow_is_created_and_why_the_datapath_ended_it(
         );
         assert_eq!(created.nat_addr, Address::from_ip(EXTERNAL.into()));
         assert_eq!(u16::from_be(created.nat_port), 6600);
-        let [(_, outbound), (_, inbound)] = lab.pair(CLIENT, 6600);
-        assert_eq!((outbound.packets, outbound.bytes), (2, 2 * request_len));
-        assert_eq!((inbound.packets, inbound.bytes), (1, request_len));
+        let [(outbound_key, _), _] = lab.pair(CLIENT, 6600);
+        let counted = FlowCounts {
+            packets_out: 2,
+            bytes_out: 2 * request_len,
+            packets_in: 1,
+            bytes_in: request_len,
+        };
+        assert_eq!(lab.counts(&outbound_key), Some(counted));
 
         // Timed out, found by its next packet: ended with its counts, then created anew.
         let stale = monotonic_now_ns() - UDP_TIMEOUT_NS - 1_000_000_000;
@@ -1988,6 +2026,11 @@ fn translation_records_say_when_a_flow_is_created_and_why_the_datapath_ended_it(
             (2, 2 * request_len, 1, request_len)
         );
         assert_eq!(records[1].event, event::CREATED);
+        // The ended translation's counts went with it: the new one's start from its first packet.
+        let fresh = lab
+            .counts(&outbound_key)
+            .expect("the new translation's counts");
+        assert_eq!((fresh.packets_out, fresh.packets_in), (1, 0));
 
         // Closed: a new connection takes over a reset one's only port.
         lab.reconfigure(|c| (c.port_min, c.port_max) = (2000, 2000));
@@ -2095,19 +2138,27 @@ fn bpftool_prints_the_pinned_maps_by_field() {
         for field in ["src_addr", "dst_addr", "family"] {
             assert!(outbound["key"].get(field).is_some(), "{field}: {outbound}");
         }
-        for field in [
-            "nat_addr",
-            "state",
-            "last_seen_ns",
-            "created_ns",
-            "packets",
-            "bytes",
-        ] {
+        for field in ["nat_addr", "state", "last_seen_ns", "created_ns"] {
             assert!(
                 outbound["value"].get(field).is_some(),
                 "{field}: {outbound}"
             );
         }
+
+        // With records on, what each translation carried, under its outbound key.
+        lab.reconfigure(|c| c.flow_records = 1);
+        let counted = Frame::new(CLIENT, SERVER, tcp(5001, 80, TCP_SYN));
+        assert_eq!(lab.send_from_vpc(&counted).0, TC_ACT_REDIRECT);
+        let counts = bpftool_dump(lab, pins::FLOW_COUNTS);
+        assert_eq!(counts.len(), 1, "{counts:?}");
+        assert_eq!(counts[0]["key"]["src_port"], 5001u16.to_be(), "{counts:?}");
+        assert_eq!(counts[0]["value"]["packets_out"], 1, "{counts:?}");
+        assert_eq!(
+            counts[0]["value"]["bytes_out"],
+            counted.bytes().len() - 14,
+            "{counts:?}"
+        );
+        assert_eq!(counts[0]["value"]["packets_in"], 0, "{counts:?}");
 
         let policy = bpftool_dump(lab, pins::POLICY_V4);
         let snat = policy
@@ -2127,7 +2178,7 @@ fn bpftool_prints_the_pinned_maps_by_field() {
             .iter()
             .map(|cpu| cpu["value"]["translated_out"].as_u64().unwrap())
             .sum();
-        assert_eq!(translated, 1, "{stats:?}");
+        assert_eq!(translated, 2, "{stats:?}");
 
         let config = bpftool_dump(lab, pins::CONFIG);
         assert_eq!(config[0]["value"]["port_min"], PORT_MIN, "{config:?}");
@@ -2142,7 +2193,8 @@ fn the_programs_load_with_every_log_line_on() {
     let name = unique("veglog");
     let dir = pins::gateway_dir(&name);
     // Every line enabled: the verifier must accept them all, on every path they sit on.
-    let loaded = Datapath::load_logging(&dir, 65536, DatapathLog::Trace).map(drop);
+    let loaded =
+        Datapath::load_logging(&dir, TableSizes::new(65536, true), DatapathLog::Trace).map(drop);
     let _ = pins::remove_gateway_pins(&name);
     loaded.unwrap_or_else(|e| panic!("{e:#}"));
 }

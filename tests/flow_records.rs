@@ -18,7 +18,7 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData};
 use serde_json::Value;
-use veg_common::flow::{FlowEntry, FlowKey};
+use veg_common::flow::{FlowCounts, FlowEntry, FlowKey};
 use veg_testbed::{
     servers::{tcp_echo, tcp_round_trip, udp_echo, udp_round_trip},
     skip_unless_root,
@@ -207,6 +207,12 @@ fn every_translation_is_recorded_once_created_and_once_ended_as_the_server_saw_i
     assert_eq!(count(&records, "ended"), flows, "ended records");
     assert_eq!(gateway.counter("flows_created"), flows as u64);
     assert_eq!(gateway.counter("flow_records_lost"), 0);
+    assert_eq!(gateway.counter("flow_counts_lost"), 0);
+    // Their counts went with them: the sweep takes them out of the counts table before it hands the records on.
+    let data = MapData::from_pin(pins::gateway_dir(&gateway.name).join(pins::FLOW_COUNTS)).unwrap();
+    let counts: HashMap<MapData, FlowKey, FlowCounts> =
+        HashMap::try_from(Map::HashMap(data)).unwrap();
+    assert_eq!(counts.keys().count(), 0, "counts left behind");
     // The 1 MiB file was rotated once, and held to its size.
     let rotated = std::fs::metadata(format!("{}.1", file.display()))
         .expect("the records file was not rotated")

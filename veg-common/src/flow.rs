@@ -62,15 +62,26 @@ pub struct FlowEntry {
     /// CLOCK_MONOTONIC ns of the last packet in either direction, refreshed at most every REFRESH_NS.
     pub last_seen_ns: u64,
     pub created_ns: u64,
-    /// Packets and bytes (IP length) this entry's direction carried, counted only while translation records are
-    /// on (GatewayConfig::flow_records), for the ended record. Atomic adds: two CPUs may carry one direction.
-    pub packets: u64,
-    pub bytes: u64,
+}
+
+/// What a translation carried, for its ended record: packets and bytes (IP length) each way, out being from the
+/// client. Counted only while translation records are on (GatewayConfig::flow_records), in a table of their own
+/// keyed by the translation's outbound key, so that a gateway without records pays nothing for them in its flow
+/// table (two entries per translation, a million translations or more). Atomic adds: two CPUs may carry one
+/// direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounts {
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
 }
 
 // Pinned tables outlive an agent's upgrade and the agent reads them: these layouts must not move.
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowEntry>() == 56);
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowCounts>() == 32);
 
 /// How stale last_seen may get before a packet refreshes it (and repairs the pair). Refreshing rarely keeps the
 /// hot path free of writes to shared cache lines.
@@ -151,6 +162,7 @@ pub const FLOW_TABLE_DEFAULT_ENTRIES: u32 = 524_288;
 mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowEntry {}
+    unsafe impl aya::Pod for super::FlowCounts {}
 }
 
 #[cfg(test)]

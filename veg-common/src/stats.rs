@@ -138,6 +138,8 @@ counters! {
         "Translation records the datapath could not hand to the agent (its ring was full): the translation itself went on.";
     RouteLookups = 39, route_lookups,
         "Route lookups asked of the kernel (bpf_fib_lookup): packets whose route was not cached, or no longer current (a route, rule, neighbour, address or link changed, or a second passed).";
+    FlowCountsLost = 40, flow_counts_lost,
+        "Packets of translations whose packet and byte counts could not be kept (the counts table was full): their ended records count less than they carried.";
 }
 
 /// Slots in a CPU's `Counters` (room to grow without changing the map's size).

@@ -168,20 +168,24 @@ pub fn points_back(key: &FlowKey, entry: &FlowEntry, partner: &FlowEntry) -> boo
 /// and the verifier allows 512 bytes of stack for the whole chain.
 #[inline(never)]
 pub fn remove_translation(key: &FlowKey, entry: &FlowEntry, reason: u8, now: u64) {
-    let mut partner_counts = (0, 0);
     if let Some(scratch) = flow_scratch() {
         scratch.removed_partner = key.partner(entry);
         let partner_key = &scratch.removed_partner;
+        let outbound = entry.direction == DIRECTION_OUTBOUND;
+        // The counts under the translation's outbound key are its own: the outbound half's key, or an inbound
+        // half's partner key unless that belongs to another flow now.
+        let mut counted = true;
         if let Some(partner) = FLOWS.get_ptr(partner_key) {
-            let partner = unsafe { &*partner };
-            if points_back(key, entry, partner) {
-                partner_counts = (partner.packets, partner.bytes);
+            if points_back(key, entry, unsafe { &*partner }) {
                 let _ = FLOWS.remove(partner_key);
+            } else {
+                counted = outbound;
             }
         }
+        let outbound_key = if outbound { key } else { partner_key };
+        // Before the removal: the map reuses a removed entry's memory at once.
+        records::ended(key, entry, outbound_key, counted, reason, now);
     }
-    // Before the removal: the map reuses a removed entry's memory at once.
-    records::ended(key, entry, &partner_counts, reason, now);
     let _ = FLOWS.remove(key);
 }
 
@@ -255,9 +259,6 @@ fn repair(key: &FlowKey, partner_key: &FlowKey, entry: &FlowEntry, state: u8, no
         tcp_next_seq: 0,
         last_seen_ns: now,
         created_ns: entry.created_ns,
-        // Its counts are lost with it.
-        packets: 0,
-        bytes: 0,
     };
     scratch.partner.state &= !(if outbound {
         STATE_SEQ_IN
@@ -288,7 +289,7 @@ pub fn translate_outbound(pkt: &Packet, cfg: &GatewayConfig) -> Result<Translati
                 // A SYN, first or again: the client's numbers the remote's RST must acknowledge.
                 entry.tcp_next_seq = next_seq(pkt);
             }
-            records::account(entry, pkt, cfg);
+            records::account(&key, entry, pkt, cfg);
             return Ok(Translation {
                 addr: entry.nat_addr,
                 port: entry.nat_port,
@@ -316,12 +317,13 @@ pub fn translate_outbound(pkt: &Packet, cfg: &GatewayConfig) -> Result<Translati
     pending::record(&key);
     count(Counter::FlowsCreated);
     if cfg.flow_records != 0
-        && let Some(entry) = FLOWS.get_ptr_mut(&key)
+        && let Some(entry) = FLOWS.get_ptr(&key)
     {
         // Only with records on: the first packet's count, and the record (unless another CPU made the flow).
-        records::account(entry, pkt, cfg);
+        let entry = unsafe { &*entry };
+        records::account(&key, entry, pkt, cfg);
         if allocated.created {
-            records::created(&key, unsafe { &*entry }, cfg);
+            records::created(&key, entry, cfg);
         }
     }
     Ok(Translation {
@@ -361,7 +363,7 @@ pub fn translate_inbound(pkt: &Packet, cfg: &GatewayConfig) -> Result<Translatio
             entry.tcp_next_seq = next;
         }
     }
-    records::account(entry, pkt, cfg);
+    records::account(&key, entry, pkt, cfg);
     Ok(Translation {
         addr: entry.nat_addr,
         port: entry.nat_port,

@@ -20,7 +20,7 @@ use aya_ebpf::{
 use veg_common::{
     address::Address,
     config::{CONFIG_KEY, GatewayConfig},
-    flow::{FLOW_TABLE_DEFAULT_ENTRIES, FlowEntry, FlowKey},
+    flow::{FLOW_TABLE_DEFAULT_ENTRIES, FlowCounts, FlowEntry, FlowKey},
     fragment::{DatagramKey, DatagramKeyV6, DatagramTranslation, DatagramTranslationV6},
     policy::{POLICY_MAX_ENTRIES, Policy, PolicyKeyV4, PolicyKeyV6},
     record::FlowRecord,
@@ -49,6 +49,18 @@ pub static POLICY_V6: btf_maps::LpmTrie<PolicyKeyV6, Policy, { POLICY_MAX_ENTRIE
 pub static FLOWS: btf_maps::HashMap<FlowKey, FlowEntry, { FLOW_TABLE_DEFAULT_ENTRIES as usize }> =
     btf_maps::HashMap::new();
 
+/// What each translation carried, keyed by its outbound key (records.rs), for its ended record: only while
+/// translation records are on. Kept apart from the flow table so that a gateway without records pays nothing for
+/// them there. Sized by the agent: one entry per translation with records on, a single one with them off (the
+/// programs then never touch it); the declared size is the default table's. Preallocated, as the flow table is,
+/// so that counting a new flow never allocates.
+#[btf_map]
+pub static FLOW_COUNTS: btf_maps::HashMap<
+    FlowKey,
+    FlowCounts,
+    { (FLOW_TABLE_DEFAULT_ENTRIES / 2) as usize },
+> = btf_maps::HashMap::new();
+
 /// Per CPU, the flows created most recently, oldest first: the ones a full table gives up (pending.rs). Not
 /// pinned: forgetting them only means a full table drops new flows until they are recorded again.
 #[map]
@@ -71,7 +83,7 @@ pub static FLOW_SCRATCH: PerCpuArray<FlowScratch> = PerCpuArray::with_max_entrie
 
 /// Keys and entries being built, kept here rather than on the stack: the verifier allows 512 bytes of stack for a
 /// program and the functions it calls together (the port search's steps, the ICMP error builder), and flow keys
-/// and entries are 40 to 48 bytes each.
+/// and entries are 40 bytes each.
 #[repr(C)]
 pub struct FlowScratch {
     /// The flow a port is being searched for, and the entries a claim of one port builds from it.
@@ -86,6 +98,10 @@ pub struct FlowScratch {
     pub partner: FlowEntry,
     /// The other half's key of a translation being removed (flows.rs's remove_translation).
     pub removed_partner: FlowKey,
+    /// The outbound key of the translation a packet from outside is counted on, and the counts a translation's
+    /// first packet starts (records.rs).
+    pub counts_key: FlowKey,
+    pub counts: FlowCounts,
     /// The flow an ICMP error's quoted packet belongs to (icmp_errors.rs, icmp6_errors.rs).
     pub quoted_key: FlowKey,
     /// The address an ICMPv6 error from outside was translated back to: its client (icmp6_errors.rs).

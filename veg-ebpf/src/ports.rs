@@ -315,8 +315,6 @@ pub fn allocate(
         tcp_next_seq: client_next_seq,
         last_seen_ns: now,
         created_ns: now,
-        packets: 0,
-        bytes: 0,
     };
     let min = cfg.port_min as u32;
     let range = (cfg.port_max as u32).saturating_sub(min) + 1;

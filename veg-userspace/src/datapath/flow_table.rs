@@ -1,7 +1,8 @@
-//! Reading the pinned flow table (for `veg flows`) and sweeping expired entries out of it (for the agent).
+//! Reading the pinned flow table (for `veg flows`) and sweeping expired entries out of it, and their counts out
+//! of the counts table (for the agent).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     os::fd::{AsFd, BorrowedFd},
     path::Path,
@@ -11,19 +12,20 @@ use anyhow::Context as _;
 use aya::maps::MapData;
 use serde::Serialize;
 use veg_common::flow::{
-    DIRECTION_OUTBOUND, FlowEntry, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    STATE_FIN_IN, STATE_FIN_OUT, STATE_REPLY_SEEN, STATE_RST, STATE_SYN_OUT, idle_timeout_ns,
-    is_expired, is_icmp,
+    DIRECTION_OUTBOUND, FlowCounts, FlowEntry, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP,
+    PROTO_UDP, STATE_FIN_IN, STATE_FIN_OUT, STATE_REPLY_SEEN, STATE_RST, STATE_SYN_OUT,
+    idle_timeout_ns, is_expired, is_icmp,
 };
 
 use super::{
-    batch, monotonic_now_ns,
+    batch, monotonic_now_ns, pins,
     port_usage::{PortUsage, port_usage},
 };
 
-/// An open flow table, from the running datapath or from its pin.
+/// An open flow table, from the running datapath or from its pin, and the counts table when the sweep needs it.
 pub struct FlowTable {
     map: MapData,
+    counts: Option<MapData>,
 }
 
 /// One translation, as `veg flows` shows it.
@@ -38,10 +40,22 @@ pub struct Flow {
 }
 
 impl FlowTable {
+    /// The flow table alone, for reading.
     pub fn from_pin(path: &Path) -> anyhow::Result<FlowTable> {
         let map = MapData::from_pin(path)
             .with_context(|| format!("opening flow table {}", path.display()))?;
-        Ok(FlowTable { map })
+        Ok(FlowTable { map, counts: None })
+    }
+
+    /// The flow table and the counts table of the gateway pinned in `pin_dir`, for sweeping.
+    pub fn from_pins(pin_dir: &Path) -> anyhow::Result<FlowTable> {
+        let mut table = FlowTable::from_pin(&pin_dir.join(pins::FLOWS))?;
+        let counts = pin_dir.join(pins::FLOW_COUNTS);
+        table.counts = Some(
+            MapData::from_pin(&counts)
+                .with_context(|| format!("opening counts table {}", counts.display()))?,
+        );
+        Ok(table)
     }
 
     fn fd(&self) -> BorrowedFd<'_> {
@@ -77,12 +91,23 @@ impl FlowTable {
             .collect())
     }
 
-    /// Delete every expired entry. Both halves of a pair carry the same timestamp and state, so they expire
-    /// together. Returns how many entries were removed, how many translations stay live and how full the port
-    /// range is: the sweep reads the whole table anyway, so it is where those come from cheaply (a metrics scrape
-    /// reads them). With `keep_ended`, also the expired translations themselves, for their ended records.
+    /// Delete every expired entry, and the counts of the translations that go. Both halves of a pair carry the
+    /// same timestamp and state, so they expire together. Returns how many entries were removed, how many
+    /// translations stay live and how full the port range is: the sweep reads the whole table anyway, so it is
+    /// where those come from cheaply (a metrics scrape reads them). With `keep_ended`, also the expired
+    /// translations themselves, with their counts, for their ended records.
     pub fn sweep(&self, keep_ended: bool) -> anyhow::Result<Swept> {
         let now = monotonic_now_ns();
+        // The counts before the flows: a translation's counts are made after its entries, so counts whose
+        // translation is not among the flows read after them belong to none (left by a translation the sweep or
+        // a restart took) and go too.
+        let counts: HashMap<FlowKey, FlowCounts> = match &self.counts {
+            Some(map) => batch::read_all(map.fd().as_fd())
+                .context("reading the counts table")?
+                .into_iter()
+                .collect(),
+            None => HashMap::new(),
+        };
         let entries = self.entries()?;
         let live = entries
             .iter()
@@ -90,16 +115,30 @@ impl FlowTable {
             .count();
         let ports = port_usage(&entries, now);
         let expired: Vec<(FlowKey, FlowEntry)> = entries
-            .into_iter()
+            .iter()
             .filter(|(key, entry)| is_expired(entry, key.protocol, now))
+            .copied()
             .collect();
         let ended = if keep_ended {
-            pairs(&expired)
+            ended(&expired, &counts)
         } else {
             Vec::new()
         };
         let keys: Vec<FlowKey> = expired.into_iter().map(|(key, _)| key).collect();
         let removed = batch::delete(self.fd(), &keys).context("deleting expired flows")?;
+        if let Some(map) = &self.counts {
+            let live_outbound: HashSet<&FlowKey> = entries
+                .iter()
+                .filter(|(key, entry)| is_live_outbound(key, entry, now))
+                .map(|(key, _)| key)
+                .collect();
+            let gone: Vec<FlowKey> = counts
+                .into_keys()
+                .filter(|key| !live_outbound.contains(key))
+                .collect();
+            batch::delete(map.fd().as_fd(), &gone)
+                .context("deleting ended translations' counts")?;
+        }
         Ok(Swept {
             removed,
             live,
@@ -109,20 +148,18 @@ impl FlowTable {
     }
 }
 
-/// The translations among `entries`: each outbound half with its inbound half, when that is among them too.
-fn pairs(entries: &[(FlowKey, FlowEntry)]) -> Vec<EndedFlow> {
-    let inbound: HashMap<&FlowKey, &FlowEntry> = entries
-        .iter()
-        .filter(|(_, entry)| entry.direction != DIRECTION_OUTBOUND)
-        .map(|(key, entry)| (key, entry))
-        .collect();
+/// The translations among the expired `entries` (one per outbound half), with their counts.
+fn ended(
+    entries: &[(FlowKey, FlowEntry)],
+    counts: &HashMap<FlowKey, FlowCounts>,
+) -> Vec<EndedFlow> {
     entries
         .iter()
         .filter(|(_, entry)| entry.direction == DIRECTION_OUTBOUND)
         .map(|(key, entry)| EndedFlow {
             key: *key,
             outbound: *entry,
-            inbound: inbound.get(&key.partner(entry)).map(|e| **e),
+            counts: counts.get(key).copied().unwrap_or_default(),
         })
         .collect()
 }
@@ -131,7 +168,7 @@ fn pairs(entries: &[(FlowKey, FlowEntry)]) -> Vec<EndedFlow> {
 pub struct EndedFlow {
     pub key: FlowKey,
     pub outbound: FlowEntry,
-    pub inbound: Option<FlowEntry>,
+    pub counts: FlowCounts,
 }
 
 /// What a sweep did and found.

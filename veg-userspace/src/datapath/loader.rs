@@ -17,8 +17,8 @@ use aya_log::EbpfLogger;
 use veg_common::config::{CONFIG_KEY, GatewayConfig};
 
 use super::{
-    EBPF_OBJECT, flow_table::FlowTable, log::DatapathLog, monotonic_now_ns, pinned_maps, pins,
-    policy::PolicyTable, route_watch::RouteWatch,
+    EBPF_OBJECT, TableSizes, flow_table::FlowTable, log::DatapathLog, monotonic_now_ns,
+    pinned_maps, pins, policy::PolicyTable, route_watch::RouteWatch,
 };
 
 pub const PROGRAM_FROM_VPC: &str = "veg_from_vpc";
@@ -54,24 +54,28 @@ impl Drop for Datapath {
 impl Datapath {
     /// Load the programs, reusing the maps pinned in `pin_dir` (and so every live flow) or creating and pinning
     /// them there. `max_flow_entries` sizes the flow table: a pinned one of another size is migrated into a new
-    /// one (see pinned_maps.rs).
+    /// one (see pinned_maps.rs). Without room for translation records' counts.
     pub fn load(pin_dir: &Path, max_flow_entries: u32) -> anyhow::Result<Datapath> {
-        Datapath::load_logging(pin_dir, max_flow_entries, DatapathLog::Off)
+        Datapath::load_logging(
+            pin_dir,
+            TableSizes::new(max_flow_entries, false),
+            DatapathLog::Off,
+        )
     }
 
-    /// `load`, the programs writing log lines of `log` and more severe (none for Off: the lines are then pruned
-    /// when the programs load, and cost nothing).
+    /// `load` with tables of `sizes`, the programs writing log lines of `log` and more severe (none for Off: the
+    /// lines are then pruned when the programs load, and cost nothing).
     pub fn load_logging(
         pin_dir: &Path,
-        max_flow_entries: u32,
+        sizes: TableSizes,
         log: DatapathLog,
     ) -> anyhow::Result<Datapath> {
         pins::check_bpffs()?;
         let fresh = !pin_dir.exists();
         std::fs::create_dir_all(pin_dir)
             .with_context(|| format!("creating {}", pin_dir.display()))?;
-        let loaded = pinned_maps::prepare(pin_dir, max_flow_entries)
-            .and_then(|migrating| Datapath::load_into(pin_dir, max_flow_entries, migrating, log));
+        let loaded = pinned_maps::prepare(pin_dir, sizes)
+            .and_then(|migrating| Datapath::load_into(pin_dir, sizes, migrating, log));
         if loaded.is_err() && fresh {
             // A failed first load must not leave the maps it pinned (nor the directory) behind.
             let _ = pins::remove_dir_of_pins(pin_dir);
@@ -81,12 +85,13 @@ impl Datapath {
 
     fn load_into(
         pin_dir: &Path,
-        max_flow_entries: u32,
+        sizes: TableSizes,
         migrating: Option<PathBuf>,
         log: DatapathLog,
     ) -> anyhow::Result<Datapath> {
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(pins::FLOWS, max_flow_entries);
+        loader.map_max_entries(pins::FLOWS, sizes.flow_entries);
+        loader.map_max_entries(pins::FLOW_COUNTS, sizes.counts_entries);
         let level = log.aya_level();
         loader.override_global(aya_log::LEVEL, &level, true);
         // BTF-declared maps carry no pinning of their own: each is pinned (or its pin reused) by name here.
@@ -116,7 +121,7 @@ impl Datapath {
         let migrating = match migrating {
             Some(old) => {
                 let started = monotonic_now_ns();
-                let copied = pinned_maps::carry_over(&old, &pin_dir.join(pins::FLOWS), 0)?;
+                let copied = pinned_maps::carry_over(&old, pin_dir, 0)?;
                 tracing::info!(copied, "flows carried over into the new flow table");
                 Some((old, started))
             }
@@ -138,7 +143,7 @@ impl Datapath {
         let Some((old, first_copy)) = self.migrating.take() else {
             return Ok(());
         };
-        let copied = pinned_maps::carry_over(&old, &self.pin_dir.join(pins::FLOWS), first_copy)?;
+        let copied = pinned_maps::carry_over(&old, &self.pin_dir, first_copy)?;
         std::fs::remove_file(&old).with_context(|| format!("removing {}", old.display()))?;
         tracing::info!(copied, "flow table migrated; the old one is gone");
         Ok(())
@@ -208,8 +213,9 @@ impl Datapath {
         Ok(RingBuf::try_from(map)?)
     }
 
+    /// The flow table, with the counts table beside it.
     pub fn flow_table(&self) -> anyhow::Result<FlowTable> {
-        FlowTable::from_pin(&self.pin_dir.join(pins::FLOWS))
+        FlowTable::from_pins(&self.pin_dir)
     }
 
     /// Attach both programs to their interfaces' ingress: TCX links on kernels that have them (6.6+), pinned, a

@@ -24,6 +24,30 @@ pub fn flow_table_entries(max_flows: u32) -> u32 {
     max_flows * 2
 }
 
+/// How many entries the agent makes the flow table and the counts table hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableSizes {
+    /// The flow table (FLOWS): two per translation.
+    pub flow_entries: u32,
+    /// The counts table (FLOW_COUNTS): one per translation while translation records are on; while they are off
+    /// the programs never touch it, and it holds one entry, the least a map may have, so that a gateway without
+    /// records pays nothing for them.
+    pub counts_entries: u32,
+}
+
+impl TableSizes {
+    pub fn new(flow_entries: u32, records: bool) -> TableSizes {
+        TableSizes {
+            flow_entries,
+            counts_entries: if records {
+                (flow_entries / 2).max(1)
+            } else {
+                1
+            },
+        }
+    }
+}
+
 /// CLOCK_MONOTONIC in ns: the clock bpf_ktime_get_ns() reads, so flow timestamps compare directly.
 pub fn monotonic_now_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -2,11 +2,13 @@
 //! Before the programs load, each pinned map is compared with what this build declares (type, flags, key and
 //! value sizes, capacity, BTF types), and one that differs is never silently reused:
 //! - the flow table with another capacity or flags (a new `--max-flows`, or an older build's flags), with the
-//!   entries of the builds before translation records (without packet and byte counts), or without BTF types (the
-//!   builds before the maps were declared with BTF), is migrated: its pin is set aside, a new table is created,
-//!   and every live flow is copied into it; the old table goes once the new programs are attached;
+//!   entries of the builds that kept translation records' packet and byte counts in them, or without BTF types
+//!   (the builds before the maps were declared with BTF), is migrated: its pin is set aside, a new table is
+//!   created, and every live flow is copied into it (and its counts into the counts table, when records are on);
+//!   the old table goes once the new programs are attached;
 //! - the settings, policy and counters of another shape are replaced: the agent writes settings and policy
-//!   anew, and counters start again from zero;
+//!   anew, and counters start again from zero; so is a counts table of another size (records turned on or off,
+//!   or a new `--max-flows`): the counts of live translations start again from zero;
 //! - a flow table whose entries have another layout cannot be carried over: refused, with the command to run.
 
 use std::{
@@ -17,9 +19,9 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use aya::maps::MapData;
 use tracing::{info, warn};
-use veg_common::flow::{FlowEntry, FlowKey};
+use veg_common::flow::{DIRECTION_OUTBOUND, FlowCounts, FlowEntry, FlowKey};
 
-use super::{EBPF_OBJECT, batch, pins};
+use super::{EBPF_OBJECT, TableSizes, batch, pins};
 
 /// Where a flow table being migrated waits until the new programs are attached (bpffs refuses '.').
 const FLOWS_BEING_MIGRATED: &str = "FLOWS_MIGRATING";
@@ -51,18 +53,18 @@ impl std::fmt::Display for Shape {
     }
 }
 
-/// The shape of every pinned map this build declares, the flow table sized for `max_flow_entries`.
-fn declared_shapes(max_flow_entries: u32) -> anyhow::Result<Vec<(String, Shape)>> {
+/// The shape of every pinned map this build declares, the flow and counts tables of `sizes`.
+fn declared_shapes(sizes: TableSizes) -> anyhow::Result<Vec<(String, Shape)>> {
     let object = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| anyhow!(e))?;
     Ok(object
         .maps
         .iter()
         .filter(|(name, _)| pins::PINNED_MAPS.contains(&name.as_str()))
         .map(|(name, map)| {
-            let max_entries = if name == pins::FLOWS {
-                max_flow_entries
-            } else {
-                map.max_entries()
+            let max_entries = match name.as_str() {
+                pins::FLOWS => sizes.flow_entries,
+                pins::FLOW_COUNTS => sizes.counts_entries,
+                _ => map.max_entries(),
             };
             let shape = Shape {
                 map_type: map.map_type(),
@@ -130,9 +132,9 @@ fn has_btf(map: &MapData) -> std::io::Result<bool> {
 /// Check the pins in `pin_dir` against this build before loading. Pins that differ are set aside (the flow table,
 /// to be migrated by `carry_over`) or removed (the rest); a flow table that cannot be migrated is refused. Returns
 /// the flow table to carry over, if any.
-pub fn prepare(pin_dir: &Path, max_flow_entries: u32) -> anyhow::Result<Option<PathBuf>> {
+pub fn prepare(pin_dir: &Path, sizes: TableSizes) -> anyhow::Result<Option<PathBuf>> {
     let migrating = pin_dir.join(FLOWS_BEING_MIGRATED);
-    for (name, wanted) in declared_shapes(max_flow_entries)? {
+    for (name, wanted) in declared_shapes(sizes)? {
         let path = pin_dir.join(&name);
         if !path.exists() {
             continue;
@@ -141,13 +143,24 @@ pub fn prepare(pin_dir: &Path, max_flow_entries: u32) -> anyhow::Result<Option<P
         if found == wanted {
             continue;
         }
+        let resized_counts = name == pins::FLOW_COUNTS
+            && found
+                == Shape {
+                    max_entries: found.max_entries,
+                    ..wanted
+                };
+        if resized_counts {
+            info!(%found, %wanted, "the counts table changes size (translation records turned on or off, or a new --max-flows): the counts of live translations start again");
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            continue;
+        }
         if name != pins::FLOWS {
             warn!(map = %name, %found, %wanted, "pinned map made for another build: replaced");
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             continue;
         }
         let known_layout = found.value_size == wanted.value_size
-            || found.value_size as usize == size_of::<FlowEntryBeforeCounts>();
+            || found.value_size as usize == size_of::<FlowEntryWithCounts>();
         if found.key_size != wanted.key_size || !known_layout {
             bail!(
                 "the pinned flow table {} was made by another build of veg ({found}; this build needs {wanted}), \
@@ -181,23 +194,16 @@ fn gateway_name(pin_dir: &Path) -> String {
 }
 
 /// Copy the flows of the old table `from` created at `created_since` (CLOCK_MONOTONIC ns) or later that the new
-/// table `to` lacks. Run for every flow before the new programs are attached, and once after for the flows the
-/// old programs created meanwhile. Returns how many were copied.
-pub fn carry_over(from: &Path, to: &Path, created_since: u64) -> anyhow::Result<usize> {
-    let old = MapData::from_pin(from).with_context(|| format!("opening {}", from.display()))?;
-    let new = MapData::from_pin(to).with_context(|| format!("opening {}", to.display()))?;
-    let old_value_size = old
-        .info()
-        .with_context(|| format!("reading {}", from.display()))?
-        .value_size();
-    let mut entries: Vec<(FlowKey, FlowEntry)> =
-        if old_value_size as usize == size_of::<FlowEntry>() {
-            batch::read_all(old.fd().as_fd())
-        } else {
-            batch::read_all::<FlowKey, FlowEntryBeforeCounts>(old.fd().as_fd())
-                .map(|entries| entries.into_iter().map(|(k, v)| (k, v.upgrade())).collect())
-        }
-        .context("reading the old flow table")?;
+/// table in `pin_dir` lacks. Run for every flow before the new programs are attached, and once after for the flows
+/// the old programs created meanwhile. Counts an older build kept in the entries go into the counts table, when it
+/// has room for them (records on). Returns how many entries were copied.
+pub fn carry_over(from: &Path, pin_dir: &Path, created_since: u64) -> anyhow::Result<usize> {
+    let to = pin_dir.join(pins::FLOWS);
+    let new = MapData::from_pin(&to).with_context(|| format!("opening {}", to.display()))?;
+    let OldFlows {
+        mut entries,
+        mut counts,
+    } = read_old(from)?;
     entries.retain(|(_, entry)| entry.created_ns >= created_since);
     let copied = batch::insert_missing(new.fd().as_fd(), &entries)
         .context("copying flows into the new flow table")?;
@@ -212,29 +218,81 @@ pub fn carry_over(from: &Path, to: &Path, created_since: u64) -> anyhow::Result<
             "the new flow table is smaller than the live flows: those that did not fit were dropped"
         );
     }
+    let counts_table = pin_dir.join(pins::FLOW_COUNTS);
+    let counts_table = MapData::from_pin(&counts_table)
+        .with_context(|| format!("opening {}", counts_table.display()))?;
+    let room = counts_table
+        .info()
+        .context("reading the counts table")?
+        .max_entries() as usize;
+    let copied_keys: std::collections::HashSet<&FlowKey> = entries.iter().map(|(k, _)| k).collect();
+    counts.retain(|(key, _)| copied_keys.contains(key));
+    if room > 1 && !counts.is_empty() {
+        batch::insert_missing(counts_table.fd().as_fd(), &counts)
+            .context("copying the translations' counts into the counts table")?;
+    }
     Ok(copied)
 }
 
-/// A flow entry as the builds before translation records laid it out: FlowEntry's fields up to `packets`, in the
-/// same order, without the packet and byte counts appended since. Migrated with counts of zero.
+/// What an old flow table holds: its flows, and the counts the builds that kept them in the entries had.
+struct OldFlows {
+    entries: Vec<(FlowKey, FlowEntry)>,
+    counts: Vec<(FlowKey, FlowCounts)>,
+}
+
+fn read_old(from: &Path) -> anyhow::Result<OldFlows> {
+    let old = MapData::from_pin(from).with_context(|| format!("opening {}", from.display()))?;
+    let value_size = old
+        .info()
+        .with_context(|| format!("reading {}", from.display()))?
+        .value_size();
+    if value_size as usize != size_of::<FlowEntryWithCounts>() {
+        let entries = batch::read_all(old.fd().as_fd()).context("reading the old flow table")?;
+        return Ok(OldFlows {
+            entries,
+            counts: Vec::new(),
+        });
+    }
+    let counted = batch::read_all::<FlowKey, FlowEntryWithCounts>(old.fd().as_fd())
+        .context("reading the old flow table")?;
+    Ok(OldFlows {
+        counts: counts_of(&counted),
+        entries: counted.into_iter().map(|(k, v)| (k, v.entry)).collect(),
+    })
+}
+
+/// A flow entry as the builds that kept translation records' counts in the flow table laid it out: today's
+/// entry, then the packets and bytes its direction carried.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct FlowEntryBeforeCounts([u8; std::mem::offset_of!(FlowEntry, packets)]);
+struct FlowEntryWithCounts {
+    entry: FlowEntry,
+    packets: u64,
+    bytes: u64,
+}
 
-// SAFETY: plain bytes, valid for any value.
-unsafe impl aya::Pod for FlowEntryBeforeCounts {}
+// SAFETY: plain data (a Pod entry and two u64s, no padding), valid for any bytes.
+unsafe impl aya::Pod for FlowEntryWithCounts {}
 
-impl FlowEntryBeforeCounts {
-    fn upgrade(&self) -> FlowEntry {
-        let mut entry = FlowEntry::default();
-        // SAFETY: FlowEntry is plain data, and its first bytes are exactly the older layout's fields.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.0.as_ptr(),
-                &mut entry as *mut FlowEntry as *mut u8,
-                self.0.len(),
-            )
-        };
-        entry
-    }
+/// Each translation's counts, from the entries of both its halves, keyed by its outbound key.
+fn counts_of(entries: &[(FlowKey, FlowEntryWithCounts)]) -> Vec<(FlowKey, FlowCounts)> {
+    let inbound: std::collections::HashMap<&FlowKey, &FlowEntryWithCounts> = entries
+        .iter()
+        .filter(|(_, e)| e.entry.direction != DIRECTION_OUTBOUND)
+        .map(|(k, e)| (k, e))
+        .collect();
+    entries
+        .iter()
+        .filter(|(_, e)| e.entry.direction == DIRECTION_OUTBOUND)
+        .map(|(key, out)| {
+            let back = inbound.get(&key.partner(&out.entry));
+            let counts = FlowCounts {
+                packets_out: out.packets,
+                bytes_out: out.bytes,
+                packets_in: back.map_or(0, |e| e.packets),
+                bytes_in: back.map_or(0, |e| e.bytes),
+            };
+            (*key, counts)
+        })
+        .collect()
 }

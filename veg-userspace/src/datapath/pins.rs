@@ -6,6 +6,7 @@ use anyhow::{Context as _, bail};
 
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 pub const FLOWS: &str = "FLOWS";
+pub const FLOW_COUNTS: &str = "FLOW_COUNTS";
 pub const STATS: &str = "STATS";
 pub const CONFIG: &str = "CONFIG";
 pub const POLICY_V4: &str = "POLICY_V4";
@@ -14,11 +15,12 @@ pub const FRAGMENTS: &str = "FRAGMENTS";
 pub const FRAGMENTS_V6: &str = "FRAGMENTS_V6";
 pub const AGENT_STATS: &str = "AGENT_STATS";
 /// The maps the agent pins (the programs' other maps hold nothing between packets, or belong to one load).
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 9] = [
     CONFIG,
     POLICY_V4,
     POLICY_V6,
     FLOWS,
+    FLOW_COUNTS,
     STATS,
     AGENT_STATS,
     FRAGMENTS,

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 use veg_common::{
-    flow::{FlowEntry, FlowKey, is_closed, is_icmp},
+    flow::{FlowCounts, FlowEntry, FlowKey, is_closed, is_icmp},
     record::{FlowRecord, end_reason, event},
 };
 
@@ -89,11 +89,11 @@ impl TranslationRecord {
         Some(record)
     }
 
-    /// The ended record of a flow the sweep removes: its outbound half found under `key`, and its inbound half.
+    /// The ended record of a flow the sweep removes: its outbound half found under `key`, and its counts.
     pub fn expired(
         key: &FlowKey,
         outbound: &FlowEntry,
-        inbound: Option<&FlowEntry>,
+        counts: &FlowCounts,
         origin: &Origin,
     ) -> TranslationRecord {
         let raw = FlowRecord {
@@ -108,10 +108,10 @@ impl TranslationRecord {
             key: *key,
             nat_addr: outbound.nat_addr,
             nat_port: outbound.nat_port,
-            packets_out: outbound.packets,
-            bytes_out: outbound.bytes,
-            packets_in: inbound.map_or(0, |e| e.packets),
-            bytes_in: inbound.map_or(0, |e| e.bytes),
+            packets_out: counts.packets_out,
+            bytes_out: counts.bytes_out,
+            packets_in: counts.packets_in,
+            bytes_in: counts.bytes_in,
             ..FlowRecord::default()
         };
         TranslationRecord::from_datapath(&raw, origin).expect("an ended record")
@@ -200,16 +200,15 @@ mod tests {
         };
         let outbound = FlowEntry {
             direction: DIRECTION_OUTBOUND,
-            packets: 3,
-            bytes: 180,
             ..FlowEntry::default()
         };
-        let inbound = FlowEntry {
-            packets: 2,
-            bytes: 120,
-            ..FlowEntry::default()
+        let counts = FlowCounts {
+            packets_out: 3,
+            bytes_out: 180,
+            packets_in: 2,
+            bytes_in: 120,
         };
-        let record = TranslationRecord::expired(&key, &outbound, Some(&inbound), &origin());
+        let record = TranslationRecord::expired(&key, &outbound, &counts, &origin());
         assert_eq!(record.event, "ended");
         assert_eq!(record.reason.as_deref(), Some("timeout"));
         assert_eq!(
@@ -225,7 +224,7 @@ mod tests {
             state: STATE_FIN_OUT | STATE_FIN_IN,
             ..outbound
         };
-        let record = TranslationRecord::expired(&key, &closed, None, &origin());
+        let record = TranslationRecord::expired(&key, &closed, &FlowCounts::default(), &origin());
         assert_eq!(record.reason.as_deref(), Some("closed"));
         assert_eq!(record.packets_in, Some(0));
     }

@@ -35,6 +35,7 @@ use veg_bfd::{
 };
 
 use crate::datapath::{
+    TableSizes,
     loader::Datapath,
     pins,
     policy::{Action, DesiredPolicy},
@@ -136,8 +137,11 @@ pub fn start(settings: &GatewaySettings) -> anyhow::Result<Running> {
     let (external, opened_ipv6_lookups) = open_families(&settings.external_ip)?;
 
     let pin_dir = pins::gateway_dir(&settings.name);
-    let mut datapath =
-        Datapath::load_logging(&pin_dir, settings.max_flow_entries, settings.datapath_log)?;
+    let mut datapath = Datapath::load_logging(
+        &pin_dir,
+        TableSizes::new(settings.max_flow_entries, settings.flow_records.is_some()),
+        settings.datapath_log,
+    )?;
     let changes = datapath
         .policy()?
         .sync(&served(&settings.policy, &external))?;
@@ -476,7 +480,7 @@ pub async fn run(
                             let record = TranslationRecord::expired(
                                 &flow.key,
                                 &flow.outbound,
-                                flow.inbound.as_ref(),
+                                &flow.counts,
                                 &origin,
                             );
                             let _ = sender.send(record);

@@ -6,8 +6,9 @@
 //! plus a sender cost that is the same in every mode. Nothing is lost to queue overflow: every flow reaches the
 //! gateway, and the server's ingress drops the packets (no socket, no ICMP answer).
 //!
-//! Memory is counted the way each table pays for it. veg's flow map is preallocated for `--max-flows` and its
-//! size is the kernel's own accounting of the map (bytes_memlock). conntrack allocates per connection: the growth
+//! Memory is counted the way each table pays for it. veg's flow map, and its counts table (one entry per
+//! translation with records on, one in all without), are preallocated for `--max-flows` and their size is the
+//! kernel's own accounting of the maps (bytes_memlock). conntrack allocates per connection: the growth
 //! of slab objects during the fill (nf_conn and its extensions), plus its hash table (8 bytes per bucket).
 //!
 //! With the table full, veg's modes also say what a Prometheus scrape of the agent costs (it must not grow with
@@ -131,18 +132,22 @@ fn conntrack_count(topo: &Topology) -> anyhow::Result<u64> {
         .context("reading the gateway's nf_conntrack_count")
 }
 
-/// The kernel's accounting of veg's pinned flow map, in bytes.
+/// The kernel's accounting of veg's pinned flow and counts tables, in bytes.
 fn veg_map_bytes(gateway_name: &str) -> anyhow::Result<u64> {
-    let pin = format!("/sys/fs/bpf/veg/{gateway_name}/FLOWS");
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "map", "show", "pinned", &pin])
-        .output()
-        .context("running bpftool")?;
-    let map: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("bpftool map show printed no JSON")?;
-    map["bytes_memlock"]
-        .as_u64()
-        .with_context(|| format!("no bytes_memlock for {pin}: {map}"))
+    let mut bytes = 0;
+    for table in ["FLOWS", "FLOW_COUNTS"] {
+        let pin = format!("/sys/fs/bpf/veg/{gateway_name}/{table}");
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "map", "show", "pinned", &pin])
+            .output()
+            .context("running bpftool")?;
+        let map: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("bpftool map show printed no JSON")?;
+        bytes += map["bytes_memlock"]
+            .as_u64()
+            .with_context(|| format!("no bytes_memlock for {pin}: {map}"))?;
+    }
+    Ok(bytes)
 }
 
 /// Open `flows` flows through the gateway in its current mode and measure the table that holds them.
